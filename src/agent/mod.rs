@@ -1,0 +1,102 @@
+//! The agent: a pool of worker threads that turn a user's message plus world context into
+//! a reply, behind one of three backends, and the crisis protocol that never depends on it.
+//!
+//! The event loop builds an [`AgentRequest`], hands it to [`pool::AgentPool::try_submit`]
+//! and parks the caller; a worker answers with an [`AgentReply`] on a crossbeam channel and
+//! wakes the loop. The loop owns every deadline: a reply that comes after its request timed
+//! out is simply dropped there.
+
+pub mod builtin;
+pub mod command;
+pub mod crisis;
+pub mod openai;
+pub mod pool;
+pub mod prompt;
+
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+
+/// Who said a line of a conversation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    System,
+    User,
+    Assistant,
+}
+
+/// One line of a user's conversation with the agent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Turn {
+    pub role: Role,
+    pub content: String,
+}
+
+/// What the agent knows about the world around the user when it answers.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct WorldContext {
+    /// This world's id (`Config::world`).
+    pub world: String,
+    /// The agent's own name ("Timmy").
+    pub agent_name: String,
+    pub room: String,
+    pub room_desc: String,
+    /// Exit names of the room, e.g. `["north", "The Garden"]`.
+    pub exits: Vec<String>,
+    /// Display names of the people in the room, the user included.
+    pub present: Vec<String>,
+    /// The last few room events, oldest first, as short human lines
+    /// ("Bob said: hi", "Alice entered").
+    pub recent_events: Vec<String>,
+}
+
+/// One call to the agent.
+#[derive(Debug, Clone)]
+pub struct AgentRequest {
+    /// Chosen by the loop; comes back in the reply.
+    pub job_id: u64,
+    pub user_id: String,
+    pub username: String,
+    /// The user's earlier turns with the agent, oldest first (no system turn).
+    pub history: Vec<Turn>,
+    pub message: String,
+    pub context: WorldContext,
+    /// The crisis detector fired on `message`: backends add nothing for it (the loop
+    /// prepends the protocol text itself), but prompts tell the model to stay present.
+    pub crisis: bool,
+    /// How long the worker may take; backends use it for their own I/O timeouts.
+    pub timeout: Duration,
+}
+
+/// Why the agent gave no reply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AgentError {
+    /// The backend did not answer in time.
+    Timeout,
+    /// The backend answered, but with an error (HTTP 500, bad JSON, a dead subprocess).
+    Backend(String),
+}
+
+impl std::fmt::Display for AgentError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AgentError::Timeout => write!(f, "the agent did not answer in time"),
+            AgentError::Backend(why) => write!(f, "the agent failed: {why}"),
+        }
+    }
+}
+
+/// A worker's answer to one [`AgentRequest`].
+#[derive(Debug, Clone)]
+pub struct AgentReply {
+    pub job_id: u64,
+    pub result: Result<String, AgentError>,
+    /// Wall time the backend took.
+    pub elapsed: Duration,
+}
+
+/// A backend turns one request into text. Each worker thread owns one instance, so a
+/// backend may keep state (a subprocess, an HTTP agent) without locks.
+pub trait Backend: Send {
+    fn answer(&mut self, req: &AgentRequest) -> Result<String, AgentError>;
+}

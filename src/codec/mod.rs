@@ -1,0 +1,3 @@
+//! Bytes ⇄ messages. "Need more bytes" is `Ok(None)`, never an error.
+
+pub mod http;

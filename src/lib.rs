@@ -1,0 +1,24 @@
+//! worldbridge: one process per world that joins an AI agent, game servers and people.
+//!
+//! Map of the crate:
+//! - [`config`]: every default and limit, loaded from flags, env and a TOML file.
+//! - [`event_loop`]: the one mio loop that owns every socket and all live state.
+//! - [`conn`]: one state machine per connection (HTTP now; line and WebSocket later).
+//! - [`codec`]: bytes ⇄ messages; "need more bytes" is `Ok(None)`.
+//! - [`world`]: the socket-free core: rooms, presence, events, sessions, rate limits.
+//! - [`api`]: HTTP routes → core calls → responses.
+//! - [`agent`]: worker pool, backends (builtin, OpenAI-compatible, subprocess), prompt
+//!   building and the crisis protocol.
+//! - [`metrics`]: counters and histograms, rendered as Prometheus text.
+//! - [`time`]: wall-clock milliseconds and RFC 3339 formatting/parsing.
+
+pub mod agent;
+pub mod api;
+pub mod cli;
+pub mod codec;
+pub mod config;
+pub mod conn;
+pub mod event_loop;
+pub mod metrics;
+pub mod time;
+pub mod world;
