@@ -4,8 +4,12 @@
 //! The key names and defaults are the contract of DESIGN.md "Config file"; README.md
 //! documents each one. Unknown keys and bad values are rejected at start with the key's name.
 
+use crate::cli::ServeArgs;
 use serde::Deserialize;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use toml::Spanned;
 
 /// The whole configuration of one bridge process.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -153,8 +157,9 @@ pub struct PeerConfig {
 }
 
 fn addr(s: &str) -> SocketAddr {
-    // Only called on the literal defaults below.
-    s.parse().unwrap_or_else(|_| unreachable!("bad default address {s}"))
+    // Only called on literal addresses (the defaults below, the env fallback).
+    s.parse()
+        .unwrap_or_else(|_| unreachable!("bad default address {s}"))
 }
 
 impl Default for Config {
@@ -285,6 +290,1080 @@ impl Default for FederationConfig {
             sync_interval_s: 5,
             portal_rooms: Vec::new(),
             peers: Vec::new(),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Loading and validation
+// ---------------------------------------------------------------------------
+
+/// The values `agent.backend` (and `--agent`, `WORLDBRIDGE_AGENT`) accept.
+pub const AGENT_BACKENDS: [&str; 3] = ["builtin", "openai", "command"];
+
+/// Smallest `http.header_max_bytes` that still fits an ordinary browser request head.
+const MIN_HEADER_MAX_BYTES: usize = 1024;
+
+impl Config {
+    /// Parse TOML text. Unknown keys and wrongly typed values are rejected with an error
+    /// that names the key path and its line, e.g. "config: unknown key `http.listne`
+    /// (line 3) ..." or "config: `sessions.max` must be a non-negative integer, not '20' (line 5)".
+    /// Does not run [`Config::validate`].
+    pub fn from_toml(text: &str) -> Result<Config, String> {
+        parse_toml(text, None)
+    }
+
+    /// The whole precedence: defaults < config file (`args.config`, else env
+    /// `WORLDBRIDGE_CONFIG`, else none) < environment < flags; then [`Config::validate`].
+    /// `env` is injected so tests don't touch the process environment; an empty
+    /// variable counts as unset.
+    pub fn load(args: &ServeArgs, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, String> {
+        let env = |name: &str| {
+            env(name)
+                .map(|v| v.trim().to_string())
+                .filter(|v| !v.is_empty())
+        };
+        let path = args
+            .config
+            .clone()
+            .or_else(|| env("WORLDBRIDGE_CONFIG").map(PathBuf::from));
+        let mut cfg = match path {
+            Some(path) => {
+                let text = std::fs::read_to_string(&path).map_err(|e| {
+                    format!("config: cannot read config file {}: {e}", path.display())
+                })?;
+                parse_toml(&text, Some(&path))?
+            }
+            None => Config::default(),
+        };
+        cfg.apply_env(&env)?;
+        cfg.apply_flags(args)?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Overrides from the environment (`env` already maps empty values to `None`).
+    fn apply_env(&mut self, env: &dyn Fn(&str) -> Option<String>) -> Result<(), String> {
+        if let Some(world) = env("WORLDBRIDGE_WORLD") {
+            check_world_id(&world).map_err(|why| format!("WORLDBRIDGE_WORLD: {why}"))?;
+            self.world = world;
+        }
+        if let Some(dir) = env("WORLDBRIDGE_DATA_DIR") {
+            self.store.data_dir = dir;
+        }
+        if let Some(backend) = env("WORLDBRIDGE_AGENT") {
+            check_backend(&backend).map_err(|why| format!("WORLDBRIDGE_AGENT: {why}"))?;
+            self.agent.backend = backend;
+        }
+        // Seed 001's variables move the first HTTP listener only; the others stay.
+        let host = match env("TIMMY_BRIDGE_HOST") {
+            Some(h) if h == "localhost" => Some(IpAddr::from([127, 0, 0, 1])),
+            Some(h) => Some(h.parse::<IpAddr>().map_err(|_| {
+                format!("TIMMY_BRIDGE_HOST: '{h}' is not an IP address like 127.0.0.1")
+            })?),
+            None => None,
+        };
+        let port =
+            match env("TIMMY_BRIDGE_PORT") {
+                Some(p) => Some(p.parse::<u16>().map_err(|_| {
+                    format!("TIMMY_BRIDGE_PORT: '{p}' is not a port number (0-65535)")
+                })?),
+                None => None,
+            };
+        if host.is_some() || port.is_some() {
+            if self.http.listen.is_empty() {
+                self.http.listen.push(addr("127.0.0.1:4004"));
+            }
+            let first = &mut self.http.listen[0];
+            if let Some(host) = host {
+                first.set_ip(host);
+            }
+            if let Some(port) = port {
+                first.set_port(port);
+            }
+        }
+        Ok(())
+    }
+
+    /// Overrides from the command line: the last word.
+    fn apply_flags(&mut self, args: &ServeArgs) -> Result<(), String> {
+        if !args.http.is_empty() {
+            self.http.listen = args.http.clone();
+        }
+        if !args.line.is_empty() {
+            self.line.listen = args.line.clone();
+        }
+        if let Some(world) = &args.world {
+            check_world_id(world).map_err(|why| format!("--world: {why}"))?;
+            self.world = world.clone();
+        }
+        if let Some(dir) = &args.data_dir {
+            // `--data-dir` and `--memory` are alternatives: naming a directory means "use it".
+            self.store.data_dir = dir.clone();
+            self.store.memory = false;
+        }
+        if args.memory {
+            self.store.memory = true;
+        }
+        if let Some(backend) = &args.agent {
+            check_backend(backend).map_err(|why| format!("--agent: {why}"))?;
+            self.agent.backend = backend.clone();
+        }
+        Ok(())
+    }
+
+    /// Value checks, each error naming the key: ids, backends, lower bounds of limits,
+    /// and the public-bind rule (a non-loopback listener needs its surface's token unless
+    /// `allow_public_without_token = true`).
+    pub fn validate(&self) -> Result<(), String> {
+        check_world_id(&self.world).map_err(|why| format!("config: `world`: {why}"))?;
+        check_backend(&self.agent.backend)
+            .map_err(|why| format!("config: `agent.backend`: {why}"))?;
+
+        let at_least: [(&str, u64, u64); 9] = [
+            ("agent.workers", self.agent.workers as u64, 1),
+            ("agent.queue", self.agent.queue as u64, 1),
+            ("agent.timeout_s", self.agent.timeout_s, 1),
+            ("sessions.max", self.sessions.max as u64, 1),
+            ("http.max_connections", self.http.max_connections as u64, 1),
+            (
+                "http.header_max_bytes",
+                self.http.header_max_bytes as u64,
+                MIN_HEADER_MAX_BYTES as u64,
+            ),
+            (
+                "http.rate_limit_requests",
+                u64::from(self.http.rate_limit_requests),
+                1,
+            ),
+            ("http.rate_limit_window_s", self.http.rate_limit_window_s, 1),
+            ("line.max_line_bytes", self.line.max_line_bytes as u64, 1),
+        ];
+        for (key, value, min) in at_least {
+            if value < min {
+                return Err(format!(
+                    "config: `{key}` must be at least {min}, not {value}"
+                ));
+            }
+        }
+
+        if self.http.listen.is_empty() {
+            return Err(
+                "config: `http.listen` must list at least one address (the HTTP API is always served)"
+                    .into(),
+            );
+        }
+        if self.agent.backend == "command"
+            && self
+                .agent
+                .command
+                .first()
+                .map_or(true, |p| p.trim().is_empty())
+        {
+            return Err(
+                "config: `agent.backend = \"command\"` needs `agent.command`, the argv of \
+                 the subprocess, e.g. [\"./my-agent\"]"
+                    .into(),
+            );
+        }
+
+        if !self.allow_public_without_token {
+            let surfaces = [
+                (
+                    "http.listen",
+                    "http.token",
+                    &self.http.listen,
+                    &self.http.token,
+                ),
+                (
+                    "line.listen",
+                    "line.token",
+                    &self.line.listen,
+                    &self.line.token,
+                ),
+            ];
+            for (listen_key, token_key, listen, token) in surfaces {
+                if token.is_empty() {
+                    if let Some(public) = listen.iter().find(|a| !a.ip().is_loopback()) {
+                        return Err(format!(
+                            "config: refusing to bind {public} (`{listen_key}`) without a token: \
+                             it is not a loopback address and `{token_key}` is empty; set \
+                             `{token_key}`, bind a loopback address like 127.0.0.1, or set \
+                             `allow_public_without_token = true` to opt out"
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Expand a leading `~/` (or a lone `~`) with `$HOME`; other paths come back unchanged,
+/// as does everything when `HOME` is unset.
+pub fn expand_home(path: &str) -> String {
+    expand_home_with(path, std::env::var("HOME").ok().as_deref())
+}
+
+fn expand_home_with(path: &str, home: Option<&str>) -> String {
+    let Some(home) = home.filter(|h| !h.is_empty()) else {
+        return path.to_string();
+    };
+    let home = home.trim_end_matches('/');
+    if path == "~" {
+        home.to_string()
+    } else if let Some(rest) = path.strip_prefix("~/") {
+        format!("{home}/{rest}")
+    } else {
+        path.to_string()
+    }
+}
+
+/// A world id: non-empty, `[A-Za-z0-9_.-]+` (it travels in URLs and event origins).
+fn check_world_id(id: &str) -> Result<(), String> {
+    let ok = !id.is_empty()
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "'{id}' is not a world id (one or more letters, digits, '_', '.' or '-')"
+        ))
+    }
+}
+
+fn check_backend(backend: &str) -> Result<(), String> {
+    if AGENT_BACKENDS.contains(&backend) {
+        Ok(())
+    } else {
+        Err(format!(
+            "'{backend}' is not an agent backend (one of {})",
+            AGENT_BACKENDS.join(", ")
+        ))
+    }
+}
+
+/// Deserialize, turning toml's error into one sentence with the key path and the line
+/// (`file` names the config file in the location when there is one).
+fn parse_toml(text: &str, file: Option<&Path>) -> Result<Config, String> {
+    toml::from_str(text).map_err(|e| describe_toml_error(text, &e, file))
+}
+
+fn describe_toml_error(text: &str, err: &toml::de::Error, file: Option<&Path>) -> String {
+    let msg = err.message().trim();
+    let Some(span) = err.span() else {
+        return format!("config: {msg}{}", location(text, None, file));
+    };
+    let here = location(text, Some(span.start), file);
+    let found = text.get(span.clone()).unwrap_or("").trim();
+    // The parser's errors (bad syntax, duplicate keys) have no key path to find.
+    let Ok(doc) = toml::de::DeTable::parse(text) else {
+        if msg == "duplicate key" {
+            return format!("config: duplicate key `{found}`{here}");
+        }
+        return format!("config: invalid TOML: {msg}{here}");
+    };
+    let path = key_path_at(doc.get_ref(), &span).unwrap_or_else(|| found.to_string());
+
+    if let Some(rest) = msg.strip_prefix("unknown field `") {
+        let expected = rest
+            .split_once(", expected ")
+            .map(|(_, e)| format!("; expected {e}"))
+            .unwrap_or_default();
+        return format!("config: unknown key `{path}`{here}{expected}");
+    }
+    if let Some(rest) = msg.strip_prefix("missing field `") {
+        let field = rest.trim_end_matches('`');
+        return format!("config: `{path}` is missing the required key `{field}`{here}");
+    }
+    let expected = msg
+        .rsplit_once(", expected ")
+        .map(|(_, e)| e)
+        .or_else(|| msg.contains("socket address").then_some("socket address"));
+    match expected {
+        Some(expected) => {
+            let found = shorten(found);
+            format!(
+                "config: `{path}` must be {}, not {found}{here}",
+                describe_expected(expected)
+            )
+        }
+        None => format!("config: `{path}`: {msg}{here}"),
+    }
+}
+
+/// " (line N)" or " (FILE:N)".
+fn location(text: &str, offset: Option<usize>, file: Option<&Path>) -> String {
+    let line = offset.map(|o| text[..o.min(text.len())].matches('\n').count() + 1);
+    match (file, line) {
+        (Some(f), Some(n)) => format!(" ({}:{n})", f.display()),
+        (Some(f), None) => format!(" (in {})", f.display()),
+        (None, Some(n)) => format!(" (line {n})"),
+        (None, None) => String::new(),
+    }
+}
+
+/// serde's name for a type → what a user writes in TOML.
+fn describe_expected(expected: &str) -> String {
+    match expected {
+        "usize" | "u64" | "u16" | "u8" => "a non-negative integer".into(),
+        "u32" => "a non-negative integer up to 4294967295".into(),
+        "f64" | "f32" => "a number".into(),
+        "a boolean" => "true or false".into(),
+        "a string" => "a string (in quotes)".into(),
+        "a sequence" => "an array like [ ... ]".into(),
+        "socket address" => "an address like \"127.0.0.1:4004\"".into(),
+        s if s.starts_with("struct ") => "a table".into(),
+        other => other.into(),
+    }
+}
+
+fn shorten(s: &str) -> String {
+    const MAX: usize = 40;
+    if s.chars().count() <= MAX {
+        s.to_string()
+    } else {
+        let head: String = s.chars().take(MAX).collect();
+        format!("{head}...")
+    }
+}
+
+/// The dotted path (`line.dial[1].addr`) of the key or value at exactly `span`; the
+/// deepest match wins, because a table and its first entry can share a span.
+fn key_path_at(doc: &toml::de::DeTable<'_>, span: &Range<usize>) -> Option<String> {
+    fn walk_value(
+        value: &Spanned<toml::de::DeValue<'_>>,
+        path: &str,
+        span: &Range<usize>,
+        best: &mut Option<(usize, String)>,
+        depth: usize,
+    ) {
+        if value.span() == *span && best.as_ref().map_or(true, |(d, _)| depth > *d) {
+            *best = Some((depth, path.to_string()));
+        }
+        match value.get_ref() {
+            toml::de::DeValue::Table(table) => walk_table(table, path, span, best, depth + 1),
+            toml::de::DeValue::Array(items) => {
+                for (i, item) in items.iter().enumerate() {
+                    walk_value(item, &format!("{path}[{i}]"), span, best, depth + 1);
+                }
+            }
+            _ => {}
+        }
+    }
+    fn walk_table(
+        table: &toml::de::DeTable<'_>,
+        prefix: &str,
+        span: &Range<usize>,
+        best: &mut Option<(usize, String)>,
+        depth: usize,
+    ) {
+        for (key, value) in table.iter() {
+            let name: &str = key.get_ref();
+            let path = if prefix.is_empty() {
+                name.to_string()
+            } else {
+                format!("{prefix}.{name}")
+            };
+            if key.span() == *span && best.as_ref().map_or(true, |(d, _)| depth > *d) {
+                *best = Some((depth, path.clone()));
+            }
+            walk_value(value, &path, span, best, depth);
+        }
+    }
+    let mut best = None;
+    walk_table(doc, "", span, &mut best, 0);
+    best.map(|(_, path)| path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// DESIGN.md's config block, verbatim.
+    const DESIGN_BLOCK: &str = r#"
+world = "local"                          # this world's id (federation, events' origin)
+[http]
+listen = ["127.0.0.1:4004", "127.0.0.1:8765"]
+token = ""                               # API token; required to bind a non-loopback address
+max_connections = 10000
+header_max_bytes = 16384
+body_max_bytes = 1048576
+header_timeout_s = 10
+keepalive_idle_s = 60
+cors_origins = []
+rate_limit_requests = 60                 # per user_id
+rate_limit_window_s = 60
+[line]
+listen = ["127.0.0.1:4005"]
+token = ""
+max_line_bytes = 65536
+heartbeat_s = 30
+[[line.dial]]                            # outbound links, e.g. to a TES3MP script that listens
+world = "morrowind"
+kind = "tes3mp"
+addr = "127.0.0.1:7777"
+token = ""
+[sessions]
+max = 20
+idle_timeout_s = 3600
+history_max = 50
+[rooms]
+events_max = 50
+world_file = ""                          # default: the built-in world from fixtures/
+[agent]
+backend = "builtin"                      # builtin | openai | command
+workers = 4
+queue = 256
+timeout_s = 30
+base_url = "http://127.0.0.1:11434/v1"   # openai: any OpenAI-compatible server
+model = ""
+api_key_env = "OPENAI_API_KEY"           # the key is read from this variable, never the file
+command = []                             # command: argv of the subprocess
+persona_file = ""
+[gateway]
+token = ""
+agent_id = "timmy"
+heartbeat_s = 30
+history_max = 1000
+history_max_age_s = 120
+max_message_bytes = 1048576
+max_queued_bytes = 1048576
+[workshop]
+state_file = "~/.timmy/workshop-state.yaml"
+inbox_dir = "~/.timmy/inbox"
+poll_s = 2
+heartbeat_s = 15
+diff = true
+[store]
+data_dir = "./worldbridge-data"          # --memory keeps everything in memory
+[federation]
+sync_interval_s = 5
+portal_rooms = []
+[[federation.peers]]
+world = "vps"
+url = "http://127.0.0.1:4004"
+token = ""                               # the pair's shared secret, used both ways
+"#;
+
+    fn a(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    fn env_of(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let pairs: Vec<(String, String)> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |name| {
+            pairs
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.clone())
+        }
+    }
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    /// A config file under the temp dir with a name no other test (or process) uses;
+    /// removed on drop.
+    struct TempConfig(PathBuf);
+
+    impl TempConfig {
+        fn new(text: &str) -> Self {
+            static NEXT: AtomicUsize = AtomicUsize::new(0);
+            let path = std::env::temp_dir().join(format!(
+                "worldbridge-config-test-{}-{}.toml",
+                std::process::id(),
+                NEXT.fetch_add(1, Ordering::Relaxed)
+            ));
+            std::fs::write(&path, text).unwrap();
+            TempConfig(path)
+        }
+    }
+
+    impl Drop for TempConfig {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+
+    fn err_of(text: &str) -> String {
+        match Config::from_toml(text) {
+            Ok(c) => panic!("expected an error for {text:?}, got {c:?}"),
+            Err(e) => e,
+        }
+    }
+
+    fn assert_contains(haystack: &str, needle: &str) {
+        assert!(
+            haystack.contains(needle),
+            "expected {needle:?} in {haystack:?}"
+        );
+    }
+
+    #[test]
+    fn defaults_are_the_ones_design_md_lists() {
+        let c = Config::default();
+        assert_eq!(c.world, "local");
+        assert!(!c.allow_public_without_token);
+
+        assert_eq!(
+            c.http.listen,
+            vec![a("127.0.0.1:4004"), a("127.0.0.1:8765")]
+        );
+        assert_eq!(c.http.token, "");
+        assert_eq!(c.http.max_connections, 10000);
+        assert_eq!(c.http.header_max_bytes, 16384);
+        assert_eq!(c.http.body_max_bytes, 1048576);
+        assert_eq!(c.http.header_timeout_s, 10);
+        assert_eq!(c.http.keepalive_idle_s, 60);
+        assert!(c.http.cors_origins.is_empty());
+        assert_eq!(c.http.rate_limit_requests, 60);
+        assert_eq!(c.http.rate_limit_window_s, 60);
+
+        assert_eq!(c.line.listen, vec![a("127.0.0.1:4005")]);
+        assert_eq!(c.line.token, "");
+        assert_eq!(c.line.max_line_bytes, 65536);
+        assert_eq!(c.line.heartbeat_s, 30);
+        assert!(c.line.dial.is_empty());
+
+        assert_eq!(c.sessions.max, 20);
+        assert_eq!(c.sessions.idle_timeout_s, 3600);
+        assert_eq!(c.sessions.history_max, 50);
+
+        assert_eq!(c.rooms.events_max, 50);
+        assert_eq!(c.rooms.world_file, "");
+
+        assert_eq!(c.agent.backend, "builtin");
+        assert_eq!(c.agent.workers, 4);
+        assert_eq!(c.agent.queue, 256);
+        assert_eq!(c.agent.timeout_s, 30);
+        assert_eq!(c.agent.base_url, "http://127.0.0.1:11434/v1");
+        assert_eq!(c.agent.model, "");
+        assert_eq!(c.agent.api_key_env, "OPENAI_API_KEY");
+        assert!(c.agent.command.is_empty());
+        assert_eq!(c.agent.persona_file, "");
+
+        assert_eq!(c.gateway.token, "");
+        assert_eq!(c.gateway.agent_id, "timmy");
+        assert_eq!(c.gateway.heartbeat_s, 30);
+        assert_eq!(c.gateway.history_max, 1000);
+        assert_eq!(c.gateway.history_max_age_s, 120);
+        assert_eq!(c.gateway.max_message_bytes, 1048576);
+        assert_eq!(c.gateway.max_queued_bytes, 1048576);
+
+        assert_eq!(c.workshop.state_file, "~/.timmy/workshop-state.yaml");
+        assert_eq!(c.workshop.inbox_dir, "~/.timmy/inbox");
+        assert_eq!(c.workshop.poll_s, 2);
+        assert_eq!(c.workshop.heartbeat_s, 15);
+        assert!(c.workshop.diff);
+
+        assert_eq!(c.store.data_dir, "./worldbridge-data");
+        assert!(!c.store.memory);
+
+        assert_eq!(c.federation.sync_interval_s, 5);
+        assert!(c.federation.portal_rooms.is_empty());
+        assert!(c.federation.peers.is_empty());
+
+        assert_eq!(c.validate(), Ok(()));
+    }
+
+    #[test]
+    fn empty_file_is_the_defaults() {
+        assert_eq!(Config::from_toml(""), Ok(Config::default()));
+        assert_eq!(Config::from_toml("# nothing\n"), Ok(Config::default()));
+    }
+
+    #[test]
+    fn design_md_block_parses_to_the_defaults_plus_its_dial_and_peer() {
+        let mut c = Config::from_toml(DESIGN_BLOCK).unwrap();
+        assert_eq!(
+            c.line.dial,
+            vec![DialConfig {
+                world: "morrowind".into(),
+                kind: "tes3mp".into(),
+                addr: a("127.0.0.1:7777"),
+                token: String::new(),
+            }]
+        );
+        assert_eq!(
+            c.federation.peers,
+            vec![PeerConfig {
+                world: "vps".into(),
+                url: "http://127.0.0.1:4004".into(),
+                token: String::new(),
+            }]
+        );
+        assert_eq!(c.validate(), Ok(()));
+        // Every other value in the block is the documented default.
+        c.line.dial.clear();
+        c.federation.peers.clear();
+        assert_eq!(c, Config::default());
+    }
+
+    #[test]
+    fn file_values_replace_defaults() {
+        let c = Config::from_toml(
+            "world = \"vps\"\nallow_public_without_token = true\n\
+             [http]\nlisten = [\"[::1]:9000\"]\ncors_origins = [\"https://a.example\"]\n\
+             [agent]\nbackend = \"command\"\ncommand = [\"hermes\", \"--jsonl\"]\ntemperature = 1\n\
+             [workshop]\ndiff = false\n\
+             [[line.dial]]\nworld = \"mw\"\naddr = \"127.0.0.1:7777\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.world, "vps");
+        assert!(c.allow_public_without_token);
+        assert_eq!(c.http.listen, vec![a("[::1]:9000")]);
+        assert_eq!(c.http.cors_origins, vec!["https://a.example".to_string()]);
+        assert_eq!(c.agent.command, vec!["hermes", "--jsonl"]);
+        assert_eq!(c.agent.temperature, 1.0);
+        assert!(!c.workshop.diff);
+        assert_eq!(c.line.dial[0].kind, "generic", "kind defaults to generic");
+        assert_eq!(
+            c.sessions,
+            SessionsConfig::default(),
+            "untouched tables keep defaults"
+        );
+    }
+
+    #[test]
+    fn unknown_keys_are_named_with_their_path_and_line() {
+        let e = err_of("world = \"x\"\n[http]\nlistne = [\"127.0.0.1:1\"]\n");
+        assert_contains(&e, "config: unknown key `http.listne` (line 3)");
+        assert_contains(&e, "`listen`");
+
+        assert_contains(&err_of("wrld = \"x\"\n"), "unknown key `wrld` (line 1)");
+        assert_contains(
+            &err_of("http.listne = []\n"),
+            "unknown key `http.listne` (line 1)",
+        );
+        assert_contains(&err_of("[nope]\n"), "unknown key `nope` (line 1)");
+        assert_contains(
+            &err_of(
+                "[[line.dial]]\nworld = \"a\"\naddr = \"127.0.0.1:1\"\n\
+                 [[line.dial]]\nworld = \"b\"\naddr = \"127.0.0.1:2\"\nport = 3\n",
+            ),
+            "unknown key `line.dial[1].port` (line 7)",
+        );
+        assert_contains(
+            &err_of("[[federation.peers]]\nworld = \"a\"\nurl = \"http://x\"\nsecret = \"s\"\n"),
+            "unknown key `federation.peers[0].secret` (line 4)",
+        );
+    }
+
+    #[test]
+    fn wrong_types_are_named_with_their_path() {
+        let e = err_of("[sessions]\nmax = \"20\"\n");
+        assert_eq!(
+            e,
+            "config: `sessions.max` must be a non-negative integer, not \"20\" (line 2)"
+        );
+        assert_contains(
+            &err_of("[sessions]\nmax = -1\n"),
+            "`sessions.max` must be a non-negative integer, not -1",
+        );
+        assert_contains(
+            &err_of("[workshop]\ndiff = 1\n"),
+            "`workshop.diff` must be true or false",
+        );
+        assert_contains(&err_of("world = 5\n"), "`world` must be a string");
+        assert_contains(
+            &err_of("[http]\nlisten = \"127.0.0.1:1\"\n"),
+            "`http.listen` must be an array",
+        );
+        assert_contains(
+            &err_of("[http]\nlisten = [\"127.0.0.1:1\", \"localhost\"]\n"),
+            "`http.listen[1]` must be an address like \"127.0.0.1:4004\", not \"localhost\" (line 2)",
+        );
+        assert_contains(&err_of("http = 3\n"), "`http` must be a table");
+        assert_contains(
+            &err_of("[agent]\ntemperature = \"hot\"\n"),
+            "`agent.temperature` must be a number",
+        );
+        assert_contains(
+            &err_of("[[line.dial]]\nworld = \"a\"\naddr = \"nowhere\"\n"),
+            "`line.dial[0].addr` must be an address",
+        );
+    }
+
+    #[test]
+    fn missing_required_keys_and_bad_syntax_point_at_the_line() {
+        assert_contains(
+            &err_of("[[line.dial]]\nworld = \"a\"\naddr = \"127.0.0.1:1\"\n\n[[line.dial]]\nworld = \"b\"\n"),
+            "`line.dial[1]` is missing the required key `addr` (line 5)",
+        );
+        assert_contains(&err_of("world = \"x\"\n[http\n"), "invalid TOML");
+        assert_contains(&err_of("world = \"x\"\n[http\n"), "(line 2)");
+        assert_contains(
+            &err_of("[http]\ntoken = \"a\"\ntoken = \"b\"\n"),
+            "duplicate key `token` (line 3)",
+        );
+    }
+
+    #[test]
+    fn precedence_is_defaults_then_file_then_env_then_flags() {
+        let file = TempConfig::new(
+            "world = \"fromfile\"\n[agent]\nbackend = \"openai\"\n\
+             [store]\ndata_dir = \"/file/dir\"\n[sessions]\nmax = 7\n",
+        );
+        let with_file = ServeArgs {
+            config: Some(file.0.clone()),
+            ..ServeArgs::default()
+        };
+
+        let c = Config::load(&with_file, &no_env).unwrap();
+        assert_eq!(c.world, "fromfile");
+        assert_eq!(c.agent.backend, "openai");
+        assert_eq!(c.store.data_dir, "/file/dir");
+        assert_eq!(c.sessions.max, 7);
+        assert_eq!(
+            c.http.listen,
+            HttpConfig::default().listen,
+            "default where the file is silent"
+        );
+
+        let env = env_of(&[
+            ("WORLDBRIDGE_WORLD", "fromenv"),
+            ("WORLDBRIDGE_AGENT", "command"),
+            ("WORLDBRIDGE_DATA_DIR", "/env/dir"),
+        ]);
+        // The command backend needs a command; the env must win over the file for that
+        // to be the complaint.
+        let e = Config::load(&with_file, &env).unwrap_err();
+        assert_contains(&e, "agent.command");
+        let env = env_of(&[
+            ("WORLDBRIDGE_WORLD", "fromenv"),
+            ("WORLDBRIDGE_AGENT", "builtin"),
+            ("WORLDBRIDGE_DATA_DIR", "/env/dir"),
+        ]);
+        let c = Config::load(&with_file, &env).unwrap();
+        assert_eq!(c.world, "fromenv");
+        assert_eq!(c.agent.backend, "builtin");
+        assert_eq!(c.store.data_dir, "/env/dir");
+        assert_eq!(
+            c.sessions.max, 7,
+            "the file still counts where env is silent"
+        );
+
+        let flags = ServeArgs {
+            config: Some(file.0.clone()),
+            http: vec![a("127.0.0.1:9001"), a("127.0.0.1:9002")],
+            line: vec![a("127.0.0.1:9003")],
+            world: Some("fromflag".into()),
+            data_dir: Some("/flag/dir".into()),
+            memory: false,
+            agent: Some("openai".into()),
+        };
+        let c = Config::load(&flags, &env).unwrap();
+        assert_eq!(c.world, "fromflag");
+        assert_eq!(c.agent.backend, "openai");
+        assert_eq!(c.store.data_dir, "/flag/dir");
+        assert_eq!(
+            c.http.listen,
+            vec![a("127.0.0.1:9001"), a("127.0.0.1:9002")]
+        );
+        assert_eq!(c.line.listen, vec![a("127.0.0.1:9003")]);
+
+        let memory = ServeArgs {
+            memory: true,
+            ..ServeArgs::default()
+        };
+        assert!(Config::load(&memory, &no_env).unwrap().store.memory);
+        assert!(
+            !Config::load(&ServeArgs::default(), &no_env)
+                .unwrap()
+                .store
+                .memory
+        );
+    }
+
+    #[test]
+    fn config_file_comes_from_the_flag_else_worldbridge_config() {
+        let from_env = TempConfig::new("world = \"envfile\"\n");
+        let from_flag = TempConfig::new("world = \"flagfile\"\n");
+        let env_path = from_env.0.to_str().unwrap().to_string();
+        let env = env_of(&[("WORLDBRIDGE_CONFIG", env_path.as_str())]);
+
+        let c = Config::load(&ServeArgs::default(), &env).unwrap();
+        assert_eq!(c.world, "envfile");
+
+        let args = ServeArgs {
+            config: Some(from_flag.0.clone()),
+            ..ServeArgs::default()
+        };
+        assert_eq!(Config::load(&args, &env).unwrap().world, "flagfile");
+
+        // An empty variable is unset: defaults, no attempt to read "".
+        let empty = env_of(&[("WORLDBRIDGE_CONFIG", "")]);
+        assert_eq!(
+            Config::load(&ServeArgs::default(), &empty),
+            Ok(Config::default())
+        );
+    }
+
+    #[test]
+    fn missing_or_broken_config_file_is_an_error_naming_the_path() {
+        let missing = std::env::temp_dir().join(format!(
+            "worldbridge-config-test-{}-does-not-exist.toml",
+            std::process::id()
+        ));
+        let args = ServeArgs {
+            config: Some(missing.clone()),
+            ..ServeArgs::default()
+        };
+        let e = Config::load(&args, &no_env).unwrap_err();
+        assert_contains(&e, &missing.display().to_string());
+        assert_contains(&e, "cannot read");
+
+        let broken = TempConfig::new("[http]\n\nlistne = []\n");
+        let args = ServeArgs {
+            config: Some(broken.0.clone()),
+            ..ServeArgs::default()
+        };
+        let e = Config::load(&args, &no_env).unwrap_err();
+        assert_contains(&e, "unknown key `http.listne`");
+        assert_contains(&e, &format!("({}:3)", broken.0.display()));
+    }
+
+    #[test]
+    fn timmy_bridge_variables_move_only_the_first_http_listener() {
+        let c = Config::load(
+            &ServeArgs::default(),
+            &env_of(&[("TIMMY_BRIDGE_PORT", "5000")]),
+        )
+        .unwrap();
+        assert_eq!(
+            c.http.listen,
+            vec![a("127.0.0.1:5000"), a("127.0.0.1:8765")]
+        );
+
+        let env = env_of(&[("TIMMY_BRIDGE_HOST", "::1"), ("TIMMY_BRIDGE_PORT", "5001")]);
+        let c = Config::load(&ServeArgs::default(), &env).unwrap();
+        assert_eq!(c.http.listen, vec![a("[::1]:5001"), a("127.0.0.1:8765")]);
+        assert_eq!(
+            c.line.listen,
+            LineConfig::default().listen,
+            "line listeners untouched"
+        );
+
+        // Flags beat env: --http replaces them all.
+        let args = ServeArgs {
+            http: vec![a("127.0.0.1:6000")],
+            ..ServeArgs::default()
+        };
+        assert_eq!(
+            Config::load(&args, &env).unwrap().http.listen,
+            vec![a("127.0.0.1:6000")]
+        );
+
+        // Seed 001 users who set 0.0.0.0 get the public-bind rule, not a silent open port.
+        let e = Config::load(
+            &ServeArgs::default(),
+            &env_of(&[("TIMMY_BRIDGE_HOST", "0.0.0.0")]),
+        )
+        .unwrap_err();
+        assert_contains(&e, "0.0.0.0:4004");
+    }
+
+    #[test]
+    fn bad_environment_values_name_the_variable() {
+        let cases = [
+            ("TIMMY_BRIDGE_PORT", "http"),
+            ("TIMMY_BRIDGE_PORT", "70000"),
+            ("TIMMY_BRIDGE_HOST", "my host"),
+            ("WORLDBRIDGE_AGENT", "gpt"),
+            ("WORLDBRIDGE_WORLD", "two words"),
+        ];
+        for (var, value) in cases {
+            let e = Config::load(&ServeArgs::default(), &env_of(&[(var, value)])).unwrap_err();
+            assert!(e.starts_with(var), "{var}={value}: {e}");
+            assert_contains(&e, value);
+        }
+        let missing = env_of(&[("WORLDBRIDGE_CONFIG", "/nonexistent/worldbridge.toml")]);
+        assert_contains(
+            &Config::load(&ServeArgs::default(), &missing).unwrap_err(),
+            "/nonexistent/worldbridge.toml",
+        );
+    }
+
+    #[test]
+    fn bad_flag_values_name_the_flag() {
+        let args = ServeArgs {
+            world: Some("a/b".into()),
+            ..ServeArgs::default()
+        };
+        assert_contains(&Config::load(&args, &no_env).unwrap_err(), "--world: 'a/b'");
+        let args = ServeArgs {
+            agent: Some("gpt".into()),
+            ..ServeArgs::default()
+        };
+        assert_contains(&Config::load(&args, &no_env).unwrap_err(), "--agent: 'gpt'");
+    }
+
+    #[test]
+    fn public_bind_needs_the_matching_token_or_the_opt_out() {
+        let mut c = Config::default();
+        c.http.listen = vec![a("127.0.0.1:4004"), a("0.0.0.0:8765")];
+        let e = c.validate().unwrap_err();
+        assert_contains(&e, "0.0.0.0:8765");
+        assert_contains(&e, "`http.listen`");
+        assert_contains(&e, "`http.token` is empty");
+        assert_contains(&e, "allow_public_without_token = true");
+
+        c.http.token = "s3cret".into();
+        assert_eq!(c.validate(), Ok(()));
+
+        c.line.listen = vec![a("[::]:4005")];
+        let e = c.validate().unwrap_err();
+        assert_contains(&e, "[::]:4005");
+        assert_contains(&e, "`line.token` is empty");
+        c.line.token = "other".into();
+        assert_eq!(c.validate(), Ok(()));
+
+        let mut c = Config::default();
+        c.http.listen = vec![a("192.168.1.5:4004")];
+        c.line.listen = vec![a("0.0.0.0:4005")];
+        c.allow_public_without_token = true;
+        assert_eq!(c.validate(), Ok(()));
+
+        // The http token does not cover the line surface.
+        let mut c = Config::default();
+        c.http.token = "s3cret".into();
+        c.line.listen = vec![a("0.0.0.0:4005")];
+        assert_contains(&c.validate().unwrap_err(), "`line.token`");
+
+        // Loopback is fine without any token, v4 and v6.
+        let mut c = Config::default();
+        c.http.listen = vec![a("127.0.0.2:4004"), a("[::1]:4004")];
+        assert_eq!(c.validate(), Ok(()));
+    }
+
+    #[test]
+    fn public_bind_opt_out_works_from_a_file() {
+        let file = TempConfig::new("allow_public_without_token = true\n");
+        let args = ServeArgs {
+            config: Some(file.0.clone()),
+            http: vec![a("0.0.0.0:4004")],
+            ..ServeArgs::default()
+        };
+        assert_eq!(
+            Config::load(&args, &no_env).unwrap().http.listen,
+            vec![a("0.0.0.0:4004")]
+        );
+        let args = ServeArgs {
+            config: None,
+            ..args
+        };
+        assert_contains(&Config::load(&args, &no_env).unwrap_err(), "0.0.0.0:4004");
+    }
+
+    #[test]
+    fn validate_names_each_bad_value() {
+        type Breaker = fn(&mut Config);
+        let cases: [(Breaker, &str); 17] = [
+            (|c| c.world = String::new(), "`world`"),
+            (|c| c.world = "a b".into(), "`world`"),
+            (|c| c.world = "é".into(), "`world`"),
+            (|c| c.agent.backend = "gpt".into(), "`agent.backend`"),
+            (
+                |c| c.agent.workers = 0,
+                "`agent.workers` must be at least 1",
+            ),
+            (|c| c.agent.queue = 0, "`agent.queue` must be at least 1"),
+            (
+                |c| c.agent.timeout_s = 0,
+                "`agent.timeout_s` must be at least 1",
+            ),
+            (|c| c.sessions.max = 0, "`sessions.max` must be at least 1"),
+            (
+                |c| c.http.max_connections = 0,
+                "`http.max_connections` must be at least 1",
+            ),
+            (
+                |c| c.http.header_max_bytes = 1023,
+                "`http.header_max_bytes` must be at least 1024, not 1023",
+            ),
+            (
+                |c| c.http.rate_limit_requests = 0,
+                "`http.rate_limit_requests` must be at least 1",
+            ),
+            (
+                |c| c.http.rate_limit_window_s = 0,
+                "`http.rate_limit_window_s` must be at least 1",
+            ),
+            (
+                |c| c.line.max_line_bytes = 0,
+                "`line.max_line_bytes` must be at least 1",
+            ),
+            (
+                |c| c.http.listen.clear(),
+                "`http.listen` must list at least one address",
+            ),
+            (
+                |c| c.agent.backend = "command".into(),
+                "needs `agent.command`",
+            ),
+            (
+                |c| {
+                    c.agent.backend = "command".into();
+                    c.agent.command = vec![String::new()];
+                },
+                "needs `agent.command`",
+            ),
+            (
+                |c| c.http.listen = vec![a("10.0.0.1:4004")],
+                "`http.token` is empty",
+            ),
+        ];
+        for (breaker, expected) in cases {
+            let mut c = Config::default();
+            breaker(&mut c);
+            match c.validate() {
+                Ok(()) => panic!("validate accepted a config that should fail with {expected:?}"),
+                Err(e) => assert_contains(&e, expected),
+            }
+        }
+
+        // The edges that are allowed.
+        let mut c = Config {
+            world: "Morrowind_2.0-test".into(),
+            ..Config::default()
+        };
+        c.http.header_max_bytes = 1024;
+        c.line.listen.clear();
+        c.agent.backend = "command".into();
+        c.agent.command = vec!["hermes".into()];
+        assert_eq!(c.validate(), Ok(()));
+    }
+
+    #[test]
+    fn expand_home_replaces_only_a_leading_tilde() {
+        let home = Some("/home/timmy");
+        assert_eq!(
+            expand_home_with("~/.timmy/inbox", home),
+            "/home/timmy/.timmy/inbox"
+        );
+        assert_eq!(expand_home_with("~", home), "/home/timmy");
+        assert_eq!(expand_home_with("~/x", Some("/root/")), "/root/x");
+        assert_eq!(expand_home_with("/abs/~/x", home), "/abs/~/x");
+        assert_eq!(expand_home_with("./rel", home), "./rel");
+        assert_eq!(expand_home_with("~other/x", home), "~other/x");
+        assert_eq!(expand_home_with("~/x", None), "~/x");
+        assert_eq!(expand_home_with("~/x", Some("")), "~/x");
+        // The public wrapper reads $HOME.
+        if let Ok(home) = std::env::var("HOME") {
+            if !home.is_empty() {
+                assert_eq!(
+                    expand_home("~/a"),
+                    format!("{}/a", home.trim_end_matches('/'))
+                );
+            }
         }
     }
 }
