@@ -1,1 +1,610 @@
-//! (placeholder: filled in by the core work)
+//! The HTTP routes: each request is checked (auth, CORS, JSON fields, rate limit), turned
+//! into a call on the [`App`], and the result into the seed's JSON shape.
+//!
+//! Errors are `{"error": "<sentence>", "code": "<snake_case>"}`; a client's mistake is a
+//! 4xx, never a 500.
+
+use crate::app::{Answer, App, CallInput};
+use crate::calls::{CallKind, ReplyTo};
+use crate::codec::http::{percent_decode, Method, Request, Response};
+use crate::conn::http::Handled;
+use crate::conn::ConnId;
+use crate::time::{now_ms, parse_rfc3339, rfc3339};
+use crate::world::room::Event;
+use crate::world::{check_name, WorldError};
+use serde::Serialize;
+use serde_json::{json, Map, Value};
+use std::time::Instant;
+
+/// The routes, as metric labels.
+const ROUTES: [(&str, &str); 13] = [
+    ("/", "GET"),
+    ("/metrics", "GET"),
+    ("/bridge/health", "GET"),
+    ("/bridge/sessions", "GET"),
+    ("/bridge/rooms", "GET"),
+    ("/bridge/stats", "GET"),
+    ("/bridge/world/:room", "GET"),
+    ("/bridge/room/:room/players", "GET"),
+    ("/bridge/room/:room/events", "GET"),
+    ("/bridge/chat", "POST"),
+    ("/bridge/say", "POST"),
+    ("/bridge/move", "POST"),
+    ("/api/v1/generate", "POST"),
+];
+
+/// The route pattern a path belongs to, and the room it names (still URL-encoded).
+fn route_of(path: &str) -> Option<(&'static str, Option<&str>)> {
+    if let Some(room) = path.strip_prefix("/bridge/world/") {
+        return Some(("/bridge/world/:room", Some(room)));
+    }
+    if let Some(rest) = path.strip_prefix("/bridge/room/") {
+        return match rest.rsplit_once('/') {
+            Some((room, "players")) => Some(("/bridge/room/:room/players", Some(room))),
+            Some((room, "events")) => Some(("/bridge/room/:room/events", Some(room))),
+            _ => None,
+        };
+    }
+    ROUTES
+        .iter()
+        .find(|(p, _)| !p.contains(':') && *p == path)
+        .map(|(p, _)| (*p, None))
+}
+
+fn method_allowed(route: &str) -> &'static str {
+    ROUTES
+        .iter()
+        .find(|(p, _)| *p == route)
+        .map_or("GET", |(_, m)| *m)
+}
+
+/// Handle one request on connection `id`.
+pub fn handle(app: &mut App, id: ConnId, req: Request) -> Handled {
+    let started = Instant::now();
+    let cors = cors_origin(app, &req);
+    let (route, handled) = match route_of(req.path()) {
+        None => (
+            "other",
+            Handled::Respond(Response::error(
+                404,
+                "not_found",
+                &format!(
+                    "no route for {}; see GET /bridge/health and README.md",
+                    req.path()
+                ),
+            )),
+        ),
+        Some((route, room)) => (route, dispatch(app, id, &req, route, room, cors.clone())),
+    };
+    match handled {
+        Handled::Respond(mut resp) => {
+            if let Some(origin) = cors {
+                resp.headers.push(("Access-Control-Allow-Origin", origin));
+                resp.headers.push(("Vary", "Origin".into()));
+            }
+            app.metrics.count_request(route, resp.status);
+            app.metrics.request_latency.observe(started.elapsed());
+            Handled::Respond(resp)
+        }
+        parked => parked,
+    }
+}
+
+/// The `Origin` to echo back when it is allowed by `http.cors_origins` (`*` allows all).
+fn cors_origin(app: &App, req: &Request) -> Option<String> {
+    let origin = req.header("origin")?;
+    let allowed = &app.cfg.http.cors_origins;
+    allowed
+        .iter()
+        .any(|o| o == "*" || o == origin)
+        .then(|| origin.to_string())
+}
+
+fn dispatch(
+    app: &mut App,
+    id: ConnId,
+    req: &Request,
+    route: &'static str,
+    room: Option<&str>,
+    cors: Option<String>,
+) -> Handled {
+    let allowed = method_allowed(route);
+    if req.method == Method::Options {
+        let mut resp = Response::new(204, "text/plain", Vec::new())
+            .with_header("Allow", format!("{allowed}, OPTIONS{}", head_of(allowed)));
+        if cors.is_some() {
+            resp = resp
+                .with_header(
+                    "Access-Control-Allow-Methods",
+                    format!("{allowed}, OPTIONS"),
+                )
+                .with_header(
+                    "Access-Control-Allow-Headers",
+                    "Content-Type, Authorization",
+                )
+                .with_header("Access-Control-Max-Age", "600");
+        }
+        return Handled::Respond(resp);
+    }
+    let method_ok = match allowed {
+        "GET" => matches!(req.method, Method::Get | Method::Head),
+        _ => req.method == Method::Post,
+    };
+    if !method_ok {
+        return Handled::Respond(
+            Response::error(
+                405,
+                "method_not_allowed",
+                &format!("{route} takes {allowed}"),
+            )
+            .with_header("Allow", format!("{allowed}, OPTIONS{}", head_of(allowed))),
+        );
+    }
+    if let Err(resp) = authorize(app, req, route) {
+        return Handled::Respond(resp);
+    }
+    let room = match room.map(|r| percent_decode(r, false)) {
+        Some(None) => {
+            return Handled::Respond(Response::error(
+                400,
+                "bad_room",
+                "the room name in the path is not valid percent-encoded UTF-8",
+            ))
+        }
+        Some(Some(r)) => Some(r),
+        None => None,
+    };
+    let now = now_ms();
+    let result = match route {
+        "/" => Ok(index()),
+        "/metrics" => Ok(Response::new(
+            200,
+            "text/plain; version=0.0.4",
+            app.metrics.render(&app.gauges()).into_bytes(),
+        )),
+        "/bridge/health" => Ok(health(app, now)),
+        "/bridge/sessions" => Ok(sessions(app)),
+        "/bridge/rooms" => Ok(rooms(app)),
+        "/bridge/stats" => Ok(stats(app)),
+        "/bridge/world/:room" => world_room(app, room.as_deref().unwrap_or_default()),
+        "/bridge/room/:room/players" => players(app, room.as_deref().unwrap_or_default()),
+        "/bridge/room/:room/events" => events(app, req, room.as_deref().unwrap_or_default()),
+        "/bridge/say" => say(app, req, now),
+        "/bridge/move" => move_user(app, req, now),
+        "/bridge/chat" | "/api/v1/generate" => {
+            return match call(app, id, req, route, now) {
+                Ok(Answer::Now(resp)) | Err(resp) => Handled::Respond(resp),
+                Ok(Answer::Later) => Handled::Park {
+                    route,
+                    headers: cors
+                        .map(|o| {
+                            vec![
+                                ("Access-Control-Allow-Origin", o),
+                                ("Vary", "Origin".into()),
+                            ]
+                        })
+                        .unwrap_or_default(),
+                },
+            };
+        }
+        _ => Err(Response::error(404, "not_found", "no such route")),
+    };
+    Handled::Respond(result.unwrap_or_else(|e| e))
+}
+
+fn head_of(allowed: &str) -> &'static str {
+    if allowed == "GET" {
+        ", HEAD"
+    } else {
+        ""
+    }
+}
+
+/// With `http.token` set, every route but `/bridge/health` needs `Authorization: Bearer`.
+fn authorize(app: &App, req: &Request, route: &str) -> Result<(), Response> {
+    let token = &app.cfg.http.token;
+    if token.is_empty() || route == "/bridge/health" {
+        return Ok(());
+    }
+    match req
+        .header("authorization")
+        .and_then(|h| h.strip_prefix("Bearer "))
+    {
+        None => Err(Response::error(
+            401,
+            "unauthorized",
+            "this bridge needs an API token: send Authorization: Bearer <token>",
+        )
+        .with_header("WWW-Authenticate", "Bearer")),
+        Some(t) if constant_time_eq(t.trim().as_bytes(), token.as_bytes()) => Ok(()),
+        Some(_) => Err(Response::error(403, "forbidden", "the API token is wrong")),
+    }
+}
+
+/// Compare without an early exit, so timing does not reveal the token.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn world_error(e: WorldError) -> Response {
+    match e {
+        WorldError::UnknownRoom(_) => Response::error(404, "room_not_found", &e.to_string()),
+        WorldError::AlreadyThere(_) => Response::error(409, "already_in_room", &e.to_string()),
+        WorldError::Invalid(..) => Response::error(400, "bad_field", &e.to_string()),
+    }
+}
+
+/// The request body as a JSON object.
+fn body_object(req: &Request) -> Result<Map<String, Value>, Response> {
+    if req.body.is_empty() {
+        return Err(Response::error(
+            400,
+            "bad_json",
+            "the body is empty; send a JSON object",
+        ));
+    }
+    match serde_json::from_slice::<Value>(&req.body) {
+        Ok(Value::Object(m)) => Ok(m),
+        Ok(_) => Err(Response::error(
+            400,
+            "bad_json",
+            "the body must be a JSON object",
+        )),
+        Err(e) => Err(Response::error(
+            400,
+            "bad_json",
+            &format!("the body is not valid JSON: {e}"),
+        )),
+    }
+}
+
+/// A string field: `Ok(None)` when absent (or null) and optional.
+fn field(
+    obj: &Map<String, Value>,
+    name: &'static str,
+    required: bool,
+) -> Result<Option<String>, Response> {
+    match obj.get(name) {
+        None | Some(Value::Null) if !required => Ok(None),
+        None | Some(Value::Null) => Err(Response::error(
+            400,
+            "missing_field",
+            &format!("`{name}` is required"),
+        )),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(Value::Number(n)) if name == "user_id" => Ok(Some(n.to_string())),
+        Some(other) => Err(Response::error(
+            400,
+            "bad_field",
+            &format!("`{name}` must be a string, not {}", type_name(other)),
+        )),
+    }
+}
+
+fn type_name(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+fn required(obj: &Map<String, Value>, name: &'static str) -> Result<String, Response> {
+    let v = field(obj, name, true)?.unwrap_or_default();
+    if name != "message" {
+        check_name(name, &v).map_err(world_error)?;
+    } else if v.trim().is_empty() {
+        return Err(Response::error(
+            400,
+            "bad_field",
+            "`message` must not be empty",
+        ));
+    }
+    Ok(v)
+}
+
+/// Count one request of `user` against the rate limit.
+fn rate_limit(app: &mut App, user: &str, now: u64) -> Result<(), Response> {
+    app.rate.check(user, now).map_err(|retry| {
+        app.metrics.rate_limited += 1;
+        Response::error(
+            429,
+            "rate_limited",
+            &format!(
+                "too many requests from {user}: at most {} per {} s",
+                app.cfg.http.rate_limit_requests, app.cfg.http.rate_limit_window_s
+            ),
+        )
+        .with_header("Retry-After", retry.to_string())
+    })
+}
+
+fn index() -> Response {
+    let body = "<!doctype html><meta charset=utf-8><title>worldbridge</title>\
+        <h1>worldbridge</h1><p>The bridge is running. \
+        See <a href=/bridge/health>/bridge/health</a>, <a href=/bridge/rooms>/bridge/rooms</a>, \
+        <a href=/bridge/sessions>/bridge/sessions</a> and <a href=/metrics>/metrics</a>.</p>";
+    Response::new(200, "text/html; charset=utf-8", body.as_bytes().to_vec())
+}
+
+#[derive(Serialize)]
+struct Health<'a> {
+    status: &'a str,
+    active_sessions: usize,
+    timestamp: String,
+    world: &'a str,
+    agent: &'a str,
+    version: &'a str,
+    uptime_s: u64,
+}
+
+fn health(app: &App, now: u64) -> Response {
+    Response::json(
+        200,
+        &Health {
+            status: if app.shutting_down { "stopping" } else { "ok" },
+            active_sessions: app.world.sessions.len(),
+            timestamp: rfc3339(now),
+            world: &app.world.id,
+            agent: &app.cfg.agent.backend,
+            version: env!("CARGO_PKG_VERSION"),
+            uptime_s: app.started.elapsed().as_secs(),
+        },
+    )
+}
+
+fn sessions(app: &App) -> Response {
+    let list: Vec<Value> = app
+        .world
+        .sessions
+        .list()
+        .into_iter()
+        .map(|s| {
+            json!({
+                "user": s.username,
+                "user_id": s.user_id,
+                "room": s.room,
+                "messages": s.messages,
+                "last_active": rfc3339(s.last_active_ms),
+                "created": rfc3339(s.created_ms),
+                "crisis": s.crisis,
+            })
+        })
+        .collect();
+    Response::json(200, &json!({ "sessions": list }))
+}
+
+fn rooms(app: &App) -> Response {
+    let list: Vec<Value> = app
+        .world
+        .rooms()
+        .map(|r| {
+            json!({
+                "name": r.spec.name,
+                "occupants": app.world.occupant_count(&r.spec.name),
+                "exits": r.spec.exits,
+                "events": r.events.len(),
+            })
+        })
+        .collect();
+    Response::json(200, &json!({ "rooms": list }))
+}
+
+fn stats(app: &App) -> Response {
+    let g = app.gauges();
+    let m = &app.metrics;
+    Response::json(
+        200,
+        &json!({
+            "world": app.world.id,
+            "uptime_s": g.uptime_s,
+            "connections": {
+                "open": g.connections_open,
+                "accepted": m.connections_accepted,
+                "rejected": m.connections_rejected,
+                "closed": m.connections_closed,
+            },
+            "requests": {"total": m.requests_total, "client_errors": m.bad_requests, "rate_limited": m.rate_limited},
+            "agent": {
+                "backend": app.cfg.agent.backend,
+                "workers": app.pool.as_ref().map_or(0, |p| p.workers()),
+                "queue_depth": g.agent_queue_depth,
+                "in_flight": g.agent_in_flight,
+                "waiting": app.calls.waiting(),
+                "calls": m.agent_calls,
+                "latency_avg_ms": if m.agent_latency.count > 0 { m.agent_latency.sum_s * 1000.0 / m.agent_latency.count as f64 } else { 0.0 },
+            },
+            "sessions": g.sessions_active,
+            "rooms": g.rooms,
+            "events_seq": g.events_seq,
+            "crisis_detections": m.crisis_detections,
+        }),
+    )
+}
+
+fn world_room(app: &App, room: &str) -> Result<Response, Response> {
+    let r = app
+        .world
+        .room(room)
+        .ok_or_else(|| world_error(WorldError::UnknownRoom(room.into())))?;
+    Ok(Response::json(
+        200,
+        &json!({
+            "room": r.spec.name,
+            "data": {
+                "desc_base": r.spec.desc,
+                "exits": r.spec.exits,
+                "objects": r.spec.objects,
+                "visitor_history": r.visitor_history,
+                "portal": r.spec.portal,
+                "occupants": app.world.occupant_count(&r.spec.name),
+            }
+        }),
+    ))
+}
+
+fn players(app: &App, room: &str) -> Result<Response, Response> {
+    let name = app
+        .world
+        .resolve(room)
+        .ok_or_else(|| world_error(WorldError::UnknownRoom(room.into())))?;
+    let list: Vec<Value> = app
+        .world
+        .players(name)
+        .into_iter()
+        .map(|o| json!({"user_id": o.user_id, "username": o.username}))
+        .collect();
+    Ok(Response::json(200, &json!({"room": name, "players": list})))
+}
+
+fn events(app: &App, req: &Request, room: &str) -> Result<Response, Response> {
+    let since = match req.query_param("since") {
+        None => None,
+        Some(s) => Some(parse_rfc3339(&s).ok_or_else(|| {
+            Response::error(
+                400,
+                "bad_since",
+                &format!(
+                    "`since` must be an RFC 3339 timestamp like 2026-04-12T20:15:00Z, not {s:?}"
+                ),
+            )
+        })?),
+    };
+    let after = match req.query_param("after") {
+        None => None,
+        Some(s) => Some(s.parse::<u64>().map_err(|_| {
+            Response::error(
+                400,
+                "bad_after",
+                &format!("`after` must be an event seq number, not {s:?}"),
+            )
+        })?),
+    };
+    let evs: Vec<&Event> = app.world.events(room, since, after).map_err(world_error)?;
+    let name = app.world.resolve(room).unwrap_or(room);
+    Ok(Response::json(200, &json!({"room": name, "events": evs})))
+}
+
+fn say(app: &mut App, req: &Request, now: u64) -> Result<Response, Response> {
+    let obj = body_object(req)?;
+    let user_id = required(&obj, "user_id")?;
+    let message = required(&obj, "message")?;
+    let room = required(&obj, "room")?;
+    let username = field(&obj, "username", false)?.unwrap_or_else(|| user_id.clone());
+    rate_limit(app, &user_id, now)?;
+    let said = app
+        .world
+        .say(&user_id, &username, &room, &message, now)
+        .map_err(world_error)?;
+    let recipients: Vec<Value> = said
+        .recipients
+        .iter()
+        .map(|(u, n)| json!({"user_id": u, "username": n}))
+        .collect();
+    Ok(Response::json(
+        200,
+        &json!({"ok": true, "event": said.event, "recipients": recipients}),
+    ))
+}
+
+fn move_user(app: &mut App, req: &Request, now: u64) -> Result<Response, Response> {
+    let obj = body_object(req)?;
+    let user_id = required(&obj, "user_id")?;
+    let room = required(&obj, "room")?;
+    let username = field(&obj, "username", false)?;
+    rate_limit(app, &user_id, now)?;
+    let (to, evs) = app
+        .world
+        .move_user(&user_id, username.as_deref(), &room, now)
+        .map_err(world_error)?;
+    Ok(Response::json(
+        200,
+        &json!({"ok": true, "room": to, "events": evs}),
+    ))
+}
+
+/// `POST /bridge/chat` and `POST /api/v1/generate`: both go to the agent.
+fn call(
+    app: &mut App,
+    id: ConnId,
+    req: &Request,
+    route: &str,
+    now: u64,
+) -> Result<Answer, Response> {
+    let obj = body_object(req)?;
+    let input = if route == "/api/v1/generate" {
+        let prompt = field(&obj, "prompt", true)?.unwrap_or_default();
+        if prompt.trim().is_empty() {
+            return Err(Response::error(
+                400,
+                "bad_field",
+                "`prompt` must not be empty",
+            ));
+        }
+        let room = app
+            .world
+            .resolve("The Threshold")
+            .unwrap_or_default()
+            .to_string();
+        CallInput {
+            kind: CallKind::Generate,
+            user_id: None,
+            username: "someone".into(),
+            room,
+            message: prompt,
+        }
+    } else {
+        let user_id = required(&obj, "user_id")?;
+        let message = required(&obj, "message")?;
+        let username = field(&obj, "username", false)?.unwrap_or_else(|| user_id.clone());
+        check_name("username", &username).map_err(world_error)?;
+        let room = match field(&obj, "room", false)? {
+            Some(r) => r,
+            None => app
+                .world
+                .occupant(&user_id)
+                .map(|o| o.room.clone())
+                .unwrap_or_else(|| "The Threshold".into()),
+        };
+        rate_limit(app, &user_id, now)?;
+        let room = app.world.ensure_room(&room).map_err(world_error)?;
+        CallInput {
+            kind: CallKind::Chat,
+            user_id: Some(user_id),
+            username,
+            room,
+            message,
+        }
+    };
+    Ok(app.begin_call(input, ReplyTo::Http(id), now, Instant::now()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_resolve_with_encoded_rooms() {
+        assert_eq!(route_of("/bridge/health"), Some(("/bridge/health", None)));
+        assert_eq!(
+            route_of("/bridge/room/The%20Threshold/events"),
+            Some(("/bridge/room/:room/events", Some("The%20Threshold")))
+        );
+        assert_eq!(
+            route_of("/bridge/world/The%2FSlash"),
+            Some(("/bridge/world/:room", Some("The%2FSlash")))
+        );
+        assert_eq!(route_of("/bridge/room/X/other"), None);
+        assert_eq!(route_of("/nope"), None);
+    }
+
+    #[test]
+    fn token_comparison() {
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"ab"));
+    }
+}

@@ -458,7 +458,7 @@ impl Config {
                 .agent
                 .command
                 .first()
-                .map_or(true, |p| p.trim().is_empty())
+                .is_none_or(|p| p.trim().is_empty())
         {
             return Err(
                 "config: `agent.backend = \"command\"` needs `agent.command`, the argv of \
@@ -640,7 +640,7 @@ fn key_path_at(doc: &toml::de::DeTable<'_>, span: &Range<usize>) -> Option<Strin
         best: &mut Option<(usize, String)>,
         depth: usize,
     ) {
-        if value.span() == *span && best.as_ref().map_or(true, |(d, _)| depth > *d) {
+        if value.span() == *span && best.as_ref().is_none_or(|(d, _)| depth > *d) {
             *best = Some((depth, path.to_string()));
         }
         match value.get_ref() {
@@ -667,7 +667,7 @@ fn key_path_at(doc: &toml::de::DeTable<'_>, span: &Range<usize>) -> Option<Strin
             } else {
                 format!("{prefix}.{name}")
             };
-            if key.span() == *span && best.as_ref().map_or(true, |(d, _)| depth > *d) {
+            if key.span() == *span && best.as_ref().is_none_or(|(d, _)| depth > *d) {
                 *best = Some((depth, path.clone()));
             }
             walk_value(value, &path, span, best, depth);

@@ -14,6 +14,8 @@
 
 pub mod agent;
 pub mod api;
+pub mod app;
+pub mod calls;
 pub mod cli;
 pub mod codec;
 pub mod config;

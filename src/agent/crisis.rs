@@ -204,7 +204,7 @@ impl CrisisDetector {
         'scan: for at in 0..words.len() {
             for (i, _) in self.signals.matches_at(&words, at) {
                 let urgency = self.signal_entries[i].0.urgency();
-                if best.map_or(true, |(u, _)| urgency < u) {
+                if best.is_none_or(|(u, _)| urgency < u) {
                     best = Some((urgency, i));
                     if urgency == 0 {
                         break 'scan;

@@ -1,1 +1,321 @@
-fn main() {}
+//! `worldbridge-load`: the load generator behind README.md's benchmark figures.
+//!
+//! It starts the real `worldbridge` binary (next to itself in `target/release`) on a
+//! loopback port with a bench config, drives it from one mio thread with keep-alive
+//! connections, and reports throughput, latency percentiles and the server's RSS (read
+//! from /proc). Run `cargo run --release --bin worldbridge-load -- --help`.
+
+use mio::net::TcpStream;
+use mio::{Events, Interest, Poll, Token};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const USAGE: &str = "worldbridge-load [--scenario health|chat|idle|all] [--connections N] [--seconds S] [--idle N] [--addr ADDR]
+
+  health   GET /bridge/health on N keep-alive connections (default 64)
+  chat     POST /bridge/chat with the builtin agent, one user per connection (default 50)
+  idle     open --idle connections (default 5000), one request each, then measure server RSS per connection
+  all      all three (the README figures)
+  --addr   drive an already running bridge instead of starting one (no RSS figures then)";
+
+struct Conn {
+    sock: TcpStream,
+    rx: Vec<u8>,
+    tx: Vec<u8>,
+    tx_pos: usize,
+    sent_at: Instant,
+    waiting: bool,
+    request: Vec<u8>,
+}
+
+struct Report {
+    requests: u64,
+    elapsed: Duration,
+    lat_us: Vec<u64>,
+    errors: u64,
+}
+
+fn percentile(sorted: &[u64], p: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i]
+}
+
+/// One complete response at the front of `buf`: its length and status.
+fn response_len(buf: &[u8]) -> Option<(usize, u16)> {
+    let end = buf.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let head = std::str::from_utf8(&buf[..end]).ok()?;
+    let status = head.get(9..12)?.parse().ok()?;
+    let len = head
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse::<usize>().ok())?
+        })
+        .unwrap_or(0);
+    (buf.len() >= end + 4 + len).then_some((end + 4 + len, status))
+}
+
+fn request(method: &str, path: &str, body: &str) -> Vec<u8> {
+    if body.is_empty() {
+        format!("{method} {path} HTTP/1.1\r\nHost: bench\r\n\r\n").into_bytes()
+    } else {
+        format!(
+            "{method} {path} HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .into_bytes()
+    }
+}
+
+/// Drive `requests` (one per connection, repeated) for `secs` seconds.
+fn drive(
+    addr: SocketAddr,
+    requests: Vec<Vec<u8>>,
+    secs: f64,
+    rss: Option<&dyn Fn() -> u64>,
+) -> (Report, Vec<u64>) {
+    let mut poll = Poll::new().expect("poll");
+    let mut conns: Vec<Conn> = requests
+        .into_iter()
+        .enumerate()
+        .map(|(i, request)| {
+            let mut sock = TcpStream::connect(addr).expect("connect");
+            sock.set_nodelay(true).ok();
+            poll.registry()
+                .register(&mut sock, Token(i), Interest::READABLE | Interest::WRITABLE)
+                .expect("register");
+            Conn {
+                sock,
+                rx: Vec::with_capacity(4096),
+                tx: request.clone(),
+                tx_pos: 0,
+                sent_at: Instant::now(),
+                waiting: true,
+                request,
+            }
+        })
+        .collect();
+    let mut events = Events::with_capacity(1024);
+    let start = Instant::now();
+    let end = start + Duration::from_secs_f64(secs);
+    let mut rep = Report {
+        requests: 0,
+        elapsed: Duration::ZERO,
+        lat_us: Vec::with_capacity(1 << 20),
+        errors: 0,
+    };
+    let mut rss_samples = Vec::new();
+    let mut next_sample = start;
+    let mut buf = [0u8; 65536];
+    while Instant::now() < end {
+        if let Some(f) = rss {
+            if Instant::now() >= next_sample {
+                rss_samples.push(f());
+                next_sample += Duration::from_secs(1);
+            }
+        }
+        poll.poll(&mut events, Some(Duration::from_millis(50)))
+            .expect("poll");
+        for ev in events.iter() {
+            let c = &mut conns[ev.token().0];
+            loop {
+                while c.tx_pos < c.tx.len() {
+                    match c.sock.write(&c.tx[c.tx_pos..]) {
+                        Ok(n) => c.tx_pos += n,
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                        Err(e) => panic!("write: {e}"),
+                    }
+                }
+                let mut progressed = false;
+                match c.sock.read(&mut buf) {
+                    Ok(0) => panic!("server closed a keep-alive connection"),
+                    Ok(n) => {
+                        c.rx.extend_from_slice(&buf[..n]);
+                        progressed = true;
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(e) => panic!("read: {e}"),
+                }
+                while let Some((len, status)) = response_len(&c.rx) {
+                    c.rx.drain(..len);
+                    rep.requests += 1;
+                    if status != 200 {
+                        rep.errors += 1;
+                    }
+                    rep.lat_us.push(c.sent_at.elapsed().as_micros() as u64);
+                    c.waiting = false;
+                }
+                if !c.waiting && c.tx_pos >= c.tx.len() {
+                    c.tx.clear();
+                    c.tx.extend_from_slice(&c.request);
+                    c.tx_pos = 0;
+                    c.sent_at = Instant::now();
+                    c.waiting = true;
+                    continue;
+                }
+                if !progressed {
+                    break;
+                }
+            }
+        }
+    }
+    rep.elapsed = start.elapsed();
+    (rep, rss_samples)
+}
+
+fn print(name: &str, conns: usize, rep: &mut Report) {
+    rep.lat_us.sort_unstable();
+    let rps = rep.requests as f64 / rep.elapsed.as_secs_f64();
+    println!(
+        "{name:<8} conns={conns:<5} requests={:<9} errors={:<4} req/s={:>9.0}  p50={}us p99={}us p99.9={}us max={}us",
+        rep.requests,
+        rep.errors,
+        rps,
+        percentile(&rep.lat_us, 0.50),
+        percentile(&rep.lat_us, 0.99),
+        percentile(&rep.lat_us, 0.999),
+        rep.lat_us.last().copied().unwrap_or(0)
+    );
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .map(str::to_string)
+        })
+        .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
+        .unwrap_or(0)
+}
+
+/// Start the release binary on a free loopback port with limits fit for a benchmark.
+fn spawn_bridge() -> (Child, SocketAddr) {
+    let exe = std::env::current_exe().expect("exe");
+    let bin = exe.with_file_name("worldbridge");
+    let cfg = std::env::temp_dir().join(format!("worldbridge-bench-{}.toml", std::process::id()));
+    std::fs::write(
+        &cfg,
+        "[http]\nlisten = [\"127.0.0.1:0\"]\nrate_limit_requests = 1000000000\nmax_connections = 19000\n[line]\nlisten = []\n[sessions]\nmax = 100\n",
+    )
+    .expect("bench config");
+    let mut child = Command::new(&bin)
+        .args(["--config", cfg.to_str().unwrap_or_default(), "--memory"])
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot start {}: {e} (build it: cargo build --release)",
+                bin.display()
+            )
+        });
+    let stderr = child.stderr.take().expect("stderr");
+    let mut lines = BufReader::new(stderr).lines();
+    let addr = loop {
+        let line = lines.next().expect("bridge exited").expect("read");
+        if let Some(rest) = line.split("listening on ").nth(1) {
+            break rest
+                .split_whitespace()
+                .next()
+                .expect("addr")
+                .parse()
+                .expect("addr");
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    (child, addr)
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut scenario = "all".to_string();
+    let (mut conns, mut secs, mut idle, mut addr) = (None, 10.0, 5000usize, None);
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut val = || {
+            it.next()
+                .cloned()
+                .unwrap_or_else(|| panic!("{a} needs a value"))
+        };
+        match a.as_str() {
+            "--scenario" => scenario = val(),
+            "--connections" => conns = Some(val().parse::<usize>().expect("number")),
+            "--seconds" => secs = val().parse().expect("number"),
+            "--idle" => idle = val().parse().expect("number"),
+            "--addr" => addr = Some(val().parse::<SocketAddr>().expect("address")),
+            _ => {
+                println!("{USAGE}");
+                return;
+            }
+        }
+    }
+    let (mut child, addr) = match addr {
+        Some(a) => (None, a),
+        None => {
+            let (c, a) = spawn_bridge();
+            (Some(c), a)
+        }
+    };
+    let pid = child.as_ref().map(Child::id);
+    let rss = move || pid.map_or(0, rss_kib);
+    println!("bridge at {addr}; RSS at start {} KiB", rss());
+    let run = |name: &str| scenario == name || scenario == "all";
+    if run("health") {
+        let n = conns.unwrap_or(64);
+        let reqs = vec![request("GET", "/bridge/health", ""); n];
+        let (mut rep, samples) = drive(addr, reqs, secs, pid.map(|_| &rss as &dyn Fn() -> u64));
+        print("health", n, &mut rep);
+        println!(
+            "         server RSS KiB each second: first={} last={} max={}",
+            samples.first().unwrap_or(&0),
+            samples.last().unwrap_or(&0),
+            samples.iter().max().unwrap_or(&0)
+        );
+    }
+    if run("chat") {
+        let n = conns.unwrap_or(50);
+        let reqs = (0..n)
+            .map(|i| request("POST", "/bridge/chat", &format!(r#"{{"user_id":"bench{i}","username":"Bench {i}","message":"hello, what do you see?","room":"The Threshold"}}"#)))
+            .collect();
+        let (mut rep, samples) = drive(addr, reqs, secs, pid.map(|_| &rss as &dyn Fn() -> u64));
+        print("chat", n, &mut rep);
+        println!(
+            "         server RSS KiB each second: first={} last={} max={}",
+            samples.first().unwrap_or(&0),
+            samples.last().unwrap_or(&0),
+            samples.iter().max().unwrap_or(&0)
+        );
+    }
+    if run("idle") && pid.is_some() {
+        std::thread::sleep(Duration::from_millis(500));
+        let before = rss();
+        let mut socks = Vec::with_capacity(idle);
+        let mut buf = [0u8; 4096];
+        for _ in 0..idle {
+            let mut s = std::net::TcpStream::connect(addr).expect("connect");
+            s.write_all(&request("GET", "/bridge/health", ""))
+                .expect("write");
+            let n = s.read(&mut buf).expect("read");
+            assert!(n > 0 && buf.starts_with(b"HTTP/1.1 200"));
+            socks.push(s);
+        }
+        std::thread::sleep(Duration::from_millis(500));
+        let after = rss();
+        let per = (after.saturating_sub(before)) as f64 * 1024.0 / idle as f64;
+        println!("idle     conns={idle:<5} server RSS before={before} KiB after={after} KiB  => {per:.0} bytes per idle keep-alive connection");
+        drop(socks);
+    }
+    if let Some(c) = &mut child {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+}

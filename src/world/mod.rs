@@ -1,1 +1,466 @@
-//! (placeholder)
+//! The socket-free core: rooms, who is in them, what happens there, and each user's
+//! conversation with the agent.
+//!
+//! Every method takes `now` (epoch ms) instead of reading the clock, and returns what
+//! happened; transports turn that into bytes. New events also collect in an outbox
+//! ([`World::take_new_events`]) for the transports that fan them out.
+
+pub mod ratelimit;
+pub mod room;
+pub mod session;
+
+use crate::agent::WorldContext;
+use crate::time::rfc3339;
+use room::{Event, EventKind, Room, RoomSpec, WorldFile};
+use session::{SessionLimits, Sessions};
+use std::collections::{BTreeMap, HashMap};
+
+/// Longest accepted user id, user name or room name, in bytes.
+pub const NAME_MAX_BYTES: usize = 256;
+
+/// Where a user is in the world.
+#[derive(Debug, Clone)]
+pub struct Occupant {
+    pub user_id: String,
+    pub username: String,
+    pub room: String,
+    pub entered_ms: u64,
+    pub last_active_ms: u64,
+}
+
+/// Why the core refused an input. Transports map these to their own errors.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WorldError {
+    /// No room by that name.
+    UnknownRoom(String),
+    /// A move to the room the user is already in.
+    AlreadyThere(String),
+    /// A field with a bad value: (field, why).
+    Invalid(&'static str, String),
+}
+
+impl std::fmt::Display for WorldError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            WorldError::UnknownRoom(r) => write!(f, "there is no room called {r:?}"),
+            WorldError::AlreadyThere(r) => write!(f, "you are already in {r}"),
+            WorldError::Invalid(field, why) => write!(f, "`{field}` {why}"),
+        }
+    }
+}
+
+/// The outcome of a `say`.
+#[derive(Debug, Clone)]
+pub struct Said {
+    pub event: Event,
+    /// The others in the room: (user_id, username). Never the speaker.
+    pub recipients: Vec<(String, String)>,
+    /// Presence events caused by putting the speaker into the room first.
+    pub moved: Vec<Event>,
+}
+
+/// The limits the core needs, from Config.
+#[derive(Debug, Clone, Copy)]
+pub struct WorldLimits {
+    pub sessions: SessionLimits,
+    pub events_max: usize,
+}
+
+/// The whole live state of one world.
+#[derive(Debug)]
+pub struct World {
+    pub id: String,
+    pub agent_name: String,
+    rooms: BTreeMap<String, Room>,
+    /// Lower-cased room name → canonical name, for forgiving look-ups.
+    by_lower: HashMap<String, String>,
+    occupants: HashMap<String, Occupant>,
+    pub sessions: Sessions,
+    seq: u64,
+    limits: WorldLimits,
+    outbox: Vec<Event>,
+}
+
+/// Check a name-like field: non-empty, at most [`NAME_MAX_BYTES`], no control characters.
+pub fn check_name(field: &'static str, value: &str) -> Result<(), WorldError> {
+    if value.trim().is_empty() {
+        return Err(WorldError::Invalid(field, "must not be empty".into()));
+    }
+    if value.len() > NAME_MAX_BYTES {
+        return Err(WorldError::Invalid(
+            field,
+            format!("is longer than {NAME_MAX_BYTES} bytes"),
+        ));
+    }
+    if value.chars().any(char::is_control) {
+        return Err(WorldError::Invalid(
+            field,
+            "must not contain control characters".into(),
+        ));
+    }
+    Ok(())
+}
+
+impl World {
+    pub fn new(id: &str, agent_name: &str, world: WorldFile, limits: WorldLimits) -> World {
+        let mut w = World {
+            id: id.to_string(),
+            agent_name: agent_name.to_string(),
+            rooms: BTreeMap::new(),
+            by_lower: HashMap::new(),
+            occupants: HashMap::new(),
+            sessions: Sessions::new(limits.sessions),
+            seq: 0,
+            limits,
+            outbox: Vec::new(),
+        };
+        for spec in world.rooms {
+            w.insert_room(spec);
+        }
+        w
+    }
+
+    fn insert_room(&mut self, spec: RoomSpec) {
+        self.by_lower
+            .insert(spec.name.to_lowercase(), spec.name.clone());
+        self.rooms.insert(spec.name.clone(), Room::new(spec));
+    }
+
+    /// The canonical name of a room: an exact match, else a case-insensitive one.
+    pub fn resolve(&self, name: &str) -> Option<&str> {
+        if let Some((k, _)) = self.rooms.get_key_value(name) {
+            return Some(k.as_str());
+        }
+        self.by_lower.get(&name.to_lowercase()).map(String::as_str)
+    }
+
+    pub fn room(&self, name: &str) -> Option<&Room> {
+        self.resolve(name).and_then(|n| self.rooms.get(n))
+    }
+
+    pub fn rooms(&self) -> impl Iterator<Item = &Room> {
+        self.rooms.values()
+    }
+
+    pub fn room_count(&self) -> usize {
+        self.rooms.len()
+    }
+
+    /// The canonical name of `name`, creating an empty room on first mention: a game is
+    /// the authority over its rooms.
+    pub fn ensure_room(&mut self, name: &str) -> Result<String, WorldError> {
+        if let Some(n) = self.resolve(name) {
+            return Ok(n.to_string());
+        }
+        check_name("room", name)?;
+        let name = name.trim().to_string();
+        self.insert_room(RoomSpec {
+            name: name.clone(),
+            desc: String::new(),
+            exits: BTreeMap::new(),
+            objects: Vec::new(),
+            portal: false,
+        });
+        Ok(name)
+    }
+
+    pub fn occupant(&self, user_id: &str) -> Option<&Occupant> {
+        self.occupants.get(user_id)
+    }
+
+    /// People in a room, in the order they entered.
+    pub fn players(&self, room: &str) -> Vec<&Occupant> {
+        let mut v: Vec<&Occupant> = self.occupants.values().filter(|o| o.room == room).collect();
+        v.sort_by(|a, b| (a.entered_ms, &a.user_id).cmp(&(b.entered_ms, &b.user_id)));
+        v
+    }
+
+    pub fn occupant_count(&self, room: &str) -> usize {
+        self.occupants.values().filter(|o| o.room == room).count()
+    }
+
+    pub fn last_seq(&self) -> u64 {
+        self.seq
+    }
+
+    /// Record a new event in its room and the outbox.
+    fn emit(
+        &mut self,
+        kind: EventKind,
+        event: &str,
+        user: (&str, &str),
+        room: &str,
+        message: Option<&str>,
+        now_ms: u64,
+    ) -> Event {
+        self.seq += 1;
+        let ev = Event {
+            kind,
+            event: event.to_string(),
+            user_id: user.0.to_string(),
+            username: user.1.to_string(),
+            room: room.to_string(),
+            message: message.map(str::to_string),
+            timestamp: rfc3339(now_ms),
+            seq: self.seq,
+            origin: self.id.clone(),
+            ts_ms: now_ms,
+        };
+        if let Some(r) = self.rooms.get_mut(room) {
+            r.push_event(ev.clone(), self.limits.events_max);
+        }
+        self.outbox.push(ev.clone());
+        ev
+    }
+
+    /// Put a user in `room` (a canonical name): `leave` from the old room then `enter`.
+    /// Already there: no events, only the name and activity are refreshed.
+    pub fn place(&mut self, user_id: &str, username: &str, room: &str, now_ms: u64) -> Vec<Event> {
+        let mut events = Vec::new();
+        let previous = self.occupants.get(user_id).map(|o| o.room.clone());
+        if previous.as_deref() == Some(room) {
+            if let Some(o) = self.occupants.get_mut(user_id) {
+                o.username = username.to_string();
+                o.last_active_ms = now_ms;
+            }
+            return events;
+        }
+        if let Some(prev) = previous {
+            events.push(self.emit(
+                EventKind::Presence,
+                "leave",
+                (user_id, username),
+                &prev,
+                None,
+                now_ms,
+            ));
+        }
+        self.occupants.insert(
+            user_id.to_string(),
+            Occupant {
+                user_id: user_id.to_string(),
+                username: username.to_string(),
+                room: room.to_string(),
+                entered_ms: now_ms,
+                last_active_ms: now_ms,
+            },
+        );
+        if let Some(r) = self.rooms.get_mut(room) {
+            r.note_visitor(username);
+        }
+        events.push(self.emit(
+            EventKind::Presence,
+            "enter",
+            (user_id, username),
+            room,
+            None,
+            now_ms,
+        ));
+        events
+    }
+
+    /// A user leaves the world (a game reports a disconnect, or presence expires).
+    pub fn remove(&mut self, user_id: &str, now_ms: u64) -> Option<Event> {
+        let o = self.occupants.remove(user_id)?;
+        Some(self.emit(
+            EventKind::Presence,
+            "leave",
+            (&o.user_id, &o.username),
+            &o.room,
+            None,
+            now_ms,
+        ))
+    }
+
+    /// `POST /bridge/move`: to a known room only, and not to the room the user is in.
+    pub fn move_user(
+        &mut self,
+        user_id: &str,
+        username: Option<&str>,
+        room: &str,
+        now_ms: u64,
+    ) -> Result<(String, Vec<Event>), WorldError> {
+        check_name("user_id", user_id)?;
+        let to = self
+            .resolve(room)
+            .ok_or_else(|| WorldError::UnknownRoom(room.to_string()))?
+            .to_string();
+        let current = self.occupants.get(user_id);
+        if current.map(|o| o.room.as_str()) == Some(to.as_str()) {
+            return Err(WorldError::AlreadyThere(to));
+        }
+        let name = username
+            .map(str::to_string)
+            .or_else(|| current.map(|o| o.username.clone()))
+            .or_else(|| self.sessions.get(user_id).map(|s| s.username.clone()))
+            .unwrap_or_else(|| user_id.to_string());
+        check_name("username", &name)?;
+        let events = self.place(user_id, &name, &to, now_ms);
+        Ok((to, events))
+    }
+
+    /// `POST /bridge/say`: the speaker is put in the room first if elsewhere; everyone
+    /// else there receives it.
+    pub fn say(
+        &mut self,
+        user_id: &str,
+        username: &str,
+        room: &str,
+        message: &str,
+        now_ms: u64,
+    ) -> Result<Said, WorldError> {
+        check_name("user_id", user_id)?;
+        check_name("username", username)?;
+        if message.trim().is_empty() {
+            return Err(WorldError::Invalid("message", "must not be empty".into()));
+        }
+        let room = self.ensure_room(room)?;
+        let moved = self.place(user_id, username, &room, now_ms);
+        let recipients = self
+            .players(&room)
+            .into_iter()
+            .filter(|o| o.user_id != user_id)
+            .map(|o| (o.user_id.clone(), o.username.clone()))
+            .collect();
+        let event = self.emit(
+            EventKind::Say,
+            "message",
+            (user_id, username),
+            &room,
+            Some(message),
+            now_ms,
+        );
+        Ok(Said {
+            event,
+            recipients,
+            moved,
+        })
+    }
+
+    /// The agent speaks aloud in a room (its replies seen by others, barks).
+    pub fn bark(&mut self, room: &str, text: &str, now_ms: u64) -> Option<Event> {
+        let room = self.resolve(room)?.to_string();
+        let agent = self.agent_name.clone();
+        Some(self.emit(
+            EventKind::Bark,
+            "message",
+            (&agent.to_lowercase(), &agent),
+            &room,
+            Some(text),
+            now_ms,
+        ))
+    }
+
+    /// A world event (`fire`, `rain`, …) in a room.
+    pub fn world_event(
+        &mut self,
+        room: &str,
+        name: &str,
+        text: Option<&str>,
+        now_ms: u64,
+    ) -> Result<Event, WorldError> {
+        check_name("event", name)?;
+        let room = self.ensure_room(room)?;
+        let id = self.id.clone();
+        Ok(self.emit(EventKind::Event, name, (&id, &id), &room, text, now_ms))
+    }
+
+    /// A room's events, oldest first, after a time and/or after a sequence number.
+    pub fn events(
+        &self,
+        room: &str,
+        since_ms: Option<u64>,
+        after_seq: Option<u64>,
+    ) -> Result<Vec<&Event>, WorldError> {
+        let r = self
+            .room(room)
+            .ok_or_else(|| WorldError::UnknownRoom(room.to_string()))?;
+        Ok(r.events
+            .iter()
+            .filter(|e| since_ms.is_none_or(|s| e.ts_ms > s))
+            .filter(|e| after_seq.is_none_or(|s| e.seq > s))
+            .collect())
+    }
+
+    /// What the agent knows when it answers `user_id` in `room` (canonical name).
+    pub fn context(&self, user_id: &str, room: &str, recent: usize) -> WorldContext {
+        let r = self.rooms.get(room);
+        let recent_events = r
+            .map(|r| {
+                let skip = r.events.len().saturating_sub(recent);
+                r.events.iter().skip(skip).map(describe_event).collect()
+            })
+            .unwrap_or_default();
+        let mut present: Vec<String> = self
+            .players(room)
+            .iter()
+            .map(|o| o.username.clone())
+            .collect();
+        if present.is_empty() {
+            if let Some(o) = self.occupants.get(user_id) {
+                present.push(o.username.clone());
+            }
+        }
+        WorldContext {
+            world: self.id.clone(),
+            agent_name: self.agent_name.clone(),
+            room: room.to_string(),
+            room_desc: r.map(|r| r.spec.desc.clone()).unwrap_or_default(),
+            exits: r
+                .map(|r| {
+                    r.spec
+                        .exits
+                        .iter()
+                        .map(|(k, v)| format!("{k}: {v}"))
+                        .collect()
+                })
+                .unwrap_or_default(),
+            present,
+            recent_events,
+        }
+    }
+
+    /// Drop sessions and presence idle past the timeout (except users in `busy`).
+    /// Returns the expired session user ids and the `leave` events.
+    pub fn expire(
+        &mut self,
+        now_ms: u64,
+        busy: &dyn Fn(&str) -> bool,
+    ) -> (Vec<String>, Vec<Event>) {
+        let gone = self.sessions.expire(now_ms, busy);
+        let limit = self.limits.sessions.idle_timeout_ms;
+        let idle: Vec<String> = self
+            .occupants
+            .values()
+            .filter(|o| now_ms.saturating_sub(o.last_active_ms) > limit && !busy(&o.user_id))
+            .map(|o| o.user_id.clone())
+            .collect();
+        let leaves = idle.iter().filter_map(|u| self.remove(u, now_ms)).collect();
+        (gone, leaves)
+    }
+
+    /// Events created since the last call, for the transports that fan them out.
+    pub fn take_new_events(&mut self) -> Vec<Event> {
+        std::mem::take(&mut self.outbox)
+    }
+}
+
+/// An event as one short line for the agent's context.
+pub fn describe_event(e: &Event) -> String {
+    match (e.kind, e.event.as_str()) {
+        (EventKind::Presence, "enter") => format!("{} entered", e.username),
+        (EventKind::Presence, "leave") => format!("{} left", e.username),
+        (EventKind::Say, _) | (EventKind::Bark, _) => format!(
+            "{} said: {}",
+            e.username,
+            e.message.as_deref().unwrap_or("")
+        ),
+        _ => match &e.message {
+            Some(m) => format!("{}: {m}", e.event),
+            None => e.event.clone(),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests;

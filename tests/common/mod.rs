@@ -1,0 +1,228 @@
+//! Shared test helpers: a bridge on 127.0.0.1:0 running in a thread, and a tiny HTTP/1.1
+//! client over a raw socket that shows exactly what a real client would see.
+#![allow(dead_code)]
+
+use serde_json::Value;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+use worldbridge::config::Config;
+use worldbridge::event_loop::{Bridge, ListenerKind, StopHandle};
+
+pub struct TestBridge {
+    pub http: SocketAddr,
+    stop: StopHandle,
+    thread: Option<JoinHandle<Result<(), String>>>,
+}
+
+impl TestBridge {
+    pub fn stop(mut self) -> Result<(), String> {
+        self.stop.stop();
+        self.thread
+            .take()
+            .expect("running")
+            .join()
+            .expect("bridge thread panicked")
+    }
+}
+
+impl Drop for TestBridge {
+    fn drop(&mut self) {
+        if let Some(t) = self.thread.take() {
+            self.stop.stop();
+            let _ = t.join();
+        }
+    }
+}
+
+/// A config for tests: loopback port 0, no line listener, in memory.
+pub fn test_config() -> Config {
+    let mut cfg = Config::default();
+    cfg.http.listen = vec!["127.0.0.1:0".parse().unwrap()];
+    cfg.line.listen = vec![];
+    cfg.store.memory = true;
+    cfg
+}
+
+pub fn start_with(cfg: Config) -> TestBridge {
+    let bridge = Bridge::new(cfg).expect("bridge starts");
+    let http = bridge.addrs(ListenerKind::Http)[0];
+    let stop = bridge.stop_handle();
+    let thread = std::thread::spawn(move || bridge.run());
+    TestBridge {
+        http,
+        stop,
+        thread: Some(thread),
+    }
+}
+
+pub fn start() -> TestBridge {
+    start_with(test_config())
+}
+
+/// A parsed HTTP response.
+#[derive(Debug)]
+pub struct Resp {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Resp {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "body is not JSON ({e}): {}",
+                String::from_utf8_lossy(&self.body)
+            )
+        })
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// One keep-alive connection.
+pub struct Client {
+    pub sock: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Client {
+    pub fn connect(addr: SocketAddr) -> Client {
+        let sock = TcpStream::connect(addr).expect("connect");
+        sock.set_read_timeout(Some(Duration::from_secs(15)))
+            .unwrap();
+        sock.set_nodelay(true).unwrap();
+        Client {
+            sock,
+            buf: Vec::new(),
+        }
+    }
+
+    pub fn send_raw(&mut self, bytes: &[u8]) {
+        self.sock.write_all(bytes).expect("write");
+    }
+
+    pub fn send(&mut self, method: &str, path: &str, body: Option<&str>) {
+        let req = request_bytes(method, path, body, &[]);
+        self.send_raw(&req);
+    }
+
+    pub fn call(&mut self, method: &str, path: &str, body: Option<&str>) -> Resp {
+        self.send(method, path, body);
+        self.read_response(method == "HEAD").expect("a response")
+    }
+
+    /// Read one response; `None` if the server closed first.
+    pub fn read_response(&mut self, head_only: bool) -> Option<Resp> {
+        loop {
+            if let Some(end) = find(&self.buf, b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&self.buf[..end]).into_owned();
+                let mut lines = head.split("\r\n");
+                let status_line = lines.next()?;
+                let status: u16 = status_line.split(' ').nth(1)?.parse().ok()?;
+                let headers: Vec<(String, String)> = lines
+                    .filter_map(|l| l.split_once(':'))
+                    .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+                    .collect();
+                let len: usize = headers
+                    .iter()
+                    .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+                    .map_or(0, |(_, v)| v.parse().unwrap());
+                let len = if head_only { 0 } else { len };
+                if self.buf.len() >= end + 4 + len {
+                    let body = self.buf[end + 4..end + 4 + len].to_vec();
+                    self.buf.drain(..end + 4 + len);
+                    return Some(Resp {
+                        status,
+                        headers,
+                        body,
+                    });
+                }
+            }
+            let mut chunk = [0u8; 65536];
+            match self.sock.read(&mut chunk) {
+                Ok(0) => return None,
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(e) => panic!("read failed: {e}"),
+            }
+        }
+    }
+
+    /// True when the server has closed the connection (EOF) within the timeout.
+    pub fn closed_by_server(&mut self) -> bool {
+        let mut b = [0u8; 1024];
+        loop {
+            match self.sock.read(&mut b) {
+                Ok(0) => return true,
+                Ok(_) => continue,
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
+                Err(_) => return false,
+            }
+        }
+    }
+}
+
+pub fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+pub fn request_bytes(
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+    extra: &[(&str, &str)],
+) -> Vec<u8> {
+    let mut s = format!("{method} {path} HTTP/1.1\r\nHost: test\r\n");
+    for (k, v) in extra {
+        s.push_str(&format!("{k}: {v}\r\n"));
+    }
+    if let Some(b) = body {
+        s.push_str(&format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\n",
+            b.len()
+        ));
+    }
+    s.push_str("\r\n");
+    if let Some(b) = body {
+        s.push_str(b);
+    }
+    s.into_bytes()
+}
+
+/// One request on a fresh connection.
+pub fn call(addr: SocketAddr, method: &str, path: &str, body: Option<&str>) -> Resp {
+    Client::connect(addr).call(method, path, body)
+}
+
+pub fn get(addr: SocketAddr, path: &str) -> Value {
+    let r = call(addr, "GET", path, None);
+    assert_eq!(r.status, 200, "GET {path}: {}", r.text());
+    r.json()
+}
+
+pub fn post(addr: SocketAddr, path: &str, body: &Value) -> Resp {
+    call(addr, "POST", path, Some(&body.to_string()))
+}
+
+/// Wait until `f` holds, or fail after `limit`.
+pub fn eventually(limit: Duration, what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if f() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("timed out waiting for: {what}");
+}
