@@ -231,6 +231,7 @@ fn world_error(e: WorldError) -> Response {
         WorldError::UnknownRoom(_) => Response::error(404, "room_not_found", &e.to_string()),
         WorldError::AlreadyThere(_) => Response::error(409, "already_in_room", &e.to_string()),
         WorldError::Invalid(..) => Response::error(400, "bad_field", &e.to_string()),
+        WorldError::Limit(_) => Response::error(403, "limit_reached", &e.to_string()),
     }
 }
 
@@ -304,6 +305,23 @@ fn required(obj: &Map<String, Value>, name: &'static str) -> Result<String, Resp
         ));
     }
     Ok(v)
+}
+
+/// The `message` field, within `rooms.message_max_bytes`.
+fn message(app: &App, obj: &Map<String, Value>) -> Result<String, Response> {
+    let m = required(obj, "message")?;
+    let max = app.cfg.rooms.message_max_bytes;
+    if m.len() > max {
+        return Err(Response::error(
+            413,
+            "message_too_long",
+            &format!(
+                "`message` is {} bytes; the most is {max} (rooms.message_max_bytes)",
+                m.len()
+            ),
+        ));
+    }
+    Ok(m)
 }
 
 /// Count one request of `user` against the rate limit.
@@ -491,7 +509,7 @@ fn events(app: &App, req: &Request, room: &str) -> Result<Response, Response> {
 fn say(app: &mut App, req: &Request, now: u64) -> Result<Response, Response> {
     let obj = body_object(req)?;
     let user_id = required(&obj, "user_id")?;
-    let message = required(&obj, "message")?;
+    let message = message(app, &obj)?;
     let room = required(&obj, "room")?;
     let username = field(&obj, "username", false)?.unwrap_or_else(|| user_id.clone());
     rate_limit(app, &user_id, now)?;
@@ -558,7 +576,7 @@ fn call(
         }
     } else {
         let user_id = required(&obj, "user_id")?;
-        let message = required(&obj, "message")?;
+        let message = message(app, &obj)?;
         let username = field(&obj, "username", false)?.unwrap_or_else(|| user_id.clone());
         check_name("username", &username).map_err(world_error)?;
         let room = match field(&obj, "room", false)? {

@@ -5,6 +5,7 @@
 //! answers that come later (the agent's) are queued in [`App::ready`] for the loop to
 //! deliver to the connection that waits for them.
 
+use crate::agent::builtin;
 use crate::agent::crisis::{self, CrisisDetector};
 use crate::agent::pool::AgentPool;
 use crate::agent::{AgentError, AgentReply, AgentRequest};
@@ -52,8 +53,9 @@ pub struct CallInput {
 
 impl App {
     /// Build the state from config: the world file (or the built-in world) and limits.
-    /// The agent pool is attached separately ([`App::attach_pool`]) so the core can be
-    /// tested without threads.
+    /// The agent pool (for the `openai` and `command` backends; `builtin` answers inline)
+    /// is attached separately ([`App::attach_pool`]) so the core can be tested without
+    /// threads.
     pub fn new(cfg: Config) -> Result<App, String> {
         let world_text = if cfg.rooms.world_file.is_empty() {
             crate::world::room::DEFAULT_WORLD.to_string()
@@ -69,6 +71,8 @@ impl App {
                 history_max: cfg.sessions.history_max,
             },
             events_max: cfg.rooms.events_max,
+            rooms_max: cfg.rooms.max,
+            occupants_max: cfg.rooms.occupants_max,
         };
         let world = World::new(&cfg.world, &cfg.agent.name, wf, limits);
         Ok(App {
@@ -182,12 +186,18 @@ impl App {
 
     /// Hand a call to the pool. If it cannot take it, the answer is returned at once.
     fn submit(&mut self, mut call: Call, now: Instant) -> Option<(ReplyTo, Response)> {
+        // The builtin persona only asks whether there was an earlier exchange; the other
+        // backends get the whole capped history.
+        let keep = if self.pool.is_none() { 2 } else { usize::MAX };
         let (history, context) = match &call.user_id {
             Some(u) => (
                 self.world
                     .sessions
                     .get(u)
-                    .map(|s| s.history.iter().cloned().collect())
+                    .map(|s| {
+                        let skip = s.history.len().saturating_sub(keep);
+                        s.history.iter().skip(skip).cloned().collect()
+                    })
                     .unwrap_or_default(),
                 self.world
                     .context(u, &call.room, self.cfg.agent.context_events),
@@ -209,6 +219,13 @@ impl App {
             timeout: self.agent_timeout(),
         };
         call.deadline = now + self.agent_timeout();
+        if self.cfg.agent.backend == "builtin" {
+            // The builtin persona answers from memory in microseconds and cannot block,
+            // so it runs here: a worker hop would cost more than the answer.
+            let text = builtin::reply(&req);
+            self.metrics.agent_latency.observe(now.elapsed());
+            return Some((call.reply_to, self.complete(&call, Ok(text))));
+        }
         let submitted = match &self.pool {
             Some(pool) => pool.try_submit(req).is_ok(),
             None => false,
@@ -287,11 +304,18 @@ impl App {
         self.metrics
             .agent_latency
             .observe(now.duration_since(call.created));
-        let resp = match reply.result {
+        let resp = self.complete(&call, reply.result);
+        self.ready.push((call.reply_to, resp));
+        self.start_next(call.user_id.as_deref(), now);
+    }
+
+    /// The response for a call the agent answered (or failed).
+    fn complete(&mut self, call: &Call, result: Result<String, AgentError>) -> Response {
+        match result {
             Ok(text) => {
                 self.metrics.count_agent("ok");
-                let text = self.shape_reply(&call, Some(text)).unwrap_or_default();
-                self.finish_call(&call, text)
+                let text = self.shape_reply(call, Some(text)).unwrap_or_default();
+                self.finish_call(call, text)
             }
             Err(err) => {
                 let timeout = err == AgentError::Timeout;
@@ -302,11 +326,9 @@ impl App {
                     call.job_id,
                     call.user_id
                 );
-                self.failed_call(&call, timeout)
+                self.failed_call(call, timeout)
             }
-        };
-        self.ready.push((call.reply_to, resp));
-        self.start_next(call.user_id.as_deref(), now);
+        }
     }
 
     /// The answer for a call the agent failed (or that ran out of time).

@@ -83,6 +83,12 @@ pub struct SessionsConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct RoomsConfig {
     pub events_max: usize,
+    /// Most rooms a world may hold; rooms that games or users mention past it are refused.
+    pub max: usize,
+    /// Most people present at once; past it the least recently active one leaves.
+    pub occupants_max: usize,
+    /// Longest `message` of a say or chat, in bytes (413 past it).
+    pub message_max_bytes: usize,
     /// A world file (JSON, the shape of `fixtures/world.json`); empty: the built-in world.
     pub world_file: String,
 }
@@ -223,6 +229,9 @@ impl Default for RoomsConfig {
     fn default() -> Self {
         RoomsConfig {
             events_max: 50,
+            max: 10_000,
+            occupants_max: 10_000,
+            message_max_bytes: 16 * 1024,
             world_file: String::new(),
         }
     }
@@ -420,7 +429,15 @@ impl Config {
         check_backend(&self.agent.backend)
             .map_err(|why| format!("config: `agent.backend`: {why}"))?;
 
-        let at_least: [(&str, u64, u64); 9] = [
+        let at_least: [(&str, u64, u64); 13] = [
+            ("rooms.events_max", self.rooms.events_max as u64, 1),
+            ("rooms.max", self.rooms.max as u64, 1),
+            ("rooms.occupants_max", self.rooms.occupants_max as u64, 1),
+            (
+                "rooms.message_max_bytes",
+                self.rooms.message_max_bytes as u64,
+                1,
+            ),
             ("agent.workers", self.agent.workers as u64, 1),
             ("agent.queue", self.agent.queue as u64, 1),
             ("agent.timeout_s", self.agent.timeout_s, 1),

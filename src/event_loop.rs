@@ -137,17 +137,21 @@ impl Bridge {
         };
         let persona = prompt::load_persona(&cfg.agent.persona_file)?;
         let (tx, replies) = crossbeam_channel::unbounded();
-        let w = waker.clone();
-        let pool = AgentPool::start(
-            &cfg.agent,
-            persona,
-            tx,
-            Arc::new(move || {
+        // The builtin persona answers inline on the loop; only backends that do I/O get
+        // worker threads.
+        let pool = if cfg.agent.backend == "builtin" {
+            None
+        } else {
+            let w = waker.clone();
+            let wake = Arc::new(move || {
                 let _ = w.wake();
-            }),
-        )?;
+            });
+            Some(AgentPool::start(&cfg.agent, persona, tx, wake)?)
+        };
         let mut app = App::new(cfg)?;
-        app.attach_pool(pool);
+        if let Some(pool) = pool {
+            app.attach_pool(pool);
+        }
         Ok(Bridge {
             poll,
             listeners,

@@ -661,3 +661,36 @@ fn a_graceful_stop_finishes_and_returns() {
     assert_eq!(b.stop(), Ok(()));
     assert!(c.closed_by_server());
 }
+
+#[test]
+fn limits_on_rooms_and_message_size_give_clear_errors() {
+    let mut cfg = test_config();
+    cfg.rooms.max = 6;
+    cfg.rooms.message_max_bytes = 100;
+    let b = start_with(cfg);
+    let ok = post(
+        b.http,
+        "/bridge/say",
+        &json!({"user_id":"g","message":"hi","room":"Balmora, Temple"}),
+    );
+    assert_eq!(ok.status, 200, "a room a game mentions is created");
+    assert_eq!(
+        get(b.http, "/bridge/world/Balmora%2C%20Temple")["room"],
+        "Balmora, Temple"
+    );
+    let full = post(
+        b.http,
+        "/bridge/say",
+        &json!({"user_id":"g","message":"hi","room":"Seyda Neen"}),
+    );
+    assert_eq!(full.status, 403);
+    assert_eq!(full.json()["code"], "limit_reached");
+    assert!(full.json()["error"].as_str().unwrap().contains("rooms.max"));
+    let long = post(
+        b.http,
+        "/bridge/chat",
+        &json!({"user_id":"g","message":"x".repeat(101),"room":"The Tower"}),
+    );
+    assert_eq!(long.status, 413);
+    assert_eq!(long.json()["code"], "message_too_long");
+}

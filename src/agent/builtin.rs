@@ -106,9 +106,14 @@ fn normalize(message: &str) -> String {
     out.trim_end().to_string()
 }
 
-/// Whether `phrase` (normalized, whole words) occurs in `words`.
+/// Whether `phrase` (normalized, whole words) occurs in `words`. No allocation: this runs
+/// dozens of times per message.
 fn has(words: &str, phrase: &str) -> bool {
-    format!(" {words} ").contains(&format!(" {phrase} "))
+    let b = words.as_bytes();
+    words.match_indices(phrase).any(|(i, _)| {
+        let end = i + phrase.len();
+        (i == 0 || b[i - 1] == b' ') && (end == b.len() || b[end] == b' ')
+    })
 }
 
 fn has_any(words: &str, phrases: &[&str]) -> bool {

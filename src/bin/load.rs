@@ -12,12 +12,14 @@ use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-const USAGE: &str = "worldbridge-load [--scenario health|chat|idle|all] [--connections N] [--seconds S] [--idle N] [--addr ADDR]
+const USAGE: &str = "worldbridge-load [--scenario health|chat|idle|all] [--connections N] [--seconds S] [--idle N]
+                  [--interval-ms MS] [--addr ADDR]
 
   health   GET /bridge/health on N keep-alive connections (default 64)
   chat     POST /bridge/chat with the builtin agent, one user per connection (default 50)
   idle     open --idle connections (default 5000), one request each, then measure server RSS per connection
   all      all three (the README figures)
+  --interval-ms  pace each connection: send at most one request per MS (default 0: back to back)
   --addr   drive an already running bridge instead of starting one (no RSS figures then)";
 
 struct Conn {
@@ -28,6 +30,8 @@ struct Conn {
     sent_at: Instant,
     waiting: bool,
     request: Vec<u8>,
+    /// Paced mode: when the next request may go.
+    next_at: Instant,
 }
 
 struct Report {
@@ -78,9 +82,11 @@ fn drive(
     addr: SocketAddr,
     requests: Vec<Vec<u8>>,
     secs: f64,
+    interval: Duration,
     rss: Option<&dyn Fn() -> u64>,
 ) -> (Report, Vec<u64>) {
     let mut poll = Poll::new().expect("poll");
+    let n = requests.len().max(1);
     let mut conns: Vec<Conn> = requests
         .into_iter()
         .enumerate()
@@ -93,11 +99,17 @@ fn drive(
             Conn {
                 sock,
                 rx: Vec::with_capacity(4096),
-                tx: request.clone(),
+                tx: if interval.is_zero() {
+                    request.clone()
+                } else {
+                    Vec::new()
+                },
                 tx_pos: 0,
                 sent_at: Instant::now(),
-                waiting: true,
+                waiting: interval.is_zero(),
                 request,
+                // Spread the connections over one interval so they do not send in lockstep.
+                next_at: Instant::now() + interval.mul_f64(i as f64 / n as f64),
             }
         })
         .collect();
@@ -113,6 +125,7 @@ fn drive(
     let mut rss_samples = Vec::new();
     let mut next_sample = start;
     let mut buf = [0u8; 65536];
+    let paced = !interval.is_zero();
     while Instant::now() < end {
         if let Some(f) = rss {
             if Instant::now() >= next_sample {
@@ -120,53 +133,72 @@ fn drive(
                 next_sample += Duration::from_secs(1);
             }
         }
-        poll.poll(&mut events, Some(Duration::from_millis(50)))
-            .expect("poll");
+        // Sleep until a socket is ready or, paced, until the next send is due.
+        let now = Instant::now();
+        let timeout = if paced {
+            conns
+                .iter()
+                .filter(|c| !c.waiting)
+                .map(|c| c.next_at.saturating_duration_since(now))
+                .min()
+                .unwrap_or(Duration::from_millis(50))
+        } else {
+            Duration::from_millis(50)
+        };
+        poll.poll(&mut events, Some(timeout)).expect("poll");
         for ev in events.iter() {
             let c = &mut conns[ev.token().0];
+            flush(c);
             loop {
-                while c.tx_pos < c.tx.len() {
-                    match c.sock.write(&c.tx[c.tx_pos..]) {
-                        Ok(n) => c.tx_pos += n,
-                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                        Err(e) => panic!("write: {e}"),
-                    }
-                }
-                let mut progressed = false;
                 match c.sock.read(&mut buf) {
                     Ok(0) => panic!("server closed a keep-alive connection"),
-                    Ok(n) => {
-                        c.rx.extend_from_slice(&buf[..n]);
-                        progressed = true;
-                    }
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Ok(n) => c.rx.extend_from_slice(&buf[..n]),
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                     Err(e) => panic!("read: {e}"),
                 }
-                while let Some((len, status)) = response_len(&c.rx) {
-                    c.rx.drain(..len);
-                    rep.requests += 1;
-                    if status != 200 {
-                        rep.errors += 1;
-                    }
-                    rep.lat_us.push(c.sent_at.elapsed().as_micros() as u64);
-                    c.waiting = false;
-                }
-                if !c.waiting && c.tx_pos >= c.tx.len() {
-                    c.tx.clear();
-                    c.tx.extend_from_slice(&c.request);
-                    c.tx_pos = 0;
-                    c.sent_at = Instant::now();
-                    c.waiting = true;
-                    continue;
-                }
-                if !progressed {
-                    break;
-                }
+            }
+            while let Some((len, status)) = response_len(&c.rx) {
+                c.rx.drain(..len);
+                rep.requests += 1;
+                rep.errors += u64::from(status != 200);
+                rep.lat_us.push(c.sent_at.elapsed().as_micros() as u64);
+                c.waiting = false;
+            }
+            if !paced && !c.waiting {
+                send(c, interval);
+            }
+        }
+        if paced {
+            let now = Instant::now();
+            for c in conns.iter_mut().filter(|c| !c.waiting && c.next_at <= now) {
+                send(c, interval);
             }
         }
     }
     rep.elapsed = start.elapsed();
     (rep, rss_samples)
+}
+
+/// Write what is queued, as far as the socket takes it.
+fn flush(c: &mut Conn) {
+    while c.tx_pos < c.tx.len() {
+        match c.sock.write(&c.tx[c.tx_pos..]) {
+            Ok(n) => c.tx_pos += n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+            Err(e) => panic!("write: {e}"),
+        }
+    }
+}
+
+/// Queue the connection's next request and start writing it.
+fn send(c: &mut Conn, interval: Duration) {
+    c.tx.clear();
+    c.tx.extend_from_slice(&c.request);
+    c.tx_pos = 0;
+    c.sent_at = Instant::now();
+    c.next_at = c.sent_at + interval;
+    c.waiting = true;
+    flush(c);
 }
 
 fn print(name: &str, conns: usize, rep: &mut Report) {
@@ -182,6 +214,17 @@ fn print(name: &str, conns: usize, rep: &mut Report) {
         percentile(&rep.lat_us, 0.999),
         rep.lat_us.last().copied().unwrap_or(0)
     );
+}
+
+fn pace(interval: Duration) -> String {
+    if interval.is_zero() {
+        String::new()
+    } else {
+        format!(
+            " (one request per {} ms per connection)",
+            interval.as_millis()
+        )
+    }
 }
 
 fn rss_kib(pid: u32) -> u64 {
@@ -239,6 +282,7 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut scenario = "all".to_string();
     let (mut conns, mut secs, mut idle, mut addr) = (None, 10.0, 5000usize, None);
+    let mut interval = Duration::ZERO;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         let mut val = || {
@@ -251,6 +295,7 @@ fn main() {
             "--connections" => conns = Some(val().parse::<usize>().expect("number")),
             "--seconds" => secs = val().parse().expect("number"),
             "--idle" => idle = val().parse().expect("number"),
+            "--interval-ms" => interval = Duration::from_millis(val().parse().expect("number")),
             "--addr" => addr = Some(val().parse::<SocketAddr>().expect("address")),
             _ => {
                 println!("{USAGE}");
@@ -272,8 +317,14 @@ fn main() {
     if run("health") {
         let n = conns.unwrap_or(64);
         let reqs = vec![request("GET", "/bridge/health", ""); n];
-        let (mut rep, samples) = drive(addr, reqs, secs, pid.map(|_| &rss as &dyn Fn() -> u64));
-        print("health", n, &mut rep);
+        let (mut rep, samples) = drive(
+            addr,
+            reqs,
+            secs,
+            interval,
+            pid.map(|_| &rss as &dyn Fn() -> u64),
+        );
+        print(&format!("health{}", pace(interval)), n, &mut rep);
         println!(
             "         server RSS KiB each second: first={} last={} max={}",
             samples.first().unwrap_or(&0),
@@ -286,8 +337,14 @@ fn main() {
         let reqs = (0..n)
             .map(|i| request("POST", "/bridge/chat", &format!(r#"{{"user_id":"bench{i}","username":"Bench {i}","message":"hello, what do you see?","room":"The Threshold"}}"#)))
             .collect();
-        let (mut rep, samples) = drive(addr, reqs, secs, pid.map(|_| &rss as &dyn Fn() -> u64));
-        print("chat", n, &mut rep);
+        let (mut rep, samples) = drive(
+            addr,
+            reqs,
+            secs,
+            interval,
+            pid.map(|_| &rss as &dyn Fn() -> u64),
+        );
+        print(&format!("chat{}", pace(interval)), n, &mut rep);
         println!(
             "         server RSS KiB each second: first={} last={} max={}",
             samples.first().unwrap_or(&0),

@@ -15,6 +15,10 @@ use room::{Event, EventKind, Room, RoomSpec, WorldFile};
 use session::{SessionLimits, Sessions};
 use std::collections::{BTreeMap, HashMap};
 
+/// Most names of people present that go into the agent's context (a crowded room is
+/// summarised, not listed in full in every prompt).
+pub const PRESENT_MAX: usize = 20;
+
 /// Longest accepted user id, user name or room name, in bytes.
 pub const NAME_MAX_BYTES: usize = 256;
 
@@ -37,6 +41,8 @@ pub enum WorldError {
     AlreadyThere(String),
     /// A field with a bad value: (field, why).
     Invalid(&'static str, String),
+    /// A configured limit would be passed: the config key.
+    Limit(&'static str),
 }
 
 impl std::fmt::Display for WorldError {
@@ -45,6 +51,7 @@ impl std::fmt::Display for WorldError {
             WorldError::UnknownRoom(r) => write!(f, "there is no room called {r:?}"),
             WorldError::AlreadyThere(r) => write!(f, "you are already in {r}"),
             WorldError::Invalid(field, why) => write!(f, "`{field}` {why}"),
+            WorldError::Limit(key) => write!(f, "this world is full: the limit `{key}` is reached"),
         }
     }
 }
@@ -64,6 +71,10 @@ pub struct Said {
 pub struct WorldLimits {
     pub sessions: SessionLimits,
     pub events_max: usize,
+    /// Most rooms; creating one more is refused.
+    pub rooms_max: usize,
+    /// Most people present; one more evicts the least recently active.
+    pub occupants_max: usize,
 }
 
 /// The whole live state of one world.
@@ -153,6 +164,9 @@ impl World {
             return Ok(n.to_string());
         }
         check_name("room", name)?;
+        if self.rooms.len() >= self.limits.rooms_max {
+            return Err(WorldError::Limit("rooms.max"));
+        }
         let name = name.trim().to_string();
         self.insert_room(RoomSpec {
             name: name.clone(),
@@ -170,13 +184,16 @@ impl World {
 
     /// People in a room, in the order they entered.
     pub fn players(&self, room: &str) -> Vec<&Occupant> {
-        let mut v: Vec<&Occupant> = self.occupants.values().filter(|o| o.room == room).collect();
-        v.sort_by(|a, b| (a.entered_ms, &a.user_id).cmp(&(b.entered_ms, &b.user_id)));
-        v
+        self.rooms.get(room).map_or_else(Vec::new, |r| {
+            r.occupants
+                .iter()
+                .filter_map(|u| self.occupants.get(u))
+                .collect()
+        })
     }
 
     pub fn occupant_count(&self, room: &str) -> usize {
-        self.occupants.values().filter(|o| o.room == room).count()
+        self.rooms.get(room).map_or(0, |r| r.occupants.len())
     }
 
     pub fn last_seq(&self) -> u64 {
@@ -226,6 +243,9 @@ impl World {
             return events;
         }
         if let Some(prev) = previous {
+            if let Some(r) = self.rooms.get_mut(&prev) {
+                r.occupants.retain(|u| u != user_id);
+            }
             events.push(self.emit(
                 EventKind::Presence,
                 "leave",
@@ -234,6 +254,15 @@ impl World {
                 None,
                 now_ms,
             ));
+        } else if self.occupants.len() >= self.limits.occupants_max {
+            let lru = self
+                .occupants
+                .values()
+                .min_by_key(|o| (o.last_active_ms, o.entered_ms))
+                .map(|o| o.user_id.clone());
+            if let Some(gone) = lru.and_then(|u| self.remove(&u, now_ms)) {
+                events.push(gone);
+            }
         }
         self.occupants.insert(
             user_id.to_string(),
@@ -247,6 +276,7 @@ impl World {
         );
         if let Some(r) = self.rooms.get_mut(room) {
             r.note_visitor(username);
+            r.occupants.push(user_id.to_string());
         }
         events.push(self.emit(
             EventKind::Presence,
@@ -262,6 +292,9 @@ impl World {
     /// A user leaves the world (a game reports a disconnect, or presence expires).
     pub fn remove(&mut self, user_id: &str, now_ms: u64) -> Option<Event> {
         let o = self.occupants.remove(user_id)?;
+        if let Some(r) = self.rooms.get_mut(&o.room) {
+            r.occupants.retain(|u| u != user_id);
+        }
         Some(self.emit(
             EventKind::Presence,
             "leave",
@@ -394,6 +427,7 @@ impl World {
         let mut present: Vec<String> = self
             .players(room)
             .iter()
+            .take(PRESENT_MAX)
             .map(|o| o.username.clone())
             .collect();
         if present.is_empty() {

@@ -109,6 +109,8 @@ pub struct Room {
     /// Display names of everyone who has entered, oldest first, without repeats.
     pub visitor_history: VecDeque<String>,
     pub events: VecDeque<Event>,
+    /// User ids of the people here now, in the order they entered.
+    pub occupants: Vec<String>,
 }
 
 impl Room {
@@ -117,6 +119,7 @@ impl Room {
             spec,
             visitor_history: VecDeque::new(),
             events: VecDeque::new(),
+            occupants: Vec::new(),
         }
     }
 

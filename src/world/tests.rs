@@ -12,6 +12,8 @@ fn world() -> World {
                 history_max: 50,
             },
             events_max: 5,
+            rooms_max: 7,
+            occupants_max: 3,
         },
     )
 }
@@ -143,4 +145,31 @@ fn outbox_collects_every_new_event_once() {
     w.say("a", "A", "The Tower", "x", 1).unwrap();
     assert_eq!(w.take_new_events().len(), 2);
     assert!(w.take_new_events().is_empty());
+}
+
+#[test]
+fn room_and_occupant_limits_hold() {
+    let mut w = world();
+    assert!(w.ensure_room("Sixth").is_ok());
+    assert!(w.ensure_room("Seventh").is_ok());
+    assert_eq!(w.ensure_room("Eighth"), Err(WorldError::Limit("rooms.max")));
+    assert!(
+        w.ensure_room("the tower").is_ok(),
+        "known rooms still resolve"
+    );
+    w.place("a", "A", "The Tower", 1);
+    w.place("b", "B", "The Tower", 2);
+    w.place("c", "C", "The Tower", 3);
+    let evs = w.place("d", "D", "The Tower", 4);
+    assert_eq!(
+        evs.len(),
+        2,
+        "the least recently active leaves, then d enters"
+    );
+    assert_eq!(
+        (evs[0].user_id.as_str(), evs[0].event.as_str()),
+        ("a", "leave")
+    );
+    assert!(w.occupant("a").is_none());
+    assert_eq!(w.players("The Tower").len(), 3);
 }

@@ -1,0 +1,175 @@
+//! The `worldbridge` binary as a user runs it: flags, config errors, the seed's
+//! environment variables, and a clean exit on SIGTERM.
+
+mod common;
+use common::*;
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpListener};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+fn bin() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_worldbridge"));
+    c.env_remove("WORLDBRIDGE_CONFIG")
+        .env_remove("TIMMY_BRIDGE_HOST")
+        .env_remove("TIMMY_BRIDGE_PORT")
+        .env("RUST_LOG", "info");
+    c
+}
+
+fn temp_file(name: &str, text: &str) -> std::path::PathBuf {
+    let p = std::env::temp_dir().join(format!("wb-test-{}-{name}", std::process::id()));
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+/// Start the binary and wait for its "listening on" log line; returns the HTTP address.
+fn spawn(cmd: &mut Command) -> (Child, SocketAddr, mpsc::Receiver<String>) {
+    let mut child = cmd
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let addr = loop {
+        let line = rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("a log line");
+        if line.contains("listening on") && line.contains("http") {
+            let a = line
+                .split("listening on ")
+                .nth(1)
+                .unwrap()
+                .split_whitespace()
+                .next()
+                .unwrap();
+            break a.parse().unwrap();
+        }
+    };
+    (child, addr, rx)
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[test]
+fn help_and_version() {
+    let out = bin().arg("--help").output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    for flag in [
+        "--config",
+        "--http",
+        "--line",
+        "--world",
+        "--data-dir",
+        "--memory",
+        "--agent",
+        "export",
+        "import",
+    ] {
+        assert!(text.contains(flag), "--help mentions {flag}");
+    }
+    let out = bin().arg("--version").output().unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("worldbridge {}", env!("CARGO_PKG_VERSION"))
+    );
+}
+
+#[test]
+fn bad_flags_and_config_are_refused_with_the_name() {
+    let out = bin().arg("--htp").arg("x").output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--htp"));
+
+    let cfg = temp_file(
+        "bad.toml",
+        "[http]\nlisten = [\"127.0.0.1:0\"]\nlistne = 3\n",
+    );
+    let out = bin().arg("--config").arg(&cfg).output().unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("http.listne"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let cfg = temp_file("badval.toml", "[sessions]\nmax = 0\n");
+    let out = bin().arg("--config").arg(&cfg).output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("sessions.max"));
+
+    let out = bin()
+        .args(["--http", "0.0.0.0:0", "--line", "127.0.0.1:0", "--memory"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("refusing to bind 0.0.0.0:0") && err.contains("http.token"),
+        "{err}"
+    );
+}
+
+#[test]
+fn serves_then_stops_cleanly_on_sigterm() {
+    let (mut child, addr, logs) =
+        spawn(bin().args(["--http", "127.0.0.1:0", "--line", "127.0.0.1:0", "--memory"]));
+    assert_eq!(get(addr, "/bridge/health")["status"], "ok");
+    let mut c = Client::connect(addr);
+    assert_eq!(
+        c.call(
+            "POST",
+            "/bridge/chat",
+            Some(r#"{"user_id":"t","message":"hello","room":"The Threshold"}"#)
+        )
+        .status,
+        200
+    );
+    let st = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || tx.send(child.wait().unwrap()).unwrap());
+    let status = rx
+        .recv_timeout(Duration::from_secs(15))
+        .expect("exits after SIGTERM");
+    assert_eq!(status.code(), Some(0));
+    let all: Vec<String> = logs.try_iter().collect();
+    assert!(all.iter().any(|l| l.contains("stopped")), "{all:?}");
+}
+
+#[test]
+fn the_seeds_port_variable_sets_the_first_http_listener() {
+    let port = free_port();
+    let cfg = temp_file(
+        "env.toml",
+        "[http]\nlisten = [\"127.0.0.1:0\"]\n[line]\nlisten = []\n",
+    );
+    let (mut child, addr, _logs) = spawn(
+        bin()
+            .arg("--config")
+            .arg(&cfg)
+            .arg("--memory")
+            .env("TIMMY_BRIDGE_PORT", port.to_string())
+            .env("TIMMY_BRIDGE_HOST", "127.0.0.1"),
+    );
+    assert_eq!(addr.port(), port);
+    assert_eq!(get(addr, "/bridge/health")["status"], "ok");
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
