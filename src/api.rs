@@ -570,7 +570,7 @@ fn call(
         CallInput {
             kind: CallKind::Generate,
             user_id: None,
-            username: "someone".into(),
+            username: String::new(),
             room,
             message: prompt,
         }

@@ -437,3 +437,19 @@ fn a_full_queue_gives_503_with_retry_after() {
     assert_eq!(busy[0].header("retry-after"), Some("1"));
     assert!(results.iter().any(|r| r.status == 200));
 }
+
+#[test]
+fn a_graceful_stop_finishes_the_chat_in_flight() {
+    let agent = mock_agent(|_| Mock::Reply(Duration::from_millis(800), "made it".into()));
+    let b = start_with(openai_config(agent.addr, 5));
+    let http = b.http;
+    let t = std::thread::spawn(move || chat(http, "late", "hello", "The Tower"));
+    eventually(Duration::from_secs(5), "the chat reaches the agent", || {
+        !agent.seen.lock().unwrap().is_empty()
+    });
+    assert_eq!(b.stop(), Ok(()));
+    let r = t.join().unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["response"], "made it");
+    assert_eq!(r.header("connection"), Some("close"));
+}

@@ -109,10 +109,18 @@ fn normalize(message: &str) -> String {
 /// Whether `phrase` (normalized, whole words) occurs in `words`. No allocation: this runs
 /// dozens of times per message.
 fn has(words: &str, phrase: &str) -> bool {
-    let b = words.as_bytes();
-    words.match_indices(phrase).any(|(i, _)| {
-        let end = i + phrase.len();
-        (i == 0 || b[i - 1] == b' ') && (end == b.len() || b[end] == b' ')
+    // Messages are short: a plain scan from each word start beats building a substring
+    // searcher for every phrase.
+    let (b, p) = (words.as_bytes(), phrase.as_bytes());
+    if p.is_empty() || p.len() > b.len() {
+        return false;
+    }
+    (0..=b.len() - p.len()).any(|i| {
+        let end = i + p.len();
+        (i == 0 || b[i - 1] == b' ')
+            && b[i] == p[0]
+            && &b[i..end] == p
+            && (end == b.len() || b[end] == b' ')
     })
 }
 

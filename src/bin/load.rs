@@ -216,6 +216,24 @@ fn print(name: &str, conns: usize, rep: &mut Report) {
     );
 }
 
+/// The server's RSS over the run: at the start, after each fifth of it, and the peak.
+fn print_rss(samples: &[u64]) {
+    if samples.is_empty() {
+        return;
+    }
+    let at = |f: usize| samples[(samples.len() - 1) * f / 5];
+    println!(
+        "         server RSS KiB at 0%/20%/40%/60%/80%/100% of the run: {} {} {} {} {} {}  (peak {})",
+        at(0),
+        at(1),
+        at(2),
+        at(3),
+        at(4),
+        at(5),
+        samples.iter().max().unwrap_or(&0)
+    );
+}
+
 fn pace(interval: Duration) -> String {
     if interval.is_zero() {
         String::new()
@@ -325,12 +343,7 @@ fn main() {
             pid.map(|_| &rss as &dyn Fn() -> u64),
         );
         print(&format!("health{}", pace(interval)), n, &mut rep);
-        println!(
-            "         server RSS KiB each second: first={} last={} max={}",
-            samples.first().unwrap_or(&0),
-            samples.last().unwrap_or(&0),
-            samples.iter().max().unwrap_or(&0)
-        );
+        print_rss(&samples);
     }
     if run("chat") {
         let n = conns.unwrap_or(50);
@@ -345,12 +358,7 @@ fn main() {
             pid.map(|_| &rss as &dyn Fn() -> u64),
         );
         print(&format!("chat{}", pace(interval)), n, &mut rep);
-        println!(
-            "         server RSS KiB each second: first={} last={} max={}",
-            samples.first().unwrap_or(&0),
-            samples.last().unwrap_or(&0),
-            samples.iter().max().unwrap_or(&0)
-        );
+        print_rss(&samples);
     }
     if run("idle") && pid.is_some() {
         std::thread::sleep(Duration::from_millis(500));

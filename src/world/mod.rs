@@ -420,16 +420,20 @@ impl World {
         let r = self.rooms.get(room);
         let recent_events = r
             .map(|r| {
-                let skip = r.events.len().saturating_sub(recent);
-                r.events.iter().skip(skip).map(describe_event).collect()
+                let skip = r.event_lines.len().saturating_sub(recent);
+                r.event_lines.iter().skip(skip).cloned().collect()
             })
             .unwrap_or_default();
-        let mut present: Vec<String> = self
-            .players(room)
-            .iter()
-            .take(PRESENT_MAX)
-            .map(|o| o.username.clone())
-            .collect();
+        let mut present: Vec<String> = r
+            .map(|r| {
+                r.occupants
+                    .iter()
+                    .take(PRESENT_MAX)
+                    .filter_map(|u| self.occupants.get(u))
+                    .map(|o| o.username.clone())
+                    .collect()
+            })
+            .unwrap_or_default();
         if present.is_empty() {
             if let Some(o) = self.occupants.get(user_id) {
                 present.push(o.username.clone());

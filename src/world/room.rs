@@ -111,6 +111,9 @@ pub struct Room {
     pub events: VecDeque<Event>,
     /// User ids of the people here now, in the order they entered.
     pub occupants: Vec<String>,
+    /// `events` as one short line each ("Alice said: hi"), kept alongside so the agent's
+    /// context does not format them on every call.
+    pub event_lines: VecDeque<String>,
 }
 
 impl Room {
@@ -120,6 +123,7 @@ impl Room {
             visitor_history: VecDeque::new(),
             events: VecDeque::new(),
             occupants: Vec::new(),
+            event_lines: VecDeque::new(),
         }
     }
 
@@ -127,7 +131,9 @@ impl Room {
     pub fn push_event(&mut self, event: Event, max: usize) {
         while self.events.len() >= max.max(1) {
             self.events.pop_front();
+            self.event_lines.pop_front();
         }
+        self.event_lines.push_back(super::describe_event(&event));
         self.events.push_back(event);
     }
 
