@@ -1,0 +1,1237 @@
+//! The Matrix gateway hub (seed 004): who is connected as which agent, and where each
+//! message goes. Socket-free: methods take a connection id, the text that arrived and
+//! `now` (epoch ms), and push [`Output`]s (frames to connections, closes, pings) for the
+//! transport to carry out.
+//!
+//! The contract:
+//! - A connection's first message must be `agent_register` `{agentId, role}`; anything
+//!   before gets an `error` frame and is not routed. The answer is `agent_registered`
+//!   with the agents present. A second connection with the same `agentId` replaces the
+//!   first, which is closed with a reason.
+//! - Everyone else registered hears `agent_joined` / `agent_left`
+//!   `{type, agentId, role, timestamp}`.
+//! - Routing is pass-through: any message with a string `type` goes, unchanged but for a
+//!   `gateway_seq` stamp, to the agent named by `target_id` (an unknown target is an
+//!   `error` `unknown_target` to the sender), or else to every other registered client.
+//! - The bridge itself is the agent `gateway.agent_id` ("timmy"): messages for it come
+//!   out as [`Output::ForAgent`], and it publishes `bark` `{text, agentId, room}` and the
+//!   world's events (`presence`, `say`, `event`) under their own `type`.
+//! - Every delivered frame carries `gateway_seq` and is kept in a bounded history
+//!   (`gateway.history_max` frames, `gateway.history_max_age_s`): a client that reconnects
+//!   with `?since=<gateway_seq>` gets what it missed, or `resync_required` when the
+//!   history no longer reaches back that far.
+
+use super::heartbeat::Heartbeat;
+use super::room::{Event, EventKind};
+use super::NAME_MAX_BYTES;
+use crate::conn::ConnId;
+use crate::time::rfc3339;
+use serde_json::{json, Map, Value};
+use std::collections::{HashMap, VecDeque};
+
+/// A frame's text: a reference-counted UTF-8 string, so a broadcast is encoded once and
+/// shared by every recipient's queue. It is the type the WebSocket layer writes.
+pub type Frame = tungstenite::Utf8Bytes;
+
+/// Close code for a connection taken over by a newer one with the same `agentId`.
+/// 1000: nothing went wrong, and clients do not treat it as a reason to reconnect.
+pub const CLOSE_REPLACED: u16 = 1000;
+/// Close code for a connection that stopped answering pings (RFC 6455 §7.4.1: 1001,
+/// the endpoint is going away).
+pub const CLOSE_SILENT: u16 = 1001;
+/// Close code for a connection that never registered.
+pub const CLOSE_UNREGISTERED: u16 = 1008;
+
+/// Message types that, broadcast, are also meant for the bridge's own agent.
+const FOR_AGENT_BROADCAST: [&str; 2] = ["chat_message", "visitor_message"];
+
+/// What the hub asks the transport to do.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Output {
+    /// Queue this text on this connection.
+    Send(ConnId, Frame),
+    /// Close with code and reason (the hub has already forgotten the connection).
+    Close {
+        conn: ConnId,
+        code: u16,
+        reason: String,
+    },
+    /// Send a WebSocket ping (the heartbeat).
+    Ping(ConnId),
+    /// A message addressed to the bridge's own agent (`target_id` = `gateway.agent_id`,
+    /// or a broadcast `chat_message` / `visitor_message`).
+    ForAgent {
+        from: String,
+        role: String,
+        msg: Map<String, Value>,
+    },
+}
+
+/// The hub's settings, from `Config` (`gateway.*`).
+#[derive(Debug, Clone)]
+pub struct GatewayLimits {
+    pub agent_id: String,
+    pub heartbeat_ms: u64,
+    pub history_max: usize,
+    pub history_max_age_ms: u64,
+}
+
+/// Totals since start, for `/api/gateway/status` and the metrics.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct GatewayCounts {
+    pub connections: u64,
+    pub registrations: u64,
+    pub replaced: u64,
+    pub pruned: u64,
+    pub routed: u64,
+    pub delivered: u64,
+    pub errors: u64,
+    pub resyncs: u64,
+}
+
+#[derive(Debug, Clone)]
+struct Registration {
+    agent_id: String,
+    role: String,
+}
+
+#[derive(Debug)]
+struct Client {
+    connected_ms: u64,
+    last_seen_ms: u64,
+    /// `?since=` from the upgrade request: replay after registering.
+    since: Option<u64>,
+    reg: Option<Registration>,
+    messages_in: u64,
+    messages_out: u64,
+}
+
+/// One delivered frame, kept for resuming clients.
+#[derive(Debug)]
+struct Entry {
+    seq: u64,
+    ts_ms: u64,
+    /// The agent that sent it (the bridge's own id for its publications).
+    from: String,
+    /// `target_id`, for directed messages.
+    target: Option<String>,
+    frame: Frame,
+}
+
+/// The gateway hub.
+#[derive(Debug)]
+pub struct Gateway {
+    limits: GatewayLimits,
+    clients: HashMap<ConnId, Client>,
+    /// Registered agents → their connection.
+    agents: HashMap<String, ConnId>,
+    seq: u64,
+    history: VecDeque<Entry>,
+    heartbeat: Heartbeat,
+    started_ms: u64,
+    pub counts: GatewayCounts,
+}
+
+/// `{"type":"error","code":…,"error":…}`.
+pub fn error_frame(code: &str, error: &str) -> Frame {
+    Frame::from(json!({"type": "error", "code": code, "error": error}).to_string())
+}
+
+impl Gateway {
+    pub fn new(limits: GatewayLimits, now_ms: u64) -> Gateway {
+        Gateway {
+            heartbeat: Heartbeat::new(limits.heartbeat_ms, now_ms),
+            limits,
+            clients: HashMap::new(),
+            agents: HashMap::new(),
+            seq: 0,
+            history: VecDeque::new(),
+            started_ms: now_ms,
+            counts: GatewayCounts::default(),
+        }
+    }
+
+    /// The last `gateway_seq` handed out.
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    /// Connections, registered or not.
+    pub fn connections(&self) -> usize {
+        self.clients.len()
+    }
+
+    /// The agent registered on `conn`, if any.
+    pub fn agent_of(&self, conn: ConnId) -> Option<&str> {
+        self.clients
+            .get(&conn)?
+            .reg
+            .as_ref()
+            .map(|r| r.agent_id.as_str())
+    }
+
+    /// When the heartbeat wants to run next (epoch ms).
+    pub fn next_tick_ms(&self) -> u64 {
+        self.heartbeat.next_round_ms()
+    }
+
+    /// A connection upgraded on `/ws/matrix`; `since` is its `?since=` resume point.
+    pub fn connect(&mut self, conn: ConnId, since: Option<u64>, now_ms: u64) {
+        self.counts.connections += 1;
+        self.clients.insert(
+            conn,
+            Client {
+                connected_ms: now_ms,
+                last_seen_ms: now_ms,
+                since,
+                reg: None,
+                messages_in: 0,
+                messages_out: 0,
+            },
+        );
+        self.heartbeat.add(conn, now_ms);
+    }
+
+    /// Any frame arrived on `conn` (including a pong).
+    pub fn heard(&mut self, conn: ConnId, now_ms: u64) {
+        if let Some(c) = self.clients.get_mut(&conn) {
+            c.last_seen_ms = c.last_seen_ms.max(now_ms);
+            self.heartbeat.heard(conn, now_ms);
+        }
+    }
+
+    /// The connection is gone. Its agent, if it still owned its id, leaves.
+    pub fn disconnect(&mut self, conn: ConnId, now_ms: u64, out: &mut Vec<Output>) {
+        self.heartbeat.remove(conn);
+        let Some(client) = self.clients.remove(&conn) else {
+            return;
+        };
+        if let Some(reg) = client.reg {
+            if self.agents.get(&reg.agent_id) == Some(&conn) {
+                self.agents.remove(&reg.agent_id);
+                self.lifecycle("agent_left", &reg, now_ms, out);
+            }
+        }
+    }
+
+    /// A text message arrived on `conn`.
+    pub fn on_text(&mut self, conn: ConnId, text: &Frame, now_ms: u64, out: &mut Vec<Output>) {
+        let Some(client) = self.clients.get_mut(&conn) else {
+            return;
+        };
+        client.messages_in += 1;
+        client.last_seen_ms = client.last_seen_ms.max(now_ms);
+        self.heartbeat.heard(conn, now_ms);
+        let mut msg = match serde_json::from_str::<Value>(text.as_str()) {
+            Ok(Value::Object(m)) => m,
+            Ok(_) => {
+                return self.refuse(conn, "bad_message", "a message must be a JSON object", out)
+            }
+            Err(e) => {
+                return self.refuse(
+                    conn,
+                    "bad_json",
+                    &format!("the message is not valid JSON: {e}"),
+                    out,
+                )
+            }
+        };
+        let kind = match msg.get("type") {
+            Some(Value::String(t)) => t.clone(),
+            _ => {
+                return self.refuse(
+                    conn,
+                    "missing_type",
+                    "every message needs a string `type`",
+                    out,
+                )
+            }
+        };
+        if kind == "agent_register" {
+            return self.register(conn, &msg, now_ms, out);
+        }
+        let Some(reg) = self.clients.get(&conn).and_then(|c| c.reg.clone()) else {
+            return self.refuse(
+                conn,
+                "not_registered",
+                "send agent_register {agentId, role} first; this message was not routed",
+                out,
+            );
+        };
+        let target = match msg.get("target_id") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(t)) => Some(t.clone()),
+            Some(_) => {
+                return self.refuse(
+                    conn,
+                    "bad_target",
+                    "`target_id` must be a string agentId",
+                    out,
+                )
+            }
+        };
+        self.counts.routed += 1;
+        match target {
+            Some(t) if t == self.limits.agent_id => {
+                out.push(Output::ForAgent {
+                    from: reg.agent_id,
+                    role: reg.role,
+                    msg,
+                });
+            }
+            Some(t) => {
+                let Some(&to) = self.agents.get(&t) else {
+                    return self.refuse(
+                        conn,
+                        "unknown_target",
+                        &format!("no agent {t:?} is connected"),
+                        out,
+                    );
+                };
+                let frame = self.stamp(text, &mut msg);
+                self.remember(&reg.agent_id, Some(t), frame.clone(), now_ms);
+                self.deliver(to, frame, out);
+            }
+            None => {
+                let frame = self.stamp(text, &mut msg);
+                self.remember(&reg.agent_id, None, frame.clone(), now_ms);
+                self.broadcast(Some(conn), frame, out);
+                if FOR_AGENT_BROADCAST.contains(&kind.as_str()) {
+                    out.push(Output::ForAgent {
+                        from: reg.agent_id,
+                        role: reg.role,
+                        msg,
+                    });
+                }
+            }
+        }
+    }
+
+    /// Time passes: the ping round (pruning the silent) and the history's age limit.
+    pub fn tick(&mut self, now_ms: u64, out: &mut Vec<Output>) {
+        let round = self.heartbeat.tick(now_ms);
+        for conn in round.dead {
+            self.counts.pruned += 1;
+            let registered = self.clients.get(&conn).is_some_and(|c| c.reg.is_some());
+            let reason = if registered {
+                "no answer to ping within the heartbeat interval"
+            } else {
+                "no agent_register within the heartbeat interval"
+            };
+            let code = if registered {
+                CLOSE_SILENT
+            } else {
+                CLOSE_UNREGISTERED
+            };
+            out.push(Output::Close {
+                conn,
+                code,
+                reason: reason.into(),
+            });
+            self.disconnect(conn, now_ms, out);
+        }
+        for conn in round.ping {
+            out.push(Output::Ping(conn));
+        }
+        self.trim_history(now_ms);
+    }
+
+    /// The bridge's agent speaks: `bark` `{text, agentId, room}` to everyone (or, with
+    /// `to`, only to that agent).
+    pub fn publish_bark(
+        &mut self,
+        text: &str,
+        room: Option<&str>,
+        to: Option<&str>,
+        now_ms: u64,
+        out: &mut Vec<Output>,
+    ) {
+        let mut m = Map::new();
+        m.insert("type".into(), "bark".into());
+        m.insert("text".into(), text.into());
+        m.insert("agentId".into(), self.limits.agent_id.clone().into());
+        if let Some(r) = room {
+            m.insert("room".into(), r.into());
+        }
+        if let Some(t) = to {
+            m.insert("target_id".into(), t.into());
+        }
+        m.insert("timestamp".into(), rfc3339(now_ms).into());
+        self.publish(m, to, now_ms, out);
+    }
+
+    /// A world event (presence, say, event, bark) under its own `type`. The world's own
+    /// sequence number travels as `event_seq`; `gateway_seq` is the hub's.
+    pub fn publish_event(&mut self, ev: &Event, now_ms: u64, out: &mut Vec<Output>) {
+        if ev.kind == EventKind::Bark {
+            let text = ev.message.as_deref().unwrap_or_default();
+            return self.publish_bark(text, Some(&ev.room), None, now_ms, out);
+        }
+        let Ok(Value::Object(mut m)) = serde_json::to_value(ev) else {
+            return;
+        };
+        if let Some(seq) = m.remove("seq") {
+            m.insert("event_seq".into(), seq);
+        }
+        self.publish(m, None, now_ms, out);
+    }
+
+    /// Publish a message from the bridge itself: to `to` only, or to every registered
+    /// client.
+    pub fn publish(
+        &mut self,
+        mut msg: Map<String, Value>,
+        to: Option<&str>,
+        now_ms: u64,
+        out: &mut Vec<Output>,
+    ) {
+        self.seq += 1;
+        msg.insert("gateway_seq".into(), self.seq.into());
+        let frame = Frame::from(Value::Object(msg).to_string());
+        let me = self.limits.agent_id.clone();
+        self.remember(&me, to.map(str::to_string), frame.clone(), now_ms);
+        match to {
+            Some(t) => {
+                if let Some(&conn) = self.agents.get(t) {
+                    self.deliver(conn, frame, out);
+                }
+            }
+            None => self.broadcast(None, frame, out),
+        }
+    }
+
+    /// The registered agents: (agentId, role), sorted by id.
+    pub fn agents(&self) -> Vec<(&str, &str)> {
+        let mut list: Vec<(&str, &str)> = self
+            .agents
+            .values()
+            .filter_map(|c| self.clients.get(c)?.reg.as_ref())
+            .map(|r| (r.agent_id.as_str(), r.role.as_str()))
+            .collect();
+        list.sort_unstable();
+        list
+    }
+
+    /// The body of `GET /api/gateway/status`.
+    pub fn status(&self) -> Value {
+        let mut agents: Vec<(&String, &Client, &Registration)> = self
+            .agents
+            .iter()
+            .filter_map(|(id, c)| {
+                let client = self.clients.get(c)?;
+                Some((id, client, client.reg.as_ref()?))
+            })
+            .collect();
+        agents.sort_by(|a, b| a.0.cmp(b.0));
+        let mut by_role: Map<String, Value> = Map::new();
+        for (_, _, r) in &agents {
+            let n = by_role.get(&r.role).and_then(Value::as_u64).unwrap_or(0);
+            by_role.insert(r.role.clone(), (n + 1).into());
+        }
+        let list: Vec<Value> = agents
+            .iter()
+            .map(|(id, c, r)| {
+                json!({
+                    "agentId": id,
+                    "role": r.role,
+                    "connected_at": rfc3339(c.connected_ms),
+                    "last_seen": rfc3339(c.last_seen_ms),
+                    "messages_in": c.messages_in,
+                    "messages_out": c.messages_out,
+                })
+            })
+            .collect();
+        let c = &self.counts;
+        json!({
+            "status": "ok",
+            "agent_id": self.limits.agent_id,
+            "count": list.len(),
+            "agents": list,
+            "by_role": by_role,
+            "connections": self.clients.len(),
+            "gateway_seq": self.seq,
+            "history": self.history.len(),
+            "since": rfc3339(self.started_ms),
+            "totals": {
+                "connections": c.connections,
+                "registrations": c.registrations,
+                "replaced": c.replaced,
+                "pruned": c.pruned,
+                "routed": c.routed,
+                "delivered": c.delivered,
+                "errors": c.errors,
+                "resyncs": c.resyncs,
+            },
+        })
+    }
+
+    fn register(
+        &mut self,
+        conn: ConnId,
+        msg: &Map<String, Value>,
+        now_ms: u64,
+        out: &mut Vec<Output>,
+    ) {
+        let agent_id = match msg.get("agentId") {
+            Some(Value::String(s)) if valid_id(s) => s.clone(),
+            _ => {
+                return self.refuse(
+                    conn,
+                    "bad_register",
+                    &format!(
+                        "agent_register needs `agentId`: a non-empty string of at most \
+                         {NAME_MAX_BYTES} bytes without control characters"
+                    ),
+                    out,
+                )
+            }
+        };
+        let role =
+            match msg.get("role") {
+                None | Some(Value::Null) => "agent".to_string(),
+                Some(Value::String(s)) if valid_id(s) => s.clone(),
+                Some(_) => return self.refuse(
+                    conn,
+                    "bad_register",
+                    "`role` must be a short string such as \"agent\", \"client\" or \"watcher\"",
+                    out,
+                ),
+            };
+        if agent_id == self.limits.agent_id {
+            return self.refuse(
+                conn,
+                "reserved_agent_id",
+                &format!("{agent_id:?} is the bridge's own agent id; pick another"),
+                out,
+            );
+        }
+        let since = match msg.get("since") {
+            Some(v) => v.as_u64(),
+            None => None,
+        };
+        let Some(client) = self.clients.get_mut(&conn) else {
+            return;
+        };
+        if let Some(old) = &client.reg {
+            if old.agent_id != agent_id {
+                let msg = format!(
+                    "this connection is registered as {:?}; open a new one for another agentId",
+                    old.agent_id
+                );
+                return self.refuse(conn, "already_registered", &msg, out);
+            }
+        }
+        let since = since.or(client.since.take());
+        let reg = Registration {
+            agent_id: agent_id.clone(),
+            role,
+        };
+        client.reg = Some(reg.clone());
+        self.counts.registrations += 1;
+        if let Some(old) = self.agents.insert(agent_id.clone(), conn) {
+            if old != conn {
+                self.counts.replaced += 1;
+                self.heartbeat.remove(old);
+                self.clients.remove(&old);
+                out.push(Output::Close {
+                    conn: old,
+                    code: CLOSE_REPLACED,
+                    reason: format!("replaced by a new connection for agentId {agent_id}"),
+                });
+            }
+        }
+        let agents: Vec<Value> = self
+            .agents()
+            .into_iter()
+            .map(|(a, r)| json!({"agentId": a, "role": r}))
+            .collect();
+        let ack = json!({
+            "type": "agent_registered",
+            "agentId": reg.agent_id,
+            "role": reg.role,
+            "agents": agents,
+            "bridge_agent": self.limits.agent_id,
+            "gateway_seq": self.seq,
+            "heartbeat_s": self.limits.heartbeat_ms / 1000,
+        });
+        self.send_to(conn, Frame::from(ack.to_string()), out);
+        if let Some(since) = since {
+            self.replay(conn, &reg.agent_id, since, out);
+        }
+        self.lifecycle("agent_joined", &reg, now_ms, out);
+    }
+
+    /// What `agent` missed since `since`, or `resync_required`.
+    fn replay(&mut self, conn: ConnId, agent: &str, since: u64, out: &mut Vec<Output>) {
+        let oldest = self.history.front().map(|e| e.seq);
+        // The history reaches back far enough when its first frame is the one right
+        // after `since` or earlier; with an empty history only "nothing missed" works.
+        let covered = match oldest {
+            Some(first) => first <= since.saturating_add(1) && since <= self.seq,
+            None => since == self.seq,
+        };
+        if !covered {
+            self.counts.resyncs += 1;
+            let why = if since > self.seq {
+                "the gateway restarted: its sequence is behind yours"
+            } else {
+                "the history no longer reaches back that far"
+            };
+            let frame = json!({
+                "type": "resync_required",
+                "since": since,
+                "oldest": oldest,
+                "gateway_seq": self.seq,
+                "error": why,
+            });
+            return self.send_to(conn, Frame::from(frame.to_string()), out);
+        }
+        let missed: Vec<Frame> = self
+            .history
+            .iter()
+            .filter(|e| e.seq > since && e.from != agent)
+            .filter(|e| e.target.as_deref().is_none_or(|t| t == agent))
+            .map(|e| e.frame.clone())
+            .collect();
+        for f in missed {
+            self.deliver(conn, f, out);
+        }
+    }
+
+    /// `agent_joined` / `agent_left` to every other registered client.
+    fn lifecycle(&mut self, kind: &str, reg: &Registration, now_ms: u64, out: &mut Vec<Output>) {
+        self.seq += 1;
+        let frame = Frame::from(
+            json!({
+                "type": kind,
+                "agentId": reg.agent_id,
+                "role": reg.role,
+                "timestamp": rfc3339(now_ms),
+                "gateway_seq": self.seq,
+            })
+            .to_string(),
+        );
+        self.remember(&reg.agent_id, None, frame.clone(), now_ms);
+        let except = self.agents.get(&reg.agent_id).copied();
+        self.broadcast(except, frame, out);
+    }
+
+    /// Add `gateway_seq` to a client's message. The text is passed through byte for
+    /// byte, with the stamp spliced in after the opening brace; only a message that
+    /// already has a `gateway_seq` of its own is re-encoded (so there are no duplicate
+    /// keys, which parsers read differently).
+    fn stamp(&mut self, text: &Frame, msg: &mut Map<String, Value>) -> Frame {
+        self.seq += 1;
+        let seq = self.seq;
+        let s = text.as_str();
+        // A JSON object's first non-blank character is `{`.
+        let open = s.find('{');
+        match open {
+            Some(at) if !msg.contains_key("gateway_seq") => {
+                let rest = &s[at + 1..];
+                let empty = rest.trim_start().starts_with('}');
+                let mut stamped = String::with_capacity(s.len() + 24);
+                stamped.push('{');
+                stamped.push_str("\"gateway_seq\":");
+                stamped.push_str(&seq.to_string());
+                if !empty {
+                    stamped.push(',');
+                }
+                stamped.push_str(rest);
+                Frame::from(stamped)
+            }
+            _ => {
+                msg.insert("gateway_seq".into(), seq.into());
+                Frame::from(Value::Object(msg.clone()).to_string())
+            }
+        }
+    }
+
+    fn remember(&mut self, from: &str, target: Option<String>, frame: Frame, now_ms: u64) {
+        if self.limits.history_max == 0 {
+            return;
+        }
+        while self.history.len() >= self.limits.history_max {
+            self.history.pop_front();
+        }
+        self.history.push_back(Entry {
+            seq: self.seq,
+            ts_ms: now_ms,
+            from: from.to_string(),
+            target,
+            frame,
+        });
+        self.trim_history(now_ms);
+    }
+
+    fn trim_history(&mut self, now_ms: u64) {
+        let max_age = self.limits.history_max_age_ms;
+        while self
+            .history
+            .front()
+            .is_some_and(|e| now_ms.saturating_sub(e.ts_ms) > max_age)
+        {
+            self.history.pop_front();
+        }
+    }
+
+    /// To every registered client but `except`.
+    fn broadcast(&mut self, except: Option<ConnId>, frame: Frame, out: &mut Vec<Output>) {
+        let targets: Vec<ConnId> = self
+            .agents
+            .values()
+            .copied()
+            .filter(|c| Some(*c) != except)
+            .collect();
+        for conn in targets {
+            self.deliver(conn, frame.clone(), out);
+        }
+    }
+
+    /// A routed frame: counted as delivered.
+    fn deliver(&mut self, conn: ConnId, frame: Frame, out: &mut Vec<Output>) {
+        self.counts.delivered += 1;
+        self.send_to(conn, frame, out);
+    }
+
+    fn send_to(&mut self, conn: ConnId, frame: Frame, out: &mut Vec<Output>) {
+        if let Some(c) = self.clients.get_mut(&conn) {
+            c.messages_out += 1;
+            out.push(Output::Send(conn, frame));
+        }
+    }
+
+    fn refuse(&mut self, conn: ConnId, code: &str, error: &str, out: &mut Vec<Output>) {
+        self.counts.errors += 1;
+        log::debug!(
+            "gateway conn={} refused a message: {code}: {error}",
+            conn.idx
+        );
+        self.send_to(conn, error_frame(code, error), out);
+    }
+}
+
+/// An agentId or role: non-empty, bounded, no control characters.
+fn valid_id(s: &str) -> bool {
+    !s.trim().is_empty() && s.len() <= NAME_MAX_BYTES && !s.chars().any(char::is_control)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(idx: u32) -> ConnId {
+        ConnId { idx, gen: 0 }
+    }
+
+    fn hub() -> Gateway {
+        Gateway::new(
+            GatewayLimits {
+                agent_id: "timmy".into(),
+                heartbeat_ms: 30_000,
+                history_max: 100,
+                history_max_age_ms: 120_000,
+            },
+            0,
+        )
+    }
+
+    fn text(s: &str) -> Frame {
+        Frame::from(s.to_string())
+    }
+
+    /// Frames sent per connection, parsed.
+    fn sent(out: &[Output]) -> Vec<(ConnId, Value)> {
+        out.iter()
+            .filter_map(|o| match o {
+                Output::Send(c, f) => Some((*c, serde_json::from_str(f.as_str()).unwrap())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn to(out: &[Output], conn: ConnId) -> Vec<Value> {
+        sent(out)
+            .into_iter()
+            .filter(|(c, _)| *c == conn)
+            .map(|(_, v)| v)
+            .collect()
+    }
+
+    fn register(g: &mut Gateway, conn: ConnId, agent: &str, role: &str) -> Vec<Output> {
+        g.connect(conn, None, 10);
+        let mut out = Vec::new();
+        let msg = json!({"type": "agent_register", "agentId": agent, "role": role});
+        g.on_text(conn, &text(&msg.to_string()), 10, &mut out);
+        out
+    }
+
+    #[test]
+    fn register_acks_and_tells_the_others() {
+        let mut g = hub();
+        let out = register(&mut g, id(1), "alice", "agent");
+        let ack = &to(&out, id(1))[0];
+        assert_eq!(ack["type"], "agent_registered");
+        assert_eq!(ack["agentId"], "alice");
+        assert_eq!(
+            ack["agents"],
+            json!([{"agentId": "alice", "role": "agent"}])
+        );
+        assert_eq!(sent(&out).len(), 1, "nobody else to tell");
+
+        let out = register(&mut g, id(2), "bob", "client");
+        let alice_got = to(&out, id(1));
+        assert_eq!(alice_got.len(), 1);
+        let joined = &alice_got[0];
+        assert_eq!(joined["type"], "agent_joined");
+        assert_eq!(joined["agentId"], "bob");
+        assert_eq!(joined["role"], "client");
+        assert!(joined["timestamp"].as_str().unwrap().ends_with('Z'));
+        assert!(joined["gateway_seq"].as_u64().is_some());
+        // Bob is not told about himself.
+        assert!(to(&out, id(2)).iter().all(|v| v["type"] != "agent_joined"));
+
+        let mut out = Vec::new();
+        g.disconnect(id(2), 20, &mut out);
+        let left = &to(&out, id(1))[0];
+        assert_eq!(left["type"], "agent_left");
+        assert_eq!(
+            (left["agentId"].as_str(), left["role"].as_str()),
+            (Some("bob"), Some("client"))
+        );
+        assert_eq!(g.agents(), vec![("alice", "agent")]);
+    }
+
+    #[test]
+    fn nothing_is_routed_before_register() {
+        let mut g = hub();
+        register(&mut g, id(1), "alice", "agent");
+        g.connect(id(2), None, 10);
+        let mut out = Vec::new();
+        g.on_text(
+            id(2),
+            &text(r#"{"type":"bark","text":"sneaky"}"#),
+            11,
+            &mut out,
+        );
+        assert_eq!(sent(&out).len(), 1);
+        let err = &to(&out, id(2))[0];
+        assert_eq!(err["type"], "error");
+        assert_eq!(err["code"], "not_registered");
+        assert!(to(&out, id(1)).is_empty(), "not routed");
+    }
+
+    #[test]
+    fn broadcast_goes_to_every_other_registered_client_unchanged_but_stamped() {
+        let mut g = hub();
+        for (i, a) in ["a", "b", "c"].iter().enumerate() {
+            register(&mut g, id(i as u32), a, "agent");
+        }
+        g.connect(id(9), None, 10); // not registered: hears nothing
+        let original = r#"{"type":"agent_state","agentId":"a","state":{"mood":"calm","n":[1,2]}}"#;
+        let mut out = Vec::new();
+        g.on_text(id(0), &text(original), 20, &mut out);
+        let got = sent(&out);
+        let mut receivers: Vec<u32> = got.iter().map(|(c, _)| c.idx).collect();
+        receivers.sort();
+        assert_eq!(receivers, vec![1, 2]);
+        // Byte for byte, plus the stamp in front.
+        let Output::Send(_, f) = &out[0] else {
+            panic!()
+        };
+        let seq = g.seq();
+        assert_eq!(
+            f.as_str(),
+            format!("{{\"gateway_seq\":{seq},{}", &original[1..])
+        );
+        assert_eq!(got[0].1["state"], json!({"mood": "calm", "n": [1, 2]}));
+    }
+
+    #[test]
+    fn stamping_edge_cases_stay_valid_json() {
+        let mut g = hub();
+        register(&mut g, id(0), "a", "agent");
+        register(&mut g, id(1), "b", "agent");
+        for raw in [
+            r#"  {"type":"x"}"#,
+            r#"{"type":"x","gateway_seq":"mine"}"#,
+            "{\n\"type\" : \"x\" }",
+        ] {
+            let mut out = Vec::new();
+            g.on_text(id(0), &text(raw), 20, &mut out);
+            let v = &to(&out, id(1))[0];
+            assert_eq!(v["type"], "x", "{raw}");
+            assert_eq!(v["gateway_seq"], g.seq(), "{raw}");
+        }
+    }
+
+    #[test]
+    fn directed_goes_only_to_the_target_and_unknown_target_is_an_error() {
+        let mut g = hub();
+        for (i, a) in ["a", "b", "c"].iter().enumerate() {
+            register(&mut g, id(i as u32), a, "agent");
+        }
+        let mut out = Vec::new();
+        g.on_text(
+            id(0),
+            &text(r#"{"type":"agent_message","target_id":"c","text":"psst"}"#),
+            20,
+            &mut out,
+        );
+        let got = sent(&out);
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].0, id(2));
+        assert_eq!(got[0].1["text"], "psst");
+
+        let mut out = Vec::new();
+        g.on_text(
+            id(0),
+            &text(r#"{"type":"agent_message","target_id":"nobody"}"#),
+            20,
+            &mut out,
+        );
+        let got = sent(&out);
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].0, id(0));
+        assert_eq!(got[0].1["code"], "unknown_target");
+        assert!(got[0].1["error"].as_str().unwrap().contains("nobody"));
+
+        let mut out = Vec::new();
+        g.on_text(id(0), &text(r#"{"type":"x","target_id":5}"#), 20, &mut out);
+        assert_eq!(to(&out, id(0))[0]["code"], "bad_target");
+    }
+
+    #[test]
+    fn bad_frames_get_errors() {
+        let mut g = hub();
+        register(&mut g, id(0), "a", "agent");
+        for (raw, code) in [
+            ("not json", "bad_json"),
+            ("[1,2]", "bad_message"),
+            (r#"{"no":"type"}"#, "missing_type"),
+            (r#"{"type":7}"#, "missing_type"),
+            (r#"{"type":"agent_register"}"#, "bad_register"),
+            (r#"{"type":"agent_register","agentId":""}"#, "bad_register"),
+            (
+                r#"{"type":"agent_register","agentId":"a","role":3}"#,
+                "bad_register",
+            ),
+            (
+                r#"{"type":"agent_register","agentId":"timmy"}"#,
+                "reserved_agent_id",
+            ),
+            (
+                r#"{"type":"agent_register","agentId":"other"}"#,
+                "already_registered",
+            ),
+        ] {
+            let mut out = Vec::new();
+            g.on_text(id(0), &text(raw), 20, &mut out);
+            let got = to(&out, id(0));
+            assert_eq!(got.len(), 1, "{raw}");
+            assert_eq!(got[0]["type"], "error", "{raw}");
+            assert_eq!(got[0]["code"], code, "{raw}");
+        }
+        let long = "x".repeat(NAME_MAX_BYTES + 1);
+        let mut out = Vec::new();
+        let msg = json!({"type": "agent_register", "agentId": long});
+        g.on_text(id(0), &text(&msg.to_string()), 20, &mut out);
+        assert_eq!(to(&out, id(0))[0]["code"], "bad_register");
+        assert_eq!(g.agents(), vec![("a", "agent")]);
+    }
+
+    #[test]
+    fn duplicate_agent_id_replaces_the_old_connection() {
+        let mut g = hub();
+        register(&mut g, id(0), "watcher", "watcher");
+        register(&mut g, id(1), "a", "agent");
+        let out = register(&mut g, id(2), "a", "agent");
+        let closes: Vec<&Output> = out
+            .iter()
+            .filter(|o| matches!(o, Output::Close { .. }))
+            .collect();
+        assert_eq!(
+            closes,
+            vec![&Output::Close {
+                conn: id(1),
+                code: CLOSE_REPLACED,
+                reason: "replaced by a new connection for agentId a".into()
+            }]
+        );
+        assert!(to(&out, id(1)).is_empty(), "the old one hears nothing more");
+        // The old connection's later disconnect says nothing: "a" is still here.
+        let mut out = Vec::new();
+        g.disconnect(id(1), 30, &mut out);
+        assert!(out.is_empty());
+        // Messages for "a" reach the new connection.
+        let mut out = Vec::new();
+        g.on_text(
+            id(0),
+            &text(r#"{"type":"x","target_id":"a"}"#),
+            31,
+            &mut out,
+        );
+        assert_eq!(sent(&out)[0].0, id(2));
+        assert_eq!(g.counts.replaced, 1);
+    }
+
+    #[test]
+    fn messages_for_the_bridge_agent_come_out_as_for_agent() {
+        let mut g = hub();
+        register(&mut g, id(0), "alice", "client");
+        register(&mut g, id(1), "bob", "client");
+        let mut out = Vec::new();
+        g.on_text(
+            id(0),
+            &text(r#"{"type":"chat_message","target_id":"timmy","text":"hi Timmy"}"#),
+            20,
+            &mut out,
+        );
+        assert!(
+            sent(&out).is_empty(),
+            "directed to the bridge: nobody else hears it"
+        );
+        match &out[..] {
+            [Output::ForAgent { from, role, msg }] => {
+                assert_eq!((from.as_str(), role.as_str()), ("alice", "client"));
+                assert_eq!(msg["text"], "hi Timmy");
+            }
+            other => panic!("{other:?}"),
+        }
+        // A broadcast chat goes to the others and to the agent.
+        let mut out = Vec::new();
+        g.on_text(
+            id(0),
+            &text(r#"{"type":"chat_message","text":"all"}"#),
+            21,
+            &mut out,
+        );
+        assert_eq!(to(&out, id(1)).len(), 1);
+        assert!(out.iter().any(|o| matches!(o, Output::ForAgent { .. })));
+        // Other broadcasts are not the agent's business.
+        let mut out = Vec::new();
+        g.on_text(id(0), &text(r#"{"type":"scene_add"}"#), 22, &mut out);
+        assert!(!out.iter().any(|o| matches!(o, Output::ForAgent { .. })));
+    }
+
+    #[test]
+    fn the_bridge_publishes_barks_and_world_events() {
+        let mut g = hub();
+        register(&mut g, id(0), "alice", "watcher");
+        let mut out = Vec::new();
+        g.publish_bark("Slowly.", Some("The Tower"), None, 50, &mut out);
+        let bark = &to(&out, id(0))[0];
+        assert_eq!(bark["type"], "bark");
+        assert_eq!(bark["text"], "Slowly.");
+        assert_eq!(bark["agentId"], "timmy");
+        assert_eq!(bark["room"], "The Tower");
+
+        let ev = Event {
+            kind: EventKind::Say,
+            event: "message".into(),
+            user_id: "u1".into(),
+            username: "Una".into(),
+            room: "The Garden".into(),
+            message: Some("hello".into()),
+            timestamp: rfc3339(60),
+            seq: 7,
+            origin: "local".into(),
+            ts_ms: 60,
+        };
+        let mut out = Vec::new();
+        g.publish_event(&ev, 60, &mut out);
+        let say = &to(&out, id(0))[0];
+        assert_eq!(say["type"], "say");
+        assert_eq!(say["message"], "hello");
+        assert_eq!(say["room"], "The Garden");
+        assert_eq!(say["event_seq"], 7);
+        assert_eq!(say["gateway_seq"], g.seq());
+
+        let mut out = Vec::new();
+        g.publish_event(
+            &Event {
+                kind: EventKind::Bark,
+                message: Some("Welcome.".into()),
+                ..ev
+            },
+            61,
+            &mut out,
+        );
+        let bark = &to(&out, id(0))[0];
+        assert_eq!(
+            (bark["type"].as_str(), bark["text"].as_str()),
+            (Some("bark"), Some("Welcome."))
+        );
+    }
+
+    #[test]
+    fn heartbeat_pings_then_prunes_the_silent() {
+        let mut g = Gateway::new(
+            GatewayLimits {
+                agent_id: "timmy".into(),
+                heartbeat_ms: 1000,
+                history_max: 10,
+                history_max_age_ms: 60_000,
+            },
+            0,
+        );
+        register(&mut g, id(0), "alive", "agent");
+        register(&mut g, id(1), "silent", "agent");
+        g.connect(id(2), None, 10); // never registers
+        let mut out = Vec::new();
+        g.tick(1000, &mut out);
+        let pings: Vec<&Output> = out
+            .iter()
+            .filter(|o| matches!(o, Output::Ping(_)))
+            .collect();
+        assert_eq!(pings.len(), 3);
+        g.heard(id(0), 1100);
+        let mut out = Vec::new();
+        g.tick(2000, &mut out);
+        assert!(out.contains(&Output::Close {
+            conn: id(1),
+            code: CLOSE_SILENT,
+            reason: "no answer to ping within the heartbeat interval".into()
+        }));
+        assert!(out.iter().any(
+            |o| matches!(o, Output::Close { conn, code: CLOSE_UNREGISTERED, .. } if *conn == id(2))
+        ));
+        let left = to(&out, id(0));
+        assert_eq!(left.len(), 1);
+        assert_eq!(left[0]["type"], "agent_left");
+        assert_eq!(left[0]["agentId"], "silent");
+        assert!(out.contains(&Output::Ping(id(0))));
+        assert_eq!(g.agents(), vec![("alive", "agent")]);
+        assert_eq!(g.counts.pruned, 2);
+    }
+
+    #[test]
+    fn resume_replays_what_was_missed_or_asks_for_resync() {
+        let mut g = hub();
+        register(&mut g, id(0), "a", "agent");
+        register(&mut g, id(1), "b", "agent");
+        let mut out = Vec::new();
+        g.on_text(id(0), &text(r#"{"type":"m","n":1}"#), 20, &mut out);
+        let seen = g.seq();
+        // b drops off; meanwhile things happen.
+        g.disconnect(id(1), 21, &mut out);
+        g.on_text(id(0), &text(r#"{"type":"m","n":2}"#), 22, &mut out);
+        let mut missed = Vec::new();
+        g.on_text(
+            id(0),
+            &text(r#"{"type":"m","n":3,"target_id":"b"}"#),
+            23,
+            &mut missed,
+        );
+        assert_eq!(to(&missed, id(0))[0]["code"], "unknown_target");
+        register(&mut g, id(2), "c", "agent");
+        g.on_text(
+            id(0),
+            &text(r#"{"type":"m","n":4,"target_id":"c"}"#),
+            24,
+            &mut out,
+        );
+
+        g.connect(id(3), Some(seen), 30);
+        let mut out = Vec::new();
+        g.on_text(
+            id(3),
+            &text(r#"{"type":"agent_register","agentId":"b"}"#),
+            30,
+            &mut out,
+        );
+        let got = to(&out, id(3));
+        assert_eq!(got[0]["type"], "agent_registered");
+        let replayed: Vec<(String, Option<u64>)> = got[1..]
+            .iter()
+            .map(|v| (v["type"].as_str().unwrap().to_string(), v["n"].as_u64()))
+            .collect();
+        // Not replayed: its own agent_left, the message for c, and the one directed at
+        // b while it was away (the sender got `unknown_target` for it then).
+        assert_eq!(
+            replayed,
+            vec![
+                ("m".to_string(), Some(2)),
+                ("agent_joined".to_string(), None),
+            ]
+        );
+        let seqs: Vec<u64> = got[1..]
+            .iter()
+            .map(|v| v["gateway_seq"].as_u64().unwrap())
+            .collect();
+        assert!(seqs.windows(2).all(|w| w[0] < w[1]), "in order: {seqs:?}");
+
+        // Too far back once the history is trimmed; from the future after a restart.
+        let mut small = Gateway::new(
+            GatewayLimits {
+                history_max: 2,
+                ..g.limits.clone()
+            },
+            0,
+        );
+        register(&mut small, id(0), "a", "agent");
+        for _ in 0..5 {
+            small.on_text(id(0), &text(r#"{"type":"m"}"#), 40, &mut out);
+        }
+        for since in [0, small.seq() + 10] {
+            small.connect(id(5), Some(since), 41);
+            let mut out = Vec::new();
+            small.on_text(
+                id(5),
+                &text(r#"{"type":"agent_register","agentId":"z"}"#),
+                41,
+                &mut out,
+            );
+            let got = to(&out, id(5));
+            assert_eq!(got[1]["type"], "resync_required", "since {since}");
+            assert_eq!(got[1]["since"], since);
+            let mut out = Vec::new();
+            small.disconnect(id(5), 42, &mut out);
+        }
+        // Up to date: nothing to replay, no resync.
+        small.connect(id(6), None, 43);
+        let mut out = Vec::new();
+        let msg = json!({"type": "agent_register", "agentId": "y", "since": small.seq()});
+        small.on_text(id(6), &text(&msg.to_string()), 43, &mut out);
+        assert_eq!(to(&out, id(6)).len(), 1, "only the ack");
+    }
+
+    #[test]
+    fn history_is_bounded_by_count_and_age() {
+        let mut g = Gateway::new(
+            GatewayLimits {
+                agent_id: "timmy".into(),
+                heartbeat_ms: 1000,
+                history_max: 3,
+                history_max_age_ms: 100,
+            },
+            0,
+        );
+        register(&mut g, id(0), "a", "agent");
+        let mut out = Vec::new();
+        for t in 0..10 {
+            g.on_text(id(0), &text(r#"{"type":"m"}"#), 20 + t, &mut out);
+        }
+        assert_eq!(g.history.len(), 3);
+        g.tick(500, &mut out);
+        assert_eq!(g.history.len(), 0, "older than history_max_age");
+    }
+
+    #[test]
+    fn status_lists_agents_with_times_and_counts() {
+        let mut g = hub();
+        register(&mut g, id(0), "b", "watcher");
+        register(&mut g, id(1), "a", "agent");
+        let mut out = Vec::new();
+        g.on_text(id(1), &text(r#"{"type":"m"}"#), 5000, &mut out);
+        let s = g.status();
+        assert_eq!(s["count"], 2);
+        assert_eq!(s["agents"][0]["agentId"], "a");
+        assert_eq!(s["agents"][0]["role"], "agent");
+        assert_eq!(s["agents"][0]["messages_in"], 2);
+        assert_eq!(s["agents"][0]["last_seen"], rfc3339(5000));
+        assert_eq!(s["agents"][1]["connected_at"], rfc3339(10));
+        assert_eq!(s["by_role"], json!({"agent": 1, "watcher": 1}));
+        assert_eq!(s["totals"]["routed"], 1);
+    }
+}
