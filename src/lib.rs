@@ -23,4 +23,5 @@ pub mod conn;
 pub mod event_loop;
 pub mod metrics;
 pub mod time;
+pub mod workshop;
 pub mod world;
