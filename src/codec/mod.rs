@@ -1,4 +1,5 @@
 //! Bytes ⇄ messages. "Need more bytes" is `Ok(None)`, never an error.
 
 pub mod http;
+pub mod ndjson;
 pub mod ws_handshake;
