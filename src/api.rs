@@ -7,7 +7,9 @@
 use crate::app::{Answer, App, CallInput};
 use crate::calls::{CallKind, ReplyTo};
 use crate::codec::http::{percent_decode, Method, Request, Response};
+use crate::codec::ws_handshake;
 use crate::conn::http::Handled;
+use crate::conn::ws::Feed;
 use crate::conn::ConnId;
 use crate::protocol::Command;
 use crate::time::{now_ms, parse_rfc3339, rfc3339};
@@ -18,8 +20,11 @@ use serde_json::{json, Map, Value};
 use std::time::Instant;
 
 /// The routes, as metric labels.
-const ROUTES: [(&str, &str); 16] = [
+const ROUTES: [(&str, &str); 19] = [
     ("/", "GET"),
+    ("/ws/matrix", "GET"),
+    ("/ws/workshop", "GET"),
+    ("/api/gateway/status", "GET"),
     ("/metrics", "GET"),
     ("/bridge/health", "GET"),
     ("/bridge/sessions", "GET"),
@@ -68,6 +73,25 @@ fn method_allowed(route: &str) -> &'static str {
 /// Handle one request on connection `id`.
 pub fn handle(app: &mut App, id: ConnId, req: Request) -> Handled {
     let started = Instant::now();
+    // WebSocket: `/ws/matrix` is the gateway; `/ws/workshop`, and `/` when it asks to
+    // upgrade (the seed's `new WebSocket("ws://localhost:8765")`), the Workshop feed.
+    let path = req.path();
+    if path == "/ws/matrix" || path == "/ws/workshop" || (path == "/" && req.is_websocket_upgrade())
+    {
+        let route = if path == "/ws/matrix" {
+            "/ws/matrix"
+        } else {
+            "/ws/workshop"
+        };
+        let handled = upgrade(app, &req, route);
+        if let Handled::Respond(resp) = &handled {
+            app.metrics.count_request(route, resp.status);
+        } else {
+            app.metrics.count_request(route, 101);
+        }
+        app.metrics.request_latency.observe(started.elapsed());
+        return handled;
+    }
     let cors = cors_origin(app, &req);
     let (route, handled) = match route_of(req.path()) {
         None => (
@@ -94,6 +118,59 @@ pub fn handle(app: &mut App, id: ConnId, req: Request) -> Handled {
             Handled::Respond(resp)
         }
         parked => parked,
+    }
+}
+
+/// A WebSocket upgrade: the token first (401 before any handshake), then the handshake.
+fn upgrade(app: &mut App, req: &Request, route: &str) -> Handled {
+    if app.shutting_down {
+        return Handled::Respond(Response::error(
+            503,
+            "shutting_down",
+            "the bridge is stopping; try again shortly",
+        ));
+    }
+    let (token, what) = if route == "/ws/matrix" {
+        (app.cfg.gateway_token().to_string(), "gateway")
+    } else {
+        (app.cfg.http.token.clone(), "Workshop feed")
+    };
+    if !token.is_empty() {
+        let given = req.query_param("token").or_else(|| {
+            req.header("authorization")
+                .and_then(|h| h.strip_prefix("Bearer "))
+                .map(|t| t.trim().to_string())
+        });
+        let ok = given.is_some_and(|t| constant_time_eq(t.as_bytes(), token.as_bytes()));
+        if !ok {
+            return Handled::Respond(Response::error(
+                401,
+                "unauthorized",
+                &format!("the {what} needs its token: connect with ?token=<token>"),
+            ));
+        }
+    }
+    let feed = if route == "/ws/matrix" {
+        let since = match req.query_param("since") {
+            None => None,
+            Some(s) => match s.parse::<u64>() {
+                Ok(n) => Some(n),
+                Err(_) => {
+                    return Handled::Respond(Response::error(
+                        400,
+                        "bad_since",
+                        &format!("`since` must be a gateway_seq number, not {s:?}"),
+                    ))
+                }
+            },
+        };
+        Feed::Gateway { since }
+    } else {
+        Feed::Workshop
+    };
+    match ws_handshake::accept(req) {
+        Ok(response) => Handled::Upgrade { response, feed },
+        Err(e) => Handled::Respond(Response::from(e)),
     }
 }
 
@@ -164,9 +241,11 @@ fn dispatch(
     let now = now_ms();
     let result = match route {
         "/" => Ok(index()),
+        "/api/gateway/status" => Ok(Response::json(200, &app.gateway.status())),
         "/metrics" => {
             let mut text = app.metrics.render(&app.gauges());
             app.links.render_metrics(&mut text);
+            app.render_ws_metrics(&mut text);
             Ok(Response::new(
                 200,
                 "text/plain; version=0.0.4",
@@ -232,7 +311,8 @@ fn head_of(allowed: &str) -> &'static str {
 /// With `http.token` set, every route but `/bridge/health` needs `Authorization: Bearer`.
 fn authorize(app: &App, req: &Request, route: &str) -> Result<(), Response> {
     let token = &app.cfg.http.token;
-    if token.is_empty() || route == "/bridge/health" {
+    // The status page is static HTML; the data it fetches carries the token.
+    if token.is_empty() || route == "/bridge/health" || route == "/" {
         return Ok(());
     }
     match req
@@ -369,12 +449,16 @@ fn rate_limit(app: &mut App, user: &str, now: u64) -> Result<(), Response> {
     })
 }
 
+/// The live status page: one self-contained HTML file, no CDN.
+const STATUS_PAGE: &str = include_str!("status_page.html");
+
 fn index() -> Response {
-    let body = "<!doctype html><meta charset=utf-8><title>worldbridge</title>\
-        <h1>worldbridge</h1><p>The bridge is running. \
-        See <a href=/bridge/health>/bridge/health</a>, <a href=/bridge/rooms>/bridge/rooms</a>, \
-        <a href=/bridge/sessions>/bridge/sessions</a> and <a href=/metrics>/metrics</a>.</p>";
-    Response::new(200, "text/html; charset=utf-8", body.as_bytes().to_vec())
+    Response::new(
+        200,
+        "text/html; charset=utf-8",
+        STATUS_PAGE.as_bytes().to_vec(),
+    )
+    .with_header("Cache-Control", "no-cache")
 }
 
 #[derive(Serialize)]
@@ -508,6 +592,14 @@ fn stats(app: &App) -> Response {
             "rooms": g.rooms,
             "events_seq": g.events_seq,
             "crisis_detections": m.crisis_detections,
+            "websocket": {
+                "gateway_connections": app.gateway.connections(),
+                "gateway_agents": app.gateway.agents().len(),
+                "gateway_seq": app.gateway.seq(),
+                "workshop_connections": app.workshop.connections(),
+                "workshop_visitors": app.workshop.visitors(),
+                "slow_consumers": m.ws_slow_consumers,
+            },
         }),
     )
 }

@@ -15,10 +15,14 @@ use crate::config::Config;
 use crate::conn::ConnId;
 use crate::links::Links;
 use crate::metrics::{Gauges, Metrics};
+use crate::workshop::inbox::Inbox;
+use crate::workshop::{Workshop, WorkshopLimits};
+use crate::world::gateway::{Gateway, GatewayLimits};
 use crate::world::ratelimit::RateLimit;
 use crate::world::room::WorldFile;
 use crate::world::session::SessionLimits;
 use crate::world::{World, WorldLimits};
+use crate::ws_api::WsOut;
 use serde_json::json;
 use std::time::{Duration, Instant};
 
@@ -46,6 +50,14 @@ pub struct App {
     pub links: Links,
     /// Lines for link connections (relayed events, requests); the loop writes them.
     pub line_out: Vec<(ConnId, Vec<u8>)>,
+    /// The Matrix gateway hub (`/ws/matrix`).
+    pub gateway: Gateway,
+    /// The Workshop state feed (`/`, `/ws/workshop`).
+    pub workshop: Workshop,
+    /// Frames, closes and pings for WebSocket connections; the loop carries them out.
+    pub ws_out: Vec<WsOut>,
+    /// The Workshop inbox writer (a thread; attached by the loop, absent in unit tests).
+    pub inbox: Option<Inbox>,
 }
 
 /// A chat or generate request after validation.
@@ -81,7 +93,30 @@ impl App {
             occupants_max: cfg.rooms.occupants_max,
         };
         let world = World::new(&cfg.world, &cfg.agent.name, wf, limits);
+        let now_ms = crate::time::now_ms();
+        let gateway = Gateway::new(
+            GatewayLimits {
+                agent_id: cfg.gateway.agent_id.clone(),
+                heartbeat_ms: cfg.gateway.heartbeat_s.saturating_mul(1000),
+                history_max: cfg.gateway.history_max,
+                history_max_age_ms: cfg.gateway.history_max_age_s.saturating_mul(1000),
+            },
+            now_ms,
+        );
+        let workshop = Workshop::new(
+            WorkshopLimits {
+                diff: cfg.workshop.diff,
+                heartbeat_ms: cfg.workshop.heartbeat_s.saturating_mul(1000),
+                message_max_bytes: cfg.rooms.message_max_bytes,
+                visitors_per_conn: cfg.workshop.visitors_per_connection,
+            },
+            now_ms,
+        );
         Ok(App {
+            gateway,
+            workshop,
+            ws_out: Vec::new(),
+            inbox: None,
             rate: RateLimit::new(cfg.http.rate_limit_requests, cfg.http.rate_limit_window_s),
             world,
             metrics: Metrics::default(),

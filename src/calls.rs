@@ -21,6 +21,9 @@ pub enum ReplyTo {
     },
     /// A thread waiting for the answer (a [`crate::game::LinkWorld`] handle).
     Channel(crossbeam_channel::Sender<crate::codec::http::Response>),
+    /// A message from a WebSocket feed: the agent's answer is spoken aloud as a `bark`
+    /// in `room` (every feed hears it; with `workshop` the Workshop's browsers too).
+    Bark { room: String, workshop: bool },
 }
 
 /// What kind of request made the call (it decides the response's shape).

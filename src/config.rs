@@ -128,7 +128,11 @@ pub struct GatewayConfig {
     pub history_max: usize,
     pub history_max_age_s: u64,
     pub max_message_bytes: usize,
+    /// Bytes that may wait for one WebSocket client to read them (both feeds); past it
+    /// the client is closed with 1008 "slow consumer".
     pub max_queued_bytes: usize,
+    /// Messages that may wait for one WebSocket client; past it, the same.
+    pub max_queued_messages: usize,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -139,6 +143,8 @@ pub struct WorkshopConfig {
     pub poll_s: u64,
     pub heartbeat_s: u64,
     pub diff: bool,
+    /// Most visitors one browser connection may have present (`enter`) at once.
+    pub visitors_per_connection: usize,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -274,6 +280,7 @@ impl Default for GatewayConfig {
             history_max_age_s: 120,
             max_message_bytes: 1024 * 1024,
             max_queued_bytes: 1024 * 1024,
+            max_queued_messages: 1024,
         }
     }
 }
@@ -286,6 +293,7 @@ impl Default for WorkshopConfig {
             poll_s: 2,
             heartbeat_s: 15,
             diff: true,
+            visitors_per_connection: 8,
         }
     }
 }
@@ -435,7 +443,7 @@ impl Config {
         check_backend(&self.agent.backend)
             .map_err(|why| format!("config: `agent.backend`: {why}"))?;
 
-        let at_least: [(&str, u64, u64); 16] = [
+        let at_least: [(&str, u64, u64); 23] = [
             ("rooms.events_max", self.rooms.events_max as u64, 1),
             ("rooms.max", self.rooms.max as u64, 1),
             ("rooms.occupants_max", self.rooms.occupants_max as u64, 1),
@@ -468,6 +476,29 @@ impl Config {
             ),
             ("line.heartbeat_s", self.line.heartbeat_s, 1),
             ("line.request_timeout_s", self.line.request_timeout_s, 1),
+            ("gateway.heartbeat_s", self.gateway.heartbeat_s, 1),
+            (
+                "gateway.max_message_bytes",
+                self.gateway.max_message_bytes as u64,
+                1,
+            ),
+            (
+                "gateway.max_queued_bytes",
+                self.gateway.max_queued_bytes as u64,
+                self.gateway.max_message_bytes as u64,
+            ),
+            (
+                "gateway.max_queued_messages",
+                self.gateway.max_queued_messages as u64,
+                1,
+            ),
+            ("workshop.poll_s", self.workshop.poll_s, 1),
+            ("workshop.heartbeat_s", self.workshop.heartbeat_s, 1),
+            (
+                "workshop.visitors_per_connection",
+                self.workshop.visitors_per_connection as u64,
+                1,
+            ),
         ];
         for (key, value, min) in at_least {
             if value < min {
@@ -526,6 +557,19 @@ impl Config {
             }
         }
         Ok(())
+    }
+}
+
+impl Config {
+    /// The token `/ws/matrix?token=` must carry: `gateway.token`, else `http.token` (the
+    /// gateway is served on the HTTP listeners, so the HTTP surface's public-bind rule
+    /// covers it); empty = no token needed.
+    pub fn gateway_token(&self) -> &str {
+        if self.gateway.token.is_empty() {
+            &self.http.token
+        } else {
+            &self.gateway.token
+        }
     }
 }
 
@@ -1395,5 +1439,54 @@ token = ""                               # the pair's shared secret, used both w
                 );
             }
         }
+    }
+
+    #[test]
+    fn websocket_keys_have_defaults_bounds_and_the_gateway_token_falls_back() {
+        let c = Config::default();
+        assert_eq!(c.gateway.max_queued_messages, 1024);
+        assert_eq!(c.workshop.visitors_per_connection, 8);
+        assert_eq!(c.gateway_token(), "");
+        let mut c = Config::default();
+        c.http.token = "api".into();
+        assert_eq!(c.gateway_token(), "api");
+        c.gateway.token = "gw".into();
+        assert_eq!(c.gateway_token(), "gw");
+
+        type Breaker = fn(&mut Config);
+        let cases: [(Breaker, &str); 4] = [
+            (
+                |c| c.gateway.heartbeat_s = 0,
+                "`gateway.heartbeat_s` must be at least 1",
+            ),
+            (
+                |c| c.gateway.max_queued_bytes = c.gateway.max_message_bytes - 1,
+                "`gateway.max_queued_bytes` must be at least 1048576",
+            ),
+            (
+                |c| c.workshop.poll_s = 0,
+                "`workshop.poll_s` must be at least 1",
+            ),
+            (
+                |c| c.workshop.visitors_per_connection = 0,
+                "`workshop.visitors_per_connection` must be at least 1",
+            ),
+        ];
+        for (breaker, expected) in cases {
+            let mut c = Config::default();
+            breaker(&mut c);
+            assert_contains(&c.validate().unwrap_err(), expected);
+        }
+        let c = Config::from_toml(
+            "[gateway]\nmax_queued_messages = 5\n[workshop]\nvisitors_per_connection = 2\n",
+        )
+        .unwrap();
+        assert_eq!(
+            (
+                c.gateway.max_queued_messages,
+                c.workshop.visitors_per_connection
+            ),
+            (5, 2)
+        );
     }
 }

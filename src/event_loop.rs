@@ -13,9 +13,13 @@ use crate::codec::http::{Limits, Request, Response};
 use crate::config::Config;
 use crate::conn::http::{Drive, Expiry, HttpConn, HttpHandler};
 use crate::conn::line::{Heartbeat, LineConn, LineLimits};
+use crate::conn::ws::{Feed, Inbound, Sent, WsConn, WsLimits};
 use crate::conn::{ConnId, Slab};
 use crate::game::{LoopRequest, Target, Worlds};
 use crate::line_api::{reply_line, LineRoutes};
+use crate::workshop::inbox::Inbox;
+use crate::workshop::watcher::{StateUpdate, StateWatcher};
+use crate::ws_api::WsOut;
 use crossbeam_channel::{Receiver, Sender};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
@@ -36,6 +40,11 @@ const SWEEP_EVERY: Duration = Duration::from_millis(100);
 const DRAIN_MAX: Duration = Duration::from_secs(10);
 /// Listen backlog.
 const BACKLOG: i32 = 1024;
+/// Visitor messages that may wait for the inbox writer (past it they are dropped, and
+/// counted: the disk is not keeping up).
+const INBOX_QUEUE: usize = 1024;
+/// Close code and reason WebSocket clients get when the bridge stops.
+const CLOSE_STOPPING: (u16, &str) = (1001, "the bridge is stopping");
 
 /// What a listener accepts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,6 +62,17 @@ struct Listener {
 enum Conn {
     Http(HttpConn),
     Line(LineConn),
+    /// An HTTP connection after an accepted upgrade: the socket and the bytes read past
+    /// the request head moved in.
+    Ws(Box<WsSession>),
+}
+
+struct WsSession {
+    conn: WsConn,
+    feed: Feed,
+    /// Already in the loop's list of connections to drive (so a fan-out of many frames
+    /// to one connection costs one drive).
+    dirty: bool,
 }
 
 impl Conn {
@@ -60,6 +80,7 @@ impl Conn {
         match self {
             Conn::Http(c) => c.mark_readable(),
             Conn::Line(c) => c.mark_readable(),
+            Conn::Ws(s) => s.conn.mark_readable(),
         }
     }
 
@@ -67,6 +88,7 @@ impl Conn {
         match self {
             Conn::Http(c) => &mut c.sock,
             Conn::Line(c) => &mut c.sock,
+            Conn::Ws(s) => &mut s.conn.sock,
         }
     }
 
@@ -74,6 +96,7 @@ impl Conn {
         match self {
             Conn::Http(c) => c.peer,
             Conn::Line(c) => c.peer,
+            Conn::Ws(s) => s.conn.peer,
         }
     }
 }
@@ -107,6 +130,14 @@ pub struct Bridge {
     signals: Option<signal_hook_mio::v1_0::Signals>,
     limits: Limits,
     line_limits: LineLimits,
+    ws_limits: WsLimits,
+    /// WebSocket connections with frames queued (or closes started) to drive.
+    ws_dirty: Vec<ConnId>,
+    /// WebSocket connections whose read budget ran out with input still waiting.
+    ws_again: Vec<ConnId>,
+    /// The Workshop state file watcher's reports.
+    workshop_rx: Receiver<StateUpdate>,
+    watcher: Option<StateWatcher>,
     last_sweep: Instant,
     drain_until: Option<Instant>,
 }
@@ -184,10 +215,36 @@ impl Bridge {
             });
             Some(AgentPool::start(&cfg.agent, persona, tx, wake)?)
         };
+        let ws_limits = WsLimits {
+            max_message_bytes: cfg.gateway.max_message_bytes,
+            max_queued_bytes: cfg.gateway.max_queued_bytes,
+            max_queued_messages: cfg.gateway.max_queued_messages,
+        };
+        // The Workshop's state file is read on a thread of its own, and its inbox written
+        // on another: disk I/O never runs on the loop.
+        let (state_tx, workshop_rx) = crossbeam_channel::unbounded();
+        let watcher = if cfg.workshop.state_file.is_empty() {
+            None
+        } else {
+            let w = waker.clone();
+            let path = crate::config::expand_home(&cfg.workshop.state_file);
+            let every = Duration::from_secs(cfg.workshop.poll_s);
+            let wake = Arc::new(move || {
+                let _ = w.wake();
+            });
+            Some(
+                StateWatcher::spawn(path.into(), every, state_tx, wake)
+                    .map_err(|e| format!("cannot start the workshop state watcher: {e}"))?,
+            )
+        };
+        let inbox_dir = crate::config::expand_home(&cfg.workshop.inbox_dir);
+        let inbox = Inbox::spawn(inbox_dir.into(), INBOX_QUEUE, |_| {})
+            .map_err(|e| format!("cannot start the workshop inbox writer: {e}"))?;
         let mut app = App::new(cfg)?;
         if let Some(pool) = pool {
             app.attach_pool(pool);
         }
+        app.inbox = Some(inbox);
         Ok(Bridge {
             poll,
             listeners,
@@ -201,6 +258,11 @@ impl Bridge {
             signals: None,
             limits,
             line_limits,
+            ws_limits,
+            ws_dirty: Vec::new(),
+            ws_again: Vec::new(),
+            workshop_rx,
+            watcher,
             last_sweep: Instant::now(),
             drain_until: None,
         })
@@ -290,6 +352,8 @@ impl Bridge {
             }
             self.drain_replies();
             self.drain_requests();
+            self.drain_workshop();
+            self.drive_again();
             self.deliver_ready();
             let now = Instant::now();
             if now.duration_since(self.last_sweep) >= SWEEP_EVERY {
@@ -307,6 +371,10 @@ impl Bridge {
     }
 
     fn poll_timeout(&self) -> Duration {
+        if !self.ws_again.is_empty() {
+            // Input is waiting that no new edge will announce.
+            return Duration::ZERO;
+        }
         let sweep = SWEEP_EVERY.saturating_sub(self.last_sweep.elapsed());
         let next = [
             self.app.calls.next_deadline(),
@@ -429,12 +497,138 @@ impl Bridge {
             Some(Conn::Line(c)) => {
                 c.drive(id, &mut LineRoutes(&mut self.app), &self.line_limits, now)
             }
+            Some(Conn::Ws(_)) => return self.drive_ws(id),
             None => return,
         };
         match outcome {
             Ok(Drive::Open) => {}
             Ok(Drive::Close) => self.close(id, None),
+            Ok(Drive::Upgrade) => self.upgrade(id),
             Err(why) => self.close(id, Some(&why)),
+        }
+    }
+
+    /// The `101` is out: the HTTP connection becomes a WebSocket connection in place,
+    /// its socket and unread bytes moving with it.
+    fn upgrade(&mut self, id: ConnId) {
+        let feed = match self.conns.get_mut(id) {
+            Some(Conn::Http(c)) => c.upgrade_to(),
+            _ => None,
+        };
+        let Some(feed) = feed else {
+            return;
+        };
+        let (limits, now) = (self.ws_limits, Instant::now());
+        self.conns.replace_with(id, |c| match c {
+            Conn::Http(h) => {
+                let (sock, peer, rx) = h.into_parts();
+                Conn::Ws(Box::new(WsSession {
+                    conn: WsConn::new(sock, peer, rx.to_vec(), limits, now),
+                    feed,
+                    dirty: false,
+                }))
+            }
+            other => other,
+        });
+        let peer = self.conns.get_mut(id).map(|c| c.peer());
+        log::info!(
+            "conn={} peer={} websocket open: {}",
+            id.idx,
+            peer.map_or_else(|| "?".into(), |p| p.to_string()),
+            feed.name()
+        );
+        let now_ms = crate::time::now_ms();
+        match feed {
+            Feed::Gateway { since } => self.app.gateway_open(id, since, now_ms),
+            Feed::Workshop => self.app.workshop_open(id, now_ms),
+        }
+        self.drive_ws(id);
+    }
+
+    /// Read and write one WebSocket connection; what it said goes to its feed.
+    fn drive_ws(&mut self, id: ConnId) {
+        let now = Instant::now();
+        let mut inbound = Inbound::default();
+        let (outcome, feed, again) = match self.conns.get_mut(id) {
+            Some(Conn::Ws(s)) => {
+                s.dirty = false;
+                let d = s.conn.drive(now, &mut inbound);
+                (d, s.feed, s.conn.wants_drive())
+            }
+            _ => return,
+        };
+        let now_ms = crate::time::now_ms();
+        if inbound.heard {
+            match feed {
+                Feed::Gateway { .. } => self.app.gateway_heard(id, now_ms),
+                Feed::Workshop => self.app.workshop_heard(id, now_ms),
+            }
+        }
+        for text in &inbound.texts {
+            match feed {
+                Feed::Gateway { .. } => self.app.gateway_text(id, text, now_ms),
+                Feed::Workshop => self.app.workshop_text(id, text.as_str(), now_ms),
+            }
+        }
+        match outcome {
+            Drive::Close => self.close(id, None),
+            _ if again => self.ws_again.push(id),
+            _ => {}
+        }
+    }
+
+    /// Connections that still had input when their read budget ran out.
+    fn drive_again(&mut self) {
+        for id in std::mem::take(&mut self.ws_again) {
+            self.drive_ws(id);
+        }
+    }
+
+    /// Carry out the feeds' frames, closes and pings, then drive each touched connection
+    /// once (a broadcast to many is one write each).
+    fn flush_ws_out(&mut self) {
+        let batch = std::mem::take(&mut self.app.ws_out);
+        for out in batch {
+            let id = match &out {
+                WsOut::Send(c, _) | WsOut::Close(c, ..) | WsOut::Ping(c) => *c,
+            };
+            let Some(Conn::Ws(s)) = self.conns.get_mut(id) else {
+                continue;
+            };
+            match out {
+                WsOut::Send(_, frame) => {
+                    if s.conn.send(frame) == Sent::SlowConsumer {
+                        self.app.metrics.ws_slow_consumers += 1;
+                        let (bytes, msgs) = (
+                            self.ws_limits.max_queued_bytes,
+                            self.ws_limits.max_queued_messages,
+                        );
+                        log::warn!(
+                            "conn={} peer={} websocket closed as a slow consumer ({} feed): \
+                             past {bytes} bytes or {msgs} messages waiting (gateway.max_queued_*)",
+                            id.idx,
+                            s.conn.peer,
+                            s.feed.name()
+                        );
+                    }
+                }
+                WsOut::Close(_, code, reason) => s.conn.close(code, &reason),
+                WsOut::Ping(_) => s.conn.ping(),
+            }
+            if !s.dirty {
+                s.dirty = true;
+                self.ws_dirty.push(id);
+            }
+        }
+        for id in std::mem::take(&mut self.ws_dirty) {
+            self.drive_ws(id);
+        }
+    }
+
+    /// The Workshop state watcher's reports.
+    fn drain_workshop(&mut self) {
+        while let Ok(update) = self.workshop_rx.try_recv() {
+            self.app.workshop_state(update, crate::time::now_ms());
         }
     }
 
@@ -451,6 +645,33 @@ impl Bridge {
                 why.map(|w| format!(": {w}")).unwrap_or_default()
             );
             self.app.link_closed(id, why, Instant::now());
+        } else if let Conn::Ws(s) = &conn {
+            let reason = match s.conn.close_reason() {
+                Some(r) => format!(
+                    "{} by {}{}",
+                    r.code,
+                    if r.by_peer { "the peer" } else { "us" },
+                    if r.reason.is_empty() {
+                        String::new()
+                    } else {
+                        format!(": {}", r.reason)
+                    }
+                ),
+                None => why.unwrap_or("dropped").to_string(),
+            };
+            log::info!(
+                "conn={} peer={} websocket closed ({}): {reason}; {} in, {} out",
+                id.idx,
+                s.conn.peer,
+                s.feed.name(),
+                s.conn.messages_in,
+                s.conn.messages_out
+            );
+            let now_ms = crate::time::now_ms();
+            match s.feed {
+                Feed::Gateway { .. } => self.app.gateway_closed(id, now_ms),
+                Feed::Workshop => self.app.workshop_closed(id, now_ms),
+            }
         } else {
             log::trace!("conn={} peer={} closed", id.idx, conn.peer());
         }
@@ -546,11 +767,15 @@ impl Bridge {
         // Delivering can make more work (a pipelined request behind a parked one); a
         // bound keeps one iteration from running away.
         for _ in 0..64 {
-            if self.app.ready.is_empty() && self.app.line_out.is_empty() {
-                break;
-            }
             self.deliver_answers();
             self.flush_line_out();
+            self.flush_ws_out();
+            if self.app.ready.is_empty()
+                && self.app.line_out.is_empty()
+                && self.app.ws_out.is_empty()
+            {
+                break;
+            }
         }
     }
 
@@ -569,6 +794,10 @@ impl Bridge {
                     }
                     ReplyTo::Channel(tx) => {
                         let _ = tx.send(resp);
+                        continue;
+                    }
+                    ReplyTo::Bark { room, workshop } => {
+                        self.app.bark_reply(&room, workshop, resp);
                         continue;
                     }
                 };
@@ -594,6 +823,7 @@ impl Bridge {
 
     fn sweep(&mut self, now: Instant) {
         self.app.tick(now, crate::time::now_ms());
+        self.app.ws_tick(crate::time::now_ms());
         self.deliver_ready();
         if !self.app.shutting_down {
             for d in self.app.links.dials_due(now) {
@@ -616,6 +846,11 @@ impl Bridge {
                         None => {}
                     }
                 }
+                // A close handshake that did not finish within its grace period.
+                Some(Conn::Ws(s)) if s.conn.expired(now) => {
+                    self.close(id, Some("the close handshake timed out"));
+                }
+                Some(Conn::Ws(_)) => {}
                 Some(Conn::Line(c)) => match c.heartbeat(now, beat) {
                     Heartbeat::Fine => {}
                     Heartbeat::Ping => {
@@ -670,6 +905,10 @@ impl Bridge {
                     c.close_after_flush();
                     false
                 }
+                Some(Conn::Ws(s)) => {
+                    s.conn.close(CLOSE_STOPPING.0, CLOSE_STOPPING.1);
+                    false
+                }
                 None => false,
             };
             if idle {
@@ -698,6 +937,13 @@ impl Bridge {
         }
         if let Some(pool) = self.app.pool.take() {
             pool.shutdown(Duration::from_secs(2));
+        }
+        if let Some(w) = self.watcher.take() {
+            w.stop();
+        }
+        // Visitor messages already taken are written before the process goes.
+        if let Some(inbox) = self.app.inbox.take() {
+            inbox.finish();
         }
         log::info!("stopped");
     }

@@ -3,10 +3,13 @@
 //! Map of the crate:
 //! - [`config`]: every default and limit, loaded from flags, env and a TOML file.
 //! - [`event_loop`]: the one mio loop that owns every socket and all live state.
-//! - [`conn`]: one state machine per connection (HTTP now; line and WebSocket later).
+//! - [`conn`]: one state machine per connection (HTTP, line protocol, WebSocket).
 //! - [`codec`]: bytes ⇄ messages; "need more bytes" is `Ok(None)`.
-//! - [`world`]: the socket-free core: rooms, presence, events, sessions, rate limits.
-//! - [`api`]: HTTP routes → core calls → responses.
+//! - [`world`]: the socket-free core: rooms, presence, events, sessions, rate limits,
+//!   the gateway hub and heartbeats.
+//! - [`api`]: HTTP routes → core calls → responses (and WebSocket upgrades).
+//! - [`ws_api`]: the WebSocket feeds' side of the app: agent calls, inbox, presence.
+//! - [`workshop`]: the Workshop state feed, its file watcher and inbox writer.
 //! - [`agent`]: worker pool, backends (builtin, OpenAI-compatible, subprocess), prompt
 //!   building and the crisis protocol.
 //! - [`metrics`]: counters and histograms, rendered as Prometheus text.
@@ -29,3 +32,4 @@ pub mod protocol;
 pub mod time;
 pub mod workshop;
 pub mod world;
+pub mod ws_api;

@@ -467,7 +467,7 @@ impl App {
     }
 
     /// Send every new event of the world to the links that host its room, except the
-    /// link it came from (`source`).
+    /// link it came from (`source`), and to the gateway's clients.
     pub fn route_events(&mut self, source: Option<ConnId>) {
         let events = self.world.take_new_events();
         for ev in &events {
@@ -479,6 +479,8 @@ impl App {
                 }
             }
         }
+        // The same events, to every gateway client (and so the status page).
+        self.publish_to_gateway(&events);
     }
 
     /// Queue a message for a link.

@@ -79,6 +79,10 @@ pub struct Metrics {
     pub line_slow_consumers: u64,
     /// Requests the bridge sent games (`act`, `observe`).
     pub game_requests: BTreeMap<&'static str, u64>,
+    /// WebSocket clients closed because they stopped reading.
+    pub ws_slow_consumers: u64,
+    /// Visitor messages the inbox writer could not take (its queue was full).
+    pub inbox_dropped: u64,
 }
 
 /// Gauges read from live state when rendering.

@@ -26,6 +26,12 @@ pub enum Handled {
         route: &'static str,
         headers: Vec<(&'static str, String)>,
     },
+    /// A WebSocket handshake was accepted: write these `101` bytes, then hand the socket
+    /// and whatever was read past the request head to a WebSocket connection.
+    Upgrade {
+        response: Vec<u8>,
+        feed: super::ws::Feed,
+    },
 }
 
 /// The application side of an HTTP connection.
@@ -42,6 +48,9 @@ pub trait HttpHandler {
 pub enum Drive {
     Open,
     Close,
+    /// The `101` is written: the connection now speaks WebSocket
+    /// ([`HttpConn::upgrade_to`] names the feed, [`HttpConn::into_parts`] gives the socket).
+    Upgrade,
 }
 
 /// A deadline that has passed.
@@ -81,6 +90,8 @@ pub struct HttpConn {
     parked: Option<Parked>,
     /// Close once the write buffer is flushed.
     closing: bool,
+    /// A WebSocket upgrade was accepted: switch once the `101` is written.
+    upgrade: Option<super::ws::Feed>,
     /// When the first byte of a not yet complete request arrived.
     request_started: Option<Instant>,
     last_activity: Instant,
@@ -98,6 +109,7 @@ impl HttpConn {
             eof: false,
             parked: None,
             closing: false,
+            upgrade: None,
             request_started: None,
             last_activity: now,
         }
@@ -109,6 +121,18 @@ impl HttpConn {
 
     pub fn is_parked(&self) -> bool {
         self.parked.is_some()
+    }
+
+    /// The feed an accepted upgrade switches to.
+    pub fn upgrade_to(&self) -> Option<super::ws::Feed> {
+        self.upgrade
+    }
+
+    /// The socket, the peer, and the bytes read past the upgrade request's head (a
+    /// client's first frames may have come right behind it): what moves into the
+    /// WebSocket connection.
+    pub fn into_parts(self) -> (TcpStream, SocketAddr, BytesMut) {
+        (self.sock, self.peer, self.rx)
     }
 
     /// Bytes held in buffers (for the memory figures).
@@ -138,7 +162,7 @@ impl HttpConn {
 
     /// Which deadline, if any, has passed.
     pub fn expired(&self, now: Instant, head_timeout: Duration, idle: Duration) -> Option<Expiry> {
-        if self.parked.is_some() || self.closing {
+        if self.parked.is_some() || self.closing || self.upgrade.is_some() {
             return None;
         }
         if let Some(t) = self.request_started {
@@ -172,7 +196,10 @@ impl HttpConn {
         let rx_cap = limits.head_max + limits.body_max;
         loop {
             let mut progress = false;
-            if self.readable && !self.eof && !self.closing && self.rx.len() < rx_cap {
+            // After an accepted upgrade, bytes are WebSocket frames: they wait in `rx` for
+            // the WebSocket connection (which reads the rest itself).
+            let http = !self.closing && self.upgrade.is_none();
+            if self.readable && !self.eof && http && self.rx.len() < rx_cap {
                 match read_until_blocked(&mut self.sock, &mut self.rx, rx_cap) {
                     Ok(pass) => {
                         self.readable &= !pass.drained;
@@ -185,7 +212,11 @@ impl HttpConn {
                     Err(_) => return Drive::Close,
                 }
             }
-            while self.parked.is_none() && !self.closing && self.tx.len() < TX_HIGH_WATER {
+            while self.parked.is_none()
+                && !self.closing
+                && self.upgrade.is_none()
+                && self.tx.len() < TX_HIGH_WATER
+            {
                 match decode(&mut self.rx, limits) {
                     Ok(Some(req)) => {
                         progress = true;
@@ -196,6 +227,10 @@ impl HttpConn {
                             Handled::Respond(resp) => {
                                 encode(&resp, head_only, keep, &mut self.tx);
                                 self.closing = !keep;
+                            }
+                            Handled::Upgrade { response, feed } => {
+                                self.tx.extend_from_slice(&response);
+                                self.upgrade = Some(feed);
                             }
                             Handled::Park { route, headers } => {
                                 self.parked = Some(Parked {
@@ -235,6 +270,9 @@ impl HttpConn {
                     }
                     Err(_) => return Drive::Close,
                 }
+            }
+            if self.tx.is_empty() && self.upgrade.is_some() {
+                return Drive::Upgrade;
             }
             if self.tx.is_empty() && (self.closing || (self.eof && self.parked.is_none())) {
                 return Drive::Close;

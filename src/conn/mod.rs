@@ -91,6 +91,18 @@ impl<T> Slab<T> {
         })
     }
 
+    /// Move the item at `id` through `f` in place (a state transition such as an HTTP
+    /// connection becoming a WebSocket one): same slot, same id, same mio token.
+    pub fn replace_with(&mut self, id: ConnId, f: impl FnOnce(T) -> T) -> bool {
+        match self.slots.get_mut(id.idx as usize) {
+            Some(s) if s.gen == id.gen && s.item.is_some() => {
+                s.item = s.item.take().map(f);
+                true
+            }
+            _ => false,
+        }
+    }
+
     pub fn remove(&mut self, id: ConnId) -> Option<T> {
         let s = self.slots.get_mut(id.idx as usize)?;
         if s.gen != id.gen {
@@ -198,5 +210,11 @@ mod tests {
         assert_eq!(s.id_at(b.idx as usize), Some(b));
         assert_eq!(s.len(), 1);
         assert_eq!(s.remove(a), None);
+        assert!(s.replace_with(b, |v| if v == "b" { "B" } else { v }));
+        assert_eq!(s.get_mut(b).copied(), Some("B"));
+        assert!(
+            !s.replace_with(a, |_| "stale"),
+            "a stale id replaces nothing"
+        );
     }
 }

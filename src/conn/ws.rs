@@ -66,6 +66,24 @@ impl WsLimits {
     }
 }
 
+/// Which feed a WebSocket connection belongs to (chosen by the upgrade request's path).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Feed {
+    /// `/ws/matrix`: the seed-004 gateway; `since` is the `?since=` resume point.
+    Gateway { since: Option<u64> },
+    /// `/` and `/ws/workshop`: the seed-002 state feed.
+    Workshop,
+}
+
+impl Feed {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Feed::Gateway { .. } => "gateway",
+            Feed::Workshop => "workshop",
+        }
+    }
+}
+
 /// Why a connection closed, for the disconnect log and the feeds.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CloseReason {
@@ -82,6 +100,23 @@ pub struct CloseReason {
 pub struct Inbound {
     pub texts: Vec<Utf8Bytes>,
     pub heard: bool,
+}
+
+/// What [`WsConn::send`] did with a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sent {
+    Queued,
+    /// The connection is closing: the message is dropped.
+    Dropped,
+    /// This message would have passed a queue cap: the connection is now closing with
+    /// 1008 and its queue is dropped.
+    SlowConsumer,
+}
+
+impl Sent {
+    pub fn is_queued(self) -> bool {
+        self == Sent::Queued
+    }
 }
 
 /// Where the connection is in its life.
@@ -197,12 +232,12 @@ impl WsConn {
         self.readable && !matches!(self.phase, Phase::Discarding { .. })
     }
 
-    /// Queue a text message. Returns false when it was not queued: the connection is
-    /// closing, or this message would pass a queue cap, in which case the connection is
-    /// closed now with 1008 "slow consumer" (its queue is dropped).
-    pub fn send(&mut self, text: Utf8Bytes) -> bool {
+    /// Queue a text message. It is not queued when the connection is closing, or when
+    /// it would pass a queue cap: then the connection is closed now with 1008 "slow
+    /// consumer" (its queue is dropped), and nobody else waits for it.
+    pub fn send(&mut self, text: Utf8Bytes) -> Sent {
         if self.phase != Phase::Open {
-            return false;
+            return Sent::Dropped;
         }
         let len = text.len();
         if self.queued_bytes + len > self.limits.max_queued_bytes
@@ -215,11 +250,11 @@ impl WsConn {
                 self.queue.len()
             );
             self.close(1008, "slow consumer: messages were not read in time");
-            return false;
+            return Sent::SlowConsumer;
         }
         self.queued_bytes += len;
         self.queue.push_back(Outbound::Text(text));
-        true
+        Sent::Queued
     }
 
     /// Queue a ping (the heartbeat); a live peer answers with a pong.
@@ -639,7 +674,10 @@ mod tests {
         assert!(server.inbound.heard);
 
         for i in 0..3 {
-            assert!(server.conn.send(Utf8Bytes::from(format!("reply {i}"))));
+            assert!(server
+                .conn
+                .send(Utf8Bytes::from(format!("reply {i}")))
+                .is_queued());
         }
         assert_eq!(
             server.conn.interest(),
@@ -732,12 +770,12 @@ mod tests {
     #[test]
     fn server_close_sends_code_and_reason() {
         let (mut server, client) = pair(LIMITS);
-        assert!(server.conn.send("dropped when closing".into()));
+        assert!(server.conn.send("dropped when closing".into()).is_queued());
         server
             .conn
             .close(1000, "replaced by a new connection for agentId a");
         assert!(!server.conn.is_open());
-        assert!(!server.conn.send("after close".into()));
+        assert_eq!(server.conn.send("after close".into()), Sent::Dropped);
         let (_client, msgs) = client_reads(&mut server, client, |c| {
             let mut got = Vec::new();
             loop {
@@ -860,7 +898,7 @@ mod tests {
         let chunk: Utf8Bytes = "y".repeat(8 * 1024).into();
         let mut sent = 0usize;
         // The client never reads: the kernel buffers fill, then our queue does.
-        while server.conn.send(chunk.clone()) {
+        while server.conn.send(chunk.clone()).is_queued() {
             sent += chunk.len();
             server.turn(Duration::ZERO);
             let (bytes, _) = server.conn.queued();
@@ -888,10 +926,11 @@ mod tests {
         let (server, _client) = pair(limits);
         let mut conn = server.conn;
         // Without a drive nothing is written: the fourth waits behind three.
-        assert!(conn.send("1".into()));
-        assert!(conn.send("2".into()));
-        assert!(conn.send("3".into()));
-        assert!(!conn.send("4".into()));
+        assert!(conn.send("1".into()).is_queued());
+        assert!(conn.send("2".into()).is_queued());
+        assert!(conn.send("3".into()).is_queued());
+        assert_eq!(conn.send("4".into()), Sent::SlowConsumer);
+        assert_eq!(conn.send("5".into()), Sent::Dropped);
         assert_eq!(conn.close_reason().map(|r| r.code), Some(1008));
     }
 

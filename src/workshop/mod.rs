@@ -54,6 +54,7 @@ pub enum Output {
     Inbox(InboxMessage),
     /// The visitor's message is for the agent too (its answer comes back as a bark).
     ForAgent {
+        conn: ConnId,
         visitor: String,
         text: String,
     },
@@ -306,6 +307,7 @@ impl Workshop {
         self.counts.messages += 1;
         out.push(Output::Inbox(InboxMessage::new(text, &visitor, now_ms)));
         out.push(Output::ForAgent {
+            conn,
             visitor,
             text: text.clone(),
         });
@@ -520,6 +522,7 @@ mod tests {
                     5000
                 )),
                 Output::ForAgent {
+                    conn: id(1),
                     visitor: "Alexander".into(),
                     text: "How's the Tower coming?".into()
                 }

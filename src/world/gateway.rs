@@ -170,6 +170,16 @@ impl Gateway {
             .map(|r| r.agent_id.as_str())
     }
 
+    /// The connection of a registered agent.
+    pub fn conn_of(&self, agent_id: &str) -> Option<ConnId> {
+        self.agents.get(agent_id).copied()
+    }
+
+    /// The bridge's own agent id (`gateway.agent_id`).
+    pub fn agent_id(&self) -> &str {
+        &self.limits.agent_id
+    }
+
     /// When the heartbeat wants to run next (epoch ms).
     pub fn next_tick_ms(&self) -> u64 {
         self.heartbeat.next_round_ms()

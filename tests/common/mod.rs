@@ -47,7 +47,22 @@ pub fn test_config() -> Config {
     cfg.http.listen = vec!["127.0.0.1:0".parse().unwrap()];
     cfg.line.listen = vec![];
     cfg.store.memory = true;
+    // Never the real ~/.timmy: a fresh directory per bridge, created only if written.
+    let dir = scratch_dir("workshop");
+    cfg.workshop.state_file = dir.join("workshop-state.yaml").display().to_string();
+    cfg.workshop.inbox_dir = dir.join("inbox").display().to_string();
     cfg
+}
+
+/// A path under the temp dir unique to this test process and call (not created).
+pub fn scratch_dir(tag: &str) -> std::path::PathBuf {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static N: AtomicUsize = AtomicUsize::new(0);
+    std::env::temp_dir().join(format!(
+        "worldbridge-test-{tag}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    ))
 }
 
 pub fn start_with(cfg: Config) -> TestBridge {

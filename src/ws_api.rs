@@ -1,0 +1,298 @@
+//! The WebSocket feeds' side of the app: what the gateway hub and the Workshop feed ask
+//! for beyond frames (agent calls, inbox files, presence), and the frames, closes and
+//! pings the loop carries out ([`App::ws_out`]).
+//!
+//! World events reach the gateway through [`App::route_events`], the same outbox fan-out
+//! that relays them to game links: a `say` posted over HTTP is seen by the room's game,
+//! by every gateway client and by the status page alike.
+
+use crate::app::{Answer, App, CallInput};
+use crate::calls::{CallKind, ReplyTo};
+use crate::codec::http::Response;
+use crate::conn::ConnId;
+use crate::workshop::{self, watcher::StateUpdate};
+use crate::world::gateway::{self, error_frame, Frame};
+use serde_json::{Map, Value};
+use std::time::Instant;
+
+/// What the loop does to a WebSocket connection.
+#[derive(Debug, Clone, PartialEq)]
+pub enum WsOut {
+    Send(ConnId, Frame),
+    Close(ConnId, u16, String),
+    Ping(ConnId),
+}
+
+/// The room the agent answers gateway messages in when they name none.
+const DEFAULT_ROOM: &str = "The Threshold";
+
+impl App {
+    /// A connection upgraded on `/ws/matrix`.
+    pub fn gateway_open(&mut self, conn: ConnId, since: Option<u64>, now_ms: u64) {
+        self.gateway.connect(conn, since, now_ms);
+    }
+
+    pub fn gateway_text(&mut self, conn: ConnId, text: &Frame, now_ms: u64) {
+        let mut out = Vec::new();
+        self.gateway.on_text(conn, text, now_ms, &mut out);
+        self.apply_gateway(out, now_ms);
+    }
+
+    pub fn gateway_heard(&mut self, conn: ConnId, now_ms: u64) {
+        self.gateway.heard(conn, now_ms);
+    }
+
+    pub fn gateway_closed(&mut self, conn: ConnId, now_ms: u64) {
+        let mut out = Vec::new();
+        self.gateway.disconnect(conn, now_ms, &mut out);
+        self.apply_gateway(out, now_ms);
+    }
+
+    /// A connection upgraded on `/` or `/ws/workshop`.
+    pub fn workshop_open(&mut self, conn: ConnId, now_ms: u64) {
+        let mut out = Vec::new();
+        self.workshop.connect(conn, now_ms, &mut out);
+        self.apply_workshop(out, now_ms);
+    }
+
+    pub fn workshop_text(&mut self, conn: ConnId, text: &str, now_ms: u64) {
+        let mut out = Vec::new();
+        self.workshop.on_text(conn, text, now_ms, &mut out);
+        self.apply_workshop(out, now_ms);
+    }
+
+    pub fn workshop_heard(&mut self, conn: ConnId, now_ms: u64) {
+        self.workshop.heard(conn, now_ms);
+    }
+
+    pub fn workshop_closed(&mut self, conn: ConnId, now_ms: u64) {
+        let mut out = Vec::new();
+        self.workshop.disconnect(conn, &mut out);
+        self.apply_workshop(out, now_ms);
+    }
+
+    /// The state file watcher reported.
+    pub fn workshop_state(&mut self, update: StateUpdate, now_ms: u64) {
+        let mut out = Vec::new();
+        self.workshop.on_state(update, &mut out);
+        self.apply_workshop(out, now_ms);
+    }
+
+    /// Heartbeats of both feeds (and the gateway history's age limit).
+    pub fn ws_tick(&mut self, now_ms: u64) {
+        let mut out = Vec::new();
+        self.gateway.tick(now_ms, &mut out);
+        self.apply_gateway(out, now_ms);
+        let mut out = Vec::new();
+        self.workshop.tick(now_ms, &mut out);
+        self.apply_workshop(out, now_ms);
+    }
+
+    /// Publish world events to the gateway (called from the outbox fan-out).
+    pub(crate) fn publish_to_gateway(&mut self, events: &[crate::world::room::Event]) {
+        if events.is_empty() {
+            return;
+        }
+        let now = crate::time::now_ms();
+        let mut out = Vec::new();
+        for ev in events {
+            self.gateway.publish_event(ev, now, &mut out);
+        }
+        self.apply_gateway(out, now);
+    }
+
+    /// The agent answered a message from a feed: it speaks aloud in `room`.
+    pub fn bark_reply(&mut self, room: &str, workshop: bool, resp: Response) {
+        let text = (resp.status == 200)
+            .then(|| serde_json::from_slice::<Value>(&resp.body).ok())
+            .flatten()
+            .and_then(|v| {
+                v.get("response")
+                    .and_then(Value::as_str)
+                    .map(str::to_string)
+            });
+        let Some(text) = text else {
+            log::warn!(
+                "the agent's answer to a WebSocket message failed ({}): {}",
+                resp.status,
+                String::from_utf8_lossy(&resp.body)
+            );
+            return;
+        };
+        let now = crate::time::now_ms();
+        // A bark event in the room: the gateway and the game hosting the room hear it
+        // through the outbox.
+        if self.world.ensure_room(room).is_ok() {
+            self.world.bark(room, &text, now);
+        }
+        if workshop {
+            let mut out = Vec::new();
+            self.workshop.bark(&text, None, &mut out);
+            self.apply_workshop(out, now);
+        }
+    }
+
+    fn apply_gateway(&mut self, out: Vec<gateway::Output>, now_ms: u64) {
+        for o in out {
+            match o {
+                gateway::Output::Send(c, f) => self.ws_out.push(WsOut::Send(c, f)),
+                gateway::Output::Close { conn, code, reason } => {
+                    log::info!("conn={} gateway closes it: {code} {reason}", conn.idx);
+                    self.ws_out.push(WsOut::Close(conn, code, reason))
+                }
+                gateway::Output::Ping(c) => self.ws_out.push(WsOut::Ping(c)),
+                gateway::Output::ForAgent { from, msg, .. } => {
+                    self.gateway_for_agent(&from, &msg, now_ms)
+                }
+            }
+        }
+    }
+
+    fn apply_workshop(&mut self, out: Vec<workshop::Output>, now_ms: u64) {
+        for o in out {
+            match o {
+                workshop::Output::Send(c, f) => self.ws_out.push(WsOut::Send(c, f)),
+                workshop::Output::Close { conn, code, reason } => {
+                    log::info!("conn={} workshop closes it: {code} {reason}", conn.idx);
+                    self.ws_out.push(WsOut::Close(conn, code, reason))
+                }
+                workshop::Output::Ping(c) => self.ws_out.push(WsOut::Ping(c)),
+                workshop::Output::Inbox(msg) => {
+                    let written = self.inbox.as_ref().is_some_and(|i| i.submit(msg));
+                    if !written {
+                        self.metrics.inbox_dropped += 1;
+                        log::warn!(
+                            "workshop inbox: a visitor message was dropped (the writer is not keeping up)"
+                        );
+                    }
+                }
+                workshop::Output::ForAgent {
+                    conn,
+                    visitor,
+                    text,
+                } => {
+                    let user = format!("workshop:{visitor}");
+                    let sent = self.feed_chat(&user, &visitor, workshop::ROOM, &text, true, now_ms);
+                    if let Err(why) = sent {
+                        self.ws_out
+                            .push(WsOut::Send(conn, error_frame("rate_limited", &why)));
+                    }
+                }
+                workshop::Output::Enter { visitor } => {
+                    if let Ok(room) = self.world.ensure_room(workshop::ROOM) {
+                        let user = format!("workshop:{visitor}");
+                        self.world.place(&user, &visitor, &room, now_ms);
+                    }
+                }
+                workshop::Output::Leave { visitor } => {
+                    self.world.remove(&format!("workshop:{visitor}"), now_ms);
+                }
+            }
+        }
+    }
+
+    /// A gateway message for the bridge's agent: `text` (or `message`), in `room` (or
+    /// where the sender is, or the Threshold).
+    fn gateway_for_agent(&mut self, from: &str, msg: &Map<String, Value>, now_ms: u64) {
+        let text = ["text", "message"]
+            .iter()
+            .find_map(|k| msg.get(*k).and_then(Value::as_str))
+            .filter(|t| !t.trim().is_empty());
+        let Some(text) = text.map(str::to_string) else {
+            return;
+        };
+        let user = format!("gateway:{from}");
+        let room = msg
+            .get("room")
+            .and_then(Value::as_str)
+            .map(str::to_string)
+            .or_else(|| self.world.occupant(&user).map(|o| o.room.clone()))
+            .unwrap_or_else(|| DEFAULT_ROOM.to_string());
+        if let Err(why) = self.feed_chat(&user, from, &room, &text, false, now_ms) {
+            if let Some(conn) = self.gateway.conn_of(from) {
+                self.ws_out
+                    .push(WsOut::Send(conn, error_frame("rate_limited", &why)));
+            }
+        }
+    }
+
+    /// An agent call for a feed's message; the answer becomes a bark. `Err` = refused
+    /// (rate limit, bad room, message too long), as a sentence for an error frame.
+    fn feed_chat(
+        &mut self,
+        user: &str,
+        username: &str,
+        room: &str,
+        text: &str,
+        workshop: bool,
+        now_ms: u64,
+    ) -> Result<(), String> {
+        let max = self.cfg.rooms.message_max_bytes;
+        if text.len() > max {
+            return Err(format!("the message is longer than {max} bytes"));
+        }
+        if let Err(retry) = self.rate.check(user, now_ms) {
+            self.metrics.rate_limited += 1;
+            return Err(format!(
+                "too many messages from {username}: at most {} per {} s; retry in {retry} s",
+                self.cfg.http.rate_limit_requests, self.cfg.http.rate_limit_window_s
+            ));
+        }
+        let room = self.world.ensure_room(room).map_err(|e| e.to_string())?;
+        let input = CallInput {
+            kind: CallKind::Chat,
+            user_id: Some(user.to_string()),
+            username: username.to_string(),
+            room: room.clone(),
+            message: text.to_string(),
+        };
+        let to = ReplyTo::Bark {
+            room: room.clone(),
+            workshop,
+        };
+        if let Answer::Now(resp) = self.begin_call(input, to, now_ms, Instant::now()) {
+            self.bark_reply(&room, workshop, resp);
+        }
+        Ok(())
+    }
+
+    /// Prometheus lines for the feeds.
+    pub fn render_ws_metrics(&self, o: &mut String) {
+        use std::fmt::Write;
+        let g = &self.gateway.counts;
+        let w = &self.workshop.counts;
+        let _ = writeln!(
+            o,
+            "# HELP worldbridge_ws_connections Open WebSocket connections by feed.\n\
+             # TYPE worldbridge_ws_connections gauge\n\
+             worldbridge_ws_connections{{feed=\"gateway\"}} {}\n\
+             worldbridge_ws_connections{{feed=\"workshop\"}} {}\n\
+             # HELP worldbridge_gateway_agents Registered gateway agents.\n\
+             # TYPE worldbridge_gateway_agents gauge\n\
+             worldbridge_gateway_agents {}\n\
+             # HELP worldbridge_gateway_delivered_total Frames the gateway delivered.\n\
+             # TYPE worldbridge_gateway_delivered_total counter\n\
+             worldbridge_gateway_delivered_total {}\n\
+             # HELP worldbridge_gateway_pruned_total Gateway connections closed for silence.\n\
+             # TYPE worldbridge_gateway_pruned_total counter\n\
+             worldbridge_gateway_pruned_total {}\n\
+             # HELP worldbridge_ws_slow_consumers_total WebSocket clients closed for not reading.\n\
+             # TYPE worldbridge_ws_slow_consumers_total counter\n\
+             worldbridge_ws_slow_consumers_total {}\n\
+             # HELP worldbridge_workshop_messages_total Visitor messages taken by the Workshop feed.\n\
+             # TYPE worldbridge_workshop_messages_total counter\n\
+             worldbridge_workshop_messages_total {}\n\
+             # HELP worldbridge_workshop_state_changes_total State changes sent to the Workshop.\n\
+             # TYPE worldbridge_workshop_state_changes_total counter\n\
+             worldbridge_workshop_state_changes_total {}",
+            self.gateway.connections(),
+            self.workshop.connections(),
+            self.gateway.agents().len(),
+            g.delivered,
+            g.pruned,
+            self.metrics.ws_slow_consumers,
+            w.messages,
+            w.state_changes,
+        );
+    }
+}
