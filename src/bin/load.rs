@@ -12,13 +12,15 @@ use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-const USAGE: &str = "worldbridge-load [--scenario health|chat|idle|all] [--connections N] [--seconds S] [--idle N]
-                  [--interval-ms MS] [--addr ADDR]
+const USAGE: &str = "worldbridge-load [--scenario health|chat|idle|fanout|all] [--connections N] [--seconds S]
+                  [--idle N] [--interval-ms MS] [--addr ADDR]
 
   health   GET /bridge/health on N keep-alive connections (default 64)
   chat     POST /bridge/chat with the builtin agent, one user per connection (default 50)
   idle     open --idle connections (default 5000), one request each, then measure server RSS per connection
-  all      all three (the README figures)
+  fanout   N gateway clients on /ws/matrix (default 5000) and one sender broadcasting one message
+           per --interval-ms (default 10): deliveries/s, delivery latency, RSS per client
+  all      health, chat and idle (the README figures); fanout runs on its own
   --interval-ms  pace each connection: send at most one request per MS (default 0: back to back)
   --addr   drive an already running bridge instead of starting one (no RSS figures then)";
 
@@ -360,6 +362,15 @@ fn main() {
         print(&format!("chat{}", pace(interval)), n, &mut rep);
         print_rss(&samples);
     }
+    if scenario == "fanout" {
+        let n = conns.unwrap_or(5000);
+        let every = if interval.is_zero() {
+            Duration::from_millis(10)
+        } else {
+            interval
+        };
+        fanout(addr, n, secs, every, &rss);
+    }
     if run("idle") && pid.is_some() {
         std::thread::sleep(Duration::from_millis(500));
         let before = rss();
@@ -383,4 +394,339 @@ fn main() {
         let _ = c.kill();
         let _ = c.wait();
     }
+}
+
+// ---------------------------------------------------------------------------
+// fanout: the gateway's broadcast path
+// ---------------------------------------------------------------------------
+
+/// A raw WebSocket client: handshake by hand, frames parsed just enough to count them.
+struct WsClient {
+    sock: TcpStream,
+    rx: Vec<u8>,
+    tx: Vec<u8>,
+    tx_pos: usize,
+    open: bool,
+    registered: bool,
+    ticks: u64,
+}
+
+/// A masked client frame (RFC 6455 §5.3); a fixed key is fine for a load generator.
+fn client_frame(opcode: u8, payload: &[u8], out: &mut Vec<u8>) {
+    let key = [0x11u8, 0x22, 0x33, 0x44];
+    out.push(0x80 | opcode);
+    match payload.len() {
+        n if n < 126 => out.push(0x80 | n as u8),
+        n if n < 65536 => {
+            out.push(0x80 | 126);
+            out.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            out.push(0x80 | 127);
+            out.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    out.extend_from_slice(&key);
+    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+}
+
+/// One server frame at the front of `buf`: (opcode, payload range, total length).
+fn server_frame(buf: &[u8]) -> Option<(u8, std::ops::Range<usize>, usize)> {
+    if buf.len() < 2 {
+        return None;
+    }
+    let (mut at, len7) = (2usize, (buf[1] & 0x7f) as usize);
+    let len = match len7 {
+        126 => {
+            at = 4;
+            u16::from_be_bytes([*buf.get(2)?, *buf.get(3)?]) as usize
+        }
+        127 => {
+            at = 10;
+            let b: [u8; 8] = buf.get(2..10)?.try_into().ok()?;
+            u64::from_be_bytes(b) as usize
+        }
+        n => n,
+    };
+    (buf.len() >= at + len).then_some((buf[0] & 0x0f, at..at + len, at + len))
+}
+
+fn ws_flush(c: &mut WsClient) {
+    while c.tx_pos < c.tx.len() {
+        match c.sock.write(&c.tx[c.tx_pos..]) {
+            Ok(n) => c.tx_pos += n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+            Err(e) => panic!("write: {e}"),
+        }
+    }
+    c.tx.clear();
+    c.tx_pos = 0;
+}
+
+/// Read what is there; count `tick` frames and their latency (the sender's send time
+/// travels in the frame as `"t":<µs since start>`); answer pings.
+fn ws_read(c: &mut WsClient, buf: &mut [u8], start: Instant, lat_us: &mut Vec<u64>) -> bool {
+    loop {
+        match c.sock.read(buf) {
+            Ok(0) => return false,
+            // A short read drained the socket; later data brings a new edge.
+            Ok(n) if n < buf.len() => {
+                c.rx.extend_from_slice(&buf[..n]);
+                break;
+            }
+            Ok(n) => c.rx.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+            Err(_) => return false,
+        }
+    }
+    if !c.open {
+        let Some(end) = c.rx.windows(4).position(|w| w == b"\r\n\r\n") else {
+            return true;
+        };
+        assert!(c.rx.starts_with(b"HTTP/1.1 101"), "handshake refused");
+        c.rx.drain(..end + 4);
+        c.open = true;
+    }
+    let mut used = 0;
+    while let Some((op, payload, total)) = server_frame(&c.rx[used..]) {
+        let p = &c.rx[used + payload.start..used + payload.end];
+        match op {
+            0x1 => {
+                if !c.registered && p.windows(16).any(|w| w == b"agent_registered") {
+                    c.registered = true;
+                }
+                if let Some(at) = p.windows(4).position(|w| w == b"\"t\":") {
+                    let digits: String = p[at + 4..]
+                        .iter()
+                        .take_while(|b| b.is_ascii_digit())
+                        .map(|&b| b as char)
+                        .collect();
+                    if let Ok(t) = digits.parse::<u64>() {
+                        let now = start.elapsed().as_micros() as u64;
+                        lat_us.push(now.saturating_sub(t));
+                        c.ticks += 1;
+                    }
+                }
+            }
+            0x9 => {
+                let mut pong = Vec::new();
+                client_frame(0xA, p, &mut pong);
+                c.tx.extend_from_slice(&pong);
+            }
+            0x8 => {
+                let code = p.get(..2).map_or(0, |b| u16::from_be_bytes([b[0], b[1]]));
+                eprintln!(
+                    "a client was closed: {code} {}",
+                    String::from_utf8_lossy(p.get(2..).unwrap_or_default())
+                );
+                return false;
+            }
+            _ => {}
+        }
+        used += total;
+    }
+    c.rx.drain(..used);
+    ws_flush(c);
+    true
+}
+
+fn register(agent: &str, out: &mut Vec<u8>) {
+    let reg = format!(r#"{{"type":"agent_register","agentId":"{agent}","role":"watcher"}}"#);
+    client_frame(0x1, reg.as_bytes(), out);
+}
+
+fn ws_connect(addr: SocketAddr, poll: &Poll, token: usize, agent: &str) -> WsClient {
+    let mut sock = TcpStream::connect(addr).expect("connect");
+    sock.set_nodelay(true).ok();
+    poll.registry()
+        .register(
+            &mut sock,
+            Token(token),
+            Interest::READABLE | Interest::WRITABLE,
+        )
+        .expect("register");
+    let mut tx =
+        b"GET /ws/matrix HTTP/1.1\r\nHost: bench\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+            .to_vec();
+    if !agent.is_empty() {
+        register(agent, &mut tx);
+    }
+    WsClient {
+        sock,
+        rx: Vec::new(),
+        tx,
+        tx_pos: 0,
+        open: false,
+        registered: false,
+        ticks: 0,
+    }
+}
+
+fn fanout(addr: SocketAddr, n: usize, secs: f64, every: Duration, rss: &dyn Fn() -> u64) {
+    let mut poll = Poll::new().expect("poll");
+    let mut events = Events::with_capacity(4096);
+    let mut buf = vec![0u8; 256 * 1024];
+    let start = Instant::now();
+    let rss_before = rss();
+    let mut clients: Vec<WsClient> = Vec::with_capacity(n + 1);
+    let mut lat_us = Vec::new();
+    // Connect in batches while reading: the joined storm (each arrival is told to
+    // everyone already there) must be read as it comes, or the early clients would be
+    // closed as slow consumers.
+    let pump = |clients: &mut Vec<WsClient>,
+                poll: &mut Poll,
+                events: &mut Events,
+                buf: &mut [u8],
+                lat: &mut Vec<u64>,
+                wait: Duration| {
+        poll.poll(events, Some(wait)).expect("poll");
+        for ev in events.iter() {
+            let c = &mut clients[ev.token().0];
+            ws_flush(c);
+            assert!(ws_read(c, buf, start, lat), "a client was closed");
+        }
+    };
+    // First every connection upgrades, unregistered: the memory of a WebSocket
+    // connection itself.
+    for i in 0..n {
+        clients.push(ws_connect(addr, &poll, i, ""));
+        ws_flush(clients.last_mut().unwrap());
+        if i % 100 == 99 {
+            pump(
+                &mut clients,
+                &mut poll,
+                &mut events,
+                &mut buf,
+                &mut lat_us,
+                Duration::ZERO,
+            );
+        }
+    }
+    while clients.iter().any(|c| !c.open) {
+        pump(
+            &mut clients,
+            &mut poll,
+            &mut events,
+            &mut buf,
+            &mut lat_us,
+            Duration::from_millis(20),
+        );
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let rss_open = rss();
+    println!(
+        "fanout   {n} WebSocket connections open: server RSS {rss_before} -> {rss_open} KiB ({:.0} bytes per connection)",
+        (rss_open.saturating_sub(rss_before)) as f64 * 1024.0 / n as f64
+    );
+    // Then they register, in batches of 50, each registered before the next: the load
+    // generator is one thread reading for all of them, and every arrival is told to
+    // everyone already there (n²/2 agent_joined frames).
+    for i in 0..n {
+        let c = &mut clients[i];
+        register(&format!("fan{i}"), &mut c.tx);
+        ws_flush(c);
+        if i % 50 == 49 || i + 1 == n {
+            while clients[..=i].iter().rev().take(50).any(|c| !c.registered) {
+                pump(
+                    &mut clients,
+                    &mut poll,
+                    &mut events,
+                    &mut buf,
+                    &mut lat_us,
+                    Duration::from_millis(5),
+                );
+            }
+        }
+    }
+    let sender = n;
+    clients.push(ws_connect(addr, &poll, sender, "sender"));
+    ws_flush(clients.last_mut().unwrap());
+    while clients.iter().any(|c| !c.registered) {
+        pump(
+            &mut clients,
+            &mut poll,
+            &mut events,
+            &mut buf,
+            &mut lat_us,
+            Duration::from_millis(50),
+        );
+    }
+    // Let the joined storm drain.
+    let quiet = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < quiet {
+        pump(
+            &mut clients,
+            &mut poll,
+            &mut events,
+            &mut buf,
+            &mut lat_us,
+            Duration::from_millis(50),
+        );
+    }
+    let connected = start.elapsed();
+    let rss_after = rss();
+    lat_us.clear();
+    println!(
+        "fanout   {n} clients registered ({} agent_joined frames) after {:.1} s; server RSS {rss_after} KiB \
+         (the high-water mark of the joined storm: queues behind a busy reader)",
+        n * (n - 1) / 2,
+        connected.as_secs_f64(),
+    );
+    for c in clients.iter_mut() {
+        c.ticks = 0;
+    }
+    let run_start = Instant::now();
+    let end = run_start + Duration::from_secs_f64(secs);
+    let mut next_send = run_start;
+    let mut sent = 0u64;
+    while Instant::now() < end {
+        let now = Instant::now();
+        if now >= next_send {
+            let t = start.elapsed().as_micros() as u64;
+            let msg = format!(r#"{{"type":"tick","n":{sent},"t":{t}}}"#);
+            let mut frame = Vec::new();
+            client_frame(0x1, msg.as_bytes(), &mut frame);
+            let c = &mut clients[sender];
+            c.tx.extend_from_slice(&frame);
+            ws_flush(c);
+            sent += 1;
+            next_send += every;
+        }
+        let wait = next_send.saturating_duration_since(Instant::now());
+        pump(
+            &mut clients,
+            &mut poll,
+            &mut events,
+            &mut buf,
+            &mut lat_us,
+            wait,
+        );
+    }
+    let elapsed = run_start.elapsed().as_secs_f64();
+    // Collect what is still in flight.
+    let drain = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < drain {
+        pump(
+            &mut clients,
+            &mut poll,
+            &mut events,
+            &mut buf,
+            &mut lat_us,
+            Duration::from_millis(20),
+        );
+    }
+    let delivered: u64 = clients[..n].iter().map(|c| c.ticks).sum();
+    let expected = sent * n as u64;
+    lat_us.sort_unstable();
+    println!(
+        "fanout   {sent} broadcasts x {n} clients: {delivered}/{expected} delivered, {:.0} deliveries/s; \
+         latency p50={}us p95={}us p99={}us max={}us; server RSS after {} KiB",
+        delivered as f64 / elapsed,
+        percentile(&lat_us, 0.50),
+        percentile(&lat_us, 0.95),
+        percentile(&lat_us, 0.99),
+        lat_us.last().copied().unwrap_or(0),
+        rss()
+    );
 }

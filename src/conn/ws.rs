@@ -28,9 +28,13 @@ use tungstenite::{Message, Utf8Bytes};
 /// tungstenite's read buffer per connection. Eagerly allocated, so it is small: most
 /// traffic is short JSON, and a bigger message just takes more reads.
 const READ_BUFFER_BYTES: usize = 4 * 1024;
-/// Frames are collected up to this many bytes before a write to the socket: a fan-out
-/// burst to one peer becomes a few large writes instead of many small ones.
-const WRITE_BATCH_BYTES: usize = 16 * 1024;
+/// Frames are collected up to this many bytes before a write to the socket (and all of
+/// them are written at the end of a drive): a burst to one peer becomes a few writes
+/// instead of one per frame. Small, because tungstenite keeps its write buffer's
+/// capacity for the life of the connection.
+const WRITE_BATCH_BYTES: usize = 4 * 1024;
+/// A queue that grew past this many slots in a burst gives the memory back once empty.
+const QUEUE_KEEP: usize = 16;
 /// Most messages read from one connection per drive, so one busy peer cannot hold the
 /// loop; [`WsConn::wants_drive`] tells the loop to come back.
 const READ_BUDGET: usize = 64;
@@ -389,6 +393,9 @@ impl WsConn {
                     Err(e) => return self.write_error(e),
                 }
             }
+        }
+        if self.queue.is_empty() && self.queue.capacity() > QUEUE_KEEP {
+            self.queue.shrink_to(QUEUE_KEEP);
         }
         match self.ctx.flush(&mut self.sock) {
             Ok(()) => self.tx_blocked = false,

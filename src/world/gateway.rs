@@ -461,7 +461,7 @@ impl Gateway {
             "connections": self.clients.len(),
             "gateway_seq": self.seq,
             "history": self.history.len(),
-            "since": rfc3339(self.started_ms),
+            "started": rfc3339(self.started_ms),
             "totals": {
                 "connections": c.connections,
                 "registrations": c.registrations,
