@@ -123,6 +123,8 @@ impl LineHandler for LineRoutes<'_> {
             }
         };
         let id = msg.get("id").cloned();
+        // Events from elsewhere still waiting are not this link's own.
+        app.route_events(None);
         let outcome = match &id {
             Some(Value::String(_) | Value::Number(_)) | None => {
                 app.on_line(conn, &msg, id.as_ref(), out)
@@ -620,6 +622,7 @@ impl App {
             msg["user_id"] = json!(u);
         }
         self.send_to_link(link, &msg);
+        self.route_events(None);
         let event = room.and_then(|r| self.world.bark(&r, text, now_ms()));
         // The link already has the words as `speak`; the bark goes to everyone else.
         self.route_events(Some(link));
