@@ -194,7 +194,7 @@ fn drive_line(addr: SocketAddr, n: usize, depth: usize, secs: f64) -> Report {
     }
     fn queue_ping(c: &mut LineConn) {
         c.next_id += 1;
-        let _ = write!(c.tx, "{{\"type\":\"ping\",\"id\":{}}}\n", c.next_id);
+        let _ = writeln!(c.tx, "{{\"type\":\"ping\",\"id\":{}}}", c.next_id);
         c.sent.push_back(Instant::now());
     }
     fn flush_line(c: &mut LineConn) {
