@@ -16,6 +16,7 @@ use crate::conn::line::{Heartbeat, LineConn, LineLimits};
 use crate::conn::{ConnId, Slab};
 use crate::game::{LoopRequest, Target, Worlds};
 use crate::line_api::{reply_line, LineRoutes};
+use crate::store::Store;
 use crossbeam_channel::{Receiver, Sender};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
@@ -188,6 +189,16 @@ impl Bridge {
         if let Some(pool) = pool {
             app.attach_pool(pool);
         }
+        if !app.cfg.store.memory {
+            let dir = std::path::PathBuf::from(crate::config::expand_home(&app.cfg.store.data_dir));
+            let w = waker.clone();
+            let wake = Arc::new(move || {
+                let _ = w.wake();
+            });
+            let (store, loaded) =
+                Store::open(&dir, &app.cfg.world, app.cfg.rooms.events_max, wake)?;
+            app.attach_store(store, loaded);
+        }
         Ok(Bridge {
             poll,
             listeners,
@@ -259,6 +270,8 @@ impl Bridge {
         }
         let mut events = Events::with_capacity(1024);
         loop {
+            // Whatever this iteration changed goes to the store before we sleep.
+            self.app.flush_store();
             let timeout = self.poll_timeout();
             if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
                 if e.kind() == io::ErrorKind::Interrupted {
@@ -290,6 +303,7 @@ impl Bridge {
             }
             self.drain_replies();
             self.drain_requests();
+            self.drain_store();
             self.deliver_ready();
             let now = Instant::now();
             if now.duration_since(self.last_sweep) >= SWEEP_EVERY {
@@ -459,6 +473,19 @@ impl Bridge {
         }
         self.app.metrics.connections_closed += 1;
         self.app.connections_open = self.conns.len();
+    }
+
+    /// The store's reports: durable answers go out, failed ones become 503s. Then this
+    /// iteration's changes go to the store as one batch.
+    fn drain_store(&mut self) {
+        let events: Vec<_> = match &self.app.store {
+            Some(s) => s.events.try_iter().collect(),
+            None => return,
+        };
+        for ev in events {
+            self.app.on_store(ev);
+        }
+        self.app.flush_store();
     }
 
     /// Calls from `LinkWorld` handles: the same paths as the HTTP routes, answered on
@@ -685,6 +712,17 @@ impl Bridge {
 
     /// After the loop: answer what still waits, stop the workers.
     fn finish(&mut self) {
+        // Let the store make the last changes durable, and send what waited for them.
+        self.app.flush_store();
+        if let Some(events) = self.app.store.as_ref().map(|s| s.events.clone()) {
+            let until = Instant::now() + Duration::from_secs(5);
+            while !self.app.held.is_empty() && Instant::now() < until {
+                if let Ok(ev) = events.recv_timeout(Duration::from_millis(100)) {
+                    self.app.on_store(ev);
+                    self.deliver_ready();
+                }
+            }
+        }
         let waiting: Vec<ConnId> = self.conns.ids();
         for id in waiting {
             if let Some(Conn::Http(c)) = self.conns.get_mut(id) {
@@ -701,6 +739,10 @@ impl Bridge {
         }
         if let Some(pool) = self.app.pool.take() {
             pool.shutdown(Duration::from_secs(2));
+        }
+        self.app.flush_store();
+        if let Some(mut store) = self.app.store.take() {
+            store.close();
         }
         log::info!("stopped");
     }

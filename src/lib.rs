@@ -26,5 +26,6 @@ pub mod line_api;
 pub mod links;
 pub mod metrics;
 pub mod protocol;
+pub mod store;
 pub mod time;
 pub mod world;

@@ -25,6 +25,9 @@ use std::time::{Duration, Instant};
 /// deadline (`line.request_timeout_s`), in case the loop has stopped.
 pub const HANDLE_GRACE: Duration = Duration::from_secs(5);
 
+/// Message types that change the world (refused while the store cannot write).
+const CHANGES_STATE: [&str; 5] = ["presence", "say", "chat", "event", "room"];
+
 /// A message refused: the `code` and sentence of an `error` line.
 struct Refusal {
     code: &'static str,
@@ -128,13 +131,25 @@ impl LineHandler for LineRoutes<'_> {
         let id = msg.get("id").cloned();
         // Events from elsewhere still waiting are not this link's own.
         app.route_events(None);
+        let before = out.len();
         let outcome = match &id {
             Some(Value::String(_) | Value::Number(_)) | None => {
-                app.on_line(conn, &msg, id.as_ref(), out)
+                match (app.store_refusal(), msg.get("type").and_then(Value::as_str)) {
+                    (Some(_), Some(t)) if CHANGES_STATE.contains(&t) => Err(refuse(
+                        "store_unavailable",
+                        "the bridge cannot store changes right now; try again",
+                    )),
+                    _ => app.on_line(conn, &msg, id.as_ref(), out),
+                }
             }
             Some(_) => Err(refuse("bad_field", "`id` must be a string or an integer")),
         };
         app.route_events(Some(conn));
+        // An answer to a change waits until the change is durable.
+        if app.durable() && app.world.has_changes() && out.len() > before {
+            let bytes = out.split_off(before);
+            app.hold_line(conn, id.clone(), bytes);
+        }
         match outcome {
             Ok(drive) => drive,
             Err(r) => {
@@ -325,7 +340,7 @@ impl App {
                             200,
                             &json!({"world": world, "age_ms": 0, "fresh": true, "perception": p}),
                         );
-                        self.ready.push((pending.reply_to, resp));
+                        self.answer(pending.reply_to, resp);
                     }
                     None if id.is_some() => answer_line("ok", id, json!({}), out),
                     None => {}
@@ -338,7 +353,7 @@ impl App {
                 };
                 let result = ActionResult::from_message(msg);
                 let resp = act_response(&pending, result);
-                self.ready.push((pending.reply_to, resp));
+                self.answer(pending.reply_to, resp);
             }
             "error" => {
                 let code = f.opt("code")?.unwrap_or_default();
@@ -351,7 +366,7 @@ impl App {
                             "game_error",
                             &format!("{} refused the request: {text} ({code})", p.world),
                         );
-                        self.ready.push((p.reply_to, resp));
+                        self.answer(p.reply_to, resp);
                     }
                     None => {
                         log::warn!("link conn={} reported an error: {code}: {text}", conn.idx);
@@ -684,7 +699,7 @@ impl App {
             let why = format!("{} did not answer {what} within {secs} s", p.world);
             log::warn!("{why}");
             let resp = Response::error(504, "game_timeout", &why);
-            self.ready.push((p.reply_to, resp));
+            self.answer(p.reply_to, resp);
         }
     }
 
@@ -698,7 +713,7 @@ impl App {
                 "link_down",
                 &format!("the link to {world} went down before it answered"),
             );
-            self.ready.push((p.reply_to, resp));
+            self.answer(p.reply_to, resp);
         }
     }
 }

@@ -18,6 +18,8 @@ const USAGE: &str = "worldbridge-load [--scenario health|chat|idle|line|all] [--
   health   GET /bridge/health on N keep-alive connections (default 64)
   chat     POST /bridge/chat with the builtin agent, one user per connection (default 50)
   idle     open --idle connections (default 5000), one request each, then measure server RSS per connection
+  say      POST /bridge/say on N connections (default 64) to a durable bridge (its own, in a
+           temporary data directory): every answer waits for its write to be on disk
   line     line protocol: N connections (default 100) each pipelining --depth (default 8) pings
   all      all of them (the README figures)
   --interval-ms  pace each connection: send at most one request per MS (default 0: back to back)
@@ -353,8 +355,9 @@ fn rss_kib(pid: u32) -> u64 {
 }
 
 /// Start the release binary on free loopback ports with limits fit for a benchmark;
-/// returns its HTTP and line-protocol addresses.
-fn spawn_bridge() -> (Child, SocketAddr, SocketAddr) {
+/// returns its HTTP and line-protocol addresses. `data_dir`: durable, in that directory
+/// (else `--memory`).
+fn spawn_bridge(data_dir: Option<&std::path::Path>) -> (Child, SocketAddr, SocketAddr) {
     let exe = std::env::current_exe().expect("exe");
     let bin = exe.with_file_name("worldbridge");
     let cfg = std::env::temp_dir().join(format!("worldbridge-bench-{}.toml", std::process::id()));
@@ -363,8 +366,13 @@ fn spawn_bridge() -> (Child, SocketAddr, SocketAddr) {
         "[http]\nlisten = [\"127.0.0.1:0\"]\nrate_limit_requests = 1000000000\nmax_connections = 19000\n[line]\nlisten = [\"127.0.0.1:0\"]\n[sessions]\nmax = 100\n",
     )
     .expect("bench config");
-    let mut child = Command::new(&bin)
-        .args(["--config", cfg.to_str().unwrap_or_default(), "--memory"])
+    let mut cmd = Command::new(&bin);
+    cmd.args(["--config", cfg.to_str().unwrap_or_default()]);
+    match data_dir {
+        Some(d) => cmd.arg("--data-dir").arg(d),
+        None => cmd.arg("--memory"),
+    };
+    let mut child = cmd
         .env("RUST_LOG", "info")
         .stderr(Stdio::piped())
         .stdout(Stdio::null())
@@ -429,7 +437,7 @@ fn main() {
     let (mut child, addr, line_addr) = match addr {
         Some(a) => (None, a, line_addr),
         None => {
-            let (c, a, l) = spawn_bridge();
+            let (c, a, l) = spawn_bridge(None);
             (Some(c), a, Some(l))
         }
     };
@@ -464,6 +472,32 @@ fn main() {
         );
         print(&format!("chat{}", pace(interval)), n, &mut rep);
         print_rss(&samples);
+    }
+    if run("say") {
+        let n = conns.unwrap_or(64);
+        let dir =
+            std::env::temp_dir().join(format!("worldbridge-bench-data-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let (mut durable, at, _) = spawn_bridge(Some(&dir));
+        let reqs = (0..n)
+            .map(|i| request("POST", "/bridge/say", &format!(r#"{{"user_id":"bench{i}","username":"Bench {i}","message":"a durable hello","room":"The Garden"}}"#)))
+            .collect();
+        let (mut rep, _) = drive(at, reqs, secs, interval, None);
+        print(&format!("say durable{}", pace(interval)), n, &mut rep);
+        let stats = {
+            let mut s = std::net::TcpStream::connect(at).expect("connect");
+            s.write_all(&request("GET", "/bridge/stats", ""))
+                .expect("write");
+            let mut out = String::new();
+            let _ = s.read_to_string(&mut out);
+            out
+        };
+        if let Some(store) = stats.split("\"store\":").nth(1) {
+            println!("         store: {}", store.trim_end_matches(['}', '\n']));
+        }
+        let _ = durable.kill();
+        let _ = durable.wait();
+        let _ = std::fs::remove_dir_all(&dir);
     }
     if run("line") {
         let n = conns.unwrap_or(100);
