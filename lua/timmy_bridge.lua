@@ -1226,18 +1226,23 @@ local function runSpeak(msg)
     return nil
 end
 
--- A say/presence/event record relayed from elsewhere: show it in the room.
+-- A say/presence/event/bark record relayed from elsewhere (the bridge never sends a link
+-- its own events back): show it to the players in that cell.
 local function runRelay(msg)
-    if msg.origin ~= nil and msg.origin == cfg.world then return nil end -- our own, echoed
     local who = type(msg.username) == "string" and msg.username
         or (type(msg.user_id) == "string" and msg.user_id) or "someone"
     local text
     if msg.type == "say" then
         if type(msg.message) ~= "string" then return "message must be a string" end
         text = who .. ": " .. msg.message
+    elseif msg.type == "bark" then
+        -- the agent spoke aloud in this cell through another world's link
+        if type(msg.message) ~= "string" then return "message must be a string" end
+        local room = type(msg.room) == "string" and msg.room or nil
+        for _, pid in ipairs(playersIn(room)) do sendChat(pid, "[" .. cfg.agentName .. "] " .. msg.message) end
+        return nil
     elseif msg.type == "presence" then
-        local what = msg.event == "leave" and "left" or "arrived"
-        text = who .. " " .. what .. (type(msg.room) == "string" and (" (" .. msg.room .. ")") or "")
+        text = who .. (msg.event == "leave" and " left." or " arrived.")
     else
         local name = type(msg.event) == "string" and msg.event or "event"
         text = type(msg.message) == "string" and msg.message or name
@@ -1338,7 +1343,7 @@ handleLine = function(link, line)
     elseif kind == "speak" then
         local problem = runSpeak(msg)
         if problem then send(link, errorMsg(id, "bad_field", problem)) end
-    elseif kind == "say" or kind == "presence" or kind == "event" then
+    elseif kind == "say" or kind == "presence" or kind == "event" or kind == "bark" then
         local problem = runRelay(msg)
         if problem then send(link, errorMsg(id, "bad_field", problem)) end
     elseif kind == "reply" then
@@ -1498,9 +1503,11 @@ local function isNumericHost(host)
     return type(host) == "string" and (host:match("^%d+%.%d+%.%d+%.%d+$") ~= nil or host:find(":", 1, true) ~= nil)
 end
 
+-- luasocket 3's socket.tcp() opens its fd lazily at bind/connect, so options set before
+-- that (reuseaddr) are lost; tcp4()/tcp6() open it now. Older luasocket only has tcp().
 local function newTcp(host)
     if host:find(":", 1, true) then return socketLib.tcp6() end
-    return socketLib.tcp()
+    return (socketLib.tcp4 or socketLib.tcp)()
 end
 
 local function pumpListener(t)
@@ -1509,7 +1516,8 @@ local function pumpListener(t)
         local srv, err = newTcp(cfg.listenHost)
         local ok
         if srv then
-            srv:setoption("reuseaddr", true)
+            -- without reuseaddr a restarted server could not bind while old links sit in TIME_WAIT
+            if not srv:setoption("reuseaddr", true) then log(LOG.WARN, "cannot set reuseaddr") end
             ok, err = srv:bind(cfg.listenHost, cfg.listenPort)
             if ok then ok, err = srv:listen(32) end
         end
