@@ -61,7 +61,8 @@ local function encode(v, depth)
     if t == "number" then
         if v ~= v or v == math.huge or v == -math.huge then return "null" end
         if v == floor(v) and math.abs(v) < 2^53 then return string.format("%d", v) end
-        return string.format("%.17g", v)
+        local short = string.format("%.15g", v)
+        return tonumber(short) == v and short or string.format("%.17g", v)
     end
     if t == "string" then return encodeString(v) end
     if t == "table" and depth < 20 then

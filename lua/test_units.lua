@@ -90,6 +90,8 @@ test("json encodes arrays and objects", function()
     eq(json.encode({ 1, 2, 3 }), "[1,2,3]")
     eq(json.encode({ a = json.array({ 1, { b = json.null } }) }), '{"a":[1,{"b":null}]}')
     eq(json.encode({ json.null, 2 }), "[null,2]")
+    eq(json.encode({ zeta = 1, type = "pong", alpha = 2, id = 7 }), '{"type":"pong","id":7,"alpha":2,"zeta":1}',
+        "type and id first, then sorted")
     local ok = pcall(json.encode, { f = print })
     assert(not ok, "a function cannot be encoded")
     local cyc = {}

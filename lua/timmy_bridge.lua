@@ -181,6 +181,13 @@ local function isArray(t)
     return n > 0 and n == #t
 end
 
+local KEY_RANK = { type = 1, id = 2 }
+local function keyBefore(a, b)
+    local ra, rb = KEY_RANK[a] or 3, KEY_RANK[b] or 3
+    if ra ~= rb then return ra < rb end
+    return tostring(a) < tostring(b)
+end
+
 local function encodeTable(t, depth, out)
     if depth > MAX_DEPTH then error("json: nested too deep", 0) end
     if isArray(t) then
@@ -192,17 +199,21 @@ local function encodeTable(t, depth, out)
         out[#out + 1] = "]"
         return
     end
-    out[#out + 1] = "{"
-    local first = true
-    for k, v in pairs(t) do
+    -- Keys in a stable order ("type" and "id" first, then sorted): the same message always
+    -- reads the same on the wire and in logs.
+    local keys = {}
+    for k in pairs(t) do
         local kt = type(k)
-        if kt == "number" then k = encodeNumber(k)
-        elseif kt ~= "string" then error("json: object key of type " .. kt, 0) end
-        if not first then out[#out + 1] = "," end
-        first = false
-        out[#out + 1] = encodeString(k)
+        if kt ~= "string" and kt ~= "number" then error("json: object key of type " .. kt, 0) end
+        keys[#keys + 1] = k
+    end
+    table.sort(keys, keyBefore)
+    out[#out + 1] = "{"
+    for i, k in ipairs(keys) do
+        if i > 1 then out[#out + 1] = "," end
+        out[#out + 1] = encodeString(type(k) == "number" and encodeNumber(k) or k)
         out[#out + 1] = ":"
-        encodeValue(v, depth + 1, out)
+        encodeValue(t[k], depth + 1, out)
     end
     out[#out + 1] = "}"
 end
@@ -1717,10 +1728,14 @@ local function stop()
     if dialer.sock then pcall(function() dialer.sock:close() end) dialer.sock = nil end
 end
 
--- A hook must never raise into CoreScripts: log and carry on.
-local function guarded(name, fn)
-    return function(...)
-        local ok, res = pcall(fn, ...)
+-- A hook must never raise into CoreScripts: log and carry on. Game-event handlers also
+-- respect another script's validCustomHandlers = false (CoreScripts calls them anyway).
+local function guarded(name, fn, always)
+    return function(eventStatus, ...)
+        if not always and type(eventStatus) == "table" and eventStatus.validCustomHandlers == false then
+            return nil
+        end
+        local ok, res = pcall(fn, eventStatus, ...)
         if not ok then
             log(LOG.ERROR, "%s failed: %s", name, tostring(res))
             return nil
@@ -1749,10 +1764,10 @@ local function init()
         log(LOG.ERROR, "customEventHooks is missing: load this from server/scripts/customScripts.lua")
         return false
     end
-    customEventHooks.registerHandler("OnServerPostInit", guarded("OnServerPostInit", start))
-    customEventHooks.registerHandler("OnServerExit", guarded("OnServerExit", stop))
+    customEventHooks.registerHandler("OnServerPostInit", guarded("OnServerPostInit", start, true))
+    customEventHooks.registerHandler("OnServerExit", guarded("OnServerExit", stop, true))
     customEventHooks.registerHandler("OnPlayerAuthentified", guarded("OnPlayerAuthentified", onAuthentified))
-    customEventHooks.registerHandler("OnPlayerDisconnect", guarded("OnPlayerDisconnect", onDisconnect))
+    customEventHooks.registerHandler("OnPlayerDisconnect", guarded("OnPlayerDisconnect", onDisconnect, true))
     customEventHooks.registerHandler("OnPlayerCellChange", guarded("OnPlayerCellChange", onCellChange))
     customEventHooks.registerHandler("OnPlayerJournal", guarded("OnPlayerJournal", onJournal))
     customEventHooks.registerValidator("OnPlayerSendMessage", guarded("OnPlayerSendMessage", onSendMessage))
