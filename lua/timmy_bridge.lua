@@ -1351,12 +1351,13 @@ handleLine = function(link, line)
         runAct(link, msg)
     elseif kind == "observe" then
         runObserve(link, msg)
-    elseif kind == "speak" then
-        local problem = runSpeak(msg)
-        if problem then send(link, errorMsg(id, "bad_field", problem)) end
-    elseif kind == "say" or kind == "presence" or kind == "event" or kind == "bark" then
-        local problem = runRelay(msg)
-        if problem then send(link, errorMsg(id, "bad_field", problem)) end
+    elseif kind == "speak" or kind == "say" or kind == "presence" or kind == "event" or kind == "bark" then
+        local problem = (kind == "speak" and runSpeak or runRelay)(msg)
+        if problem then
+            send(link, errorMsg(id, "bad_field", problem))
+        elseif id ~= nil then
+            send(link, { type = "ok", id = id }) -- an id always gets exactly one answer
+        end
     elseif kind == "reply" then
         runReply(msg)
     elseif kind == "error" then
