@@ -597,7 +597,6 @@ local pendingCount = 0
 local rooms = {}               -- pid -> { name, room } as last told to the bridge
 local lastTickError = 0
 
-M.state = { links = links, dialer = dialer, pendingChats = pendingChats, rooms = rooms }
 
 local function now() return socketLib.gettime() end
 
@@ -1408,7 +1407,7 @@ local function onJournal(_, pid, playerPacket)
     if not isOnline(pid) or #readyLinks() == 0 then return end
     local name, cell = playerName(pid), currentCell(pid)
     local entries = type(playerPacket) == "table" and playerPacket.journal or nil
-    if type(entries) ~= "table" then return end
+    if type(entries) ~= "table" or cell == nil then return end -- an event needs its room
     for _, e in ipairs(entries) do
         if type(e) == "table" and type(e.quest) == "string" then
             broadcast({ type = "event", event = "journal", room = cell,
