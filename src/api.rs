@@ -9,6 +9,7 @@ use crate::calls::{CallKind, ReplyTo};
 use crate::codec::http::{percent_decode, Method, Request, Response};
 use crate::conn::http::Handled;
 use crate::conn::ConnId;
+use crate::protocol::Command;
 use crate::time::{now_ms, parse_rfc3339, rfc3339};
 use crate::world::room::Event;
 use crate::world::{check_name, WorldError};
@@ -17,7 +18,7 @@ use serde_json::{json, Map, Value};
 use std::time::Instant;
 
 /// The routes, as metric labels.
-const ROUTES: [(&str, &str); 13] = [
+const ROUTES: [(&str, &str); 16] = [
     ("/", "GET"),
     ("/metrics", "GET"),
     ("/bridge/health", "GET"),
@@ -31,12 +32,18 @@ const ROUTES: [(&str, &str); 13] = [
     ("/bridge/say", "POST"),
     ("/bridge/move", "POST"),
     ("/api/v1/generate", "POST"),
+    ("/bridge/act", "POST"),
+    ("/bridge/speak", "POST"),
+    ("/bridge/observe/:world", "GET"),
 ];
 
 /// The route pattern a path belongs to, and the room it names (still URL-encoded).
 fn route_of(path: &str) -> Option<(&'static str, Option<&str>)> {
     if let Some(room) = path.strip_prefix("/bridge/world/") {
         return Some(("/bridge/world/:room", Some(room)));
+    }
+    if let Some(world) = path.strip_prefix("/bridge/observe/") {
+        return Some(("/bridge/observe/:world", Some(world)));
     }
     if let Some(rest) = path.strip_prefix("/bridge/room/") {
         return match rest.rsplit_once('/') {
@@ -157,11 +164,15 @@ fn dispatch(
     let now = now_ms();
     let result = match route {
         "/" => Ok(index()),
-        "/metrics" => Ok(Response::new(
-            200,
-            "text/plain; version=0.0.4",
-            app.metrics.render(&app.gauges()).into_bytes(),
-        )),
+        "/metrics" => {
+            let mut text = app.metrics.render(&app.gauges());
+            app.links.render_metrics(&mut text);
+            Ok(Response::new(
+                200,
+                "text/plain; version=0.0.4",
+                text.into_bytes(),
+            ))
+        }
         "/bridge/health" => Ok(health(app, now)),
         "/bridge/sessions" => Ok(sessions(app)),
         "/bridge/rooms" => Ok(rooms(app)),
@@ -171,25 +182,43 @@ fn dispatch(
         "/bridge/room/:room/events" => events(app, req, room.as_deref().unwrap_or_default()),
         "/bridge/say" => say(app, req, now),
         "/bridge/move" => move_user(app, req, now),
+        "/bridge/speak" => speak(app, req),
+        "/bridge/act" | "/bridge/observe/:world" => {
+            let answer = match route {
+                "/bridge/act" => act(app, id, req),
+                _ => observe(app, id, req, room.as_deref().unwrap_or_default()),
+            };
+            return match answer {
+                Ok(Answer::Now(resp)) | Err(resp) => Handled::Respond(resp),
+                Ok(Answer::Later) => Handled::Park {
+                    route,
+                    headers: cors_headers(cors),
+                },
+            };
+        }
         "/bridge/chat" | "/api/v1/generate" => {
             return match call(app, id, req, route, now) {
                 Ok(Answer::Now(resp)) | Err(resp) => Handled::Respond(resp),
                 Ok(Answer::Later) => Handled::Park {
                     route,
-                    headers: cors
-                        .map(|o| {
-                            vec![
-                                ("Access-Control-Allow-Origin", o),
-                                ("Vary", "Origin".into()),
-                            ]
-                        })
-                        .unwrap_or_default(),
+                    headers: cors_headers(cors),
                 },
             };
         }
         _ => Err(Response::error(404, "not_found", "no such route")),
     };
     Handled::Respond(result.unwrap_or_else(|e| e))
+}
+
+/// The CORS headers a parked answer gets when it is delivered.
+fn cors_headers(cors: Option<String>) -> Vec<(&'static str, String)> {
+    cors.map(|o| {
+        vec![
+            ("Access-Control-Allow-Origin", o),
+            ("Vary", "Origin".into()),
+        ]
+    })
+    .unwrap_or_default()
 }
 
 fn head_of(allowed: &str) -> &'static str {
@@ -357,6 +386,45 @@ struct Health<'a> {
     agent: &'a str,
     version: &'a str,
     uptime_s: u64,
+    links: Vec<Value>,
+}
+
+/// Every game link: the configured dials (up, connecting or down, with their history)
+/// and the links that connected to us.
+fn links_json(app: &App) -> Vec<Value> {
+    let mut out: Vec<Value> = app
+        .links
+        .dials
+        .iter()
+        .map(|d| {
+            json!({
+                "world": d.cfg.world,
+                "kind": d.cfg.kind,
+                "direction": "dial",
+                "addr": d.cfg.addr.to_string(),
+                "state": d.status.as_str(),
+                "since": rfc3339(d.since_ms),
+                "reconnects": d.reconnects,
+                "attempts": d.attempts,
+                "last_error": d.last_error,
+            })
+        })
+        .collect();
+    let mut inbound: Vec<(&ConnId, &crate::links::Link)> =
+        app.links.iter().filter(|(_, l)| l.dial.is_none()).collect();
+    inbound.sort_by_key(|(_, l)| l.since_ms);
+    out.extend(inbound.into_iter().map(|(_, l)| {
+        json!({
+            "world": l.world,
+            "kind": l.kind,
+            "direction": "inbound",
+            "peer": l.peer.to_string(),
+            "state": if l.greeted { "up" } else { "anonymous" },
+            "since": rfc3339(l.since_ms),
+            "rooms": l.rooms.len(),
+        })
+    }));
+    out
 }
 
 fn health(app: &App, now: u64) -> Response {
@@ -370,6 +438,7 @@ fn health(app: &App, now: u64) -> Response {
             agent: &app.cfg.agent.backend,
             version: env!("CARGO_PKG_VERSION"),
             uptime_s: app.started.elapsed().as_secs(),
+            links: links_json(app),
         },
     )
 }
@@ -542,6 +611,54 @@ fn move_user(app: &mut App, req: &Request, now: u64) -> Result<Response, Respons
         200,
         &json!({"ok": true, "room": to, "events": evs}),
     ))
+}
+
+/// `POST /bridge/act` `{world, player?, action, args}`: checked here, before anything
+/// is sent; the game's `result` answers it.
+fn act(app: &mut App, id: ConnId, req: &Request) -> Result<Answer, Response> {
+    let obj = body_object(req)?;
+    let world = required(&obj, "world")?;
+    let action = required(&obj, "action")?;
+    let player = field(&obj, "player", false)?;
+    let args = obj.get("args").cloned().unwrap_or(Value::Null);
+    let cmd = Command::parse(&action, &args).map_err(|e| Response::error(400, "bad_action", &e))?;
+    Ok(app.act(&world, player.as_deref(), &cmd, ReplyTo::Http(id)))
+}
+
+/// `GET /bridge/observe/<world>[?fresh=1][&player=]`.
+fn observe(app: &mut App, id: ConnId, req: &Request, world: &str) -> Result<Answer, Response> {
+    let fresh = match req.query_param("fresh").as_deref() {
+        None | Some("0") | Some("false") => false,
+        Some("1") | Some("true") | Some("") => true,
+        Some(other) => {
+            return Err(Response::error(
+                400,
+                "bad_fresh",
+                &format!("`fresh` must be 1 or 0, not {other:?}"),
+            ))
+        }
+    };
+    let player = req.query_param("player");
+    Ok(app.observe(world, player.as_deref(), fresh, ReplyTo::Http(id)))
+}
+
+/// `POST /bridge/speak` `{world?, room?, user_id?, text}`: the agent says something in
+/// a game.
+fn speak(app: &mut App, req: &Request) -> Result<Response, Response> {
+    let obj = body_object(req)?;
+    let text = field(&obj, "text", true)?.unwrap_or_default();
+    if text.trim().is_empty() {
+        return Err(Response::error(
+            400,
+            "bad_field",
+            "`text` must not be empty",
+        ));
+    }
+    let world = field(&obj, "world", false)?;
+    let room = field(&obj, "room", false)?;
+    let user = field(&obj, "user_id", false)?;
+    let v = app.speak(world.as_deref(), room.as_deref(), user.as_deref(), &text)?;
+    Ok(Response::json(200, &v))
 }
 
 /// `POST /bridge/chat` and `POST /api/v1/generate`: both go to the agent.

@@ -12,6 +12,8 @@ use crate::agent::{AgentError, AgentReply, AgentRequest};
 use crate::calls::{Call, CallKind, Calls, ReplyTo};
 use crate::codec::http::Response;
 use crate::config::Config;
+use crate::conn::ConnId;
+use crate::links::Links;
 use crate::metrics::{Gauges, Metrics};
 use crate::world::ratelimit::RateLimit;
 use crate::world::room::WorldFile;
@@ -40,6 +42,10 @@ pub struct App {
     pub ready: Vec<(ReplyTo, Response)>,
     /// Open connections (kept by the loop, read by health and metrics).
     pub connections_open: usize,
+    /// Game links, their rooms, dials and the requests waiting for games.
+    pub links: Links,
+    /// Lines for link connections (relayed events, requests); the loop writes them.
+    pub line_out: Vec<(ConnId, Vec<u8>)>,
 }
 
 /// A chat or generate request after validation.
@@ -86,6 +92,8 @@ impl App {
             shutting_down: false,
             ready: Vec::new(),
             connections_open: 0,
+            links: Links::new(&cfg.line.dial, Instant::now(), crate::time::now_ms()),
+            line_out: Vec::new(),
             cfg,
         })
     }
@@ -208,6 +216,11 @@ impl App {
                     .context("", &call.room, self.cfg.agent.context_events),
             ),
         };
+        let mut context = context;
+        context.game = self
+            .links
+            .perception_near(&call.room)
+            .map(|(world, seen)| crate::protocol::summary(world, &seen.perception));
         let req = AgentRequest {
             job_id: call.job_id,
             user_id: call.user_id.clone().unwrap_or_default(),
@@ -224,7 +237,8 @@ impl App {
             // so it runs here: a worker hop would cost more than the answer.
             let text = builtin::reply(&req);
             self.metrics.agent_latency.observe(now.elapsed());
-            return Some((call.reply_to, self.complete(&call, Ok(text))));
+            let resp = self.complete(&call, Ok(text));
+            return Some((call.reply_to, resp));
         }
         let submitted = match &self.pool {
             Some(pool) => pool.try_submit(req).is_ok(),
@@ -305,8 +319,8 @@ impl App {
             .agent_latency
             .observe(now.duration_since(call.created));
         let resp = self.complete(&call, reply.result);
-        self.ready.push((call.reply_to, resp));
         self.start_next(call.user_id.as_deref(), now);
+        self.ready.push((call.reply_to, resp));
     }
 
     /// The response for a call the agent answered (or failed).
@@ -365,8 +379,8 @@ impl App {
                 call.user_id
             );
             let resp = self.failed_call(&call, true);
-            self.ready.push((call.reply_to, resp));
             self.start_next(call.user_id.as_deref(), now);
+            self.ready.push((call.reply_to, resp));
         }
         let calls = &self.calls;
         let (gone, _leaves) = self
@@ -376,7 +390,7 @@ impl App {
             log::info!("session expired user={u} (idle past sessions.idle_timeout_s)");
         }
         self.rate.prune(now_ms);
-        // Nobody fans events out yet beyond the room windows; keep the outbox empty.
-        self.world.take_new_events();
+        self.expire_game_requests(now);
+        self.route_events(None);
     }
 }

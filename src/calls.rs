@@ -9,10 +9,18 @@ use std::collections::{HashMap, VecDeque};
 use std::time::Instant;
 
 /// Where an answer goes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum ReplyTo {
     /// A parked HTTP request on this connection.
     Http(ConnId),
+    /// A line-protocol `chat` on this connection that carried this `id`, from this user.
+    Line {
+        conn: ConnId,
+        id: serde_json::Value,
+        user_id: String,
+    },
+    /// A thread waiting for the answer (a [`crate::game::LinkWorld`] handle).
+    Channel(crossbeam_channel::Sender<crate::codec::http::Response>),
 }
 
 /// What kind of request made the call (it decides the response's shape).

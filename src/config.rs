@@ -51,7 +51,11 @@ pub struct LineConfig {
     pub listen: Vec<SocketAddr>,
     pub token: String,
     pub max_line_bytes: usize,
+    /// Bytes that may wait for one link to read them; past it the link is dropped.
+    pub max_queued_bytes: usize,
     pub heartbeat_s: u64,
+    /// How long a game has to answer the bridge's `act` and `observe` (504 past it).
+    pub request_timeout_s: u64,
     pub dial: Vec<DialConfig>,
 }
 
@@ -209,7 +213,9 @@ impl Default for LineConfig {
             listen: vec![addr("127.0.0.1:4005")],
             token: String::new(),
             max_line_bytes: 64 * 1024,
+            max_queued_bytes: 1024 * 1024,
             heartbeat_s: 30,
+            request_timeout_s: 10,
             dial: Vec::new(),
         }
     }
@@ -429,7 +435,7 @@ impl Config {
         check_backend(&self.agent.backend)
             .map_err(|why| format!("config: `agent.backend`: {why}"))?;
 
-        let at_least: [(&str, u64, u64); 13] = [
+        let at_least: [(&str, u64, u64); 16] = [
             ("rooms.events_max", self.rooms.events_max as u64, 1),
             ("rooms.max", self.rooms.max as u64, 1),
             ("rooms.occupants_max", self.rooms.occupants_max as u64, 1),
@@ -455,6 +461,13 @@ impl Config {
             ),
             ("http.rate_limit_window_s", self.http.rate_limit_window_s, 1),
             ("line.max_line_bytes", self.line.max_line_bytes as u64, 1),
+            (
+                "line.max_queued_bytes",
+                self.line.max_queued_bytes as u64,
+                self.line.max_line_bytes as u64 + 2,
+            ),
+            ("line.heartbeat_s", self.line.heartbeat_s, 1),
+            ("line.request_timeout_s", self.line.request_timeout_s, 1),
         ];
         for (key, value, min) in at_least {
             if value < min {

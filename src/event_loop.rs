@@ -7,14 +7,17 @@
 
 use crate::agent::pool::AgentPool;
 use crate::agent::{prompt, AgentReply};
-use crate::app::App;
+use crate::app::{Answer, App};
 use crate::calls::ReplyTo;
 use crate::codec::http::{Limits, Request, Response};
 use crate::config::Config;
 use crate::conn::http::{Drive, Expiry, HttpConn, HttpHandler};
+use crate::conn::line::{Heartbeat, LineConn, LineLimits};
 use crate::conn::{ConnId, Slab};
-use crossbeam_channel::Receiver;
-use mio::net::TcpListener;
+use crate::game::{LoopRequest, Target, Worlds};
+use crate::line_api::{reply_line, LineRoutes};
+use crossbeam_channel::{Receiver, Sender};
+use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 use socket2::{Domain, Socket, Type};
 use std::io;
@@ -49,6 +52,30 @@ struct Listener {
 
 enum Conn {
     Http(HttpConn),
+    Line(LineConn),
+}
+
+impl Conn {
+    fn mark_readable(&mut self) {
+        match self {
+            Conn::Http(c) => c.mark_readable(),
+            Conn::Line(c) => c.mark_readable(),
+        }
+    }
+
+    fn sock(&mut self) -> &mut TcpStream {
+        match self {
+            Conn::Http(c) => &mut c.sock,
+            Conn::Line(c) => &mut c.sock,
+        }
+    }
+
+    fn peer(&self) -> SocketAddr {
+        match self {
+            Conn::Http(c) => c.peer,
+            Conn::Line(c) => c.peer,
+        }
+    }
 }
 
 /// Stops a running [`Bridge`] from another thread (tests, embedding).
@@ -73,9 +100,13 @@ pub struct Bridge {
     app: App,
     waker: Arc<Waker>,
     replies: Receiver<AgentReply>,
+    /// Calls from [`LinkWorld`] handles on other threads.
+    requests: Receiver<LoopRequest>,
+    requests_tx: Sender<LoopRequest>,
     stop: Arc<AtomicBool>,
     signals: Option<signal_hook_mio::v1_0::Signals>,
     limits: Limits,
+    line_limits: LineLimits,
     last_sweep: Instant,
     drain_until: Option<Instant>,
 }
@@ -135,6 +166,11 @@ impl Bridge {
             head_max: cfg.http.header_max_bytes,
             body_max: cfg.http.body_max_bytes,
         };
+        let line_limits = LineLimits {
+            max_line: cfg.line.max_line_bytes,
+            max_queued: cfg.line.max_queued_bytes,
+        };
+        let (requests_tx, requests) = crossbeam_channel::unbounded();
         let persona = prompt::load_persona(&cfg.agent.persona_file)?;
         let (tx, replies) = crossbeam_channel::unbounded();
         // The builtin persona answers inline on the loop; only backends that do I/O get
@@ -159,9 +195,12 @@ impl Bridge {
             app,
             waker,
             replies,
+            requests,
+            requests_tx,
             stop: Arc::new(AtomicBool::new(false)),
             signals: None,
             limits,
+            line_limits,
             last_sweep: Instant::now(),
             drain_until: None,
         })
@@ -184,6 +223,16 @@ impl Bridge {
         StopHandle {
             flag: self.stop.clone(),
             waker: self.waker.clone(),
+        }
+    }
+
+    /// Handles to the games this bridge links, as the agent sees them: observe / act /
+    /// speak through the bridge's links, from any thread.
+    pub fn worlds(&self) -> Worlds {
+        Worlds {
+            tx: self.requests_tx.clone(),
+            waker: self.waker.clone(),
+            wait: self.app.game_timeout() + crate::line_api::HANDLE_GRACE,
         }
     }
 
@@ -227,10 +276,9 @@ impl Bridge {
                     Token(t) => {
                         if let Some(id) = self.conns.id_at(t - CONN_BASE) {
                             if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
-                                let Some(Conn::Http(c)) = self.conns.get_mut(id) else {
-                                    continue;
-                                };
-                                c.mark_readable();
+                                if let Some(c) = self.conns.get_mut(id) {
+                                    c.mark_readable();
+                                }
                             }
                             self.drive(id);
                         }
@@ -241,6 +289,7 @@ impl Bridge {
                 self.begin_shutdown();
             }
             self.drain_replies();
+            self.drain_requests();
             self.deliver_ready();
             let now = Instant::now();
             if now.duration_since(self.last_sweep) >= SWEEP_EVERY {
@@ -259,7 +308,14 @@ impl Bridge {
 
     fn poll_timeout(&self) -> Duration {
         let sweep = SWEEP_EVERY.saturating_sub(self.last_sweep.elapsed());
-        match self.app.calls.next_deadline() {
+        let next = [
+            self.app.calls.next_deadline(),
+            self.app.links.next_deadline(),
+        ]
+        .into_iter()
+        .flatten()
+        .min();
+        match next {
             Some(d) => sweep.min(d.saturating_duration_since(Instant::now())),
             None => sweep,
         }
@@ -284,7 +340,7 @@ impl Bridge {
         };
         let kind = l.kind;
         loop {
-            let (mut stream, peer) = match self.listeners[li].sock.accept() {
+            let (stream, peer) = match self.listeners[li].sock.accept() {
                 Ok(x) => x,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -293,55 +349,187 @@ impl Bridge {
                     return;
                 }
             };
-            if self.conns.len() >= self.app.cfg.http.max_connections || kind == ListenerKind::Line {
-                // Line links arrive with the game-links work; until then refuse cleanly.
-                if kind == ListenerKind::Line {
-                    use std::io::Write;
-                    let _ = stream.write_all(
-                        b"{\"type\":\"error\",\"code\":\"unsupported\",\"error\":\"this bridge does not speak the line protocol yet\"}\n",
-                    );
-                } else {
-                    self.app.metrics.connections_rejected += 1;
-                    log::debug!("connection from {peer} refused: max_connections reached");
+            if self.conns.len() >= self.app.cfg.http.max_connections {
+                self.app.metrics.connections_rejected += 1;
+                log::debug!("connection from {peer} refused: max_connections reached");
+                continue;
+            }
+            let now = Instant::now();
+            let conn = match kind {
+                ListenerKind::Http => Conn::Http(HttpConn::new(stream, peer, now)),
+                ListenerKind::Line => {
+                    Conn::Line(LineConn::accepted(stream, peer, &self.line_limits, now))
                 }
-                continue;
+            };
+            if let Some(id) = self.register(conn) {
+                if kind == ListenerKind::Line {
+                    self.app.links.open(id, peer, None, crate::time::now_ms());
+                    log::info!("conn={} peer={peer} line link accepted", id.idx);
+                }
+                self.drive(id);
             }
-            let _ = stream.set_nodelay(true);
-            let id = self.conns.next_id();
-            let token = Token(CONN_BASE + id.idx as usize);
-            if let Err(e) = self.poll.registry().register(
-                &mut stream,
-                token,
-                Interest::READABLE | Interest::WRITABLE,
-            ) {
-                log::warn!("register connection from {peer}: {e}");
-                continue;
+        }
+    }
+
+    /// Register a new connection's socket and put it in the slab.
+    fn register(&mut self, mut conn: Conn) -> Option<ConnId> {
+        let peer = conn.peer();
+        let _ = conn.sock().set_nodelay(true);
+        let id = self.conns.next_id();
+        let token = Token(CONN_BASE + id.idx as usize);
+        if let Err(e) = self.poll.registry().register(
+            conn.sock(),
+            token,
+            Interest::READABLE | Interest::WRITABLE,
+        ) {
+            log::warn!("register connection with {peer}: {e}");
+            return None;
+        }
+        self.conns.insert(conn);
+        self.app.metrics.connections_accepted += 1;
+        self.app.connections_open = self.conns.len();
+        log::trace!("conn={} peer={peer} open", id.idx);
+        Some(id)
+    }
+
+    /// Start a non-blocking connect for dial `d`.
+    fn dial(&mut self, d: usize) {
+        let addr = self.app.links.dials[d].cfg.addr;
+        let now = Instant::now();
+        match TcpStream::connect(addr) {
+            Ok(stream) => {
+                let conn = Conn::Line(LineConn::dialing(stream, addr, d, &self.line_limits, now));
+                match self.register(conn) {
+                    Some(id) => self
+                        .app
+                        .links
+                        .open(id, addr, Some(d), crate::time::now_ms()),
+                    None => self.app.links.dial_failed(
+                        d,
+                        "could not register the socket",
+                        now,
+                        crate::time::now_ms(),
+                    ),
+                }
             }
-            self.conns
-                .insert(Conn::Http(HttpConn::new(stream, peer, Instant::now())));
-            self.app.metrics.connections_accepted += 1;
-            self.app.connections_open = self.conns.len();
-            log::trace!("conn={} peer={peer} accepted", id.idx);
+            Err(e) => {
+                let why = format!("connect to {addr} failed: {e}");
+                log::debug!("dial {}: {why}", self.app.links.dials[d].cfg.world);
+                self.app
+                    .links
+                    .dial_failed(d, &why, now, crate::time::now_ms());
+            }
         }
     }
 
     fn drive(&mut self, id: ConnId) {
         let now = Instant::now();
         let outcome = match self.conns.get_mut(id) {
-            Some(Conn::Http(c)) => c.drive(id, &mut Routes(&mut self.app), &self.limits, now),
+            Some(Conn::Http(c)) => Ok(c.drive(id, &mut Routes(&mut self.app), &self.limits, now)),
+            Some(Conn::Line(c)) => {
+                c.drive(id, &mut LineRoutes(&mut self.app), &self.line_limits, now)
+            }
             None => return,
         };
-        if outcome == Drive::Close {
-            self.close(id);
+        match outcome {
+            Ok(Drive::Open) => {}
+            Ok(Drive::Close) => self.close(id, None),
+            Err(why) => self.close(id, Some(&why)),
         }
     }
 
-    fn close(&mut self, id: ConnId) {
-        if let Some(Conn::Http(mut c)) = self.conns.remove(id) {
-            let _ = self.poll.registry().deregister(&mut c.sock);
-            log::trace!("conn={} peer={} closed", id.idx, c.peer);
-            self.app.metrics.connections_closed += 1;
-            self.app.connections_open = self.conns.len();
+    fn close(&mut self, id: ConnId, why: Option<&str>) {
+        let Some(mut conn) = self.conns.remove(id) else {
+            return;
+        };
+        let _ = self.poll.registry().deregister(conn.sock());
+        if let Conn::Line(c) = &conn {
+            log::info!(
+                "conn={} peer={} line link closed{}",
+                id.idx,
+                c.peer,
+                why.map(|w| format!(": {w}")).unwrap_or_default()
+            );
+            self.app.link_closed(id, why, Instant::now());
+        } else {
+            log::trace!("conn={} peer={} closed", id.idx, conn.peer());
+        }
+        self.app.metrics.connections_closed += 1;
+        self.app.connections_open = self.conns.len();
+    }
+
+    /// Calls from `LinkWorld` handles: the same paths as the HTTP routes, answered on
+    /// the caller's channel.
+    fn drain_requests(&mut self) {
+        while let Ok(req) = self.requests.try_recv() {
+            let (answer, reply) = match req {
+                LoopRequest::Act {
+                    world,
+                    player,
+                    cmd,
+                    reply,
+                } => {
+                    let to = ReplyTo::Channel(reply.clone());
+                    (self.app.act(&world, player.as_deref(), &cmd, to), reply)
+                }
+                LoopRequest::Observe {
+                    world,
+                    player,
+                    reply,
+                } => {
+                    let to = ReplyTo::Channel(reply.clone());
+                    (self.app.observe(&world, player.as_deref(), true, to), reply)
+                }
+                LoopRequest::Speak {
+                    world,
+                    target,
+                    text,
+                    reply,
+                } => {
+                    let (room, user) = match &target {
+                        Target::Everyone => (None, None),
+                        Target::Room(r) => (Some(r.as_str()), None),
+                        Target::Player(p) => (None, Some(p.as_str())),
+                    };
+                    let resp = match self.app.speak(Some(&world), room, user, &text) {
+                        Ok(v) => Response::json(200, &v),
+                        Err(resp) => resp,
+                    };
+                    (Answer::Now(resp), reply)
+                }
+            };
+            if let Answer::Now(resp) = answer {
+                let _ = reply.send(resp);
+            }
+        }
+    }
+
+    /// Write the lines queued for links (relayed events, requests to games). A link that
+    /// cannot take them is not reading: it is dropped as a slow consumer.
+    fn flush_line_out(&mut self) {
+        self.app.route_events(None);
+        let batch = std::mem::take(&mut self.app.line_out);
+        let mut touched = Vec::new();
+        for (id, bytes) in batch {
+            let ok = match self.conns.get_mut(id) {
+                Some(Conn::Line(c)) => c.queue(&bytes, &self.line_limits),
+                _ => continue,
+            };
+            if ok {
+                touched.push(id);
+            } else {
+                self.app.metrics.line_slow_consumers += 1;
+                log::warn!(
+                    "conn={} line link dropped: it stopped reading ({} bytes waiting, line.max_queued_bytes)",
+                    id.idx,
+                    self.line_limits.max_queued
+                );
+                self.close(id, Some("slow consumer: it stopped reading"));
+            }
+        }
+        touched.dedup();
+        for id in touched {
+            self.drive(id);
         }
     }
 
@@ -352,18 +540,43 @@ impl Bridge {
         }
     }
 
-    /// Send every ready answer to the connection that waits for it (if still there).
+    /// Send every ready answer to the connection that waits for it (if still there),
+    /// then the lines queued for links.
     fn deliver_ready(&mut self) {
+        // Delivering can make more work (a pipelined request behind a parked one); a
+        // bound keeps one iteration from running away.
+        for _ in 0..64 {
+            if self.app.ready.is_empty() && self.app.line_out.is_empty() {
+                break;
+            }
+            self.deliver_answers();
+            self.flush_line_out();
+        }
+    }
+
+    fn deliver_answers(&mut self) {
         while !self.app.ready.is_empty() {
             let batch = std::mem::take(&mut self.app.ready);
             let now = Instant::now();
             for (to, resp) in batch {
-                let ReplyTo::Http(id) = to;
+                let id = match to {
+                    ReplyTo::Http(id) => id,
+                    ReplyTo::Line { conn, id, user_id } => {
+                        let mut line = Vec::new();
+                        reply_line(&id, &user_id, &resp, &mut line);
+                        self.app.line_out.push((conn, line));
+                        continue;
+                    }
+                    ReplyTo::Channel(tx) => {
+                        let _ = tx.send(resp);
+                        continue;
+                    }
+                };
                 let status = resp.status;
                 let keep = !self.app.shutting_down;
                 let delivered = match self.conns.get_mut(id) {
                     Some(Conn::Http(c)) => c.deliver(resp, keep, now),
-                    None => None,
+                    _ => None,
                 };
                 match delivered {
                     Some(d) => {
@@ -382,22 +595,45 @@ impl Bridge {
     fn sweep(&mut self, now: Instant) {
         self.app.tick(now, crate::time::now_ms());
         self.deliver_ready();
+        if !self.app.shutting_down {
+            for d in self.app.links.dials_due(now) {
+                self.dial(d);
+            }
+        }
         let head = Duration::from_secs(self.app.cfg.http.header_timeout_s);
         let idle = Duration::from_secs(self.app.cfg.http.keepalive_idle_s);
+        let beat = Duration::from_secs(self.app.cfg.line.heartbeat_s);
         for id in self.conns.ids() {
-            let expiry = match self.conns.get_mut(id) {
+            match self.conns.get_mut(id) {
                 Some(Conn::Http(c)) => {
                     let e = c.expired(now, head, idle);
                     if e == Some(Expiry::Header) {
                         c.time_out();
                     }
-                    e
+                    match e {
+                        Some(Expiry::Header) => self.drive(id),
+                        Some(Expiry::Idle) => self.close(id, None),
+                        None => {}
+                    }
                 }
-                None => None,
-            };
-            match expiry {
-                Some(Expiry::Header) => self.drive(id),
-                Some(Expiry::Idle) => self.close(id),
+                Some(Conn::Line(c)) => match c.heartbeat(now, beat) {
+                    Heartbeat::Fine => {}
+                    Heartbeat::Ping => {
+                        c.ping_sent = Some(now);
+                        let ping = b"{\"type\":\"ping\"}\n";
+                        if c.queue(ping, &self.line_limits) {
+                            self.drive(id);
+                        }
+                    }
+                    Heartbeat::Dead => {
+                        let why = if c.is_connecting() {
+                            "connect timed out"
+                        } else {
+                            "silent: no answer to ping"
+                        };
+                        self.close(id, Some(why));
+                    }
+                },
                 None => {}
             }
         }
@@ -418,14 +654,28 @@ impl Bridge {
         self.close_idle();
     }
 
-    /// While stopping: close every connection with nothing in progress.
+    /// While stopping: close every connection with nothing in progress (game links are
+    /// told why first).
     fn close_idle(&mut self) {
         let now = Instant::now();
         let far = Duration::from_secs(u64::MAX / 4);
         for id in self.conns.ids() {
-            let idle = matches!(self.conns.get_mut(id), Some(Conn::Http(c)) if !c.is_parked() && c.expired(now, far, Duration::ZERO).is_some());
+            let idle = match self.conns.get_mut(id) {
+                Some(Conn::Http(c)) => {
+                    !c.is_parked() && c.expired(now, far, Duration::ZERO).is_some()
+                }
+                Some(Conn::Line(c)) => {
+                    let bye = b"{\"type\":\"error\",\"code\":\"shutting_down\",\"error\":\"the bridge is stopping\"}\n";
+                    let _ = c.queue(bye, &self.line_limits);
+                    c.close_after_flush();
+                    false
+                }
+                None => false,
+            };
             if idle {
-                self.close(id);
+                self.close(id, None);
+            } else {
+                self.drive(id);
             }
         }
     }
@@ -444,7 +694,7 @@ impl Bridge {
                     self.drive(id);
                 }
             }
-            self.close(id);
+            self.close(id, Some("the bridge is stopping"));
         }
         if let Some(pool) = self.app.pool.take() {
             pool.shutdown(Duration::from_secs(2));

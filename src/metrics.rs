@@ -72,6 +72,13 @@ pub struct Metrics {
     pub crisis_detections: u64,
     pub rate_limited: u64,
     pub bad_requests: u64,
+    /// Line-protocol messages received, and those answered with `error`.
+    pub line_messages: u64,
+    pub line_errors: u64,
+    /// Links dropped because they stopped reading.
+    pub line_slow_consumers: u64,
+    /// Requests the bridge sent games (`act`, `observe`).
+    pub game_requests: BTreeMap<&'static str, u64>,
 }
 
 /// Gauges read from live state when rendering.
@@ -97,6 +104,10 @@ impl Metrics {
 
     pub fn count_agent(&mut self, outcome: &'static str) {
         *self.agent_calls.entry(outcome).or_insert(0) += 1;
+    }
+
+    pub fn count_game(&mut self, what: &'static str) {
+        *self.game_requests.entry(what).or_insert(0) += 1;
     }
 
     /// Prometheus text exposition format (version 0.0.4).
@@ -173,6 +184,21 @@ impl Metrics {
                 "Requests refused by the per-user rate limit.",
                 self.rate_limited,
             ),
+            (
+                "worldbridge_line_messages_total",
+                "Line-protocol messages received from game links.",
+                self.line_messages,
+            ),
+            (
+                "worldbridge_line_errors_total",
+                "Line-protocol messages answered with an error.",
+                self.line_errors,
+            ),
+            (
+                "worldbridge_line_slow_consumers_total",
+                "Game links dropped because they stopped reading.",
+                self.line_slow_consumers,
+            ),
         ];
         for (name, help, v) in counters {
             let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
@@ -189,6 +215,13 @@ impl Metrics {
             let _ = writeln!(
                 o,
                 "worldbridge_agent_calls_total{{outcome=\"{outcome}\"}} {n}"
+            );
+        }
+        o.push_str("# HELP worldbridge_game_requests_total Requests sent to game links.\n# TYPE worldbridge_game_requests_total counter\n");
+        for (what, n) in &self.game_requests {
+            let _ = writeln!(
+                o,
+                "worldbridge_game_requests_total{{request=\"{what}\"}} {n}"
             );
         }
         o.push_str("# HELP worldbridge_agent_latency_seconds Time from submitting an agent call to its answer.\n# TYPE worldbridge_agent_latency_seconds histogram\n");

@@ -149,7 +149,9 @@ fn serves_then_stops_cleanly_on_sigterm() {
         .recv_timeout(Duration::from_secs(15))
         .expect("exits after SIGTERM");
     assert_eq!(status.code(), Some(0));
-    let all: Vec<String> = logs.try_iter().collect();
+    // The reader thread may still be passing on the last lines: read until the pipe ends.
+    let all: Vec<String> =
+        std::iter::from_fn(|| logs.recv_timeout(Duration::from_secs(5)).ok()).collect();
     assert!(all.iter().any(|l| l.contains("stopped")), "{all:?}");
 }
 

@@ -237,6 +237,14 @@ fn help(req: &AgentRequest) -> String {
 
 fn where_are_you(req: &AgentRequest, user: &str) -> String {
     let ctx = &req.context;
+    if let Some(cell) = ctx
+        .game
+        .as_ref()
+        .and_then(|g| g.cell.as_ref().map(|c| (g, c)))
+    {
+        let (game, cell) = cell;
+        return format!("\"I'm in {cell}, in the {} world, {user}.\"", game.world);
+    }
     let world = if ctx.world.is_empty() {
         String::new()
     } else {
@@ -381,6 +389,7 @@ mod tests {
                 exits: vec!["north".into(), "The Garden".into()],
                 present: vec!["Alice".into(), "Bob".into(), "Carol".into()],
                 recent_events: vec!["Bob entered".into(), "Bob said: anyone here?".into()],
+                game: None,
             },
             crisis: false,
             timeout: Duration::from_secs(1),

@@ -48,6 +48,20 @@ pub struct WorldContext {
     /// The last few room events, oldest first, as short human lines
     /// ("Bob said: hi", "Alice entered").
     pub recent_events: Vec<String>,
+    /// What a game link last reported of the agent's character (TES3MP perception).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub game: Option<GameView>,
+}
+
+/// The agent's character as a game sees it, from the latest perception.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct GameView {
+    /// The game world's id (`morrowind`).
+    pub world: String,
+    /// Where the character is (a TES3MP cell such as "Balmora, Temple").
+    pub cell: Option<String>,
+    /// The whole perception as one line for a prompt.
+    pub summary: String,
 }
 
 /// One call to the agent.

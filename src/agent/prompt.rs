@@ -66,6 +66,12 @@ pub fn system_prompt(persona: &str, req: &AgentRequest) -> String {
             out.push_str(&format!("- {event}\n"));
         }
     }
+    if let Some(game) = &ctx.game {
+        out.push_str(&format!(
+            "What the game {} shows of you: {}\n",
+            game.world, game.summary
+        ));
+    }
     out.push_str("\n## Crisis protocol\n");
     out.push_str(CRISIS_INSTRUCTIONS);
     out.push('\n');
@@ -151,6 +157,7 @@ mod tests {
                 exits: vec!["north".into(), "The Garden".into()],
                 present: vec!["Alice".into(), "Bob".into()],
                 recent_events: vec!["Bob said: anyone here?".into(), "Alice entered".into()],
+                game: None,
             },
             crisis,
             timeout: Duration::from_secs(5),

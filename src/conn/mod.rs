@@ -2,6 +2,7 @@
 //! and the socket I/O helpers they share (read and write until `WouldBlock`).
 
 pub mod http;
+pub mod line;
 
 use std::io::{self, Read, Write};
 

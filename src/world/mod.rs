@@ -178,6 +178,19 @@ impl World {
         Ok(name)
     }
 
+    /// A game's room snapshot replaces the room's description, exits and objects (the
+    /// room is created on first mention). Returns the canonical name.
+    pub fn set_room(&mut self, spec: RoomSpec) -> Result<String, WorldError> {
+        let name = self.ensure_room(&spec.name)?;
+        if let Some(r) = self.rooms.get_mut(&name) {
+            r.spec = RoomSpec {
+                name: name.clone(),
+                ..spec
+            };
+        }
+        Ok(name)
+    }
+
     pub fn occupant(&self, user_id: &str) -> Option<&Occupant> {
         self.occupants.get(user_id)
     }
@@ -455,6 +468,7 @@ impl World {
                 .unwrap_or_default(),
             present,
             recent_events,
+            game: None,
         }
     }
 

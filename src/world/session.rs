@@ -17,6 +17,9 @@ pub struct Session {
     pub messages: u64,
     pub created_ms: u64,
     pub last_active_ms: u64,
+    /// Order of last activity: breaks ties between sessions active in the same
+    /// millisecond, so "least recently active" is exact.
+    pub activity: u64,
     /// The crisis detector fired in this session; later replies keep the 988 line.
     pub crisis: bool,
 }
@@ -34,6 +37,8 @@ pub struct SessionLimits {
 pub struct Sessions {
     map: HashMap<String, Session>,
     limits: SessionLimits,
+    /// Counter behind [`Session::activity`].
+    clock: u64,
 }
 
 impl Sessions {
@@ -41,6 +46,7 @@ impl Sessions {
         Sessions {
             map: HashMap::new(),
             limits,
+            clock: 0,
         }
     }
 
@@ -63,11 +69,7 @@ impl Sessions {
     /// Sessions, most recently active first.
     pub fn list(&self) -> Vec<&Session> {
         let mut v: Vec<&Session> = self.map.values().collect();
-        v.sort_by(|a, b| {
-            b.last_active_ms
-                .cmp(&a.last_active_ms)
-                .then_with(|| a.user_id.cmp(&b.user_id))
-        });
+        v.sort_by_key(|s| std::cmp::Reverse((s.last_active_ms, s.activity)));
         v
     }
 
@@ -88,8 +90,12 @@ impl Sessions {
                 .map
                 .values()
                 .filter(|s| !keep(&s.user_id))
-                .min_by_key(|s| (s.last_active_ms, s.created_ms))
-                .or_else(|| self.map.values().min_by_key(|s| s.last_active_ms))
+                .min_by_key(|s| (s.last_active_ms, s.activity))
+                .or_else(|| {
+                    self.map
+                        .values()
+                        .min_by_key(|s| (s.last_active_ms, s.activity))
+                })
                 .map(|s| s.user_id.clone());
             if let Some(v) = victim {
                 self.map.remove(&v);
@@ -107,11 +113,14 @@ impl Sessions {
                 messages: 0,
                 created_ms: now_ms,
                 last_active_ms: now_ms,
+                activity: 0,
                 crisis: false,
             });
         s.username = username.to_string();
         s.room = room.to_string();
         s.last_active_ms = now_ms;
+        self.clock += 1;
+        s.activity = self.clock;
         evicted
     }
 
@@ -130,6 +139,8 @@ impl Sessions {
             }
             s.messages += 2;
             s.last_active_ms = now_ms;
+            self.clock += 1;
+            s.activity = self.clock;
         }
     }
 

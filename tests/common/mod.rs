@@ -9,9 +9,14 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use worldbridge::config::Config;
 use worldbridge::event_loop::{Bridge, ListenerKind, StopHandle};
+use worldbridge::game::Worlds;
 
 pub struct TestBridge {
     pub http: SocketAddr,
+    /// The first line-protocol listener, when the config has one.
+    pub line: Option<SocketAddr>,
+    /// Handles to the games the bridge links (observe / act / speak).
+    pub worlds: Worlds,
     stop: StopHandle,
     thread: Option<JoinHandle<Result<(), String>>>,
 }
@@ -48,10 +53,14 @@ pub fn test_config() -> Config {
 pub fn start_with(cfg: Config) -> TestBridge {
     let bridge = Bridge::new(cfg).expect("bridge starts");
     let http = bridge.addrs(ListenerKind::Http)[0];
+    let line = bridge.addrs(ListenerKind::Line).first().copied();
+    let worlds = bridge.worlds();
     let stop = bridge.stop_handle();
     let thread = std::thread::spawn(move || bridge.run());
     TestBridge {
         http,
+        line,
+        worlds,
         stop,
         thread: Some(thread),
     }
@@ -213,6 +222,93 @@ pub fn get(addr: SocketAddr, path: &str) -> Value {
 
 pub fn post(addr: SocketAddr, path: &str, body: &Value) -> Resp {
     call(addr, "POST", path, Some(&body.to_string()))
+}
+
+/// A config for line-protocol tests: like [`test_config`] plus a line listener on port 0.
+pub fn line_config() -> Config {
+    let mut cfg = test_config();
+    cfg.line.listen = vec!["127.0.0.1:0".parse().unwrap()];
+    cfg
+}
+
+/// A line-protocol peer over a real socket: what a game server (or the Lua script)
+/// sees of the bridge.
+pub struct LineClient {
+    pub sock: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl LineClient {
+    pub fn connect(addr: SocketAddr) -> LineClient {
+        LineClient::from_stream(TcpStream::connect(addr).expect("connect to the line port"))
+    }
+
+    pub fn from_stream(sock: TcpStream) -> LineClient {
+        sock.set_read_timeout(Some(Duration::from_secs(15)))
+            .unwrap();
+        sock.set_nodelay(true).unwrap();
+        LineClient {
+            sock,
+            buf: Vec::new(),
+        }
+    }
+
+    pub fn send_raw(&mut self, bytes: &[u8]) {
+        self.sock.write_all(bytes).expect("write");
+    }
+
+    pub fn send(&mut self, v: &Value) {
+        let mut line = v.to_string().into_bytes();
+        line.push(b'\n');
+        self.send_raw(&line);
+    }
+
+    /// The next line as JSON; `None` when the bridge closed the connection.
+    pub fn recv(&mut self) -> Option<Value> {
+        loop {
+            if let Some(nl) = self.buf.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = self.buf.drain(..=nl).collect();
+                let v = serde_json::from_slice(&line[..nl]).unwrap_or_else(|e| {
+                    panic!(
+                        "bridge sent a line that is not JSON ({e}): {:?}",
+                        String::from_utf8_lossy(&line)
+                    )
+                });
+                return Some(v);
+            }
+            let mut chunk = [0u8; 65536];
+            match self.sock.read(&mut chunk) {
+                Ok(0) => return None,
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return None,
+                Err(e) => panic!("line read failed: {e}"),
+            }
+        }
+    }
+
+    /// Lines until one of type `kind` (the others are returned too, in order).
+    pub fn recv_type(&mut self, kind: &str) -> (Value, Vec<Value>) {
+        let mut skipped = Vec::new();
+        loop {
+            let v = self
+                .recv()
+                .unwrap_or_else(|| panic!("closed while waiting for {kind}; got {skipped:?}"));
+            if v["type"] == kind {
+                return (v, skipped);
+            }
+            skipped.push(v);
+        }
+    }
+
+    /// Send `hello` and expect `welcome`.
+    pub fn hello(&mut self, world: &str, kind: &str) -> Value {
+        self.send(
+            &serde_json::json!({"type": "hello", "world": world, "kind": kind, "protocol": 1}),
+        );
+        let w = self.recv().expect("welcome");
+        assert_eq!(w["type"], "welcome", "{w}");
+        w
+    }
 }
 
 /// Wait until `f` holds, or fail after `limit`.

@@ -1,0 +1,758 @@
+//! The line protocol's meaning: each message from a game link becomes a core call, and
+//! the core's answers and events go back as lines. Also the App's side of the bridge's
+//! own requests to games (`act`, `observe`, `speak`), shared by HTTP and [`crate::game`]
+//! handles, and the relaying of room events to the links that host the rooms.
+//!
+//! `fixtures/protocol/LINE_PROTOCOL.md` is the contract.
+
+use crate::api::constant_time_eq;
+use crate::app::{Answer, App, CallInput};
+use crate::calls::{CallKind, ReplyTo};
+use crate::codec::http::Response;
+use crate::codec::ndjson::encode;
+use crate::conn::http::Drive;
+use crate::conn::line::LineHandler;
+use crate::conn::ConnId;
+use crate::links::{Asked, Pending};
+use crate::protocol::{ActionResult, Command, Perception, LINK_KINDS, PROTOCOL};
+use crate::time::now_ms;
+use crate::world::room::RoomSpec;
+use crate::world::{check_name, WorldError};
+use serde_json::{json, Map, Value};
+use std::time::{Duration, Instant};
+
+/// The longest a [`crate::game::LinkWorld`] waits for the loop beyond the game's own
+/// deadline (`line.request_timeout_s`), in case the loop has stopped.
+pub const HANDLE_GRACE: Duration = Duration::from_secs(5);
+
+/// A message refused: the `code` and sentence of an `error` line.
+struct Refusal {
+    code: &'static str,
+    msg: String,
+    close: bool,
+}
+
+fn refuse(code: &'static str, msg: impl Into<String>) -> Refusal {
+    Refusal {
+        code,
+        msg: msg.into(),
+        close: false,
+    }
+}
+
+impl From<WorldError> for Refusal {
+    fn from(e: WorldError) -> Refusal {
+        let code = match e {
+            WorldError::UnknownRoom(_) => "not_found",
+            WorldError::AlreadyThere(_) | WorldError::Invalid(..) => "bad_field",
+            WorldError::Limit(_) => "limit_reached",
+        };
+        refuse(code, e.to_string())
+    }
+}
+
+/// An `error` line.
+pub fn error_line(id: Option<&Value>, code: &str, msg: &str, out: &mut Vec<u8>) {
+    let mut m = json!({"type": "error", "code": code, "error": msg});
+    if let (Some(id), Some(obj)) = (id, m.as_object_mut()) {
+        obj.insert("id".into(), id.clone());
+    }
+    encode(&m, out);
+}
+
+/// `{"type": kind, "id": id, ...rest}` as a line.
+fn answer_line(kind: &str, id: Option<&Value>, rest: Value, out: &mut Vec<u8>) {
+    let mut m = Map::new();
+    m.insert("type".into(), json!(kind));
+    if let Some(id) = id {
+        m.insert("id".into(), id.clone());
+    }
+    if let Value::Object(r) = rest {
+        m.extend(r);
+    }
+    encode(&Value::Object(m), out);
+}
+
+/// A message's fields, read with the protocol's error codes.
+struct Fields<'a>(&'a Map<String, Value>);
+
+impl Fields<'_> {
+    fn opt(&self, name: &str) -> Result<Option<String>, Refusal> {
+        match self.0.get(name) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s.clone())),
+            Some(Value::Number(n)) if name == "user_id" => Ok(Some(n.to_string())),
+            Some(_) => Err(refuse("bad_field", format!("`{name}` must be a string"))),
+        }
+    }
+
+    fn req(&self, name: &str) -> Result<String, Refusal> {
+        self.opt(name)?
+            .ok_or_else(|| refuse("missing_field", format!("`{name}` is required")))
+    }
+
+    /// A name-like field (user ids, rooms): non-empty, bounded, no control characters.
+    fn name(&self, name: &'static str) -> Result<String, Refusal> {
+        let v = self.req(name)?;
+        check_name(name, &v)?;
+        Ok(v)
+    }
+}
+
+/// The `LineHandler` view of the app, for one connection's drive.
+pub struct LineRoutes<'a>(pub &'a mut App);
+
+impl LineHandler for LineRoutes<'_> {
+    fn line(&mut self, conn: ConnId, line: &[u8], out: &mut Vec<u8>) -> Drive {
+        let app = &mut *self.0;
+        app.metrics.line_messages += 1;
+        let msg = match serde_json::from_slice::<Value>(line) {
+            Ok(Value::Object(m)) => m,
+            Ok(_) => {
+                error_line(None, "bad_json", "each line must be a JSON object", out);
+                return Drive::Open;
+            }
+            Err(e) => {
+                let why = if std::str::from_utf8(line).is_err() {
+                    "the line is not valid UTF-8".to_string()
+                } else {
+                    format!("the line is not valid JSON: {e}")
+                };
+                error_line(None, "bad_json", &why, out);
+                return Drive::Open;
+            }
+        };
+        let id = msg.get("id").cloned();
+        let outcome = match &id {
+            Some(Value::String(_) | Value::Number(_)) | None => {
+                app.on_line(conn, &msg, id.as_ref(), out)
+            }
+            Some(_) => Err(refuse("bad_field", "`id` must be a string or an integer")),
+        };
+        app.route_events(Some(conn));
+        match outcome {
+            Ok(drive) => drive,
+            Err(r) => {
+                app.metrics.line_errors += 1;
+                let id = id.as_ref().filter(|v| v.is_string() || v.is_number());
+                error_line(id, r.code, &r.msg, out);
+                if r.close {
+                    Drive::Close
+                } else {
+                    Drive::Open
+                }
+            }
+        }
+    }
+
+    fn too_long(&mut self, _conn: ConnId, out: &mut Vec<u8>) {
+        let max = self.0.cfg.line.max_line_bytes;
+        self.0.metrics.line_errors += 1;
+        error_line(
+            None,
+            "line_too_long",
+            &format!("a line is longer than {max} bytes (line.max_line_bytes); it was dropped"),
+            out,
+        );
+    }
+
+    fn connected(&mut self, conn: ConnId, out: &mut Vec<u8>) {
+        let app = &*self.0;
+        let Some(link) = app.links.get(conn) else {
+            return;
+        };
+        let token = link
+            .dial
+            .and_then(|d| app.links.dials.get(d))
+            .map(|d| d.cfg.token.clone())
+            .unwrap_or_default();
+        let mut hello =
+            json!({"type": "hello", "world": app.world.id, "kind": "bridge", "protocol": PROTOCOL});
+        if !token.is_empty() {
+            hello["token"] = json!(token);
+        }
+        encode(&hello, out);
+    }
+}
+
+impl App {
+    /// One message from link `conn`.
+    fn on_line(
+        &mut self,
+        conn: ConnId,
+        msg: &Map<String, Value>,
+        id: Option<&Value>,
+        out: &mut Vec<u8>,
+    ) -> Result<Drive, Refusal> {
+        let kind = match msg.get("type") {
+            Some(Value::String(t)) => t.as_str(),
+            Some(_) => return Err(refuse("bad_field", "`type` must be a string")),
+            None => return Err(refuse("missing_field", "every message needs a `type`")),
+        };
+        let f = Fields(msg);
+        let greeted = self.links.get(conn).is_some_and(|l| l.greeted);
+        let dialed = self.links.get(conn).is_some_and(|l| l.dial.is_some());
+        if !greeted && !dialed && !self.cfg.line.token.is_empty() && kind != "hello" {
+            return Err(Refusal {
+                code: "unauthorized",
+                msg: "this bridge needs `hello` with its token first".into(),
+                close: true,
+            });
+        }
+        let now = now_ms();
+        match kind {
+            "hello" => return self.on_hello(conn, &f, id, out),
+            "welcome" => {
+                let world = f.opt("world")?;
+                let kind = f.opt("kind")?.unwrap_or_else(|| "generic".into());
+                self.links.greeted(conn, world.as_deref(), &kind, now);
+                log::info!("link up conn={} world={world:?} kind={kind}", conn.idx);
+            }
+            "ping" => answer_line("pong", id, json!({}), out),
+            "pong" => {}
+            "presence" => {
+                let user = f.name("user_id")?;
+                let event = f.req("event")?;
+                match event.as_str() {
+                    "enter" => {
+                        let username = f.opt("username")?.unwrap_or_else(|| user.clone());
+                        check_name("username", &username)?;
+                        let room = self.world.ensure_room(&f.name("room")?)?;
+                        self.links.host(conn, &room);
+                        self.world.place(&user, &username, &room, now);
+                    }
+                    "leave" => {
+                        self.world.remove(&user, now);
+                    }
+                    other => {
+                        return Err(refuse(
+                            "bad_field",
+                            format!("`event` must be \"enter\" or \"leave\", not {other:?}"),
+                        ))
+                    }
+                }
+                if id.is_some() {
+                    answer_line("ok", id, json!({}), out);
+                }
+            }
+            "say" => {
+                let user = f.name("user_id")?;
+                let username = f.opt("username")?.unwrap_or_else(|| user.clone());
+                let message = self.line_message(&f)?;
+                let room = self.world.ensure_room(&f.name("room")?)?;
+                self.links.host(conn, &room);
+                let said = self.world.say(&user, &username, &room, &message, now)?;
+                if id.is_some() {
+                    answer_line("ok", id, json!({"event": said.event}), out);
+                }
+            }
+            "event" => {
+                let room = self.world.ensure_room(&f.name("room")?)?;
+                let name = f.name("event")?;
+                let text = f.opt("message")?;
+                self.links.host(conn, &room);
+                let ev = self.world.world_event(&room, &name, text.as_deref(), now)?;
+                if id.is_some() {
+                    answer_line("ok", id, json!({"event": ev}), out);
+                }
+            }
+            "room" => {
+                let spec = room_spec(msg)?;
+                let name = self.world.set_room(spec)?;
+                self.links.host(conn, &name);
+                if id.is_some() {
+                    answer_line("ok", id, json!({"room": name}), out);
+                }
+            }
+            "chat" => return self.on_chat(conn, &f, id, out),
+            "perception" => {
+                let p = Perception::from_message(msg).map_err(|e| {
+                    let code = if e.contains("newer") { "unsupported_version" } else { "bad_field" };
+                    refuse(code, e)
+                })?;
+                let world = self.link_world(conn);
+                let at = Instant::now();
+                if let Some(cell) = &p.cell {
+                    if let Ok(room) = self.world.ensure_room(cell) {
+                        self.links.host(conn, &room);
+                    }
+                }
+                self.links.perceive(&world, p.clone(), at, now);
+                let asked = id.and_then(Value::as_str).and_then(|i| self.links.answered(conn, i));
+                match asked {
+                    Some(pending) => {
+                        let resp = Response::json(
+                            200,
+                            &json!({"world": world, "age_ms": 0, "fresh": true, "perception": p}),
+                        );
+                        self.ready.push((pending.reply_to, resp));
+                    }
+                    None if id.is_some() => answer_line("ok", id, json!({}), out),
+                    None => {}
+                }
+            }
+            "result" => {
+                let Some(pending) = id.and_then(Value::as_str).and_then(|i| self.links.answered(conn, i)) else {
+                    log::debug!("result conn={} id={id:?} answers nothing we asked (late?)", conn.idx);
+                    return Ok(Drive::Open);
+                };
+                let result = ActionResult::from_message(msg);
+                let resp = act_response(&pending, result);
+                self.ready.push((pending.reply_to, resp));
+            }
+            "error" => {
+                let code = f.opt("code")?.unwrap_or_default();
+                let text = f.opt("error")?.unwrap_or_default();
+                let pending = id.and_then(Value::as_str).and_then(|i| self.links.answered(conn, i));
+                match pending {
+                    Some(p) => {
+                        let resp = Response::error(
+                            502,
+                            "game_error",
+                            &format!("{} refused the request: {text} ({code})", p.world),
+                        );
+                        self.ready.push((p.reply_to, resp));
+                    }
+                    None => {
+                        log::warn!("link conn={} reported an error: {code}: {text}", conn.idx);
+                        if code == "unauthorized" {
+                            return Ok(Drive::Close);
+                        }
+                    }
+                }
+            }
+            "ok" | "reply" => {}
+            other => {
+                return Err(refuse(
+                    "unknown_type",
+                    format!(
+                        "unknown message type {other:?}; see the line protocol (hello, ping, presence, say, chat, event, room, perception, result)"
+                    ),
+                ))
+            }
+        }
+        Ok(Drive::Open)
+    }
+
+    fn on_hello(
+        &mut self,
+        conn: ConnId,
+        f: &Fields,
+        id: Option<&Value>,
+        out: &mut Vec<u8>,
+    ) -> Result<Drive, Refusal> {
+        let fatal = |code, msg: String| Refusal {
+            code,
+            msg,
+            close: true,
+        };
+        match f.0.get("protocol") {
+            None => {}
+            Some(Value::Number(n)) if n.as_u64().is_some_and(|v| v <= PROTOCOL) => {}
+            Some(v) => {
+                return Err(fatal(
+                    "unsupported_version",
+                    format!("this bridge speaks line protocol {PROTOCOL}; the link asked for {v}"),
+                ))
+            }
+        }
+        let token = &self.cfg.line.token;
+        if !token.is_empty() {
+            let given = f.opt("token").ok().flatten().unwrap_or_default();
+            if !constant_time_eq(given.as_bytes(), token.as_bytes()) {
+                log::warn!("link conn={} refused: wrong or missing token", conn.idx);
+                return Err(fatal(
+                    "unauthorized",
+                    "the token is missing or wrong".into(),
+                ));
+            }
+        }
+        let world = f.opt("world")?;
+        if let Some(w) = &world {
+            check_name("world", w)?;
+        }
+        let kind = f.opt("kind")?.unwrap_or_else(|| "generic".into());
+        if !LINK_KINDS.contains(&kind.as_str()) {
+            return Err(refuse(
+                "bad_field",
+                format!(
+                    "`kind` must be one of {}, not {kind:?}",
+                    LINK_KINDS.join(", ")
+                ),
+            ));
+        }
+        let now = now_ms();
+        self.links.greeted(conn, world.as_deref(), &kind, now);
+        log::info!("link up conn={} world={world:?} kind={kind}", conn.idx);
+        answer_line(
+            "welcome",
+            id,
+            json!({"world": self.world.id, "kind": "bridge", "protocol": PROTOCOL,
+                   "heartbeat_s": self.cfg.line.heartbeat_s}),
+            out,
+        );
+        Ok(Drive::Open)
+    }
+
+    fn on_chat(
+        &mut self,
+        conn: ConnId,
+        f: &Fields,
+        id: Option<&Value>,
+        out: &mut Vec<u8>,
+    ) -> Result<Drive, Refusal> {
+        let Some(id) = id else {
+            return Err(refuse(
+                "missing_field",
+                "`chat` needs an `id` so the reply can find it",
+            ));
+        };
+        let user = f.name("user_id")?;
+        let username = f.opt("username")?.unwrap_or_else(|| user.clone());
+        check_name("username", &username)?;
+        let message = self.line_message(f)?;
+        let room = match f.opt("room")? {
+            Some(r) => self.world.ensure_room(&r)?,
+            None => self
+                .world
+                .occupant(&user)
+                .map(|o| o.room.clone())
+                .unwrap_or_else(|| "The Threshold".into()),
+        };
+        let room = self.world.ensure_room(&room)?;
+        self.links.host(conn, &room);
+        let input = CallInput {
+            kind: CallKind::Chat,
+            user_id: Some(user.clone()),
+            username,
+            room,
+            message,
+        };
+        let reply_to = ReplyTo::Line {
+            conn,
+            id: id.clone(),
+            user_id: user.clone(),
+        };
+        if let Answer::Now(resp) = self.begin_call(input, reply_to, now_ms(), Instant::now()) {
+            reply_line(id, &user, &resp, out);
+        }
+        Ok(Drive::Open)
+    }
+
+    /// The `message` field within `rooms.message_max_bytes`.
+    fn line_message(&self, f: &Fields) -> Result<String, Refusal> {
+        let m = f.req("message")?;
+        if m.trim().is_empty() {
+            return Err(refuse("bad_field", "`message` must not be empty"));
+        }
+        let max = self.cfg.rooms.message_max_bytes;
+        if m.len() > max {
+            return Err(refuse(
+                "bad_field",
+                format!(
+                    "`message` is {} bytes; the most is {max} (rooms.message_max_bytes)",
+                    m.len()
+                ),
+            ));
+        }
+        Ok(m)
+    }
+
+    /// The world id a link speaks for (`"generic"` for an anonymous one).
+    fn link_world(&self, conn: ConnId) -> String {
+        self.links
+            .get(conn)
+            .and_then(|l| l.world.clone())
+            .unwrap_or_else(|| "generic".into())
+    }
+
+    /// Send every new event of the world to the links that host its room, except the
+    /// link it came from (`source`).
+    pub fn route_events(&mut self, source: Option<ConnId>) {
+        let events = self.world.take_new_events();
+        for ev in &events {
+            if let Some(host) = self.links.host_of(&ev.room) {
+                if Some(host) != source {
+                    let mut line = Vec::with_capacity(256);
+                    encode(ev, &mut line);
+                    self.line_out.push((host, line));
+                }
+            }
+        }
+    }
+
+    /// Queue a message for a link.
+    fn send_to_link(&mut self, link: ConnId, msg: &Value) {
+        let mut line = Vec::with_capacity(256);
+        encode(msg, &mut line);
+        self.line_out.push((link, line));
+    }
+
+    /// The link of `world`, or 503 naming it.
+    fn link_for(&self, world: &str) -> Result<ConnId, Response> {
+        self.links.link_of(world).ok_or_else(|| {
+            let known = self.links.worlds();
+            Response::error(
+                503,
+                "link_down",
+                &format!(
+                    "world {world} is not connected{}",
+                    if known.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" (connected: {})", known.join(", "))
+                    }
+                ),
+            )
+        })
+    }
+
+    /// Ask `world` to carry out `cmd`; the answer comes later (or 503 now).
+    pub fn act(
+        &mut self,
+        world: &str,
+        player: Option<&str>,
+        cmd: &Command,
+        reply_to: ReplyTo,
+    ) -> Answer {
+        let link = match self.link_for(world) {
+            Ok(l) => l,
+            Err(resp) => return Answer::Now(resp),
+        };
+        let asked = Asked::Act {
+            action: cmd.action().to_string(),
+        };
+        let id = self.links.ask(
+            link,
+            world,
+            asked,
+            reply_to,
+            Instant::now(),
+            self.game_timeout(),
+        );
+        self.metrics.count_game("act");
+        self.send_to_link(link, &cmd.to_message(&id, player));
+        Answer::Later
+    }
+
+    /// The latest perception of `world`; with `fresh`, ask the game first.
+    pub fn observe(
+        &mut self,
+        world: &str,
+        player: Option<&str>,
+        fresh: bool,
+        reply_to: ReplyTo,
+    ) -> Answer {
+        if !fresh {
+            return Answer::Now(match self.links.perception(world) {
+                Some(seen) => Response::json(
+                    200,
+                    &json!({"world": world, "age_ms": seen.at.elapsed().as_millis() as u64,
+                            "fresh": false, "perception": seen.perception}),
+                ),
+                None => match self.link_for(world) {
+                    Ok(_) => Response::error(
+                        404,
+                        "no_perception",
+                        &format!("{world} has sent no perception yet; ask with ?fresh=1"),
+                    ),
+                    Err(resp) => resp,
+                },
+            });
+        }
+        let link = match self.link_for(world) {
+            Ok(l) => l,
+            Err(resp) => return Answer::Now(resp),
+        };
+        let id = self.links.ask(
+            link,
+            world,
+            Asked::Observe,
+            reply_to,
+            Instant::now(),
+            self.game_timeout(),
+        );
+        self.metrics.count_game("observe");
+        let mut msg = json!({"type": "observe", "id": id});
+        if let Some(p) = player {
+            msg["player"] = json!(p);
+        }
+        self.send_to_link(link, &msg);
+        Answer::Later
+    }
+
+    /// The agent speaks in a game: to one player (`user_id`), a room, or everyone. The
+    /// link is the one of `world`, else the host of `room`. A room the bridge knows also
+    /// records it as a `bark` event.
+    pub fn speak(
+        &mut self,
+        world: Option<&str>,
+        room: Option<&str>,
+        user_id: Option<&str>,
+        text: &str,
+    ) -> Result<Value, Response> {
+        let room = room
+            .and_then(|r| self.world.resolve(r))
+            .map(str::to_string)
+            .or(room.map(str::to_string));
+        let link = match (world, &room) {
+            (Some(w), _) => self.link_for(w)?,
+            (None, Some(r)) => self.links.host_of(r).ok_or_else(|| {
+                Response::error(
+                    503,
+                    "link_down",
+                    &format!("no game link hosts the room {r:?}"),
+                )
+            })?,
+            (None, None) => {
+                return Err(Response::error(
+                    400,
+                    "missing_field",
+                    "`speak` needs `world` or `room`",
+                ))
+            }
+        };
+        let mut msg = json!({"type": "speak", "text": text});
+        if let Some(r) = &room {
+            msg["room"] = json!(r);
+        }
+        if let Some(u) = user_id {
+            msg["user_id"] = json!(u);
+        }
+        self.send_to_link(link, &msg);
+        let event = room.and_then(|r| self.world.bark(&r, text, now_ms()));
+        // The link already has the words as `speak`; the bark goes to everyone else.
+        self.route_events(Some(link));
+        let world = self.link_world(link);
+        Ok(json!({"ok": true, "world": world, "event": event}))
+    }
+
+    /// How long a game has to answer `act` and `observe`.
+    pub fn game_timeout(&self) -> Duration {
+        Duration::from_secs(self.cfg.line.request_timeout_s)
+    }
+
+    /// Requests to games whose time is up: 504.
+    pub fn expire_game_requests(&mut self, now: Instant) {
+        let secs = self.cfg.line.request_timeout_s;
+        for p in self.links.expire(now) {
+            let what = match &p.asked {
+                Asked::Act { action } => format!("`{action}`"),
+                Asked::Observe => "`observe`".to_string(),
+            };
+            let why = format!("{} did not answer {what} within {secs} s", p.world);
+            log::warn!("{why}");
+            let resp = Response::error(504, "game_timeout", &why);
+            self.ready.push((p.reply_to, resp));
+        }
+    }
+
+    /// A link is gone: its waiting requests get 503.
+    pub fn link_closed(&mut self, conn: ConnId, why: Option<&str>, now: Instant) {
+        let world = self.link_world(conn);
+        let gone: Vec<Pending> = self.links.close(conn, why, now, now_ms());
+        for p in gone {
+            let resp = Response::error(
+                503,
+                "link_down",
+                &format!("the link to {world} went down before it answered"),
+            );
+            self.ready.push((p.reply_to, resp));
+        }
+    }
+}
+
+/// The answer to `POST /bridge/act` for a game's `result`.
+fn act_response(p: &Pending, r: ActionResult) -> Response {
+    let action = match &p.asked {
+        Asked::Act { action } => action.as_str(),
+        Asked::Observe => "observe",
+    };
+    if r.ok {
+        Response::json(
+            200,
+            &json!({"ok": true, "world": p.world, "action": action,
+                    "result": r.data.unwrap_or_else(|| json!({}))}),
+        )
+    } else {
+        let code = r.code.unwrap_or_else(|| "failed".into());
+        let why = r.error.unwrap_or_else(|| "no reason given".into());
+        Response::json(
+            422,
+            &json!({"error": format!("{} could not {action}: {why}", p.world),
+                    "code": "action_failed", "game_code": code}),
+        )
+    }
+}
+
+/// A `room` snapshot as a room spec.
+fn room_spec(msg: &Map<String, Value>) -> Result<RoomSpec, Refusal> {
+    let f = Fields(msg);
+    let name = f.name("name")?;
+    let desc = f.opt("desc")?.unwrap_or_default();
+    let exits = match msg.get("exits") {
+        None | Some(Value::Null) => Default::default(),
+        Some(Value::Object(m)) => m
+            .iter()
+            .map(|(k, v)| match v {
+                Value::String(to) => Ok((k.clone(), to.clone())),
+                _ => Err(refuse(
+                    "bad_field",
+                    format!("exit {k:?} must name a room (a string)"),
+                )),
+            })
+            .collect::<Result<_, _>>()?,
+        Some(_) => {
+            return Err(refuse(
+                "bad_field",
+                "`exits` must be an object of exit → room",
+            ))
+        }
+    };
+    let objects = match msg.get("objects") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Array(a)) => a
+            .iter()
+            .map(|v| match v {
+                Value::String(s) => Ok(s.clone()),
+                Value::Object(o) => o
+                    .get("name")
+                    .and_then(Value::as_str)
+                    .map(str::to_string)
+                    .ok_or_else(|| refuse("bad_field", "an object must be a string or {name}")),
+                _ => Err(refuse("bad_field", "`objects` must be strings")),
+            })
+            .collect::<Result<_, _>>()?,
+        Some(_) => return Err(refuse("bad_field", "`objects` must be an array")),
+    };
+    let portal = match msg.get("portal") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => return Err(refuse("bad_field", "`portal` must be true or false")),
+    };
+    Ok(RoomSpec {
+        name,
+        desc,
+        exits,
+        objects,
+        portal,
+    })
+}
+
+/// The line a chat answer becomes: `reply`, or `error` for a refusal.
+pub fn reply_line(id: &Value, user_id: &str, resp: &Response, out: &mut Vec<u8>) {
+    let body: Value = serde_json::from_slice(&resp.body).unwrap_or(Value::Null);
+    if resp.status == 200 {
+        answer_line(
+            "reply",
+            Some(id),
+            json!({"user_id": user_id, "text": body["response"], "user": body["user"],
+                   "room": body["room"], "crisis": body["crisis"]}),
+            out,
+        );
+    } else {
+        let code = body["code"].as_str().unwrap_or("agent_error");
+        let msg = body["error"].as_str().unwrap_or("the agent failed");
+        error_line(Some(id), code, msg, out);
+    }
+}

@@ -1,0 +1,516 @@
+//! Game links, socket-free: which line-protocol connections are which world, which rooms
+//! each one hosts, the bridge's requests waiting for a game's answer (`act`, `observe`),
+//! the latest perception of each world, and the state of every outbound dial (up/down,
+//! since, reconnects, last error, backoff).
+//!
+//! The event loop owns the sockets; it tells this registry what happened (a link said
+//! hello, a connection closed, a dial failed) and asks it what to do (which link hosts a
+//! room, when to dial next).
+
+use crate::calls::ReplyTo;
+use crate::config::DialConfig;
+use crate::conn::ConnId;
+use crate::protocol::Perception;
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+/// First delay before redialling a game; it doubles up to [`BACKOFF_MAX`].
+pub const BACKOFF_MIN: Duration = Duration::from_secs(1);
+pub const BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+/// One line-protocol connection, inbound or dialed.
+#[derive(Debug, Clone)]
+pub struct Link {
+    pub peer: SocketAddr,
+    /// Said by `hello` (inbound) or `welcome` (dialed); `None` for an anonymous link.
+    pub world: Option<String>,
+    pub kind: String,
+    /// The handshake is done (`hello` accepted, or our `hello` answered by `welcome`).
+    pub greeted: bool,
+    /// Index into [`Links::dials`] for links the bridge dialed.
+    pub dial: Option<usize>,
+    pub since_ms: u64,
+    /// Canonical names of the rooms this link has reported.
+    pub rooms: HashSet<String>,
+}
+
+/// Whether an outbound dial is connected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DialStatus {
+    /// Waiting for the next attempt (after a failure, or before the first).
+    Down,
+    /// TCP connect or handshake in progress.
+    Connecting,
+    Up,
+}
+
+impl DialStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DialStatus::Down => "down",
+            DialStatus::Connecting => "connecting",
+            DialStatus::Up => "up",
+        }
+    }
+}
+
+/// An outbound link from config and what has become of it.
+#[derive(Debug, Clone)]
+pub struct Dial {
+    pub cfg: DialConfig,
+    pub status: DialStatus,
+    /// When `status` last changed (epoch ms).
+    pub since_ms: u64,
+    /// Times the link came up again after having been up before.
+    pub reconnects: u64,
+    pub attempts: u64,
+    pub last_error: Option<String>,
+    pub conn: Option<ConnId>,
+    pub next_attempt: Instant,
+    pub backoff: Duration,
+    ever_up: bool,
+}
+
+/// What a waiting request was.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Asked {
+    Act { action: String },
+    Observe,
+}
+
+/// A request the bridge sent a game, waiting for its answer.
+#[derive(Debug, Clone)]
+pub struct Pending {
+    pub link: ConnId,
+    pub world: String,
+    pub asked: Asked,
+    pub reply_to: ReplyTo,
+    pub deadline: Instant,
+    pub sent: Instant,
+}
+
+/// A world's latest perception and when it arrived.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub perception: Perception,
+    pub at_ms: u64,
+    pub at: Instant,
+}
+
+#[derive(Debug, Default)]
+pub struct Links {
+    links: HashMap<ConnId, Link>,
+    /// Room (canonical name) → the link that hosts it.
+    room_host: HashMap<String, ConnId>,
+    pending: HashMap<String, Pending>,
+    next_request: u64,
+    pub dials: Vec<Dial>,
+    perceptions: HashMap<String, Seen>,
+    jitter_state: u64,
+}
+
+impl Links {
+    pub fn new(dials: &[DialConfig], now: Instant, now_ms: u64) -> Links {
+        Links {
+            dials: dials
+                .iter()
+                .map(|cfg| Dial {
+                    cfg: cfg.clone(),
+                    status: DialStatus::Down,
+                    since_ms: now_ms,
+                    reconnects: 0,
+                    attempts: 0,
+                    last_error: None,
+                    conn: None,
+                    next_attempt: now,
+                    backoff: BACKOFF_MIN,
+                    ever_up: false,
+                })
+                .collect(),
+            jitter_state: now_ms | 1,
+            ..Links::default()
+        }
+    }
+
+    /// A new connection (accepted, or dialed for `dial`).
+    pub fn open(&mut self, id: ConnId, peer: SocketAddr, dial: Option<usize>, now_ms: u64) {
+        let kind = dial.map_or("generic", |d| self.dials[d].cfg.kind.as_str());
+        let world = dial.map(|d| self.dials[d].cfg.world.clone());
+        self.links.insert(
+            id,
+            Link {
+                peer,
+                world,
+                kind: kind.to_string(),
+                greeted: false,
+                dial,
+                since_ms: now_ms,
+                rooms: HashSet::new(),
+            },
+        );
+        if let Some(d) = dial.and_then(|d| self.dials.get_mut(d)) {
+            d.status = DialStatus::Connecting;
+            d.since_ms = now_ms;
+            d.attempts += 1;
+            d.conn = Some(id);
+        }
+    }
+
+    pub fn get(&self, id: ConnId) -> Option<&Link> {
+        self.links.get(&id)
+    }
+
+    pub fn get_mut(&mut self, id: ConnId) -> Option<&mut Link> {
+        self.links.get_mut(&id)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&ConnId, &Link)> {
+        self.links.iter()
+    }
+
+    /// The handshake of `id` is done. A dialed link keeps its configured world id (the
+    /// config is the authority over what the bridge dialed); an inbound one takes the id
+    /// its `hello` gave. Resets the dial's backoff.
+    pub fn greeted(&mut self, id: ConnId, world: Option<&str>, kind: &str, now_ms: u64) {
+        let Some(link) = self.links.get_mut(&id) else {
+            return;
+        };
+        link.greeted = true;
+        if link.dial.is_none() {
+            link.world = world.map(str::to_string);
+            link.kind = kind.to_string();
+        }
+        if let Some(d) = link.dial.and_then(|d| self.dials.get_mut(d)) {
+            if d.ever_up {
+                d.reconnects += 1;
+            }
+            d.ever_up = true;
+            d.status = DialStatus::Up;
+            d.since_ms = now_ms;
+            d.backoff = BACKOFF_MIN;
+            d.last_error = None;
+        }
+    }
+
+    /// A connection is gone. Its rooms are no longer hosted, its waiting requests are
+    /// returned (to be answered 503), and a dialed link is scheduled to be redialled.
+    pub fn close(
+        &mut self,
+        id: ConnId,
+        why: Option<&str>,
+        now: Instant,
+        now_ms: u64,
+    ) -> Vec<Pending> {
+        let Some(link) = self.links.remove(&id) else {
+            return Vec::new();
+        };
+        self.room_host.retain(|_, host| *host != id);
+        if let Some(d) = link.dial {
+            self.dial_failed(d, why.unwrap_or("connection closed"), now, now_ms);
+        }
+        let gone: Vec<String> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| p.link == id)
+            .map(|(k, _)| k.clone())
+            .collect();
+        gone.iter().filter_map(|k| self.pending.remove(k)).collect()
+    }
+
+    /// A dial attempt failed (or its link dropped): down, and the next try after the
+    /// backoff with ±20 % jitter, the backoff doubling up to [`BACKOFF_MAX`].
+    pub fn dial_failed(&mut self, d: usize, why: &str, now: Instant, now_ms: u64) {
+        let jitter = self.jitter();
+        let Some(dial) = self.dials.get_mut(d) else {
+            return;
+        };
+        dial.status = DialStatus::Down;
+        dial.since_ms = now_ms;
+        dial.conn = None;
+        dial.last_error = Some(why.to_string());
+        let wait = dial.backoff.mul_f64(0.8 + 0.4 * jitter);
+        dial.next_attempt = now + wait;
+        dial.backoff = (dial.backoff * 2).min(BACKOFF_MAX);
+    }
+
+    /// Dials whose next attempt is due.
+    pub fn dials_due(&self, now: Instant) -> Vec<usize> {
+        self.dials
+            .iter()
+            .enumerate()
+            .filter(|(_, d)| {
+                d.status == DialStatus::Down && d.conn.is_none() && d.next_attempt <= now
+            })
+            .map(|(i, _)| i)
+            .collect()
+    }
+
+    /// A number in [0, 1) from a xorshift generator (jitter needs no cryptography).
+    fn jitter(&mut self) -> f64 {
+        let mut x = self.jitter_state;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.jitter_state = x;
+        (x >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// `id` reported `room`: from now on it hosts it.
+    pub fn host(&mut self, id: ConnId, room: &str) {
+        if let Some(link) = self.links.get_mut(&id) {
+            if link.rooms.insert(room.to_string()) || self.room_host.get(room) != Some(&id) {
+                self.room_host.insert(room.to_string(), id);
+            }
+        }
+    }
+
+    /// The link that hosts `room`, if any.
+    pub fn host_of(&self, room: &str) -> Option<ConnId> {
+        self.room_host.get(room).copied()
+    }
+
+    /// The greeted link of `world` (the most recent one if several).
+    pub fn link_of(&self, world: &str) -> Option<ConnId> {
+        self.links
+            .iter()
+            .filter(|(_, l)| l.greeted && l.world.as_deref() == Some(world))
+            .max_by_key(|(_, l)| l.since_ms)
+            .map(|(id, _)| *id)
+    }
+
+    /// Every greeted link of a given world id or none.
+    pub fn worlds(&self) -> Vec<String> {
+        let mut w: Vec<String> = self
+            .links
+            .values()
+            .filter(|l| l.greeted)
+            .filter_map(|l| l.world.clone())
+            .collect();
+        w.sort();
+        w.dedup();
+        w
+    }
+
+    /// Record a request sent to `link`; returns its id (`wb-N`).
+    pub fn ask(
+        &mut self,
+        link: ConnId,
+        world: &str,
+        asked: Asked,
+        reply_to: ReplyTo,
+        now: Instant,
+        timeout: Duration,
+    ) -> String {
+        self.next_request += 1;
+        let id = format!("wb-{}", self.next_request);
+        self.pending.insert(
+            id.clone(),
+            Pending {
+                link,
+                world: world.to_string(),
+                asked,
+                reply_to,
+                deadline: now + timeout,
+                sent: now,
+            },
+        );
+        id
+    }
+
+    /// The request `id` answered by `link` (only the link it was sent to can answer it).
+    pub fn answered(&mut self, link: ConnId, id: &str) -> Option<Pending> {
+        match self.pending.get(id) {
+            Some(p) if p.link == link => self.pending.remove(id),
+            _ => None,
+        }
+    }
+
+    /// Requests past their deadline.
+    pub fn expire(&mut self, now: Instant) -> Vec<Pending> {
+        let late: Vec<String> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| p.deadline <= now)
+            .map(|(k, _)| k.clone())
+            .collect();
+        late.iter().filter_map(|k| self.pending.remove(k)).collect()
+    }
+
+    pub fn pending_count(&self) -> usize {
+        self.pending.len()
+    }
+
+    pub fn next_deadline(&self) -> Option<Instant> {
+        let asks = self.pending.values().map(|p| p.deadline);
+        let dials = self
+            .dials
+            .iter()
+            .filter(|d| d.status == DialStatus::Down)
+            .map(|d| d.next_attempt);
+        asks.chain(dials).min()
+    }
+
+    pub fn perceive(&mut self, world: &str, perception: Perception, now: Instant, now_ms: u64) {
+        self.perceptions.insert(
+            world.to_string(),
+            Seen {
+                perception,
+                at_ms: now_ms,
+                at: now,
+            },
+        );
+    }
+
+    pub fn perception(&self, world: &str) -> Option<&Seen> {
+        self.perceptions.get(world)
+    }
+
+    /// The latest perception of the world hosting `room`, else of any world.
+    pub fn perception_near(&self, room: &str) -> Option<(&str, &Seen)> {
+        let hosted = self
+            .host_of(room)
+            .and_then(|id| self.links.get(&id))
+            .and_then(|l| l.world.as_deref())
+            .and_then(|w| self.perceptions.get_key_value(w));
+        hosted
+            .or_else(|| self.perceptions.iter().max_by_key(|(_, s)| s.at_ms))
+            .map(|(w, s)| (w.as_str(), s))
+    }
+}
+
+impl Links {
+    /// The links' part of `GET /metrics`.
+    pub fn render_metrics(&self, o: &mut String) {
+        use std::fmt::Write;
+        o.push_str("# HELP worldbridge_link_up Whether a configured game link is connected (1) or not (0).\n# TYPE worldbridge_link_up gauge\n");
+        for d in &self.dials {
+            let up = u8::from(d.status == DialStatus::Up);
+            let _ = writeln!(
+                o,
+                "worldbridge_link_up{{world=\"{}\",addr=\"{}\"}} {up}",
+                d.cfg.world, d.cfg.addr
+            );
+        }
+        o.push_str("# HELP worldbridge_link_reconnects_total Times a configured game link came back after a drop.\n# TYPE worldbridge_link_reconnects_total counter\n");
+        for d in &self.dials {
+            let _ = writeln!(
+                o,
+                "worldbridge_link_reconnects_total{{world=\"{}\",addr=\"{}\"}} {}",
+                d.cfg.world, d.cfg.addr, d.reconnects
+            );
+        }
+        let inbound = self.links.values().filter(|l| l.dial.is_none()).count();
+        let _ = writeln!(o, "# HELP worldbridge_links_inbound Line-protocol connections from games.\n# TYPE worldbridge_links_inbound gauge\nworldbridge_links_inbound {inbound}");
+        let _ = writeln!(o, "# HELP worldbridge_game_requests_pending Requests to games waiting for an answer.\n# TYPE worldbridge_game_requests_pending gauge\nworldbridge_game_requests_pending {}", self.pending.len());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dial(world: &str) -> DialConfig {
+        DialConfig {
+            world: world.into(),
+            kind: "tes3mp".into(),
+            addr: "127.0.0.1:7777".parse().unwrap(),
+            token: String::new(),
+        }
+    }
+
+    fn id(i: u32) -> ConnId {
+        ConnId { idx: i, gen: 0 }
+    }
+
+    const PEER: &str = "127.0.0.1:5000";
+
+    #[test]
+    fn rooms_are_hosted_by_the_link_that_reported_them_until_it_closes() {
+        let now = Instant::now();
+        let mut l = Links::new(&[], now, 0);
+        l.open(id(1), PEER.parse().unwrap(), None, 0);
+        l.greeted(id(1), Some("mud"), "evennia", 0);
+        l.host(id(1), "Limbo");
+        assert_eq!(l.host_of("Limbo"), Some(id(1)));
+        assert_eq!(l.link_of("mud"), Some(id(1)));
+        let waiting = l.ask(
+            id(1),
+            "mud",
+            Asked::Observe,
+            ReplyTo::Http(id(9)),
+            now,
+            Duration::from_secs(10),
+        );
+        assert!(waiting.starts_with("wb-"));
+        assert!(
+            l.answered(id(2), &waiting).is_none(),
+            "only the asked link answers"
+        );
+        let gone = l.close(id(1), None, now, 0);
+        assert_eq!(gone.len(), 1, "waiting requests come back to be answered");
+        assert_eq!(l.host_of("Limbo"), None);
+        assert_eq!(l.link_of("mud"), None);
+    }
+
+    #[test]
+    fn dial_backoff_doubles_to_the_cap_and_resets_on_success() {
+        let now = Instant::now();
+        let mut l = Links::new(&[dial("mw")], now, 0);
+        assert_eq!(l.dials_due(now), vec![0]);
+        let mut waits = Vec::new();
+        for _ in 0..8 {
+            l.open(id(1), PEER.parse().unwrap(), Some(0), 0);
+            assert!(
+                l.dials_due(now).is_empty(),
+                "no second attempt while connecting"
+            );
+            l.close(id(1), Some("refused"), now, 0);
+            waits.push(l.dials[0].next_attempt - now);
+        }
+        assert!(waits[0] >= Duration::from_millis(800) && waits[0] <= Duration::from_millis(1200));
+        assert!(waits[1] >= Duration::from_millis(1600) && waits[1] <= Duration::from_millis(2400));
+        assert!(
+            waits[7] <= Duration::from_secs(36),
+            "capped at 30 s ± jitter"
+        );
+        assert_eq!(l.dials[0].last_error.as_deref(), Some("refused"));
+        l.open(id(1), PEER.parse().unwrap(), Some(0), 0);
+        l.greeted(id(1), Some("ignored"), "tes3mp", 5);
+        assert_eq!(l.dials[0].status, DialStatus::Up);
+        assert_eq!(l.dials[0].backoff, BACKOFF_MIN);
+        assert_eq!(
+            l.link_of("mw"),
+            Some(id(1)),
+            "a dialed link keeps its configured world"
+        );
+        l.close(id(1), Some("reset"), now, 6);
+        l.open(id(2), PEER.parse().unwrap(), Some(0), 7);
+        l.greeted(id(2), None, "tes3mp", 8);
+        assert_eq!(l.dials[0].reconnects, 1);
+    }
+
+    #[test]
+    fn requests_expire() {
+        let now = Instant::now();
+        let mut l = Links::new(&[], now, 0);
+        l.open(id(1), PEER.parse().unwrap(), None, 0);
+        let a = l.ask(
+            id(1),
+            "w",
+            Asked::Act {
+                action: "teleport".into(),
+            },
+            ReplyTo::Http(id(3)),
+            now,
+            Duration::from_secs(1),
+        );
+        assert!(l.expire(now).is_empty());
+        let late = l.expire(now + Duration::from_secs(2));
+        assert_eq!(late.len(), 1);
+        assert!(
+            l.answered(id(1), &a).is_none(),
+            "a late answer finds nothing"
+        );
+    }
+}
