@@ -286,6 +286,8 @@ class EvenniaWorld:
                     if obj is puppet or inherits_from(obj, "evennia.objects.objects.DefaultExit"):
                         continue
                     kind = "player" if inherits_from(obj, _CHARACTER) else "object"
-                    nearby.append({"name": obj.key, "kind": kind})
+                    # Same room: the contract's `distance` is 0 for a game without
+                    # coordinates.
+                    nearby.append({"name": obj.key, "kind": kind, "distance": 0.0})
                 out["nearby"] = nearby
         return out
