@@ -833,8 +833,13 @@ fn evennia_players_talk_to_the_agent_and_share_rooms_through_the_bridge() {
     );
     assert_eq!(r.status, 200, "POST /bridge/say: {}", r.text());
     let want = "Carol (via bridge) says, \"hello from the bridge | {ok}\"";
-    alice.expect(am, want, Duration::from_secs(5));
+    let seen = alice.expect(am, want, Duration::from_secs(5));
     bob.expect(bm, want, Duration::from_secs(5));
+    // Saying something over HTTP put Carol in the room first: a relayed presence.
+    assert!(
+        seen.contains("Carol (via bridge) arrives."),
+        "no arrival before the say:\n{seen}"
+    );
     stamp(t0, "says relayed both ways");
 
     // Moving reports leave and enter, and the new room's snapshot.

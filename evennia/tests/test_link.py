@@ -167,6 +167,14 @@ class LinkTest(unittest.TestCase):
         self.assertTrue(link.send({"type": "say", "message": "kept"}))
         self.assertEqual(self.sent(), [{"type": "say", "message": "kept"}])
 
+    def test_a_message_over_the_line_cap_is_not_sent(self):
+        self.welcome()
+        self.sent()
+        self.assertFalse(link.send({"type": "say", "message": "x" * 70000}))
+        self.assertEqual(self.sent(), [])
+        self.assertTrue(link.send({"type": "say", "message": "fits"}))
+        self.assertEqual(len(self.sent()), 1)
+
     def test_after_close_sends_are_dropped(self):
         self.welcome()
         self.link.connectionLost()

@@ -12,6 +12,7 @@ the world's `resync()` re-reports who is where, so presence heals; says made whi
 bridge was away are lost.
 """
 
+import hashlib
 import itertools
 
 from twisted.application.service import Service
@@ -134,15 +135,23 @@ class BridgeLink(protocol.Protocol):
                 _log("the bridge is not reading; dropping messages until it does")
             self.dropped += 1
             return False
-        self._write(msg)
+        line = wire.encode(msg)
+        if len(line) - 1 > wire.MAX_LINE_BYTES:
+            _log(f"a {msg.get('type')!r} message is {len(line) - 1} bytes, over the line "
+                 f"protocol's {wire.MAX_LINE_BYTES}; not sent")
+            return False
+        self.transport.write(line)
         return True
 
     def send_room(self, snapshot):
+        """Send a `room` snapshot unless this connection already sent the same one (a
+        digest per room name is kept, not the snapshot)."""
         name = snapshot.get("name")
-        if self.rooms_sent.get(name) == snapshot:
+        digest = hashlib.sha1(wire.encode(snapshot)).digest()
+        if self.rooms_sent.get(name) == digest:
             return True
         if self.send(snapshot):
-            self.rooms_sent[name] = snapshot
+            self.rooms_sent[name] = digest
             return True
         return False
 

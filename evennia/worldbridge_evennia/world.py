@@ -50,17 +50,26 @@ def _plain(text):
 # -- game → bridge -------------------------------------------------------------------------
 
 
+# A snapshot stays far below the line protocol's 64 KiB per line.
+MAX_DESC_CHARS = 8000
+MAX_OBJECTS = 100
+
+
 def room_snapshot(room):
-    """A `room` message for `room`."""
+    """A `room` message for `room`: name, plain-text description, exits as
+    {exit key: destination key}, and the keys of the things in it (not characters)."""
     exits = {}
     for ex in room.contents_get(content_type="exit"):
         if ex.destination is not None:
             exits[ex.key] = ex.destination.key
-    objects = [obj.key for obj in room.contents_get(content_type="object")]
+    objects = [obj.key for obj in room.contents_get(content_type="object")][:MAX_OBJECTS]
+    desc = _plain(room.db.desc)
+    if len(desc) > MAX_DESC_CHARS:
+        desc = desc[: MAX_DESC_CHARS - 1] + "…"
     return {
         "type": "room",
         "name": room.key,
-        "desc": _plain(room.db.desc),
+        "desc": desc,
         "exits": exits,
         "objects": objects,
     }
