@@ -1025,6 +1025,30 @@ fn evennia_players_talk_to_the_agent_and_share_rooms_through_the_bridge() {
     assert!(err.contains("Timmy could not answer:"), "{err}");
     stamp(t0, "errors and thinking shown");
 
+    // `reload` restarts the Server process and with it the link; players stay logged in.
+    let welcomes = |g: &Game| g.server_log().matches("welcomed by the bridge").count();
+    let before = welcomes(&game);
+    let m = admin.mark();
+    admin.send("reload");
+    admin.expect(m, "Server restarted", Duration::from_secs(60));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while welcomes(&game) <= before {
+        assert!(
+            Instant::now() < deadline,
+            "no new welcome after reload:\n{}",
+            game.log_tail()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    wait_players(http, "Limbo", &["Alice", ADMIN], Duration::from_secs(10));
+    alice.send("say still here");
+    common::eventually(Duration::from_secs(5), "a say after reload", || {
+        events(http, "Limbo")
+            .iter()
+            .any(|e| e["type"] == "say" && e["message"] == "still here")
+    });
+    stamp(t0, "reload relinked");
+
     let log = game.server_log();
     assert!(
         !log.contains("Traceback") && !log.contains("handling a"),
