@@ -51,6 +51,7 @@ def make_conf(token=""):
 
 class LinkTest(unittest.TestCase):
     def setUp(self):
+        link._unsent_leaves.clear()
         self.clock = task.Clock()
         self.world = FakeWorld()
         self.link = link.BridgeLink(self.world, make_conf("s3cret"), clock=self.clock)
@@ -174,6 +175,33 @@ class LinkTest(unittest.TestCase):
         self.assertEqual(self.sent(), [])
         self.assertTrue(link.send({"type": "say", "message": "fits"}))
         self.assertEqual(len(self.sent()), 1)
+
+    def test_leaves_made_while_down_go_first_on_the_next_welcome(self):
+        self.sent()
+        gone = {"type": "presence", "event": "leave", "user_id": "g#2", "username": "Bo",
+                "room": "Limbo"}
+        back = dict(gone, user_id="g#1", username="Ann")
+        self.assertFalse(link.send_presence(gone))
+        self.assertFalse(link.send_presence(back))  # Ann is in resync's snapshot again
+        self.welcome()
+        self.assertEqual(self.sent(), [gone] + self.world.snapshot)
+        self.link.connectionLost()
+        again = link.BridgeLink(self.world, make_conf(), clock=self.clock)
+        again.factory = FakeFactory()
+        transport = StringTransport()
+        again.makeConnection(transport)
+        again.dataReceived(b'{"type":"welcome","protocol":1}\n')
+        lines = [json.loads(x) for x in transport.value().splitlines()]
+        self.assertNotIn(gone, lines, "a leave is sent once")
+        again.connectionLost()
+
+    def test_an_enter_cancels_a_pending_leave(self):
+        leave = {"type": "presence", "event": "leave", "user_id": "g#2", "room": "Limbo"}
+        link.send_presence(leave)
+        link.send_presence(dict(leave, event="enter", room="Garden"))
+        self.sent()
+        self.welcome()
+        self.assertEqual(self.sent(), self.world.snapshot)
 
     def test_after_close_sends_are_dropped(self):
         self.welcome()

@@ -8,8 +8,8 @@ needs only Twisted and can be tested with a fake world.
 
 Everything here runs in the reactor thread; nothing blocks. While the link is down or not
 yet welcomed, `send` drops messages (and says so in its return value): on every welcome
-the world's `resync()` re-reports who is where, so presence heals; says made while the
-bridge was away are lost.
+the world's `resync()` re-reports who is where and the leaves that could not be sent go
+first, so presence heals; says made while the bridge was away are lost.
 """
 
 import hashlib
@@ -46,6 +46,24 @@ def send(msg):
     """Send `msg` on the current link; False when there is none (the message is dropped)."""
     link = _current
     return link is not None and link.send(msg)
+
+
+# Leaves that could not be sent (no link): sent on the next welcome unless the user is
+# back by then, so the bridge does not keep someone who logged out while it was away.
+_unsent_leaves = {}
+
+
+def send_presence(msg):
+    """Send a `presence`; a leave that cannot go now is kept for the next welcome."""
+    uid = msg.get("user_id")
+    if msg.get("event") != "leave":
+        _unsent_leaves.pop(uid, None)
+        return send(msg)
+    if send(msg):
+        _unsent_leaves.pop(uid, None)
+        return True
+    _unsent_leaves[uid] = msg
+    return False
 
 
 def send_room(snapshot):
@@ -210,7 +228,13 @@ class BridgeLink(protocol.Protocol):
         self.heartbeat = task.LoopingCall(self._beat)
         self.heartbeat.clock = self.clock
         self.heartbeat.start(self.heartbeat_s, now=False)
-        for out in self.world.resync():
+        resync = self.world.resync()
+        present = {m.get("user_id") for m in resync if m.get("type") == "presence"}
+        for uid, leave in list(_unsent_leaves.items()):
+            if uid not in present:
+                self.send(leave)
+        _unsent_leaves.clear()
+        for out in resync:
             if out.get("type") == "room":
                 self.send_room(out)
             else:

@@ -104,13 +104,13 @@ def on_enter(character, room):
     if room is None or not _puppeted(character):
         return
     link.send_room(room_snapshot(room))
-    link.send(presence(character, "enter", room))
+    link.send_presence(presence(character, "enter", room))
 
 
 def on_leave(character, room):
     if room is None:
         return
-    link.send(presence(character, "leave", room))
+    link.send_presence(presence(character, "leave", room))
 
 
 def on_move(character, source, destination):
