@@ -431,6 +431,9 @@ impl Bridge {
             }
             None => return,
         };
+        // What the requests did reaches the rooms' game links now, so a later event
+        // from a link cannot take it for its own.
+        self.app.route_events(None);
         match outcome {
             Ok(Drive::Open) => {}
             Ok(Drive::Close) => self.close(id, None),

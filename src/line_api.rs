@@ -106,6 +106,9 @@ impl LineHandler for LineRoutes<'_> {
     fn line(&mut self, conn: ConnId, line: &[u8], out: &mut Vec<u8>) -> Drive {
         let app = &mut *self.0;
         app.metrics.line_messages += 1;
+        if app.answer_ping(conn, line, out) {
+            return Drive::Open;
+        }
         let msg = match serde_json::from_slice::<Value>(line) {
             Ok(Value::Object(m)) => m,
             Ok(_) => {
@@ -123,6 +126,8 @@ impl LineHandler for LineRoutes<'_> {
             }
         };
         let id = msg.get("id").cloned();
+        // Events from elsewhere still waiting are not this link's own.
+        app.route_events(None);
         let outcome = match &id {
             Some(Value::String(_) | Value::Number(_)) | None => {
                 app.on_line(conn, &msg, id.as_ref(), out)
@@ -175,7 +180,42 @@ impl LineHandler for LineRoutes<'_> {
     }
 }
 
+/// The part of a message that decides whether it is a keep-alive.
+#[derive(serde::Deserialize)]
+struct Head<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Option<std::borrow::Cow<'a, str>>,
+    id: Option<Value>,
+}
+
 impl App {
+    /// Keep-alives are most of a link's traffic: answer a well-formed `ping` from a link
+    /// that may talk without building the whole message. `false`: not one, go the long way.
+    fn answer_ping(&mut self, conn: ConnId, line: &[u8], out: &mut Vec<u8>) -> bool {
+        let Ok(head) = serde_json::from_slice::<Head>(line) else {
+            return false;
+        };
+        let id_ok = matches!(head.id, None | Some(Value::String(_) | Value::Number(_)));
+        if head.kind.as_deref() != Some("ping") || !id_ok {
+            return false;
+        }
+        let may_talk = self.cfg.line.token.is_empty()
+            || self
+                .links
+                .get(conn)
+                .is_some_and(|l| l.greeted || l.dial.is_some());
+        if !may_talk {
+            return false;
+        }
+        out.extend_from_slice(b"{\"type\":\"pong\"");
+        if let Some(id) = &head.id {
+            out.extend_from_slice(b",\"id\":");
+            let _ = serde_json::to_writer(&mut *out, id);
+        }
+        out.extend_from_slice(b"}\n");
+        true
+    }
+
     /// One message from link `conn`.
     fn on_line(
         &mut self,
@@ -620,6 +660,7 @@ impl App {
             msg["user_id"] = json!(u);
         }
         self.send_to_link(link, &msg);
+        self.route_events(None);
         let event = room.and_then(|r| self.world.bark(&r, text, now_ms()));
         // The link already has the words as `speak`; the bark goes to everyone else.
         self.route_events(Some(link));
