@@ -546,6 +546,8 @@ fn store_stats(app: &App) -> Value {
             "rows": s.stats.rows.load(Relaxed),
             "transactions": s.stats.transactions.load(Relaxed),
             "failures": s.stats.failures.load(Relaxed),
+            "write_us": s.stats.write_us.load(Relaxed),
+            "commit_us": s.stats.commit_us.load(Relaxed),
             "waiting_answers": app.held.len(),
             "error": app.store_error,
         }),

@@ -81,6 +81,9 @@ pub struct StoreStats {
     pub rows: std::sync::atomic::AtomicU64,
     pub transactions: std::sync::atomic::AtomicU64,
     pub failures: std::sync::atomic::AtomicU64,
+    /// Time spent writing rows and committing (fsync included), in microseconds.
+    pub write_us: std::sync::atomic::AtomicU64,
+    pub commit_us: std::sync::atomic::AtomicU64,
 }
 
 enum Msg {
@@ -456,9 +459,18 @@ fn writer(
                 Err(_) => break,
             }
         }
+        let t0 = std::time::Instant::now();
         let result = conn.transaction().and_then(|tx| {
             write_rows(&tx, &rows, events_max)?;
-            tx.commit()
+            let t1 = std::time::Instant::now();
+            stats
+                .write_us
+                .fetch_add((t1 - t0).as_micros() as u64, Relaxed);
+            let r = tx.commit();
+            stats
+                .commit_us
+                .fetch_add(t1.elapsed().as_micros() as u64, Relaxed);
+            r
         });
         stats.batches.fetch_add(ids.len() as u64, Relaxed);
         match result {
