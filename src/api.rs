@@ -105,7 +105,24 @@ pub fn handle(app: &mut App, id: ConnId, req: Request) -> Handled {
                 ),
             )),
         ),
-        Some((route, room)) => (route, dispatch(app, id, &req, route, room, cors.clone())),
+        Some((route, room)) => {
+            let changes = req.method == Method::Post;
+            match app.store_refusal().filter(|_| changes) {
+                Some(refusal) => (route, Handled::Respond(refusal)),
+                None => (route, dispatch(app, id, &req, route, room, cors.clone())),
+            }
+        }
+    };
+    // A request that changed the world is answered once the change is durable.
+    let handled = match handled {
+        Handled::Respond(resp) if app.durable() && app.world.has_changes() => {
+            app.answer(ReplyTo::Http(id), resp);
+            Handled::Park {
+                route,
+                headers: cors_headers(cors.clone()),
+            }
+        }
+        other => other,
     };
     match handled {
         Handled::Respond(mut resp) => {
@@ -246,6 +263,9 @@ fn dispatch(
             let mut text = app.metrics.render(&app.gauges());
             app.links.render_metrics(&mut text);
             app.render_ws_metrics(&mut text);
+            if let Some(s) = &app.store {
+                s.render_metrics(app.held.len(), &mut text);
+            }
             Ok(Response::new(
                 200,
                 "text/plain; version=0.0.4",
@@ -600,8 +620,30 @@ fn stats(app: &App) -> Response {
                 "workshop_visitors": app.workshop.visitors(),
                 "slow_consumers": m.ws_slow_consumers,
             },
+            "store": store_stats(app),
         }),
     )
+}
+
+/// The store's counters: batches (one per loop iteration with changes) against
+/// transactions shows how much group commit gathers.
+fn store_stats(app: &App) -> Value {
+    use std::sync::atomic::Ordering::Relaxed;
+    match &app.store {
+        None => json!({"durable": false}),
+        Some(s) => json!({
+            "durable": true,
+            "path": s.path.display().to_string(),
+            "batches": s.stats.batches.load(Relaxed),
+            "rows": s.stats.rows.load(Relaxed),
+            "transactions": s.stats.transactions.load(Relaxed),
+            "failures": s.stats.failures.load(Relaxed),
+            "write_us": s.stats.write_us.load(Relaxed),
+            "commit_us": s.stats.commit_us.load(Relaxed),
+            "waiting_answers": app.held.len(),
+            "error": app.store_error,
+        }),
+    }
 }
 
 fn world_room(app: &App, room: &str) -> Result<Response, Response> {

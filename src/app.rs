@@ -15,6 +15,7 @@ use crate::config::Config;
 use crate::conn::ConnId;
 use crate::links::Links;
 use crate::metrics::{Gauges, Metrics};
+use crate::store::{Batch, Row, Store, StoreEvent};
 use crate::workshop::inbox::Inbox;
 use crate::workshop::{Workshop, WorkshopLimits};
 use crate::world::gateway::{Gateway, GatewayLimits};
@@ -24,6 +25,7 @@ use crate::world::session::SessionLimits;
 use crate::world::{World, WorldLimits};
 use crate::ws_api::WsOut;
 use serde_json::json;
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 /// An answer now, or later through [`App::ready`].
@@ -58,6 +60,28 @@ pub struct App {
     pub ws_out: Vec<WsOut>,
     /// The Workshop inbox writer (a thread; attached by the loop, absent in unit tests).
     pub inbox: Option<Inbox>,
+    /// The durable store (`None` with `--memory`).
+    pub store: Option<Store>,
+    /// Answers waiting for their batch to be durable, oldest first.
+    pub held: VecDeque<Held>,
+    /// The id the next batch sent to the store will have; answers held in this loop
+    /// iteration wait for it.
+    next_batch: u64,
+    /// The last commit failed (and why): state-changing requests get 503 until one works.
+    pub store_error: Option<String>,
+}
+
+/// An answer that waits until the store has made its change durable.
+pub struct Held {
+    pub batch: u64,
+    pub answer: HeldAnswer,
+}
+
+pub enum HeldAnswer {
+    /// A response for [`ReplyTo`].
+    Reply(ReplyTo, Response),
+    /// Answer bytes for a line link, and the `id` they answer (for an error instead).
+    Line(ConnId, Option<serde_json::Value>, Vec<u8>),
 }
 
 /// A chat or generate request after validation.
@@ -129,12 +153,153 @@ impl App {
             connections_open: 0,
             links: Links::new(&cfg.line.dial, Instant::now(), crate::time::now_ms()),
             line_out: Vec::new(),
+            store: None,
+            held: VecDeque::new(),
+            next_batch: 1,
+            store_error: None,
             cfg,
         })
     }
 
     pub fn attach_pool(&mut self, pool: AgentPool) {
         self.pool = Some(pool);
+    }
+
+    /// Persist this world from now on: what the store loaded is put back first.
+    pub fn attach_store(&mut self, store: Store, loaded: Option<crate::world::state::Snapshot>) {
+        if let Some(snap) = loaded {
+            log::info!(
+                "store: loaded {} rooms, {} events, {} sessions, {} present",
+                snap.rooms.len(),
+                snap.events.len(),
+                snap.sessions.len(),
+                snap.presence.len()
+            );
+            self.world.restore(snap);
+        }
+        self.world.track_changes();
+        self.store = Some(store);
+        // The world file's rooms are written once so an export holds them too.
+        for room in self.world.snapshot().rooms {
+            self.world.set_room(room.spec).ok();
+        }
+    }
+
+    /// Whether answers to state-changing requests must wait for the store.
+    pub fn durable(&self) -> bool {
+        self.store.is_some()
+    }
+
+    /// Send an answer, or hold it until the changes made so far are durable.
+    pub fn answer(&mut self, to: ReplyTo, resp: Response) {
+        if self.store.is_some() && self.world.has_changes() {
+            let batch = self.next_batch;
+            self.held.push_back(Held {
+                batch,
+                answer: HeldAnswer::Reply(to, resp),
+            });
+        } else {
+            self.ready.push((to, resp));
+        }
+    }
+
+    /// Hold answer bytes for a line link until the changes made so far are durable.
+    pub fn hold_line(&mut self, conn: ConnId, id: Option<serde_json::Value>, bytes: Vec<u8>) {
+        let batch = self.next_batch;
+        self.held.push_back(Held {
+            batch,
+            answer: HeldAnswer::Line(conn, id, bytes),
+        });
+    }
+
+    /// Send the world's changes to the store as one batch (once per loop iteration).
+    pub fn flush_store(&mut self) {
+        let Some(store) = &self.store else {
+            return;
+        };
+        if !self.world.has_changes() {
+            return;
+        }
+        let changes = self.world.take_changes();
+        let mut rows = Vec::with_capacity(changes.events.len() + 4);
+        for name in &changes.rooms {
+            if let Some(r) = self.world.room_state(name) {
+                rows.push(Row::Room(r));
+            }
+        }
+        for u in &changes.presence {
+            rows.push(match self.world.presence_row(u) {
+                Some(o) => Row::Presence(o.clone()),
+                None => Row::PresenceGone(u.clone()),
+            });
+        }
+        for u in &changes.sessions {
+            rows.push(match self.world.sessions.get(u) {
+                Some(s) => Row::Session(s.clone()),
+                None => Row::SessionGone(u.clone()),
+            });
+        }
+        let any_events = !changes.events.is_empty();
+        rows.extend(changes.events.into_iter().map(Row::Event));
+        if any_events {
+            rows.push(Row::Seq(self.world.last_seq()));
+        }
+        let id = self.next_batch;
+        self.next_batch += 1;
+        store.send(Batch { id, rows });
+    }
+
+    /// The store reported: release what is durable, or fail what could not be written.
+    pub fn on_store(&mut self, ev: StoreEvent) {
+        match ev {
+            StoreEvent::Durable { upto } => {
+                self.store_error = None;
+                while self.held.front().is_some_and(|h| h.batch <= upto) {
+                    if let Some(h) = self.held.pop_front() {
+                        self.release(h.answer, None);
+                    }
+                }
+            }
+            StoreEvent::Failed { ids, error } => {
+                self.store_error = Some(error.clone());
+                let why = format!("the change could not be stored ({error}); try again");
+                let (failed, kept): (VecDeque<Held>, VecDeque<Held>) =
+                    std::mem::take(&mut self.held)
+                        .into_iter()
+                        .partition(|h| ids.contains(&h.batch));
+                self.held = kept;
+                for h in failed {
+                    self.release(h.answer, Some(&why));
+                }
+            }
+        }
+    }
+
+    fn release(&mut self, answer: HeldAnswer, failed: Option<&str>) {
+        match (answer, failed) {
+            (HeldAnswer::Reply(to, resp), None) => self.ready.push((to, resp)),
+            (HeldAnswer::Reply(to, _), Some(why)) => self
+                .ready
+                .push((to, Response::error(503, "store_unavailable", why))),
+            (HeldAnswer::Line(conn, _, bytes), None) => self.line_out.push((conn, bytes)),
+            (HeldAnswer::Line(conn, id, _), Some(why)) => {
+                let mut line = Vec::new();
+                crate::line_api::error_line(id.as_ref(), "store_unavailable", why, &mut line);
+                self.line_out.push((conn, line));
+            }
+        }
+    }
+
+    /// A state-changing request is refused while the store cannot write.
+    pub fn store_refusal(&self) -> Option<Response> {
+        self.store_error.as_ref().map(|e| {
+            Response::error(
+                503,
+                "store_unavailable",
+                &format!("the bridge cannot store changes right now ({e}); reads still work"),
+            )
+            .with_header("Retry-After", "1")
+        })
     }
 
     pub fn agent_timeout(&self) -> Duration {
@@ -355,7 +520,7 @@ impl App {
             .observe(now.duration_since(call.created));
         let resp = self.complete(&call, reply.result);
         self.start_next(call.user_id.as_deref(), now);
-        self.ready.push((call.reply_to, resp));
+        self.answer(call.reply_to, resp);
     }
 
     /// The response for a call the agent answered (or failed).
@@ -398,8 +563,8 @@ impl App {
 
     fn start_next(&mut self, user: Option<&str>, now: Instant) {
         if let Some(next) = user.and_then(|u| self.calls.next_for(u)) {
-            if let Some(done) = self.submit(next, now) {
-                self.ready.push(done);
+            if let Some((to, resp)) = self.submit(next, now) {
+                self.answer(to, resp);
             }
         }
     }
@@ -415,7 +580,7 @@ impl App {
             );
             let resp = self.failed_call(&call, true);
             self.start_next(call.user_id.as_deref(), now);
-            self.ready.push((call.reply_to, resp));
+            self.answer(call.reply_to, resp);
         }
         let calls = &self.calls;
         let (gone, _leaves) = self
@@ -427,5 +592,72 @@ impl App {
         self.rate.prune(now_ms);
         self.expire_game_requests(now);
         self.route_events(None);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn app() -> App {
+        let mut cfg = Config::default();
+        cfg.store.memory = true;
+        App::new(cfg).expect("app")
+    }
+
+    fn conn(i: u32) -> ConnId {
+        ConnId { idx: i, gen: 0 }
+    }
+
+    #[test]
+    fn held_answers_go_out_when_durable_and_become_503_when_the_commit_fails() {
+        let mut a = app();
+        a.held.push_back(Held {
+            batch: 1,
+            answer: HeldAnswer::Reply(
+                ReplyTo::Http(conn(1)),
+                Response::json(200, &json!({"ok": true})),
+            ),
+        });
+        a.hold_line(
+            conn(2),
+            Some(json!(7)),
+            b"{\"type\":\"ok\",\"id\":7}\n".to_vec(),
+        );
+        a.held.push_back(Held {
+            batch: 2,
+            answer: HeldAnswer::Reply(
+                ReplyTo::Http(conn(3)),
+                Response::json(200, &json!({"ok": true})),
+            ),
+        });
+        a.on_store(StoreEvent::Failed {
+            ids: vec![1],
+            error: "disk I/O error".into(),
+        });
+        assert_eq!(a.ready.len(), 1);
+        assert_eq!(a.ready[0].1.status, 503);
+        let body: serde_json::Value = serde_json::from_slice(&a.ready[0].1.body).unwrap();
+        assert_eq!(body["code"], "store_unavailable");
+        assert!(body["error"].as_str().unwrap().contains("disk I/O error"));
+        let line = String::from_utf8(a.line_out[0].1.clone()).unwrap();
+        assert!(
+            line.contains("store_unavailable") && line.contains("\"id\":7"),
+            "{line}"
+        );
+        assert_eq!(
+            a.store_refusal().map(|r| r.status),
+            Some(503),
+            "writes are refused"
+        );
+        a.ready.clear();
+        a.on_store(StoreEvent::Durable { upto: 2 });
+        assert_eq!(a.ready.len(), 1, "the later batch went through");
+        assert_eq!(a.ready[0].1.status, 200);
+        assert!(
+            a.store_refusal().is_none(),
+            "a good commit clears the error"
+        );
+        assert!(a.held.is_empty());
     }
 }

@@ -17,6 +17,7 @@ use crate::conn::ws::{Feed, Inbound, Sent, WsConn, WsLimits};
 use crate::conn::{ConnId, Slab};
 use crate::game::{LoopRequest, Target, Worlds};
 use crate::line_api::{reply_line, LineRoutes};
+use crate::store::Store;
 use crate::workshop::inbox::Inbox;
 use crate::workshop::watcher::{StateUpdate, StateWatcher};
 use crate::ws_api::WsOut;
@@ -245,6 +246,16 @@ impl Bridge {
             app.attach_pool(pool);
         }
         app.inbox = Some(inbox);
+        if !app.cfg.store.memory {
+            let dir = std::path::PathBuf::from(crate::config::expand_home(&app.cfg.store.data_dir));
+            let w = waker.clone();
+            let wake = Arc::new(move || {
+                let _ = w.wake();
+            });
+            let (store, loaded) =
+                Store::open(&dir, &app.cfg.world, app.cfg.rooms.events_max, wake)?;
+            app.attach_store(store, loaded);
+        }
         Ok(Bridge {
             poll,
             listeners,
@@ -321,6 +332,8 @@ impl Bridge {
         }
         let mut events = Events::with_capacity(1024);
         loop {
+            // Whatever this iteration changed goes to the store before we sleep.
+            self.app.flush_store();
             let timeout = self.poll_timeout();
             if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
                 if e.kind() == io::ErrorKind::Interrupted {
@@ -354,6 +367,7 @@ impl Bridge {
             self.drain_requests();
             self.drain_workshop();
             self.drive_again();
+            self.drain_store();
             self.deliver_ready();
             let now = Instant::now();
             if now.duration_since(self.last_sweep) >= SWEEP_EVERY {
@@ -500,6 +514,9 @@ impl Bridge {
             Some(Conn::Ws(_)) => return self.drive_ws(id),
             None => return,
         };
+        // What the requests did reaches the rooms' game links now, so a later event
+        // from a link cannot take it for its own.
+        self.app.route_events(None);
         match outcome {
             Ok(Drive::Open) => {}
             Ok(Drive::Close) => self.close(id, None),
@@ -677,6 +694,19 @@ impl Bridge {
         }
         self.app.metrics.connections_closed += 1;
         self.app.connections_open = self.conns.len();
+    }
+
+    /// The store's reports: durable answers go out, failed ones become 503s. Then this
+    /// iteration's changes go to the store as one batch.
+    fn drain_store(&mut self) {
+        let events: Vec<_> = match &self.app.store {
+            Some(s) => s.events.try_iter().collect(),
+            None => return,
+        };
+        for ev in events {
+            self.app.on_store(ev);
+        }
+        self.app.flush_store();
     }
 
     /// Calls from `LinkWorld` handles: the same paths as the HTTP routes, answered on
@@ -921,6 +951,17 @@ impl Bridge {
 
     /// After the loop: answer what still waits, stop the workers.
     fn finish(&mut self) {
+        // Let the store make the last changes durable, and send what waited for them.
+        self.app.flush_store();
+        if let Some(events) = self.app.store.as_ref().map(|s| s.events.clone()) {
+            let until = Instant::now() + Duration::from_secs(5);
+            while !self.app.held.is_empty() && Instant::now() < until {
+                if let Ok(ev) = events.recv_timeout(Duration::from_millis(100)) {
+                    self.app.on_store(ev);
+                    self.deliver_ready();
+                }
+            }
+        }
         let waiting: Vec<ConnId> = self.conns.ids();
         for id in waiting {
             if let Some(Conn::Http(c)) = self.conns.get_mut(id) {
@@ -944,6 +985,10 @@ impl Bridge {
         // Visitor messages already taken are written before the process goes.
         if let Some(inbox) = self.app.inbox.take() {
             inbox.finish();
+        }
+        self.app.flush_store();
+        if let Some(mut store) = self.app.store.take() {
+            store.close();
         }
         log::info!("stopped");
     }

@@ -29,6 +29,7 @@ pub mod line_api;
 pub mod links;
 pub mod metrics;
 pub mod protocol;
+pub mod store;
 pub mod time;
 pub mod workshop;
 pub mod world;

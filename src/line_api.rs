@@ -25,6 +25,9 @@ use std::time::{Duration, Instant};
 /// deadline (`line.request_timeout_s`), in case the loop has stopped.
 pub const HANDLE_GRACE: Duration = Duration::from_secs(5);
 
+/// Message types that change the world (refused while the store cannot write).
+const CHANGES_STATE: [&str; 5] = ["presence", "say", "chat", "event", "room"];
+
 /// A message refused: the `code` and sentence of an `error` line.
 struct Refusal {
     code: &'static str,
@@ -106,6 +109,9 @@ impl LineHandler for LineRoutes<'_> {
     fn line(&mut self, conn: ConnId, line: &[u8], out: &mut Vec<u8>) -> Drive {
         let app = &mut *self.0;
         app.metrics.line_messages += 1;
+        if app.answer_ping(conn, line, out) {
+            return Drive::Open;
+        }
         let msg = match serde_json::from_slice::<Value>(line) {
             Ok(Value::Object(m)) => m,
             Ok(_) => {
@@ -123,13 +129,27 @@ impl LineHandler for LineRoutes<'_> {
             }
         };
         let id = msg.get("id").cloned();
+        // Events from elsewhere still waiting are not this link's own.
+        app.route_events(None);
+        let before = out.len();
         let outcome = match &id {
             Some(Value::String(_) | Value::Number(_)) | None => {
-                app.on_line(conn, &msg, id.as_ref(), out)
+                match (app.store_refusal(), msg.get("type").and_then(Value::as_str)) {
+                    (Some(_), Some(t)) if CHANGES_STATE.contains(&t) => Err(refuse(
+                        "store_unavailable",
+                        "the bridge cannot store changes right now; try again",
+                    )),
+                    _ => app.on_line(conn, &msg, id.as_ref(), out),
+                }
             }
             Some(_) => Err(refuse("bad_field", "`id` must be a string or an integer")),
         };
         app.route_events(Some(conn));
+        // An answer to a change waits until the change is durable.
+        if app.durable() && app.world.has_changes() && out.len() > before {
+            let bytes = out.split_off(before);
+            app.hold_line(conn, id.clone(), bytes);
+        }
         match outcome {
             Ok(drive) => drive,
             Err(r) => {
@@ -175,7 +195,42 @@ impl LineHandler for LineRoutes<'_> {
     }
 }
 
+/// The part of a message that decides whether it is a keep-alive.
+#[derive(serde::Deserialize)]
+struct Head<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Option<std::borrow::Cow<'a, str>>,
+    id: Option<Value>,
+}
+
 impl App {
+    /// Keep-alives are most of a link's traffic: answer a well-formed `ping` from a link
+    /// that may talk without building the whole message. `false`: not one, go the long way.
+    fn answer_ping(&mut self, conn: ConnId, line: &[u8], out: &mut Vec<u8>) -> bool {
+        let Ok(head) = serde_json::from_slice::<Head>(line) else {
+            return false;
+        };
+        let id_ok = matches!(head.id, None | Some(Value::String(_) | Value::Number(_)));
+        if head.kind.as_deref() != Some("ping") || !id_ok {
+            return false;
+        }
+        let may_talk = self.cfg.line.token.is_empty()
+            || self
+                .links
+                .get(conn)
+                .is_some_and(|l| l.greeted || l.dial.is_some());
+        if !may_talk {
+            return false;
+        }
+        out.extend_from_slice(b"{\"type\":\"pong\"");
+        if let Some(id) = &head.id {
+            out.extend_from_slice(b",\"id\":");
+            let _ = serde_json::to_writer(&mut *out, id);
+        }
+        out.extend_from_slice(b"}\n");
+        true
+    }
+
     /// One message from link `conn`.
     fn on_line(
         &mut self,
@@ -285,7 +340,7 @@ impl App {
                             200,
                             &json!({"world": world, "age_ms": 0, "fresh": true, "perception": p}),
                         );
-                        self.ready.push((pending.reply_to, resp));
+                        self.answer(pending.reply_to, resp);
                     }
                     None if id.is_some() => answer_line("ok", id, json!({}), out),
                     None => {}
@@ -298,7 +353,7 @@ impl App {
                 };
                 let result = ActionResult::from_message(msg);
                 let resp = act_response(&pending, result);
-                self.ready.push((pending.reply_to, resp));
+                self.answer(pending.reply_to, resp);
             }
             "error" => {
                 let code = f.opt("code")?.unwrap_or_default();
@@ -311,7 +366,7 @@ impl App {
                             "game_error",
                             &format!("{} refused the request: {text} ({code})", p.world),
                         );
-                        self.ready.push((p.reply_to, resp));
+                        self.answer(p.reply_to, resp);
                     }
                     None => {
                         log::warn!("link conn={} reported an error: {code}: {text}", conn.idx);
@@ -622,6 +677,7 @@ impl App {
             msg["user_id"] = json!(u);
         }
         self.send_to_link(link, &msg);
+        self.route_events(None);
         let event = room.and_then(|r| self.world.bark(&r, text, now_ms()));
         // The link already has the words as `speak`; the bark goes to everyone else.
         self.route_events(Some(link));
@@ -645,7 +701,7 @@ impl App {
             let why = format!("{} did not answer {what} within {secs} s", p.world);
             log::warn!("{why}");
             let resp = Response::error(504, "game_timeout", &why);
-            self.ready.push((p.reply_to, resp));
+            self.answer(p.reply_to, resp);
         }
     }
 
@@ -659,7 +715,7 @@ impl App {
                 "link_down",
                 &format!("the link to {world} went down before it answered"),
             );
-            self.ready.push((p.reply_to, resp));
+            self.answer(p.reply_to, resp);
         }
     }
 }

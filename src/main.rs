@@ -1,10 +1,12 @@
 //! `worldbridge`: start-up only. Parse the command line, load the config, start logging,
 //! bind, and run the loop until SIGINT/SIGTERM.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
-use worldbridge::cli::{self, Command};
+use worldbridge::cli::{self, Command, ServeArgs};
 use worldbridge::config::Config;
 use worldbridge::event_loop::Bridge;
+use worldbridge::store;
 
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
@@ -40,9 +42,74 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Export { .. } | Command::Import { .. } => {
-            eprintln!("worldbridge: export and import need the durable store, which this build does not have yet");
-            ExitCode::from(2)
+        Command::Export {
+            config,
+            data_dir,
+            out,
+        } => report(store_config(config, data_dir).and_then(|cfg| {
+            let doc = store::export(&data_path(&cfg))?;
+            let text = serde_json::to_string_pretty(&doc).map_err(|e| e.to_string())? + "\n";
+            match out {
+                Some(path) => write_file(&path, &text),
+                None => {
+                    print!("{text}");
+                    Ok(())
+                }
+            }
+        })),
+        Command::Import {
+            config,
+            file,
+            data_dir,
+            force,
+        } => report(store_config(config, data_dir).and_then(|cfg| {
+            let text = std::fs::read_to_string(&file)
+                .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+            let dir = data_path(&cfg);
+            let snap = store::import(&dir, &text, force, cfg.rooms.events_max)?;
+            eprintln!(
+                "worldbridge: imported the world {:?} into {} ({} rooms, {} events, {} sessions)",
+                snap.world,
+                dir.display(),
+                snap.rooms.len(),
+                snap.events.len(),
+                snap.sessions.len()
+            );
+            Ok(())
+        })),
+    }
+}
+
+/// The config `export`/`import` read: the same file, environment and `--data-dir`
+/// precedence as `serve`.
+fn store_config(config: Option<PathBuf>, data_dir: Option<String>) -> Result<Config, String> {
+    let args = ServeArgs {
+        config,
+        data_dir,
+        ..ServeArgs::default()
+    };
+    let env = |k: &str| std::env::var(k).ok();
+    Config::load(&args, &env)
+}
+
+fn data_path(cfg: &Config) -> PathBuf {
+    PathBuf::from(worldbridge::config::expand_home(&cfg.store.data_dir))
+}
+
+/// Write through a temporary file and rename, so a reader never sees half an export.
+fn write_file(path: &std::path::Path, text: &str) -> Result<(), String> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text)
+        .and_then(|_| std::fs::rename(&tmp, path))
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))
+}
+
+fn report(r: Result<(), String>) -> ExitCode {
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("worldbridge: {e}");
+            ExitCode::FAILURE
         }
     }
 }

@@ -3,66 +3,9 @@
 
 mod common;
 use common::*;
-use std::io::{BufRead, BufReader};
-use std::net::{SocketAddr, TcpListener};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::mpsc;
 use std::time::Duration;
-
-fn bin() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_worldbridge"));
-    c.env_remove("WORLDBRIDGE_CONFIG")
-        .env_remove("TIMMY_BRIDGE_HOST")
-        .env_remove("TIMMY_BRIDGE_PORT")
-        .env("RUST_LOG", "info");
-    c
-}
-
-fn temp_file(name: &str, text: &str) -> std::path::PathBuf {
-    let p = std::env::temp_dir().join(format!("wb-test-{}-{name}", std::process::id()));
-    std::fs::write(&p, text).unwrap();
-    p
-}
-
-/// Start the binary and wait for its "listening on" log line; returns the HTTP address.
-fn spawn(cmd: &mut Command) -> (Child, SocketAddr, mpsc::Receiver<String>) {
-    let mut child = cmd
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let addr = loop {
-        let line = rx
-            .recv_timeout(Duration::from_secs(20))
-            .expect("a log line");
-        if line.contains("listening on") && line.contains("http") {
-            let a = line
-                .split("listening on ")
-                .nth(1)
-                .unwrap()
-                .split_whitespace()
-                .next()
-                .unwrap();
-            break a.parse().unwrap();
-        }
-    };
-    (child, addr, rx)
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 #[test]
 fn help_and_version() {

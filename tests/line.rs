@@ -284,6 +284,20 @@ fn says_and_presence_from_http_reach_the_hosting_link_and_never_echo() {
         extra.is_empty(),
         "nothing else reached the first link: {extra:?}"
     );
+
+    // An HTTP say followed at once by the link's own message still reaches the link.
+    post(
+        b.http,
+        "/bridge/say",
+        &json!({"user_id": "bob2", "room": "Limbo", "message": "quick"}),
+    );
+    g.send(&json!({"type": "say", "user_id": "bob", "room": "Limbo", "message": "right after"}));
+    let (say, relayed) = g.recv_type("say");
+    assert_eq!(say["message"], "quick");
+    assert!(
+        relayed.iter().all(|e| e["type"] == "presence"),
+        "{relayed:?}"
+    );
 }
 
 #[test]

@@ -12,17 +12,21 @@ use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-const USAGE: &str = "worldbridge-load [--scenario health|chat|idle|fanout|all] [--connections N] [--seconds S]
-                  [--idle N] [--interval-ms MS] [--addr ADDR]
+const USAGE: &str = "worldbridge-load [--scenario health|chat|idle|say|line|fanout|all] [--connections N]
+                  [--seconds S] [--idle N] [--interval-ms MS] [--depth N] [--addr ADDR] [--line-addr ADDR]
 
   health   GET /bridge/health on N keep-alive connections (default 64)
   chat     POST /bridge/chat with the builtin agent, one user per connection (default 50)
   idle     open --idle connections (default 5000), one request each, then measure server RSS per connection
+  say      POST /bridge/say on N connections (default 64) to a durable bridge (its own, in a
+           temporary data directory): every answer waits for its write to be on disk
+  line     line protocol: N connections (default 100) each pipelining --depth (default 8) pings
   fanout   N gateway clients on /ws/matrix (default 5000) and one sender broadcasting one message
            per --interval-ms (default 10): deliveries/s, delivery latency, RSS per client
-  all      health, chat and idle (the README figures); fanout runs on its own
+  all      all of them but fanout (the README figures); fanout runs on its own
   --interval-ms  pace each connection: send at most one request per MS (default 0: back to back)
-  --addr   drive an already running bridge instead of starting one (no RSS figures then)";
+  --addr   drive an already running bridge instead of starting one (no RSS figures then)
+  --line-addr  its line-protocol listener, for the line scenario";
 
 struct Conn {
     sock: TcpStream,
@@ -181,6 +185,99 @@ fn drive(
     (rep, rss_samples)
 }
 
+/// Line protocol: `n` connections, each keeping `depth` pings in flight (a new one for
+/// every pong), for `secs` seconds. Latency is per message, send to answer.
+fn drive_line(addr: SocketAddr, n: usize, depth: usize, secs: f64) -> Report {
+    struct LineConn {
+        sock: TcpStream,
+        rx: Vec<u8>,
+        tx: Vec<u8>,
+        tx_pos: usize,
+        sent: std::collections::VecDeque<Instant>,
+        next_id: u64,
+    }
+    fn queue_ping(c: &mut LineConn) {
+        c.next_id += 1;
+        let _ = writeln!(c.tx, "{{\"type\":\"ping\",\"id\":{}}}", c.next_id);
+        c.sent.push_back(Instant::now());
+    }
+    fn flush_line(c: &mut LineConn) {
+        while c.tx_pos < c.tx.len() {
+            match c.sock.write(&c.tx[c.tx_pos..]) {
+                Ok(k) => c.tx_pos += k,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) => panic!("write: {e}"),
+            }
+        }
+        if c.tx_pos == c.tx.len() {
+            c.tx.clear();
+            c.tx_pos = 0;
+        }
+    }
+    let mut poll = Poll::new().expect("poll");
+    let mut conns: Vec<LineConn> = (0..n)
+        .map(|i| {
+            let mut sock = TcpStream::connect(addr).expect("connect");
+            sock.set_nodelay(true).ok();
+            poll.registry()
+                .register(&mut sock, Token(i), Interest::READABLE | Interest::WRITABLE)
+                .expect("register");
+            let mut c = LineConn {
+                sock,
+                rx: Vec::with_capacity(8192),
+                tx: Vec::with_capacity(8192),
+                tx_pos: 0,
+                sent: std::collections::VecDeque::new(),
+                next_id: 0,
+            };
+            for _ in 0..depth {
+                queue_ping(&mut c);
+            }
+            c
+        })
+        .collect();
+    let mut events = Events::with_capacity(1024);
+    let start = Instant::now();
+    let end = start + Duration::from_secs_f64(secs);
+    let mut rep = Report {
+        requests: 0,
+        elapsed: Duration::ZERO,
+        lat_us: Vec::with_capacity(1 << 22),
+        errors: 0,
+    };
+    let mut buf = [0u8; 65536];
+    while Instant::now() < end {
+        poll.poll(&mut events, Some(Duration::from_millis(50)))
+            .expect("poll");
+        for ev in events.iter() {
+            let c = &mut conns[ev.token().0];
+            loop {
+                match c.sock.read(&mut buf) {
+                    Ok(0) => panic!("server closed a line connection"),
+                    Ok(k) => c.rx.extend_from_slice(&buf[..k]),
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                    Err(e) => panic!("read: {e}"),
+                }
+            }
+            let mut used = 0;
+            while let Some(nl) = c.rx[used..].iter().position(|b| *b == b'\n') {
+                let line = &c.rx[used..used + nl];
+                rep.errors += u64::from(!line.starts_with(b"{\"type\":\"pong\""));
+                used += nl + 1;
+                if let Some(t) = c.sent.pop_front() {
+                    rep.lat_us.push(t.elapsed().as_micros() as u64);
+                }
+                rep.requests += 1;
+                queue_ping(c);
+            }
+            c.rx.drain(..used);
+            flush_line(c);
+        }
+    }
+    rep.elapsed = start.elapsed();
+    rep
+}
+
 /// Write what is queued, as far as the socket takes it.
 fn flush(c: &mut Conn) {
     while c.tx_pos < c.tx.len() {
@@ -259,18 +356,25 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-/// Start the release binary on a free loopback port with limits fit for a benchmark.
-fn spawn_bridge() -> (Child, SocketAddr) {
+/// Start the release binary on free loopback ports with limits fit for a benchmark;
+/// returns its HTTP and line-protocol addresses. `data_dir`: durable, in that directory
+/// (else `--memory`).
+fn spawn_bridge(data_dir: Option<&std::path::Path>) -> (Child, SocketAddr, SocketAddr) {
     let exe = std::env::current_exe().expect("exe");
     let bin = exe.with_file_name("worldbridge");
     let cfg = std::env::temp_dir().join(format!("worldbridge-bench-{}.toml", std::process::id()));
     std::fs::write(
         &cfg,
-        "[http]\nlisten = [\"127.0.0.1:0\"]\nrate_limit_requests = 1000000000\nmax_connections = 19000\n[line]\nlisten = []\n[sessions]\nmax = 100\n",
+        "[http]\nlisten = [\"127.0.0.1:0\"]\nrate_limit_requests = 1000000000\nmax_connections = 19000\n[line]\nlisten = [\"127.0.0.1:0\"]\n[sessions]\nmax = 100\n",
     )
     .expect("bench config");
-    let mut child = Command::new(&bin)
-        .args(["--config", cfg.to_str().unwrap_or_default(), "--memory"])
+    let mut cmd = Command::new(&bin);
+    cmd.args(["--config", cfg.to_str().unwrap_or_default()]);
+    match data_dir {
+        Some(d) => cmd.arg("--data-dir").arg(d),
+        None => cmd.arg("--memory"),
+    };
+    let mut child = cmd
         .env("RUST_LOG", "info")
         .stderr(Stdio::piped())
         .stdout(Stdio::null())
@@ -283,25 +387,32 @@ fn spawn_bridge() -> (Child, SocketAddr) {
         });
     let stderr = child.stderr.take().expect("stderr");
     let mut lines = BufReader::new(stderr).lines();
-    let addr = loop {
+    let (mut http, mut line_addr) = (None, None);
+    while http.is_none() || line_addr.is_none() {
         let line = lines.next().expect("bridge exited").expect("read");
         if let Some(rest) = line.split("listening on ").nth(1) {
-            break rest
+            let a: SocketAddr = rest
                 .split_whitespace()
                 .next()
                 .expect("addr")
                 .parse()
                 .expect("addr");
+            if rest.contains("line protocol") {
+                line_addr = Some(a);
+            } else {
+                http = Some(a);
+            }
         }
-    };
+    }
     std::thread::spawn(move || for _ in lines {});
-    (child, addr)
+    (child, http.expect("http"), line_addr.expect("line"))
 }
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut scenario = "all".to_string();
     let (mut conns, mut secs, mut idle, mut addr) = (None, 10.0, 5000usize, None);
+    let (mut depth, mut line_addr) = (8usize, None);
     let mut interval = Duration::ZERO;
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -317,17 +428,19 @@ fn main() {
             "--idle" => idle = val().parse().expect("number"),
             "--interval-ms" => interval = Duration::from_millis(val().parse().expect("number")),
             "--addr" => addr = Some(val().parse::<SocketAddr>().expect("address")),
+            "--line-addr" => line_addr = Some(val().parse::<SocketAddr>().expect("address")),
+            "--depth" => depth = val().parse().expect("number"),
             _ => {
                 println!("{USAGE}");
                 return;
             }
         }
     }
-    let (mut child, addr) = match addr {
-        Some(a) => (None, a),
+    let (mut child, addr, line_addr) = match addr {
+        Some(a) => (None, a, line_addr),
         None => {
-            let (c, a) = spawn_bridge();
-            (Some(c), a)
+            let (c, a, l) = spawn_bridge(None);
+            (Some(c), a, Some(l))
         }
     };
     let pid = child.as_ref().map(Child::id);
@@ -370,6 +483,40 @@ fn main() {
             interval
         };
         fanout(addr, n, secs, every, &rss);
+    }
+    if run("say") {
+        let n = conns.unwrap_or(64);
+        let dir =
+            std::env::temp_dir().join(format!("worldbridge-bench-data-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let (mut durable, at, _) = spawn_bridge(Some(&dir));
+        let reqs = (0..n)
+            .map(|i| request("POST", "/bridge/say", &format!(r#"{{"user_id":"bench{i}","username":"Bench {i}","message":"a durable hello","room":"The Garden"}}"#)))
+            .collect();
+        let (mut rep, _) = drive(at, reqs, secs, interval, None);
+        print(&format!("say durable{}", pace(interval)), n, &mut rep);
+        let stats = {
+            let mut s = std::net::TcpStream::connect(at).expect("connect");
+            s.write_all(&request("GET", "/bridge/stats", ""))
+                .expect("write");
+            let mut out = String::new();
+            let _ = s.read_to_string(&mut out);
+            out
+        };
+        if let Some(store) = stats.split("\"store\":").nth(1) {
+            println!("         store: {}", store.trim_end_matches(['}', '\n']));
+        }
+        let _ = durable.kill();
+        let _ = durable.wait();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    if run("line") {
+        let n = conns.unwrap_or(100);
+        let at = line_addr.expect("--line-addr is needed with --addr");
+        let before = rss();
+        let mut rep = drive_line(at, n, depth, secs);
+        print(&format!("line (depth {depth})"), n, &mut rep);
+        println!("         server RSS KiB before={before} after={}", rss());
     }
     if run("idle") && pid.is_some() {
         std::thread::sleep(Duration::from_millis(500));

@@ -327,7 +327,12 @@ mod tests {
         std::fs::write(&path, r#"{"a":2}"#).unwrap();
         let second = rx.recv_timeout(Duration::from_secs(5)).unwrap();
         assert_eq!(second, StateUpdate::Changed(json!({"a": 2})));
-        assert!(woken.load(std::sync::atomic::Ordering::SeqCst) >= 2);
+        // The wake comes right after the send: give the thread a moment to make it.
+        let deadline = std::time::Instant::now() + Duration::from_secs(2);
+        while woken.load(std::sync::atomic::Ordering::SeqCst) < 2 {
+            assert!(std::time::Instant::now() < deadline, "the loop was not woken");
+            std::thread::sleep(Duration::from_millis(1));
+        }
         let t0 = std::time::Instant::now();
         watcher.stop();
         assert!(t0.elapsed() < Duration::from_secs(1));

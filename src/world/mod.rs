@@ -10,6 +10,7 @@ pub mod heartbeat;
 pub mod ratelimit;
 pub mod room;
 pub mod session;
+pub mod state;
 
 use crate::agent::WorldContext;
 use crate::time::rfc3339;
@@ -25,7 +26,7 @@ pub const PRESENT_MAX: usize = 20;
 pub const NAME_MAX_BYTES: usize = 256;
 
 /// Where a user is in the world.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Occupant {
     pub user_id: String,
     pub username: String,
@@ -92,6 +93,10 @@ pub struct World {
     seq: u64,
     limits: WorldLimits,
     outbox: Vec<Event>,
+    /// What changed since [`World::take_changes`], kept only while a store persists the
+    /// world (see [`World::track_changes`]).
+    changes: state::Changes,
+    track: bool,
 }
 
 /// Check a name-like field: non-empty, at most [`NAME_MAX_BYTES`], no control characters.
@@ -126,6 +131,8 @@ impl World {
             seq: 0,
             limits,
             outbox: Vec::new(),
+            changes: state::Changes::default(),
+            track: false,
         };
         for spec in world.rooms {
             w.insert_room(spec);
@@ -134,6 +141,7 @@ impl World {
     }
 
     fn insert_room(&mut self, spec: RoomSpec) {
+        self.mark_room(&spec.name);
         self.by_lower
             .insert(spec.name.to_lowercase(), spec.name.clone());
         self.rooms.insert(spec.name.clone(), Room::new(spec));
@@ -184,6 +192,7 @@ impl World {
     /// room is created on first mention). Returns the canonical name.
     pub fn set_room(&mut self, spec: RoomSpec) -> Result<String, WorldError> {
         let name = self.ensure_room(&spec.name)?;
+        self.mark_room(&name);
         if let Some(r) = self.rooms.get_mut(&name) {
             r.spec = RoomSpec {
                 name: name.clone(),
@@ -241,6 +250,9 @@ impl World {
         if let Some(r) = self.rooms.get_mut(room) {
             r.push_event(ev.clone(), self.limits.events_max);
         }
+        if self.track {
+            self.changes.events.push(ev.clone());
+        }
         self.outbox.push(ev.clone());
         ev
     }
@@ -249,6 +261,7 @@ impl World {
     /// Already there: no events, only the name and activity are refreshed.
     pub fn place(&mut self, user_id: &str, username: &str, room: &str, now_ms: u64) -> Vec<Event> {
         let mut events = Vec::new();
+        self.mark_presence(user_id);
         let previous = self.occupants.get(user_id).map(|o| o.room.clone());
         if previous.as_deref() == Some(room) {
             if let Some(o) = self.occupants.get_mut(user_id) {
@@ -289,6 +302,7 @@ impl World {
                 last_active_ms: now_ms,
             },
         );
+        self.mark_room(room);
         if let Some(r) = self.rooms.get_mut(room) {
             r.note_visitor(username);
             r.occupants.push(user_id.to_string());
@@ -307,6 +321,7 @@ impl World {
     /// A user leaves the world (a game reports a disconnect, or presence expires).
     pub fn remove(&mut self, user_id: &str, now_ms: u64) -> Option<Event> {
         let o = self.occupants.remove(user_id)?;
+        self.mark_presence(user_id);
         if let Some(r) = self.rooms.get_mut(&o.room) {
             r.occupants.retain(|u| u != user_id);
         }

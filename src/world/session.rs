@@ -2,10 +2,11 @@
 //! number of sessions (least recently active evicted), and an idle timeout.
 
 use crate::agent::{Role, Turn};
-use std::collections::{HashMap, VecDeque};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 
 /// One user's conversation with the agent.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Session {
     pub user_id: String,
     pub username: String,
@@ -19,6 +20,7 @@ pub struct Session {
     pub last_active_ms: u64,
     /// Order of last activity: breaks ties between sessions active in the same
     /// millisecond, so "least recently active" is exact.
+    #[serde(default)]
     pub activity: u64,
     /// The crisis detector fired in this session; later replies keep the 988 line.
     pub crisis: bool,
@@ -39,6 +41,10 @@ pub struct Sessions {
     limits: SessionLimits,
     /// Counter behind [`Session::activity`].
     clock: u64,
+    /// Sessions changed or removed since [`Sessions::take_dirty`] (for the store).
+    dirty: BTreeSet<String>,
+    /// Whether to keep `dirty` (only when a store persists the world).
+    pub track: bool,
 }
 
 impl Sessions {
@@ -47,6 +53,8 @@ impl Sessions {
             map: HashMap::new(),
             limits,
             clock: 0,
+            dirty: BTreeSet::new(),
+            track: false,
         }
     }
 
@@ -62,8 +70,36 @@ impl Sessions {
         self.map.get(user_id)
     }
 
+    /// A session to change (it is marked for the store).
     pub fn get_mut(&mut self, user_id: &str) -> Option<&mut Session> {
+        self.mark(user_id);
         self.map.get_mut(user_id)
+    }
+
+    fn mark(&mut self, user_id: &str) {
+        if self.track {
+            self.dirty.insert(user_id.to_string());
+        }
+    }
+
+    pub fn has_dirty(&self) -> bool {
+        !self.dirty.is_empty()
+    }
+
+    /// User ids of the sessions changed or removed since the last call.
+    pub fn take_dirty(&mut self) -> BTreeSet<String> {
+        std::mem::take(&mut self.dirty)
+    }
+
+    /// Every session (for snapshots), in no particular order.
+    pub fn all(&self) -> impl Iterator<Item = &Session> {
+        self.map.values()
+    }
+
+    /// Put back a session from a snapshot.
+    pub fn restore(&mut self, s: Session) {
+        self.clock = self.clock.max(s.activity);
+        self.map.insert(s.user_id.clone(), s);
     }
 
     /// Sessions, most recently active first.
@@ -99,6 +135,7 @@ impl Sessions {
                 .map(|s| s.user_id.clone());
             if let Some(v) = victim {
                 self.map.remove(&v);
+                self.mark(&v);
                 evicted = Some(v);
             }
         }
@@ -121,6 +158,7 @@ impl Sessions {
         s.last_active_ms = now_ms;
         self.clock += 1;
         s.activity = self.clock;
+        self.mark(user_id);
         evicted
     }
 
@@ -141,6 +179,7 @@ impl Sessions {
             s.last_active_ms = now_ms;
             self.clock += 1;
             s.activity = self.clock;
+            self.mark(user_id);
         }
     }
 
@@ -156,6 +195,7 @@ impl Sessions {
             .collect();
         for u in &gone {
             self.map.remove(u);
+            self.mark(u);
         }
         gone
     }

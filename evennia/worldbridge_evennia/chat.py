@@ -1,0 +1,66 @@
+"""One `POST /bridge/chat` over urllib: the blocking half of `talk`, run in a thread.
+
+Nothing here touches Evennia; the command reads what it needs from Evennia objects in
+the reactor thread and hands plain values to `post_chat`.
+"""
+
+import json
+import socket
+import urllib.error
+import urllib.request
+
+MAX_REPLY_BYTES = 1024 * 1024
+
+# The bridge is a local or LAN service: environment proxies (http_proxy) must not
+# capture requests to it.
+_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+class ChatError(Exception):
+    """Why the agent's answer did not come; `str()` is a short sentence for the player."""
+
+
+def _error_sentence(status, body):
+    try:
+        err = json.loads(body.decode("utf-8"))
+        sentence = err.get("error") if isinstance(err, dict) else None
+    except ValueError:
+        sentence = None
+    if not isinstance(sentence, str) or not sentence:
+        sentence = "the bridge refused the request"
+    return f"{sentence} (HTTP {status})"
+
+
+def post_chat(url, payload, token="", timeout=60.0):
+    """POST `payload` to `{url}/bridge/chat`; the bridge's JSON answer, or ChatError."""
+    headers = {"Content-Type": "application/json", "Accept": "application/json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    req = urllib.request.Request(
+        f"{url}/bridge/chat",
+        data=json.dumps(payload).encode("utf-8"),
+        headers=headers,
+        method="POST",
+    )
+    try:
+        with _OPENER.open(req, timeout=timeout) as resp:
+            body = resp.read(MAX_REPLY_BYTES)
+    except urllib.error.HTTPError as e:
+        raise ChatError(_error_sentence(e.code, e.read(4096))) from None
+    except (TimeoutError, socket.timeout):
+        raise ChatError(f"the bridge did not answer within {timeout:g} s") from None
+    except urllib.error.URLError as e:
+        reason = e.reason
+        if isinstance(reason, (TimeoutError, socket.timeout)):
+            raise ChatError(f"the bridge did not answer within {timeout:g} s") from None
+        detail = getattr(reason, "strerror", None) or str(reason)
+        raise ChatError(f"the bridge at {url} is not reachable ({detail})") from None
+    except OSError as e:
+        raise ChatError(f"the bridge at {url} is not reachable ({e.strerror or e})") from None
+    try:
+        answer = json.loads(body.decode("utf-8"))
+    except ValueError:
+        raise ChatError("the bridge sent an answer that is not JSON") from None
+    if not isinstance(answer, dict) or not isinstance(answer.get("response"), str):
+        raise ChatError("the bridge sent an answer without a `response`")
+    return answer

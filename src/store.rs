@@ -1,0 +1,699 @@
+//! Durable state: an SQLite database in the data directory, owned by one store thread.
+//!
+//! The loop sends [`Batch`]es of changed rows; the thread commits everything that arrived
+//! while its last commit ran in one transaction (group commit), then reports which batches
+//! are durable and wakes the loop, which only then sends the answers that waited on them.
+//! A failed commit is reported too (those answers become 503) and its rows are retried
+//! with the next transaction: every row is a whole upsert or delete, so repeating one is
+//! harmless.
+//!
+//! Why `synchronous = FULL`: an acknowledged write must survive a power cut, not only a
+//! crash of the process. In WAL mode NORMAL can lose the last transactions on power loss;
+//! FULL syncs the WAL at each commit, and group commit spreads that fsync over every write
+//! in the transaction.
+//!
+//! Also here: opening (lock, pragmas, migrations), loading the [`Snapshot`] at start, and
+//! the export/import document of `worldbridge export` / `import`.
+
+use crate::world::room::Event;
+use crate::world::session::Session;
+use crate::world::state::{RoomState, Snapshot};
+use crate::world::Occupant;
+use crossbeam_channel::{Receiver, Sender};
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
+use serde::{Deserialize, Serialize};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+/// The schema version this build writes (`PRAGMA user_version`).
+pub const SCHEMA_VERSION: i64 = 1;
+
+/// The export document's format name and major version.
+pub const EXPORT_FORMAT: &str = "worldbridge-export";
+pub const EXPORT_VERSION: u64 = 1;
+
+/// Forward migrations: `MIGRATIONS[i]` takes a database from version `i` to `i + 1`.
+const MIGRATIONS: [&str; 1] = ["
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    CREATE TABLE rooms (name TEXT PRIMARY KEY, body TEXT NOT NULL);
+    CREATE TABLE presence (user_id TEXT PRIMARY KEY, body TEXT NOT NULL);
+    CREATE TABLE sessions (user_id TEXT PRIMARY KEY, body TEXT NOT NULL);
+    CREATE TABLE events (seq INTEGER PRIMARY KEY, room TEXT NOT NULL, body TEXT NOT NULL);
+    CREATE INDEX events_by_room ON events (room, seq);
+    CREATE TABLE cursors (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+"];
+
+/// One changed row. Rows are whole: writing one again changes nothing.
+#[derive(Debug, Clone)]
+pub enum Row {
+    Room(RoomState),
+    Presence(Occupant),
+    PresenceGone(String),
+    Session(Session),
+    SessionGone(String),
+    Event(Event),
+    /// The last event sequence number handed out.
+    Seq(u64),
+}
+
+/// The changes of one loop iteration.
+#[derive(Debug, Clone)]
+pub struct Batch {
+    pub id: u64,
+    pub rows: Vec<Row>,
+}
+
+/// What the store thread tells the loop.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreEvent {
+    /// Every batch with an id up to `upto` is durable.
+    Durable { upto: u64 },
+    /// These batches could not be committed (their rows are retried with the next one).
+    Failed { ids: Vec<u64>, error: String },
+}
+
+/// Counters of the store thread, read by `/bridge/stats` and `/metrics`.
+#[derive(Debug, Default)]
+pub struct StoreStats {
+    pub batches: std::sync::atomic::AtomicU64,
+    pub rows: std::sync::atomic::AtomicU64,
+    pub transactions: std::sync::atomic::AtomicU64,
+    pub failures: std::sync::atomic::AtomicU64,
+    /// Time spent writing rows and committing (fsync included), in microseconds.
+    pub write_us: std::sync::atomic::AtomicU64,
+    pub commit_us: std::sync::atomic::AtomicU64,
+}
+
+enum Msg {
+    Batch(Batch),
+    Stop,
+}
+
+/// The loop's side of a running store.
+pub struct Store {
+    tx: Sender<Msg>,
+    pub events: Receiver<StoreEvent>,
+    pub stats: Arc<StoreStats>,
+    thread: Option<JoinHandle<()>>,
+    pub path: PathBuf,
+    /// Held for as long as the store runs: a second process on the directory is refused.
+    _lock: File,
+}
+
+/// The database file inside a data directory.
+pub fn db_path(dir: &Path) -> PathBuf {
+    dir.join("world.db")
+}
+
+/// Take the data directory's lock file, or say who has it.
+fn lock(dir: &Path) -> Result<File, String> {
+    let path = dir.join("worldbridge.lock");
+    let f = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| format!("cannot open the lock file {}: {e}", path.display()))?;
+    match f.try_lock() {
+        Ok(()) => Ok(f),
+        Err(std::fs::TryLockError::WouldBlock) => Err(format!(
+            "another worldbridge is already using the data directory {} (its lock file {} is held); stop it or use another --data-dir",
+            dir.display(),
+            path.display()
+        )),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(format!("cannot lock {}: {e}", path.display()))
+        }
+    }
+}
+
+fn sql_err(what: &str, path: &Path) -> impl Fn(rusqlite::Error) -> String {
+    let (what, path) = (what.to_string(), path.display().to_string());
+    move |e| format!("{what} ({path}): {e}")
+}
+
+/// Open (creating if needed) the database in `dir`: pragmas, integrity, migrations.
+fn open_db(dir: &Path) -> Result<Connection, String> {
+    let path = db_path(dir);
+    let conn = Connection::open(&path).map_err(sql_err("cannot open the database", &path))?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))
+        .map_err(sql_err("database", &path))?;
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+        .map_err(|e| corrupt_or(e, &path))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(format!(
+            "the database {} cannot use WAL mode (got {mode}); is the directory writable?",
+            path.display()
+        ));
+    }
+    conn.execute_batch("PRAGMA synchronous = FULL;")
+        .map_err(sql_err("database", &path))?;
+    let check: String = conn
+        .query_row("PRAGMA quick_check", [], |r| r.get(0))
+        .map_err(|e| corrupt_or(e, &path))?;
+    if check != "ok" {
+        return Err(format!(
+            "the database {} is corrupt ({check}); restore it from an export (worldbridge import) or move it away",
+            path.display()
+        ));
+    }
+    migrate(&conn, &path)?;
+    Ok(conn)
+}
+
+fn corrupt_or(e: rusqlite::Error, path: &Path) -> String {
+    let text = e.to_string();
+    if text.contains("not a database") || text.contains("malformed") {
+        format!(
+            "the database {} is corrupt or not an SQLite file ({text}); restore it from an export (worldbridge import) or move it away",
+            path.display()
+        )
+    } else {
+        format!("cannot use the database {}: {text}", path.display())
+    }
+}
+
+fn migrate(conn: &Connection, path: &Path) -> Result<(), String> {
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(sql_err("database", path))?;
+    if version > SCHEMA_VERSION {
+        return Err(format!(
+            "the database {} has schema version {version}, newer than this worldbridge ({SCHEMA_VERSION}); upgrade worldbridge",
+            path.display()
+        ));
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+        let to = i as i64 + 1;
+        conn.execute_batch(&format!("BEGIN; {sql} PRAGMA user_version = {to}; COMMIT;"))
+            .map_err(|e| {
+                let _ = conn.execute_batch("ROLLBACK");
+                format!("migrating {} to version {to} failed: {e}", path.display())
+            })?;
+        log::info!(
+            "database {} migrated to schema version {to}",
+            path.display()
+        );
+    }
+    Ok(())
+}
+
+fn json<T: serde::de::DeserializeOwned>(body: &str, what: &str) -> rusqlite::Result<T> {
+    serde_json::from_str(body).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(
+            0,
+            rusqlite::types::Type::Text,
+            format!("bad stored {what}: {e}").into(),
+        )
+    })
+}
+
+fn all<T: serde::de::DeserializeOwned>(
+    conn: &Connection,
+    sql: &str,
+    what: &str,
+) -> rusqlite::Result<Vec<T>> {
+    let mut stmt = conn.prepare(sql)?;
+    let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+    rows.map(|b| json(&b?, what)).collect()
+}
+
+/// Everything stored, or `None` for an empty database.
+fn load(conn: &Connection) -> rusqlite::Result<Option<Snapshot>> {
+    let world: Option<String> = conn
+        .query_row("SELECT value FROM meta WHERE key = 'world'", [], |r| {
+            r.get(0)
+        })
+        .optional()?;
+    let Some(world) = world else {
+        return Ok(None);
+    };
+    let seq: Option<String> = conn
+        .query_row("SELECT value FROM meta WHERE key = 'seq'", [], |r| r.get(0))
+        .optional()?;
+    Ok(Some(Snapshot {
+        world,
+        seq: seq.and_then(|s| s.parse().ok()).unwrap_or(0),
+        rooms: all(conn, "SELECT body FROM rooms ORDER BY name", "room")?,
+        presence: all(
+            conn,
+            "SELECT body FROM presence ORDER BY user_id",
+            "presence",
+        )?,
+        events: all(conn, "SELECT body FROM events ORDER BY seq", "event")?,
+        sessions: all(
+            conn,
+            "SELECT body FROM sessions ORDER BY user_id",
+            "session",
+        )?,
+    }))
+}
+
+fn to_json(v: &impl Serialize) -> String {
+    // Our own types always serialise.
+    serde_json::to_string(v).unwrap_or_default()
+}
+
+/// Write rows in the open transaction; events past `events_max` per room are pruned.
+fn write_rows(tx: &rusqlite::Transaction, rows: &[Row], events_max: usize) -> rusqlite::Result<()> {
+    let mut rooms_with_events = std::collections::BTreeSet::new();
+    {
+        let mut room =
+            tx.prepare_cached("INSERT OR REPLACE INTO rooms (name, body) VALUES (?1, ?2)")?;
+        let mut pres =
+            tx.prepare_cached("INSERT OR REPLACE INTO presence (user_id, body) VALUES (?1, ?2)")?;
+        let mut pres_gone = tx.prepare_cached("DELETE FROM presence WHERE user_id = ?1")?;
+        let mut sess =
+            tx.prepare_cached("INSERT OR REPLACE INTO sessions (user_id, body) VALUES (?1, ?2)")?;
+        let mut sess_gone = tx.prepare_cached("DELETE FROM sessions WHERE user_id = ?1")?;
+        let mut event = tx.prepare_cached(
+            "INSERT OR REPLACE INTO events (seq, room, body) VALUES (?1, ?2, ?3)",
+        )?;
+        let mut meta =
+            tx.prepare_cached("INSERT OR REPLACE INTO meta (key, value) VALUES ('seq', ?1)")?;
+        for row in rows {
+            match row {
+                Row::Room(r) => {
+                    room.execute(params![r.spec.name, to_json(r)])?;
+                }
+                Row::Presence(o) => {
+                    pres.execute(params![o.user_id, to_json(o)])?;
+                }
+                Row::PresenceGone(u) => {
+                    pres_gone.execute(params![u])?;
+                }
+                Row::Session(s) => {
+                    sess.execute(params![s.user_id, to_json(s)])?;
+                }
+                Row::SessionGone(u) => {
+                    sess_gone.execute(params![u])?;
+                }
+                Row::Event(e) => {
+                    event.execute(params![e.seq as i64, e.room, to_json(e)])?;
+                    rooms_with_events.insert(e.room.clone());
+                }
+                Row::Seq(s) => {
+                    meta.execute(params![s.to_string()])?;
+                }
+            }
+        }
+    }
+    let mut prune = tx.prepare_cached(
+        "DELETE FROM events WHERE room = ?1 AND seq < (SELECT MIN(seq) FROM (SELECT seq FROM events WHERE room = ?1 ORDER BY seq DESC LIMIT ?2))",
+    )?;
+    for r in rooms_with_events {
+        prune.execute(params![r, events_max.max(1) as i64])?;
+    }
+    Ok(())
+}
+
+fn put_meta(conn: &Connection, world: &str) -> rusqlite::Result<()> {
+    conn.execute(
+        "INSERT OR REPLACE INTO meta (key, value) VALUES ('world', ?1)",
+        params![world],
+    )?;
+    Ok(())
+}
+
+impl Store {
+    /// Open the data directory: take its lock, open and migrate the database, load what it
+    /// holds, and start the store thread. `wake` is called after each report.
+    pub fn open(
+        dir: &Path,
+        world: &str,
+        events_max: usize,
+        wake: Arc<dyn Fn() + Send + Sync>,
+    ) -> Result<(Store, Option<Snapshot>), String> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| format!("cannot create the data directory {}: {e}", dir.display()))?;
+        let lock = lock(dir)?;
+        let mut conn = open_db(dir)?;
+        let path = db_path(dir);
+        let snap = load(&conn).map_err(sql_err("cannot read the stored world", &path))?;
+        match &snap {
+            Some(s) if s.world != world => {
+                return Err(format!(
+                    "the data directory {} holds the world {:?}, not {world:?}; use its own --data-dir for each world",
+                    dir.display(),
+                    s.world
+                ))
+            }
+            Some(_) => {}
+            None => put_meta(&conn, world).map_err(|e| {
+                format!(
+                    "cannot write to the database {} ({e}); is the directory writable and the disk not full?",
+                    path.display()
+                )
+            })?,
+        }
+        let (tx, rx) = crossbeam_channel::unbounded::<Msg>();
+        let (etx, events) = crossbeam_channel::unbounded();
+        let stats = Arc::new(StoreStats::default());
+        let st = stats.clone();
+        let thread = std::thread::Builder::new()
+            .name("store".into())
+            .spawn(move || writer(&mut conn, &rx, &etx, &st, events_max, &*wake))
+            .map_err(|e| format!("cannot start the store thread: {e}"))?;
+        log::info!("store: {} (WAL, synchronous=FULL)", path.display());
+        Ok((
+            Store {
+                tx,
+                events,
+                stats,
+                thread: Some(thread),
+                path,
+                _lock: lock,
+            },
+            snap,
+        ))
+    }
+
+    /// The store's part of `GET /metrics`.
+    pub fn render_metrics(&self, waiting: usize, o: &mut String) {
+        use std::fmt::Write;
+        use std::sync::atomic::Ordering::Relaxed;
+        let st = &self.stats;
+        for (name, help, v) in [
+            (
+                "worldbridge_store_batches_total",
+                "Batches of changes sent to the store (one per loop iteration with changes).",
+                st.batches.load(Relaxed),
+            ),
+            (
+                "worldbridge_store_rows_total",
+                "Rows written.",
+                st.rows.load(Relaxed),
+            ),
+            (
+                "worldbridge_store_transactions_total",
+                "Transactions committed (group commit: several batches each).",
+                st.transactions.load(Relaxed),
+            ),
+            (
+                "worldbridge_store_failures_total",
+                "Commits that failed.",
+                st.failures.load(Relaxed),
+            ),
+        ] {
+            let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
+        }
+        let _ = writeln!(o, "# HELP worldbridge_store_waiting_answers Answers waiting for their change to be durable.\n# TYPE worldbridge_store_waiting_answers gauge\nworldbridge_store_waiting_answers {waiting}");
+    }
+
+    /// Hand a batch to the store thread.
+    pub fn send(&self, batch: Batch) {
+        // The thread only ends after `close`; a send error means it died, and the
+        // missing Durable report makes the waiting answers time out as 503s.
+        let _ = self.tx.send(Msg::Batch(batch));
+    }
+
+    /// Commit what was sent and stop the thread.
+    pub fn close(&mut self) {
+        let _ = self.tx.send(Msg::Stop);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+/// The store thread: group commit until told to stop.
+fn writer(
+    conn: &mut Connection,
+    rx: &Receiver<Msg>,
+    events: &Sender<StoreEvent>,
+    stats: &StoreStats,
+    events_max: usize,
+    wake: &(dyn Fn() + Send + Sync),
+) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let mut retry: Vec<Row> = Vec::new();
+    let mut stopping = false;
+    while !stopping {
+        let first = match rx.recv() {
+            Ok(Msg::Batch(b)) => b,
+            Ok(Msg::Stop) | Err(_) => break,
+        };
+        // Everything that arrived while the last commit ran goes into this one.
+        let mut ids = vec![first.id];
+        let mut rows = std::mem::take(&mut retry);
+        rows.extend(first.rows);
+        loop {
+            match rx.try_recv() {
+                Ok(Msg::Batch(b)) => {
+                    ids.push(b.id);
+                    rows.extend(b.rows);
+                }
+                Ok(Msg::Stop) => {
+                    stopping = true;
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        let t0 = std::time::Instant::now();
+        let result = conn.transaction().and_then(|tx| {
+            write_rows(&tx, &rows, events_max)?;
+            let t1 = std::time::Instant::now();
+            stats
+                .write_us
+                .fetch_add((t1 - t0).as_micros() as u64, Relaxed);
+            let r = tx.commit();
+            stats
+                .commit_us
+                .fetch_add(t1.elapsed().as_micros() as u64, Relaxed);
+            r
+        });
+        stats.batches.fetch_add(ids.len() as u64, Relaxed);
+        match result {
+            Ok(()) => {
+                stats.transactions.fetch_add(1, Relaxed);
+                stats.rows.fetch_add(rows.len() as u64, Relaxed);
+                let upto = ids.iter().copied().max().unwrap_or(0);
+                let _ = events.send(StoreEvent::Durable { upto });
+            }
+            Err(e) => {
+                stats.failures.fetch_add(1, Relaxed);
+                log::error!(
+                    "store: commit of {} rows failed: {e}; they are retried with the next write",
+                    rows.len()
+                );
+                retry = rows;
+                let _ = events.send(StoreEvent::Failed {
+                    ids,
+                    error: e.to_string(),
+                });
+            }
+        }
+        wake();
+    }
+    if !retry.is_empty() {
+        log::error!(
+            "store: {} rows could not be written before stopping",
+            retry.len()
+        );
+    }
+}
+
+/// The document of `worldbridge export`: the whole state of one world.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Export {
+    pub format: String,
+    pub version: u64,
+    pub bridge_version: String,
+    #[serde(flatten)]
+    pub state: Snapshot,
+}
+
+/// Read a data directory's state without taking its lock (a running bridge may hold
+/// it; SQLite's WAL lets a reader in).
+pub fn export(dir: &Path) -> Result<Export, String> {
+    let path = db_path(dir);
+    if !path.exists() {
+        return Err(format!(
+            "there is no world in {} (no {})",
+            dir.display(),
+            path.display()
+        ));
+    }
+    let conn = Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .map_err(sql_err("cannot open the database", &path))?;
+    let snap = load(&conn)
+        .map_err(|e| corrupt_or(e, &path))?
+        .ok_or_else(|| format!("the database {} holds no world yet", path.display()))?;
+    Ok(Export {
+        format: EXPORT_FORMAT.into(),
+        version: EXPORT_VERSION,
+        bridge_version: env!("CARGO_PKG_VERSION").into(),
+        state: snap,
+    })
+}
+
+/// Load an export document into a data directory (refusing a newer major version, and a
+/// directory that already holds a world unless `force`).
+pub fn import(dir: &Path, text: &str, force: bool, events_max: usize) -> Result<Snapshot, String> {
+    let head: serde_json::Value =
+        serde_json::from_str(text).map_err(|e| format!("the file is not JSON: {e}"))?;
+    if head["format"] != EXPORT_FORMAT {
+        return Err(format!(
+            "the file is not a worldbridge export (format is {}, not {EXPORT_FORMAT:?})",
+            head["format"]
+        ));
+    }
+    match head["version"].as_u64() {
+        Some(v) if v <= EXPORT_VERSION => {}
+        Some(v) => {
+            return Err(format!(
+                "the export has version {v}, newer than this worldbridge reads ({EXPORT_VERSION}); upgrade worldbridge"
+            ))
+        }
+        None => return Err("the export has no numeric `version`".into()),
+    }
+    let doc: Export = serde_json::from_value(head).map_err(|e| format!("bad export: {e}"))?;
+    std::fs::create_dir_all(dir)
+        .map_err(|e| format!("cannot create the data directory {}: {e}", dir.display()))?;
+    let _lock = lock(dir)?;
+    let mut conn = open_db(dir)?;
+    let path = db_path(dir);
+    if let Some(existing) = load(&conn).map_err(sql_err("cannot read the stored world", &path))? {
+        let empty = existing.rooms.is_empty()
+            && existing.events.is_empty()
+            && existing.sessions.is_empty()
+            && existing.presence.is_empty();
+        if !empty && !force {
+            return Err(format!(
+                "the data directory {} already holds the world {:?}; add --force to replace it",
+                dir.display(),
+                existing.world
+            ));
+        }
+    }
+    let s = &doc.state;
+    let tx = conn.transaction().map_err(sql_err("database", &path))?;
+    let result = (|| {
+        tx.execute_batch("DELETE FROM rooms; DELETE FROM presence; DELETE FROM sessions; DELETE FROM events; DELETE FROM meta;")?;
+        put_meta(&tx, &s.world)?;
+        let mut rows: Vec<Row> = Vec::new();
+        rows.extend(s.rooms.iter().cloned().map(Row::Room));
+        rows.extend(s.presence.iter().cloned().map(Row::Presence));
+        rows.extend(s.sessions.iter().cloned().map(Row::Session));
+        rows.extend(s.events.iter().cloned().map(Row::Event));
+        rows.push(Row::Seq(s.seq));
+        write_rows(&tx, &rows, events_max.max(s.events.len()))?;
+        tx.commit()
+    })();
+    result.map_err(|e| format!("importing into {} failed: {e}", path.display()))?;
+    Ok(doc.state)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::Ordering::Relaxed;
+
+    fn temp_dir(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("wb-store-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        d
+    }
+
+    fn no_wake() -> Arc<dyn Fn() + Send + Sync> {
+        Arc::new(|| {})
+    }
+
+    #[test]
+    fn a_second_process_on_the_directory_is_refused() {
+        let dir = temp_dir("lock");
+        let (_a, snap) = Store::open(&dir, "w", 50, no_wake()).expect("first");
+        assert!(snap.is_none(), "a new directory holds no world");
+        let err = Store::open(&dir, "w", 50, no_wake())
+            .err()
+            .expect("second refused");
+        assert!(err.contains("already using the data directory"), "{err}");
+    }
+
+    #[test]
+    fn a_corrupt_database_and_a_newer_schema_are_clear_errors() {
+        let dir = temp_dir("corrupt");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(db_path(&dir), vec![0x42u8; 8192]).unwrap();
+        let err = Store::open(&dir, "w", 50, no_wake())
+            .err()
+            .expect("refused");
+        assert!(err.contains("corrupt"), "{err}");
+
+        let dir = temp_dir("newer");
+        std::fs::create_dir_all(&dir).unwrap();
+        let c = Connection::open(db_path(&dir)).unwrap();
+        c.execute_batch("PRAGMA user_version = 99").unwrap();
+        drop(c);
+        let err = Store::open(&dir, "w", 50, no_wake())
+            .err()
+            .expect("refused");
+        assert!(err.contains("newer than this worldbridge"), "{err}");
+    }
+
+    #[test]
+    fn another_worlds_directory_is_refused() {
+        let dir = temp_dir("world");
+        drop(Store::open(&dir, "mac", 50, no_wake()).unwrap());
+        let err = Store::open(&dir, "vps", 50, no_wake())
+            .err()
+            .expect("refused");
+        assert!(err.contains("holds the world \"mac\""), "{err}");
+    }
+
+    #[test]
+    fn batches_commit_together_and_events_are_pruned() {
+        let dir = temp_dir("group");
+        let (mut store, _) = Store::open(&dir, "w", 3, no_wake()).unwrap();
+        let ev = |seq: u64| Event {
+            kind: crate::world::room::EventKind::Say,
+            event: "message".into(),
+            user_id: "a".into(),
+            username: "A".into(),
+            room: "R".into(),
+            message: Some(format!("m{seq}")),
+            timestamp: crate::time::rfc3339(seq),
+            seq,
+            origin: "w".into(),
+            ts_ms: seq,
+        };
+        for id in 1..=10 {
+            store.send(Batch {
+                id,
+                rows: vec![Row::Event(ev(id)), Row::Seq(id)],
+            });
+        }
+        let mut upto = 0;
+        while upto < 10 {
+            match store
+                .events
+                .recv_timeout(std::time::Duration::from_secs(5))
+                .unwrap()
+            {
+                StoreEvent::Durable { upto: u } => {
+                    assert!(u > upto, "reports move forward");
+                    upto = u;
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        let tx = store.stats.transactions.load(Relaxed);
+        assert!((1..=10).contains(&tx));
+        store.close();
+        let doc = export(&dir).unwrap();
+        assert_eq!(doc.state.seq, 10);
+        let kept: Vec<u64> = doc.state.events.iter().map(|e| e.seq).collect();
+        assert_eq!(kept, [8, 9, 10], "rooms.events_max bounds the file");
+    }
+}

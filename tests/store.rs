@@ -1,0 +1,372 @@
+//! Durable state, as a user sees it through the real binary: a restart keeps everything,
+//! a `kill -9` under load loses nothing that was acknowledged, export → import → export
+//! is exact, group commit really batches, and bad data directories are clear errors.
+
+mod common;
+use common::*;
+use serde_json::{json, Value};
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+fn data_dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("wb-durable-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+fn serve(dir: &Path, extra_toml: &str) -> (Child, std::net::SocketAddr) {
+    let cfg = temp_file(
+        &format!("{}.toml", dir.file_name().unwrap().to_string_lossy()),
+        &format!("[http]\nlisten = [\"127.0.0.1:0\"]\nrate_limit_requests = 1000000\n[line]\nlisten = []\n{extra_toml}"),
+    );
+    let (child, addr, _logs) = spawn(bin().arg("--config").arg(&cfg).arg("--data-dir").arg(dir));
+    (child, addr)
+}
+
+fn sigterm(mut child: Child) {
+    let st = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(0), "a clean exit after SIGTERM");
+}
+
+fn chat(addr: std::net::SocketAddr, user: &str, message: &str) -> Value {
+    let r = post(
+        addr,
+        "/bridge/chat",
+        &json!({"user_id": user, "username": user, "message": message, "room": "The Garden"}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    r.json()
+}
+
+#[test]
+fn everything_is_there_after_a_restart_and_conversations_continue() {
+    let dir = data_dir("restart");
+    let (child, addr) = serve(&dir, "");
+    assert_eq!(chat(addr, "alice", "hello")["session_messages"], 2);
+    assert_eq!(
+        chat(addr, "alice", "I don't want to be here anymore")["crisis"],
+        true
+    );
+    let r = post(
+        addr,
+        "/bridge/say",
+        &json!({"user_id": "bob", "username": "Bob", "room": "Limbo", "message": "a new room"}),
+    );
+    assert_eq!(r.status, 200);
+    post(
+        addr,
+        "/bridge/move",
+        &json!({"user_id": "bob", "room": "The Tower"}),
+    );
+    let before_events = get(addr, "/bridge/room/Limbo/events");
+    let before_world = get(addr, "/bridge/world/Limbo");
+    sigterm(child);
+
+    let (child, addr) = serve(&dir, "");
+    assert_eq!(get(addr, "/bridge/room/Limbo/events"), before_events);
+    assert_eq!(get(addr, "/bridge/world/Limbo"), before_world);
+    assert_eq!(
+        get(addr, "/bridge/room/The%20Tower/players")["players"],
+        json!([{"user_id": "bob", "username": "Bob"}])
+    );
+    let s = get(addr, "/bridge/sessions");
+    let alice = s["sessions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["user_id"] == "alice")
+        .unwrap()
+        .clone();
+    assert_eq!(alice["messages"], 4);
+    assert_eq!(alice["crisis"], true, "the crisis flag survives");
+    let next = chat(addr, "alice", "how are you");
+    assert_eq!(next["session_messages"], 6, "the conversation goes on");
+    assert!(
+        next["response"].as_str().unwrap().contains("988"),
+        "a flagged session keeps the lifeline"
+    );
+    // Sequence numbers go on from where they were.
+    let ev = post(
+        addr,
+        "/bridge/say",
+        &json!({"user_id": "bob", "room": "Limbo", "message": "again"}),
+    )
+    .json();
+    let last_before = before_events["events"].as_array().unwrap().last().unwrap()["seq"]
+        .as_u64()
+        .unwrap();
+    assert!(ev["event"]["seq"].as_u64().unwrap() > last_before);
+    sigterm(child);
+}
+
+#[test]
+fn nothing_acknowledged_is_lost_when_the_process_is_killed() {
+    let dir = data_dir("crash");
+    let (mut child, addr) = serve(&dir, "[rooms]\nevents_max = 1000000\n");
+    let acked = Arc::new(Mutex::new(Vec::<String>::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers: Vec<_> = (0..8)
+        .map(|w| {
+            let (acked, stop) = (acked.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut c = Client::connect(addr);
+                for i in 0.. {
+                    if stop.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    let msg = format!("w{w}-{i}");
+                    let body = json!({"user_id": format!("writer{w}"), "room": "The Forge", "message": msg}).to_string();
+                    c.send("POST", "/bridge/say", Some(&body));
+                    match c.read_response(false) {
+                        Some(r) if r.status == 200 => acked.lock().unwrap().push(msg),
+                        _ => break,
+                    }
+                }
+            })
+        })
+        .collect();
+    let started = Instant::now();
+    while acked.lock().unwrap().len() < 2000 && started.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child.kill().unwrap(); // SIGKILL, mid-write.
+    child.wait().unwrap();
+    stop.store(true, Ordering::SeqCst);
+    for w in writers {
+        let _ = w.join();
+    }
+    let acked = acked.lock().unwrap().clone();
+    assert!(
+        acked.len() >= 100,
+        "the load ran: {} acknowledged",
+        acked.len()
+    );
+
+    let conn = rusqlite::Connection::open(dir.join("world.db")).unwrap();
+    let check: String = conn
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(check, "ok");
+    drop(conn);
+
+    let (child, addr) = serve(&dir, "[rooms]\nevents_max = 1000000\n");
+    let evs = get(addr, "/bridge/room/The%20Forge/events");
+    let stored: HashSet<String> = evs["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["message"].as_str().map(str::to_string))
+        .collect();
+    let lost: Vec<&String> = acked.iter().filter(|m| !stored.contains(*m)).collect();
+    assert!(
+        lost.is_empty(),
+        "{} of {} acknowledged says were lost, e.g. {:?}",
+        lost.len(),
+        acked.len(),
+        &lost[..lost.len().min(5)]
+    );
+    sigterm(child);
+}
+
+#[test]
+fn export_import_export_is_exact() {
+    let dir = data_dir("export");
+    let (child, addr) = serve(&dir, "");
+    chat(addr, "alice", "hello");
+    post(
+        addr,
+        "/bridge/say",
+        &json!({"user_id": "bob", "room": "Limbo", "message": "Ünïcödé ✓ \"quoted\""}),
+    );
+    // Export works while the bridge runs (a reader does not need the lock).
+    let out1 = dir.with_extension("1.json");
+    let st = bin()
+        .args(["export", "--data-dir"])
+        .arg(&dir)
+        .arg("--out")
+        .arg(&out1)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    sigterm(child);
+
+    let doc: Value = serde_json::from_str(&std::fs::read_to_string(&out1).unwrap()).unwrap();
+    assert_eq!(doc["format"], "worldbridge-export");
+    assert_eq!(doc["version"], 1);
+    assert_eq!(doc["world"], "local");
+    assert!(doc["rooms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|r| r["spec"]["name"] == "Limbo"));
+
+    let dir2 = data_dir("import");
+    let st = bin()
+        .arg("import")
+        .arg(&out1)
+        .arg("--data-dir")
+        .arg(&dir2)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let again = bin()
+        .arg("import")
+        .arg(&out1)
+        .arg("--data-dir")
+        .arg(&dir2)
+        .output()
+        .unwrap();
+    assert!(
+        !again.status.success(),
+        "a non-empty world is not overwritten"
+    );
+    assert!(String::from_utf8_lossy(&again.stderr).contains("--force"));
+    let st = bin()
+        .arg("import")
+        .arg(&out1)
+        .arg("--data-dir")
+        .arg(&dir2)
+        .arg("--force")
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let out2 = dir.with_extension("2.json");
+    let st = bin()
+        .args(["export", "--data-dir"])
+        .arg(&dir2)
+        .arg("--out")
+        .arg(&out2)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    assert_eq!(
+        std::fs::read_to_string(&out1).unwrap(),
+        std::fs::read_to_string(&out2).unwrap(),
+        "identical documents"
+    );
+
+    // A newer major version is refused.
+    let mut newer = doc.clone();
+    newer["version"] = json!(2);
+    let f = temp_file("newer-export.json", &newer.to_string());
+    let out = bin()
+        .arg("import")
+        .arg(&f)
+        .arg("--data-dir")
+        .arg(data_dir("newer"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("newer than this worldbridge"));
+
+    // The imported world serves what was exported.
+    let (child, addr) = serve(&dir2, "");
+    let evs = get(addr, "/bridge/room/Limbo/events");
+    assert_eq!(
+        evs["events"].as_array().unwrap().last().unwrap()["message"],
+        "Ünïcödé ✓ \"quoted\""
+    );
+    sigterm(child);
+}
+
+#[test]
+fn group_commit_puts_many_writes_in_one_transaction() {
+    let dir = data_dir("group");
+    let (child, addr) = serve(&dir, "");
+    let writers: Vec<_> = (0..32)
+        .map(|w| {
+            std::thread::spawn(move || {
+                let mut c = Client::connect(addr);
+                for i in 0..50 {
+                    let body = json!({"user_id": format!("u{w}"), "room": "The Garden", "message": format!("m{i}")}).to_string();
+                    assert_eq!(c.call("POST", "/bridge/say", Some(&body)).status, 200);
+                }
+            })
+        })
+        .collect();
+    for w in writers {
+        w.join().unwrap();
+    }
+    let store = get(addr, "/bridge/stats")["store"].clone();
+    let (batches, tx) = (
+        store["batches"].as_u64().unwrap(),
+        store["transactions"].as_u64().unwrap(),
+    );
+    assert!(batches >= 1 && tx >= 1, "{store}");
+    assert!(tx < 1600, "1,600 writes in fewer transactions: {store}");
+    assert!(tx <= batches, "{store}");
+    let metrics = call(addr, "GET", "/metrics", None).text();
+    assert!(metrics.contains("worldbridge_store_transactions_total"));
+    sigterm(child);
+}
+
+#[test]
+fn a_second_process_and_bad_directories_are_refused_clearly() {
+    let dir = data_dir("second");
+    let (child, _addr) = serve(&dir, "");
+    let out = bin()
+        .args([
+            "--http",
+            "127.0.0.1:0",
+            "--line",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("another worldbridge is already using the data directory"),
+        "{err}"
+    );
+    sigterm(child);
+
+    // A data directory that cannot be created: its parent is a file.
+    let file = temp_file("not-a-dir", "x");
+    let out = bin()
+        .args([
+            "--http",
+            "127.0.0.1:0",
+            "--line",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
+        .arg(file.join("sub"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot create the data directory"));
+
+    // A corrupt database file.
+    let bad = data_dir("corrupt");
+    std::fs::create_dir_all(&bad).unwrap();
+    std::fs::write(bad.join("world.db"), vec![7u8; 4096]).unwrap();
+    let out = bin()
+        .args([
+            "--http",
+            "127.0.0.1:0",
+            "--line",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("corrupt"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
