@@ -124,6 +124,7 @@ impl App {
                 heartbeat_ms: cfg.gateway.heartbeat_s.saturating_mul(1000),
                 history_max: cfg.gateway.history_max,
                 history_max_age_ms: cfg.gateway.history_max_age_s.saturating_mul(1000),
+                max_messages_per_s: cfg.gateway.max_messages_per_s,
             },
             now_ms,
         );
@@ -133,6 +134,7 @@ impl App {
                 heartbeat_ms: cfg.workshop.heartbeat_s.saturating_mul(1000),
                 message_max_bytes: cfg.rooms.message_max_bytes,
                 visitors_per_conn: cfg.workshop.visitors_per_connection,
+                max_messages_per_s: cfg.gateway.max_messages_per_s,
             },
             now_ms,
         );

@@ -133,6 +133,9 @@ pub struct GatewayConfig {
     pub max_queued_bytes: usize,
     /// Messages that may wait for one WebSocket client; past it, the same.
     pub max_queued_messages: usize,
+    /// Messages one WebSocket client may send per second (both feeds); past it they are
+    /// refused with an `error` `rate_limited` (one per second) and not routed.
+    pub max_messages_per_s: u32,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -281,6 +284,7 @@ impl Default for GatewayConfig {
             max_message_bytes: 1024 * 1024,
             max_queued_bytes: 1024 * 1024,
             max_queued_messages: 1024,
+            max_messages_per_s: 200,
         }
     }
 }
@@ -443,7 +447,7 @@ impl Config {
         check_backend(&self.agent.backend)
             .map_err(|why| format!("config: `agent.backend`: {why}"))?;
 
-        let at_least: [(&str, u64, u64); 23] = [
+        let at_least: [(&str, u64, u64); 24] = [
             ("rooms.events_max", self.rooms.events_max as u64, 1),
             ("rooms.max", self.rooms.max as u64, 1),
             ("rooms.occupants_max", self.rooms.occupants_max as u64, 1),
@@ -490,6 +494,11 @@ impl Config {
             (
                 "gateway.max_queued_messages",
                 self.gateway.max_queued_messages as u64,
+                1,
+            ),
+            (
+                "gateway.max_messages_per_s",
+                u64::from(self.gateway.max_messages_per_s),
                 1,
             ),
             ("workshop.poll_s", self.workshop.poll_s, 1),
@@ -1445,6 +1454,7 @@ token = ""                               # the pair's shared secret, used both w
     fn websocket_keys_have_defaults_bounds_and_the_gateway_token_falls_back() {
         let c = Config::default();
         assert_eq!(c.gateway.max_queued_messages, 1024);
+        assert_eq!(c.gateway.max_messages_per_s, 200);
         assert_eq!(c.workshop.visitors_per_connection, 8);
         assert_eq!(c.gateway_token(), "");
         let mut c = Config::default();

@@ -110,8 +110,9 @@ fn agent_at(addr: SocketAddr, path: &str, id: &str, role: &str) -> (Ws, Value) {
 
 fn gateway_config() -> Config {
     let mut cfg = test_config();
-    // Tests talk fast; the rate limit is for people.
+    // Tests talk fast; the rate limits are for people and runaway clients.
     cfg.http.rate_limit_requests = 100_000;
+    cfg.gateway.max_messages_per_s = 100_000;
     cfg
 }
 
@@ -318,6 +319,28 @@ fn silent_clients_are_pruned_and_live_ones_stay() {
     assert_eq!(st["count"], 1);
     assert_eq!(st["agents"][0]["agentId"], "live");
     assert!(st["totals"]["pruned"].as_u64().unwrap() >= 1);
+}
+
+#[test]
+fn a_flooding_client_is_refused_past_its_rate() {
+    let mut cfg = gateway_config();
+    cfg.gateway.max_messages_per_s = 5;
+    let b = start_with(cfg);
+    let (mut a, _) = agent(b.http, "flood", "agent");
+    let (mut other, _) = agent(b.http, "other", "agent");
+    for n in 0..20 {
+        send(&mut a, &json!({"type": "m", "n": n}));
+    }
+    let e = next_of(&mut a, "error");
+    assert_eq!(e["code"], "rate_limited");
+    // The register counted as the first message of that second: at most 4 routed.
+    let mut got = 0;
+    set_timeout(&other, Duration::from_millis(500));
+    while let Ok(Message::Text(_)) = other.read() {
+        got += 1;
+    }
+    assert!((1..=4).contains(&got), "{got} routed");
+    silent_for(&mut a, Duration::from_millis(300));
 }
 
 #[test]

@@ -23,7 +23,7 @@ pub mod merge_patch;
 pub mod watcher;
 
 use crate::conn::ConnId;
-use crate::world::heartbeat::Heartbeat;
+use crate::world::heartbeat::{Flood, Flooding, Heartbeat};
 use crate::world::{check_name, gateway::error_frame};
 use inbox::InboxMessage;
 use merge_patch::{diff_exact, Change};
@@ -77,6 +77,8 @@ pub struct WorkshopLimits {
     pub message_max_bytes: usize,
     /// Most visitor names one connection may hold present at once.
     pub visitors_per_conn: usize,
+    /// Messages one connection may send per second.
+    pub max_messages_per_s: u32,
 }
 
 /// Totals since start.
@@ -94,6 +96,7 @@ pub struct WorkshopCounts {
 struct Client {
     /// Visitors this connection said `enter` for.
     visitors: BTreeSet<String>,
+    flood: Flood,
 }
 
 /// The feed.
@@ -170,10 +173,22 @@ impl Workshop {
 
     /// A text frame from a browser.
     pub fn on_text(&mut self, conn: ConnId, text: &str, now_ms: u64, out: &mut Vec<Output>) {
-        if !self.clients.contains_key(&conn) {
+        let max = self.limits.max_messages_per_s;
+        let Some(client) = self.clients.get_mut(&conn) else {
             return;
-        }
+        };
+        let flooding = client.flood.check(now_ms, max);
         self.heartbeat.heard(conn, now_ms);
+        match flooding {
+            Flooding::Allowed => {}
+            Flooding::Refused => {
+                let why = format!(
+                    "more than {max} messages in a second: the rest of this second is dropped"
+                );
+                return self.refuse(conn, "rate_limited", &why, out);
+            }
+            Flooding::RefusedAgain => return,
+        }
         let msg = match serde_json::from_str::<Value>(text) {
             Ok(Value::Object(m)) => m,
             Ok(_) => {
@@ -400,6 +415,7 @@ mod tests {
                 heartbeat_ms: 15_000,
                 message_max_bytes: 100,
                 visitors_per_conn: 2,
+                max_messages_per_s: 1000,
             },
             0,
         )

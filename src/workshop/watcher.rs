@@ -330,7 +330,10 @@ mod tests {
         // The wake comes right after the send: give the thread a moment to make it.
         let deadline = std::time::Instant::now() + Duration::from_secs(2);
         while woken.load(std::sync::atomic::Ordering::SeqCst) < 2 {
-            assert!(std::time::Instant::now() < deadline, "the loop was not woken");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the loop was not woken"
+            );
             std::thread::sleep(Duration::from_millis(1));
         }
         let t0 = std::time::Instant::now();

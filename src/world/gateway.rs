@@ -21,7 +21,7 @@
 //!   with `?since=<gateway_seq>` gets what it missed, or `resync_required` when the
 //!   history no longer reaches back that far.
 
-use super::heartbeat::Heartbeat;
+use super::heartbeat::{Flood, Flooding, Heartbeat};
 use super::room::{Event, EventKind};
 use super::NAME_MAX_BYTES;
 use crate::conn::ConnId;
@@ -74,6 +74,8 @@ pub struct GatewayLimits {
     pub heartbeat_ms: u64,
     pub history_max: usize,
     pub history_max_age_ms: u64,
+    /// Messages one connection may send per second.
+    pub max_messages_per_s: u32,
 }
 
 /// Totals since start, for `/api/gateway/status` and the metrics.
@@ -104,6 +106,7 @@ struct Client {
     reg: Option<Registration>,
     messages_in: u64,
     messages_out: u64,
+    flood: Flood,
 }
 
 /// One delivered frame, kept for resuming clients.
@@ -197,6 +200,7 @@ impl Gateway {
                 reg: None,
                 messages_in: 0,
                 messages_out: 0,
+                flood: Flood::default(),
             },
         );
         self.heartbeat.add(conn, now_ms);
@@ -231,7 +235,23 @@ impl Gateway {
         };
         client.messages_in += 1;
         client.last_seen_ms = client.last_seen_ms.max(now_ms);
+        let flooding = client.flood.check(now_ms, self.limits.max_messages_per_s);
         self.heartbeat.heard(conn, now_ms);
+        match flooding {
+            Flooding::Allowed => {}
+            Flooding::Refused => {
+                let why = format!(
+                    "more than {} messages in a second (gateway.max_messages_per_s): \
+                     the rest of this second is not routed",
+                    self.limits.max_messages_per_s
+                );
+                return self.refuse(conn, "rate_limited", &why, out);
+            }
+            Flooding::RefusedAgain => {
+                self.counts.errors += 1;
+                return;
+            }
+        }
         let mut msg = match serde_json::from_str::<Value>(text.as_str()) {
             Ok(Value::Object(m)) => m,
             Ok(_) => {
@@ -741,6 +761,7 @@ mod tests {
                 heartbeat_ms: 30_000,
                 history_max: 100,
                 history_max_age_ms: 120_000,
+                max_messages_per_s: 1000,
             },
             0,
         )
@@ -1082,6 +1103,7 @@ mod tests {
                 heartbeat_ms: 1000,
                 history_max: 10,
                 history_max_age_ms: 60_000,
+                max_messages_per_s: 1000,
             },
             0,
         );
@@ -1214,6 +1236,7 @@ mod tests {
                 heartbeat_ms: 1000,
                 history_max: 3,
                 history_max_age_ms: 100,
+                max_messages_per_s: 1000,
             },
             0,
         );
@@ -1225,6 +1248,33 @@ mod tests {
         assert_eq!(g.history.len(), 3);
         g.tick(500, &mut out);
         assert_eq!(g.history.len(), 0, "older than history_max_age");
+    }
+
+    #[test]
+    fn a_flood_is_refused_once_per_second_and_not_routed() {
+        let mut g = Gateway::new(
+            GatewayLimits {
+                max_messages_per_s: 3,
+                ..hub().limits
+            },
+            0,
+        );
+        register(&mut g, id(0), "a", "agent"); // the register is message 1 of 3
+        register(&mut g, id(1), "b", "agent");
+        let mut out = Vec::new();
+        for _ in 0..4 {
+            g.on_text(id(0), &text(r#"{"type":"m"}"#), 10, &mut out);
+        }
+        assert_eq!(
+            to(&out, id(1)).iter().filter(|v| v["type"] == "m").count(),
+            2
+        );
+        let errors: Vec<Value> = to(&out, id(0));
+        assert_eq!(errors.len(), 1, "said once: {errors:?}");
+        assert_eq!(errors[0]["code"], "rate_limited");
+        let mut out = Vec::new();
+        g.on_text(id(0), &text(r#"{"type":"m"}"#), 1010, &mut out);
+        assert_eq!(to(&out, id(1)).len(), 1, "the next second is fine");
     }
 
     #[test]

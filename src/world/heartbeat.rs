@@ -1,6 +1,7 @@
 //! Heartbeats for long-lived connections (the gateway's agents, the Workshop's browsers):
 //! a ping round every interval; a connection that has said nothing at all, not even a
-//! pong, for a full interval after it was pinged is declared dead.
+//! pong, for a full interval after it was pinged is declared dead. Also [`Flood`], the
+//! per-connection cap on messages per second.
 //!
 //! Socket-free: it names connections by [`ConnId`] and takes `now` in epoch ms; the
 //! transport sends the pings and closes the dead.
@@ -106,6 +107,39 @@ impl Heartbeat {
     }
 }
 
+/// A per-connection cap on messages per second, in fixed one-second windows: a few
+/// bytes per connection, where a sliding log would keep one timestamp per message.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Flood {
+    window_start_ms: u64,
+    count: u32,
+}
+
+/// What [`Flood::check`] decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flooding {
+    Allowed,
+    /// The first message over the cap in this window: say so once.
+    Refused,
+    /// Over the cap again in the same window: drop it quietly.
+    RefusedAgain,
+}
+
+impl Flood {
+    pub fn check(&mut self, now_ms: u64, max_per_s: u32) -> Flooding {
+        if now_ms.saturating_sub(self.window_start_ms) >= 1000 {
+            self.window_start_ms = now_ms;
+            self.count = 0;
+        }
+        self.count = self.count.saturating_add(1);
+        match self.count.cmp(&max_per_s.saturating_add(1)) {
+            std::cmp::Ordering::Less => Flooding::Allowed,
+            std::cmp::Ordering::Equal => Flooding::Refused,
+            std::cmp::Ordering::Greater => Flooding::RefusedAgain,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -145,6 +179,17 @@ mod tests {
         assert_eq!(r.ping, vec![id(1)]);
         assert!(r.dead.is_empty());
         assert_eq!(hb.next_round_ms(), 12_000);
+    }
+
+    #[test]
+    fn flood_allows_the_cap_per_second_and_says_so_once() {
+        let mut f = Flood::default();
+        for _ in 0..3 {
+            assert_eq!(f.check(5000, 3), Flooding::Allowed);
+        }
+        assert_eq!(f.check(5100, 3), Flooding::Refused);
+        assert_eq!(f.check(5200, 3), Flooding::RefusedAgain);
+        assert_eq!(f.check(6000, 3), Flooding::Allowed, "a new second");
     }
 
     #[test]
