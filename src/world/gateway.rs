@@ -42,6 +42,11 @@ pub const CLOSE_SILENT: u16 = 1001;
 /// Close code for a connection that never registered.
 pub const CLOSE_UNREGISTERED: u16 = 1008;
 
+/// Most agents listed in an `agent_registered` (sorted by agentId; `agents_total` says
+/// how many there are, `GET /api/gateway/status` lists all). Without a cap every
+/// newcomer's answer grows with the crowd, and a crowd arriving costs n² bytes.
+pub const REGISTERED_LIST_MAX: usize = 256;
+
 /// Message types that, broadcast, are also meant for the bridge's own agent.
 const FOR_AGENT_BROADCAST: [&str; 2] = ["chat_message", "visitor_message"];
 
@@ -570,9 +575,11 @@ impl Gateway {
                 });
             }
         }
-        let agents: Vec<Value> = self
-            .agents()
+        let all = self.agents();
+        let total = all.len();
+        let agents: Vec<Value> = all
             .into_iter()
+            .take(REGISTERED_LIST_MAX)
             .map(|(a, r)| json!({"agentId": a, "role": r}))
             .collect();
         let ack = json!({
@@ -580,6 +587,7 @@ impl Gateway {
             "agentId": reg.agent_id,
             "role": reg.role,
             "agents": agents,
+            "agents_total": total,
             "bridge_agent": self.limits.agent_id,
             "gateway_seq": self.seq,
             "heartbeat_s": self.limits.heartbeat_ms / 1000,
@@ -831,6 +839,19 @@ mod tests {
             (Some("bob"), Some("client"))
         );
         assert_eq!(g.agents(), vec![("alice", "agent")]);
+    }
+
+    #[test]
+    fn the_agents_list_of_a_registration_is_capped() {
+        let mut g = hub();
+        for i in 0..(REGISTERED_LIST_MAX as u32 + 5) {
+            register(&mut g, id(i), &format!("a{i:04}"), "agent");
+        }
+        let out = register(&mut g, id(9999), "zz", "agent");
+        let ack = &to(&out, id(9999))[0];
+        assert_eq!(ack["agents"].as_array().unwrap().len(), REGISTERED_LIST_MAX);
+        assert_eq!(ack["agents_total"], REGISTERED_LIST_MAX + 6);
+        assert_eq!(ack["agents"][0]["agentId"], "a0000");
     }
 
     #[test]
