@@ -256,6 +256,7 @@ impl Bridge {
                 Store::open(&dir, &app.cfg.world, app.cfg.rooms.events_max, wake)?;
             app.attach_store(store, loaded);
         }
+        app.forget_feed_presence(crate::time::now_ms());
         Ok(Bridge {
             poll,
             listeners,

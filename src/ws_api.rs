@@ -27,6 +27,22 @@ pub enum WsOut {
 const DEFAULT_ROOM: &str = "The Threshold";
 
 impl App {
+    /// At start (after the store has brought back the world): people who were present
+    /// through a WebSocket feed are gone with their connections, so they leave; they come
+    /// back with their next `enter` or message.
+    pub fn forget_feed_presence(&mut self, now_ms: u64) {
+        let stale: Vec<String> = self
+            .world
+            .rooms()
+            .flat_map(|r| r.occupants.iter())
+            .filter(|u| u.starts_with("workshop:") || u.starts_with("gateway:"))
+            .cloned()
+            .collect();
+        for u in stale {
+            self.world.remove(&u, now_ms);
+        }
+    }
+
     /// A connection upgraded on `/ws/matrix`.
     pub fn gateway_open(&mut self, conn: ConnId, since: Option<u64>, now_ms: u64) {
         self.gateway.connect(conn, since, now_ms);
@@ -294,5 +310,54 @@ impl App {
             w.messages,
             w.state_changes,
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    #[test]
+    fn presence_through_a_feed_does_not_outlive_a_restart() {
+        let mut app = App::new(Config::default()).unwrap();
+        let room = app.world.ensure_room(workshop::ROOM).unwrap();
+        app.world.place("workshop:Alexander", "Alexander", &room, 1);
+        app.world.place("gateway:bob", "bob", "The Tower", 1);
+        app.world.place("alice", "Alice", "The Tower", 1);
+        app.forget_feed_presence(2);
+        assert!(app.world.occupant("workshop:Alexander").is_none());
+        assert!(app.world.occupant("gateway:bob").is_none());
+        assert!(app.world.occupant("alice").is_some(), "HTTP users stay");
+    }
+
+    #[test]
+    fn a_bark_reply_speaks_in_the_room_and_to_the_workshop() {
+        let mut app = App::new(Config::default()).unwrap();
+        let mut out = Vec::new();
+        let conn = ConnId { idx: 1, gen: 0 };
+        app.workshop.connect(conn, 0, &mut out);
+        app.world.take_new_events();
+        let body = serde_json::json!({"response": "Slowly."}).to_string();
+        app.bark_reply(
+            workshop::ROOM,
+            true,
+            Response::new(200, "application/json", body.into_bytes()),
+        );
+        let events = app.world.take_new_events();
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0].message.as_deref(), Some("Slowly."));
+        assert!(app.ws_out.iter().any(
+            |o| matches!(o, WsOut::Send(c, f) if *c == conn && f.as_str().contains("Slowly."))
+        ));
+        // A failed call barks nothing.
+        app.ws_out.clear();
+        app.bark_reply(
+            workshop::ROOM,
+            true,
+            Response::error(504, "agent_timeout", "late"),
+        );
+        assert!(app.world.take_new_events().is_empty());
+        assert!(app.ws_out.is_empty());
     }
 }
