@@ -720,14 +720,33 @@ fn say(app: &mut App, req: &Request, now: u64) -> Result<Response, Response> {
         .world
         .say(&user_id, &username, &room, &message, now)
         .map_err(world_error)?;
-    let recipients: Vec<Value> = said
-        .recipients
-        .iter()
-        .map(|(u, n)| json!({"user_id": u, "username": n}))
+    // Borrowed all the way: a crowded room's recipient list is the bulk of this answer.
+    #[derive(Serialize)]
+    struct Recipient<'a> {
+        user_id: &'a str,
+        username: &'a str,
+    }
+    #[derive(Serialize)]
+    struct SayAnswer<'a> {
+        ok: bool,
+        event: &'a Event,
+        recipients: Vec<Recipient<'a>>,
+    }
+    let recipients = app
+        .world
+        .recipients(&said.event.room, &user_id)
+        .map(|o| Recipient {
+            user_id: &o.user_id,
+            username: &o.username,
+        })
         .collect();
     Ok(Response::json(
         200,
-        &json!({"ok": true, "event": said.event, "recipients": recipients}),
+        &SayAnswer {
+            ok: true,
+            event: &said.event,
+            recipients,
+        },
     ))
 }
 

@@ -80,17 +80,33 @@ pub struct QuestEntry {
     pub index: i64,
 }
 
-/// Someone or something near the observed player.
+/// Someone or something near the observed player. A game may know only some of it (the
+/// TES3MP server knows ref ids, not display names); what else it sends is kept.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Nearby {
-    #[serde(default)]
-    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ref_id: Option<String>,
     /// `npc`, `creature`, `player`, …
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kind: Option<String>,
-    pub distance: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub distance: Option<f64>,
+    /// Fields of the game's own (`unique_index`, `health`, …).
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+impl Nearby {
+    /// What to call it: its name, else its ref id, else "someone".
+    pub fn label(&self) -> &str {
+        self.name
+            .as_deref()
+            .or(self.ref_id.as_deref())
+            .filter(|s| !s.is_empty())
+            .unwrap_or("someone")
+    }
 }
 
 /// What a game reports of the world around a player (seed 003's PerceptionOutput).
@@ -170,7 +186,10 @@ pub fn summary(world: &str, p: &Perception) -> crate::agent::GameView {
             .nearby
             .iter()
             .take(5)
-            .map(|n| format!("{} ({:.0} away)", n.name, n.distance))
+            .map(|n| match n.distance {
+                Some(d) => format!("{} ({d:.0} away)", n.label()),
+                None => n.label().to_string(),
+            })
             .collect();
         parts.push(format!("near {}", near.join(", ")));
     }
@@ -689,7 +708,17 @@ mod tests {
         let p = Perception::from_message(msg.as_object().unwrap()).expect("reads");
         assert_eq!(p.cell.as_deref(), Some("Balmora, Temple"));
         assert_eq!(p.stats.unwrap().health.unwrap().current, 40.0);
-        assert_eq!(p.nearby[0].name, "Fargoth");
+        assert_eq!(p.nearby[0].label(), "Fargoth");
+        let partial =
+            json!({"type": "perception", "nearby": [{"ref_id": "fargoth", "unique_index": "0-1"}]});
+        let p = Perception::from_message(partial.as_object().unwrap())
+            .expect("a name and a distance are optional");
+        assert_eq!(p.nearby[0].label(), "fargoth");
+        assert_eq!(
+            p.nearby[0].extra["unique_index"], "0-1",
+            "the game's own fields are kept"
+        );
+        assert!(summary("mw", &p).summary.contains("near fargoth"));
         let newer = json!({"type": "perception", "protocol_version": "2.0"});
         let err = Perception::from_message(newer.as_object().unwrap()).unwrap_err();
         assert!(err.contains("newer than this bridge"), "{err}");

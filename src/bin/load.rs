@@ -489,7 +489,14 @@ fn main() {
         let dir =
             std::env::temp_dir().join(format!("worldbridge-bench-data-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        let (mut durable, at, _) = spawn_bridge(Some(&dir));
+        // With --addr, drive that bridge (start it with --data-dir to measure durability).
+        let (mut durable, at) = match child {
+            Some(_) => {
+                let (c, a, _) = spawn_bridge(Some(&dir));
+                (Some(c), a)
+            }
+            None => (None, addr),
+        };
         let reqs = (0..n)
             .map(|i| request("POST", "/bridge/say", &format!(r#"{{"user_id":"bench{i}","username":"Bench {i}","message":"a durable hello","room":"The Garden"}}"#)))
             .collect();
@@ -506,8 +513,10 @@ fn main() {
         if let Some(store) = stats.split("\"store\":").nth(1) {
             println!("         store: {}", store.trim_end_matches(['}', '\n']));
         }
-        let _ = durable.kill();
-        let _ = durable.wait();
+        if let Some(d) = &mut durable {
+            let _ = d.kill();
+            let _ = d.wait();
+        }
         let _ = std::fs::remove_dir_all(&dir);
     }
     if run("line") {

@@ -63,8 +63,6 @@ impl std::fmt::Display for WorldError {
 #[derive(Debug, Clone)]
 pub struct Said {
     pub event: Event,
-    /// The others in the room: (user_id, username). Never the speaker.
-    pub recipients: Vec<(String, String)>,
     /// Presence events caused by putting the speaker into the room first.
     pub moved: Vec<Event>,
 }
@@ -261,15 +259,24 @@ impl World {
     /// Already there: no events, only the name and activity are refreshed.
     pub fn place(&mut self, user_id: &str, username: &str, room: &str, now_ms: u64) -> Vec<Event> {
         let mut events = Vec::new();
-        self.mark_presence(user_id);
         let previous = self.occupants.get(user_id).map(|o| o.room.clone());
         if previous.as_deref() == Some(room) {
+            let mut renamed = false;
             if let Some(o) = self.occupants.get_mut(user_id) {
-                o.username = username.to_string();
+                renamed = o.username != username;
+                if renamed {
+                    o.username = username.to_string();
+                }
                 o.last_active_ms = now_ms;
+            }
+            // Activity alone is not written on every message (it only moves the idle
+            // expiry); the stored row is refreshed with the next change of name or room.
+            if renamed {
+                self.mark_presence(user_id);
             }
             return events;
         }
+        self.mark_presence(user_id);
         if let Some(prev) = previous {
             if let Some(r) = self.rooms.get_mut(&prev) {
                 r.occupants.retain(|u| u != user_id);
@@ -379,12 +386,6 @@ impl World {
         }
         let room = self.ensure_room(room)?;
         let moved = self.place(user_id, username, &room, now_ms);
-        let recipients = self
-            .players(&room)
-            .into_iter()
-            .filter(|o| o.user_id != user_id)
-            .map(|o| (o.user_id.clone(), o.username.clone()))
-            .collect();
         let event = self.emit(
             EventKind::Say,
             "message",
@@ -393,11 +394,18 @@ impl World {
             Some(message),
             now_ms,
         );
-        Ok(Said {
-            event,
-            recipients,
-            moved,
-        })
+        Ok(Said { event, moved })
+    }
+
+    /// Who hears a say in `room` (canonical name): everyone there but the speaker.
+    pub fn recipients<'a>(
+        &'a self,
+        room: &str,
+        speaker: &'a str,
+    ) -> impl Iterator<Item = &'a Occupant> {
+        self.players(room)
+            .into_iter()
+            .filter(move |o| o.user_id != speaker)
     }
 
     /// The agent speaks aloud in a room (its replies seen by others, barks).

@@ -26,10 +26,11 @@ fn say_reaches_others_never_the_speaker_and_places_the_speaker() {
     let said = w
         .say("alice", "Alice", "The Threshold", "Anyone here?", 2)
         .unwrap();
-    assert_eq!(
-        said.recipients,
-        vec![("bob".to_string(), "Bob".to_string())]
-    );
+    let heard: Vec<&str> = w
+        .recipients("The Threshold", "alice")
+        .map(|o| o.user_id.as_str())
+        .collect();
+    assert_eq!(heard, ["bob"]);
     assert_eq!(said.moved.len(), 1);
     assert_eq!(said.moved[0].event, "enter");
     assert_eq!(said.event.message.as_deref(), Some("Anyone here?"));
