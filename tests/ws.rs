@@ -707,8 +707,10 @@ fn plain_get_root_is_the_status_page() {
         html.contains("/ws/matrix"),
         "the page opens the gateway stream"
     );
+    // Self-contained: nothing is loaded from anywhere else.
+    assert!(!html.contains("<script src"), "no external script");
     assert!(
-        !html.contains("http://") || !html.contains("<script src"),
+        !html.contains("http://") && !html.contains("https://"),
         "no CDN"
     );
 }
