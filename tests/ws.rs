@@ -248,6 +248,18 @@ fn token_is_checked_before_the_upgrade() {
     let b = start_with(cfg);
     assert!(tungstenite::connect(format!("ws://{}/ws/matrix", b.http)).is_err());
     agent_at(b.http, "/ws/matrix?token=api", "a", "agent");
+    // The Workshop feed too, on both of its paths.
+    for path in ["/", "/ws/workshop"] {
+        match tungstenite::connect(format!("ws://{}{path}", b.http)) {
+            Err(tungstenite::Error::Http(resp)) => assert_eq!(resp.status(), 401, "{path}"),
+            other => panic!(
+                "{path}: expected 401, got {:?}",
+                other.map(|(_, r)| r.status())
+            ),
+        }
+        let mut ws = connect(b.http, &format!("{path}?token=api"));
+        assert_eq!(next(&mut ws)["type"], "state");
+    }
 }
 
 #[test]
@@ -608,6 +620,31 @@ fn workshop_state_then_diffs_and_full_state_on_reconnect() {
         s["data"],
         json!({"tower": {"floors": 4, "roof": false}, "tasks": ["wall", "gate"]})
     );
+}
+
+#[test]
+fn workshop_browsers_that_stop_answering_pings_are_closed() {
+    let mut cfg = gateway_config();
+    cfg.workshop.heartbeat_s = 1;
+    let b = start_with(cfg);
+    let mut live = connect(b.http, "/ws/workshop");
+    next(&mut live);
+    let mut silent = connect(b.http, "/ws/workshop");
+    next(&mut silent);
+    send(&mut silent, &json!({"type": "enter", "visitor": "Ghost"}));
+    eventually(Duration::from_secs(5), "Ghost present", || {
+        get(b.http, "/bridge/stats")["websocket"]["workshop_visitors"] == json!(["Ghost"])
+    });
+    // `silent` never reads again, so it never answers a ping; `live` keeps reading.
+    silent_for(&mut live, Duration::from_millis(3500));
+    let ws = &get(b.http, "/bridge/stats")["websocket"];
+    assert_eq!(ws["workshop_connections"], 1, "{ws}");
+    assert_eq!(
+        ws["workshop_visitors"],
+        json!([]),
+        "Ghost left with the connection"
+    );
+    drop(silent);
 }
 
 #[test]
