@@ -8,6 +8,7 @@
 //! - [`presence`]: each peer's own characters, `last_seen`, offline after 3 intervals.
 //! - [`portal`]: which local events leave (portal says, `scope: "federation"` events),
 //!   and how arriving ones are shown (`Alice@mac`).
+//! - [`travel`]: moving a character exactly once, both sides, with recovery.
 //!
 //! # Federation (for README.md)
 //!
@@ -111,5 +112,6 @@
 pub mod merge;
 pub mod portal;
 pub mod presence;
+pub mod travel;
 pub mod trust;
 pub mod wire;
