@@ -129,7 +129,7 @@ use travel::{Arrival, Arrivals, Departure, Departures};
 use trust::Trust;
 use wire::{
     check_world_id, Cursor, Delta, FedEvent, Kind, Refused, SyncAnswer, TrustChange, TrustEntry,
-    WireError, WorldPresence, PAGE_MAX, PROTOCOL, REFUSED_LISTED_MAX,
+    WireError, WorldPresence, AHEAD_MAX, PAGE_MAX, PROTOCOL, REFUSED_LISTED_MAX,
 };
 
 /// The least time a destination has to accept an offer, whatever the sync interval.
@@ -298,7 +298,8 @@ impl Federation {
     }
 
     /// Put back the stored state at start: events, trust winners, travel rows. Own
-    /// events set the seq to go on from. Then run the travel recoveries.
+    /// events set the seq to go on from. The caller then carries out
+    /// `departures.recover()` and `arrivals.recover()`.
     pub fn restore(
         &mut self,
         events: Vec<FedEvent>,
@@ -454,12 +455,20 @@ impl Federation {
             }
         }
         for ev in &delta.events {
+            let refuse = |why: String| WireError::Event {
+                origin: ev.origin.clone(),
+                seq: ev.seq,
+                why,
+            };
             let verdict = if ev.origin == self.world {
-                Err(WireError::Event {
-                    origin: ev.origin.clone(),
-                    seq: ev.seq,
-                    why: "events of this world come only from this world".into(),
-                })
+                Err(refuse(
+                    "events of this world come only from this world".into(),
+                ))
+            } else if ev.seq > self.log.mark(&ev.origin).saturating_add(AHEAD_MAX) {
+                Err(refuse(format!(
+                    "more than {AHEAD_MAX} ahead of the {} events held",
+                    self.log.mark(&ev.origin)
+                )))
             } else {
                 ev.check()
             };
@@ -480,8 +489,17 @@ impl Federation {
             }
         }
         for t in &delta.trust {
-            if t.check().is_ok() && self.trust.apply(t.clone()) {
-                applied.trust.push(t.clone());
+            match t.check() {
+                Err(e) => applied.refused.push(Refused {
+                    origin: t.origin.clone(),
+                    seq: t.seq,
+                    error: e.to_string(),
+                }),
+                Ok(()) => {
+                    if self.trust.apply(t.clone()) {
+                        applied.trust.push(t.clone());
+                    }
+                }
             }
         }
         Ok(applied)
@@ -536,6 +554,48 @@ impl Federation {
         self.presence.seen(from, now_ms);
         self.peer_have.insert(from.to_string(), answer.have.clone());
         Ok(())
+    }
+
+    /// Start moving a local character to the peer `to`: its status comes from
+    /// presence (offline: refused at once, "world vps is offline"), and the trust held
+    /// about the character travels with them.
+    pub fn begin_travel(
+        &mut self,
+        user_id: &str,
+        username: &str,
+        room: Option<&str>,
+        history: Vec<crate::agent::Turn>,
+        to: &str,
+        now_ms: u64,
+    ) -> Result<Vec<travel::Step>, travel::TravelError> {
+        let peer = self.peer(to).map(|_| self.presence.status(to, now_ms));
+        let trust = self.trust.about(&portal::remote_name(user_id, &self.world));
+        self.departures
+            .begin(user_id, username, room, history, trust, to, peer, now_ms)
+    }
+
+    /// A travel message from the authenticated peer `from`, on the destination side. A
+    /// character placed here brings their trust entries (merged by the same LWW rule);
+    /// the entries that now win are returned with the landings, to be stored.
+    pub fn on_travel(
+        &mut self,
+        from: &str,
+        msg: &wire::TravelMsg,
+        here: travel::Here<'_>,
+        now_ms: u64,
+    ) -> (Vec<travel::Landing>, Vec<TrustEntry>) {
+        let landings = self.arrivals.on_msg(from, msg, here, now_ms);
+        let mut won = Vec::new();
+        for l in &landings {
+            if let travel::Landing::Place { offer, .. } = l {
+                for t in &offer.trust {
+                    if t.check().is_ok() && self.trust.apply(t.clone()) {
+                        won.push(t.clone());
+                    }
+                }
+            }
+        }
+        (landings, won)
     }
 
     /// How an accepted event is shown here: one local event per room (see [`portal`]).

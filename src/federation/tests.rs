@@ -335,6 +335,104 @@ fn restore_goes_on_from_the_stored_seq() {
     assert_eq!(c.seq, 4);
 }
 
+#[test]
+fn a_faulty_peer_cannot_make_us_skip_or_hoard_events() {
+    let mut mac = fed("mac");
+    let far = merge::tests::ev("vps", AHEAD_MAX + 2);
+    let applied = mac
+        .apply("vps", &doc("vps", vec![merge::tests::ev("vps", 2), far]), 0)
+        .expect("merges");
+    assert_eq!(applied.accepted.len(), 1, "a gap of one is kept");
+    assert!(
+        applied.refused[0].error.contains("ahead"),
+        "{:?}",
+        applied.refused
+    );
+    assert_eq!(mac.log.mark("vps"), 0);
+
+    let mut lying = doc("vps", vec![]);
+    lying.pruned.set("bezalel", 1_000);
+    lying.have.set("bezalel", 10);
+    let err = mac.apply("vps", &lying, 0).unwrap_err();
+    assert!(err.to_string().contains("beyond what it holds"), "{err}");
+    assert_eq!(mac.log.mark("bezalel"), 0);
+
+    let mut bad_trust = doc("vps", vec![]);
+    bad_trust.trust.push(TrustEntry {
+        subject: String::new(),
+        score: 1.0,
+        updated_at: 1,
+        origin: "vps".into(),
+        seq: 3,
+    });
+    let applied = mac.apply("vps", &bad_trust, 0).expect("merges");
+    assert_eq!(applied.refused.len(), 1);
+    assert!(mac.trust.is_empty());
+}
+
+#[test]
+fn alice_travels_from_mac_to_vps_with_her_trust() {
+    let mut mac = fed("mac");
+    let mut vps = fed("vps");
+    let t = mac.set_trust("alice@mac", 0.9, 100).expect("sets");
+    mac.stored(t.seq);
+
+    // vps has never been heard from: tried. Then silent for 3 intervals: refused.
+    let steps = mac
+        .begin_travel("alice", "Alice", Some("Gate"), vec![], "vps", 1_000)
+        .expect("an unknown peer is tried");
+    let offer = match &steps[..] {
+        [travel::Step::Save(_), travel::Step::Send { msg, .. }] => msg.clone(),
+        other => panic!("unexpected steps {other:?}"),
+    };
+    let d = vps.delta(Some("mac"), None, 10, presence(&vps, 1, &[]));
+    mac.apply("vps", &d, 1_000).expect("merges");
+    let err = mac
+        .begin_travel("bob", "Bob", None, vec![], "vps", 1_000 + 15_001)
+        .unwrap_err();
+    assert_eq!(err.to_string(), "world vps is offline");
+    assert_eq!(
+        mac.begin_travel("bob", "Bob", None, vec![], "atlantis", 1_000)
+            .unwrap_err()
+            .to_string(),
+        "there is no world called atlantis to travel to"
+    );
+
+    let here = travel::Here {
+        room: "Gate",
+        occupied: false,
+    };
+    let (landings, won) = vps.on_travel("mac", &offer, here, 1_100);
+    assert!(won.is_empty(), "a promise brings nothing yet");
+    let reply = match landings.last() {
+        Some(travel::Landing::Reply(r)) => r.clone(),
+        other => panic!("no reply: {other:?}"),
+    };
+    let steps = mac.departures.on_reply(&reply);
+    let commit = steps
+        .iter()
+        .find_map(|s| match s {
+            travel::Step::Send { msg, .. } => Some(msg.clone()),
+            _ => None,
+        })
+        .expect("a commit");
+    let (landings, won) = vps.on_travel("mac", &commit, here, 1_200);
+    assert!(landings
+        .iter()
+        .any(|l| matches!(l, travel::Landing::Place { room, .. } if room == "Gate")));
+    assert_eq!(won.len(), 1);
+    assert_eq!(vps.trust.get("alice@mac").map(|e| e.score), Some(0.9));
+    let done = match landings.last() {
+        Some(travel::Landing::Reply(r)) => r.clone(),
+        other => panic!("no reply: {other:?}"),
+    };
+    assert_eq!(
+        mac.departures.on_reply(&done),
+        vec![travel::Step::Forget(offer.travel_id().to_string())]
+    );
+    assert!(mac.departures.is_empty());
+}
+
 /// The shapes the README documents parse as the types say.
 #[test]
 fn the_documented_json_shapes_parse() {

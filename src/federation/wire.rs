@@ -19,6 +19,12 @@ pub const WORLD_ID_MAX_BYTES: usize = 64;
 /// Most events in one [`Delta`]; a server pages past it, a receiver refuses more.
 pub const PAGE_MAX: usize = 500;
 
+/// How far past its contiguous mark a receiver keeps an origin's events. An honest
+/// world serves gap-free runs from the asker's cursor, so nothing it sends lies further
+/// ahead than one page; the bound keeps a faulty peer from filling memory with events
+/// that can never be served.
+pub const AHEAD_MAX: u64 = 4 * PAGE_MAX as u64;
+
 /// Longest `message` of a federated event, in bytes.
 pub const MESSAGE_MAX_BYTES: usize = 16 * 1024;
 
@@ -425,6 +431,16 @@ impl Delta {
         self.next.check()?;
         self.have.check()?;
         self.pruned.check()?;
+        // A sender holds (or has pruned) everything it says it pruned: a claim beyond
+        // its own `have` would make a receiver skip events nobody has given it.
+        for (origin, upto) in &self.pruned.0 {
+            if *upto > self.have.get(origin) {
+                return Err(WireError::Document(format!(
+                    "pruned {origin} up to {upto}, beyond what it holds ({})",
+                    self.have.get(origin)
+                )));
+            }
+        }
         Ok(())
     }
 }
