@@ -122,6 +122,15 @@ impl RemotePresence {
         self.worlds.get(world).and_then(|w| w.last_seen_ms)
     }
 
+    /// Every world heard from, with its status and when it was last heard from (the
+    /// status page, `/bridge/state` consumers).
+    pub fn worlds(&self, now_ms: u64) -> Vec<(&str, PeerStatus, Option<u64>)> {
+        self.worlds
+            .iter()
+            .map(|(w, r)| (w.as_str(), self.status(w, now_ms), r.last_seen_ms))
+            .collect()
+    }
+
     /// Every remote character, by world then user id.
     pub fn characters(&self, now_ms: u64) -> Vec<Shown<'_>> {
         self.worlds
@@ -177,6 +186,10 @@ mod tests {
 
         p.report("vps", &report(1, 12, &["Bob", "Carol"]), 30_000);
         assert_eq!(p.status("vps", 30_000), PeerStatus::Online);
+        assert_eq!(
+            p.worlds(30_000),
+            vec![("vps", PeerStatus::Online, Some(30_000))]
+        );
         let shown = p.characters(30_000);
         assert_eq!(shown.len(), 2);
         assert!(shown.iter().all(|s| s.status == CharacterStatus::Online));

@@ -344,6 +344,16 @@ pub struct PresenceEntry {
     pub room: String,
 }
 
+impl From<&crate::world::Occupant> for PresenceEntry {
+    fn from(o: &crate::world::Occupant) -> PresenceEntry {
+        PresenceEntry {
+            user_id: o.user_id.clone(),
+            username: o.username.clone(),
+            room: o.room.clone(),
+        }
+    }
+}
+
 /// A world's own characters, versioned so that an older report never replaces a newer
 /// one: `(epoch, seq)` orders reports. `epoch` is when the world's process started
 /// (epoch ms), `seq` its room-event sequence when the report was made; a restart with

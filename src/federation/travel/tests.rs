@@ -572,3 +572,30 @@ proptest! {
         prop_assert!(place == "mac" || place == "vps");
     }
 }
+
+#[test]
+fn settled_arrivals_are_forgotten_after_a_while_and_promises_are_kept() {
+    let mut sim = Sim::new();
+    sim.begin().expect("begins");
+    sim.deliver_to_dest(false); // held
+    let mut dest = sim.dest.clone();
+    assert!(
+        dest.expire(sim.now + 100 * TIMEOUT, TIMEOUT).is_empty(),
+        "a promise stays"
+    );
+    sim.deliver_to_origin(false);
+    sim.deliver_to_dest(false); // arrived
+    let id = sim
+        .to_origin
+        .back()
+        .map(|r| r.travel_id().to_string())
+        .expect("done");
+    assert!(
+        sim.dest.expire(sim.now + TIMEOUT, TIMEOUT).is_empty(),
+        "not yet"
+    );
+    assert_eq!(
+        sim.dest.expire(sim.now + TIMEOUT + 1, TIMEOUT),
+        vec![Landing::Forget(id)]
+    );
+}
