@@ -190,9 +190,10 @@ impl EventLog {
 
     /// A peer no longer keeps `origin`'s events up to `upto`: count them as seen here
     /// (held events beyond stay; the mark moves over the pruned part and any run after).
+    /// Nothing changes when we already hold them all: our copies stay ours to serve.
     pub fn skip_to(&mut self, origin: &str, upto: u64) {
         let o = self.origins.entry(origin.to_string()).or_default();
-        if upto <= o.pruned {
+        if upto <= o.mark {
             return;
         }
         let kept = o.events.split_off(&(upto + 1));
@@ -306,5 +307,17 @@ pub(crate) mod tests {
         }
         assert_eq!(fresh.mark("mac"), 10);
         assert_eq!(fresh.have(), log.have());
+
+        // A world that holds the whole history keeps it, whatever a peer pruned.
+        let mut full = EventLog::new();
+        for s in 1..=10 {
+            full.insert(ev("mac", s));
+        }
+        full.skip_to("mac", 7);
+        assert_eq!(full.len(), 10);
+        assert_eq!(
+            full.delta_since(&Cursor::default(), None, 100).events.len(),
+            10
+        );
     }
 }

@@ -25,8 +25,9 @@
 //! `Alice@mac`. A world event sent with `"scope": "federation"` (fire, rain, growth…)
 //! happens in the room of the same name in every world (or its portal room). Trust
 //! changes reach every world. Presence: each world is the only authority for its own
-//! characters; peers show them, and show them `away` (with the world `offline`) when the
-//! world has been silent for 3 intervals, until it answers again.
+//! characters; its peers show them (presence is not relayed further), and show them
+//! `away` (with the world `offline`) when the world has been silent for 3 intervals,
+//! until it answers again.
 //!
 //! **Events and cursors.** A federated event is named by `(origin, seq)`: `seq` counts
 //! the origin's federated events 1, 2, 3… with no holes. A cursor says, per origin, the
