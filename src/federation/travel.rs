@@ -343,6 +343,17 @@ impl Departures {
     }
 }
 
+/// The world a travel id (`<world>-<ms>-<n>`) belongs to; world ids may contain `-`,
+/// so it is read from the right.
+pub fn origin_of(travel_id: &str) -> Option<&str> {
+    let mut parts = travel_id.rsplitn(3, '-');
+    let n = parts.next()?;
+    let ms = parts.next()?;
+    let world = parts.next()?;
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    (digits(n) && digits(ms) && !world.is_empty()).then_some(world)
+}
+
 fn commit(d: &Departure) -> Step {
     Step::Send {
         to: d.offer.to.clone(),
@@ -460,6 +471,11 @@ impl Arrivals {
                 reason,
             })
         };
+        // Travel ids begin with their origin's world id: a peer speaks only for its own
+        // travels (an `abort` carries nothing else to check it by).
+        if origin_of(&id) != Some(from) {
+            return vec![refused(format!("travel {id} is not one of {from}'s"))];
+        }
         if let TravelMsg::Offer(o) | TravelMsg::Commit(o) = msg {
             if let Err(e) = o.check() {
                 return vec![refused(e.to_string())];

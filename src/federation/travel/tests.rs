@@ -386,6 +386,22 @@ fn a_peer_cannot_speak_for_another_world() {
         [Landing::Reply(TravelReply::Refused { .. })]
     ));
     assert!(dest.get(msg.travel_id()).is_none(), "nothing saved");
+
+    // Nor call off another world's travel.
+    sim.to_dest.push_front(msg.clone());
+    sim.deliver_to_dest(false);
+    let abort = TravelMsg::Abort {
+        travel_id: msg.travel_id().to_string(),
+    };
+    let landings = sim.dest.on_msg("bezalel", &abort, here, 0);
+    assert!(matches!(
+        &landings[..],
+        [Landing::Reply(TravelReply::Refused { reason, .. })] if reason.contains("not one of bezalel's")
+    ));
+    assert!(matches!(
+        sim.dest.get(msg.travel_id()).map(|a| &a.stay),
+        Some(Stay::Held { .. })
+    ));
 }
 
 /// The five messages of the happy path, as operations of the simulation.
@@ -598,4 +614,30 @@ fn settled_arrivals_are_forgotten_after_a_while_and_promises_are_kept() {
         sim.dest.expire(sim.now + TIMEOUT + 1, TIMEOUT),
         vec![Landing::Forget(id)]
     );
+}
+
+#[test]
+fn a_travel_id_names_its_origin_exactly() {
+    assert_eq!(origin_of("mac-1764612003000-1"), Some("mac"));
+    assert_eq!(origin_of("mac-2-1764612003000-1"), Some("mac-2"));
+    assert_eq!(origin_of("mac-1764612003000"), None);
+    assert_eq!(origin_of("mac-x-1"), None);
+    assert_eq!(origin_of("-1-1"), None);
+    let mut d = Departures::new("mac-2", TIMEOUT);
+    let steps = d
+        .begin(
+            ALICE,
+            "Alice",
+            None,
+            vec![],
+            vec![],
+            "vps",
+            Some(PeerStatus::Online),
+            5,
+        )
+        .expect("begins");
+    let Some(Step::Send { msg, .. }) = steps.last() else {
+        panic!("no offer in {steps:?}");
+    };
+    assert_eq!(origin_of(msg.travel_id()), Some("mac-2"));
 }
