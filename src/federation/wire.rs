@@ -485,7 +485,7 @@ pub struct SyncAnswer {
 /// A travelling character: who, and what comes along.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Offer {
-    /// `<origin world>-<number>`: unique, chosen by the origin.
+    /// `<origin world>-<ms>-<n>`: unique, chosen by the origin (see [`super::travel::origin_of`]).
     pub travel_id: String,
     pub from: String,
     pub to: String,
