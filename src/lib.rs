@@ -24,6 +24,7 @@ pub mod codec;
 pub mod config;
 pub mod conn;
 pub mod event_loop;
+pub mod federation;
 pub mod game;
 pub mod line_api;
 pub mod links;
