@@ -12,6 +12,12 @@
 //! - [`workshop`]: the Workshop state feed, its file watcher and inbox writer.
 //! - [`agent`]: worker pool, backends (builtin, OpenAI-compatible, subprocess), prompt
 //!   building and the crisis protocol.
+//! - [`line_api`], [`links`], [`protocol`]: the line protocol to game servers: messages →
+//!   core calls, the registry of links, hosted rooms and dials, the typed payloads.
+//! - [`game`]: the World trait (observe / act / speak), handles through the loop, a mock.
+//! - [`store`]: durable state: the SQLite store thread, group commit, export/import.
+//! - [`federation`]: the socket-free federation core: event log by (origin, seq), trust,
+//!   remote presence, portal rules and exactly-once travel (not yet wired to the loop).
 //! - [`metrics`]: counters and histograms, rendered as Prometheus text.
 //! - [`time`]: wall-clock milliseconds and RFC 3339 formatting/parsing.
 
