@@ -168,8 +168,19 @@ impl App {
     }
 
     /// Persist this world from now on: what the store loaded is put back first.
+    /// What the store keeps, from Config.
+    pub fn retention(&self) -> crate::store::Retention {
+        crate::store::Retention {
+            events_max: self.cfg.rooms.events_max,
+            gateway_max: self.cfg.gateway.history_max,
+        }
+    }
+
     pub fn attach_store(&mut self, store: Store, loaded: Option<crate::world::state::Snapshot>) {
-        if let Some(snap) = loaded {
+        if let Some(mut snap) = loaded {
+            let frames = std::mem::take(&mut snap.gateway);
+            self.gateway
+                .restore(snap.gateway_seq, frames, crate::time::now_ms());
             log::info!(
                 "store: loaded {} rooms, {} events, {} sessions, {} present",
                 snap.rooms.len(),
@@ -180,6 +191,7 @@ impl App {
             self.world.restore(snap);
         }
         self.world.track_changes();
+        self.gateway.track_changes();
         self.store = Some(store);
         // The world file's rooms are written once so an export holds them too.
         for room in self.world.snapshot().rooms {
@@ -219,7 +231,7 @@ impl App {
         let Some(store) = &self.store else {
             return;
         };
-        if !self.world.has_changes() {
+        if !self.world.has_changes() && !self.gateway.has_unsaved() {
             return;
         }
         let changes = self.world.take_changes();
@@ -246,6 +258,7 @@ impl App {
         if any_events {
             rows.push(Row::Seq(self.world.last_seq()));
         }
+        rows.extend(self.gateway.take_unsaved().into_iter().map(Row::Gateway));
         let id = self.next_batch;
         self.next_batch += 1;
         store.send(Batch { id, rows });

@@ -252,8 +252,7 @@ impl Bridge {
             let wake = Arc::new(move || {
                 let _ = w.wake();
             });
-            let (store, loaded) =
-                Store::open(&dir, &app.cfg.world, app.cfg.rooms.events_max, wake)?;
+            let (store, loaded) = Store::open(&dir, &app.cfg.world, app.retention(), wake)?;
             app.attach_store(store, loaded);
         }
         app.forget_feed_presence(crate::time::now_ms());

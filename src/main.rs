@@ -66,7 +66,7 @@ fn main() -> ExitCode {
             let text = std::fs::read_to_string(&file)
                 .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
             let dir = data_path(&cfg);
-            let snap = store::import(&dir, &text, force, cfg.rooms.events_max)?;
+            let snap = store::import(&dir, &text, force)?;
             eprintln!(
                 "worldbridge: imported the world {:?} into {} ({} rooms, {} events, {} sessions)",
                 snap.world,

@@ -15,6 +15,7 @@
 //! Also here: opening (lock, pragmas, migrations), loading the [`Snapshot`] at start, and
 //! the export/import document of `worldbridge export` / `import`.
 
+use crate::world::gateway::StoredFrame;
 use crate::world::room::Event;
 use crate::world::session::Session;
 use crate::world::state::{RoomState, Snapshot};
@@ -28,14 +29,15 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 /// The schema version this build writes (`PRAGMA user_version`).
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 /// The export document's format name and major version.
 pub const EXPORT_FORMAT: &str = "worldbridge-export";
 pub const EXPORT_VERSION: u64 = 1;
 
 /// Forward migrations: `MIGRATIONS[i]` takes a database from version `i` to `i + 1`.
-const MIGRATIONS: [&str; 1] = ["
+const MIGRATIONS: [&str; 2] = [
+    "
     CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
     CREATE TABLE rooms (name TEXT PRIMARY KEY, body TEXT NOT NULL);
     CREATE TABLE presence (user_id TEXT PRIMARY KEY, body TEXT NOT NULL);
@@ -43,7 +45,11 @@ const MIGRATIONS: [&str; 1] = ["
     CREATE TABLE events (seq INTEGER PRIMARY KEY, room TEXT NOT NULL, body TEXT NOT NULL);
     CREATE INDEX events_by_room ON events (room, seq);
     CREATE TABLE cursors (name TEXT PRIMARY KEY, value TEXT NOT NULL);
-"];
+",
+    "
+    CREATE TABLE gateway_history (seq INTEGER PRIMARY KEY, body TEXT NOT NULL);
+",
+];
 
 /// One changed row. Rows are whole: writing one again changes nothing.
 #[derive(Debug, Clone)]
@@ -56,6 +62,17 @@ pub enum Row {
     Event(Event),
     /// The last event sequence number handed out.
     Seq(u64),
+    /// A frame of the gateway's resume history (and the gateway's sequence with it).
+    Gateway(StoredFrame),
+}
+
+/// How much the database keeps, from Config.
+#[derive(Debug, Clone, Copy)]
+pub struct Retention {
+    /// Events per room (`rooms.events_max`).
+    pub events_max: usize,
+    /// Gateway history frames (`gateway.history_max`).
+    pub gateway_max: usize,
 }
 
 /// The changes of one loop iteration.
@@ -263,10 +280,22 @@ fn load(conn: &Connection) -> rusqlite::Result<Option<Snapshot>> {
     let Some(world) = world else {
         return Ok(None);
     };
+    let meta_u64 = |key: &str| -> rusqlite::Result<u64> {
+        let v: Option<String> = conn
+            .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+            .optional()?;
+        Ok(v.and_then(|s| s.parse().ok()).unwrap_or(0))
+    };
     let seq: Option<String> = conn
         .query_row("SELECT value FROM meta WHERE key = 'seq'", [], |r| r.get(0))
         .optional()?;
     Ok(Some(Snapshot {
+        gateway_seq: meta_u64("gateway_seq")?,
+        gateway: all(
+            conn,
+            "SELECT body FROM gateway_history ORDER BY seq",
+            "gateway frame",
+        )?,
         world,
         seq: seq.and_then(|s| s.parse().ok()).unwrap_or(0),
         rooms: all(conn, "SELECT body FROM rooms ORDER BY name", "room")?,
@@ -289,8 +318,10 @@ fn to_json(v: &impl Serialize) -> String {
     serde_json::to_string(v).unwrap_or_default()
 }
 
-/// Write rows in the open transaction; events past `events_max` per room are pruned.
-fn write_rows(tx: &rusqlite::Transaction, rows: &[Row], events_max: usize) -> rusqlite::Result<()> {
+/// Write rows in the open transaction; events past `keep.events_max` per room and
+/// gateway frames past `keep.gateway_max` are pruned.
+fn write_rows(tx: &rusqlite::Transaction, rows: &[Row], keep: Retention) -> rusqlite::Result<()> {
+    let mut gateway_rows = false;
     let mut rooms_with_events = std::collections::BTreeSet::new();
     {
         let mut room =
@@ -306,6 +337,11 @@ fn write_rows(tx: &rusqlite::Transaction, rows: &[Row], events_max: usize) -> ru
         )?;
         let mut meta =
             tx.prepare_cached("INSERT OR REPLACE INTO meta (key, value) VALUES ('seq', ?1)")?;
+        let mut gw = tx
+            .prepare_cached("INSERT OR REPLACE INTO gateway_history (seq, body) VALUES (?1, ?2)")?;
+        let mut gw_seq = tx.prepare_cached(
+            "INSERT OR REPLACE INTO meta (key, value) VALUES ('gateway_seq', ?1)",
+        )?;
         for row in rows {
             match row {
                 Row::Room(r) => {
@@ -330,14 +366,25 @@ fn write_rows(tx: &rusqlite::Transaction, rows: &[Row], events_max: usize) -> ru
                 Row::Seq(s) => {
                     meta.execute(params![s.to_string()])?;
                 }
+                Row::Gateway(f) => {
+                    gw.execute(params![f.seq as i64, to_json(f)])?;
+                    gw_seq.execute(params![f.seq.to_string()])?;
+                    gateway_rows = true;
+                }
             }
         }
+    }
+    if gateway_rows {
+        tx.execute(
+            "DELETE FROM gateway_history WHERE seq <= (SELECT MAX(seq) FROM gateway_history) - ?1",
+            params![keep.gateway_max as i64],
+        )?;
     }
     let mut prune = tx.prepare_cached(
         "DELETE FROM events WHERE room = ?1 AND seq < (SELECT MIN(seq) FROM (SELECT seq FROM events WHERE room = ?1 ORDER BY seq DESC LIMIT ?2))",
     )?;
     for r in rooms_with_events {
-        prune.execute(params![r, events_max.max(1) as i64])?;
+        prune.execute(params![r, keep.events_max.max(1) as i64])?;
     }
     Ok(())
 }
@@ -356,7 +403,7 @@ impl Store {
     pub fn open(
         dir: &Path,
         world: &str,
-        events_max: usize,
+        keep: Retention,
         wake: Arc<dyn Fn() + Send + Sync>,
     ) -> Result<(Store, Option<Snapshot>), String> {
         std::fs::create_dir_all(dir)
@@ -387,7 +434,7 @@ impl Store {
         let st = stats.clone();
         let thread = std::thread::Builder::new()
             .name("store".into())
-            .spawn(move || writer(&mut conn, &rx, &etx, &st, events_max, &*wake))
+            .spawn(move || writer(&mut conn, &rx, &etx, &st, keep, &*wake))
             .map_err(|e| format!("cannot start the store thread: {e}"))?;
         let (stop_tx, stop_rx) = crossbeam_channel::bounded(1);
         let cp_path = path.clone();
@@ -475,7 +522,7 @@ fn writer(
     rx: &Receiver<Msg>,
     events: &Sender<StoreEvent>,
     stats: &StoreStats,
-    events_max: usize,
+    keep: Retention,
     wake: &(dyn Fn() + Send + Sync),
 ) {
     use std::sync::atomic::Ordering::Relaxed;
@@ -505,7 +552,7 @@ fn writer(
         }
         let t0 = std::time::Instant::now();
         let result = conn.transaction().and_then(|tx| {
-            write_rows(&tx, &rows, events_max)?;
+            write_rows(&tx, &rows, keep)?;
             let t1 = std::time::Instant::now();
             stats
                 .write_us
@@ -584,7 +631,7 @@ pub fn export(dir: &Path) -> Result<Export, String> {
 
 /// Load an export document into a data directory (refusing a newer major version, and a
 /// directory that already holds a world unless `force`).
-pub fn import(dir: &Path, text: &str, force: bool, events_max: usize) -> Result<Snapshot, String> {
+pub fn import(dir: &Path, text: &str, force: bool) -> Result<Snapshot, String> {
     let head: serde_json::Value =
         serde_json::from_str(text).map_err(|e| format!("the file is not JSON: {e}"))?;
     if head["format"] != EXPORT_FORMAT {
@@ -624,15 +671,25 @@ pub fn import(dir: &Path, text: &str, force: bool, events_max: usize) -> Result<
     let s = &doc.state;
     let tx = conn.transaction().map_err(sql_err("database", &path))?;
     let result = (|| {
-        tx.execute_batch("DELETE FROM rooms; DELETE FROM presence; DELETE FROM sessions; DELETE FROM events; DELETE FROM meta;")?;
+        tx.execute_batch("DELETE FROM rooms; DELETE FROM presence; DELETE FROM sessions; DELETE FROM events; DELETE FROM gateway_history; DELETE FROM meta;")?;
         put_meta(&tx, &s.world)?;
         let mut rows: Vec<Row> = Vec::new();
         rows.extend(s.rooms.iter().cloned().map(Row::Room));
         rows.extend(s.presence.iter().cloned().map(Row::Presence));
         rows.extend(s.sessions.iter().cloned().map(Row::Session));
         rows.extend(s.events.iter().cloned().map(Row::Event));
+        rows.extend(s.gateway.iter().cloned().map(Row::Gateway));
         rows.push(Row::Seq(s.seq));
-        write_rows(&tx, &rows, events_max.max(s.events.len()))?;
+        // Keep exactly what the document holds: its windows were bounded already.
+        let keep = Retention {
+            events_max: s.events.len().max(1),
+            gateway_max: s.gateway.len().max(1),
+        };
+        write_rows(&tx, &rows, keep)?;
+        tx.execute(
+            "INSERT OR REPLACE INTO meta (key, value) VALUES ('gateway_seq', ?1)",
+            params![s.gateway_seq.to_string()],
+        )?;
         tx.commit()
     })();
     result.map_err(|e| format!("importing into {} failed: {e}", path.display()))?;
@@ -650,6 +707,11 @@ mod tests {
         d
     }
 
+    const KEEP: Retention = Retention {
+        events_max: 50,
+        gateway_max: 100,
+    };
+
     fn no_wake() -> Arc<dyn Fn() + Send + Sync> {
         Arc::new(|| {})
     }
@@ -657,9 +719,9 @@ mod tests {
     #[test]
     fn a_second_process_on_the_directory_is_refused() {
         let dir = temp_dir("lock");
-        let (_a, snap) = Store::open(&dir, "w", 50, no_wake()).expect("first");
+        let (_a, snap) = Store::open(&dir, "w", KEEP, no_wake()).expect("first");
         assert!(snap.is_none(), "a new directory holds no world");
-        let err = Store::open(&dir, "w", 50, no_wake())
+        let err = Store::open(&dir, "w", KEEP, no_wake())
             .err()
             .expect("second refused");
         assert!(err.contains("already using the data directory"), "{err}");
@@ -670,7 +732,7 @@ mod tests {
         let dir = temp_dir("corrupt");
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(db_path(&dir), vec![0x42u8; 8192]).unwrap();
-        let err = Store::open(&dir, "w", 50, no_wake())
+        let err = Store::open(&dir, "w", KEEP, no_wake())
             .err()
             .expect("refused");
         assert!(err.contains("corrupt"), "{err}");
@@ -680,7 +742,7 @@ mod tests {
         let c = Connection::open(db_path(&dir)).unwrap();
         c.execute_batch("PRAGMA user_version = 99").unwrap();
         drop(c);
-        let err = Store::open(&dir, "w", 50, no_wake())
+        let err = Store::open(&dir, "w", KEEP, no_wake())
             .err()
             .expect("refused");
         assert!(err.contains("newer than this worldbridge"), "{err}");
@@ -689,8 +751,8 @@ mod tests {
     #[test]
     fn another_worlds_directory_is_refused() {
         let dir = temp_dir("world");
-        drop(Store::open(&dir, "mac", 50, no_wake()).unwrap());
-        let err = Store::open(&dir, "vps", 50, no_wake())
+        drop(Store::open(&dir, "mac", KEEP, no_wake()).unwrap());
+        let err = Store::open(&dir, "vps", KEEP, no_wake())
             .err()
             .expect("refused");
         assert!(err.contains("holds the world \"mac\""), "{err}");
@@ -699,7 +761,16 @@ mod tests {
     #[test]
     fn batches_commit_together_and_events_are_pruned() {
         let dir = temp_dir("group");
-        let (mut store, _) = Store::open(&dir, "w", 3, no_wake()).unwrap();
+        let (mut store, _) = Store::open(
+            &dir,
+            "w",
+            Retention {
+                events_max: 3,
+                gateway_max: 2,
+            },
+            no_wake(),
+        )
+        .unwrap();
         let ev = |seq: u64| Event {
             kind: crate::world::room::EventKind::Say,
             event: "message".into(),

@@ -126,6 +126,17 @@ struct Entry {
     frame: Frame,
 }
 
+/// A history frame as the store keeps it (so a client can resume across a restart).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct StoredFrame {
+    pub seq: u64,
+    pub ts_ms: u64,
+    pub from: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    pub frame: String,
+}
+
 /// The gateway hub.
 #[derive(Debug)]
 pub struct Gateway {
@@ -138,6 +149,9 @@ pub struct Gateway {
     heartbeat: Heartbeat,
     started_ms: u64,
     pub counts: GatewayCounts,
+    /// History frames not yet handed to the store (kept only while one persists it).
+    unsaved: Vec<StoredFrame>,
+    track: bool,
 }
 
 /// `{"type":"error","code":…,"error":…}`.
@@ -156,7 +170,46 @@ impl Gateway {
             history: VecDeque::new(),
             started_ms: now_ms,
             counts: GatewayCounts::default(),
+            unsaved: Vec::new(),
+            track: false,
         }
+    }
+
+    /// Keep the history's new frames for the store from now on.
+    pub fn track_changes(&mut self) {
+        self.track = true;
+    }
+
+    pub fn has_unsaved(&self) -> bool {
+        !self.unsaved.is_empty()
+    }
+
+    /// History frames remembered since the last call.
+    pub fn take_unsaved(&mut self) -> Vec<StoredFrame> {
+        std::mem::take(&mut self.unsaved)
+    }
+
+    /// Put back the history and the sequence the store kept (older frames than the age
+    /// limit are dropped at once).
+    pub fn restore(&mut self, seq: u64, frames: Vec<StoredFrame>, now_ms: u64) {
+        self.seq = self.seq.max(seq);
+        for f in frames {
+            self.seq = self.seq.max(f.seq);
+            if self.limits.history_max == 0 {
+                break;
+            }
+            while self.history.len() >= self.limits.history_max {
+                self.history.pop_front();
+            }
+            self.history.push_back(Entry {
+                seq: f.seq,
+                ts_ms: f.ts_ms,
+                from: f.from,
+                target: f.target,
+                frame: Frame::from(f.frame),
+            });
+        }
+        self.trim_history(now_ms);
     }
 
     /// The last `gateway_seq` handed out.
@@ -691,6 +744,15 @@ impl Gateway {
         }
         while self.history.len() >= self.limits.history_max {
             self.history.pop_front();
+        }
+        if self.track {
+            self.unsaved.push(StoredFrame {
+                seq: self.seq,
+                ts_ms: now_ms,
+                from: from.to_string(),
+                target: target.clone(),
+                frame: frame.as_str().to_string(),
+            });
         }
         self.history.push_back(Entry {
             seq: self.seq,

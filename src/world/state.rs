@@ -49,6 +49,12 @@ pub struct Snapshot {
     /// Every room's event window, in `seq` order.
     pub events: Vec<Event>,
     pub sessions: Vec<Session>,
+    /// The gateway's last `gateway_seq` and its resume history (kept by the store; the
+    /// world itself has neither).
+    #[serde(default)]
+    pub gateway_seq: u64,
+    #[serde(default)]
+    pub gateway: Vec<crate::world::gateway::StoredFrame>,
 }
 
 impl World {
@@ -112,6 +118,8 @@ impl World {
             presence,
             events,
             sessions,
+            gateway_seq: 0,
+            gateway: Vec::new(),
         }
     }
 
