@@ -4,7 +4,7 @@
 //! covered: `listen` (the bridge dials the script) and `connect` (the script dials the
 //! bridge's line listener).
 //!
-//! Every test is `#[ignore]`d by default because it needs `luajit` and `lua-socket`
+//! Every test is ignored by default (`#[ignore = "needs …"]`): it needs `luajit` and `lua-socket`
 //! (`apt-get install -y luajit lua-socket`); run them with
 //! `cargo test --test lua -- --include-ignored`. Without luajit they fail with that message.
 #![allow(dead_code)]

@@ -27,6 +27,48 @@ fn serve(dir: &Path, extra_toml: &str) -> (Child, std::net::SocketAddr) {
     (child, addr)
 }
 
+/// `worldbridge export --data-dir DIR --out FILE`.
+fn export(dir: &Path, out: &Path) -> bool {
+    let st = bin()
+        .args(["export", "--data-dir"])
+        .arg(dir)
+        .arg("--out")
+        .arg(out)
+        .status();
+    st.unwrap().success()
+}
+
+/// `worldbridge import FILE --data-dir DIR [--force]`.
+fn import(file: &Path, dir: &Path, force: bool) -> std::process::Output {
+    let mut cmd = bin();
+    cmd.arg("import").arg(file).arg("--data-dir").arg(dir);
+    if force {
+        cmd.arg("--force");
+    }
+    cmd.output().unwrap()
+}
+
+/// Start the binary on `dir`, expecting it to refuse; returns what it said.
+fn refused(dir: &Path) -> String {
+    let out = bin()
+        .args([
+            "--http",
+            "127.0.0.1:0",
+            "--line",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
+        .arg(dir)
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "it must not start on {}",
+        dir.display()
+    );
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
 fn sigterm(mut child: Child) {
     let st = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
@@ -189,14 +231,7 @@ fn export_import_export_is_exact() {
     );
     // Export works while the bridge runs (a reader does not need the lock).
     let out1 = dir.with_extension("1.json");
-    let st = bin()
-        .args(["export", "--data-dir"])
-        .arg(&dir)
-        .arg("--out")
-        .arg(&out1)
-        .status()
-        .unwrap();
-    assert!(st.success());
+    assert!(export(&dir, &out1));
     sigterm(child);
 
     let doc: Value = serde_json::from_str(&std::fs::read_to_string(&out1).unwrap()).unwrap();
@@ -210,44 +245,16 @@ fn export_import_export_is_exact() {
         .any(|r| r["spec"]["name"] == "Limbo"));
 
     let dir2 = data_dir("import");
-    let st = bin()
-        .arg("import")
-        .arg(&out1)
-        .arg("--data-dir")
-        .arg(&dir2)
-        .status()
-        .unwrap();
-    assert!(st.success());
-    let again = bin()
-        .arg("import")
-        .arg(&out1)
-        .arg("--data-dir")
-        .arg(&dir2)
-        .output()
-        .unwrap();
+    assert!(import(&out1, &dir2, false).status.success());
+    let again = import(&out1, &dir2, false);
     assert!(
         !again.status.success(),
         "a non-empty world is not overwritten"
     );
     assert!(String::from_utf8_lossy(&again.stderr).contains("--force"));
-    let st = bin()
-        .arg("import")
-        .arg(&out1)
-        .arg("--data-dir")
-        .arg(&dir2)
-        .arg("--force")
-        .status()
-        .unwrap();
-    assert!(st.success());
+    assert!(import(&out1, &dir2, true).status.success());
     let out2 = dir.with_extension("2.json");
-    let st = bin()
-        .args(["export", "--data-dir"])
-        .arg(&dir2)
-        .arg("--out")
-        .arg(&out2)
-        .status()
-        .unwrap();
-    assert!(st.success());
+    assert!(export(&dir2, &out2));
     assert_eq!(
         std::fs::read_to_string(&out1).unwrap(),
         std::fs::read_to_string(&out2).unwrap(),
@@ -258,13 +265,7 @@ fn export_import_export_is_exact() {
     let mut newer = doc.clone();
     newer["version"] = json!(2);
     let f = temp_file("newer-export.json", &newer.to_string());
-    let out = bin()
-        .arg("import")
-        .arg(&f)
-        .arg("--data-dir")
-        .arg(data_dir("newer"))
-        .output()
-        .unwrap();
+    let out = import(&f, &data_dir("newer"), false);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("newer than this worldbridge"));
 
@@ -313,19 +314,7 @@ fn group_commit_puts_many_writes_in_one_transaction() {
 fn a_second_process_and_bad_directories_are_refused_clearly() {
     let dir = data_dir("second");
     let (child, _addr) = serve(&dir, "");
-    let out = bin()
-        .args([
-            "--http",
-            "127.0.0.1:0",
-            "--line",
-            "127.0.0.1:0",
-            "--data-dir",
-        ])
-        .arg(&dir)
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = refused(&dir);
     assert!(
         err.contains("another worldbridge is already using the data directory"),
         "{err}"
@@ -334,41 +323,15 @@ fn a_second_process_and_bad_directories_are_refused_clearly() {
 
     // A data directory that cannot be created: its parent is a file.
     let file = temp_file("not-a-dir", "x");
-    let out = bin()
-        .args([
-            "--http",
-            "127.0.0.1:0",
-            "--line",
-            "127.0.0.1:0",
-            "--data-dir",
-        ])
-        .arg(file.join("sub"))
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot create the data directory"));
+    let err = refused(&file.join("sub"));
+    assert!(err.contains("cannot create the data directory"), "{err}");
 
     // A corrupt database file.
     let bad = data_dir("corrupt");
     std::fs::create_dir_all(&bad).unwrap();
     std::fs::write(bad.join("world.db"), vec![7u8; 4096]).unwrap();
-    let out = bin()
-        .args([
-            "--http",
-            "127.0.0.1:0",
-            "--line",
-            "127.0.0.1:0",
-            "--data-dir",
-        ])
-        .arg(&bad)
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("corrupt"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let err = refused(&bad);
+    assert!(err.contains("corrupt"), "{err}");
 }
 
 #[test]
@@ -376,13 +339,6 @@ fn a_gateway_client_resumes_across_a_restart() {
     use tungstenite::Message;
     let dir = data_dir("gateway");
     let (child, addr) = serve(&dir, "");
-    let connect = |path: &str| {
-        let (ws, _) = tungstenite::connect(format!("ws://{addr}{path}")).expect("ws connect");
-        if let tungstenite::stream::MaybeTlsStream::Plain(s) = ws.get_ref() {
-            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        }
-        ws
-    };
     let next_text = |ws: &mut tungstenite::WebSocket<_>| -> Value {
         loop {
             if let Message::Text(t) = ws.read().expect("a frame") {
@@ -390,7 +346,7 @@ fn a_gateway_client_resumes_across_a_restart() {
             }
         }
     };
-    let mut sender = connect("/ws/matrix");
+    let mut sender = ws_connect(addr, "/ws/matrix");
     sender
         .send(Message::text(
             json!({"type": "agent_register", "agentId": "sender", "role": "npc"}).to_string(),
@@ -411,11 +367,7 @@ fn a_gateway_client_resumes_across_a_restart() {
     sigterm(child);
 
     let (child, addr2) = serve(&dir, "");
-    let (mut ws, _) = tungstenite::connect(format!("ws://{addr2}/ws/matrix?since={}", seqs[0]))
-        .expect("ws connect");
-    if let tungstenite::stream::MaybeTlsStream::Plain(s) = ws.get_ref() {
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    }
+    let mut ws = ws_connect(addr2, &format!("/ws/matrix?since={}", seqs[0]));
     ws.send(Message::text(
         json!({"type": "agent_register", "agentId": "late", "role": "watcher"}).to_string(),
     ))
@@ -442,6 +394,18 @@ fn a_gateway_client_resumes_across_a_restart() {
         "the sequence goes on: {status}"
     );
     sigterm(child);
+}
+
+/// A WebSocket client with a 10 s read timeout.
+fn ws_connect(
+    addr: std::net::SocketAddr,
+    path: &str,
+) -> tungstenite::WebSocket<tungstenite::stream::MaybeTlsStream<std::net::TcpStream>> {
+    let (ws, _) = tungstenite::connect(format!("ws://{addr}{path}")).expect("ws connect");
+    if let tungstenite::stream::MaybeTlsStream::Plain(s) = ws.get_ref() {
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    }
+    ws
 }
 
 /// Wait until the gateway's sequence passes `after`; returns it.
