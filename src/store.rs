@@ -846,4 +846,61 @@ mod tests {
         let kept: Vec<u64> = doc.state.events.iter().map(|e| e.seq).collect();
         assert_eq!(kept, [8, 9, 10], "rooms.events_max bounds the file");
     }
+
+    #[test]
+    fn federated_events_and_trust_are_stored_once_and_travel_in_exports() {
+        use crate::federation::wire::{FedEvent, Kind, TrustEntry};
+        let dir = temp_dir("fed");
+        let (mut store, _) = Store::open(&dir, "mac", KEEP, no_wake()).unwrap();
+        let ev = FedEvent {
+            origin: "vps".into(),
+            seq: 7,
+            kind: Kind::Say,
+            room: Some("The Bridge".into()),
+            user_id: Some("bob".into()),
+            username: Some("Bob".into()),
+            message: Some("hi mac".into()),
+            event: None,
+            timestamp: crate::time::rfc3339(1),
+            data: None,
+        };
+        let trust = TrustEntry {
+            subject: "bob@vps".into(),
+            score: 0.5,
+            updated_at: 1,
+            origin: "vps".into(),
+            seq: 8,
+        };
+        for id in 1..=2 {
+            store.send(Batch {
+                id,
+                rows: vec![Row::FedEvent(ev.clone()), Row::FedTrust(trust.clone())],
+            });
+        }
+        let mut upto = 0;
+        while upto < 2 {
+            match store
+                .events
+                .recv_timeout(std::time::Duration::from_secs(5))
+                .unwrap()
+            {
+                StoreEvent::Durable { upto: u } => upto = u,
+                other => panic!("{other:?}"),
+            }
+        }
+        store.close();
+        drop(store);
+        let doc = export(&dir).unwrap();
+        assert_eq!(
+            doc.state.fed_events,
+            vec![ev.clone()],
+            "written twice, kept once"
+        );
+        assert_eq!(doc.state.fed_trust, vec![trust.clone()]);
+        let text = serde_json::to_string(&doc).unwrap();
+        let other = temp_dir("fed-import");
+        let back = import(&other, &text, false).unwrap();
+        assert_eq!(back.fed_events, vec![ev]);
+        assert_eq!(export(&other).unwrap().state.fed_trust, vec![trust]);
+    }
 }
