@@ -306,12 +306,13 @@ impl App {
                 let name = f.name("event")?;
                 let text = f.opt("message")?;
                 let federation = match f.opt("scope")?.as_deref() {
-                    None | Some("world") => false,
+                    // LINE_PROTOCOL.md says "local"; the core calls it World.
+                    None | Some("local" | "world") => false,
                     Some("federation") => true,
                     Some(other) => {
                         return Err(refuse(
                             "bad_field",
-                            format!("`scope` must be \"world\" or \"federation\", not {other:?}"),
+                            format!("`scope` must be \"local\" or \"federation\", not {other:?}"),
                         ))
                     }
                 };

@@ -202,6 +202,9 @@ impl PeerLink {
         url: &str,
         resp: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
     ) -> Result<T, String> {
+        // Errors name the route, not the cursor: the same failure reads the same each
+        // interval, so it is logged once.
+        let url = url.split('?').next().unwrap_or(url);
         let mut resp = resp.map_err(|e| match e {
             ureq::Error::Timeout(_) => format!(
                 "{url}: no answer within {} ms",

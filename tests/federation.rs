@@ -244,10 +244,20 @@ fn federation_routes_are_refused_without_federation_or_with_a_bad_document() {
     let r = as_peer(plain.http, "GET", "/bridge/state", Some("x"));
     assert_eq!(r.status, 404, "{}", r.text());
 
-    let mut cfg = test_config();
+    let mut cfg = common::line_config();
     cfg.world = "a".into();
     cfg.federation.peers = vec![peer("b", free_port(), "ab")];
     let a = start_with(cfg);
+    let mut game = LineClient::connect(a.line.expect("line listener"));
+    game.send(
+        &json!({"type": "event", "id": 1, "room": "The Forge", "event": "fire", "scope": "galaxy"}),
+    );
+    let (err, _) = game.recv_type("error");
+    assert_eq!(err["code"], "bad_field", "{err}");
+    game.send(
+        &json!({"type": "event", "id": 2, "room": "The Forge", "event": "fire", "scope": "local"}),
+    );
+    assert_eq!(game.recv_type("ok").0["id"], 2);
     let r = as_peer(a.http, "GET", "/bridge/state?since=b:x", Some("ab"));
     assert_eq!(r.status, 400, "{}", r.text());
     let mut c = Client::connect(a.http);
