@@ -71,6 +71,12 @@ impl Peering {
             return Ok(None);
         }
         let core = Federation::new(world, cfg, epoch_ms).map_err(|e| format!("federation: {e}"))?;
+        for p in core.peers().iter().filter(|p| p.token().is_empty()) {
+            log::warn!(
+                "federation: peer {} has no token: it can neither ask this bridge nor be asked",
+                p.world
+            );
+        }
         let peers = core
             .peers()
             .iter()
@@ -269,15 +275,17 @@ impl App {
 
     /// Each `sync_interval_s`, every peer not still busy gets its job.
     pub fn fed_tick(&mut self, now: Instant) {
+        let due = self.fed.as_ref().is_some_and(|f| {
+            f.last_round
+                .is_none_or(|t| now.duration_since(t) >= f.interval)
+        });
+        if !due {
+            return;
+        }
         let presence = self.own_presence();
         let Some(f) = &mut self.fed else {
             return;
         };
-        if f.last_round
-            .is_some_and(|t| now.duration_since(t) < f.interval)
-        {
-            return;
-        }
         f.last_round = Some(now);
         let Some(sync) = &f.sync else {
             return;
