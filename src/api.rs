@@ -20,7 +20,7 @@ use serde_json::{json, Map, Value};
 use std::time::Instant;
 
 /// The routes, as metric labels.
-const ROUTES: [(&str, &str); 19] = [
+const ROUTES: [(&str, &str); 22] = [
     ("/", "GET"),
     ("/ws/matrix", "GET"),
     ("/ws/workshop", "GET"),
@@ -40,6 +40,9 @@ const ROUTES: [(&str, &str); 19] = [
     ("/bridge/act", "POST"),
     ("/bridge/speak", "POST"),
     ("/bridge/observe/:world", "GET"),
+    ("/bridge/state", "GET"),
+    ("/bridge/sync", "POST"),
+    ("/bridge/trust", "POST"),
 ];
 
 /// The route pattern a path belongs to, and the room it names (still URL-encoded).
@@ -115,7 +118,7 @@ pub fn handle(app: &mut App, id: ConnId, req: Request) -> Handled {
     };
     // A request that changed the world is answered once the change is durable.
     let handled = match handled {
-        Handled::Respond(resp) if app.durable() && app.world.has_changes() => {
+        Handled::Respond(resp) if app.durable() && app.has_unsaved() => {
             app.answer(ReplyTo::Http(id), resp);
             Handled::Park {
                 route,
@@ -282,6 +285,9 @@ fn dispatch(
         "/bridge/say" => say(app, req, now),
         "/bridge/move" => move_user(app, req, now),
         "/bridge/speak" => speak(app, req),
+        "/bridge/state" => crate::fed_api::bridge_state(app, req),
+        "/bridge/sync" => crate::fed_api::bridge_sync(app, req, now),
+        "/bridge/trust" => trust(app, req, now),
         "/bridge/act" | "/bridge/observe/:world" => {
             let answer = match route {
                 "/bridge/act" => act(app, id, req),
@@ -332,7 +338,9 @@ fn head_of(allowed: &str) -> &'static str {
 fn authorize(app: &App, req: &Request, route: &str) -> Result<(), Response> {
     let token = &app.cfg.http.token;
     // The status page is static HTML; the data it fetches carries the token.
-    if token.is_empty() || route == "/bridge/health" || route == "/" {
+    // Peers authenticate with the pair's token instead (see `fed_api`).
+    let peer_route = route == "/bridge/state" || route == "/bridge/sync";
+    if token.is_empty() || route == "/bridge/health" || route == "/" || peer_route {
         return Ok(());
     }
     match req
@@ -491,6 +499,7 @@ struct Health<'a> {
     version: &'a str,
     uptime_s: u64,
     links: Vec<Value>,
+    peers: Vec<Value>,
 }
 
 /// Every game link: the configured dials (up, connecting or down, with their history)
@@ -543,6 +552,7 @@ fn health(app: &App, now: u64) -> Response {
             version: env!("CARGO_PKG_VERSION"),
             uptime_s: app.started.elapsed().as_secs(),
             links: links_json(app),
+            peers: app.peers_health(now),
         },
     )
 }
@@ -707,6 +717,24 @@ fn events(app: &App, req: &Request, room: &str) -> Result<Response, Response> {
     let evs: Vec<&Event> = app.world.events(room, since, after).map_err(world_error)?;
     let name = app.world.resolve(room).unwrap_or(room);
     Ok(Response::json(200, &json!({"room": name, "events": evs})))
+}
+
+/// `POST /bridge/trust` `{subject, score}`: this world sets a subject's trust (a
+/// character `bob@vps` or a world `vps`); the change reaches every peer.
+fn trust(app: &mut App, req: &Request, now: u64) -> Result<Response, Response> {
+    let obj = body_object(req)?;
+    let subject = required(&obj, "subject")?;
+    let score = obj
+        .get("score")
+        .and_then(Value::as_f64)
+        .ok_or_else(|| Response::error(400, "missing_field", "`score` must be a number"))?;
+    let answer = app
+        .set_trust(&subject, score, now)
+        .map_err(|e| match app.fed {
+            None => Response::error(404, "federation_off", &e.to_string()),
+            Some(_) => Response::error(400, "bad_field", &e.to_string()),
+        })?;
+    Ok(Response::json(200, &answer))
 }
 
 fn say(app: &mut App, req: &Request, now: u64) -> Result<Response, Response> {

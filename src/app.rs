@@ -69,6 +69,8 @@ pub struct App {
     next_batch: u64,
     /// The last commit failed (and why): state-changing requests get 503 until one works.
     pub store_error: Option<String>,
+    /// Federation with the configured peers (`None` without `[[federation.peers]]`).
+    pub fed: Option<crate::fed_api::Peering>,
 }
 
 /// An answer that waits until the store has made its change durable.
@@ -138,7 +140,9 @@ impl App {
             },
             now_ms,
         );
+        let fed = crate::fed_api::Peering::new(&cfg.world, &cfg.federation, now_ms)?;
         Ok(App {
+            fed,
             gateway,
             workshop,
             ws_out: Vec::new(),
@@ -188,6 +192,11 @@ impl App {
                 snap.sessions.len(),
                 snap.presence.len()
             );
+            if let Some(f) = &mut self.fed {
+                let events = std::mem::take(&mut snap.fed_events);
+                let trust = std::mem::take(&mut snap.fed_trust);
+                f.restore(events, trust);
+            }
             self.world.restore(snap);
         }
         self.world.track_changes();
@@ -206,7 +215,7 @@ impl App {
 
     /// Send an answer, or hold it until the changes made so far are durable.
     pub fn answer(&mut self, to: ReplyTo, resp: Response) {
-        if self.store.is_some() && self.world.has_changes() {
+        if self.store.is_some() && self.has_unsaved() {
             let batch = self.next_batch;
             self.held.push_back(Held {
                 batch,
@@ -231,7 +240,8 @@ impl App {
         let Some(store) = &self.store else {
             return;
         };
-        if !self.world.has_changes() && !self.gateway.has_unsaved() {
+        let fed_rows = self.fed.as_ref().is_some_and(|f| f.has_rows());
+        if !self.world.has_changes() && !self.gateway.has_unsaved() && !fed_rows {
             return;
         }
         let changes = self.world.take_changes();
@@ -260,6 +270,9 @@ impl App {
         }
         rows.extend(self.gateway.take_unsaved().into_iter().map(Row::Gateway));
         let id = self.next_batch;
+        if let Some(f) = &mut self.fed {
+            rows.extend(f.take_rows(id));
+        }
         self.next_batch += 1;
         store.send(Batch { id, rows });
     }
@@ -269,6 +282,9 @@ impl App {
         match ev {
             StoreEvent::Durable { upto } => {
                 self.store_error = None;
+                if let Some(f) = &mut self.fed {
+                    f.durable(upto);
+                }
                 while self.held.front().is_some_and(|h| h.batch <= upto) {
                     if let Some(h) = self.held.pop_front() {
                         self.release(h.answer, None);
@@ -607,6 +623,7 @@ impl App {
         self.rate.prune(now_ms);
         self.expire_game_requests(now);
         self.route_events(None);
+        self.fed_tick(now);
     }
 }
 

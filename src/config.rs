@@ -162,6 +162,11 @@ pub struct StoreConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct FederationConfig {
     pub sync_interval_s: u64,
+    /// Longest one request to a peer may take (connect, send, answer), in ms: a peer that
+    /// accepts and never answers costs its own sync this much, and nobody else anything.
+    pub timeout_ms: u64,
+    /// Most `/bridge/state` pages one pull follows (`more: true`) before the next interval.
+    pub pages_max: usize,
     pub portal_rooms: Vec<String>,
     pub peers: Vec<PeerConfig>,
 }
@@ -315,6 +320,8 @@ impl Default for FederationConfig {
     fn default() -> Self {
         FederationConfig {
             sync_interval_s: 5,
+            timeout_ms: 2000,
+            pages_max: 20,
             portal_rooms: Vec::new(),
             peers: Vec::new(),
         }
@@ -447,7 +454,14 @@ impl Config {
         check_backend(&self.agent.backend)
             .map_err(|why| format!("config: `agent.backend`: {why}"))?;
 
-        let at_least: [(&str, u64, u64); 24] = [
+        let at_least: [(&str, u64, u64); 27] = [
+            (
+                "federation.sync_interval_s",
+                self.federation.sync_interval_s,
+                1,
+            ),
+            ("federation.timeout_ms", self.federation.timeout_ms, 1),
+            ("federation.pages_max", self.federation.pages_max as u64, 1),
             ("rooms.events_max", self.rooms.events_max as u64, 1),
             ("rooms.max", self.rooms.max as u64, 1),
             ("rooms.occupants_max", self.rooms.occupants_max as u64, 1),
@@ -825,6 +839,8 @@ diff = true
 data_dir = "./worldbridge-data"          # --memory keeps everything in memory
 [federation]
 sync_interval_s = 5
+timeout_ms = 2000
+pages_max = 20
 portal_rooms = []
 [[federation.peers]]
 world = "vps"

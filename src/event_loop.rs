@@ -255,6 +255,21 @@ impl Bridge {
             let (store, loaded) = Store::open(&dir, &app.cfg.world, app.retention(), wake)?;
             app.attach_store(store, loaded);
         }
+        if let Some(f) = &mut app.fed {
+            let w = waker.clone();
+            let wake = Arc::new(move || {
+                let _ = w.wake();
+            });
+            let limits = crate::peer_sync::SyncLimits {
+                timeout: Duration::from_millis(app.cfg.federation.timeout_ms),
+                pages_max: app.cfg.federation.pages_max,
+            };
+            f.sync = Some(crate::peer_sync::PeerSync::start(
+                f.core.peers(),
+                limits,
+                wake,
+            )?);
+        }
         app.forget_feed_presence(crate::time::now_ms());
         Ok(Bridge {
             poll,
@@ -364,6 +379,7 @@ impl Bridge {
                 self.begin_shutdown();
             }
             self.drain_replies();
+            self.drain_peers();
             self.drain_requests();
             self.drain_workshop();
             self.drive_again();
@@ -781,6 +797,18 @@ impl Bridge {
         touched.dedup();
         for id in touched {
             self.drive(id);
+        }
+    }
+
+    /// The peers' threads finished syncs: merge what they brought.
+    fn drain_peers(&mut self) {
+        let outcomes: Vec<_> = match self.app.fed.as_ref().and_then(|f| f.sync.as_ref()) {
+            Some(s) => s.outcomes.try_iter().collect(),
+            None => return,
+        };
+        let now_ms = crate::time::now_ms();
+        for o in outcomes {
+            self.app.on_peer_outcome(o, now_ms);
         }
     }
 

@@ -17,7 +17,9 @@
 //! - [`game`]: the World trait (observe / act / speak), handles through the loop, a mock.
 //! - [`store`]: durable state: the SQLite store thread, group commit, export/import.
 //! - [`federation`]: the socket-free federation core: event log by (origin, seq), trust,
-//!   remote presence, portal rules and exactly-once travel (not yet wired to the loop).
+//!   remote presence, portal rules and exactly-once travel (travel not yet wired).
+//! - [`fed_api`], [`peer_sync`]: federation wired in: local events out, peer documents
+//!   in, `/bridge/state`, `/bridge/sync`, `/bridge/trust`, and the peers' sync threads.
 //! - [`metrics`]: counters and histograms, rendered as Prometheus text.
 //! - [`time`]: wall-clock milliseconds and RFC 3339 formatting/parsing.
 
@@ -30,11 +32,13 @@ pub mod codec;
 pub mod config;
 pub mod conn;
 pub mod event_loop;
+pub mod fed_api;
 pub mod federation;
 pub mod game;
 pub mod line_api;
 pub mod links;
 pub mod metrics;
+pub mod peer_sync;
 pub mod protocol;
 pub mod store;
 pub mod time;

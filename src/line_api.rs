@@ -305,8 +305,22 @@ impl App {
                 let room = self.world.ensure_room(&f.name("room")?)?;
                 let name = f.name("event")?;
                 let text = f.opt("message")?;
+                let federation = match f.opt("scope")?.as_deref() {
+                    // LINE_PROTOCOL.md says "local"; the core calls it World.
+                    None | Some("local" | "world") => false,
+                    Some("federation") => true,
+                    Some(other) => {
+                        return Err(refuse(
+                            "bad_field",
+                            format!("`scope` must be \"local\" or \"federation\", not {other:?}"),
+                        ))
+                    }
+                };
                 self.links.host(conn, &room);
                 let ev = self.world.world_event(&room, &name, text.as_deref(), now)?;
+                if federation {
+                    self.mark_federation_scope(&ev);
+                }
                 if id.is_some() {
                     answer_line("ok", id, json!({"event": ev}), out);
                 }
@@ -525,6 +539,7 @@ impl App {
     /// link it came from (`source`), and to the gateway's clients.
     pub fn route_events(&mut self, source: Option<ConnId>) {
         let events = self.world.take_new_events();
+        self.federate(&events);
         for ev in &events {
             if let Some(host) = self.links.host_of(&ev.room) {
                 if Some(host) != source {

@@ -15,6 +15,7 @@
 //! Also here: opening (lock, pragmas, migrations), loading the [`Snapshot`] at start, and
 //! the export/import document of `worldbridge export` / `import`.
 
+use crate::federation::wire::{FedEvent, TrustEntry};
 use crate::world::gateway::StoredFrame;
 use crate::world::room::Event;
 use crate::world::session::Session;
@@ -29,14 +30,14 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 /// The schema version this build writes (`PRAGMA user_version`).
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 /// The export document's format name and major version.
 pub const EXPORT_FORMAT: &str = "worldbridge-export";
 pub const EXPORT_VERSION: u64 = 1;
 
 /// Forward migrations: `MIGRATIONS[i]` takes a database from version `i` to `i + 1`.
-const MIGRATIONS: [&str; 2] = [
+const MIGRATIONS: [&str; 3] = [
     "
     CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
     CREATE TABLE rooms (name TEXT PRIMARY KEY, body TEXT NOT NULL);
@@ -48,6 +49,11 @@ const MIGRATIONS: [&str; 2] = [
 ",
     "
     CREATE TABLE gateway_history (seq INTEGER PRIMARY KEY, body TEXT NOT NULL);
+",
+    "
+    CREATE TABLE fed_events (origin TEXT NOT NULL, seq INTEGER NOT NULL, body TEXT NOT NULL,
+                             PRIMARY KEY (origin, seq));
+    CREATE TABLE fed_trust (subject TEXT PRIMARY KEY, body TEXT NOT NULL);
 ",
 ];
 
@@ -64,6 +70,11 @@ pub enum Row {
     Seq(u64),
     /// A frame of the gateway's resume history (and the gateway's sequence with it).
     Gateway(StoredFrame),
+    /// A federated event, own or received: keyed by `(origin, seq)`, so writing it
+    /// again changes nothing.
+    FedEvent(FedEvent),
+    /// The trust entry that now wins for its subject.
+    FedTrust(TrustEntry),
 }
 
 /// How much the database keeps, from Config.
@@ -310,6 +321,16 @@ fn load(conn: &Connection) -> rusqlite::Result<Option<Snapshot>> {
             "SELECT body FROM sessions ORDER BY user_id",
             "session",
         )?,
+        fed_events: all(
+            conn,
+            "SELECT body FROM fed_events ORDER BY origin, seq",
+            "federated event",
+        )?,
+        fed_trust: all(
+            conn,
+            "SELECT body FROM fed_trust ORDER BY subject",
+            "trust entry",
+        )?,
     }))
 }
 
@@ -342,6 +363,11 @@ fn write_rows(tx: &rusqlite::Transaction, rows: &[Row], keep: Retention) -> rusq
         let mut gw_seq = tx.prepare_cached(
             "INSERT OR REPLACE INTO meta (key, value) VALUES ('gateway_seq', ?1)",
         )?;
+        let mut fed_event = tx.prepare_cached(
+            "INSERT OR IGNORE INTO fed_events (origin, seq, body) VALUES (?1, ?2, ?3)",
+        )?;
+        let mut fed_trust =
+            tx.prepare_cached("INSERT OR REPLACE INTO fed_trust (subject, body) VALUES (?1, ?2)")?;
         for row in rows {
             match row {
                 Row::Room(r) => {
@@ -370,6 +396,12 @@ fn write_rows(tx: &rusqlite::Transaction, rows: &[Row], keep: Retention) -> rusq
                     gw.execute(params![f.seq as i64, to_json(f)])?;
                     gw_seq.execute(params![f.seq.to_string()])?;
                     gateway_rows = true;
+                }
+                Row::FedEvent(e) => {
+                    fed_event.execute(params![e.origin, e.seq as i64, to_json(e)])?;
+                }
+                Row::FedTrust(t) => {
+                    fed_trust.execute(params![t.subject, to_json(t)])?;
                 }
             }
         }
@@ -659,7 +691,8 @@ pub fn import(dir: &Path, text: &str, force: bool) -> Result<Snapshot, String> {
         let empty = existing.rooms.is_empty()
             && existing.events.is_empty()
             && existing.sessions.is_empty()
-            && existing.presence.is_empty();
+            && existing.presence.is_empty()
+            && existing.fed_events.is_empty();
         if !empty && !force {
             return Err(format!(
                 "the data directory {} already holds the world {:?}; add --force to replace it",
@@ -671,7 +704,7 @@ pub fn import(dir: &Path, text: &str, force: bool) -> Result<Snapshot, String> {
     let s = &doc.state;
     let tx = conn.transaction().map_err(sql_err("database", &path))?;
     let result = (|| {
-        tx.execute_batch("DELETE FROM rooms; DELETE FROM presence; DELETE FROM sessions; DELETE FROM events; DELETE FROM gateway_history; DELETE FROM meta;")?;
+        tx.execute_batch("DELETE FROM rooms; DELETE FROM presence; DELETE FROM sessions; DELETE FROM events; DELETE FROM gateway_history; DELETE FROM fed_events; DELETE FROM fed_trust; DELETE FROM meta;")?;
         put_meta(&tx, &s.world)?;
         let mut rows: Vec<Row> = Vec::new();
         rows.extend(s.rooms.iter().cloned().map(Row::Room));
@@ -679,6 +712,8 @@ pub fn import(dir: &Path, text: &str, force: bool) -> Result<Snapshot, String> {
         rows.extend(s.sessions.iter().cloned().map(Row::Session));
         rows.extend(s.events.iter().cloned().map(Row::Event));
         rows.extend(s.gateway.iter().cloned().map(Row::Gateway));
+        rows.extend(s.fed_events.iter().cloned().map(Row::FedEvent));
+        rows.extend(s.fed_trust.iter().cloned().map(Row::FedTrust));
         rows.push(Row::Seq(s.seq));
         // Keep exactly what the document holds: its windows were bounded already.
         let keep = Retention {
@@ -810,5 +845,62 @@ mod tests {
         assert_eq!(doc.state.seq, 10);
         let kept: Vec<u64> = doc.state.events.iter().map(|e| e.seq).collect();
         assert_eq!(kept, [8, 9, 10], "rooms.events_max bounds the file");
+    }
+
+    #[test]
+    fn federated_events_and_trust_are_stored_once_and_travel_in_exports() {
+        use crate::federation::wire::{FedEvent, Kind, TrustEntry};
+        let dir = temp_dir("fed");
+        let (mut store, _) = Store::open(&dir, "mac", KEEP, no_wake()).unwrap();
+        let ev = FedEvent {
+            origin: "vps".into(),
+            seq: 7,
+            kind: Kind::Say,
+            room: Some("The Bridge".into()),
+            user_id: Some("bob".into()),
+            username: Some("Bob".into()),
+            message: Some("hi mac".into()),
+            event: None,
+            timestamp: crate::time::rfc3339(1),
+            data: None,
+        };
+        let trust = TrustEntry {
+            subject: "bob@vps".into(),
+            score: 0.5,
+            updated_at: 1,
+            origin: "vps".into(),
+            seq: 8,
+        };
+        for id in 1..=2 {
+            store.send(Batch {
+                id,
+                rows: vec![Row::FedEvent(ev.clone()), Row::FedTrust(trust.clone())],
+            });
+        }
+        let mut upto = 0;
+        while upto < 2 {
+            match store
+                .events
+                .recv_timeout(std::time::Duration::from_secs(5))
+                .unwrap()
+            {
+                StoreEvent::Durable { upto: u } => upto = u,
+                other => panic!("{other:?}"),
+            }
+        }
+        store.close();
+        drop(store);
+        let doc = export(&dir).unwrap();
+        assert_eq!(
+            doc.state.fed_events,
+            vec![ev.clone()],
+            "written twice, kept once"
+        );
+        assert_eq!(doc.state.fed_trust, vec![trust.clone()]);
+        let text = serde_json::to_string(&doc).unwrap();
+        let other = temp_dir("fed-import");
+        let back = import(&other, &text, false).unwrap();
+        assert_eq!(back.fed_events, vec![ev]);
+        assert_eq!(export(&other).unwrap().state.fed_trust, vec![trust]);
     }
 }

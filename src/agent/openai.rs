@@ -240,7 +240,7 @@ fn excerpt(text: &str) -> String {
 }
 
 /// Whether the URL's host is this machine (`localhost`, `127.x.y.z`, `[::1]`).
-fn is_loopback(url: &str) -> bool {
+pub fn is_loopback(url: &str) -> bool {
     let rest = url.split_once("://").map_or(url, |(_, r)| r);
     let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
     let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);

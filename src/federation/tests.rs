@@ -28,6 +28,7 @@ fn fed(world: &str) -> Federation {
         sync_interval_s: 5,
         portal_rooms: vec!["Gate".into()],
         peers,
+        ..FederationConfig::default()
     };
     Federation::new(world, &cfg, 1_000).expect("valid config")
 }

@@ -13,6 +13,7 @@ pub mod session;
 pub mod state;
 
 use crate::agent::WorldContext;
+use crate::federation::portal::Relayed;
 use crate::time::rfc3339;
 use room::{Event, EventKind, Room, RoomSpec, WorldFile};
 use session::{SessionLimits, Sessions};
@@ -222,9 +223,26 @@ impl World {
         self.seq
     }
 
-    /// Record a new event in its room and the outbox.
+    /// Record a new event of this world in its room and the outbox.
     fn emit(
         &mut self,
+        kind: EventKind,
+        event: &str,
+        user: (&str, &str),
+        room: &str,
+        message: Option<&str>,
+        now_ms: u64,
+    ) -> Event {
+        let origin = self.id.clone();
+        self.emit_from(&origin, kind, event, user, room, message, now_ms)
+    }
+
+    /// Record a new event that happened in `origin` (this world, or a peer's event shown
+    /// here): local `seq`, the origin kept so it never federates again from here.
+    #[allow(clippy::too_many_arguments)]
+    fn emit_from(
+        &mut self,
+        origin: &str,
         kind: EventKind,
         event: &str,
         user: (&str, &str),
@@ -242,7 +260,7 @@ impl World {
             message: message.map(str::to_string),
             timestamp: rfc3339(now_ms),
             seq: self.seq,
-            origin: self.id.clone(),
+            origin: origin.to_string(),
             ts_ms: now_ms,
         };
         if let Some(r) = self.rooms.get_mut(room) {
@@ -434,6 +452,28 @@ impl World {
         let room = self.ensure_room(room)?;
         let id = self.id.clone();
         Ok(self.emit(EventKind::Event, name, (&id, &id), &room, text, now_ms))
+    }
+
+    /// Show an event from another world in one of this world's rooms (`shown.room` is a
+    /// canonical name): nobody is placed, the speaker is `Alice@mac`, and the event's
+    /// `origin` is the remote world. `None` when the room is gone.
+    pub fn show_remote(&mut self, shown: &Relayed, now_ms: u64) -> Option<Event> {
+        let room = self.resolve(&shown.room)?.to_string();
+        Some(self.emit_from(
+            &shown.origin,
+            shown.kind,
+            &shown.event,
+            (&shown.user_id, &shown.username),
+            &room,
+            shown.message.as_deref(),
+            now_ms,
+        ))
+    }
+
+    /// Everyone present in this world (in no particular order): the characters its
+    /// federation presence report lists.
+    pub fn occupants(&self) -> impl Iterator<Item = &Occupant> {
+        self.occupants.values()
     }
 
     /// A room's events, oldest first, after a time and/or after a sequence number.

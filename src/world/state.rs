@@ -55,6 +55,12 @@ pub struct Snapshot {
     pub gateway_seq: u64,
     #[serde(default)]
     pub gateway: Vec<crate::world::gateway::StoredFrame>,
+    /// The federation's event log (own and received events, by `(origin, seq)`) and its
+    /// trust winners (kept by the store; the world itself has neither).
+    #[serde(default)]
+    pub fed_events: Vec<crate::federation::wire::FedEvent>,
+    #[serde(default)]
+    pub fed_trust: Vec<crate::federation::wire::TrustEntry>,
 }
 
 impl World {
@@ -120,6 +126,8 @@ impl World {
             sessions,
             gateway_seq: 0,
             gateway: Vec::new(),
+            fed_events: Vec::new(),
+            fed_trust: Vec::new(),
         }
     }
 

@@ -174,3 +174,37 @@ fn room_and_occupant_limits_hold() {
     assert!(w.occupant("a").is_none());
     assert_eq!(w.players("The Tower").len(), 3);
 }
+
+#[test]
+fn a_remote_event_is_shown_without_placing_anyone_and_keeps_its_origin() {
+    let mut w = world();
+    w.place("bob", "Bob", "The Threshold", 1);
+    let shown = Relayed {
+        room: "the threshold".into(),
+        kind: room::EventKind::Say,
+        event: "message".into(),
+        user_id: "alice@mac".into(),
+        username: "Alice@mac".into(),
+        message: Some("hello from mac".into()),
+        origin: "mac".into(),
+    };
+    let ev = w.show_remote(&shown, 2).expect("the room exists");
+    assert_eq!(
+        (ev.origin.as_str(), ev.room.as_str()),
+        ("mac", "The Threshold")
+    );
+    assert_eq!(ev.username, "Alice@mac");
+    assert!(w.occupant("alice@mac").is_none(), "nobody is placed");
+    let names: Vec<&str> = w.occupants().map(|o| o.user_id.as_str()).collect();
+    assert_eq!(names, ["bob"]);
+    let events = w.events("The Threshold", None, None).unwrap();
+    assert_eq!(
+        events.last().and_then(|e| e.message.as_deref()),
+        Some("hello from mac")
+    );
+    let gone = Relayed {
+        room: "Nowhere".into(),
+        ..shown
+    };
+    assert!(w.show_remote(&gone, 3).is_none());
+}

@@ -1,0 +1,545 @@
+//! The bridge's side of federation: the socket-free core ([`crate::federation`]) wired
+//! to the world, the store, the HTTP routes and the peers' threads.
+//!
+//! - Out: every new local event passes [`App::federate`] where events are routed (so
+//!   line links and the gateway still get all of them); a portal `say` or a world event
+//!   of scope federation becomes a federated event, stored, and served to peers only once
+//!   durable ([`Federation::stored`] is called from the store's `Durable` report, at once
+//!   with `--memory`).
+//! - In: a peer's document (pulled, or pushed to `POST /bridge/sync`) is merged by the
+//!   core; new events are stored and shown in the rooms the core names, by `Alice@mac`,
+//!   with `origin` the remote world. A push is answered once its rows are durable.
+//! - Peers: each `sync_interval_s` every peer not still busy gets a [`Job`]; the outcomes
+//!   come back through [`App::on_peer_outcome`] and feed `/bridge/health`'s `peers`.
+
+use crate::app::App;
+use crate::codec::http::{Request, Response};
+use crate::config::FederationConfig;
+use crate::federation::portal::Scope;
+use crate::federation::presence::PeerStatus;
+use crate::federation::trust::Trust;
+use crate::federation::wire::{
+    Cursor, Delta, FedEvent, PresenceEntry, WireError, WorldPresence, PAGE_MAX, PRESENCE_MAX,
+};
+use crate::federation::{Applied, Federation};
+use crate::peer_sync::{Job, Outcome, PeerSync};
+use crate::store::Row;
+use crate::time::rfc3339;
+use crate::world::room::Event;
+use serde_json::{json, Value};
+use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
+use std::time::{Duration, Instant};
+
+/// What this bridge knows of its peers and what it owes the store.
+pub struct Peering {
+    pub core: Federation,
+    /// The peers' threads (absent in unit tests, started by the loop).
+    pub sync: Option<PeerSync>,
+    /// Local world events sent with `scope: "federation"`, by local seq, until routed.
+    scoped: HashSet<u64>,
+    /// Rows for the next store batch.
+    rows: Vec<Row>,
+    /// The highest own federated seq among `rows`.
+    own_upto: Option<u64>,
+    /// (batch id, own seq): own events durable once that batch is.
+    waiting: VecDeque<(u64, u64)>,
+    peers: BTreeMap<String, PeerHealth>,
+    /// Peers whose snapshot (the trust map) was pulled since this process started.
+    snapshots: BTreeSet<String>,
+    interval: Duration,
+    last_round: Option<Instant>,
+}
+
+/// What `/bridge/health` says about one peer.
+#[derive(Debug, Clone, Default)]
+struct PeerHealth {
+    busy: bool,
+    last_sync_ms: Option<u64>,
+    last_error: Option<String>,
+    /// What the peer last said it holds.
+    have: Cursor,
+}
+
+impl Peering {
+    /// `None` when no peer is configured: nothing federates.
+    pub fn new(
+        world: &str,
+        cfg: &FederationConfig,
+        epoch_ms: u64,
+    ) -> Result<Option<Peering>, String> {
+        if cfg.peers.is_empty() {
+            return Ok(None);
+        }
+        let core = Federation::new(world, cfg, epoch_ms).map_err(|e| format!("federation: {e}"))?;
+        for p in core.peers().iter().filter(|p| p.token().is_empty()) {
+            log::warn!(
+                "federation: peer {} has no token: it can neither ask this bridge nor be asked",
+                p.world
+            );
+        }
+        let peers = core
+            .peers()
+            .iter()
+            .map(|p| (p.world.clone(), PeerHealth::default()))
+            .collect();
+        Ok(Some(Peering {
+            core,
+            sync: None,
+            scoped: HashSet::new(),
+            rows: Vec::new(),
+            own_upto: None,
+            waiting: VecDeque::new(),
+            peers,
+            snapshots: BTreeSet::new(),
+            interval: Duration::from_secs(cfg.sync_interval_s.max(1)),
+            last_round: None,
+        }))
+    }
+
+    pub fn has_rows(&self) -> bool {
+        !self.rows.is_empty()
+    }
+
+    /// The rows for store batch `batch`.
+    pub fn take_rows(&mut self, batch: u64) -> Vec<Row> {
+        if let Some(seq) = self.own_upto.take() {
+            self.waiting.push_back((batch, seq));
+        }
+        std::mem::take(&mut self.rows)
+    }
+
+    /// Batches up to `upto` are durable: own events in them may be served.
+    pub fn durable(&mut self, upto: u64) {
+        while let Some(&(batch, seq)) = self.waiting.front() {
+            if batch > upto {
+                break;
+            }
+            self.waiting.pop_front();
+            self.core.stored(seq);
+        }
+    }
+
+    /// The store loaded these at start.
+    pub fn restore(
+        &mut self,
+        events: Vec<FedEvent>,
+        trust: Vec<crate::federation::wire::TrustEntry>,
+    ) {
+        let n = events.len();
+        self.core.restore(events, trust, Vec::new(), Vec::new());
+        log::info!(
+            "federation: restored {n} events, {} trust entries; own seq {}",
+            self.core.trust.len(),
+            self.core.last_seq()
+        );
+    }
+}
+
+impl App {
+    /// Whether anything waits to be written: the world's changes or federation rows.
+    pub fn has_unsaved(&self) -> bool {
+        self.world.has_changes() || self.fed.as_ref().is_some_and(Peering::has_rows)
+    }
+
+    /// A local world event is to be felt in every world (`scope: "federation"`).
+    pub fn mark_federation_scope(&mut self, ev: &Event) {
+        if let Some(f) = &mut self.fed {
+            f.scoped.insert(ev.seq);
+        }
+    }
+
+    /// New local events (as routed to links and the gateway): those that federate go to
+    /// the core and the store.
+    pub fn federate(&mut self, events: &[Event]) {
+        let Some(f) = &mut self.fed else {
+            return;
+        };
+        for ev in events {
+            let in_portal = self
+                .world
+                .room(&ev.room)
+                .is_some_and(|r| f.core.is_portal(&r.spec));
+            let scope = if f.scoped.remove(&ev.seq) {
+                Scope::Federation
+            } else {
+                Scope::World
+            };
+            if let Some(fe) = f.core.local_event(ev, in_portal, scope) {
+                log::debug!("federation: {} {}/{} out", ev.room, fe.origin, fe.seq);
+                let seq = fe.seq;
+                if self.store.is_some() {
+                    f.rows.push(Row::FedEvent(fe));
+                    f.own_upto = Some(seq);
+                } else {
+                    f.core.stored(seq);
+                }
+            }
+        }
+        f.scoped.clear();
+    }
+
+    /// `POST /bridge/trust`: this world sets a subject's trust; it reaches every world.
+    pub fn set_trust(
+        &mut self,
+        subject: &str,
+        score: f64,
+        now_ms: u64,
+    ) -> Result<Value, WireError> {
+        let durable = self.store.is_some();
+        let Some(f) = &mut self.fed else {
+            return Err(WireError::Trust(
+                "federation is not configured ([[federation.peers]])".into(),
+            ));
+        };
+        let ev = f.core.set_trust(subject, score, now_ms)?;
+        let entry = Trust::entry_of(&ev)?;
+        let seq = ev.seq;
+        if durable {
+            f.rows.push(Row::FedEvent(ev));
+            f.rows.push(Row::FedTrust(entry.clone()));
+            f.own_upto = Some(seq);
+        } else {
+            f.core.stored(seq);
+        }
+        Ok(json!({"ok": true, "trust": entry}))
+    }
+
+    /// This world's own characters, as its presence report.
+    fn own_presence(&self) -> WorldPresence {
+        let mut chars: Vec<PresenceEntry> =
+            self.world.occupants().map(PresenceEntry::from).collect();
+        chars.sort_by(|a, b| a.user_id.cmp(&b.user_id));
+        chars.truncate(PRESENCE_MAX);
+        let seq = self.world.last_seq();
+        match &self.fed {
+            Some(f) => f.core.presence_report(seq, chars),
+            None => WorldPresence {
+                epoch: 0,
+                seq,
+                characters: chars,
+            },
+        }
+    }
+
+    /// Merge a document from the authenticated peer `from`; store and show what is new.
+    pub fn fed_apply(
+        &mut self,
+        from: &str,
+        doc: &Delta,
+        now_ms: u64,
+    ) -> Result<Applied, WireError> {
+        let durable = self.store.is_some();
+        let Some(f) = &mut self.fed else {
+            return Err(WireError::Document("federation is not configured".into()));
+        };
+        let applied = f.core.apply(from, doc, now_ms)?;
+        if durable {
+            f.rows
+                .extend(applied.rows().into_iter().filter_map(|r| match r {
+                    crate::federation::FedRow::Event(e) => Some(Row::FedEvent(e)),
+                    crate::federation::FedRow::Trust(t) => Some(Row::FedTrust(t)),
+                    // Travel rows come with travel (not wired yet).
+                    _ => None,
+                }));
+        }
+        if let Some(h) = f.peers.get_mut(from) {
+            h.have = doc.have.clone();
+        }
+        let portals: Vec<String> = self
+            .world
+            .rooms()
+            .filter(|r| f.core.is_portal(&r.spec))
+            .map(|r| r.spec.name.clone())
+            .collect();
+        let world = &self.world;
+        let resolve = |name: &str| world.resolve(name).map(str::to_string);
+        let shown: Vec<_> = applied
+            .accepted
+            .iter()
+            .flat_map(|ev| f.core.shown(ev, &portals, &resolve))
+            .collect();
+        for s in &shown {
+            self.world.show_remote(s, now_ms);
+        }
+        if !applied.refused.is_empty() {
+            log::warn!(
+                "federation: {} events from {from} refused, first {}/{}: {}",
+                applied.refused.len(),
+                applied.refused[0].origin,
+                applied.refused[0].seq,
+                applied.refused[0].error
+            );
+        }
+        Ok(applied)
+    }
+
+    /// Each `sync_interval_s`, every peer not still busy gets its job.
+    pub fn fed_tick(&mut self, now: Instant) {
+        let due = self.fed.as_ref().is_some_and(|f| {
+            f.last_round
+                .is_none_or(|t| now.duration_since(t) >= f.interval)
+        });
+        if !due {
+            return;
+        }
+        let presence = self.own_presence();
+        let Some(f) = &mut self.fed else {
+            return;
+        };
+        f.last_round = Some(now);
+        let Some(sync) = &f.sync else {
+            return;
+        };
+        for p in f.core.peers() {
+            let Some(h) = f.peers.get_mut(&p.world) else {
+                continue;
+            };
+            if h.busy {
+                continue;
+            }
+            let since = f.snapshots.contains(&p.world).then(|| f.core.log.have());
+            let job = Job {
+                since,
+                push: f.core.push_body(&p.world, PAGE_MAX, presence.clone()),
+            };
+            h.busy = sync.submit(&p.world, job);
+        }
+    }
+
+    /// A peer's thread finished its job.
+    pub fn on_peer_outcome(&mut self, o: Outcome, now_ms: u64) {
+        let mut errors = o.errors;
+        for doc in &o.pulled {
+            if let Err(e) = self.fed_apply(&o.peer, doc, now_ms) {
+                errors.push(format!("pull: {} refused: {e}", o.peer));
+                break;
+            }
+        }
+        let Some(f) = &mut self.fed else {
+            return;
+        };
+        if !o.pulled.is_empty() && errors.is_empty() {
+            f.snapshots.insert(o.peer.clone());
+        }
+        if let Some(a) = &o.answer {
+            if let Err(e) = f.core.on_sync_answer(&o.peer, a, now_ms) {
+                errors.push(format!("push: {e}"));
+            }
+            if a.refused > 0 {
+                errors.push(format!("push: {} refused {} events", o.peer, a.refused));
+            }
+        }
+        let Some(h) = f.peers.get_mut(&o.peer) else {
+            return;
+        };
+        h.busy = false;
+        if errors.is_empty() {
+            if h.last_error.take().is_some() {
+                log::info!("federation: peer {} syncs again", o.peer);
+            }
+            h.last_sync_ms = Some(now_ms);
+        } else {
+            let text = errors.join("; ");
+            if h.last_error.as_deref() != Some(text.as_str()) {
+                log::warn!("federation: sync with peer {} failed: {text}", o.peer);
+            }
+            h.last_error = Some(text);
+        }
+    }
+
+    /// `/bridge/health`'s `peers`: each configured peer's state. A peer never heard from
+    /// since this process started counts as offline. `lag` is how many events the peer
+    /// last said it holds that this world does not have yet.
+    pub fn peers_health(&self, now_ms: u64) -> Vec<Value> {
+        let Some(f) = &self.fed else {
+            return Vec::new();
+        };
+        f.core
+            .peers()
+            .iter()
+            .map(|p| {
+                let h = f.peers.get(&p.world).cloned().unwrap_or_default();
+                let state = match f.core.presence.status(&p.world, now_ms) {
+                    PeerStatus::Online => "online",
+                    PeerStatus::Offline | PeerStatus::Unknown => "offline",
+                };
+                let lag: u64 = h
+                    .have
+                    .0
+                    .iter()
+                    .filter(|(o, _)| o.as_str() != f.core.world())
+                    .map(|(o, n)| n.saturating_sub(f.core.log.mark(o)))
+                    .sum();
+                json!({
+                    "world": p.world,
+                    "url": p.url,
+                    "state": state,
+                    "last_sync": h.last_sync_ms.map(rfc3339),
+                    "last_seen": f.core.presence.last_seen(&p.world).map(rfc3339),
+                    "lag": lag,
+                    "last_error": h.last_error,
+                })
+            })
+            .collect()
+    }
+
+    /// The peer a federation request comes from, by its token; 401 (and a warning)
+    /// otherwise.
+    fn peer_of(&self, req: &Request, route: &str) -> Result<String, Response> {
+        let Some(f) = &self.fed else {
+            return Err(Response::error(
+                404,
+                "federation_off",
+                "this bridge has no [[federation.peers]]",
+            ));
+        };
+        let given = req
+            .header("authorization")
+            .and_then(|h| h.strip_prefix("Bearer "))
+            .map(str::trim);
+        match given.and_then(|t| f.core.peer_by_token(t)) {
+            Some(p) => Ok(p.world.clone()),
+            None => {
+                let why = if given.is_some() { "a wrong" } else { "no" };
+                log::warn!("federation: {route} refused: {why} peer token");
+                Err(Response::error(
+                    401,
+                    "unauthorized",
+                    "federation routes need Authorization: Bearer <the pair's token>",
+                )
+                .with_header("WWW-Authenticate", "Bearer"))
+            }
+        }
+    }
+}
+
+/// `GET /bridge/state[?since=origin:seq,…]`: a snapshot, or the delta past a cursor.
+pub fn bridge_state(app: &mut App, req: &Request) -> Result<Response, Response> {
+    let peer = app.peer_of(req, "/bridge/state")?;
+    let since = match req.query_param("since") {
+        None => None,
+        Some(s) => Some(
+            Cursor::parse_query(&s)
+                .map_err(|e| Response::error(400, "bad_since", &format!("`since`: {e}")))?,
+        ),
+    };
+    let presence = app.own_presence();
+    let Some(f) = &app.fed else {
+        return Err(Response::error(404, "federation_off", "no federation"));
+    };
+    let doc = f
+        .core
+        .delta(Some(&peer), since.as_ref(), PAGE_MAX, presence);
+    Ok(Response::json(200, &doc))
+}
+
+/// `POST /bridge/sync`: merge a peer's push; the answer waits for its rows (the caller
+/// holds it until durable).
+pub fn bridge_sync(app: &mut App, req: &Request, now_ms: u64) -> Result<Response, Response> {
+    let peer = app.peer_of(req, "/bridge/sync")?;
+    let doc: Delta = serde_json::from_slice(&req.body).map_err(|e| {
+        Response::error(
+            400,
+            "bad_json",
+            &format!("the body is not a federation document: {e}"),
+        )
+    })?;
+    let applied = app
+        .fed_apply(&peer, &doc, now_ms)
+        .map_err(|e| Response::error(400, "refused", &e.to_string()))?;
+    let Some(f) = &app.fed else {
+        return Err(Response::error(404, "federation_off", "no federation"));
+    };
+    Ok(Response::json(200, &f.core.sync_answer(&applied)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Config, PeerConfig};
+
+    fn app(world: &str) -> App {
+        let mut cfg = Config {
+            world: world.into(),
+            ..Config::default()
+        };
+        cfg.store.memory = true;
+        cfg.federation.portal_rooms = vec!["The Bridge".into()];
+        let peer = if world == "vps" { "mac" } else { "vps" };
+        cfg.federation.peers = vec![PeerConfig {
+            world: peer.into(),
+            url: "http://127.0.0.1:9".into(),
+            token: "t".into(),
+        }];
+        App::new(cfg).expect("app")
+    }
+
+    fn said(a: &mut App, room: &str) {
+        a.world.say("alice", "Alice", room, "hi", 1).unwrap();
+        a.route_events(None);
+    }
+
+    #[test]
+    fn only_portal_says_go_out_and_own_events_are_served_once_durable() {
+        let mut a = app("mac");
+        said(&mut a, "The Garden");
+        assert_eq!(a.fed.as_ref().unwrap().core.last_seq(), 0, "not a portal");
+        said(&mut a, "The Bridge");
+        let f = a.fed.as_ref().unwrap();
+        assert!(f.core.log.contains("mac", 1), "--memory: served at once");
+
+        let dir = std::env::temp_dir().join(format!("wb-fedapi-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut d = app("mac");
+        let (store, _) =
+            crate::store::Store::open(&dir, "mac", d.retention(), std::sync::Arc::new(|| {}))
+                .unwrap();
+        d.attach_store(store, None);
+        said(&mut d, "The Bridge");
+        d.flush_store();
+        assert!(
+            !d.fed.as_ref().unwrap().core.log.contains("mac", 1),
+            "not served before it is durable"
+        );
+        let ev = d
+            .store
+            .as_ref()
+            .unwrap()
+            .events
+            .recv_timeout(Duration::from_secs(5))
+            .unwrap();
+        d.on_store(ev);
+        assert!(d.fed.as_ref().unwrap().core.log.contains("mac", 1));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_peer_document_is_shown_by_remote_names_and_merged_once() {
+        let mut vps = app("vps");
+        said(&mut vps, "The Bridge");
+        let presence = vps.own_presence();
+        let doc = vps
+            .fed
+            .as_ref()
+            .unwrap()
+            .core
+            .delta(Some("mac"), None, PAGE_MAX, presence);
+        let mut mac = app("mac");
+        let first = mac.fed_apply("vps", &doc, 2).unwrap();
+        assert_eq!(first.accepted.len(), 1);
+        let again = mac.fed_apply("vps", &doc, 3).unwrap();
+        assert_eq!((again.accepted.len(), again.duplicates), (0, 1));
+        let events = mac.world.events("The Bridge", None, None).unwrap();
+        let shown: Vec<&str> = events
+            .iter()
+            .filter(|e| e.origin == "vps")
+            .map(|e| e.username.as_str())
+            .collect();
+        assert_eq!(shown, ["Alice@vps"]);
+        assert!(mac.world.occupant("alice@vps").is_none());
+        assert!(
+            mac.fed_apply("bezalel", &doc, 4).is_err(),
+            "claims another sender"
+        );
+    }
+}

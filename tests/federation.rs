@@ -1,0 +1,282 @@
+//! Federation between real bridges on 127.0.0.1: three worlds syncing events, presence
+//! and trust; a peer that stops, one with a wrong token, one that never answers.
+
+mod common;
+
+use common::{
+    eventually, free_port, get, post, request_bytes, scratch_dir, start_with, test_config, Client,
+    LineClient, Resp, TestBridge,
+};
+use serde_json::{json, Value};
+use std::net::{SocketAddr, TcpListener};
+use std::path::Path;
+use std::time::Duration;
+use worldbridge::config::{Config, PeerConfig};
+
+const WAIT: Duration = Duration::from_secs(15);
+
+fn url(port: u16) -> String {
+    format!("http://127.0.0.1:{port}")
+}
+
+fn peer(world: &str, port: u16, token: &str) -> PeerConfig {
+    PeerConfig {
+        world: world.into(),
+        url: url(port),
+        token: token.into(),
+    }
+}
+
+/// A durable bridge on a fixed port, syncing every second, "The Bridge" its portal.
+fn config(world: &str, port: u16, dir: &Path, peers: Vec<PeerConfig>) -> Config {
+    let mut cfg = test_config();
+    cfg.world = world.into();
+    cfg.http.listen = vec![format!("127.0.0.1:{port}").parse().unwrap()];
+    cfg.line.listen = vec!["127.0.0.1:0".parse().unwrap()];
+    cfg.store.memory = false;
+    cfg.store.data_dir = dir.display().to_string();
+    cfg.federation.sync_interval_s = 1;
+    cfg.federation.timeout_ms = 1000;
+    cfg.federation.portal_rooms = vec!["The Bridge".into()];
+    cfg.federation.peers = peers;
+    cfg
+}
+
+/// A request with the pair's token.
+fn as_peer(addr: SocketAddr, method: &str, path: &str, token: Option<&str>) -> Resp {
+    let auth = token.map(|t| format!("Bearer {t}"));
+    let headers: Vec<(&str, &str)> = auth.iter().map(|a| ("Authorization", a.as_str())).collect();
+    let mut c = Client::connect(addr);
+    c.send_raw(&request_bytes(method, path, None, &headers));
+    c.read_response(false).expect("an answer")
+}
+
+/// The events of `room` in `b` that came from `origin` with this `event` name.
+fn from_origin(b: &TestBridge, room: &str, origin: &str, event: &str) -> Vec<Value> {
+    let path = format!("/bridge/room/{}/events", room.replace(' ', "%20"));
+    let doc = get(b.http, &path);
+    doc["events"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|e| e["origin"] == origin && e["event"] == event)
+        .collect()
+}
+
+fn peer_health(b: &TestBridge, world: &str) -> Value {
+    let h = get(b.http, "/bridge/health");
+    h["peers"]
+        .as_array()
+        .and_then(|ps| ps.iter().find(|p| p["world"] == world).cloned())
+        .unwrap_or(Value::Null)
+}
+
+/// A port that accepts connections and never answers.
+fn tarpit() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for s in l.incoming().flatten() {
+            held.push(s);
+        }
+    });
+    port
+}
+
+#[test]
+fn three_worlds_share_events_presence_and_trust_and_survive_a_peer_going_away() {
+    let (pa, pb, pc) = (free_port(), free_port(), free_port());
+    let pit = tarpit();
+    let (da, db, dc) = (
+        scratch_dir("fed-a"),
+        scratch_dir("fed-b"),
+        scratch_dir("fed-c"),
+    );
+    let a = start_with(config(
+        "a",
+        pa,
+        &da,
+        vec![
+            peer("b", pb, "ab-secret"),
+            peer("c", pc, "ac-secret"),
+            peer("mallory", pc, "not-the-token"),
+            peer("tarpit", pit, "tarpit-secret"),
+        ],
+    ));
+    let b_cfg = config(
+        "b",
+        pb,
+        &db,
+        vec![peer("a", pa, "ab-secret"), peer("c", pc, "bc-secret")],
+    );
+    let b = start_with(b_cfg.clone());
+    let c = start_with(config(
+        "c",
+        pc,
+        &dc,
+        vec![peer("a", pa, "ac-secret"), peer("b", pb, "bc-secret")],
+    ));
+
+    // A federation-scope world event in A reaches B and C exactly once.
+    let mut game = LineClient::connect(a.line.expect("line listener"));
+    game.send(
+        &json!({"type": "event", "id": 1, "room": "The Forge", "event": "fire",
+                      "message": "The forge flares.", "scope": "federation"}),
+    );
+    let (ok, _) = game.recv_type("ok");
+    assert_eq!(ok["id"], 1, "{ok}");
+    for (name, w) in [("b", &b), ("c", &c)] {
+        eventually(WAIT, &format!("the fire reaches {name}"), || {
+            !from_origin(w, "The Forge", "a", "fire").is_empty()
+        });
+    }
+    // A local-scope event stays home.
+    game.send(&json!({"type": "event", "id": 2, "room": "The Forge", "event": "smoke"}));
+    game.recv_type("ok");
+
+    // A portal say in A shows up in B's and C's portal room as Alice@a.
+    let r = post(
+        a.http,
+        "/bridge/say",
+        &json!({"user_id": "alice", "username": "Alice", "room": "The Bridge", "message": "hello worlds"}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    for (name, w) in [("b", &b), ("c", &c)] {
+        eventually(WAIT, &format!("the say reaches {name}"), || {
+            !from_origin(w, "The Bridge", "a", "message").is_empty()
+        });
+    }
+    // Two more sync rounds: still exactly once, although B and C also relay to each other.
+    std::thread::sleep(Duration::from_millis(2500));
+    for w in [&b, &c] {
+        let fire = from_origin(w, "The Forge", "a", "fire");
+        assert_eq!(fire.len(), 1, "{fire:?}");
+        assert_eq!(fire[0]["message"], "The forge flares.");
+        assert!(from_origin(w, "The Forge", "a", "smoke").is_empty());
+        let said = from_origin(w, "The Bridge", "a", "message");
+        assert_eq!(said.len(), 1, "{said:?}");
+        assert_eq!(said[0]["username"], "Alice@a");
+        assert_eq!(said[0]["message"], "hello worlds");
+    }
+
+    // Presence: A reports Alice; B sees A online.
+    let state = as_peer(a.http, "GET", "/bridge/state", Some("ab-secret"));
+    assert_eq!(state.status, 200, "{}", state.text());
+    let doc = state.json();
+    assert_eq!(doc["world"], "a");
+    assert_eq!(doc["presence"]["characters"][0]["username"], "Alice");
+    assert_eq!(peer_health(&b, "a")["state"], "online");
+
+    // Trust set in C reaches A and B.
+    let r = post(
+        c.http,
+        "/bridge/trust",
+        &json!({"subject": "alice@a", "score": 0.8}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    for (w, token) in [(&a, "ac-secret"), (&b, "bc-secret")] {
+        eventually(WAIT, "the trust change arrives", || {
+            let doc = as_peer(w.http, "GET", "/bridge/state", Some(token)).json();
+            doc["trust"].as_array().is_some_and(|t| {
+                t.iter()
+                    .any(|e| e["subject"] == "alice@a" && e["score"] == 0.8)
+            })
+        });
+    }
+
+    // A wrong token is refused, and A shows why; the peer that never answers too.
+    assert_eq!(as_peer(c.http, "GET", "/bridge/state", None).status, 401);
+    assert_eq!(
+        as_peer(c.http, "GET", "/bridge/state", Some("not-the-token")).status,
+        401
+    );
+    eventually(WAIT, "mallory's 401 in A's health", || {
+        let m = peer_health(&a, "mallory");
+        m["state"] == "offline" && m["last_error"].as_str().is_some_and(|e| e.contains("401"))
+    });
+    eventually(WAIT, "the tarpit's timeout in A's health", || {
+        peer_health(&a, "tarpit")["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("no answer within"))
+    });
+
+    // B stops: A and C keep serving chat and keep syncing with each other.
+    b.stop().expect("b stops cleanly");
+    let r = post(
+        a.http,
+        "/bridge/say",
+        &json!({"user_id": "alice", "username": "Alice", "room": "The Bridge", "message": "b is gone"}),
+    );
+    assert_eq!(r.status, 200);
+    eventually(WAIT, "C still hears A", || {
+        from_origin(&c, "The Bridge", "a", "message").len() == 2
+    });
+    let r = post(
+        c.http,
+        "/bridge/chat",
+        &json!({"user_id": "carol", "username": "Carol", "room": "The Bridge", "message": "hi"}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    eventually(WAIT, "A shows B offline", || {
+        let h = peer_health(&a, "b");
+        h["state"] == "offline" && h["last_error"].is_string()
+    });
+    assert_eq!(peer_health(&a, "c")["state"], "online");
+
+    // B comes back on its data directory: it catches up, with no duplicates.
+    let b = start_with(b_cfg);
+    eventually(WAIT, "B catches up", || {
+        from_origin(&b, "The Bridge", "a", "message").len() == 2
+    });
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(from_origin(&b, "The Bridge", "a", "message").len(), 2);
+    assert_eq!(from_origin(&b, "The Forge", "a", "fire").len(), 1);
+    eventually(WAIT, "A shows B online again", || {
+        peer_health(&a, "b")["state"] == "online"
+    });
+}
+
+#[test]
+fn federation_routes_are_refused_without_federation_or_with_a_bad_document() {
+    let plain = start_with(test_config());
+    let r = as_peer(plain.http, "GET", "/bridge/state", Some("x"));
+    assert_eq!(r.status, 404, "{}", r.text());
+
+    let mut cfg = common::line_config();
+    cfg.world = "a".into();
+    cfg.federation.peers = vec![peer("b", free_port(), "ab")];
+    let a = start_with(cfg);
+    let mut game = LineClient::connect(a.line.expect("line listener"));
+    game.send(
+        &json!({"type": "event", "id": 1, "room": "The Forge", "event": "fire", "scope": "galaxy"}),
+    );
+    let (err, _) = game.recv_type("error");
+    assert_eq!(err["code"], "bad_field", "{err}");
+    game.send(
+        &json!({"type": "event", "id": 2, "room": "The Forge", "event": "fire", "scope": "local"}),
+    );
+    assert_eq!(game.recv_type("ok").0["id"], 2);
+    let r = as_peer(a.http, "GET", "/bridge/state?since=b:x", Some("ab"));
+    assert_eq!(r.status, 400, "{}", r.text());
+    let mut c = Client::connect(a.http);
+    let body = json!({"protocol": 1, "world": "mallory", "presence": {"epoch": 1, "seq": 1, "characters": []},
+                      "events": [], "next": {}, "more": false, "have": {}})
+    .to_string();
+    c.send_raw(&request_bytes(
+        "POST",
+        "/bridge/sync",
+        Some(&body),
+        &[("Authorization", "Bearer ab")],
+    ));
+    let r = c.read_response(false).unwrap();
+    assert_eq!(
+        r.status,
+        400,
+        "a document that claims another sender: {}",
+        r.text()
+    );
+    let r = as_peer(a.http, "POST", "/bridge/sync", Some("ab"));
+    assert_eq!(r.status, 400, "{}", r.text());
+}
