@@ -20,7 +20,7 @@ use serde_json::{json, Map, Value};
 use std::time::Instant;
 
 /// The routes, as metric labels.
-const ROUTES: [(&str, &str); 22] = [
+const ROUTES: [(&str, &str); 23] = [
     ("/", "GET"),
     ("/ws/matrix", "GET"),
     ("/ws/workshop", "GET"),
@@ -43,6 +43,7 @@ const ROUTES: [(&str, &str); 22] = [
     ("/bridge/state", "GET"),
     ("/bridge/sync", "POST"),
     ("/bridge/trust", "POST"),
+    ("/bridge/travel", "POST"),
 ];
 
 /// The route pattern a path belongs to, and the room it names (still URL-encoded).
@@ -288,6 +289,15 @@ fn dispatch(
         "/bridge/state" => crate::fed_api::bridge_state(app, req),
         "/bridge/sync" => crate::fed_api::bridge_sync(app, req, now),
         "/bridge/trust" => trust(app, req, now),
+        "/bridge/travel" => {
+            return match crate::travel_api::bridge_travel(app, id, req, now) {
+                Ok(Some(resp)) | Err(resp) => Handled::Respond(resp),
+                Ok(None) => Handled::Park {
+                    route,
+                    headers: cors_headers(cors),
+                },
+            };
+        }
         "/bridge/act" | "/bridge/observe/:world" => {
             let answer = match route {
                 "/bridge/act" => act(app, id, req),
@@ -339,7 +349,9 @@ fn authorize(app: &App, req: &Request, route: &str) -> Result<(), Response> {
     let token = &app.cfg.http.token;
     // The status page is static HTML; the data it fetches carries the token.
     // Peers authenticate with the pair's token instead (see `fed_api`).
-    let peer_route = route == "/bridge/state" || route == "/bridge/sync";
+    // `/bridge/travel` serves both: its handler checks the token its body's kind needs.
+    let peer_route =
+        route == "/bridge/state" || route == "/bridge/sync" || route == "/bridge/travel";
     if token.is_empty() || route == "/bridge/health" || route == "/" || peer_route {
         return Ok(());
     }

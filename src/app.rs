@@ -195,7 +195,9 @@ impl App {
             if let Some(f) = &mut self.fed {
                 let events = std::mem::take(&mut snap.fed_events);
                 let trust = std::mem::take(&mut snap.fed_trust);
-                f.restore(events, trust);
+                let departures = std::mem::take(&mut snap.fed_departures);
+                let arrivals = std::mem::take(&mut snap.fed_arrivals);
+                f.restore(events, trust, departures, arrivals);
             }
             self.world.restore(snap);
         }
@@ -206,6 +208,11 @@ impl App {
         for room in self.world.snapshot().rooms {
             self.world.set_room(room.spec).ok();
         }
+    }
+
+    /// The id the next store batch will have (what is queued now goes into it).
+    pub fn next_batch(&self) -> u64 {
+        self.next_batch
     }
 
     /// Whether answers to state-changing requests must wait for the store.
@@ -285,6 +292,7 @@ impl App {
                 if let Some(f) = &mut self.fed {
                     f.durable(upto);
                 }
+                self.travel_durable(upto);
                 while self.held.front().is_some_and(|h| h.batch <= upto) {
                     if let Some(h) = self.held.pop_front() {
                         self.release(h.answer, None);
@@ -293,6 +301,7 @@ impl App {
             }
             StoreEvent::Failed { ids, error } => {
                 self.store_error = Some(error.clone());
+                self.travel_failed(&ids);
                 let why = format!("the change could not be stored ({error}); try again");
                 let (failed, kept): (VecDeque<Held>, VecDeque<Held>) =
                     std::mem::take(&mut self.held)

@@ -270,6 +270,7 @@ impl Bridge {
                 wake,
             )?);
         }
+        app.recover_travel();
         app.forget_feed_presence(crate::time::now_ms());
         Ok(Bridge {
             poll,
@@ -806,9 +807,16 @@ impl Bridge {
             Some(s) => s.outcomes.try_iter().collect(),
             None => return,
         };
+        let travels: Vec<_> = match self.app.fed.as_ref().and_then(|f| f.sync.as_ref()) {
+            Some(s) => s.travels.try_iter().collect(),
+            None => Vec::new(),
+        };
         let now_ms = crate::time::now_ms();
         for o in outcomes {
             self.app.on_peer_outcome(o, now_ms);
+        }
+        for t in travels {
+            self.app.on_travel_outcome(t, now_ms);
         }
     }
 

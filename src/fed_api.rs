@@ -38,7 +38,9 @@ pub struct Peering {
     /// Local world events sent with `scope: "federation"`, by local seq, until routed.
     scoped: HashSet<u64>,
     /// Rows for the next store batch.
-    rows: Vec<Row>,
+    pub(crate) rows: Vec<Row>,
+    /// Travel in progress: waiting travellers and steps waiting for their batch.
+    pub(crate) travel: crate::travel_api::TravelWiring,
     /// The highest own federated seq among `rows`.
     own_upto: Option<u64>,
     /// (batch id, own seq): own events durable once that batch is.
@@ -87,6 +89,7 @@ impl Peering {
             sync: None,
             scoped: HashSet::new(),
             rows: Vec::new(),
+            travel: crate::travel_api::TravelWiring::default(),
             own_upto: None,
             waiting: VecDeque::new(),
             peers,
@@ -124,9 +127,11 @@ impl Peering {
         &mut self,
         events: Vec<FedEvent>,
         trust: Vec<crate::federation::wire::TrustEntry>,
+        departures: Vec<crate::federation::travel::Departure>,
+        arrivals: Vec<crate::federation::travel::Arrival>,
     ) {
         let n = events.len();
-        self.core.restore(events, trust, Vec::new(), Vec::new());
+        self.core.restore(events, trust, departures, arrivals);
         log::info!(
             "federation: restored {n} events, {} trust entries; own seq {}",
             self.core.trust.len(),
@@ -282,6 +287,7 @@ impl App {
         if !due {
             return;
         }
+        self.travel_tick(crate::time::now_ms());
         let presence = self.own_presence();
         let Some(f) = &mut self.fed else {
             return;
@@ -385,7 +391,7 @@ impl App {
 
     /// The peer a federation request comes from, by its token; 401 (and a warning)
     /// otherwise.
-    fn peer_of(&self, req: &Request, route: &str) -> Result<String, Response> {
+    pub(crate) fn peer_of(&self, req: &Request, route: &str) -> Result<String, Response> {
         let Some(f) = &self.fed else {
             return Err(Response::error(
                 404,

@@ -42,6 +42,7 @@ pub mod peer_sync;
 pub mod protocol;
 pub mod store;
 pub mod time;
+pub mod travel_api;
 pub mod workshop;
 pub mod world;
 pub mod ws_api;

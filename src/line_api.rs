@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 pub const HANDLE_GRACE: Duration = Duration::from_secs(5);
 
 /// Message types that change the world (refused while the store cannot write).
-const CHANGES_STATE: [&str; 5] = ["presence", "say", "chat", "event", "room"];
+const CHANGES_STATE: [&str; 6] = ["presence", "say", "chat", "event", "room", "travel"];
 
 /// A message refused: the `code` and sentence of an `error` line.
 struct Refusal {
@@ -334,6 +334,22 @@ impl App {
                 }
             }
             "chat" => return self.on_chat(conn, &f, id, out),
+            "travel" => {
+                // A game's travel exit: answered once the travel is decided.
+                let Some(id) = id else {
+                    return Err(refuse("missing_field", "`travel` must carry an `id`"));
+                };
+                let user = f.name("user_id")?;
+                let to_world = f.req("to_world")?;
+                let reply_to = ReplyTo::Line {
+                    conn,
+                    id: id.clone(),
+                    user_id: user.clone(),
+                };
+                if let Err((_, code, text)) = self.travel_request(&user, &to_world, reply_to, now) {
+                    error_line(Some(id), code, &text, out);
+                }
+            }
             "perception" => {
                 let p = Perception::from_message(msg).map_err(|e| {
                     let code = if e.contains("newer") { "unsupported_version" } else { "bad_field" };
@@ -815,7 +831,16 @@ fn room_spec(msg: &Map<String, Value>) -> Result<RoomSpec, Refusal> {
 /// The line a chat answer becomes: `reply`, or `error` for a refusal.
 pub fn reply_line(id: &Value, user_id: &str, resp: &Response, out: &mut Vec<u8>) {
     let body: Value = serde_json::from_slice(&resp.body).unwrap_or(Value::Null);
-    if resp.status == 200 {
+    if resp.status == 200 && body.get("world").is_some() && body.get("response").is_none() {
+        // A travel's answer: `ok` with the world and room the character went to.
+        answer_line(
+            "ok",
+            Some(id),
+            json!({"user_id": user_id, "world": body["world"], "room": body["room"],
+                   "message": body["message"]}),
+            out,
+        );
+    } else if resp.status == 200 {
         answer_line(
             "reply",
             Some(id),

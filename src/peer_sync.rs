@@ -6,8 +6,14 @@
 //! delta to push, made by the core), the peer's thread carries it out, and the
 //! [`Outcome`] comes back on a channel, followed by a wake of the loop. A peer still busy
 //! with the last job is skipped (its channel holds at most one job).
+//!
+//! Travel messages (`offer`, `commit`, `abort`) to a peer go through the same thread, as
+//! `POST /bridge/travel` with the pair's token and a body with a `type` (a user's travel
+//! request to the same route has none); each answer (or the error) comes back as a
+//! [`TravelOutcome`]. They are queued apart from syncs (never skipped), and sent between
+//! them.
 
-use crate::federation::wire::{Cursor, Delta, SyncAnswer};
+use crate::federation::wire::{Cursor, Delta, SyncAnswer, TravelMsg, TravelReply};
 use crate::federation::Peer;
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use std::collections::BTreeMap;
@@ -37,6 +43,16 @@ pub struct Outcome {
     pub errors: Vec<String>,
 }
 
+/// What a travel message to a peer brought back.
+#[derive(Debug, Clone)]
+pub struct TravelOutcome {
+    pub peer: String,
+    pub travel_id: String,
+    pub reply: Result<TravelReply, String>,
+    /// The room the destination places the traveller in (its answer's `room`).
+    pub room: Option<String>,
+}
+
 enum Msg {
     Job(Box<Job>),
     Stop,
@@ -44,12 +60,14 @@ enum Msg {
 
 struct Worker {
     tx: Sender<Msg>,
+    travel: Sender<TravelMsg>,
 }
 
 /// The loop's side of the peers' threads.
 pub struct PeerSync {
     workers: BTreeMap<String, Worker>,
     pub outcomes: Receiver<Outcome>,
+    pub travels: Receiver<TravelOutcome>,
 }
 
 /// How the threads talk to peers, from Config.
@@ -67,26 +85,52 @@ impl PeerSync {
         wake: Arc<dyn Fn() + Send + Sync>,
     ) -> Result<PeerSync, String> {
         let (otx, outcomes) = crossbeam_channel::unbounded();
+        let (ttx, travels) = crossbeam_channel::unbounded();
         let mut workers = BTreeMap::new();
         for p in peers {
             let (tx, rx) = crossbeam_channel::bounded(1);
+            let (travel, travel_rx) = crossbeam_channel::unbounded::<TravelMsg>();
             let link = PeerLink::new(p, limits);
-            let (otx, wake) = (otx.clone(), wake.clone());
+            let (otx, ttx, wake) = (otx.clone(), ttx.clone(), wake.clone());
             std::thread::Builder::new()
                 .name(format!("peer-{}", p.world))
-                .spawn(move || {
-                    while let Ok(Msg::Job(job)) = rx.recv() {
-                        let outcome = link.sync(*job);
-                        if otx.send(outcome).is_err() {
+                .spawn(move || loop {
+                    // Travel messages first: a traveller waits for each answer.
+                    if let Ok(msg) = travel_rx.try_recv() {
+                        let out = link.travel(&msg);
+                        if ttx.send(out).is_err() {
                             break;
                         }
                         wake();
+                        continue;
+                    }
+                    crossbeam_channel::select! {
+                        recv(travel_rx) -> msg => {
+                            let Ok(msg) = msg else { break };
+                            let out = link.travel(&msg);
+                            if ttx.send(out).is_err() {
+                                break;
+                            }
+                            wake();
+                        }
+                        recv(rx) -> msg => {
+                            let Ok(Msg::Job(job)) = msg else { break };
+                            let outcome = link.sync(*job);
+                            if otx.send(outcome).is_err() {
+                                break;
+                            }
+                            wake();
+                        }
                     }
                 })
                 .map_err(|e| format!("cannot start the sync thread of peer {}: {e}", p.world))?;
-            workers.insert(p.world.clone(), Worker { tx });
+            workers.insert(p.world.clone(), Worker { tx, travel });
         }
-        Ok(PeerSync { workers, outcomes })
+        Ok(PeerSync {
+            workers,
+            outcomes,
+            travels,
+        })
     }
 
     /// Give `peer` its job; `false` if it is still busy with the last one.
@@ -98,6 +142,16 @@ impl PeerSync {
             },
             None => false,
         }
+    }
+}
+
+impl PeerSync {
+    /// Queue a travel message for `peer`; `false` if there is no such peer (or its
+    /// thread is gone).
+    pub fn send_travel(&self, peer: &str, msg: TravelMsg) -> bool {
+        self.workers
+            .get(peer)
+            .is_some_and(|w| w.travel.send(msg).is_ok())
     }
 }
 
@@ -172,6 +226,37 @@ impl PeerLink {
             Err(e) => out.errors.push(format!("push: {e}")),
         }
         out
+    }
+
+    fn travel(&self, msg: &TravelMsg) -> TravelOutcome {
+        let url = format!("{}/bridge/travel", self.url);
+        let sent = serde_json::to_vec(msg)
+            .map_err(|e| e.to_string())
+            .and_then(|bytes| {
+                let resp = self
+                    .agent
+                    .post(&url)
+                    .header("authorization", &self.auth)
+                    .header("content-type", "application/json")
+                    .send(&bytes[..]);
+                self.read::<serde_json::Value>(&url, resp)
+            });
+        let room = sent
+            .as_ref()
+            .ok()
+            .and_then(|v| v.get("room"))
+            .and_then(|r| r.as_str())
+            .map(str::to_string);
+        let reply = sent.and_then(|v| {
+            serde_json::from_value::<TravelReply>(v)
+                .map_err(|e| format!("{url} sent a bad travel reply: {e}"))
+        });
+        TravelOutcome {
+            peer: self.peer.clone(),
+            travel_id: msg.travel_id().to_string(),
+            reply,
+            room,
+        }
     }
 
     fn get(&self, path: &str) -> Result<Delta, String> {

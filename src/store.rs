@@ -15,6 +15,7 @@
 //! Also here: opening (lock, pragmas, migrations), loading the [`Snapshot`] at start, and
 //! the export/import document of `worldbridge export` / `import`.
 
+use crate::federation::travel::{Arrival, Departure};
 use crate::federation::wire::{FedEvent, TrustEntry};
 use crate::world::gateway::StoredFrame;
 use crate::world::room::Event;
@@ -30,14 +31,14 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 /// The schema version this build writes (`PRAGMA user_version`).
-pub const SCHEMA_VERSION: i64 = 3;
+pub const SCHEMA_VERSION: i64 = 4;
 
 /// The export document's format name and major version.
 pub const EXPORT_FORMAT: &str = "worldbridge-export";
 pub const EXPORT_VERSION: u64 = 1;
 
 /// Forward migrations: `MIGRATIONS[i]` takes a database from version `i` to `i + 1`.
-const MIGRATIONS: [&str; 3] = [
+const MIGRATIONS: [&str; 4] = [
     "
     CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
     CREATE TABLE rooms (name TEXT PRIMARY KEY, body TEXT NOT NULL);
@@ -54,6 +55,10 @@ const MIGRATIONS: [&str; 3] = [
     CREATE TABLE fed_events (origin TEXT NOT NULL, seq INTEGER NOT NULL, body TEXT NOT NULL,
                              PRIMARY KEY (origin, seq));
     CREATE TABLE fed_trust (subject TEXT PRIMARY KEY, body TEXT NOT NULL);
+",
+    "
+    CREATE TABLE fed_departures (travel_id TEXT PRIMARY KEY, body TEXT NOT NULL);
+    CREATE TABLE fed_arrivals (travel_id TEXT PRIMARY KEY, body TEXT NOT NULL);
 ",
 ];
 
@@ -75,6 +80,12 @@ pub enum Row {
     FedEvent(FedEvent),
     /// The trust entry that now wins for its subject.
     FedTrust(TrustEntry),
+    /// A travel leaving this world (origin side), keyed by travel id.
+    FedDeparture(Departure),
+    FedDepartureGone(String),
+    /// A travel into this world (destination side), keyed by travel id.
+    FedArrival(Arrival),
+    FedArrivalGone(String),
 }
 
 /// How much the database keeps, from Config.
@@ -331,6 +342,16 @@ fn load(conn: &Connection) -> rusqlite::Result<Option<Snapshot>> {
             "SELECT body FROM fed_trust ORDER BY subject",
             "trust entry",
         )?,
+        fed_departures: all(
+            conn,
+            "SELECT body FROM fed_departures ORDER BY travel_id",
+            "travel departure",
+        )?,
+        fed_arrivals: all(
+            conn,
+            "SELECT body FROM fed_arrivals ORDER BY travel_id",
+            "travel arrival",
+        )?,
     }))
 }
 
@@ -368,6 +389,14 @@ fn write_rows(tx: &rusqlite::Transaction, rows: &[Row], keep: Retention) -> rusq
         )?;
         let mut fed_trust =
             tx.prepare_cached("INSERT OR REPLACE INTO fed_trust (subject, body) VALUES (?1, ?2)")?;
+        let mut dep = tx.prepare_cached(
+            "INSERT OR REPLACE INTO fed_departures (travel_id, body) VALUES (?1, ?2)",
+        )?;
+        let mut dep_gone = tx.prepare_cached("DELETE FROM fed_departures WHERE travel_id = ?1")?;
+        let mut arr = tx.prepare_cached(
+            "INSERT OR REPLACE INTO fed_arrivals (travel_id, body) VALUES (?1, ?2)",
+        )?;
+        let mut arr_gone = tx.prepare_cached("DELETE FROM fed_arrivals WHERE travel_id = ?1")?;
         for row in rows {
             match row {
                 Row::Room(r) => {
@@ -402,6 +431,18 @@ fn write_rows(tx: &rusqlite::Transaction, rows: &[Row], keep: Retention) -> rusq
                 }
                 Row::FedTrust(t) => {
                     fed_trust.execute(params![t.subject, to_json(t)])?;
+                }
+                Row::FedDeparture(d) => {
+                    dep.execute(params![d.offer.travel_id, to_json(d)])?;
+                }
+                Row::FedDepartureGone(id) => {
+                    dep_gone.execute(params![id])?;
+                }
+                Row::FedArrival(a) => {
+                    arr.execute(params![a.travel_id, to_json(a)])?;
+                }
+                Row::FedArrivalGone(id) => {
+                    arr_gone.execute(params![id])?;
                 }
             }
         }
@@ -692,7 +733,9 @@ pub fn import(dir: &Path, text: &str, force: bool) -> Result<Snapshot, String> {
             && existing.events.is_empty()
             && existing.sessions.is_empty()
             && existing.presence.is_empty()
-            && existing.fed_events.is_empty();
+            && existing.fed_events.is_empty()
+            && existing.fed_departures.is_empty()
+            && existing.fed_arrivals.is_empty();
         if !empty && !force {
             return Err(format!(
                 "the data directory {} already holds the world {:?}; add --force to replace it",
@@ -704,7 +747,7 @@ pub fn import(dir: &Path, text: &str, force: bool) -> Result<Snapshot, String> {
     let s = &doc.state;
     let tx = conn.transaction().map_err(sql_err("database", &path))?;
     let result = (|| {
-        tx.execute_batch("DELETE FROM rooms; DELETE FROM presence; DELETE FROM sessions; DELETE FROM events; DELETE FROM gateway_history; DELETE FROM fed_events; DELETE FROM fed_trust; DELETE FROM meta;")?;
+        tx.execute_batch("DELETE FROM rooms; DELETE FROM presence; DELETE FROM sessions; DELETE FROM events; DELETE FROM gateway_history; DELETE FROM fed_events; DELETE FROM fed_trust; DELETE FROM fed_departures; DELETE FROM fed_arrivals; DELETE FROM meta;")?;
         put_meta(&tx, &s.world)?;
         let mut rows: Vec<Row> = Vec::new();
         rows.extend(s.rooms.iter().cloned().map(Row::Room));
@@ -714,6 +757,8 @@ pub fn import(dir: &Path, text: &str, force: bool) -> Result<Snapshot, String> {
         rows.extend(s.gateway.iter().cloned().map(Row::Gateway));
         rows.extend(s.fed_events.iter().cloned().map(Row::FedEvent));
         rows.extend(s.fed_trust.iter().cloned().map(Row::FedTrust));
+        rows.extend(s.fed_departures.iter().cloned().map(Row::FedDeparture));
+        rows.extend(s.fed_arrivals.iter().cloned().map(Row::FedArrival));
         rows.push(Row::Seq(s.seq));
         // Keep exactly what the document holds: its windows were bounded already.
         let keep = Retention {

@@ -162,6 +162,34 @@ impl Sessions {
         evicted
     }
 
+    /// Take a user's session out (they travel to another world).
+    pub fn remove(&mut self, user_id: &str) -> Option<Session> {
+        let s = self.map.remove(user_id)?;
+        self.mark(user_id);
+        Some(s)
+    }
+
+    /// A traveller's conversation arrives: their session here holds `history` (the
+    /// last `history_max` turns of it). Never evicts a session in `keep`.
+    pub fn adopt(
+        &mut self,
+        user_id: &str,
+        username: &str,
+        room: &str,
+        history: &[Turn],
+        now_ms: u64,
+        keep: &dyn Fn(&str) -> bool,
+    ) -> Option<String> {
+        let evicted = self.touch(user_id, username, room, now_ms, keep);
+        let max = self.limits.history_max;
+        if let Some(s) = self.map.get_mut(user_id) {
+            let skip = history.len().saturating_sub(max);
+            s.history = history.iter().skip(skip).cloned().collect();
+            s.messages = s.messages.max(history.len() as u64);
+        }
+        evicted
+    }
+
     /// Record one exchange: the user's message and the agent's reply.
     pub fn record(&mut self, user_id: &str, message: &str, reply: &str, now_ms: u64) {
         let max = self.limits.history_max;

@@ -61,6 +61,12 @@ pub struct Snapshot {
     pub fed_events: Vec<crate::federation::wire::FedEvent>,
     #[serde(default)]
     pub fed_trust: Vec<crate::federation::wire::TrustEntry>,
+    /// Unsettled travels: leaving this world (origin side) and into it (destination
+    /// side), by travel id (kept by the store).
+    #[serde(default)]
+    pub fed_departures: Vec<crate::federation::travel::Departure>,
+    #[serde(default)]
+    pub fed_arrivals: Vec<crate::federation::travel::Arrival>,
 }
 
 impl World {
@@ -128,6 +134,8 @@ impl World {
             gateway: Vec::new(),
             fed_events: Vec::new(),
             fed_trust: Vec::new(),
+            fed_departures: Vec::new(),
+            fed_arrivals: Vec::new(),
         }
     }
 

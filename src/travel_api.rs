@@ -1,0 +1,437 @@
+//! Travel wired in: the core's state machines ([`crate::federation::travel`]) driven by
+//! the loop, the store and the peers' threads.
+//!
+//! `POST /bridge/travel` carries two kinds of body, told apart by `type`:
+//! - a user's request `{"user_id": "timmy", "to_world": "vps"}` (no `type`; the
+//!   bridge's `http.token` if one is set): answered once the travel is decided, with
+//!   `{"ok": true, "world": "vps", "room": "The Bridge", …}`, or a refusal (409
+//!   `travel_refused`, with the sentence: "world vps is offline");
+//! - a peer's message (`"type": "offer" | "commit" | "abort"`, with the pair's token),
+//!   answered with the core's reply (`accepted`, `refused`, `done`) once the row it
+//!   saved is durable.
+//!
+//! A game's travel exit sends the line `{"type": "travel", "user_id": …, "to_world": …}`
+//! and gets the same answer as a line.
+//!
+//! The core's rule "nothing after a `Save` before it is durable" is kept by cutting each
+//! list of steps at every `Save`/`Forget`: the rest waits for the store batch that holds
+//! the row ([`App::travel_durable`]). With `--memory` the steps run at once.
+//!
+//! A traveller arrives in the destination's first portal room (in the world's room
+//! order), or in its first room when it has no portal room. The answer's `room` is the
+//! one the destination named when it accepted.
+
+use crate::app::App;
+use crate::calls::ReplyTo;
+use crate::codec::http::{Request, Response};
+use crate::federation::travel::{Here, Landing, Step};
+use crate::federation::wire::{TravelMsg, TravelReply};
+use crate::peer_sync::TravelOutcome;
+use crate::store::Row;
+use serde_json::{json, Value};
+use std::collections::{BTreeMap, VecDeque};
+
+/// How long the destination keeps a settled travel's row (to refuse a late copy of its
+/// offer): one day.
+pub const ARRIVAL_KEEP_MS: u64 = 24 * 3600 * 1000;
+
+/// Work that waits for a store batch.
+enum Deferred {
+    Steps(Vec<Step>),
+    Landings(Vec<Landing>),
+}
+
+/// The wiring's own state, kept in [`crate::fed_api::Peering`].
+#[derive(Default)]
+pub struct TravelWiring {
+    /// Travellers waiting for their answer, by user id.
+    waiting: BTreeMap<String, (ReplyTo, String)>,
+    /// (batch, the row written, work): to run once that batch is durable, oldest first.
+    /// If the batch fails, the row is written again with the next one.
+    deferred: VecDeque<(u64, Row, Deferred)>,
+    /// The room each accepted traveller arrives in, as the destination said.
+    rooms: BTreeMap<String, String>,
+}
+
+impl TravelWiring {
+    pub fn waiting(&self) -> usize {
+        self.waiting.len()
+    }
+}
+
+impl App {
+    /// The room a traveller arrives in here: the first portal room, else the first room.
+    pub fn gateway_room(&self) -> Option<String> {
+        let f = self.fed.as_ref()?;
+        self.world
+            .rooms()
+            .find(|r| f.core.is_portal(&r.spec))
+            .or_else(|| self.world.rooms().next())
+            .map(|r| r.spec.name.clone())
+    }
+
+    /// A user asks to travel. `Err` is the refusal to answer at once; `Ok` means the
+    /// answer comes later through `reply_to`.
+    pub fn travel_request(
+        &mut self,
+        user_id: &str,
+        to_world: &str,
+        reply_to: ReplyTo,
+        now_ms: u64,
+    ) -> Result<(), (u16, &'static str, String)> {
+        let Some(o) = self.world.occupant(user_id).cloned() else {
+            return Err((
+                404,
+                "not_here",
+                format!("{user_id} is not in this world ({})", self.cfg.world),
+            ));
+        };
+        let history: Vec<_> = self
+            .world
+            .sessions
+            .get(user_id)
+            .map(|s| s.history.iter().cloned().collect())
+            .unwrap_or_default();
+        let Some(f) = &mut self.fed else {
+            return Err((
+                404,
+                "federation_off",
+                "this bridge has no [[federation.peers]]".into(),
+            ));
+        };
+        let steps = f
+            .core
+            .begin_travel(
+                user_id,
+                &o.username,
+                Some(&o.room),
+                history,
+                to_world,
+                now_ms,
+            )
+            .map_err(|e| (409, "travel_refused", e.to_string()))?;
+        f.travel
+            .waiting
+            .insert(user_id.to_string(), (reply_to, to_world.to_string()));
+        log::info!("travel: {user_id} asks to go to {to_world}");
+        self.run_steps(steps, now_ms);
+        Ok(())
+    }
+
+    /// Carry out the origin's steps, up to the first write; the rest waits for it.
+    fn run_steps(&mut self, steps: Vec<Step>, now_ms: u64) {
+        let mut steps = VecDeque::from(steps);
+        while let Some(step) = steps.pop_front() {
+            match step {
+                Step::Save(d) => {
+                    if let Some(row) = self.defer_after(Row::FedDeparture(d)) {
+                        self.park(row, Deferred::Steps(steps.into()));
+                        return;
+                    }
+                }
+                Step::Forget(id) => {
+                    if let Some(row) = self.defer_after(Row::FedDepartureGone(id)) {
+                        self.park(row, Deferred::Steps(steps.into()));
+                        return;
+                    }
+                }
+                Step::Send { to, msg } => self.send_travel(&to, msg),
+                Step::Remove { user_id } => {
+                    let gone = self.world.remove(&user_id, now_ms);
+                    self.world.sessions.remove(&user_id);
+                    if gone.is_some() {
+                        log::info!("travel: {user_id} left this world");
+                    }
+                    self.route_events(None);
+                }
+                Step::Tell { user_id, ok, text } => self.tell(&user_id, ok, text),
+            }
+        }
+    }
+
+    /// Carry out the destination's landings, up to the first write. `Reply`s are
+    /// returned (the caller answers them; a held answer waits for the store itself).
+    fn run_landings(&mut self, landings: Vec<Landing>, now_ms: u64) -> Option<TravelReply> {
+        let mut landings = VecDeque::from(landings);
+        let mut reply = None;
+        while let Some(l) = landings.pop_front() {
+            match l {
+                Landing::Save(a) => {
+                    if let Some(row) = self.defer_after(Row::FedArrival(a)) {
+                        // The reply is answered now but held by the caller until the
+                        // batch is durable; the rest (placing) waits for that batch too.
+                        let (replies, rest): (Vec<Landing>, Vec<Landing>) = landings
+                            .into_iter()
+                            .partition(|l| matches!(l, Landing::Reply(_)));
+                        reply = replies.into_iter().find_map(|l| match l {
+                            Landing::Reply(r) => Some(r),
+                            _ => None,
+                        });
+                        self.park(row, Deferred::Landings(rest));
+                        return reply;
+                    }
+                }
+                Landing::Forget(id) => {
+                    if let Some(row) = self.defer_after(Row::FedArrivalGone(id)) {
+                        self.park(row, Deferred::Landings(landings.into()));
+                        return reply;
+                    }
+                }
+                Landing::Place { offer, room } => {
+                    let calls = &self.calls;
+                    self.world.sessions.adopt(
+                        &offer.user_id,
+                        &offer.username,
+                        &room,
+                        &offer.history,
+                        now_ms,
+                        &|u| calls.is_busy(u),
+                    );
+                    self.world
+                        .place(&offer.user_id, &offer.username, &room, now_ms);
+                    log::info!(
+                        "travel: {} arrived from {} in {room}",
+                        offer.user_id,
+                        offer.from
+                    );
+                    self.route_events(None);
+                }
+                Landing::Reply(r) => reply = Some(r),
+            }
+        }
+        reply
+    }
+
+    /// Queue `row` for the store; `Some(row)` if what follows must wait for it.
+    fn defer_after(&mut self, row: Row) -> Option<Row> {
+        self.store.as_ref()?;
+        let f = self.fed.as_mut()?;
+        f.rows.push(row.clone());
+        Some(row)
+    }
+
+    fn park(&mut self, row: Row, work: Deferred) {
+        let batch = self.next_batch();
+        if let Some(f) = &mut self.fed {
+            f.travel.deferred.push_back((batch, row, work));
+        }
+    }
+
+    /// Store batches `ids` failed: their travel rows are written again with the next
+    /// batch, and what waited for them waits for that one.
+    pub fn travel_failed(&mut self, ids: &[u64]) {
+        let batch = self.next_batch();
+        let Some(f) = &mut self.fed else {
+            return;
+        };
+        for (b, row, _) in f.travel.deferred.iter_mut() {
+            if ids.contains(b) {
+                f.rows.push(row.clone());
+                *b = batch;
+            }
+        }
+    }
+
+    /// Batches up to `upto` are durable: run the travel work that waited for them.
+    pub fn travel_durable(&mut self, upto: u64) {
+        let now_ms = crate::time::now_ms();
+        loop {
+            let Some(f) = &mut self.fed else {
+                return;
+            };
+            if f.travel.deferred.front().is_none_or(|(b, _, _)| *b > upto) {
+                return;
+            }
+            let Some((_, _, work)) = f.travel.deferred.pop_front() else {
+                return;
+            };
+            match work {
+                Deferred::Steps(s) => self.run_steps(s, now_ms),
+                Deferred::Landings(l) => {
+                    // A reply left here was answered with its batch already.
+                    let _ = self.run_landings(l, now_ms);
+                }
+            }
+        }
+    }
+
+    fn send_travel(&mut self, to: &str, msg: TravelMsg) {
+        let sent = self
+            .fed
+            .as_ref()
+            .and_then(|f| f.sync.as_ref())
+            .is_some_and(|s| s.send_travel(to, msg));
+        if !sent {
+            log::debug!("travel: no thread to send to {to} (repeated next interval)");
+        }
+    }
+
+    /// Answer a waiting traveller.
+    fn tell(&mut self, user_id: &str, ok: bool, text: String) {
+        let Some(f) = &mut self.fed else {
+            return;
+        };
+        let room = f.travel.rooms.remove(user_id);
+        let Some((to, world)) = f.travel.waiting.remove(user_id) else {
+            log::info!("travel: {user_id}: {text}");
+            return;
+        };
+        let resp = if ok {
+            Response::json(
+                200,
+                &json!({"ok": true, "user_id": user_id, "world": world,
+                        "room": room, "message": text}),
+            )
+        } else {
+            Response::error(409, "travel_refused", &text)
+        };
+        self.answer(to, resp);
+    }
+
+    /// A peer answered a travel message (or could not be reached).
+    pub fn on_travel_outcome(&mut self, o: TravelOutcome, now_ms: u64) {
+        let reply = match o.reply {
+            Ok(r) => r,
+            Err(e) => {
+                log::warn!("travel {}: {} did not answer: {e}", o.travel_id, o.peer);
+                return;
+            }
+        };
+        if reply.travel_id() != o.travel_id {
+            log::warn!(
+                "travel {}: {} answered about {}",
+                o.travel_id,
+                o.peer,
+                reply.travel_id()
+            );
+            return;
+        }
+        let Some(f) = &mut self.fed else {
+            return;
+        };
+        // A reply counts only from the world the travel went to.
+        if f.core
+            .departures
+            .get(&o.travel_id)
+            .map(|d| d.offer.to.as_str())
+            != Some(&o.peer)
+        {
+            return;
+        }
+        if let (TravelReply::Accepted { .. }, Some(room)) = (&reply, o.room) {
+            if let Some(d) = f.core.departures.get(&o.travel_id) {
+                f.travel.rooms.insert(d.offer.user_id.clone(), room);
+            }
+        }
+        let steps = f.core.departures.on_reply(&reply);
+        self.run_steps(steps, now_ms);
+    }
+
+    /// Each sync round: deadlines, repeated decisions, expired arrival rows.
+    pub fn travel_tick(&mut self, now_ms: u64) {
+        let Some(f) = &mut self.fed else {
+            return;
+        };
+        let steps = f.core.departures.tick(now_ms);
+        let gone = f.core.arrivals.expire(now_ms, ARRIVAL_KEEP_MS);
+        self.run_steps(steps, now_ms);
+        let _ = self.run_landings(gone, now_ms);
+    }
+
+    /// At start, once the peers' threads run: settle every stored travel.
+    pub fn recover_travel(&mut self) {
+        let now_ms = crate::time::now_ms();
+        let Some(f) = &mut self.fed else {
+            return;
+        };
+        let steps = f.core.departures.recover();
+        let landings = f.core.arrivals.recover();
+        if !steps.is_empty() || !landings.is_empty() {
+            log::info!(
+                "travel: recovering {} departures, {} arrivals",
+                f.core.departures.len(),
+                landings.len()
+            );
+        }
+        self.run_steps(steps, now_ms);
+        let _ = self.run_landings(landings, now_ms);
+    }
+
+    /// A peer's travel message: the reply to send back (held by the caller until the
+    /// rows are durable).
+    fn on_peer_travel(&mut self, from: &str, msg: &TravelMsg, now_ms: u64) -> Value {
+        let room = self.gateway_room().unwrap_or_default();
+        let user = match msg {
+            TravelMsg::Offer(o) | TravelMsg::Commit(o) => Some(o.user_id.clone()),
+            TravelMsg::Abort { .. } => None,
+        };
+        let occupied = user.is_some_and(|u| self.world.occupant(&u).is_some());
+        let durable = self.store.is_some();
+        let Some(f) = &mut self.fed else {
+            return Value::Null;
+        };
+        let here = Here {
+            room: &room,
+            occupied,
+        };
+        let (landings, won) = f.core.on_travel(from, msg, here, now_ms);
+        if durable {
+            f.rows.extend(won.into_iter().map(Row::FedTrust));
+        }
+        let reply = self.run_landings(landings, now_ms);
+        let mut v = serde_json::to_value(reply).unwrap_or(Value::Null);
+        // Where the traveller arrives, for the traveller's answer (not part of the
+        // core's reply; an origin that does not know it ignores it).
+        if let Value::Object(m) = &mut v {
+            m.insert("room".into(), Value::String(room));
+        }
+        v
+    }
+}
+
+/// `POST /bridge/travel`: a user's request (answered later) or a peer's message.
+pub fn bridge_travel(
+    app: &mut App,
+    conn: crate::conn::ConnId,
+    req: &Request,
+    now_ms: u64,
+) -> Result<Option<Response>, Response> {
+    let body: Value = serde_json::from_slice(&req.body)
+        .map_err(|e| Response::error(400, "bad_json", &format!("the body is not JSON: {e}")))?;
+    if body.get("type").is_some() {
+        let peer = app.peer_of(req, "/bridge/travel")?;
+        let msg: TravelMsg = serde_json::from_value(body).map_err(|e| {
+            Response::error(400, "bad_travel", &format!("not a travel message: {e}"))
+        })?;
+        let reply = app.on_peer_travel(&peer, &msg, now_ms);
+        return Ok(Some(Response::json(200, &reply)));
+    }
+    if !app.cfg.http.token.is_empty() {
+        let given = req
+            .header("authorization")
+            .and_then(|h| h.strip_prefix("Bearer "))
+            .map(str::trim)
+            .unwrap_or_default();
+        if !crate::api::constant_time_eq(given.as_bytes(), app.cfg.http.token.as_bytes()) {
+            return Err(Response::error(
+                403,
+                "forbidden",
+                "a user's travel needs the bridge's API token",
+            ));
+        }
+    }
+    let field = |k: &str| {
+        body.get(k)
+            .and_then(Value::as_str)
+            .map(str::to_string)
+            .ok_or_else(|| {
+                Response::error(400, "missing_field", &format!("`{k}` must be a string"))
+            })
+    };
+    let user_id = field("user_id")?;
+    let to_world = field("to_world")?;
+    match app.travel_request(&user_id, &to_world, ReplyTo::Http(conn), now_ms) {
+        Ok(()) => Ok(None),
+        Err((status, code, text)) => Err(Response::error(status, code, &text)),
+    }
+}
