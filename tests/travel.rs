@@ -4,10 +4,14 @@
 
 mod common;
 
-use common::{eventually, free_port, get, post, scratch_dir, start_with, test_config};
+use common::{
+    bin, call, eventually, free_port, get, post, request_bytes, scratch_dir, spawn, start_with,
+    temp_file, test_config, Client,
+};
 use serde_json::{json, Value};
 use std::net::SocketAddr;
 use std::path::Path;
+use std::process::Child;
 use std::time::Duration;
 use worldbridge::config::{Config, PeerConfig};
 
@@ -148,4 +152,128 @@ fn a_character_travels_with_its_history_and_a_world_that_is_down_refuses() {
     assert!(r.text().contains("world c is offline"), "{}", r.text());
     assert!(players(a.http, "The Bridge").contains(&"tommy".to_string()));
     assert!(session(a.http, "tommy").is_some());
+}
+
+/// The real binary as world `world` on `port` (0: any), its data in `dir`.
+fn serve(world: &str, port: u16, dir: &Path, peers: &[(&str, u16, &str)]) -> (Child, SocketAddr) {
+    let mut toml = format!(
+        "world = \"{world}\"\n[http]\nlisten = [\"127.0.0.1:{port}\"]\nrate_limit_requests = 1000000\n[line]\nlisten = []\n[federation]\nsync_interval_s = 1\ntimeout_ms = 1000\nportal_rooms = [\"The Bridge\"]\n"
+    );
+    for (w, p, t) in peers {
+        toml.push_str(&format!(
+            "[[federation.peers]]\nworld = \"{w}\"\nurl = \"http://127.0.0.1:{p}\"\ntoken = \"{t}\"\n"
+        ));
+    }
+    let cfg = temp_file(&format!("travel-{world}.toml"), &toml);
+    let (child, addr, _logs) = spawn(bin().arg("--config").arg(&cfg).arg("--data-dir").arg(dir));
+    (child, addr)
+}
+
+fn kill(mut child: Child) {
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+}
+
+/// A travel message to `addr` as peer `token`.
+fn as_peer(addr: SocketAddr, token: &str, msg: &Value) -> Value {
+    let body = msg.to_string();
+    let auth = format!("Bearer {token}");
+    let mut c = Client::connect(addr);
+    c.send_raw(&request_bytes(
+        "POST",
+        "/bridge/travel",
+        Some(&body),
+        &[("Authorization", auth.as_str())],
+    ));
+    let r = c.read_response(false).expect("an answer");
+    assert_eq!(r.status, 200, "{}", r.text());
+    r.json()
+}
+
+fn offer(kind: &str) -> Value {
+    json!({"type": kind, "travel_id": "a-1764612003000-1", "from": "a", "to": "b",
+           "user_id": "timmy", "username": "Timmy", "room": "The Bridge",
+           "history": [{"role": "user", "content": "take me to b"},
+                       {"role": "assistant", "content": "off you go"}],
+           "trust": []})
+}
+
+#[test]
+fn the_destination_killed_between_accept_and_commit_takes_the_character_after_restart() {
+    let dir = scratch_dir("travel-kill-b");
+    let (child, addr) = serve("b", 0, &dir, &[("a", free_port(), "ab-secret")]);
+    let r = as_peer(addr, "ab-secret", &offer("offer"));
+    assert_eq!(r["type"], "accepted", "{r}");
+    assert_eq!(r["room"], "The Bridge", "{r}");
+    assert!(players(addr, "The Bridge").is_empty(), "held, not placed");
+    kill(child);
+
+    let (child, addr) = serve("b", 0, &dir, &[("a", free_port(), "ab-secret")]);
+    let again = as_peer(addr, "ab-secret", &offer("offer"));
+    assert_eq!(again["type"], "accepted", "the promise survived: {again}");
+    assert_eq!(again["duplicate"], true, "{again}");
+    let done = as_peer(addr, "ab-secret", &offer("commit"));
+    assert_eq!(done["type"], "done", "{done}");
+    assert_eq!(players(addr, "The Bridge"), ["timmy"]);
+    let s = session(addr, "timmy").expect("the conversation arrived");
+    assert_eq!(s["messages"], 2, "{s}");
+    kill(child);
+
+    // Killed after the arrival: the character is placed again, once; a repeated commit
+    // is answered done.
+    let (child, addr) = serve("b", 0, &dir, &[("a", free_port(), "ab-secret")]);
+    assert_eq!(players(addr, "The Bridge"), ["timmy"]);
+    assert_eq!(as_peer(addr, "ab-secret", &offer("commit"))["type"], "done");
+    assert_eq!(presence(addr, "The Bridge", "timmy", "enter"), 1);
+    // The wrong token, or a message for another world's travel, is refused.
+    let r = call(
+        addr,
+        "POST",
+        "/bridge/travel",
+        Some(&offer("abort").to_string()),
+    );
+    assert_eq!(r.status, 401, "{}", r.text());
+    kill(child);
+}
+
+#[test]
+fn the_origin_killed_mid_travel_leaves_the_character_in_exactly_one_world() {
+    for (round, delay_ms) in [(0, 0u64), (1, 3), (2, 40)] {
+        let (pa, pb) = (free_port(), free_port());
+        let da = scratch_dir(&format!("travel-kill-a{round}"));
+        let db = scratch_dir(&format!("travel-kill-a{round}-b"));
+        let b = start_with(config("b", pb, &db, vec![peer("a", pa, "ab-secret")]));
+        let (child, a) = serve("a", pa, &da, &[("b", pb, "ab-secret")]);
+        let r = post(
+            a,
+            "/bridge/chat",
+            &json!({"user_id": "timmy", "username": "Timmy", "room": "The Bridge", "message": "hi"}),
+        );
+        assert_eq!(r.status, 200, "{}", r.text());
+        eventually(WAIT, "a sees b", || {
+            get(a, "/bridge/health")["peers"][0]["state"] == "online"
+        });
+        let mut c = Client::connect(a);
+        c.send(
+            "POST",
+            "/bridge/travel",
+            Some(&json!({"user_id": "timmy", "to_world": "b"}).to_string()),
+        );
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        kill(child);
+
+        let (child, a) = serve("a", pa, &da, &[("b", pb, "ab-secret")]);
+        let here = |addr: SocketAddr| players(addr, "The Bridge").contains(&"timmy".to_string());
+        eventually(WAIT, "settled: timmy in exactly one world", || {
+            here(a) != here(b.http)
+        });
+        std::thread::sleep(Duration::from_millis(2500));
+        assert!(
+            here(a) != here(b.http),
+            "round {round}: in a {}, in b {}",
+            here(a),
+            here(b.http)
+        );
+        kill(child);
+    }
 }
