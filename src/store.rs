@@ -948,4 +948,82 @@ mod tests {
         assert_eq!(back.fed_events, vec![ev]);
         assert_eq!(export(&other).unwrap().state.fed_trust, vec![trust]);
     }
+
+    #[test]
+    fn travel_rows_are_kept_by_travel_id_forgotten_and_travel_in_exports() {
+        use crate::federation::travel::{Arrival, Departure, Leg, Stay};
+        use crate::federation::wire::Offer;
+        let dir = temp_dir("travel");
+        let (mut store, _) = Store::open(&dir, "mac", KEEP, no_wake()).unwrap();
+        let offer = |id: &str| Offer {
+            travel_id: id.into(),
+            from: "mac".into(),
+            to: "vps".into(),
+            user_id: "timmy".into(),
+            username: "Timmy".into(),
+            room: Some("The Bridge".into()),
+            history: Vec::new(),
+            trust: Vec::new(),
+        };
+        let pending = Departure {
+            offer: offer("mac-1-1"),
+            leg: Leg::Pending { deadline_ms: 10 },
+        };
+        let departed = Departure {
+            offer: offer("mac-1-1"),
+            leg: Leg::Departed,
+        };
+        let gone = Departure {
+            offer: offer("mac-1-2"),
+            leg: Leg::Departed,
+        };
+        let arrival = Arrival {
+            travel_id: "vps-2-1".into(),
+            from: "vps".into(),
+            at_ms: 2,
+            stay: Stay::CalledOff,
+        };
+        let batches = [
+            vec![
+                Row::FedDeparture(pending),
+                Row::FedDeparture(gone),
+                Row::FedArrival(arrival.clone()),
+            ],
+            vec![
+                Row::FedDeparture(departed.clone()),
+                Row::FedDepartureGone("mac-1-2".into()),
+            ],
+        ];
+        for (i, rows) in batches.into_iter().enumerate() {
+            store.send(Batch {
+                id: i as u64 + 1,
+                rows,
+            });
+        }
+        let mut upto = 0;
+        while upto < 2 {
+            match store
+                .events
+                .recv_timeout(std::time::Duration::from_secs(5))
+                .unwrap()
+            {
+                StoreEvent::Durable { upto: u } => upto = u,
+                other => panic!("{other:?}"),
+            }
+        }
+        store.close();
+        drop(store);
+        let doc = export(&dir).unwrap();
+        assert_eq!(
+            doc.state.fed_departures,
+            vec![departed.clone()],
+            "the last write wins"
+        );
+        assert_eq!(doc.state.fed_arrivals, vec![arrival.clone()]);
+        let text = serde_json::to_string(&doc).unwrap();
+        let other = temp_dir("travel-import");
+        let back = import(&other, &text, false).unwrap();
+        assert_eq!(back.fed_departures, vec![departed]);
+        assert_eq!(back.fed_arrivals, vec![arrival]);
+    }
 }

@@ -6,7 +6,7 @@ mod common;
 
 use common::{
     bin, call, eventually, free_port, get, post, request_bytes, scratch_dir, spawn, start_with,
-    temp_file, test_config, Client,
+    temp_file, test_config, Client, LineClient,
 };
 use serde_json::{json, Value};
 use std::net::SocketAddr;
@@ -152,6 +152,22 @@ fn a_character_travels_with_its_history_and_a_world_that_is_down_refuses() {
     assert!(r.text().contains("world c is offline"), "{}", r.text());
     assert!(players(a.http, "The Bridge").contains(&"tommy".to_string()));
     assert!(session(a.http, "tommy").is_some());
+
+    // Back from b to a through a game's travel exit (the line protocol).
+    let mut game = LineClient::connect(b.line.expect("line listener"));
+    game.send(&json!({"type": "travel", "user_id": "timmy", "to_world": "a"}));
+    let (err, _) = game.recv_type("error");
+    assert_eq!(err["code"], "missing_field", "{err}");
+    game.send(&json!({"type": "travel", "id": 7, "user_id": "timmy", "to_world": "a"}));
+    let (ok, _) = game.recv_type("ok");
+    assert_eq!(ok["id"], 7, "{ok}");
+    assert_eq!(ok["world"], "a", "{ok}");
+    assert_eq!(ok["room"], "The Bridge", "{ok}");
+    eventually(WAIT, "timmy is back in a", || {
+        players(a.http, "The Bridge").contains(&"timmy".to_string())
+    });
+    assert!(!players(b.http, "The Bridge").contains(&"timmy".to_string()));
+    assert_eq!(presence(a.http, "The Bridge", "timmy", "enter"), 2);
 }
 
 /// The real binary as world `world` on `port` (0: any), its data in `dir`.
