@@ -243,7 +243,7 @@ impl App {
                 .extend(applied.rows().into_iter().filter_map(|r| match r {
                     crate::federation::FedRow::Event(e) => Some(Row::FedEvent(e)),
                     crate::federation::FedRow::Trust(t) => Some(Row::FedTrust(t)),
-                    // Travel rows come with travel (not wired yet).
+                    // A merge brings no travel rows (those come from `travel_api`).
                     _ => None,
                 }));
         }

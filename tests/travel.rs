@@ -293,3 +293,45 @@ fn the_origin_killed_mid_travel_leaves_the_character_in_exactly_one_world() {
         kill(child);
     }
 }
+
+#[test]
+fn the_destination_killed_mid_travel_leaves_the_character_in_exactly_one_world() {
+    for (round, delay_ms) in [(0, 0u64), (1, 5), (2, 60)] {
+        let (pa, pb) = (free_port(), free_port());
+        let da = scratch_dir(&format!("travel-killb-a{round}"));
+        let db = scratch_dir(&format!("travel-killb-b{round}"));
+        let a = start_with(config("a", pa, &da, vec![peer("b", pb, "ab-secret")]));
+        let (child, _) = serve("b", pb, &db, &[("a", pa, "ab-secret")]);
+        let r = post(
+            a.http,
+            "/bridge/chat",
+            &json!({"user_id": "timmy", "username": "Timmy", "room": "The Bridge", "message": "hi"}),
+        );
+        assert_eq!(r.status, 200, "{}", r.text());
+        eventually(WAIT, "a sees b", || {
+            get(a.http, "/bridge/health")["peers"][0]["state"] == "online"
+        });
+        let mut c = Client::connect(a.http);
+        c.send(
+            "POST",
+            "/bridge/travel",
+            Some(&json!({"user_id": "timmy", "to_world": "b"}).to_string()),
+        );
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        kill(child);
+
+        let (child, b) = serve("b", pb, &db, &[("a", pa, "ab-secret")]);
+        let here = |addr: SocketAddr| players(addr, "The Bridge").contains(&"timmy".to_string());
+        eventually(WAIT, "settled: timmy in exactly one world", || {
+            here(a.http) != here(b)
+        });
+        std::thread::sleep(Duration::from_millis(2500));
+        assert!(
+            here(a.http) != here(b),
+            "round {round}: in a {}, in b {}",
+            here(a.http),
+            here(b)
+        );
+        kill(child);
+    }
+}

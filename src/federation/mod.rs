@@ -161,7 +161,8 @@ impl Peer {
     }
 }
 
-/// A durable row federation adds to the store (tables to come with the wiring).
+/// A durable row federation adds to the store (`fed_events`, `fed_trust`,
+/// `fed_departures`, `fed_arrivals`; see `store::Row`).
 #[derive(Debug, Clone, PartialEq)]
 pub enum FedRow {
     /// Keyed by `(origin, seq)`; writing it again is harmless.
