@@ -85,10 +85,26 @@ fn tarpit() -> u16 {
     port
 }
 
+/// A port that answers every request with 200 and a body that is not a state document.
+fn garbage() -> u16 {
+    use std::io::{Read, Write};
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for mut s in l.incoming().flatten() {
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf);
+            let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 17\r\nConnection: close\r\n\r\n{\"not\": \"state\"\x01");
+        }
+    });
+    port
+}
+
 #[test]
 fn three_worlds_share_events_presence_and_trust_and_survive_a_peer_going_away() {
     let (pa, pb, pc) = (free_port(), free_port(), free_port());
     let pit = tarpit();
+    let junk = garbage();
     let (da, db, dc) = (
         scratch_dir("fed-a"),
         scratch_dir("fed-b"),
@@ -103,6 +119,7 @@ fn three_worlds_share_events_presence_and_trust_and_survive_a_peer_going_away() 
             peer("c", pc, "ac-secret"),
             peer("mallory", pc, "not-the-token"),
             peer("tarpit", pit, "tarpit-secret"),
+            peer("junk", junk, "junk-secret"),
         ],
     ));
     let b_cfg = config(
@@ -200,6 +217,10 @@ fn three_worlds_share_events_presence_and_trust_and_survive_a_peer_going_away() 
         peer_health(&a, "tarpit")["last_error"]
             .as_str()
             .is_some_and(|e| e.contains("no answer within"))
+    });
+    eventually(WAIT, "the garbage peer's error in A's health", || {
+        let j = peer_health(&a, "junk");
+        j["state"] == "offline" && j["last_error"].as_str().is_some_and(|e| !e.is_empty())
     });
 
     // B stops: A and C keep serving chat and keep syncing with each other.
