@@ -647,6 +647,12 @@ fn bridge_config(http: &str, line: &str) -> worldbridge::config::Config {
     cfg.line.listen = vec![line.parse().expect("line addr")];
     cfg.http.token = TOKEN.into();
     cfg.line.token = TOKEN.into();
+    // A peer that is never up: a travel exit to it is refused ("world vps is offline").
+    cfg.federation.peers = vec![worldbridge::config::PeerConfig {
+        world: "vps".into(),
+        url: format!("http://127.0.0.1:{}", free_port()),
+        token: "nobody-answers".into(),
+    }];
     cfg
 }
 
@@ -1048,6 +1054,58 @@ fn evennia_players_talk_to_the_agent_and_share_rooms_through_the_bridge() {
             .any(|e| e["type"] == "say" && e["message"] == "still here")
     });
     stamp(t0, "reload relinked");
+
+    // A gateway room with a travel exit to vps, built as the README says. vps never
+    // answers: the bridge refuses, Alice is told why and stays.
+    let m = admin.mark();
+    admin.send("dig The Gate:worldbridge_evennia.typeclasses.GatewayRoom = gate, out");
+    admin.expect(
+        m,
+        "Created Exit back from The Gate to Limbo",
+        Duration::from_secs(10),
+    );
+    let m = admin.mark();
+    admin.send("dig Beyond the Gateway");
+    admin.expect(
+        m,
+        "Created room Beyond the Gateway",
+        Duration::from_secs(10),
+    );
+    let m = admin.mark();
+    admin.send("gate");
+    admin.expect(m, "The Gate", Duration::from_secs(5));
+    let m = admin.mark();
+    admin.send("open vps:worldbridge_evennia.typeclasses.TravelExit = Beyond the Gateway");
+    admin.expect(m, "Created new Exit 'vps'", Duration::from_secs(10));
+    let m = admin.mark();
+    admin.send("set vps/destination_world = vps");
+    admin.expect(m, "destination_world", Duration::from_secs(10));
+    let m = alice.mark();
+    alice.send("gate");
+    alice.expect(m, "The Gate", Duration::from_secs(5));
+    wait_players(http, "The Gate", &["Alice", ADMIN], Duration::from_secs(5));
+    let gate = api_get(http, "/bridge/world/The%20Gate");
+    assert_eq!(gate["data"]["portal"], json!(true), "{gate}");
+    let m = alice.mark();
+    alice.send("vps");
+    alice.expect(
+        m,
+        "You step through the gateway toward vps…",
+        Duration::from_secs(5),
+    );
+    alice.expect(
+        m,
+        "The gateway stays closed: world vps is offline.",
+        // A peer never heard from is tried: the travel is aborted after its deadline
+        // (2 sync intervals, at least 10 s).
+        Duration::from_secs(25),
+    );
+    let m = alice.mark();
+    alice.send("look");
+    let seen = alice.expect(m, "Exits:", Duration::from_secs(5));
+    assert!(seen.contains("The Gate"), "Alice moved: {seen}");
+    wait_players(http, "The Gate", &["Alice", ADMIN], Duration::from_secs(5));
+    stamp(t0, "travel exit refused, Alice stayed");
 
     let log = game.server_log();
     assert!(

@@ -117,6 +117,27 @@ class RenderTest(unittest.TestCase):
                          "Bob (via bridge) leaves.")
         self.assertIsNone(self.render({"type": "presence", "event": "dance", "username": "B"}))
 
+    def test_visitors_from_other_worlds(self):
+        # What the bridge relays into a portal room (src/federation/portal.rs `incoming`).
+        self.assertEqual(
+            self.render({"type": "say", "event": "message", "user_id": "alice@mac",
+                         "username": "Alice@mac", "room": "Gate", "message": "hi Gate",
+                         "origin": "mac"}),
+            'Alice@mac says, "hi Gate"')
+        self.assertEqual(self.render({"type": "presence", "event": "enter",
+                                      "username": "Alice@mac"}),
+                         "Alice@mac arrives from mac.")
+        self.assertEqual(self.render({"type": "presence", "event": "leave",
+                                      "username": "Alice@mac"}),
+                         "Alice@mac leaves.")
+        self.assertEqual(self.render({"type": "say", "username": "A|r@m|x", "message": "x"}),
+                         'A||r@m||x says, "x"')
+
+    def test_an_at_sign_alone_is_not_a_world(self):
+        self.assertEqual(wire.remote_world("Alice@mac"), "mac")
+        for name in ("@mac", "Alice@", "Alice", "me@the bar"):
+            self.assertEqual(wire.remote_world(name), "", name)
+
     def test_speak_and_event(self):
         self.assertEqual(self.render({"type": "speak", "text": "Welcome."}),
                          'Timmy says, "Welcome."')

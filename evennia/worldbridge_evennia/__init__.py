@@ -1,9 +1,10 @@
 """worldbridge for Evennia 5: `talk` to the bridge's agent and a live line-protocol link.
 
 Modules: `commands` (the `talk` command and its cmdset), `typeclasses` (the Character
-mixin that reports moves and says), `services` (the Server plugin that starts the link),
-`link` (the Twisted client), `world` (Evennia objects ↔ bridge messages), `protocol`
-(framing and rendering, pure Python), `chat` (the HTTP call), `conf` (settings).
+mixin that reports moves and says, `GatewayRoom`, `TravelExit`), `services` (the Server
+plugin that starts the link), `link` (the Twisted client), `world` (Evennia objects ↔
+bridge messages), `protocol` (framing and rendering, pure Python), `chat` and `travel`
+(the HTTP calls), `conf` (settings).
 """
 
 __version__ = "0.1.0"

@@ -138,6 +138,13 @@ def _text(value):
     return str(value)
 
 
+def remote_world(name):
+    """`mac` for `Alice@mac` (how the bridge names a visitor from another world), else
+    "" for a local name."""
+    user, sep, world = name.rpartition("@")
+    return world if sep and user and world and " " not in world else ""
+
+
 def render(msg, agent_name, escape=lambda s: s):
     """The line players see for a bridge `speak`, `say`, `presence` or `event`.
 
@@ -150,18 +157,23 @@ def render(msg, agent_name, escape=lambda s: s):
         if not text:
             return None
         return f'{escape(agent_name)} says, "{escape(text)}"'
-    who = escape(_text(msg.get("username")) or _text(msg.get("user_id")) or "Someone")
+    name = _text(msg.get("username")) or _text(msg.get("user_id")) or "Someone"
+    who = escape(name)
+    # `Alice@mac`: a visitor from another world, relayed into a portal room.
+    home = remote_world(name)
     if kind == "say":
         message = _text(msg.get("message"))
         if not message:
             return None
+        if home:
+            return f'{who} says, "{escape(message)}"'
         return f'{who} (via bridge) says, "{escape(message)}"'
     if kind == "presence":
         event = msg.get("event")
         if event == "enter":
-            return f"{who} (via bridge) arrives."
+            return f"{who} arrives from {escape(home)}." if home else f"{who} (via bridge) arrives."
         if event == "leave":
-            return f"{who} (via bridge) leaves."
+            return f"{who} leaves." if home else f"{who} (via bridge) leaves."
         return None
     if kind == "event":
         name = _text(msg.get("event"))

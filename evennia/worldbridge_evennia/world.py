@@ -38,8 +38,19 @@ def _own_dbid(uid, world):
     return None
 
 
+def away(character):
+    """The world a character travelled to (a `TravelExit`), else None. An away character
+    is the other world's now: the game reports nothing about it to the bridge."""
+    return character.attributes.get("worldbridge_away")
+
+
 def _puppeted(obj):
     return obj is not None and obj.sessions.count() > 0
+
+
+def _reported(obj):
+    """Puppeted and not away: a character the bridge hears about."""
+    return _puppeted(obj) and not away(obj)
 
 
 def _plain(text):
@@ -66,13 +77,17 @@ def room_snapshot(room):
     desc = _plain(room.db.desc)
     if len(desc) > MAX_DESC_CHARS:
         desc = desc[: MAX_DESC_CHARS - 1] + "…"
-    return {
+    snapshot = {
         "type": "room",
         "name": room.key,
         "desc": desc,
         "exits": exits,
         "objects": objects,
     }
+    if getattr(room, "worldbridge_portal", False):
+        # A GatewayRoom: its says federate and other worlds' says show here.
+        snapshot["portal"] = True
+    return snapshot
 
 
 def presence(character, event, room, world=None):
@@ -101,20 +116,20 @@ def chat_payload(character, message):
 
 def on_enter(character, room):
     """`character` (puppeted) is now in `room`: snapshot the room, then presence."""
-    if room is None or not _puppeted(character):
+    if room is None or not _reported(character):
         return
     link.send_room(room_snapshot(room))
     link.send_presence(presence(character, "enter", room))
 
 
 def on_leave(character, room):
-    if room is None:
+    if room is None or away(character):
         return
     link.send_presence(presence(character, "leave", room))
 
 
 def on_move(character, source, destination):
-    if not _puppeted(character) or source is destination:
+    if not _reported(character) or source is destination:
         return
     on_leave(character, source)
     on_enter(character, destination)
@@ -122,7 +137,7 @@ def on_move(character, source, destination):
 
 def on_say(character, message):
     room = character.location
-    if room is None or not _puppeted(character):
+    if room is None or not _reported(character):
         return
     link.send(
         {
@@ -188,7 +203,7 @@ class EvenniaWorld:
         presence matches the game after a restart on either side."""
         out = []
         for puppet in _puppets():
-            if puppet.location is not None:
+            if puppet.location is not None and not away(puppet):
                 out.append(room_snapshot(puppet.location))
                 out.append(presence(puppet, "enter", puppet.location, self.conf.world))
         return out
