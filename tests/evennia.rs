@@ -647,13 +647,44 @@ fn bridge_config(http: &str, line: &str) -> worldbridge::config::Config {
     cfg.line.listen = vec![line.parse().expect("line addr")];
     cfg.http.token = TOKEN.into();
     cfg.line.token = TOKEN.into();
-    // A peer that is never up: a travel exit to it is refused ("world vps is offline").
+    // A peer "vps", down until the travel checks start it (on `vps_port()`).
+    cfg.federation.sync_interval_s = 1;
+    cfg.federation.timeout_ms = 1000;
     cfg.federation.peers = vec![worldbridge::config::PeerConfig {
         world: "vps".into(),
-        url: format!("http://127.0.0.1:{}", free_port()),
-        token: "nobody-answers".into(),
+        url: format!("http://127.0.0.1:{}", vps_port()),
+        token: VPS_TOKEN.into(),
     }];
     cfg
+}
+
+const VPS_TOKEN: &str = "evennia-vps-token";
+
+/// The port of the second bridge, world "vps", the same for every config of the first.
+fn vps_port() -> u16 {
+    static PORT: OnceLock<u16> = OnceLock::new();
+    *PORT.get_or_init(free_port)
+}
+
+/// The bridge of world "vps": "The Bridge" its portal (and so its gateway), `peer` (the
+/// first bridge) its one peer.
+fn vps_bridge(peer: SocketAddr) -> common::TestBridge {
+    let mut cfg = test_config();
+    cfg.world = "vps".into();
+    cfg.http.listen = vec![format!("127.0.0.1:{}", vps_port())
+        .parse()
+        .expect("vps addr")];
+    cfg.line.listen = vec!["127.0.0.1:0".parse().expect("line addr")];
+    cfg.http.token = TOKEN.into();
+    cfg.federation.sync_interval_s = 1;
+    cfg.federation.timeout_ms = 1000;
+    cfg.federation.portal_rooms = vec!["The Bridge".into()];
+    cfg.federation.peers = vec![worldbridge::config::PeerConfig {
+        world: "bridge-test".into(),
+        url: format!("http://{peer}"),
+        token: VPS_TOKEN.into(),
+    }];
+    start_with(cfg)
 }
 
 /// An agent for the bridge's `command` backend that takes 3 s (longer than the
@@ -1106,6 +1137,46 @@ fn evennia_players_talk_to_the_agent_and_share_rooms_through_the_bridge() {
     assert!(seen.contains("The Gate"), "Alice moved: {seen}");
     wait_players(http, "The Gate", &["Alice", ADMIN], Duration::from_secs(5));
     stamp(t0, "travel exit refused, Alice stayed");
+
+    // vps comes up: the same exit takes Alice there, out of this game.
+    let vps = vps_bridge(http);
+    common::eventually(Duration::from_secs(20), "vps online on the bridge", || {
+        api_get(http, "/bridge/health")["peers"][0]["state"] == "online"
+    });
+    let m = alice.mark();
+    alice.send("vps");
+    alice.expect(
+        m,
+        "You arrive in The Bridge, in vps.",
+        Duration::from_secs(20),
+    );
+    wait_players(vps.http, "The Bridge", &["Alice"], Duration::from_secs(10));
+    wait_players(http, "The Gate", &[ADMIN], Duration::from_secs(5));
+    let m = alice.mark();
+    alice.send("look");
+    let seen = alice.expect(m, "Beyond the Gateway", Duration::from_secs(5));
+    assert!(
+        !seen.contains("The Gate\n"),
+        "Alice is still at the gate: {seen}"
+    );
+    alice.send("say anyone?");
+    alice.sync();
+    // The game reports nothing about an away character: no holding room, no say.
+    let r = api(http, "GET", "/bridge/world/Beyond%20the%20Gateway", None);
+    assert_eq!(
+        r.status,
+        404,
+        "the holding room reached the bridge: {}",
+        r.text()
+    );
+    assert!(
+        !events(http, "The Gate")
+            .iter()
+            .any(|e| e["message"] == "anyone?"),
+        "an away character's say reached the bridge"
+    );
+    vps.stop().expect("vps stops cleanly");
+    stamp(t0, "travel exit took Alice to vps");
 
     let log = game.server_log();
     assert!(
