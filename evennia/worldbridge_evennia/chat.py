@@ -31,36 +31,45 @@ def _error_sentence(status, body):
     return f"{sentence} (HTTP {status})"
 
 
-def post_chat(url, payload, token="", timeout=60.0):
-    """POST `payload` to `{url}/bridge/chat`; the bridge's JSON answer, or ChatError."""
+def post_json(url, path, payload, token, timeout, max_bytes, error, refusal):
+    """POST `payload` as JSON to `{url}{path}`; the decoded answer, or `error(sentence)`
+    raised for a refusal (`refusal(status, body)` words it), a timeout, an unreachable
+    bridge or an answer that is not JSON. Shared by `talk` and the travel exit."""
     headers = {"Content-Type": "application/json", "Accept": "application/json"}
     if token:
         headers["Authorization"] = f"Bearer {token}"
     req = urllib.request.Request(
-        f"{url}/bridge/chat",
+        f"{url}{path}",
         data=json.dumps(payload).encode("utf-8"),
         headers=headers,
         method="POST",
     )
     try:
         with _OPENER.open(req, timeout=timeout) as resp:
-            body = resp.read(MAX_REPLY_BYTES)
+            body = resp.read(max_bytes)
     except urllib.error.HTTPError as e:
-        raise ChatError(_error_sentence(e.code, e.read(4096))) from None
+        raise error(refusal(e.code, e.read(4096))) from None
     except (TimeoutError, socket.timeout):
-        raise ChatError(f"the bridge did not answer within {timeout:g} s") from None
+        raise error(f"the bridge did not answer within {timeout:g} s") from None
     except urllib.error.URLError as e:
         reason = e.reason
         if isinstance(reason, (TimeoutError, socket.timeout)):
-            raise ChatError(f"the bridge did not answer within {timeout:g} s") from None
+            raise error(f"the bridge did not answer within {timeout:g} s") from None
         detail = getattr(reason, "strerror", None) or str(reason)
-        raise ChatError(f"the bridge at {url} is not reachable ({detail})") from None
+        raise error(f"the bridge at {url} is not reachable ({detail})") from None
     except OSError as e:
-        raise ChatError(f"the bridge at {url} is not reachable ({e.strerror or e})") from None
+        raise error(f"the bridge at {url} is not reachable ({e.strerror or e})") from None
     try:
-        answer = json.loads(body.decode("utf-8"))
+        return json.loads(body.decode("utf-8"))
     except ValueError:
-        raise ChatError("the bridge sent an answer that is not JSON") from None
+        raise error("the bridge sent an answer that is not JSON") from None
+
+
+def post_chat(url, payload, token="", timeout=60.0):
+    """POST `payload` to `{url}/bridge/chat`; the bridge's JSON answer, or ChatError."""
+    answer = post_json(
+        url, "/bridge/chat", payload, token, timeout, MAX_REPLY_BYTES, ChatError, _error_sentence
+    )
     if not isinstance(answer, dict) or not isinstance(answer.get("response"), str):
         raise ChatError("the bridge sent an answer without a `response`")
     return answer

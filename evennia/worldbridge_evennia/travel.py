@@ -8,11 +8,8 @@ and hands plain values to `post_travel`. The bridge answers once the travel is d
 """
 
 import json
-import socket
-import urllib.error
-import urllib.request
 
-from .chat import _OPENER
+from .chat import post_json
 
 MAX_REPLY_BYTES = 64 * 1024
 
@@ -35,34 +32,10 @@ def _refusal(status, body):
 def post_travel(url, user_id, to_world, token="", timeout=60.0):
     """Ask the bridge at `url` to move `user_id` to `to_world`; its answer (a dict with
     `world` and `room`), or TravelError with the bridge's sentence."""
-    headers = {"Content-Type": "application/json", "Accept": "application/json"}
-    if token:
-        headers["Authorization"] = f"Bearer {token}"
-    req = urllib.request.Request(
-        f"{url}/bridge/travel",
-        data=json.dumps({"user_id": user_id, "to_world": to_world}).encode("utf-8"),
-        headers=headers,
-        method="POST",
+    payload = {"user_id": user_id, "to_world": to_world}
+    answer = post_json(
+        url, "/bridge/travel", payload, token, timeout, MAX_REPLY_BYTES, TravelError, _refusal
     )
-    try:
-        with _OPENER.open(req, timeout=timeout) as resp:
-            body = resp.read(MAX_REPLY_BYTES)
-    except urllib.error.HTTPError as e:
-        raise TravelError(_refusal(e.code, e.read(4096))) from None
-    except (TimeoutError, socket.timeout):
-        raise TravelError(f"the bridge did not answer within {timeout:g} s") from None
-    except urllib.error.URLError as e:
-        reason = e.reason
-        if isinstance(reason, (TimeoutError, socket.timeout)):
-            raise TravelError(f"the bridge did not answer within {timeout:g} s") from None
-        detail = getattr(reason, "strerror", None) or str(reason)
-        raise TravelError(f"the bridge at {url} is not reachable ({detail})") from None
-    except OSError as e:
-        raise TravelError(f"the bridge at {url} is not reachable ({e.strerror or e})") from None
-    try:
-        answer = json.loads(body.decode("utf-8"))
-    except ValueError:
-        raise TravelError("the bridge sent an answer that is not JSON") from None
     if not isinstance(answer, dict) or answer.get("ok") is not True:
         raise TravelError("the bridge sent an answer without `ok`")
     return answer
