@@ -792,6 +792,21 @@ mod tests {
         gateway_max: 100,
     };
 
+    /// Block until the store reports batch `upto` durable.
+    fn wait_durable(store: &Store, upto: u64) {
+        let mut done = 0;
+        while done < upto {
+            match store
+                .events
+                .recv_timeout(std::time::Duration::from_secs(5))
+                .unwrap()
+            {
+                StoreEvent::Durable { upto: u } => done = u,
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
     fn no_wake() -> Arc<dyn Fn() + Send + Sync> {
         Arc::new(|| {})
     }
@@ -922,17 +937,7 @@ mod tests {
                 rows: vec![Row::FedEvent(ev.clone()), Row::FedTrust(trust.clone())],
             });
         }
-        let mut upto = 0;
-        while upto < 2 {
-            match store
-                .events
-                .recv_timeout(std::time::Duration::from_secs(5))
-                .unwrap()
-            {
-                StoreEvent::Durable { upto: u } => upto = u,
-                other => panic!("{other:?}"),
-            }
-        }
+        wait_durable(&store, 2);
         store.close();
         drop(store);
         let doc = export(&dir).unwrap();
@@ -1000,17 +1005,7 @@ mod tests {
                 rows,
             });
         }
-        let mut upto = 0;
-        while upto < 2 {
-            match store
-                .events
-                .recv_timeout(std::time::Duration::from_secs(5))
-                .unwrap()
-            {
-                StoreEvent::Durable { upto: u } => upto = u,
-                other => panic!("{other:?}"),
-            }
-        }
+        wait_durable(&store, 2);
         store.close();
         drop(store);
         let doc = export(&dir).unwrap();
