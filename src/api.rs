@@ -641,6 +641,7 @@ fn stats(app: &App) -> Response {
                 "workshop_connections": app.workshop.connections(),
                 "workshop_visitors": app.workshop.visitors(),
                 "slow_consumers": m.ws_slow_consumers,
+                "broadcast_log": m.ws_broadcast_log,
             },
             "store": store_stats(app),
         }),

@@ -11,9 +11,10 @@ use crate::app::{Answer, App};
 use crate::calls::ReplyTo;
 use crate::codec::http::{Limits, Request, Response};
 use crate::config::Config;
+use crate::conn::fanout::{FanoutLog, WriteQueue};
 use crate::conn::http::{Drive, Expiry, HttpConn, HttpHandler};
 use crate::conn::line::{Heartbeat, LineConn, LineLimits};
-use crate::conn::ws::{Feed, Inbound, Sent, WsConn, WsLimits};
+use crate::conn::ws::{Feed, Inbound, Sent, Shared, WsConn, WsLimits};
 use crate::conn::{ConnId, Slab};
 use crate::game::{LoopRequest, Target, Worlds};
 use crate::line_api::{reply_line, LineRoutes};
@@ -44,6 +45,10 @@ const BACKLOG: i32 = 1024;
 /// Visitor messages that may wait for the inbox writer (past it they are dropped, and
 /// counted: the disk is not keeping up).
 const INBOX_QUEUE: usize = 1024;
+/// WebSocket connections written per loop iteration. On loopback one write costs a few
+/// microseconds, so a slice is about a millisecond: the longest input waits behind a
+/// fan-out to thousands.
+const WS_WRITE_SLICE: usize = 256;
 /// Close code and reason WebSocket clients get when the bridge stops.
 const CLOSE_STOPPING: (u16, &str) = (1001, "the bridge is stopping");
 
@@ -71,9 +76,6 @@ enum Conn {
 struct WsSession {
     conn: WsConn,
     feed: Feed,
-    /// Already in the loop's list of connections to drive (so a fan-out of many frames
-    /// to one connection costs one drive).
-    dirty: bool,
 }
 
 impl Conn {
@@ -99,6 +101,14 @@ impl Conn {
             Conn::Line(c) => c.peer,
             Conn::Ws(s) => s.conn.peer,
         }
+    }
+}
+
+/// The WebSocket session at `id`, if that is what it is.
+fn ws_session(conns: &mut Slab<Conn>, id: ConnId) -> Option<&mut WsSession> {
+    match conns.get_mut(id) {
+        Some(Conn::Ws(s)) => Some(s),
+        _ => None,
     }
 }
 
@@ -132,8 +142,13 @@ pub struct Bridge {
     limits: Limits,
     line_limits: LineLimits,
     ws_limits: WsLimits,
-    /// WebSocket connections with frames queued (or closes started) to drive.
-    ws_dirty: Vec<ConnId>,
+    /// WebSocket connections with something to write (frames, log frames, a close), in
+    /// the order they were first given it; written [`WS_WRITE_SLICE`] per iteration.
+    ws_write: WriteQueue,
+    /// The gateway's broadcasts, kept once for all its members.
+    fanout: FanoutLog,
+    /// The connections that joined `fanout` (registered gateway clients).
+    ws_members: Vec<ConnId>,
     /// WebSocket connections whose read budget ran out with input still waiting.
     ws_again: Vec<ConnId>,
     /// The Workshop state file watcher's reports.
@@ -286,7 +301,9 @@ impl Bridge {
             limits,
             line_limits,
             ws_limits,
-            ws_dirty: Vec::new(),
+            ws_write: WriteQueue::default(),
+            fanout: FanoutLog::default(),
+            ws_members: Vec::new(),
             ws_again: Vec::new(),
             workshop_rx,
             watcher,
@@ -402,8 +419,9 @@ impl Bridge {
     }
 
     fn poll_timeout(&self) -> Duration {
-        if !self.ws_again.is_empty() {
-            // Input is waiting that no new edge will announce.
+        if !self.ws_again.is_empty() || !self.ws_write.is_empty() || !self.app.ws_out.is_empty() {
+            // Input is waiting that no new edge will announce, or a fan-out is half
+            // written.
             return Duration::ZERO;
         }
         let sweep = SWEEP_EVERY.saturating_sub(self.last_sweep.elapsed());
@@ -559,7 +577,6 @@ impl Bridge {
                 Conn::Ws(Box::new(WsSession {
                     conn: WsConn::new(sock, peer, rx.to_vec(), limits, now),
                     feed,
-                    dirty: false,
                 }))
             }
             other => other,
@@ -585,8 +602,11 @@ impl Bridge {
         let mut inbound = Inbound::default();
         let (outcome, feed, again) = match self.conns.get_mut(id) {
             Some(Conn::Ws(s)) => {
-                s.dirty = false;
-                let d = s.conn.drive(now, &mut inbound);
+                let shared = Shared {
+                    log: &self.fanout,
+                    me: id,
+                };
+                let d = s.conn.drive(now, &mut inbound, shared);
                 (d, s.feed, s.conn.wants_drive())
             }
             _ => return,
@@ -618,43 +638,114 @@ impl Bridge {
         }
     }
 
-    /// Carry out the feeds' frames, closes and pings, then drive each touched connection
-    /// once (a broadcast to many is one write each).
-    fn flush_ws_out(&mut self) {
+    /// Hand the feeds' frames, closes and pings to their connections; each connection
+    /// given something joins the write queue once (see [`Bridge::write_ws_slice`]).
+    fn queue_ws_out(&mut self) {
         let batch = std::mem::take(&mut self.app.ws_out);
         for out in batch {
-            let id = match &out {
-                WsOut::Send(c, _) | WsOut::Close(c, ..) | WsOut::Ping(c) => *c,
-            };
-            let Some(Conn::Ws(s)) = self.conns.get_mut(id) else {
-                continue;
-            };
             match out {
-                WsOut::Send(_, frame) => {
-                    if s.conn.send(frame) == Sent::SlowConsumer {
-                        self.app.metrics.ws_slow_consumers += 1;
-                        let (bytes, msgs) = (
-                            self.ws_limits.max_queued_bytes,
-                            self.ws_limits.max_queued_messages,
-                        );
-                        log::warn!(
-                            "conn={} peer={} websocket closed as a slow consumer ({} feed): \
-                             past {bytes} bytes or {msgs} messages waiting (gateway.max_queued_*)",
-                            id.idx,
-                            s.conn.peer,
-                            s.feed.name()
-                        );
+                WsOut::Broadcast(except, frame) => {
+                    self.fanout.push(frame, except);
+                    for &m in &self.ws_members {
+                        if Some(m) != except {
+                            self.ws_write.push(m);
+                        }
                     }
                 }
-                WsOut::Close(_, code, reason) => s.conn.close(code, &reason),
-                WsOut::Ping(_) => s.conn.ping(),
-            }
-            if !s.dirty {
-                s.dirty = true;
-                self.ws_dirty.push(id);
+                WsOut::Send(id, frame) => {
+                    let Some(s) = ws_session(&mut self.conns, id) else {
+                        continue;
+                    };
+                    if s.conn.send(frame, &self.fanout) == Sent::SlowConsumer {
+                        self.slow_consumer_closed(id);
+                    }
+                    self.ws_write.push(id);
+                }
+                WsOut::Join(id) => {
+                    let Some(s) = ws_session(&mut self.conns, id) else {
+                        continue;
+                    };
+                    if s.conn.is_open() && s.conn.cursor().is_none() {
+                        s.conn.join(&self.fanout);
+                        self.ws_members.push(id);
+                    }
+                }
+                WsOut::Close(id, code, reason) => {
+                    if let Some(s) = ws_session(&mut self.conns, id) {
+                        s.conn.close(code, &reason);
+                        self.ws_write.push(id);
+                    }
+                }
+                WsOut::Ping(id) => {
+                    if let Some(s) = ws_session(&mut self.conns, id) {
+                        s.conn.ping(&self.fanout);
+                        self.ws_write.push(id);
+                    }
+                }
             }
         }
-        for id in std::mem::take(&mut self.ws_dirty) {
+        if self.fanout.scan_due(self.ws_limits.max_queued_bytes) {
+            self.scan_fanout();
+        }
+        self.app.metrics.ws_broadcast_log = self.fanout.len();
+    }
+
+    /// Close the members too far behind in the shared log (each would be past a queue
+    /// cap), then drop what every remaining member has written.
+    fn scan_fanout(&mut self) {
+        let mut keep_from = self.fanout.head();
+        let mut slow = Vec::new();
+        for &m in &self.ws_members {
+            let Some(s) = ws_session(&mut self.conns, m) else {
+                continue;
+            };
+            if s.conn.lagging(&self.fanout) {
+                slow.push(m);
+            } else if let Some(c) = s.conn.cursor() {
+                keep_from = keep_from.min(c);
+            }
+        }
+        for m in slow {
+            if let Some(s) = ws_session(&mut self.conns, m) {
+                s.conn.close_slow();
+                self.slow_consumer_closed(m);
+                self.ws_write.push(m);
+            }
+        }
+        self.fanout
+            .scanned(keep_from, self.ws_limits.max_queued_messages);
+    }
+
+    /// Count and log a connection just closed as a slow consumer.
+    fn slow_consumer_closed(&mut self, id: ConnId) {
+        let Some(s) = ws_session(&mut self.conns, id) else {
+            return;
+        };
+        self.app.metrics.ws_slow_consumers += 1;
+        let (bytes, msgs) = (
+            self.ws_limits.max_queued_bytes,
+            self.ws_limits.max_queued_messages,
+        );
+        log::warn!(
+            "conn={} peer={} websocket closed as a slow consumer ({} feed): \
+             past {bytes} bytes or {msgs} messages waiting (gateway.max_queued_*)",
+            id.idx,
+            s.conn.peer,
+            s.feed.name()
+        );
+    }
+
+    /// Write the next [`WS_WRITE_SLICE`] connections of the write queue. A broadcast to
+    /// thousands is written over several loop iterations with a poll between them, so
+    /// what arrives meanwhile (the next broadcast, an HTTP request) is taken at once
+    /// instead of after the whole walk: a frame queued for a connection still waiting
+    /// for its turn goes out in the same write, and one already written joins the back
+    /// of the queue. Each connection is written once per round, with all it has by then.
+    fn write_ws_slice(&mut self) {
+        for _ in 0..WS_WRITE_SLICE {
+            let Some(id) = self.ws_write.pop() else {
+                break;
+            };
             self.drive_ws(id);
         }
     }
@@ -680,6 +771,9 @@ impl Bridge {
             );
             self.app.link_closed(id, why, Instant::now());
         } else if let Conn::Ws(s) = &conn {
+            if let Some(at) = self.ws_members.iter().position(|m| *m == id) {
+                self.ws_members.swap_remove(at);
+            }
             let reason = match s.conn.close_reason() {
                 Some(r) => format!(
                     "{} by {}{}",
@@ -835,7 +929,7 @@ impl Bridge {
         for _ in 0..64 {
             self.deliver_answers();
             self.flush_line_out();
-            self.flush_ws_out();
+            self.queue_ws_out();
             if self.app.ready.is_empty()
                 && self.app.line_out.is_empty()
                 && self.app.ws_out.is_empty()
@@ -843,6 +937,7 @@ impl Bridge {
                 break;
             }
         }
+        self.write_ws_slice();
     }
 
     fn deliver_answers(&mut self) {

@@ -81,6 +81,9 @@ pub struct Metrics {
     pub game_requests: BTreeMap<&'static str, u64>,
     /// WebSocket clients closed because they stopped reading.
     pub ws_slow_consumers: u64,
+    /// Gateway broadcasts kept in the loop's shared log (what the slowest member has
+    /// not written yet, plus what came since the last trim), as of the last change.
+    pub ws_broadcast_log: usize,
     /// Visitor messages the inbox writer could not take (its queue was full).
     pub inbox_dropped: u64,
 }

@@ -19,6 +19,10 @@ use std::time::Instant;
 #[derive(Debug, Clone, PartialEq)]
 pub enum WsOut {
     Send(ConnId, Frame),
+    /// To every gateway member but `except` (through the loop's shared log).
+    Broadcast(Option<ConnId>, Frame),
+    /// The connection joins the gateway's broadcasts.
+    Join(ConnId),
     Close(ConnId, u16, String),
     Ping(ConnId),
 }
@@ -152,6 +156,10 @@ impl App {
         for o in out {
             match o {
                 gateway::Output::Send(c, f) => self.ws_out.push(WsOut::Send(c, f)),
+                gateway::Output::Broadcast { except, frame } => {
+                    self.ws_out.push(WsOut::Broadcast(except, frame))
+                }
+                gateway::Output::Member(c) => self.ws_out.push(WsOut::Join(c)),
                 gateway::Output::Close { conn, code, reason } => {
                     log::info!("conn={} gateway closes it: {code} {reason}", conn.idx);
                     self.ws_out.push(WsOut::Close(conn, code, reason))

@@ -371,26 +371,46 @@ fn an_oversized_message_is_closed_with_1009() {
     });
 }
 
-#[test]
-fn a_client_that_stops_reading_does_not_delay_the_others() {
+/// A gateway with 64 KiB messages and `queued_bytes` of queue per client; "slow"
+/// registers first (so it hears every joined) and then never reads; `readers` watchers
+/// and a "sender" come after it.
+fn one_slow_among(queued_bytes: usize, readers: usize) -> (TestBridge, Ws, Vec<Ws>, Ws) {
     let mut cfg = gateway_config();
     cfg.gateway.max_message_bytes = 64 * 1024;
-    cfg.gateway.max_queued_bytes = 512 * 1024;
-    let _heavy = heavy();
+    cfg.gateway.max_queued_bytes = queued_bytes;
     let b = start_with(cfg);
+    let (slow, _) = agent(b.http, "slow", "agent");
+    let readers = (0..readers)
+        .map(|i| agent(b.http, &format!("r{i}"), "watcher").0)
+        .collect();
+    let (sender, _) = agent(b.http, "sender", "agent");
+    (b, slow, readers, sender)
+}
+
+/// "slow" was closed as a slow consumer and left; the stats after it.
+fn slow_one_dropped(b: &TestBridge) -> Value {
+    eventually(Duration::from_secs(10), "slow consumer dropped", || {
+        let st = get(b.http, "/api/gateway/status");
+        !st["agents"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["agentId"] == "slow")
+    });
+    let stats = get(b.http, "/bridge/stats");
+    assert!(stats["websocket"]["slow_consumers"].as_u64().unwrap() >= 1);
+    stats
+}
+
+#[test]
+fn a_client_that_stops_reading_does_not_delay_the_others() {
+    let _heavy = heavy();
     const READERS: usize = 50;
     // 400 broadcasts of 4 KiB, one every 2 ms: 2 MB/s to each of 50 readers. The one
     // that never reads also gets 60 KiB messages of its own, so its kernel buffers (on
     // loopback they take a few MB) and then its 512 KiB queue fill within a second.
     const MESSAGES: usize = 400;
-
-    // The slow one registers first (so it hears every joined) and then never reads.
-    let (_slow, _) = agent(b.http, "slow", "agent");
-    let mut readers = Vec::new();
-    for i in 0..READERS {
-        readers.push(agent(b.http, &format!("r{i}"), "watcher").0);
-    }
-    let (mut sender, _) = agent(b.http, "sender", "agent");
+    let (b, _slow, readers, mut sender) = one_slow_among(512 * 1024, READERS);
     let (tx, rx) = std::sync::mpsc::channel();
     let mut threads = Vec::new();
     for (i, mut ws) in readers.into_iter().enumerate() {
@@ -432,17 +452,70 @@ fn a_client_that_stops_reading_does_not_delay_the_others() {
     assert_eq!(worst.len(), READERS, "every reader got all {MESSAGES}");
     let max = worst.iter().max().unwrap();
     assert!(*max < Duration::from_secs(2), "a reader waited {max:?}");
-    // The slow one was closed as a slow consumer and left.
-    eventually(Duration::from_secs(10), "slow consumer dropped", || {
-        let st = get(b.http, "/api/gateway/status");
-        !st["agents"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|a| a["agentId"] == "slow")
-    });
-    let stats = get(b.http, "/bridge/stats");
-    assert!(stats["websocket"]["slow_consumers"].as_u64().unwrap() >= 1);
+    slow_one_dropped(&b);
+}
+
+#[test]
+fn a_member_that_stops_reading_broadcasts_is_closed_and_the_shared_log_stays_small() {
+    let _heavy = heavy();
+    // Broadcasts only (nothing addressed to the slow one): it falls behind in the shared
+    // log once its kernel buffers are full, and only the log's scan can find it.
+    const MESSAGES: usize = 300;
+    let (b, mut slow, readers, mut sender) = one_slow_among(256 * 1024, 3);
+    let threads: Vec<_> = readers
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut ws)| {
+            std::thread::spawn(move || {
+                let mut got = 0;
+                while got < MESSAGES {
+                    let m = next(&mut ws);
+                    if m["type"] == "tick" {
+                        assert_eq!(m["n"], got, "reader {i} got them in order");
+                        got += 1;
+                    }
+                }
+            })
+        })
+        .collect();
+    let pad = "p".repeat(50_000);
+    for n in 0..MESSAGES {
+        send(&mut sender, &json!({"type": "tick", "n": n, "pad": pad}));
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    for t in threads {
+        t.join().unwrap();
+    }
+    let stats = slow_one_dropped(&b);
+    // Everyone left is caught up: the log keeps at most what came since its last trim.
+    let kept = stats["websocket"]["broadcast_log"].as_u64().unwrap();
+    assert!(kept <= 64, "the shared log still holds {kept} frames");
+    // What the slow one finally reads: ticks in order, then the 1008 close.
+    set_timeout(&slow, Duration::from_secs(5));
+    let mut last = None;
+    let code = loop {
+        match slow.read() {
+            Ok(Message::Text(t)) => {
+                let v: Value = serde_json::from_str(t.as_str()).unwrap();
+                if v["type"] == "tick" {
+                    let n = v["n"].as_u64().unwrap();
+                    assert!(
+                        last.is_none_or(|l| n == l + 1),
+                        "in order: {last:?} then {n}"
+                    );
+                    last = Some(n);
+                }
+            }
+            Ok(Message::Close(f)) => break f.map(|f| u16::from(f.code)),
+            Ok(_) => {}
+            Err(e) => panic!("no close frame: {e}"),
+        }
+    };
+    assert_eq!(code, Some(1008));
+    assert!(
+        last.unwrap_or(0) < MESSAGES as u64 - 1,
+        "it did not get them all"
+    );
 }
 
 /// The load tests take turns: on a 2-core machine, running them side by side would

@@ -565,6 +565,9 @@ struct WsClient {
     open: bool,
     registered: bool,
     ticks: u64,
+    /// Reads that brought at least one tick (ticks per such read: how many broadcasts
+    /// the bridge put into one write).
+    tick_reads: u64,
 }
 
 /// A masked client frame (RFC 6455 §5.3); a fixed key is fine for a load generator.
@@ -644,6 +647,7 @@ fn ws_read(c: &mut WsClient, buf: &mut [u8], start: Instant, lat_us: &mut Vec<u6
         c.open = true;
     }
     let mut used = 0;
+    let ticks_before = c.ticks;
     while let Some((op, payload, total)) = server_frame(&c.rx[used..]) {
         let p = &c.rx[used + payload.start..used + payload.end];
         match op {
@@ -682,6 +686,7 @@ fn ws_read(c: &mut WsClient, buf: &mut [u8], start: Instant, lat_us: &mut Vec<u6
         used += total;
     }
     c.rx.drain(..used);
+    c.tick_reads += u64::from(c.ticks > ticks_before);
     ws_flush(c);
     true
 }
@@ -716,6 +721,7 @@ fn ws_connect(addr: SocketAddr, poll: &Poll, token: usize, agent: &str) -> WsCli
         open: false,
         registered: false,
         ticks: 0,
+        tick_reads: 0,
     }
 }
 
@@ -831,6 +837,7 @@ fn fanout(addr: SocketAddr, n: usize, secs: f64, every: Duration, rss: &dyn Fn()
     );
     for c in clients.iter_mut() {
         c.ticks = 0;
+        c.tick_reads = 0;
     }
     let run_start = Instant::now();
     let end = run_start + Duration::from_secs_f64(secs);
@@ -873,16 +880,18 @@ fn fanout(addr: SocketAddr, n: usize, secs: f64, every: Duration, rss: &dyn Fn()
         );
     }
     let delivered: u64 = clients[..n].iter().map(|c| c.ticks).sum();
+    let reads: u64 = clients[..n].iter().map(|c| c.tick_reads).sum();
     let expected = sent * n as u64;
     lat_us.sort_unstable();
     println!(
         "fanout   {sent} broadcasts x {n} clients: {delivered}/{expected} delivered, {:.0} deliveries/s; \
-         latency p50={}us p95={}us p99={}us max={}us; server RSS after {} KiB",
+         latency p50={}us p95={}us p99={}us max={}us; {:.2} broadcasts per read; server RSS after {} KiB",
         delivered as f64 / elapsed,
         percentile(&lat_us, 0.50),
         percentile(&lat_us, 0.95),
         percentile(&lat_us, 0.99),
         lat_us.last().copied().unwrap_or(0),
+        delivered as f64 / reads.max(1) as f64,
         rss()
     );
 }

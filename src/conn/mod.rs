@@ -1,6 +1,7 @@
 //! Connections: a slab of per-connection state machines keyed by generation-checked ids,
 //! and the socket I/O helpers they share (read and write until `WouldBlock`).
 
+pub mod fanout;
 pub mod http;
 pub mod line;
 pub mod ws;

@@ -10,9 +10,13 @@
 //!
 //! I/O happens only in [`WsConn::drive`] (and the first attempt of a close): `send` only
 //! queues, so a fan-out to many connections costs one write per connection, not one per
-//! message.
+//! message. A connection that [joined](WsConn::join) its feed's shared log
+//! ([`super::fanout`]) also writes the broadcast frames from its cursor on, in the order
+//! they came between its own.
 
+use super::fanout::{Backlog, FanoutLog};
 use super::http::Drive;
+use super::ConnId;
 use mio::net::TcpStream;
 use mio::Interest;
 use std::collections::VecDeque;
@@ -146,6 +150,21 @@ enum Outbound {
     Ping,
 }
 
+/// A frame for this connection alone, and the shared log's head when it was queued:
+/// the log's frames before that position go out first.
+struct Queued {
+    at: u64,
+    out: Outbound,
+}
+
+/// What a drive may write besides the connection's own queue: its feed's shared log,
+/// and its own id (a broadcast may be for everyone but it).
+#[derive(Clone, Copy)]
+pub struct Shared<'a> {
+    pub log: &'a FanoutLog,
+    pub me: ConnId,
+}
+
 /// One WebSocket connection.
 pub struct WsConn {
     pub sock: TcpStream,
@@ -153,8 +172,10 @@ pub struct WsConn {
     ctx: WebSocketContext,
     limits: WsLimits,
     phase: Phase,
-    queue: VecDeque<Outbound>,
+    queue: VecDeque<Queued>,
     queued_bytes: usize,
+    /// A member of the shared log: the next position to write.
+    cursor: Option<u64>,
     /// A readable edge was seen and reading has not hit `WouldBlock` since.
     readable: bool,
     /// tungstenite holds bytes the socket refused: wait for it to take them before
@@ -190,6 +211,7 @@ impl WsConn {
             phase: Phase::Open,
             queue: VecDeque::new(),
             queued_bytes: 0,
+            cursor: None,
             // Leftover bytes, or data that arrived before we registered: read at once.
             readable: true,
             tx_blocked: false,
@@ -220,6 +242,48 @@ impl WsConn {
         (self.queued_bytes, self.queue.len())
     }
 
+    /// From now on, write the shared log's frames too (from its head on). Once only; a
+    /// closing connection does not join.
+    pub fn join(&mut self, log: &FanoutLog) {
+        if self.phase == Phase::Open && self.cursor.is_none() {
+            self.cursor = Some(log.head());
+        }
+    }
+
+    /// The next log position this member writes (`None`: not a member, or closing).
+    pub fn cursor(&self) -> Option<u64> {
+        self.cursor
+    }
+
+    /// What this member has not written of the log; `None` when some of it was dropped.
+    fn backlog(&self, log: &FanoutLog) -> Option<Backlog> {
+        match self.cursor {
+            Some(c) => log.backlog(c),
+            None => Some(Backlog::default()),
+        }
+    }
+
+    /// Past a queue cap, counting the log frames it has not written: a slow consumer.
+    pub fn lagging(&self, log: &FanoutLog) -> bool {
+        self.phase == Phase::Open
+            && self.backlog(log).is_none_or(|b| {
+                self.queued_bytes + b.bytes > self.limits.max_queued_bytes
+                    || self.queue.len() + b.messages > self.limits.max_queued_messages
+            })
+    }
+
+    /// Close with 1008: what is queued is dropped, and nobody else waits for it.
+    pub fn close_slow(&mut self) {
+        log::debug!(
+            "peer={} slow consumer: {} bytes in {} messages queued, log cursor {:?}",
+            self.peer,
+            self.queued_bytes,
+            self.queue.len(),
+            self.cursor
+        );
+        self.close(1008, "slow consumer: messages were not read in time");
+    }
+
     /// The readiness this connection waits for now (rustls' `interest()` pattern): write
     /// readiness only while something waits to be written.
     pub fn interest(&self) -> Interest {
@@ -236,35 +300,38 @@ impl WsConn {
         self.readable && !matches!(self.phase, Phase::Discarding { .. })
     }
 
-    /// Queue a text message. It is not queued when the connection is closing, or when
-    /// it would pass a queue cap: then the connection is closed now with 1008 "slow
-    /// consumer" (its queue is dropped), and nobody else waits for it.
-    pub fn send(&mut self, text: Utf8Bytes) -> Sent {
+    /// Queue a text message for this connection alone (after what `log` holds now). It
+    /// is not queued when the connection is closing, or when it would pass a queue cap
+    /// (log frames not yet written count): then the connection is closed now with 1008
+    /// "slow consumer" (its queue is dropped), and nobody else waits for it.
+    pub fn send(&mut self, text: Utf8Bytes, log: &FanoutLog) -> Sent {
         if self.phase != Phase::Open {
             return Sent::Dropped;
         }
         let len = text.len();
-        if self.queued_bytes + len > self.limits.max_queued_bytes
-            || self.queue.len() >= self.limits.max_queued_messages
-        {
-            log::debug!(
-                "peer={} slow consumer: {} bytes in {} messages queued",
-                self.peer,
-                self.queued_bytes,
-                self.queue.len()
-            );
-            self.close(1008, "slow consumer: messages were not read in time");
+        let full = self.backlog(log).is_none_or(|b| {
+            self.queued_bytes + b.bytes + len > self.limits.max_queued_bytes
+                || self.queue.len() + b.messages >= self.limits.max_queued_messages
+        });
+        if full {
+            self.close_slow();
             return Sent::SlowConsumer;
         }
         self.queued_bytes += len;
-        self.queue.push_back(Outbound::Text(text));
+        self.queue.push_back(Queued {
+            at: log.head(),
+            out: Outbound::Text(text),
+        });
         Sent::Queued
     }
 
     /// Queue a ping (the heartbeat); a live peer answers with a pong.
-    pub fn ping(&mut self) {
+    pub fn ping(&mut self, log: &FanoutLog) {
         if self.phase == Phase::Open {
-            self.queue.push_back(Outbound::Ping);
+            self.queue.push_back(Queued {
+                at: log.head(),
+                out: Outbound::Ping,
+            });
         }
     }
 
@@ -283,6 +350,7 @@ impl WsConn {
         });
         self.queue.clear();
         self.queued_bytes = 0;
+        self.cursor = None;
         self.phase = Phase::Closing {
             since: Instant::now(),
         };
@@ -307,7 +375,7 @@ impl WsConn {
 
     /// Read what has arrived (text into `inbound`), answer pings, write what is queued;
     /// until `WouldBlock` or the read budget is spent. `Close` = drop the socket now.
-    pub fn drive(&mut self, now: Instant, inbound: &mut Inbound) -> Drive {
+    pub fn drive(&mut self, now: Instant, inbound: &mut Inbound, shared: Shared<'_>) -> Drive {
         if let Phase::Discarding { .. } = self.phase {
             return self.discard();
         }
@@ -344,6 +412,7 @@ impl WsConn {
                             if self.phase == Phase::Open {
                                 self.queue.clear();
                                 self.queued_bytes = 0;
+                                self.cursor = None;
                                 self.phase = Phase::Closing { since: now };
                             }
                             // The reply is queued inside tungstenite; the next read or
@@ -359,39 +428,47 @@ impl WsConn {
                 Err(e) => return self.read_error(e),
             }
         }
-        self.write_queued()
+        self.write_queued(shared)
     }
 
-    /// Move queued messages into tungstenite while the socket takes bytes, then flush.
-    fn write_queued(&mut self) -> Drive {
-        if self.phase == Phase::Open && !self.tx_blocked {
-            while let Some(out) = self.queue.pop_front() {
-                let (msg, len) = match out {
-                    Outbound::Text(t) => {
-                        let len = t.len();
-                        (Message::Text(t), len)
-                    }
-                    Outbound::Ping => (Message::Ping(Default::default()), 0),
-                };
-                self.queued_bytes -= len;
-                match self.ctx.write(&mut self.sock, msg) {
-                    Ok(()) => self.messages_out += u64::from(len > 0),
-                    // The frame is in tungstenite's buffer; the socket is full.
-                    Err(WsError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
-                        self.messages_out += u64::from(len > 0);
-                        self.tx_blocked = true;
+    /// Move queued messages (and the log's frames due before each) into tungstenite
+    /// while the socket takes bytes, then flush.
+    fn write_queued(&mut self, shared: Shared<'_>) -> Drive {
+        if self.phase == Phase::Open && self.cursor.is_some_and(|c| c < shared.log.base()) {
+            // Frames it never wrote were dropped: it was not keeping up.
+            self.close_slow();
+        }
+        while self.phase == Phase::Open && !self.tx_blocked {
+            if let Some(mut at) = self.cursor {
+                let upto = self.queue.front().map_or(shared.log.head(), |q| q.at);
+                while at < upto && !self.tx_blocked {
+                    let Some(entry) = shared.log.get(at) else {
                         break;
+                    };
+                    at += 1;
+                    if entry.except != Some(shared.me) {
+                        if let Err(e) = self.write_one(Message::Text(entry.frame.clone())) {
+                            return self.write_error(e);
+                        }
                     }
-                    Err(WsError::WriteBufferFull(_)) => {
-                        // Only one message larger than the whole buffer gets here (the
-                        // buffer is empty when we feed it): a bug upstream, not the peer's.
-                        log::warn!(
-                            "peer={} dropped an outbound message of {len} bytes: larger than the write buffer",
-                            self.peer
-                        );
-                    }
-                    Err(e) => return self.write_error(e),
                 }
+                self.cursor = Some(at);
+                if self.tx_blocked {
+                    break;
+                }
+            }
+            let Some(q) = self.queue.pop_front() else {
+                break;
+            };
+            let msg = match q.out {
+                Outbound::Text(t) => {
+                    self.queued_bytes -= t.len();
+                    Message::Text(t)
+                }
+                Outbound::Ping => Message::Ping(Default::default()),
+            };
+            if let Err(e) = self.write_one(msg) {
+                return self.write_error(e);
             }
         }
         if self.queue.is_empty() && self.queue.capacity() > QUEUE_KEEP {
@@ -403,6 +480,32 @@ impl WsConn {
             Err(e) => return self.write_error(e),
         }
         Drive::Open
+    }
+
+    /// Hand one message to tungstenite; a full socket sets `tx_blocked` (the frame is in
+    /// tungstenite's buffer and goes out with the next flush).
+    fn write_one(&mut self, msg: Message) -> Result<(), WsError> {
+        let len = match &msg {
+            Message::Text(t) => t.len(),
+            _ => 0,
+        };
+        match self.ctx.write(&mut self.sock, msg) {
+            Ok(()) => self.messages_out += u64::from(len > 0),
+            Err(WsError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
+                self.messages_out += u64::from(len > 0);
+                self.tx_blocked = true;
+            }
+            Err(WsError::WriteBufferFull(_)) => {
+                // Only one message larger than the whole buffer gets here (the buffer
+                // is empty when we feed it): a bug upstream, not the peer's.
+                log::warn!(
+                    "peer={} dropped an outbound message of {len} bytes: larger than the write buffer",
+                    self.peer
+                );
+            }
+            Err(e) => return Err(e),
+        }
+        Ok(())
     }
 
     fn read_error(&mut self, e: WsError) -> Drive {
@@ -469,6 +572,7 @@ impl WsConn {
         }
         self.queue.clear();
         self.queued_bytes = 0;
+        self.cursor = None;
         let frame = CloseFrame {
             code: CloseCode::from(code),
             reason: Utf8Bytes::from(reason),
@@ -538,6 +642,8 @@ mod tests {
 
     type Client = tungstenite::WebSocket<MaybeTlsStream<std::net::TcpStream>>;
 
+    const ME: ConnId = ConnId { idx: 7, gen: 0 };
+
     const LIMITS: WsLimits = WsLimits {
         max_message_bytes: 1024,
         max_queued_bytes: 64 * 1024,
@@ -551,6 +657,8 @@ mod tests {
         conn: WsConn,
         inbound: Inbound,
         closed: bool,
+        /// The shared log (empty unless a test fills it).
+        log: FanoutLog,
     }
 
     impl Server {
@@ -588,6 +696,7 @@ mod tests {
                 conn: WsConn::new(sock, peer, buf.to_vec(), limits, Instant::now()),
                 inbound: Inbound::default(),
                 closed: false,
+                log: FanoutLog::default(),
             }
         }
 
@@ -609,7 +718,11 @@ mod tests {
             {
                 self.conn.mark_readable();
             }
-            if self.conn.drive(Instant::now(), &mut self.inbound) == Drive::Close
+            let shared = Shared {
+                log: &self.log,
+                me: ME,
+            };
+            if self.conn.drive(Instant::now(), &mut self.inbound, shared) == Drive::Close
                 || self.conn.expired(Instant::now())
             {
                 // What the event loop does: drop the socket (here: close it, keep the state).
@@ -683,7 +796,7 @@ mod tests {
         for i in 0..3 {
             assert!(server
                 .conn
-                .send(Utf8Bytes::from(format!("reply {i}")))
+                .send(Utf8Bytes::from(format!("reply {i}")), &server.log)
                 .is_queued());
         }
         assert_eq!(
@@ -727,6 +840,54 @@ mod tests {
     }
 
     #[test]
+    fn a_member_writes_log_frames_and_its_own_in_the_order_they_were_queued() {
+        let (mut server, mut client) = pair(LIMITS);
+        server.log.push("before joining".into(), None);
+        server.conn.join(&server.log);
+        server.log.push("b1".into(), None);
+        assert!(server.conn.send("own1".into(), &server.log).is_queued());
+        server.log.push("not for me".into(), Some(ME));
+        server
+            .log
+            .push("b2".into(), Some(ConnId { idx: 8, gen: 0 }));
+        assert!(server.conn.send("own2".into(), &server.log).is_queued());
+        server.log.push("b3".into(), None);
+        server.turn(Duration::ZERO);
+        for want in ["b1", "own1", "b2", "own2", "b3"] {
+            assert_eq!(client.read().unwrap(), Message::text(want));
+        }
+        assert_eq!(server.conn.cursor(), Some(server.log.head()));
+        assert_eq!(server.conn.messages_out, 5);
+        // Trimmed past its cursor (it fell behind): closed as a slow consumer.
+        server.log.push("b4".into(), None);
+        server.log.push("b5".into(), None);
+        server.log.scanned(server.log.head(), 8);
+        server.turn(Duration::ZERO);
+        assert_eq!(server.conn.close_reason().map(|r| r.code), Some(1008));
+        assert_eq!(server.conn.cursor(), None);
+    }
+
+    #[test]
+    fn log_frames_count_against_the_queue_caps() {
+        let limits = WsLimits {
+            max_queued_messages: 3,
+            ..LIMITS
+        };
+        let (mut server, _client) = pair(limits);
+        server.conn.join(&server.log);
+        server.log.push("1".into(), None);
+        server.log.push("2".into(), None);
+        assert!(!server.conn.lagging(&server.log));
+        server.log.push("3".into(), None);
+        server.log.push("4".into(), None);
+        assert!(server.conn.lagging(&server.log), "4 behind, at most 3");
+        assert_eq!(
+            server.conn.send("own".into(), &server.log),
+            Sent::SlowConsumer
+        );
+    }
+
+    #[test]
     fn pings_are_answered_and_server_pings_are_heard() {
         let (mut server, client) = pair(LIMITS);
         let (client, got) = client_reads(&mut server, client, |c| {
@@ -737,7 +898,7 @@ mod tests {
         assert_eq!(got, Message::Pong(b"are you there".to_vec().into()));
 
         server.inbound.heard = false;
-        server.conn.ping();
+        server.conn.ping(&server.log);
         server.turn(Duration::ZERO);
         let (_client, got) = client_reads(&mut server, client, |c| {
             let m = c.read().unwrap();
@@ -777,12 +938,18 @@ mod tests {
     #[test]
     fn server_close_sends_code_and_reason() {
         let (mut server, client) = pair(LIMITS);
-        assert!(server.conn.send("dropped when closing".into()).is_queued());
+        assert!(server
+            .conn
+            .send("dropped when closing".into(), &server.log)
+            .is_queued());
         server
             .conn
             .close(1000, "replaced by a new connection for agentId a");
         assert!(!server.conn.is_open());
-        assert_eq!(server.conn.send("after close".into()), Sent::Dropped);
+        assert_eq!(
+            server.conn.send("after close".into(), &server.log),
+            Sent::Dropped
+        );
         let (_client, msgs) = client_reads(&mut server, client, |c| {
             let mut got = Vec::new();
             loop {
@@ -905,7 +1072,7 @@ mod tests {
         let chunk: Utf8Bytes = "y".repeat(8 * 1024).into();
         let mut sent = 0usize;
         // The client never reads: the kernel buffers fill, then our queue does.
-        while server.conn.send(chunk.clone()).is_queued() {
+        while server.conn.send(chunk.clone(), &server.log).is_queued() {
             sent += chunk.len();
             server.turn(Duration::ZERO);
             let (bytes, _) = server.conn.queued();
@@ -931,13 +1098,13 @@ mod tests {
             ..LIMITS
         };
         let (server, _client) = pair(limits);
-        let mut conn = server.conn;
+        let (mut conn, log) = (server.conn, server.log);
         // Without a drive nothing is written: the fourth waits behind three.
-        assert!(conn.send("1".into()).is_queued());
-        assert!(conn.send("2".into()).is_queued());
-        assert!(conn.send("3".into()).is_queued());
-        assert_eq!(conn.send("4".into()), Sent::SlowConsumer);
-        assert_eq!(conn.send("5".into()), Sent::Dropped);
+        assert!(conn.send("1".into(), &log).is_queued());
+        assert!(conn.send("2".into(), &log).is_queued());
+        assert!(conn.send("3".into(), &log).is_queued());
+        assert_eq!(conn.send("4".into(), &log), Sent::SlowConsumer);
+        assert_eq!(conn.send("5".into(), &log), Sent::Dropped);
         assert_eq!(conn.close_reason().map(|r| r.code), Some(1008));
     }
 

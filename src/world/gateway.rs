@@ -55,6 +55,14 @@ const FOR_AGENT_BROADCAST: [&str; 2] = ["chat_message", "visitor_message"];
 pub enum Output {
     /// Queue this text on this connection.
     Send(ConnId, Frame),
+    /// Queue this text on every member (every registered client) but `except`: kept
+    /// once in the loop's shared log, not once per client.
+    Broadcast {
+        except: Option<ConnId>,
+        frame: Frame,
+    },
+    /// This connection registered: from here on it gets the broadcasts.
+    Member(ConnId),
     /// Close with code and reason (the hub has already forgotten the connection).
     Close {
         conn: ConnId,
@@ -110,8 +118,23 @@ struct Client {
     since: Option<u64>,
     reg: Option<Registration>,
     messages_in: u64,
+    /// Frames sent to it alone.
     messages_out: u64,
+    /// The hub's broadcast count when it registered, and its own broadcasts since (it
+    /// gets every other one: so its count is derived, not kept per broadcast).
+    broadcasts_at: u64,
+    own_broadcasts: u64,
     flood: Flood,
+}
+
+impl Client {
+    fn messages_out(&self, broadcasts: u64) -> u64 {
+        let shared = match self.reg {
+            Some(_) => broadcasts - self.broadcasts_at - self.own_broadcasts,
+            None => 0,
+        };
+        self.messages_out + shared
+    }
 }
 
 /// One delivered frame, kept for resuming clients.
@@ -145,6 +168,8 @@ pub struct Gateway {
     /// Registered agents → their connection.
     agents: HashMap<String, ConnId>,
     seq: u64,
+    /// Broadcasts so far.
+    broadcasts: u64,
     history: VecDeque<Entry>,
     heartbeat: Heartbeat,
     started_ms: u64,
@@ -167,6 +192,7 @@ impl Gateway {
             clients: HashMap::new(),
             agents: HashMap::new(),
             seq: 0,
+            broadcasts: 0,
             history: VecDeque::new(),
             started_ms: now_ms,
             counts: GatewayCounts::default(),
@@ -258,6 +284,8 @@ impl Gateway {
                 reg: None,
                 messages_in: 0,
                 messages_out: 0,
+                broadcasts_at: 0,
+                own_broadcasts: 0,
                 flood: Flood::default(),
             },
         );
@@ -525,7 +553,7 @@ impl Gateway {
                     "connected_at": rfc3339(c.connected_ms),
                     "last_seen": rfc3339(c.last_seen_ms),
                     "messages_in": c.messages_in,
-                    "messages_out": c.messages_out,
+                    "messages_out": c.messages_out(self.broadcasts),
                 })
             })
             .collect();
@@ -614,6 +642,10 @@ impl Gateway {
             agent_id: agent_id.clone(),
             role,
         };
+        if client.reg.is_none() {
+            client.broadcasts_at = self.broadcasts;
+            out.push(Output::Member(conn));
+        }
         client.reg = Some(reg.clone());
         self.counts.registrations += 1;
         if let Some(old) = self.agents.insert(agent_id.clone(), conn) {
@@ -775,17 +807,19 @@ impl Gateway {
         }
     }
 
-    /// To every registered client but `except`.
+    /// To every registered client but `except`: one output, whatever their number (a
+    /// broadcast to thousands is the hot path of the hub).
     fn broadcast(&mut self, except: Option<ConnId>, frame: Frame, out: &mut Vec<Output>) {
-        let targets: Vec<ConnId> = self
-            .agents
-            .values()
-            .copied()
-            .filter(|c| Some(*c) != except)
-            .collect();
-        for conn in targets {
-            self.deliver(conn, frame.clone(), out);
+        self.broadcasts += 1;
+        let mut recipients = self.agents.len() as u64;
+        if let Some(c) = except.and_then(|e| self.clients.get_mut(&e)) {
+            if c.reg.is_some() {
+                c.own_broadcasts += 1;
+                recipients -= 1;
+            }
         }
+        self.counts.delivered += recipients;
+        out.push(Output::Broadcast { except, frame });
     }
 
     /// A routed frame: counted as delivered.
@@ -842,17 +876,31 @@ mod tests {
     }
 
     /// Frames sent per connection, parsed.
-    fn sent(out: &[Output]) -> Vec<(ConnId, Value)> {
+    /// Every frame sent, a broadcast as one per member of `g` now (in id order).
+    fn sent(g: &Gateway, out: &[Output]) -> Vec<(ConnId, Value)> {
+        let mut members: Vec<ConnId> = g
+            .clients
+            .iter()
+            .filter(|(_, c)| c.reg.is_some())
+            .map(|(id, _)| *id)
+            .collect();
+        members.sort_by_key(|c| c.idx);
+        let parse = |f: &Frame| serde_json::from_str::<Value>(f.as_str()).unwrap();
         out.iter()
-            .filter_map(|o| match o {
-                Output::Send(c, f) => Some((*c, serde_json::from_str(f.as_str()).unwrap())),
-                _ => None,
+            .flat_map(|o| match o {
+                Output::Send(c, f) => vec![(*c, parse(f))],
+                Output::Broadcast { except, frame } => members
+                    .iter()
+                    .filter(|m| Some(**m) != *except)
+                    .map(|m| (*m, parse(frame)))
+                    .collect(),
+                _ => vec![],
             })
             .collect()
     }
 
-    fn to(out: &[Output], conn: ConnId) -> Vec<Value> {
-        sent(out)
+    fn to(g: &Gateway, out: &[Output], conn: ConnId) -> Vec<Value> {
+        sent(g, out)
             .into_iter()
             .filter(|(c, _)| *c == conn)
             .map(|(_, v)| v)
@@ -871,17 +919,17 @@ mod tests {
     fn register_acks_and_tells_the_others() {
         let mut g = hub();
         let out = register(&mut g, id(1), "alice", "agent");
-        let ack = &to(&out, id(1))[0];
+        let ack = &to(&g, &out, id(1))[0];
         assert_eq!(ack["type"], "agent_registered");
         assert_eq!(ack["agentId"], "alice");
         assert_eq!(
             ack["agents"],
             json!([{"agentId": "alice", "role": "agent"}])
         );
-        assert_eq!(sent(&out).len(), 1, "nobody else to tell");
+        assert_eq!(sent(&g, &out).len(), 1, "nobody else to tell");
 
         let out = register(&mut g, id(2), "bob", "client");
-        let alice_got = to(&out, id(1));
+        let alice_got = to(&g, &out, id(1));
         assert_eq!(alice_got.len(), 1);
         let joined = &alice_got[0];
         assert_eq!(joined["type"], "agent_joined");
@@ -890,11 +938,13 @@ mod tests {
         assert!(joined["timestamp"].as_str().unwrap().ends_with('Z'));
         assert!(joined["gateway_seq"].as_u64().is_some());
         // Bob is not told about himself.
-        assert!(to(&out, id(2)).iter().all(|v| v["type"] != "agent_joined"));
+        assert!(to(&g, &out, id(2))
+            .iter()
+            .all(|v| v["type"] != "agent_joined"));
 
         let mut out = Vec::new();
         g.disconnect(id(2), 20, &mut out);
-        let left = &to(&out, id(1))[0];
+        let left = &to(&g, &out, id(1))[0];
         assert_eq!(left["type"], "agent_left");
         assert_eq!(
             (left["agentId"].as_str(), left["role"].as_str()),
@@ -910,7 +960,7 @@ mod tests {
             register(&mut g, id(i), &format!("a{i:04}"), "agent");
         }
         let out = register(&mut g, id(9999), "zz", "agent");
-        let ack = &to(&out, id(9999))[0];
+        let ack = &to(&g, &out, id(9999))[0];
         assert_eq!(ack["agents"].as_array().unwrap().len(), REGISTERED_LIST_MAX);
         assert_eq!(ack["agents_total"], REGISTERED_LIST_MAX + 6);
         assert_eq!(ack["agents"][0]["agentId"], "a0000");
@@ -928,11 +978,11 @@ mod tests {
             11,
             &mut out,
         );
-        assert_eq!(sent(&out).len(), 1);
-        let err = &to(&out, id(2))[0];
+        assert_eq!(sent(&g, &out).len(), 1);
+        let err = &to(&g, &out, id(2))[0];
         assert_eq!(err["type"], "error");
         assert_eq!(err["code"], "not_registered");
-        assert!(to(&out, id(1)).is_empty(), "not routed");
+        assert!(to(&g, &out, id(1)).is_empty(), "not routed");
     }
 
     #[test]
@@ -945,13 +995,13 @@ mod tests {
         let original = r#"{"type":"agent_state","agentId":"a","state":{"mood":"calm","n":[1,2]}}"#;
         let mut out = Vec::new();
         g.on_text(id(0), &text(original), 20, &mut out);
-        let got = sent(&out);
+        let got = sent(&g, &out);
         let mut receivers: Vec<u32> = got.iter().map(|(c, _)| c.idx).collect();
         receivers.sort();
         assert_eq!(receivers, vec![1, 2]);
         // Byte for byte, plus the stamp in front.
-        let Output::Send(_, f) = &out[0] else {
-            panic!()
+        let Some(Output::Broadcast { frame: f, .. }) = out.first() else {
+            panic!("one broadcast: {out:?}")
         };
         let seq = g.seq();
         assert_eq!(
@@ -973,7 +1023,7 @@ mod tests {
         ] {
             let mut out = Vec::new();
             g.on_text(id(0), &text(raw), 20, &mut out);
-            let v = &to(&out, id(1))[0];
+            let v = &to(&g, &out, id(1))[0];
             assert_eq!(v["type"], "x", "{raw}");
             assert_eq!(v["gateway_seq"], g.seq(), "{raw}");
         }
@@ -992,7 +1042,7 @@ mod tests {
             20,
             &mut out,
         );
-        let got = sent(&out);
+        let got = sent(&g, &out);
         assert_eq!(got.len(), 1);
         assert_eq!(got[0].0, id(2));
         assert_eq!(got[0].1["text"], "psst");
@@ -1004,7 +1054,7 @@ mod tests {
             20,
             &mut out,
         );
-        let got = sent(&out);
+        let got = sent(&g, &out);
         assert_eq!(got.len(), 1);
         assert_eq!(got[0].0, id(0));
         assert_eq!(got[0].1["code"], "unknown_target");
@@ -1012,7 +1062,7 @@ mod tests {
 
         let mut out = Vec::new();
         g.on_text(id(0), &text(r#"{"type":"x","target_id":5}"#), 20, &mut out);
-        assert_eq!(to(&out, id(0))[0]["code"], "bad_target");
+        assert_eq!(to(&g, &out, id(0))[0]["code"], "bad_target");
     }
 
     #[test]
@@ -1041,7 +1091,7 @@ mod tests {
         ] {
             let mut out = Vec::new();
             g.on_text(id(0), &text(raw), 20, &mut out);
-            let got = to(&out, id(0));
+            let got = to(&g, &out, id(0));
             assert_eq!(got.len(), 1, "{raw}");
             assert_eq!(got[0]["type"], "error", "{raw}");
             assert_eq!(got[0]["code"], code, "{raw}");
@@ -1050,7 +1100,7 @@ mod tests {
         let mut out = Vec::new();
         let msg = json!({"type": "agent_register", "agentId": long});
         g.on_text(id(0), &text(&msg.to_string()), 20, &mut out);
-        assert_eq!(to(&out, id(0))[0]["code"], "bad_register");
+        assert_eq!(to(&g, &out, id(0))[0]["code"], "bad_register");
         assert_eq!(g.agents(), vec![("a", "agent")]);
     }
 
@@ -1072,7 +1122,10 @@ mod tests {
                 reason: "replaced by a new connection for agentId a".into()
             }]
         );
-        assert!(to(&out, id(1)).is_empty(), "the old one hears nothing more");
+        assert!(
+            to(&g, &out, id(1)).is_empty(),
+            "the old one hears nothing more"
+        );
         // The old connection's later disconnect says nothing: "a" is still here.
         let mut out = Vec::new();
         g.disconnect(id(1), 30, &mut out);
@@ -1085,7 +1138,7 @@ mod tests {
             31,
             &mut out,
         );
-        assert_eq!(sent(&out)[0].0, id(2));
+        assert_eq!(sent(&g, &out)[0].0, id(2));
         assert_eq!(g.counts.replaced, 1);
     }
 
@@ -1102,7 +1155,7 @@ mod tests {
             &mut out,
         );
         assert!(
-            sent(&out).is_empty(),
+            sent(&g, &out).is_empty(),
             "directed to the bridge: nobody else hears it"
         );
         match &out[..] {
@@ -1120,7 +1173,7 @@ mod tests {
             21,
             &mut out,
         );
-        assert_eq!(to(&out, id(1)).len(), 1);
+        assert_eq!(to(&g, &out, id(1)).len(), 1);
         assert!(out.iter().any(|o| matches!(o, Output::ForAgent { .. })));
         // Other broadcasts are not the agent's business.
         let mut out = Vec::new();
@@ -1134,7 +1187,7 @@ mod tests {
         register(&mut g, id(0), "alice", "watcher");
         let mut out = Vec::new();
         g.publish_bark("Slowly.", Some("The Tower"), None, 50, &mut out);
-        let bark = &to(&out, id(0))[0];
+        let bark = &to(&g, &out, id(0))[0];
         assert_eq!(bark["type"], "bark");
         assert_eq!(bark["text"], "Slowly.");
         assert_eq!(bark["agentId"], "timmy");
@@ -1154,7 +1207,7 @@ mod tests {
         };
         let mut out = Vec::new();
         g.publish_event(&ev, 60, &mut out);
-        let say = &to(&out, id(0))[0];
+        let say = &to(&g, &out, id(0))[0];
         assert_eq!(say["type"], "say");
         assert_eq!(say["message"], "hello");
         assert_eq!(say["room"], "The Garden");
@@ -1171,7 +1224,7 @@ mod tests {
             61,
             &mut out,
         );
-        let bark = &to(&out, id(0))[0];
+        let bark = &to(&g, &out, id(0))[0];
         assert_eq!(
             (bark["type"].as_str(), bark["text"].as_str()),
             (Some("bark"), Some("Welcome."))
@@ -1211,7 +1264,7 @@ mod tests {
         assert!(out.iter().any(
             |o| matches!(o, Output::Close { conn, code: CLOSE_UNREGISTERED, .. } if *conn == id(2))
         ));
-        let left = to(&out, id(0));
+        let left = to(&g, &out, id(0));
         assert_eq!(left.len(), 1);
         assert_eq!(left[0]["type"], "agent_left");
         assert_eq!(left[0]["agentId"], "silent");
@@ -1238,7 +1291,7 @@ mod tests {
             23,
             &mut missed,
         );
-        assert_eq!(to(&missed, id(0))[0]["code"], "unknown_target");
+        assert_eq!(to(&g, &missed, id(0))[0]["code"], "unknown_target");
         register(&mut g, id(2), "c", "agent");
         g.on_text(
             id(0),
@@ -1255,7 +1308,7 @@ mod tests {
             30,
             &mut out,
         );
-        let got = to(&out, id(3));
+        let got = to(&g, &out, id(3));
         assert_eq!(got[0]["type"], "agent_registered");
         let replayed: Vec<(String, Option<u64>)> = got[1..]
             .iter()
@@ -1297,7 +1350,7 @@ mod tests {
                 41,
                 &mut out,
             );
-            let got = to(&out, id(5));
+            let got = to(&g, &out, id(5));
             assert_eq!(got[1]["type"], "resync_required", "since {since}");
             assert_eq!(got[1]["since"], since);
             let mut out = Vec::new();
@@ -1308,7 +1361,7 @@ mod tests {
         let mut out = Vec::new();
         let msg = json!({"type": "agent_register", "agentId": "y", "since": small.seq()});
         small.on_text(id(6), &text(&msg.to_string()), 43, &mut out);
-        assert_eq!(to(&out, id(6)).len(), 1, "only the ack");
+        assert_eq!(to(&g, &out, id(6)).len(), 1, "only the ack");
     }
 
     #[test]
@@ -1349,15 +1402,18 @@ mod tests {
             g.on_text(id(0), &text(r#"{"type":"m"}"#), 10, &mut out);
         }
         assert_eq!(
-            to(&out, id(1)).iter().filter(|v| v["type"] == "m").count(),
+            to(&g, &out, id(1))
+                .iter()
+                .filter(|v| v["type"] == "m")
+                .count(),
             2
         );
-        let errors: Vec<Value> = to(&out, id(0));
+        let errors: Vec<Value> = to(&g, &out, id(0));
         assert_eq!(errors.len(), 1, "said once: {errors:?}");
         assert_eq!(errors[0]["code"], "rate_limited");
         let mut out = Vec::new();
         g.on_text(id(0), &text(r#"{"type":"m"}"#), 1010, &mut out);
-        assert_eq!(to(&out, id(1)).len(), 1, "the next second is fine");
+        assert_eq!(to(&g, &out, id(1)).len(), 1, "the next second is fine");
     }
 
     #[test]
@@ -1376,5 +1432,10 @@ mod tests {
         assert_eq!(s["agents"][1]["connected_at"], rfc3339(10));
         assert_eq!(s["by_role"], json!({"agent": 1, "watcher": 1}));
         assert_eq!(s["totals"]["routed"], 1);
+        // a: its ack (its own joined and message are not sent back to it); b: its ack,
+        // a's joined and a's message.
+        assert_eq!(s["agents"][0]["messages_out"], 1);
+        assert_eq!(s["agents"][1]["messages_out"], 3);
+        assert_eq!(s["totals"]["delivered"], 2);
     }
 }
