@@ -490,7 +490,9 @@ fn a_member_that_stops_reading_broadcasts_is_closed_and_the_shared_log_stays_sma
     // Everyone left is caught up: the log keeps at most what came since its last trim.
     let kept = stats["websocket"]["broadcast_log"].as_u64().unwrap();
     assert!(kept <= 64, "the shared log still holds {kept} frames");
-    // What the slow one finally reads: ticks in order, then the 1008 close.
+    // What the slow one finally reads: ticks in order, then the 1008 close, unless the
+    // bridge already dropped the socket (it waits CLOSE_GRACE for a close handshake; the
+    // close frame sits behind megabytes the slow one never read): then a reset.
     set_timeout(&slow, Duration::from_secs(5));
     let mut last = None;
     let code = loop {
@@ -508,10 +510,14 @@ fn a_member_that_stops_reading_broadcasts_is_closed_and_the_shared_log_stays_sma
             }
             Ok(Message::Close(f)) => break f.map(|f| u16::from(f.code)),
             Ok(_) => {}
-            Err(e) => panic!("no close frame: {e}"),
+            Err(tungstenite::Error::Protocol(
+                tungstenite::error::ProtocolError::ResetWithoutClosingHandshake,
+            ))
+            | Err(tungstenite::Error::Io(_)) => break None,
+            Err(e) => panic!("neither a close frame nor a reset: {e}"),
         }
     };
-    assert_eq!(code, Some(1008));
+    assert!(matches!(code, Some(1008) | None), "closed with {code:?}");
     assert!(
         last.unwrap_or(0) < MESSAGES as u64 - 1,
         "it did not get them all"
