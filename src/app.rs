@@ -193,11 +193,12 @@ impl App {
                 snap.presence.len()
             );
             if let Some(f) = &mut self.fed {
+                let pruned = std::mem::take(&mut snap.fed_pruned);
                 let events = std::mem::take(&mut snap.fed_events);
                 let trust = std::mem::take(&mut snap.fed_trust);
                 let departures = std::mem::take(&mut snap.fed_departures);
                 let arrivals = std::mem::take(&mut snap.fed_arrivals);
-                f.restore(events, trust, departures, arrivals);
+                f.restore(pruned, events, trust, departures, arrivals);
             }
             self.world.restore(snap);
         }

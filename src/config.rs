@@ -167,6 +167,9 @@ pub struct FederationConfig {
     pub timeout_ms: u64,
     /// Most `/bridge/state` pages one pull follows (`more: true`) before the next interval.
     pub pages_max: usize,
+    /// Federated events kept per origin world; older ones are pruned (a peer that lacks
+    /// them is told so and counts them as seen), so memory and the data file stay bounded.
+    pub events_keep: usize,
     pub portal_rooms: Vec<String>,
     pub peers: Vec<PeerConfig>,
 }
@@ -322,6 +325,7 @@ impl Default for FederationConfig {
             sync_interval_s: 5,
             timeout_ms: 2000,
             pages_max: 20,
+            events_keep: 10_000,
             portal_rooms: Vec::new(),
             peers: Vec::new(),
         }
@@ -454,7 +458,7 @@ impl Config {
         check_backend(&self.agent.backend)
             .map_err(|why| format!("config: `agent.backend`: {why}"))?;
 
-        let at_least: [(&str, u64, u64); 27] = [
+        let at_least: [(&str, u64, u64); 28] = [
             (
                 "federation.sync_interval_s",
                 self.federation.sync_interval_s,
@@ -462,6 +466,11 @@ impl Config {
             ),
             ("federation.timeout_ms", self.federation.timeout_ms, 1),
             ("federation.pages_max", self.federation.pages_max as u64, 1),
+            (
+                "federation.events_keep",
+                self.federation.events_keep as u64,
+                1,
+            ),
             ("rooms.events_max", self.rooms.events_max as u64, 1),
             ("rooms.max", self.rooms.max as u64, 1),
             ("rooms.occupants_max", self.rooms.occupants_max as u64, 1),
@@ -841,6 +850,7 @@ data_dir = "./worldbridge-data"          # --memory keeps everything in memory
 sync_interval_s = 5
 timeout_ms = 2000
 pages_max = 20
+events_keep = 10000
 portal_rooms = []
 [[federation.peers]]
 world = "vps"

@@ -125,13 +125,15 @@ impl Peering {
     /// The store loaded these at start.
     pub fn restore(
         &mut self,
+        pruned: Vec<crate::federation::merge::Pruned>,
         events: Vec<FedEvent>,
         trust: Vec<crate::federation::wire::TrustEntry>,
         departures: Vec<crate::federation::travel::Departure>,
         arrivals: Vec<crate::federation::travel::Arrival>,
     ) {
         let n = events.len();
-        self.core.restore(events, trust, departures, arrivals);
+        self.core
+            .restore(pruned, events, trust, departures, arrivals);
         log::info!(
             "federation: restored {n} events, {} trust entries; own seq {}",
             self.core.trust.len(),
@@ -242,6 +244,7 @@ impl App {
             f.rows
                 .extend(applied.rows().into_iter().filter_map(|r| match r {
                     crate::federation::FedRow::Event(e) => Some(Row::FedEvent(e)),
+                    crate::federation::FedRow::Pruned(p) => Some(Row::FedPruned(p)),
                     crate::federation::FedRow::Trust(t) => Some(Row::FedTrust(t)),
                     // A merge brings no travel rows (those come from `travel_api`).
                     _ => None,
@@ -293,6 +296,14 @@ impl App {
             return;
         };
         f.last_round = Some(now);
+        // Once a round: keep `federation.events_keep` events per origin.
+        let pruned = f.core.prune();
+        if !pruned.is_empty() {
+            log::debug!("federation: pruned {pruned:?}");
+            if self.store.is_some() {
+                f.rows.extend(pruned.into_iter().map(Row::FedPruned));
+            }
+        }
         let Some(sync) = &f.sync else {
             return;
         };

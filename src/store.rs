@@ -15,6 +15,7 @@
 //! Also here: opening (lock, pragmas, migrations), loading the [`Snapshot`] at start, and
 //! the export/import document of `worldbridge export` / `import`.
 
+use crate::federation::merge::Pruned;
 use crate::federation::travel::{Arrival, Departure};
 use crate::federation::wire::{FedEvent, TrustEntry};
 use crate::world::gateway::StoredFrame;
@@ -31,14 +32,14 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 /// The schema version this build writes (`PRAGMA user_version`).
-pub const SCHEMA_VERSION: i64 = 4;
+pub const SCHEMA_VERSION: i64 = 5;
 
 /// The export document's format name and major version.
 pub const EXPORT_FORMAT: &str = "worldbridge-export";
 pub const EXPORT_VERSION: u64 = 1;
 
 /// Forward migrations: `MIGRATIONS[i]` takes a database from version `i` to `i + 1`.
-const MIGRATIONS: [&str; 4] = [
+const MIGRATIONS: [&str; 5] = [
     "
     CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
     CREATE TABLE rooms (name TEXT PRIMARY KEY, body TEXT NOT NULL);
@@ -60,6 +61,9 @@ const MIGRATIONS: [&str; 4] = [
     CREATE TABLE fed_departures (travel_id TEXT PRIMARY KEY, body TEXT NOT NULL);
     CREATE TABLE fed_arrivals (travel_id TEXT PRIMARY KEY, body TEXT NOT NULL);
 ",
+    "
+    CREATE TABLE fed_pruned (origin TEXT PRIMARY KEY, upto INTEGER NOT NULL);
+",
 ];
 
 /// One changed row. Rows are whole: writing one again changes nothing.
@@ -78,6 +82,8 @@ pub enum Row {
     /// A federated event, own or received: keyed by `(origin, seq)`, so writing it
     /// again changes nothing.
     FedEvent(FedEvent),
+    /// An origin's federated events up to a seq are dropped; the mark is kept.
+    FedPruned(Pruned),
     /// The trust entry that now wins for its subject.
     FedTrust(TrustEntry),
     /// A travel leaving this world (origin side), keyed by travel id.
@@ -337,6 +343,16 @@ fn load(conn: &Connection) -> rusqlite::Result<Option<Snapshot>> {
             "SELECT body FROM fed_events ORDER BY origin, seq",
             "federated event",
         )?,
+        fed_pruned: {
+            let mut stmt = conn.prepare("SELECT origin, upto FROM fed_pruned ORDER BY origin")?;
+            let rows = stmt.query_map([], |r| {
+                Ok(Pruned {
+                    origin: r.get(0)?,
+                    upto: r.get::<_, i64>(1)? as u64,
+                })
+            })?;
+            rows.collect::<rusqlite::Result<Vec<Pruned>>>()?
+        },
         fed_trust: all(
             conn,
             "SELECT body FROM fed_trust ORDER BY subject",
@@ -387,6 +403,10 @@ fn write_rows(tx: &rusqlite::Transaction, rows: &[Row], keep: Retention) -> rusq
         let mut fed_event = tx.prepare_cached(
             "INSERT OR IGNORE INTO fed_events (origin, seq, body) VALUES (?1, ?2, ?3)",
         )?;
+        let mut fed_drop =
+            tx.prepare_cached("DELETE FROM fed_events WHERE origin = ?1 AND seq <= ?2")?;
+        let mut fed_mark =
+            tx.prepare_cached("INSERT OR REPLACE INTO fed_pruned (origin, upto) VALUES (?1, ?2)")?;
         let mut fed_trust =
             tx.prepare_cached("INSERT OR REPLACE INTO fed_trust (subject, body) VALUES (?1, ?2)")?;
         let mut dep = tx.prepare_cached(
@@ -428,6 +448,10 @@ fn write_rows(tx: &rusqlite::Transaction, rows: &[Row], keep: Retention) -> rusq
                 }
                 Row::FedEvent(e) => {
                     fed_event.execute(params![e.origin, e.seq as i64, to_json(e)])?;
+                }
+                Row::FedPruned(p) => {
+                    fed_drop.execute(params![p.origin, p.upto as i64])?;
+                    fed_mark.execute(params![p.origin, p.upto as i64])?;
                 }
                 Row::FedTrust(t) => {
                     fed_trust.execute(params![t.subject, to_json(t)])?;
@@ -734,6 +758,7 @@ pub fn import(dir: &Path, text: &str, force: bool) -> Result<Snapshot, String> {
             && existing.sessions.is_empty()
             && existing.presence.is_empty()
             && existing.fed_events.is_empty()
+            && existing.fed_pruned.is_empty()
             && existing.fed_departures.is_empty()
             && existing.fed_arrivals.is_empty();
         if !empty && !force {
@@ -747,7 +772,7 @@ pub fn import(dir: &Path, text: &str, force: bool) -> Result<Snapshot, String> {
     let s = &doc.state;
     let tx = conn.transaction().map_err(sql_err("database", &path))?;
     let result = (|| {
-        tx.execute_batch("DELETE FROM rooms; DELETE FROM presence; DELETE FROM sessions; DELETE FROM events; DELETE FROM gateway_history; DELETE FROM fed_events; DELETE FROM fed_trust; DELETE FROM fed_departures; DELETE FROM fed_arrivals; DELETE FROM meta;")?;
+        tx.execute_batch("DELETE FROM rooms; DELETE FROM presence; DELETE FROM sessions; DELETE FROM events; DELETE FROM gateway_history; DELETE FROM fed_events; DELETE FROM fed_pruned; DELETE FROM fed_trust; DELETE FROM fed_departures; DELETE FROM fed_arrivals; DELETE FROM meta;")?;
         put_meta(&tx, &s.world)?;
         let mut rows: Vec<Row> = Vec::new();
         rows.extend(s.rooms.iter().cloned().map(Row::Room));
@@ -755,6 +780,7 @@ pub fn import(dir: &Path, text: &str, force: bool) -> Result<Snapshot, String> {
         rows.extend(s.sessions.iter().cloned().map(Row::Session));
         rows.extend(s.events.iter().cloned().map(Row::Event));
         rows.extend(s.gateway.iter().cloned().map(Row::Gateway));
+        rows.extend(s.fed_pruned.iter().cloned().map(Row::FedPruned));
         rows.extend(s.fed_events.iter().cloned().map(Row::FedEvent));
         rows.extend(s.fed_trust.iter().cloned().map(Row::FedTrust));
         rows.extend(s.fed_departures.iter().cloned().map(Row::FedDeparture));
@@ -952,6 +978,54 @@ mod tests {
         let back = import(&other, &text, false).unwrap();
         assert_eq!(back.fed_events, vec![ev]);
         assert_eq!(export(&other).unwrap().state.fed_trust, vec![trust]);
+    }
+
+    #[test]
+    fn pruned_federated_events_leave_the_file_and_the_mark_stays() {
+        use crate::federation::merge::tests::ev;
+        let dir = temp_dir("fed-pruned");
+        let (mut store, _) = Store::open(&dir, "mac", KEEP, no_wake()).unwrap();
+        let mut rows: Vec<Row> = (1..=10).map(|s| Row::FedEvent(ev("vps", s))).collect();
+        rows.extend((1..=4).map(|s| Row::FedEvent(ev("mac", s))));
+        rows.push(Row::FedPruned(Pruned {
+            origin: "vps".into(),
+            upto: 7,
+        }));
+        store.send(Batch { id: 1, rows });
+        // A later mark (a peer pruned further) moves on.
+        store.send(Batch {
+            id: 2,
+            rows: vec![Row::FedPruned(Pruned {
+                origin: "vps".into(),
+                upto: 8,
+            })],
+        });
+        wait_durable(&store, 2);
+        store.close();
+        drop(store);
+        let doc = export(&dir).unwrap();
+        let kept: Vec<(String, u64)> = doc
+            .state
+            .fed_events
+            .iter()
+            .map(|e| (e.origin.clone(), e.seq))
+            .collect();
+        let want: Vec<(String, u64)> = [("mac", 1), ("mac", 2), ("mac", 3), ("mac", 4)]
+            .into_iter()
+            .chain([("vps", 9), ("vps", 10)])
+            .map(|(o, s)| (o.to_string(), s))
+            .collect();
+        assert_eq!(kept, want);
+        let mark = vec![Pruned {
+            origin: "vps".into(),
+            upto: 8,
+        }];
+        assert_eq!(doc.state.fed_pruned, mark);
+        // The marks travel in exports.
+        let other = temp_dir("fed-pruned-import");
+        let back = import(&other, &serde_json::to_string(&doc).unwrap(), false).unwrap();
+        assert_eq!(back.fed_pruned, mark);
+        assert_eq!(back.fed_events.len(), 6);
     }
 
     #[test]

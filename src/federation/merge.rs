@@ -21,7 +21,17 @@
 //!   origin, and origins are the handful of worlds in the federation), never the rest.
 
 use super::wire::{Cursor, FedEvent};
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+
+/// `origin`'s events `1..=upto` are no longer kept here (a durable row: the store drops
+/// those events and remembers the mark).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Pruned {
+    pub origin: String,
+    pub upto: u64,
+}
 
 /// One origin's events.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -171,10 +181,11 @@ impl EventLog {
 
     /// Forget all but the last `keep` contiguous events of each origin (the mark stays:
     /// a pruned event still counts as held, so a second copy is a duplicate).
-    /// Returns how many events were dropped.
-    pub fn prune(&mut self, keep: usize) -> usize {
+    /// Returns the origins whose pruned mark moved.
+    pub fn prune(&mut self, keep: usize) -> Vec<Pruned> {
+        let mut moved = Vec::new();
         let mut dropped = 0;
-        for o in self.origins.values_mut() {
+        for (origin, o) in self.origins.iter_mut() {
             let upto = o.mark.saturating_sub(keep as u64);
             if upto <= o.pruned {
                 continue;
@@ -183,18 +194,28 @@ impl EventLog {
             dropped += o.events.len();
             o.events = kept;
             o.pruned = upto;
+            moved.push(Pruned {
+                origin: origin.clone(),
+                upto,
+            });
         }
         self.len -= dropped;
-        dropped
+        moved
     }
 
-    /// A peer no longer keeps `origin`'s events up to `upto`: count them as seen here
-    /// (held events beyond stay; the mark moves over the pruned part and any run after).
-    /// Nothing changes when we already hold them all: our copies stay ours to serve.
-    pub fn skip_to(&mut self, origin: &str, upto: u64) {
+    /// Up to which seq `origin`'s events are pruned here.
+    pub fn pruned(&self, origin: &str) -> u64 {
+        self.origins.get(origin).map_or(0, |o| o.pruned)
+    }
+
+    /// A peer no longer keeps `origin`'s events up to `upto` (or the store says we
+    /// pruned them): count them as seen here (held events beyond stay; the mark moves
+    /// over the pruned part and any run after). Nothing changes when we already hold
+    /// them all: our copies stay ours to serve. True when something changed.
+    pub fn skip_to(&mut self, origin: &str, upto: u64) -> bool {
         let o = self.origins.entry(origin.to_string()).or_default();
         if upto <= o.mark {
-            return;
+            return false;
         }
         let kept = o.events.split_off(&(upto + 1));
         self.len -= o.events.len();
@@ -202,6 +223,7 @@ impl EventLog {
         o.pruned = upto;
         o.mark = o.mark.max(upto);
         o.advance();
+        true
     }
 }
 
@@ -291,8 +313,17 @@ pub(crate) mod tests {
         for s in 1..=10 {
             log.insert(ev("mac", s));
         }
-        assert_eq!(log.prune(3), 7);
+        let moved = log.prune(3);
+        assert_eq!(
+            moved,
+            vec![Pruned {
+                origin: "mac".into(),
+                upto: 7
+            }]
+        );
         assert_eq!(log.len(), 3);
+        assert_eq!(log.pruned("mac"), 7);
+        assert!(log.prune(3).is_empty(), "nothing more to drop");
         assert_eq!(log.insert(ev("mac", 2)), Insert::Duplicate);
         let page = log.delta_since(&Cursor::default(), None, 100);
         assert_eq!(page.pruned.get("mac"), 7);

@@ -122,7 +122,7 @@ use crate::config::FederationConfig;
 use crate::time::rfc3339;
 use crate::world::check_name;
 use crate::world::room::{Event, RoomSpec};
-use merge::{EventLog, Insert};
+use merge::{EventLog, Insert, Pruned};
 use portal::{Draft, Relayed, Scope};
 use presence::{RemotePresence, Report};
 use std::collections::{BTreeMap, VecDeque};
@@ -167,6 +167,9 @@ impl Peer {
 pub enum FedRow {
     /// Keyed by `(origin, seq)`; writing it again is harmless.
     Event(FedEvent),
+    /// An origin's events up to a seq are no longer kept (pruned here, or by a peer that
+    /// had them first): the store drops them and keeps the mark.
+    Pruned(Pruned),
     /// Keyed by subject: the winner now held.
     Trust(TrustEntry),
     Departure(Departure),
@@ -185,14 +188,18 @@ pub struct Applied {
     pub refused: Vec<Refused>,
     /// Trust entries that now win here: to store.
     pub trust: Vec<TrustEntry>,
+    /// Origins whose old events the peer no longer keeps, skipped here: to store.
+    pub pruned: Vec<Pruned>,
     pub presence: Option<Report>,
 }
 
 impl Applied {
     /// The rows to store for this merge.
     pub fn rows(&self) -> Vec<FedRow> {
+        let skipped = self.pruned.iter().cloned().map(FedRow::Pruned);
         let events = self.accepted.iter().cloned().map(FedRow::Event);
-        events
+        skipped
+            .chain(events)
             .chain(self.trust.iter().cloned().map(FedRow::Trust))
             .collect()
     }
@@ -205,6 +212,8 @@ pub struct Federation {
     epoch_ms: u64,
     peers: Vec<Peer>,
     portal_rooms: Vec<String>,
+    /// Events kept per origin (`federation.events_keep`).
+    events_keep: usize,
     pub log: EventLog,
     pub trust: Trust,
     pub presence: RemotePresence,
@@ -255,6 +264,7 @@ impl Federation {
             epoch_ms,
             peers,
             portal_rooms: cfg.portal_rooms.clone(),
+            events_keep: cfg.events_keep.max(1),
             log: EventLog::new(),
             trust: Trust::new(),
             presence: RemotePresence::new(interval_ms),
@@ -299,16 +309,23 @@ impl Federation {
         self.last_seq
     }
 
-    /// Put back the stored state at start: events, trust winners, travel rows. Own
-    /// events set the seq to go on from. The caller then carries out
-    /// `departures.recover()` and `arrivals.recover()`.
+    /// Put back the stored state at start: pruned marks, events, trust winners, travel
+    /// rows. Own events (and an own pruned mark) set the seq to go on from. The caller
+    /// then carries out `departures.recover()` and `arrivals.recover()`.
     pub fn restore(
         &mut self,
+        pruned: Vec<Pruned>,
         events: Vec<FedEvent>,
         trust: Vec<TrustEntry>,
         departures: Vec<Departure>,
         arrivals: Vec<Arrival>,
     ) {
+        for p in pruned {
+            if p.origin == self.world {
+                self.last_seq = self.last_seq.max(p.upto);
+            }
+            self.log.skip_to(&p.origin, p.upto);
+        }
         for ev in events {
             if ev.origin == self.world {
                 self.last_seq = self.last_seq.max(ev.seq);
@@ -334,6 +351,12 @@ impl Federation {
         }
         self.unstored.push_back(ev.clone());
         ev
+    }
+
+    /// Drop all but the last `federation.events_keep` events of each origin; the marks
+    /// that moved are to be stored ([`FedRow::Pruned`]).
+    pub fn prune(&mut self) -> Vec<Pruned> {
+        self.log.prune(self.events_keep)
     }
 
     /// Own events up to `seq` are durable: serve them from now on.
@@ -452,8 +475,11 @@ impl Federation {
         };
         self.peer_have.insert(from.to_string(), delta.have.clone());
         for (origin, upto) in &delta.pruned.0 {
-            if origin != &self.world {
-                self.log.skip_to(origin, *upto);
+            if origin != &self.world && self.log.skip_to(origin, *upto) {
+                applied.pruned.push(Pruned {
+                    origin: origin.clone(),
+                    upto: *upto,
+                });
             }
         }
         for ev in &delta.events {

@@ -62,6 +62,20 @@ fn doc(from: &str, events: Vec<FedEvent>) -> Delta {
     }
 }
 
+/// A say in `f`'s portal room "Gate", federated and made durable (so it is served).
+fn stored_say(f: &mut Federation, text: &str) -> FedEvent {
+    let world = f.world().to_string();
+    let ev = f
+        .local_event(
+            &local(EventKind::Say, &world, "Gate", text),
+            true,
+            Scope::World,
+        )
+        .expect("federates");
+    f.stored(ev.seq);
+    ev
+}
+
 fn local(kind: EventKind, world: &str, room: &str, text: &str) -> Event {
     Event {
         kind,
@@ -220,14 +234,7 @@ fn a_push_sends_only_what_the_peer_lacks() {
     let mut mac = fed("mac");
     let mut vps = fed("vps");
     for i in 0..3 {
-        let e = mac
-            .local_event(
-                &local(EventKind::Say, "mac", "Gate", &format!("m{i}")),
-                true,
-                Scope::World,
-            )
-            .expect("federates");
-        mac.stored(e.seq);
+        stored_say(&mut mac, &format!("m{i}"));
     }
     let first = mac.push_body("vps", 100, presence(&mac, 1, &[]));
     assert!(
@@ -323,7 +330,13 @@ fn restore_goes_on_from_the_stored_seq() {
         .expect("federates");
     let t = mac.set_trust("vps", 0.5, 10).expect("sets");
     let mut again = fed("mac");
-    again.restore(vec![a, b, t.clone()], mac.trust.entries(), vec![], vec![]);
+    again.restore(
+        vec![],
+        vec![a, b, t.clone()],
+        mac.trust.entries(),
+        vec![],
+        vec![],
+    );
     assert_eq!(again.last_seq(), 3);
     assert_eq!(again.trust.get("vps").map(|e| e.seq), Some(t.seq));
     let c = again
@@ -334,6 +347,63 @@ fn restore_goes_on_from_the_stored_seq() {
         )
         .expect("federates");
     assert_eq!(c.seq, 4);
+}
+
+#[test]
+fn pruning_keeps_events_keep_per_origin_tells_peers_and_survives_a_restore() {
+    let cfg = |world: &str| FederationConfig {
+        sync_interval_s: 5,
+        events_keep: 3,
+        portal_rooms: vec!["Gate".into()],
+        peers: vec![PeerConfig {
+            world: if world == "mac" { "vps" } else { "mac" }.into(),
+            url: "http://x".into(),
+            token: "t".into(),
+        }],
+        ..FederationConfig::default()
+    };
+    let mut mac = Federation::new("mac", &cfg("mac"), 1).unwrap();
+    let mut stored = Vec::new();
+    for i in 0..10 {
+        stored.push(stored_say(&mut mac, &format!("m{i}")));
+    }
+    let moved = mac.prune();
+    let mark = Pruned {
+        origin: "mac".into(),
+        upto: 7,
+    };
+    assert_eq!(moved, vec![mark.clone()]);
+    assert!(mac.prune().is_empty(), "nothing more until more arrive");
+    assert_eq!(mac.log.len(), 3);
+
+    // A peer that never saw any: told 1..=7 are gone, given 8..=10.
+    let snap = mac.delta(Some("vps"), None, 100, presence(&mac, 1, &[]));
+    assert_eq!(snap.pruned.get("mac"), 7);
+    let seqs: Vec<u64> = snap.events.iter().map(|e| e.seq).collect();
+    assert_eq!(seqs, vec![8, 9, 10]);
+    let mut vps = Federation::new("vps", &cfg("vps"), 1).unwrap();
+    let applied = vps.apply("mac", &snap, 5).unwrap();
+    assert_eq!(applied.pruned, vec![mark.clone()]);
+    assert_eq!(applied.rows()[0], FedRow::Pruned(mark.clone()));
+    assert_eq!(vps.log.mark("mac"), 10);
+    // The same document again: nothing new to store.
+    let again = vps.apply("mac", &snap, 6).unwrap();
+    assert!(again.rows().is_empty(), "{:?}", again.rows());
+
+    // Restored from what the store kept (the mark and the kept events): the same log,
+    // and the next own event is 11.
+    let mut back = Federation::new("mac", &cfg("mac"), 2).unwrap();
+    back.restore(vec![mark], stored[7..].to_vec(), vec![], vec![], vec![]);
+    assert_eq!(back.log.have(), mac.log.have());
+    assert_eq!(back.log.len(), 3);
+    let next = back
+        .local_event(
+            &local(EventKind::Say, "mac", "Gate", "later"),
+            true,
+            Scope::World,
+        )
+        .unwrap();
+    assert_eq!(next.seq, 11);
 }
 
 #[test]

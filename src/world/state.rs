@@ -59,6 +59,9 @@ pub struct Snapshot {
     /// trust winners (kept by the store; the world itself has neither).
     #[serde(default)]
     pub fed_events: Vec<crate::federation::wire::FedEvent>,
+    /// Per origin, up to which seq federated events were pruned (`federation.events_keep`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fed_pruned: Vec<crate::federation::merge::Pruned>,
     #[serde(default)]
     pub fed_trust: Vec<crate::federation::wire::TrustEntry>,
     /// Unsettled travels: leaving this world (origin side) and into it (destination
@@ -133,6 +136,7 @@ impl World {
             gateway_seq: 0,
             gateway: Vec::new(),
             fed_events: Vec::new(),
+            fed_pruned: Vec::new(),
             fed_trust: Vec::new(),
             fed_departures: Vec::new(),
             fed_arrivals: Vec::new(),
