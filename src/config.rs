@@ -170,6 +170,9 @@ pub struct FederationConfig {
     /// Federated events kept per origin world; older ones are pruned (a peer that lacks
     /// them is told so and counts them as seen), so memory and the data file stay bounded.
     pub events_keep: usize,
+    /// Most bytes of events in one state document (a pull answer or a push): under
+    /// the peers' `http.body_max_bytes`, or their bridges refuse our pushes with 413.
+    pub page_max_bytes: usize,
     pub portal_rooms: Vec<String>,
     pub peers: Vec<PeerConfig>,
 }
@@ -326,6 +329,7 @@ impl Default for FederationConfig {
             timeout_ms: 2000,
             pages_max: 20,
             events_keep: 10_000,
+            page_max_bytes: 512 * 1024,
             portal_rooms: Vec::new(),
             peers: Vec::new(),
         }
@@ -458,7 +462,7 @@ impl Config {
         check_backend(&self.agent.backend)
             .map_err(|why| format!("config: `agent.backend`: {why}"))?;
 
-        let at_least: [(&str, u64, u64); 28] = [
+        let at_least: [(&str, u64, u64); 29] = [
             (
                 "federation.sync_interval_s",
                 self.federation.sync_interval_s,
@@ -470,6 +474,11 @@ impl Config {
                 "federation.events_keep",
                 self.federation.events_keep as u64,
                 1,
+            ),
+            (
+                "federation.page_max_bytes",
+                self.federation.page_max_bytes as u64,
+                4096,
             ),
             ("rooms.events_max", self.rooms.events_max as u64, 1),
             ("rooms.max", self.rooms.max as u64, 1),
@@ -540,6 +549,13 @@ impl Config {
             }
         }
 
+        if self.federation.page_max_bytes > self.http.body_max_bytes {
+            return Err(format!(
+                "config: `federation.page_max_bytes` ({}) must be at most `http.body_max_bytes` \
+                 ({}): a peer with the same limits would refuse our pushes",
+                self.federation.page_max_bytes, self.http.body_max_bytes
+            ));
+        }
         if self.http.listen.is_empty() {
             return Err(
                 "config: `http.listen` must list at least one address (the HTTP API is always served)"
@@ -851,6 +867,7 @@ sync_interval_s = 5
 timeout_ms = 2000
 pages_max = 20
 events_keep = 10000
+page_max_bytes = 524288
 portal_rooms = []
 [[federation.peers]]
 world = "vps"

@@ -368,3 +368,38 @@ fn old_federated_events_are_pruned_and_a_late_peer_is_told_so_across_a_restart()
     assert_eq!(texts, kept, "only kept events, each once");
     drop(a);
 }
+
+#[test]
+fn documents_stay_under_the_peer_body_limit_so_big_events_still_cross() {
+    let (pa, pb) = (free_port(), free_port());
+    let (da, db) = (scratch_dir("bytes-a"), scratch_dir("bytes-b"));
+    let mut a_cfg = config("a", pa, &da, vec![peer("b", pb, "ab-secret")]);
+    a_cfg.federation.page_max_bytes = 32 * 1024;
+    // B cannot reach A (a port nobody listens on): what it gets, A pushed.
+    let mut b_cfg = config("b", pb, &db, vec![peer("a", free_port(), "ab-secret")]);
+    b_cfg.http.body_max_bytes = 64 * 1024;
+    b_cfg.federation.page_max_bytes = 32 * 1024;
+    b_cfg.rooms.events_max = 200;
+    let a = start_with(a_cfg);
+    let b = start_with(b_cfg);
+    eventually(WAIT, "A has pushed to B once", || {
+        peer_health(&a, "b")["last_sync"].is_string()
+    });
+    // 60 says of 3,000 bytes: 180 KB, nearly three times what B takes in one body.
+    let text = "x".repeat(3000);
+    for i in 0..60 {
+        let r = post(
+            a.http,
+            "/bridge/say",
+            &json!({"user_id": "alice", "username": "Alice", "room": "The Bridge", "message": format!("{i} {text}")}),
+        );
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    eventually(WAIT, "B has all 60", || {
+        from_origin(&b, "The Bridge", "a", "message").len() == 60
+    });
+    // A's pushes to B were never refused for their size.
+    let h = peer_health(&a, "b");
+    assert!(h["last_error"].is_null(), "{h}");
+    drop(b);
+}

@@ -139,7 +139,21 @@ impl EventLog {
     /// never one whose origin is `asker` (an event is never sent back where it was born).
     /// Reads one range per origin and then only the events returned.
     pub fn delta_since(&self, cursor: &Cursor, asker: Option<&str>, limit: usize) -> Page {
+        self.delta_within(cursor, asker, limit, usize::MAX)
+    }
+
+    /// [`EventLog::delta_since`], and the page's events also stop before their JSON
+    /// passes `max_bytes` (a page has at least one event, so paging always moves on): a
+    /// document stays under the receiving bridge's body limit.
+    pub fn delta_within(
+        &self,
+        cursor: &Cursor,
+        asker: Option<&str>,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Page {
         let limit = limit.max(1);
+        let mut bytes = 0usize;
         let mut events = Vec::new();
         let mut next = cursor.clone();
         let mut pruned = Cursor::default();
@@ -166,6 +180,15 @@ impl EventLog {
                 if events.len() >= limit {
                     more = true;
                     break;
+                }
+                if max_bytes != usize::MAX {
+                    // The event as it goes on the wire, and its comma.
+                    let size = serde_json::to_vec(ev).map_or(0, |v| v.len()) + 1;
+                    if !events.is_empty() && bytes + size > max_bytes {
+                        more = true;
+                        break;
+                    }
+                    bytes += size;
                 }
                 events.push(ev.clone());
                 next.set(origin, *seq);

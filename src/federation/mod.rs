@@ -40,7 +40,8 @@
 //!
 //! `GET /bridge/state` (no cursor) is a snapshot: presence, the first page of events,
 //! the whole trust map. With `?since=` it is a delta: presence and the events after the
-//! cursor. At most 500 events per document; `more: true` means ask again with `next`.
+//! cursor. At most 500 events (and `page_max_bytes` of them) per document; `more: true`
+//! means ask again with `next`.
 //!
 //! ```json
 //! {
@@ -214,6 +215,8 @@ pub struct Federation {
     portal_rooms: Vec<String>,
     /// Events kept per origin (`federation.events_keep`).
     events_keep: usize,
+    /// Most bytes of events per document (`federation.page_max_bytes`).
+    page_max_bytes: usize,
     pub log: EventLog,
     pub trust: Trust,
     pub presence: RemotePresence,
@@ -265,6 +268,7 @@ impl Federation {
             peers,
             portal_rooms: cfg.portal_rooms.clone(),
             events_keep: cfg.events_keep.max(1),
+            page_max_bytes: cfg.page_max_bytes.max(1),
             log: EventLog::new(),
             trust: Trust::new(),
             presence: RemotePresence::new(interval_ms),
@@ -416,7 +420,9 @@ impl Federation {
         presence: WorldPresence,
     ) -> Delta {
         let from = since.cloned().unwrap_or_default();
-        let page = self.log.delta_since(&from, asker, limit.clamp(1, PAGE_MAX));
+        let page =
+            self.log
+                .delta_within(&from, asker, limit.clamp(1, PAGE_MAX), self.page_max_bytes);
         Delta {
             protocol: PROTOCOL,
             world: self.world.clone(),

@@ -765,6 +765,7 @@ proptest! {
         asker in proptest::option::of(0..ORIGINS.len()),
         keep in proptest::option::of(0usize..8),
         limit in 1usize..8,
+        max_bytes in proptest::option::of(1usize..600),
     ) {
         let mut log = merge::EventLog::new();
         for (o, s) in &held {
@@ -789,8 +790,12 @@ proptest! {
         let mut at = cursor;
         for round in 0.. {
             prop_assert!(round <= held.len() + 3, "paging does not end");
-            let page = log.delta_since(&at, asker, limit);
+            let page = log.delta_within(&at, asker, limit, max_bytes.unwrap_or(usize::MAX));
             prop_assert!(page.events.len() <= limit);
+            if let Some(max) = max_bytes {
+                let size: usize = page.events.iter().map(|e| serde_json::to_vec(e).unwrap().len() + 1).sum();
+                prop_assert!(page.events.len() <= 1 || size <= max, "{} bytes in a page of {} events", size, page.events.len());
+            }
             got.extend(page.events.iter().map(|e| (e.origin.clone(), e.seq)));
             at = page.next;
             if !page.more {
