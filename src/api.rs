@@ -267,6 +267,7 @@ fn dispatch(
             let mut text = app.metrics.render(&app.gauges());
             app.links.render_metrics(&mut text);
             app.render_ws_metrics(&mut text);
+            app.render_fed_metrics(now, &mut text);
             if let Some(s) = &app.store {
                 s.render_metrics(app.held.len(), &mut text);
             }

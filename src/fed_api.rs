@@ -50,9 +50,10 @@ pub struct Peering {
     snapshots: BTreeSet<String>,
     interval: Duration,
     last_round: Option<Instant>,
+    counts: FedCounts,
 }
 
-/// What `/bridge/health` says about one peer.
+/// What `/bridge/health` and `/metrics` say about one peer.
 #[derive(Debug, Clone, Default)]
 struct PeerHealth {
     busy: bool,
@@ -60,6 +61,28 @@ struct PeerHealth {
     last_error: Option<String>,
     /// What the peer last said it holds.
     have: Cursor,
+    /// Sync rounds finished without an error, and with one.
+    rounds_ok: u64,
+    rounds_failed: u64,
+}
+
+/// Federated events by how they came (for `/metrics`).
+#[derive(Debug, Clone, Copy, Default)]
+struct FedCounts {
+    own: u64,
+    accepted: u64,
+    duplicates: u64,
+    refused: u64,
+}
+
+/// How many events the peer said it holds (of worlds other than this one) that this
+/// world does not have yet.
+fn lag(core: &Federation, have: &Cursor) -> u64 {
+    have.0
+        .iter()
+        .filter(|(o, _)| o.as_str() != core.world())
+        .map(|(o, n)| n.saturating_sub(core.log.mark(o)))
+        .sum()
 }
 
 impl Peering {
@@ -96,6 +119,7 @@ impl Peering {
             snapshots: BTreeSet::new(),
             interval: Duration::from_secs(cfg.sync_interval_s.max(1)),
             last_round: None,
+            counts: FedCounts::default(),
         }))
     }
 
@@ -173,6 +197,7 @@ impl App {
             };
             if let Some(fe) = f.core.local_event(ev, in_portal, scope) {
                 log::debug!("federation: {} {}/{} out", ev.room, fe.origin, fe.seq);
+                f.counts.own += 1;
                 let seq = fe.seq;
                 if self.store.is_some() {
                     f.rows.push(Row::FedEvent(fe));
@@ -199,6 +224,7 @@ impl App {
             ));
         };
         let ev = f.core.set_trust(subject, score, now_ms)?;
+        f.counts.own += 1;
         let entry = Trust::entry_of(&ev)?;
         let seq = ev.seq;
         if durable {
@@ -240,6 +266,9 @@ impl App {
             return Err(WireError::Document("federation is not configured".into()));
         };
         let applied = f.core.apply(from, doc, now_ms)?;
+        f.counts.accepted += applied.accepted.len() as u64;
+        f.counts.duplicates += applied.duplicates;
+        f.counts.refused += applied.refused.len() as u64;
         if durable {
             f.rows
                 .extend(applied.rows().into_iter().filter_map(|r| match r {
@@ -351,11 +380,13 @@ impl App {
         };
         h.busy = false;
         if errors.is_empty() {
+            h.rounds_ok += 1;
             if h.last_error.take().is_some() {
                 log::info!("federation: peer {} syncs again", o.peer);
             }
             h.last_sync_ms = Some(now_ms);
         } else {
+            h.rounds_failed += 1;
             let text = errors.join("; ");
             if h.last_error.as_deref() != Some(text.as_str()) {
                 log::warn!("federation: sync with peer {} failed: {text}", o.peer);
@@ -380,13 +411,7 @@ impl App {
                     PeerStatus::Online => "online",
                     PeerStatus::Offline | PeerStatus::Unknown => "offline",
                 };
-                let lag: u64 = h
-                    .have
-                    .0
-                    .iter()
-                    .filter(|(o, _)| o.as_str() != f.core.world())
-                    .map(|(o, n)| n.saturating_sub(f.core.log.mark(o)))
-                    .sum();
+                let lag = lag(&f.core, &h.have);
                 json!({
                     "world": p.world,
                     "url": p.url,
@@ -398,6 +423,72 @@ impl App {
                 })
             })
             .collect()
+    }
+
+    /// Prometheus lines for federation (nothing without peers).
+    pub fn render_fed_metrics(&self, now_ms: u64, o: &mut String) {
+        use std::fmt::Write;
+        let Some(f) = &self.fed else {
+            return;
+        };
+        let mut up = String::new();
+        let mut lags = String::new();
+        let mut synced = String::new();
+        let mut rounds = String::new();
+        for p in f.core.peers() {
+            let h = f.peers.get(&p.world).cloned().unwrap_or_default();
+            let online = f.core.presence.status(&p.world, now_ms) == PeerStatus::Online;
+            let peer = &p.world;
+            let _ = writeln!(
+                up,
+                "worldbridge_federation_peer_up{{peer=\"{peer}\"}} {}",
+                u8::from(online)
+            );
+            let _ = writeln!(
+                lags,
+                "worldbridge_federation_peer_lag_events{{peer=\"{peer}\"}} {}",
+                lag(&f.core, &h.have)
+            );
+            if let Some(ms) = h.last_sync_ms {
+                let _ = writeln!(
+                    synced,
+                    "worldbridge_federation_peer_last_sync_timestamp_seconds{{peer=\"{peer}\"}} {:.3}",
+                    ms as f64 / 1000.0
+                );
+            }
+            let _ = writeln!(
+                rounds,
+                "worldbridge_federation_sync_rounds_total{{peer=\"{peer}\",outcome=\"ok\"}} {}\n\
+                 worldbridge_federation_sync_rounds_total{{peer=\"{peer}\",outcome=\"error\"}} {}",
+                h.rounds_ok, h.rounds_failed
+            );
+        }
+        let c = f.counts;
+        let _ = write!(
+            o,
+            "# HELP worldbridge_federation_peer_up Whether the peer was heard within 3 sync intervals.\n\
+             # TYPE worldbridge_federation_peer_up gauge\n{up}\
+             # HELP worldbridge_federation_peer_lag_events Events the peer holds that this world has not got yet.\n\
+             # TYPE worldbridge_federation_peer_lag_events gauge\n{lags}\
+             # HELP worldbridge_federation_peer_last_sync_timestamp_seconds When a sync round with the peer last succeeded.\n\
+             # TYPE worldbridge_federation_peer_last_sync_timestamp_seconds gauge\n{synced}\
+             # HELP worldbridge_federation_sync_rounds_total Sync rounds with each peer, by outcome.\n\
+             # TYPE worldbridge_federation_sync_rounds_total counter\n{rounds}\
+             # HELP worldbridge_federation_events_held Federated events held here (after pruning).\n\
+             # TYPE worldbridge_federation_events_held gauge\n\
+             worldbridge_federation_events_held {}\n\
+             # HELP worldbridge_federation_events_total Federated events: raised here, accepted from peers, duplicates, refused.\n\
+             # TYPE worldbridge_federation_events_total counter\n\
+             worldbridge_federation_events_total{{how=\"own\"}} {}\n\
+             worldbridge_federation_events_total{{how=\"accepted\"}} {}\n\
+             worldbridge_federation_events_total{{how=\"duplicate\"}} {}\n\
+             worldbridge_federation_events_total{{how=\"refused\"}} {}\n",
+            f.core.log.len(),
+            c.own,
+            c.accepted,
+            c.duplicates,
+            c.refused,
+        );
     }
 
     /// The peer a federation request comes from, by its token; 401 (and a warning)

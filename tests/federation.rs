@@ -401,5 +401,33 @@ fn documents_stay_under_the_peer_body_limit_so_big_events_still_cross() {
     // A's pushes to B were never refused for their size.
     let h = peer_health(&a, "b");
     assert!(h["last_error"].is_null(), "{h}");
-    drop(b);
+    // And the metrics say so.
+    let metrics = |t: &TestBridge| get_text(t, "/metrics");
+    let ma = metrics(&a);
+    for line in [
+        "worldbridge_federation_peer_up{peer=\"b\"} 1",
+        "worldbridge_federation_events_total{how=\"own\"} 60",
+        "worldbridge_federation_sync_rounds_total{peer=\"b\",outcome=\"error\"} 0",
+        "worldbridge_federation_events_held 60",
+    ] {
+        assert!(ma.lines().any(|l| l == line), "A lacks {line:?}:\n{ma}");
+    }
+    let mb = metrics(&b);
+    for line in [
+        "worldbridge_federation_events_total{how=\"accepted\"} 60",
+        "worldbridge_federation_peer_lag_events{peer=\"a\"} 0",
+    ] {
+        assert!(mb.lines().any(|l| l == line), "B lacks {line:?}:\n{mb}");
+    }
+    // B never reached A: its own rounds with A failed.
+    assert!(mb.contains("worldbridge_federation_sync_rounds_total{peer=\"a\",outcome=\"error\"}"));
+    assert!(
+        !mb.contains("worldbridge_federation_sync_rounds_total{peer=\"a\",outcome=\"error\"} 0")
+    );
+}
+
+fn get_text(b: &TestBridge, path: &str) -> String {
+    let mut c = Client::connect(b.http);
+    c.send_raw(&request_bytes("GET", path, None, &[]));
+    c.read_response(false).expect("an answer").text()
 }
