@@ -1175,6 +1175,18 @@ fn evennia_players_talk_to_the_agent_and_share_rooms_through_the_bridge() {
             .any(|e| e["message"] == "anyone?"),
         "an away character's say reached the bridge"
     );
+    // A say in vps's portal reaches this game's gateway room, by its remote name.
+    let m = admin.mark();
+    let r = api(
+        vps.http,
+        "POST",
+        "/bridge/say",
+        Some(
+            &json!({"user_id": "bob", "username": "Bob", "room": "The Bridge", "message": "hello, gate"}),
+        ),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    admin.expect(m, "Bob@vps says, \"hello, gate\"", Duration::from_secs(15));
     vps.stop().expect("vps stops cleanly");
     stamp(t0, "travel exit took Alice to vps");
 
