@@ -379,7 +379,8 @@ fn to_json(v: &impl Serialize) -> String {
 /// Write rows in the open transaction; events past `keep.events_max` per room and
 /// gateway frames past `keep.gateway_max` are pruned.
 fn write_rows(tx: &rusqlite::Transaction, rows: &[Row], keep: Retention) -> rusqlite::Result<()> {
-    let mut gateway_rows = false;
+    // The highest gateway frame written: `gateway_seq` is set once per transaction.
+    let mut gateway_seq: Option<u64> = None;
     let mut rooms_with_events = std::collections::BTreeSet::new();
     {
         let mut room =
@@ -443,8 +444,7 @@ fn write_rows(tx: &rusqlite::Transaction, rows: &[Row], keep: Retention) -> rusq
                 }
                 Row::Gateway(f) => {
                     gw.execute(params![f.seq as i64, to_json(f)])?;
-                    gw_seq.execute(params![f.seq.to_string()])?;
-                    gateway_rows = true;
+                    gateway_seq = gateway_seq.max(Some(f.seq));
                 }
                 Row::FedEvent(e) => {
                     fed_event.execute(params![e.origin, e.seq as i64, to_json(e)])?;
@@ -470,8 +470,11 @@ fn write_rows(tx: &rusqlite::Transaction, rows: &[Row], keep: Retention) -> rusq
                 }
             }
         }
+        if let Some(seq) = gateway_seq {
+            gw_seq.execute(params![seq.to_string()])?;
+        }
     }
-    if gateway_rows {
+    if gateway_seq.is_some() {
         tx.execute(
             "DELETE FROM gateway_history WHERE seq <= (SELECT MAX(seq) FROM gateway_history) - ?1",
             params![keep.gateway_max as i64],
