@@ -1187,8 +1187,47 @@ fn evennia_players_talk_to_the_agent_and_share_rooms_through_the_bridge() {
     );
     assert_eq!(r.status, 200, "{}", r.text());
     admin.expect(m, "Bob@vps says, \"hello, gate\"", Duration::from_secs(15));
-    vps.stop().expect("vps stops cleanly");
     stamp(t0, "travel exit took Alice to vps");
+
+    // vps sends Alice home: the game brings her character into the gateway room and
+    // reports her again.
+    let (alice_uid, _) = players(vps.http, "The Bridge")
+        .into_iter()
+        .find(|(_, name)| name == "Alice")
+        .expect("Alice in vps");
+    let m = alice.mark();
+    let r = api(
+        vps.http,
+        "POST",
+        "/bridge/travel",
+        Some(&json!({"user_id": alice_uid, "to_world": "bridge-test"})),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    alice.expect(
+        m,
+        "You step back through the gateway from vps into The Gate.",
+        Duration::from_secs(15),
+    );
+    wait_players(http, "The Gate", &["Alice", ADMIN], Duration::from_secs(10));
+    assert!(
+        !names(&players(vps.http, "The Bridge")).contains(&"Alice".to_string()),
+        "Alice is still in vps"
+    );
+    let m = alice.mark();
+    alice.send("look");
+    let seen = alice.expect(m, "Exits:", Duration::from_secs(5));
+    assert!(
+        seen.contains("The Gate"),
+        "Alice is not at the gate: {seen}"
+    );
+    alice.send("say home again");
+    common::eventually(Duration::from_secs(5), "her say reported again", || {
+        events(http, "The Gate")
+            .iter()
+            .any(|e| e["type"] == "say" && e["message"] == "home again")
+    });
+    vps.stop().expect("vps stops cleanly");
+    stamp(t0, "vps sent Alice home");
 
     let log = game.server_log();
     assert!(

@@ -91,6 +91,10 @@ class LinesTest(unittest.TestCase):
                                              "x", esc),
                          "You arrive in B||r, in vps.")
         self.assertEqual(travel.refused_line("a|b", esc), "The gateway stays closed: a||b.")
+        self.assertEqual(travel.returned_line("v|ps", "The G|ate", esc),
+                         "You step back through the gateway from v||ps into The G||ate.")
+        self.assertEqual(travel.returned_line("vps", None),
+                         "You step back through the gateway from vps.")
 
 
 if __name__ == "__main__":

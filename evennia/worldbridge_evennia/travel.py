@@ -58,3 +58,9 @@ def arrived_line(answer, to_world, escape=lambda s: s):
 
 def refused_line(sentence, escape=lambda s: s):
     return f"The gateway stays closed: {escape(sentence)}."
+
+
+def returned_line(from_world, room, escape=lambda s: s):
+    """What a traveller sees when the bridge brings them back into this game."""
+    where = f" into {escape(room)}" if room else ""
+    return f"You step back through the gateway from {escape(from_world)}{where}."

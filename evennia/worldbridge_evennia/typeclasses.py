@@ -106,7 +106,10 @@ class TravelExit(DefaultExit):
     the bridge is the authority that they are in the other world now, so this game
     reports nothing more about them) and moved quietly to the exit's destination, a
     holding room the owner makes ("Beyond the Gateway"). On refusal they see the
-    bridge's sentence and stay. Without `destination_world` it is an ordinary exit.
+    bridge's sentence and stay. When the other world sends them home, the link moves
+    them into the bridge's gateway room here and clears the mark
+    (`world.EvenniaWorld`).
+    Without `destination_world` it is an ordinary exit.
     """
 
     def at_traverse(self, traversing_object, target_location, **kwargs):

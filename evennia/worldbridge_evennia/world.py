@@ -6,7 +6,9 @@ exits, objects) of each room a character enters. The typeclass mixin
 (`typeclasses.py`) calls the `on_*` functions from Evennia's hooks.
 
 Bridge → game: `speak`, `say`, `presence` and `event` are shown in the named room(s),
-found by key like the bridge names them; `act` and `observe` are answered.
+found by key like the bridge names them; `act` and `observe` are answered. A `presence`
+enter about one of our own characters that travelled away is its return: it is moved into
+that room and reported again.
 
 Everything here runs in the reactor thread (hooks, commands and the link all do), so it
 may touch Evennia objects directly.
@@ -218,7 +220,36 @@ class EvenniaWorld:
 
         return bool(evennia.search_object(f"#{dbid}"))
 
+    def _welcome_back(self, msg):
+        """A traveller of this game came back: the bridge placed them in one of its
+        gateway rooms here (a `presence` enter about a character of ours that is marked
+        away). Move them into that room while still away (so nothing is reported: the
+        bridge has them there already), then clear the mark: from now on the game
+        reports them again. True when it was such a return."""
+        if msg.get("type") != "presence" or msg.get("event") != "enter":
+            return False
+        dbid = _own_dbid(msg.get("user_id"), self.conf.world)
+        if dbid is None:
+            return False
+        import evennia
+
+        from . import travel
+
+        returning = [o for o in evennia.search_object(f"#{dbid}") if away(o)]
+        if not returning:
+            return False
+        rooms = find_rooms(msg.get("room"))
+        for character in returning:
+            from_world = away(character)
+            if rooms and character.location != rooms[0]:
+                character.move_to(rooms[0], quiet=True, move_type="teleport")
+            character.attributes.remove("worldbridge_away")
+            character.msg(travel.returned_line(from_world, rooms[0].key if rooms else None, raw))
+        return True
+
     def deliver(self, msg):
+        if self._welcome_back(msg):
+            return
         text = wire.render(msg, self.conf.agent_name, raw)
         if text is None:
             return
