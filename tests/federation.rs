@@ -4,43 +4,14 @@
 mod common;
 
 use common::{
-    eventually, free_port, get, post, request_bytes, scratch_dir, start_with, test_config, Client,
-    LineClient, Resp, TestBridge,
+    call, eventually, fed_config as config, fed_peer as peer, free_port, get, post, request_bytes,
+    scratch_dir, start_with, test_config, Client, LineClient, Resp, TestBridge,
 };
 use serde_json::{json, Value};
 use std::net::{SocketAddr, TcpListener};
-use std::path::Path;
 use std::time::Duration;
-use worldbridge::config::{Config, PeerConfig};
 
 const WAIT: Duration = Duration::from_secs(15);
-
-fn url(port: u16) -> String {
-    format!("http://127.0.0.1:{port}")
-}
-
-fn peer(world: &str, port: u16, token: &str) -> PeerConfig {
-    PeerConfig {
-        world: world.into(),
-        url: url(port),
-        token: token.into(),
-    }
-}
-
-/// A durable bridge on a fixed port, syncing every second, "The Bridge" its portal.
-fn config(world: &str, port: u16, dir: &Path, peers: Vec<PeerConfig>) -> Config {
-    let mut cfg = test_config();
-    cfg.world = world.into();
-    cfg.http.listen = vec![format!("127.0.0.1:{port}").parse().unwrap()];
-    cfg.line.listen = vec!["127.0.0.1:0".parse().unwrap()];
-    cfg.store.memory = false;
-    cfg.store.data_dir = dir.display().to_string();
-    cfg.federation.sync_interval_s = 1;
-    cfg.federation.timeout_ms = 1000;
-    cfg.federation.portal_rooms = vec!["The Bridge".into()];
-    cfg.federation.peers = peers;
-    cfg
-}
 
 /// A request with the pair's token.
 fn as_peer(addr: SocketAddr, method: &str, path: &str, token: Option<&str>) -> Resp {
@@ -402,7 +373,7 @@ fn documents_stay_under_the_peer_body_limit_so_big_events_still_cross() {
     let h = peer_health(&a, "b");
     assert!(h["last_error"].is_null(), "{h}");
     // And the metrics say so.
-    let metrics = |t: &TestBridge| get_text(t, "/metrics");
+    let metrics = |t: &TestBridge| call(t.http, "GET", "/metrics", None).text();
     let ma = metrics(&a);
     for line in [
         "worldbridge_federation_peer_up{peer=\"b\"} 1",
@@ -424,10 +395,4 @@ fn documents_stay_under_the_peer_body_limit_so_big_events_still_cross() {
     assert!(
         !mb.contains("worldbridge_federation_sync_rounds_total{peer=\"a\",outcome=\"error\"} 0")
     );
-}
-
-fn get_text(b: &TestBridge, path: &str) -> String {
-    let mut c = Client::connect(b.http);
-    c.send_raw(&request_bytes("GET", path, None, &[]));
-    c.read_response(false).expect("an answer").text()
 }

@@ -5,40 +5,16 @@
 mod common;
 
 use common::{
-    bin, call, eventually, free_port, get, post, request_bytes, scratch_dir, spawn, start_with,
-    temp_file, test_config, Client, LineClient,
+    bin, call, eventually, fed_config as config, fed_peer as peer, free_port, get, post,
+    request_bytes, scratch_dir, spawn, start_with, temp_file, Client, LineClient,
 };
 use serde_json::{json, Value};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Child;
 use std::time::Duration;
-use worldbridge::config::{Config, PeerConfig};
 
 const WAIT: Duration = Duration::from_secs(20);
-
-fn peer(world: &str, port: u16, token: &str) -> PeerConfig {
-    PeerConfig {
-        world: world.into(),
-        url: format!("http://127.0.0.1:{port}"),
-        token: token.into(),
-    }
-}
-
-/// A durable bridge on a fixed port, syncing every second, "The Bridge" its portal.
-fn config(world: &str, port: u16, dir: &Path, peers: Vec<PeerConfig>) -> Config {
-    let mut cfg = test_config();
-    cfg.world = world.into();
-    cfg.http.listen = vec![format!("127.0.0.1:{port}").parse().unwrap()];
-    cfg.line.listen = vec!["127.0.0.1:0".parse().unwrap()];
-    cfg.store.memory = false;
-    cfg.store.data_dir = dir.display().to_string();
-    cfg.federation.sync_interval_s = 1;
-    cfg.federation.timeout_ms = 1000;
-    cfg.federation.portal_rooms = vec!["The Bridge".into()];
-    cfg.federation.peers = peers;
-    cfg
-}
 
 fn players(addr: SocketAddr, room: &str) -> Vec<String> {
     let doc = get(

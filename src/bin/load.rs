@@ -725,55 +725,61 @@ fn ws_connect(addr: SocketAddr, poll: &Poll, token: usize, agent: &str) -> WsCli
     }
 }
 
-fn fanout(addr: SocketAddr, n: usize, secs: f64, every: Duration, rss: &dyn Fn() -> u64) {
-    let mut poll = Poll::new().expect("poll");
-    let mut events = Events::with_capacity(4096);
-    let mut buf = vec![0u8; 256 * 1024];
-    let start = Instant::now();
-    let rss_before = rss();
-    let mut clients: Vec<WsClient> = Vec::with_capacity(n + 1);
-    let mut lat_us = Vec::new();
-    // Connect in batches while reading: the joined storm (each arrival is told to
-    // everyone already there) must be read as it comes, or the early clients would be
-    // closed as slow consumers.
-    let pump = |clients: &mut Vec<WsClient>,
-                poll: &mut Poll,
-                events: &mut Events,
-                buf: &mut [u8],
-                lat: &mut Vec<u64>,
-                wait: Duration| {
-        poll.poll(events, Some(wait)).expect("poll");
-        for ev in events.iter() {
-            let c = &mut clients[ev.token().0];
-            ws_flush(c);
-            assert!(ws_read(c, buf, start, lat), "a client was closed");
+/// The load generator's side of the fan-out: every client on one poll, and the latencies
+/// of the ticks read so far.
+struct Fleet {
+    poll: Poll,
+    events: Events,
+    buf: Vec<u8>,
+    clients: Vec<WsClient>,
+    lat_us: Vec<u64>,
+    start: Instant,
+}
+
+impl Fleet {
+    fn new(capacity: usize) -> Fleet {
+        Fleet {
+            poll: Poll::new().expect("poll"),
+            events: Events::with_capacity(4096),
+            buf: vec![0u8; 256 * 1024],
+            clients: Vec::with_capacity(capacity),
+            lat_us: Vec::new(),
+            start: Instant::now(),
         }
-    };
-    // First every connection upgrades, unregistered: the memory of a WebSocket
-    // connection itself.
-    for i in 0..n {
-        clients.push(ws_connect(addr, &poll, i, ""));
-        ws_flush(clients.last_mut().unwrap());
-        if i % 100 == 99 {
-            pump(
-                &mut clients,
-                &mut poll,
-                &mut events,
-                &mut buf,
-                &mut lat_us,
-                Duration::ZERO,
+    }
+
+    /// Wait up to `wait` for readiness, then write and read every ready client.
+    fn pump(&mut self, wait: Duration) {
+        self.poll.poll(&mut self.events, Some(wait)).expect("poll");
+        for ev in self.events.iter() {
+            let c = &mut self.clients[ev.token().0];
+            ws_flush(c);
+            assert!(
+                ws_read(c, &mut self.buf, self.start, &mut self.lat_us),
+                "a client was closed"
             );
         }
     }
-    while clients.iter().any(|c| !c.open) {
-        pump(
-            &mut clients,
-            &mut poll,
-            &mut events,
-            &mut buf,
-            &mut lat_us,
-            Duration::from_millis(20),
-        );
+}
+
+fn fanout(addr: SocketAddr, n: usize, secs: f64, every: Duration, rss: &dyn Fn() -> u64) {
+    let mut fleet = Fleet::new(n + 1);
+    let start = fleet.start;
+    let rss_before = rss();
+    // Connect in batches while reading: the joined storm (each arrival is told to
+    // everyone already there) must be read as it comes, or the early clients would be
+    // closed as slow consumers.
+    // First every connection upgrades, unregistered: the memory of a WebSocket
+    // connection itself.
+    for i in 0..n {
+        fleet.clients.push(ws_connect(addr, &fleet.poll, i, ""));
+        ws_flush(fleet.clients.last_mut().unwrap());
+        if i % 100 == 99 {
+            fleet.pump(Duration::ZERO);
+        }
+    }
+    while fleet.clients.iter().any(|c| !c.open) {
+        fleet.pump(Duration::from_millis(20));
     }
     std::thread::sleep(Duration::from_millis(300));
     let rss_open = rss();
@@ -785,57 +791,43 @@ fn fanout(addr: SocketAddr, n: usize, secs: f64, every: Duration, rss: &dyn Fn()
     // generator is one thread reading for all of them, and every arrival is told to
     // everyone already there (n²/2 agent_joined frames).
     for i in 0..n {
-        let c = &mut clients[i];
+        let c = &mut fleet.clients[i];
         register(&format!("fan{i}"), &mut c.tx);
         ws_flush(c);
         if i % 50 == 49 || i + 1 == n {
-            while clients[..=i].iter().rev().take(50).any(|c| !c.registered) {
-                pump(
-                    &mut clients,
-                    &mut poll,
-                    &mut events,
-                    &mut buf,
-                    &mut lat_us,
-                    Duration::from_millis(5),
-                );
+            while fleet.clients[..=i]
+                .iter()
+                .rev()
+                .take(50)
+                .any(|c| !c.registered)
+            {
+                fleet.pump(Duration::from_millis(5));
             }
         }
     }
     let sender = n;
-    clients.push(ws_connect(addr, &poll, sender, "sender"));
-    ws_flush(clients.last_mut().unwrap());
-    while clients.iter().any(|c| !c.registered) {
-        pump(
-            &mut clients,
-            &mut poll,
-            &mut events,
-            &mut buf,
-            &mut lat_us,
-            Duration::from_millis(50),
-        );
+    fleet
+        .clients
+        .push(ws_connect(addr, &fleet.poll, sender, "sender"));
+    ws_flush(fleet.clients.last_mut().unwrap());
+    while fleet.clients.iter().any(|c| !c.registered) {
+        fleet.pump(Duration::from_millis(50));
     }
     // Let the joined storm drain.
     let quiet = Instant::now() + Duration::from_secs(2);
     while Instant::now() < quiet {
-        pump(
-            &mut clients,
-            &mut poll,
-            &mut events,
-            &mut buf,
-            &mut lat_us,
-            Duration::from_millis(50),
-        );
+        fleet.pump(Duration::from_millis(50));
     }
     let connected = start.elapsed();
     let rss_after = rss();
-    lat_us.clear();
+    fleet.lat_us.clear();
     println!(
         "fanout   {n} clients registered ({} agent_joined frames) after {:.1} s; server RSS {rss_after} KiB \
          (the high-water mark of the joined storm: queues behind a busy reader)",
         n * (n - 1) / 2,
         connected.as_secs_f64(),
     );
-    for c in clients.iter_mut() {
+    for c in fleet.clients.iter_mut() {
         c.ticks = 0;
         c.tick_reads = 0;
     }
@@ -851,47 +843,33 @@ fn fanout(addr: SocketAddr, n: usize, secs: f64, every: Duration, rss: &dyn Fn()
             let msg = format!(r#"{{"type":"tick","n":{sent},"t":{t}}}"#);
             let mut frame = Vec::new();
             client_frame(0x1, msg.as_bytes(), &mut frame);
-            let c = &mut clients[sender];
+            let c = &mut fleet.clients[sender];
             c.tx.extend_from_slice(&frame);
             ws_flush(c);
             sent += 1;
             next_send += every;
         }
         let wait = next_send.saturating_duration_since(Instant::now());
-        pump(
-            &mut clients,
-            &mut poll,
-            &mut events,
-            &mut buf,
-            &mut lat_us,
-            wait,
-        );
+        fleet.pump(wait);
     }
     let elapsed = run_start.elapsed().as_secs_f64();
     // Collect what is still in flight.
     let drain = Instant::now() + Duration::from_secs(2);
     while Instant::now() < drain {
-        pump(
-            &mut clients,
-            &mut poll,
-            &mut events,
-            &mut buf,
-            &mut lat_us,
-            Duration::from_millis(20),
-        );
+        fleet.pump(Duration::from_millis(20));
     }
-    let delivered: u64 = clients[..n].iter().map(|c| c.ticks).sum();
-    let reads: u64 = clients[..n].iter().map(|c| c.tick_reads).sum();
+    let delivered: u64 = fleet.clients[..n].iter().map(|c| c.ticks).sum();
+    let reads: u64 = fleet.clients[..n].iter().map(|c| c.tick_reads).sum();
     let expected = sent * n as u64;
-    lat_us.sort_unstable();
+    fleet.lat_us.sort_unstable();
     println!(
         "fanout   {sent} broadcasts x {n} clients: {delivered}/{expected} delivered, {:.0} deliveries/s; \
          latency p50={}us p95={}us p99={}us max={}us; {:.2} broadcasts per read; server RSS after {} KiB",
         delivered as f64 / elapsed,
-        percentile(&lat_us, 0.50),
-        percentile(&lat_us, 0.95),
-        percentile(&lat_us, 0.99),
-        lat_us.last().copied().unwrap_or(0),
+        percentile(&fleet.lat_us, 0.50),
+        percentile(&fleet.lat_us, 0.95),
+        percentile(&fleet.lat_us, 0.99),
+        fleet.lat_us.last().copied().unwrap_or(0),
         delivered as f64 / reads.max(1) as f64,
         rss()
     );

@@ -263,13 +263,19 @@ impl WsConn {
         }
     }
 
+    /// Whether what waits for this peer (its queue, the log frames it has not written,
+    /// and `more` messages of `more_bytes`) passes a queue cap; log frames it will never
+    /// get (trimmed past its cursor) count as past.
+    fn past_caps(&self, log: &FanoutLog, more: usize, more_bytes: usize) -> bool {
+        self.backlog(log).is_none_or(|b| {
+            self.queued_bytes + b.bytes + more_bytes > self.limits.max_queued_bytes
+                || self.queue.len() + b.messages + more > self.limits.max_queued_messages
+        })
+    }
+
     /// Past a queue cap, counting the log frames it has not written: a slow consumer.
     pub fn lagging(&self, log: &FanoutLog) -> bool {
-        self.phase == Phase::Open
-            && self.backlog(log).is_none_or(|b| {
-                self.queued_bytes + b.bytes > self.limits.max_queued_bytes
-                    || self.queue.len() + b.messages > self.limits.max_queued_messages
-            })
+        self.phase == Phase::Open && self.past_caps(log, 0, 0)
     }
 
     /// Close with 1008: what is queued is dropped, and nobody else waits for it.
@@ -309,11 +315,7 @@ impl WsConn {
             return Sent::Dropped;
         }
         let len = text.len();
-        let full = self.backlog(log).is_none_or(|b| {
-            self.queued_bytes + b.bytes + len > self.limits.max_queued_bytes
-                || self.queue.len() + b.messages >= self.limits.max_queued_messages
-        });
-        if full {
+        if self.past_caps(log, 1, len) {
             self.close_slow();
             return Sent::SlowConsumer;
         }

@@ -9,7 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
-use worldbridge::config::Config;
+use worldbridge::config::{Config, PeerConfig};
 use worldbridge::event_loop::{Bridge, ListenerKind, StopHandle};
 use worldbridge::game::Worlds;
 
@@ -395,4 +395,29 @@ pub fn eventually(limit: Duration, what: &str, mut f: impl FnMut() -> bool) {
         std::thread::sleep(Duration::from_millis(20));
     }
     panic!("timed out waiting for: {what}");
+}
+
+/// A federation peer on a loopback port.
+pub fn fed_peer(world: &str, port: u16, token: &str) -> PeerConfig {
+    PeerConfig {
+        world: world.into(),
+        url: format!("http://127.0.0.1:{port}"),
+        token: token.into(),
+    }
+}
+
+/// A durable bridge of `world` on a fixed port, syncing every second, "The Bridge" its
+/// portal.
+pub fn fed_config(world: &str, port: u16, dir: &std::path::Path, peers: Vec<PeerConfig>) -> Config {
+    let mut cfg = test_config();
+    cfg.world = world.into();
+    cfg.http.listen = vec![format!("127.0.0.1:{port}").parse().unwrap()];
+    cfg.line.listen = vec!["127.0.0.1:0".parse().unwrap()];
+    cfg.store.memory = false;
+    cfg.store.data_dir = dir.display().to_string();
+    cfg.federation.sync_interval_s = 1;
+    cfg.federation.timeout_ms = 1000;
+    cfg.federation.portal_rooms = vec!["The Bridge".into()];
+    cfg.federation.peers = peers;
+    cfg
 }
