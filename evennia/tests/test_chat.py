@@ -1,43 +1,13 @@
 """`post_chat` against a real local HTTP server: answers, bridge errors, a dead port."""
 
-import json
 import socket
-import threading
 import unittest
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from fakebridge import FakeBridgeTest
 from worldbridge_evennia import chat
 
 
-class Handler(BaseHTTPRequestHandler):
-    def log_message(self, *args):
-        pass
-
-    def do_POST(self):
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        self.server.seen.append((self.path, dict(self.headers), body))
-        status, answer = self.server.answers.pop(0)
-        data = answer if isinstance(answer, bytes) else json.dumps(answer).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-
-class PostChatTest(unittest.TestCase):
-    def setUp(self):
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.seen = []
-        self.server.answers = []
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def tearDown(self):
-        self.server.shutdown()
-        self.server.server_close()
-
+class PostChatTest(FakeBridgeTest):
     def test_the_answer_and_what_was_sent(self):
         self.server.answers.append((200, {"response": "Hello, Ann.", "user": "Ann",
                                           "room": "Limbo", "session_messages": 2,

@@ -1,42 +1,13 @@
 """`post_travel` against a real local HTTP server, and the lines a traveller sees."""
 
-import json
 import socket
-import threading
 import unittest
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from fakebridge import FakeBridgeTest
 from worldbridge_evennia import travel
 
 
-class Handler(BaseHTTPRequestHandler):
-    def log_message(self, *args):
-        pass
-
-    def do_POST(self):
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        self.server.seen.append((self.path, dict(self.headers), body))
-        status, answer = self.server.answers.pop(0)
-        data = answer if isinstance(answer, bytes) else json.dumps(answer).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-
-class PostTravelTest(unittest.TestCase):
-    def setUp(self):
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.seen = []
-        self.server.answers = []
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def tearDown(self):
-        self.server.shutdown()
-        self.server.server_close()
-
+class PostTravelTest(FakeBridgeTest):
     def test_arrival_and_what_was_sent(self):
         self.server.answers.append((200, {"ok": True, "user_id": "g#4", "world": "vps",
                                           "room": "The Bridge",
