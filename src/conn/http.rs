@@ -6,7 +6,7 @@
 //! worth of bytes, and parsing stops while the write buffer is over its high-water mark,
 //! so a client that floods or stops reading cannot grow our memory.
 
-use super::{read_until_blocked, write_until_blocked, ConnId};
+use super::{read_until_blocked, write_until_blocked, ConnId, Drive, Feed};
 use crate::codec::http::{decode, encode, HttpError, Limits, Method, Request, Response};
 use bytes::BytesMut;
 use mio::net::TcpStream;
@@ -28,10 +28,7 @@ pub enum Handled {
     },
     /// A WebSocket handshake was accepted: write these `101` bytes, then hand the socket
     /// and whatever was read past the request head to a WebSocket connection.
-    Upgrade {
-        response: Vec<u8>,
-        feed: super::ws::Feed,
-    },
+    Upgrade { response: Vec<u8>, feed: Feed },
 }
 
 /// The application side of an HTTP connection.
@@ -41,16 +38,6 @@ pub trait HttpHandler {
     fn rejected(&mut self, err: &HttpError);
     /// False while shutting down: every response then carries `Connection: close`.
     fn keep_alive_allowed(&self) -> bool;
-}
-
-/// Whether the connection stays.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Drive {
-    Open,
-    Close,
-    /// The `101` is written: the connection now speaks WebSocket
-    /// ([`HttpConn::upgrade_to`] names the feed, [`HttpConn::into_parts`] gives the socket).
-    Upgrade,
 }
 
 /// A deadline that has passed.
@@ -91,7 +78,7 @@ pub struct HttpConn {
     /// Close once the write buffer is flushed.
     closing: bool,
     /// A WebSocket upgrade was accepted: switch once the `101` is written.
-    upgrade: Option<super::ws::Feed>,
+    upgrade: Option<Feed>,
     /// When the first byte of a not yet complete request arrived.
     request_started: Option<Instant>,
     last_activity: Instant,
@@ -124,7 +111,7 @@ impl HttpConn {
     }
 
     /// The feed an accepted upgrade switches to.
-    pub fn upgrade_to(&self) -> Option<super::ws::Feed> {
+    pub fn upgrade_to(&self) -> Option<Feed> {
         self.upgrade
     }
 

@@ -8,7 +8,7 @@
 //! written (a peer that pipelines and never reads cannot grow our memory), and
 //! [`LineConn::queue`] refuses bytes past the cap so the loop can drop a slow consumer.
 
-use super::http::Drive;
+use super::Drive;
 use super::{read_until_blocked, write_until_blocked, ConnId};
 use crate::codec::ndjson::{Frame, LineCodec};
 use bytes::BytesMut;

@@ -8,6 +8,34 @@ pub mod ws;
 
 use std::io::{self, Read, Write};
 
+/// Whether the connection stays.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Drive {
+    Open,
+    Close,
+    /// The `101` is written: the connection now speaks WebSocket
+    /// ([`http::HttpConn::upgrade_to`] names the feed, [`http::HttpConn::into_parts`] gives the socket).
+    Upgrade,
+}
+
+/// Which feed a WebSocket connection belongs to (chosen by the upgrade request's path).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Feed {
+    /// `/ws/matrix`: the seed-004 gateway; `since` is the `?since=` resume point.
+    Gateway { since: Option<u64> },
+    /// `/` and `/ws/workshop`: the seed-002 state feed.
+    Workshop,
+}
+
+impl Feed {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Feed::Gateway { .. } => "gateway",
+            Feed::Workshop => "workshop",
+        }
+    }
+}
+
 /// A connection's identity. The slot index is reused after a close; the generation is
 /// not, so anything that outlives an event (a parked request waiting for the agent)
 /// checks it before touching the slot.

@@ -15,8 +15,7 @@
 //! they came between its own.
 
 use super::fanout::{Backlog, FanoutLog};
-use super::http::Drive;
-use super::ConnId;
+use super::{ConnId, Drive};
 use mio::net::TcpStream;
 use mio::Interest;
 use std::collections::VecDeque;
@@ -71,24 +70,6 @@ impl WsLimits {
             .max_write_buffer_size(WRITE_BATCH_BYTES + max_message + 64 * 1024)
             .max_message_size(Some(max_message))
             .max_frame_size(Some(max_message))
-    }
-}
-
-/// Which feed a WebSocket connection belongs to (chosen by the upgrade request's path).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Feed {
-    /// `/ws/matrix`: the seed-004 gateway; `since` is the `?since=` resume point.
-    Gateway { since: Option<u64> },
-    /// `/` and `/ws/workshop`: the seed-002 state feed.
-    Workshop,
-}
-
-impl Feed {
-    pub fn name(&self) -> &'static str {
-        match self {
-            Feed::Gateway { .. } => "gateway",
-            Feed::Workshop => "workshop",
-        }
     }
 }
 
