@@ -352,6 +352,24 @@ fn client_errors_get_clear_json_and_the_right_status() {
 }
 
 #[test]
+fn absolute_form_request_targets_are_served_like_origin_form() {
+    let b = start();
+    let mut c = Client::connect(b.http);
+    let host = b.http.to_string();
+    c.send_raw(
+        format!("GET http://{host}/bridge/health HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes(),
+    );
+    let r = c.read_response(false).unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["status"], "ok");
+    // Same connection, a room path with a query: decoded and routed as usual.
+    c.send_raw(format!("GET http://{host}/bridge/room/The%20Forge/events?since=2020-01-01T00:00:00Z HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes());
+    let r = c.read_response(false).unwrap();
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.json()["room"], "The Forge");
+}
+
+#[test]
 fn protocol_errors_411_413_431_and_garbage_close_the_connection() {
     let mut cfg = test_config();
     cfg.http.body_max_bytes = 1024;

@@ -183,7 +183,7 @@ pub fn decode(buf: &mut BytesMut, limits: &Limits) -> Result<Option<Request>, Ht
 
     // The head is complete and the body has arrived: only now copy anything out.
     let method = Method::from_token(parsed.method.unwrap_or_default());
-    let target = parsed.path.unwrap_or_default().to_owned();
+    let target = origin_form(parsed.path.unwrap_or_default());
     let minor_version = parsed.version.unwrap_or(1);
     let headers: Vec<(String, String)> = parsed
         .headers
@@ -207,6 +207,29 @@ pub fn decode(buf: &mut BytesMut, limits: &Limits) -> Result<Option<Request>, Ht
         body,
         keep_alive,
     }))
+}
+
+/// The request-target in origin form. RFC 9112 §3.2.2: a server must accept the absolute
+/// form (`GET http://host:4004/bridge/health HTTP/1.1`, what a client talking to a proxy
+/// sends); its path and query are served as if they had come alone (`/` when empty).
+fn origin_form(target: &str) -> String {
+    let scheme_len = ["http://", "https://"]
+        .iter()
+        .find(|s| {
+            target
+                .get(..s.len())
+                .is_some_and(|head| head.eq_ignore_ascii_case(s))
+        })
+        .map(|s| s.len());
+    let Some(scheme_len) = scheme_len else {
+        return target.to_owned();
+    };
+    let rest = &target[scheme_len..];
+    match rest.find(['/', '?']) {
+        Some(i) if rest[i..].starts_with('/') => rest[i..].to_owned(),
+        Some(i) => format!("/{}", &rest[i..]),
+        None => "/".to_owned(),
+    }
 }
 
 /// Body length from the head: refuses `Transfer-Encoding`, validates `Content-Length`
@@ -543,6 +566,30 @@ mod tests {
     }
 
     /// Decodes `input` handed over in one read.
+    #[test]
+    fn absolute_form_targets_are_served_like_origin_form() {
+        for (sent, path, query) in [
+            (
+                "http://127.0.0.1:4004/bridge/health",
+                "/bridge/health",
+                None,
+            ),
+            (
+                "HTTP://localhost/bridge/room/The%20Forge/events?since=x",
+                "/bridge/room/The%20Forge/events",
+                Some("since=x"),
+            ),
+            ("https://example.test", "/", None),
+            ("http://host:1?a=b", "/", Some("a=b")),
+            ("/already/origin?x=1", "/already/origin", Some("x=1")),
+            ("httpx://not-a-scheme/", "httpx://not-a-scheme/", None),
+        ] {
+            let raw = format!("GET {sent} HTTP/1.1\r\nHost: h\r\n\r\n");
+            let r = decode_all(raw.as_bytes(), &LIMITS).unwrap().unwrap();
+            assert_eq!((r.path(), r.query()), (path, query), "{sent}");
+        }
+    }
+
     fn decode_all(input: &[u8], limits: &Limits) -> Result<Option<Request>, HttpError> {
         let mut buf = BytesMut::from(input);
         decode(&mut buf, limits)
