@@ -121,6 +121,77 @@ fn start() -> TestBridge {
 }
 
 #[test]
+fn a_client_cannot_speak_as_another_agent_or_as_the_hub() {
+    let b = start();
+    let (mut alice, _) = agent(b.http, "alice", "agent");
+    let (mut bob, _) = agent(b.http, "bob", "client");
+    next_of(&mut alice, "agent_joined");
+
+    // A spoofed `from` is overwritten with the sender's registered id.
+    send(
+        &mut alice,
+        &json!({"type": "bark", "from": "timmy", "text": "hello"}),
+    );
+    let m = next_of(&mut bob, "bark");
+    assert_eq!(
+        (m["from"].as_str(), m["text"].as_str()),
+        (Some("alice"), Some("hello"))
+    );
+
+    // Hub-owned types and the bridge's own id are refused and reach nobody.
+    for (msg, code) in [
+        (
+            json!({"type": "agent_left", "agentId": "bob", "role": "client"}),
+            "reserved_type",
+        ),
+        (
+            json!({"type": "resync_required", "since": 0}),
+            "reserved_type",
+        ),
+        (
+            json!({"type": "bark", "agentId": "timmy", "text": "I am Timmy"}),
+            "reserved_agent_id",
+        ),
+        (
+            json!({"type": "bark", "agentId": "Tımmy", "text": "I am Timmy"}),
+            "reserved_agent_id",
+        ),
+    ] {
+        send(&mut alice, &msg);
+        let e = next_of(&mut alice, "error");
+        assert_eq!(e["code"], code, "{msg}");
+    }
+    silent_for(&mut bob, Duration::from_millis(200));
+
+    // Look-alike ids: of the bridge's agent, and of a connected agent.
+    for (id, code) in [
+        ("TIMMY", "reserved_agent_id"),
+        ("timmy\u{200b}", "reserved_agent_id"),
+        ("Alice", "agent_id_taken"),
+        ("аlice", "agent_id_taken"),
+    ] {
+        let mut ws = connect(b.http, "/ws/matrix");
+        send(
+            &mut ws,
+            &json!({"type": "agent_register", "agentId": id, "role": "agent"}),
+        );
+        let e = next(&mut ws);
+        assert_eq!(
+            (e["type"].as_str(), e["code"].as_str()),
+            (Some("error"), Some(code)),
+            "{id:?}"
+        );
+    }
+    silent_for(&mut alice, Duration::from_millis(200));
+    send(
+        &mut bob,
+        &json!({"type": "agent_message", "target_id": "alice", "text": "still you?"}),
+    );
+    let m = next_of(&mut alice, "agent_message");
+    assert_eq!(m["from"], "bob");
+}
+
+#[test]
 fn register_joined_broadcast_directed_and_left() {
     let b = start();
     let (mut a, ack) = agent(b.http, "alice", "agent");

@@ -10,9 +10,17 @@
 //!   first, which is closed with a reason.
 //! - Everyone else registered hears `agent_joined` / `agent_left`
 //!   `{type, agentId, role, timestamp}`.
-//! - Routing is pass-through: any message with a string `type` goes, unchanged but for a
-//!   `gateway_seq` stamp, to the agent named by `target_id` (an unknown target is an
-//!   `error` `unknown_target` to the sender), or else to every other registered client.
+//! - Routing is pass-through: any message with a string `type` goes, unchanged but for the
+//!   `gateway_seq` and `from` stamps, to the agent named by `target_id` (an unknown target
+//!   is an `error` `unknown_target` to the sender), or else to every other registered
+//!   client.
+//! - Identity: `from` is the sender's registered agentId, written by the hub over any
+//!   `from` the client sent; it is the one field a receiver can trust about who spoke.
+//!   The types only the hub sends ([`HUB_TYPES`]) are refused from clients
+//!   (`reserved_type`), and so is a client message whose `agentId` claims to be the
+//!   bridge's own agent. Agent ids are compared by their look-alike key
+//!   ([`super::lookalike`]): a look-alike of the bridge's id is `reserved_agent_id`, a
+//!   look-alike of a connected id that is not the same string is `agent_id_taken`.
 //! - The bridge itself is the agent `gateway.agent_id` ("timmy"): messages for it come
 //!   out as [`Output::ForAgent`], and it publishes `bark` `{text, agentId, room}` and the
 //!   world's events (`presence`, `say`, `event`) under their own `type`.
@@ -22,6 +30,7 @@
 //!   history no longer reaches back that far.
 
 use super::heartbeat::{Flood, Flooding, Heartbeat};
+use super::lookalike;
 use super::room::{Event, EventKind};
 use super::NAME_MAX_BYTES;
 use crate::conn::ConnId;
@@ -46,6 +55,16 @@ pub const CLOSE_UNREGISTERED: u16 = 1008;
 /// how many there are, `GET /api/gateway/status` lists all). Without a cap every
 /// newcomer's answer grows with the crowd, and a crowd arriving costs n² bytes.
 pub const REGISTERED_LIST_MAX: usize = 256;
+
+/// Message types only the hub sends: refused from clients (`reserved_type`), so a client
+/// cannot fake a join, a leave, a registration answer, a resync or an error.
+pub const HUB_TYPES: [&str; 5] = [
+    "agent_joined",
+    "agent_left",
+    "agent_registered",
+    "resync_required",
+    "error",
+];
 
 /// Message types that, broadcast, are also meant for the bridge's own agent.
 const FOR_AGENT_BROADCAST: [&str; 2] = ["chat_message", "visitor_message"];
@@ -108,6 +127,8 @@ pub struct GatewayCounts {
 struct Registration {
     agent_id: String,
     role: String,
+    /// The id's look-alike key.
+    key: String,
 }
 
 #[derive(Debug)]
@@ -167,6 +188,10 @@ pub struct Gateway {
     clients: HashMap<ConnId, Client>,
     /// Registered agents → their connection.
     agents: HashMap<String, ConnId>,
+    /// Look-alike key of each registered agent → its exact id.
+    keys: HashMap<String, String>,
+    /// Look-alike key of the bridge's own agent id.
+    reserved_key: String,
     seq: u64,
     /// Broadcasts so far.
     broadcasts: u64,
@@ -188,9 +213,10 @@ impl Gateway {
     pub fn new(limits: GatewayLimits, now_ms: u64) -> Gateway {
         Gateway {
             heartbeat: Heartbeat::new(limits.heartbeat_ms, now_ms),
-            limits,
             clients: HashMap::new(),
             agents: HashMap::new(),
+            keys: HashMap::new(),
+            reserved_key: lookalike::key(&limits.agent_id),
             seq: 0,
             broadcasts: 0,
             history: VecDeque::new(),
@@ -198,6 +224,7 @@ impl Gateway {
             counts: GatewayCounts::default(),
             unsaved: Vec::new(),
             track: false,
+            limits,
         }
     }
 
@@ -309,6 +336,7 @@ impl Gateway {
         if let Some(reg) = client.reg {
             if self.agents.get(&reg.agent_id) == Some(&conn) {
                 self.agents.remove(&reg.agent_id);
+                self.keys.remove(&reg.key);
                 self.lifecycle("agent_left", &reg, now_ms, out);
             }
         }
@@ -366,6 +394,19 @@ impl Gateway {
         if kind == "agent_register" {
             return self.register(conn, &msg, now_ms, out);
         }
+        if HUB_TYPES.contains(&kind.as_str()) {
+            let why = format!("{kind:?} is a message only the gateway sends; it was not routed");
+            return self.refuse(conn, "reserved_type", &why, out);
+        }
+        if let Some(Value::String(claimed)) = msg.get("agentId") {
+            if lookalike::key(claimed) == self.reserved_key {
+                let why = format!(
+                    "only the bridge speaks as {:?}; this message was not routed",
+                    self.limits.agent_id
+                );
+                return self.refuse(conn, "reserved_agent_id", &why, out);
+            }
+        }
         let Some(reg) = self.clients.get(&conn).and_then(|c| c.reg.clone()) else {
             return self.refuse(
                 conn,
@@ -404,12 +445,12 @@ impl Gateway {
                         out,
                     );
                 };
-                let frame = self.stamp(text, &mut msg);
+                let frame = self.stamp(text, &mut msg, &reg.agent_id);
                 self.remember(&reg.agent_id, Some(t), frame.clone(), now_ms);
                 self.deliver(to, frame, out);
             }
             None => {
-                let frame = self.stamp(text, &mut msg);
+                let frame = self.stamp(text, &mut msg, &reg.agent_id);
                 self.remember(&reg.agent_id, None, frame.clone(), now_ms);
                 self.broadcast(Some(conn), frame, out);
                 if FOR_AGENT_BROADCAST.contains(&kind.as_str()) {
@@ -502,9 +543,10 @@ impl Gateway {
         out: &mut Vec<Output>,
     ) {
         self.seq += 1;
-        msg.insert("gateway_seq".into(), self.seq.into());
-        let frame = Frame::from(Value::Object(msg).to_string());
         let me = self.limits.agent_id.clone();
+        msg.insert("gateway_seq".into(), self.seq.into());
+        msg.insert("from".into(), me.clone().into());
+        let frame = Frame::from(Value::Object(msg).to_string());
         self.remember(&me, to.map(str::to_string), frame.clone(), now_ms);
         match to {
             Some(t) => {
@@ -613,13 +655,21 @@ impl Gateway {
                     out,
                 ),
             };
-        if agent_id == self.limits.agent_id {
-            return self.refuse(
-                conn,
-                "reserved_agent_id",
-                &format!("{agent_id:?} is the bridge's own agent id; pick another"),
-                out,
-            );
+        let key = lookalike::key(&agent_id);
+        if key == self.reserved_key {
+            let why = if agent_id == self.limits.agent_id {
+                format!("{agent_id:?} is the bridge's own agent id; pick another")
+            } else {
+                format!(
+                    "{agent_id:?} looks like the bridge's own agent id {:?}; pick another",
+                    self.limits.agent_id
+                )
+            };
+            return self.refuse(conn, "reserved_agent_id", &why, out);
+        }
+        if let Some(held) = self.keys.get(&key).filter(|held| **held != agent_id) {
+            let why = format!("{agent_id:?} looks like {held:?}, who is connected; pick another");
+            return self.refuse(conn, "agent_id_taken", &why, out);
         }
         let since = match msg.get("since") {
             Some(v) => v.as_u64(),
@@ -641,6 +691,7 @@ impl Gateway {
         let reg = Registration {
             agent_id: agent_id.clone(),
             role,
+            key: key.clone(),
         };
         if client.reg.is_none() {
             client.broadcasts_at = self.broadcasts;
@@ -648,6 +699,7 @@ impl Gateway {
         }
         client.reg = Some(reg.clone());
         self.counts.registrations += 1;
+        self.keys.insert(key, agent_id.clone());
         if let Some(old) = self.agents.insert(agent_id.clone(), conn) {
             if old != conn {
                 self.counts.replaced += 1;
@@ -739,24 +791,29 @@ impl Gateway {
         self.broadcast(except, frame, out);
     }
 
-    /// Add `gateway_seq` to a client's message. The text is passed through byte for
-    /// byte, with the stamp spliced in after the opening brace; only a message that
-    /// already has a `gateway_seq` of its own is re-encoded (so there are no duplicate
-    /// keys, which parsers read differently).
-    fn stamp(&mut self, text: &Frame, msg: &mut Map<String, Value>) -> Frame {
+    /// Add `gateway_seq` and `from` (the sender's registered id) to a client's message.
+    /// The text is passed through byte for byte, with the stamps spliced in after the
+    /// opening brace; only a message that already has a `gateway_seq` or a `from` of its
+    /// own is re-encoded, with the hub's values over the client's (so there are no
+    /// duplicate keys, which parsers read differently, and no `from` the hub did not
+    /// write).
+    fn stamp(&mut self, text: &Frame, msg: &mut Map<String, Value>, from: &str) -> Frame {
         self.seq += 1;
         let seq = self.seq;
         let s = text.as_str();
         // A JSON object's first non-blank character is `{`.
         let open = s.find('{');
         match open {
-            Some(at) if !msg.contains_key("gateway_seq") => {
+            Some(at) if !msg.contains_key("gateway_seq") && !msg.contains_key("from") => {
                 let rest = &s[at + 1..];
                 let empty = rest.trim_start().starts_with('}');
-                let mut stamped = String::with_capacity(s.len() + 24);
+                let from = Value::from(from).to_string();
+                let mut stamped = String::with_capacity(s.len() + 32 + from.len());
                 stamped.push('{');
                 stamped.push_str("\"gateway_seq\":");
                 stamped.push_str(&seq.to_string());
+                stamped.push_str(",\"from\":");
+                stamped.push_str(&from);
                 if !empty {
                     stamped.push(',');
                 }
@@ -765,6 +822,7 @@ impl Gateway {
             }
             _ => {
                 msg.insert("gateway_seq".into(), seq.into());
+                msg.insert("from".into(), from.into());
                 Frame::from(Value::Object(msg.clone()).to_string())
             }
         }
@@ -1006,7 +1064,7 @@ mod tests {
         let seq = g.seq();
         assert_eq!(
             f.as_str(),
-            format!("{{\"gateway_seq\":{seq},{}", &original[1..])
+            format!("{{\"gateway_seq\":{seq},\"from\":\"a\",{}", &original[1..])
         );
         assert_eq!(got[0].1["state"], json!({"mood": "calm", "n": [1, 2]}));
     }
@@ -1027,6 +1085,119 @@ mod tests {
             assert_eq!(v["type"], "x", "{raw}");
             assert_eq!(v["gateway_seq"], g.seq(), "{raw}");
         }
+    }
+
+    #[test]
+    fn from_is_the_senders_registered_id_whatever_the_client_wrote() {
+        let mut g = hub();
+        register(&mut g, id(0), "alice", "agent");
+        register(&mut g, id(1), "bob", "agent");
+        for raw in [
+            r#"{"type":"bark","text":"hi"}"#,
+            r#"{"type":"bark","from":"timmy","text":"hi"}"#,
+            r#"{"from":{"nested":true},"type":"bark","text":"hi","target_id":"bob"}"#,
+        ] {
+            let mut out = Vec::new();
+            g.on_text(id(0), &text(raw), 20, &mut out);
+            let got = to(&g, &out, id(1));
+            assert_eq!(got.len(), 1, "{raw}");
+            assert_eq!(got[0]["from"], "alice", "{raw}");
+            assert_eq!(got[0]["text"], "hi", "{raw}");
+            // Exactly one `from` key in the bytes: no duplicate for parsers to disagree on.
+            let frame = out.iter().find_map(|o| match o {
+                Output::Broadcast { frame, .. } | Output::Send(_, frame) => Some(frame.clone()),
+                _ => None,
+            });
+            let frame = frame.unwrap();
+            assert_eq!(frame.as_str().matches("\"from\"").count(), 1, "{frame}");
+        }
+    }
+
+    #[test]
+    fn hub_types_and_the_bridges_agent_id_are_refused_from_clients() {
+        let mut g = hub();
+        register(&mut g, id(0), "alice", "agent");
+        register(&mut g, id(1), "bob", "agent");
+        let routed = g.counts.routed;
+        for (raw, code) in [
+            (
+                r#"{"type":"agent_joined","agentId":"mallory","role":"agent"}"#,
+                "reserved_type",
+            ),
+            (
+                r#"{"type":"agent_left","agentId":"bob","role":"agent"}"#,
+                "reserved_type",
+            ),
+            (
+                r#"{"type":"agent_registered","agentId":"alice"}"#,
+                "reserved_type",
+            ),
+            (r#"{"type":"resync_required","since":0}"#, "reserved_type"),
+            (
+                r#"{"type":"error","code":"x","error":"fake","target_id":"bob"}"#,
+                "reserved_type",
+            ),
+            (
+                r#"{"type":"bark","agentId":"timmy","text":"I am Timmy"}"#,
+                "reserved_agent_id",
+            ),
+            (
+                r#"{"type":"bark","agentId":"Tımmy\u200b","text":"so am I"}"#,
+                "reserved_agent_id",
+            ),
+        ] {
+            let mut out = Vec::new();
+            g.on_text(id(0), &text(raw), 20, &mut out);
+            assert!(to(&g, &out, id(1)).is_empty(), "not routed: {raw}");
+            let answer = to(&g, &out, id(0));
+            assert_eq!(answer[0]["code"], code, "{raw}");
+        }
+        assert_eq!(g.counts.routed, routed);
+        // The bridge's own publications carry its id as `from`.
+        let mut out = Vec::new();
+        g.publish_bark("hello", None, None, 30, &mut out);
+        assert_eq!(to(&g, &out, id(1))[0]["from"], "timmy");
+    }
+
+    #[test]
+    fn look_alike_agent_ids_are_refused_and_the_exact_id_still_takes_over() {
+        let mut g = hub();
+        for (i, look_alike) in ["Timmy", "timmy ", "timmy\u{200b}", "tımmy"]
+            .iter()
+            .enumerate()
+        {
+            let out = register(&mut g, id(10 + i as u32), look_alike, "agent");
+            assert_eq!(
+                to(&g, &out, id(10 + i as u32))[0]["code"],
+                "reserved_agent_id",
+                "{look_alike:?}"
+            );
+        }
+        register(&mut g, id(0), "alice", "agent");
+        for (i, look_alike) in ["Alice", "alice ", "аlice", "al\u{00ad}ice"]
+            .iter()
+            .enumerate()
+        {
+            let conn = id(20 + i as u32);
+            let out = register(&mut g, conn, look_alike, "agent");
+            let answer = to(&g, &out, conn);
+            assert_eq!(answer[0]["code"], "agent_id_taken", "{look_alike:?}");
+            assert_eq!(
+                g.conn_of("alice"),
+                Some(id(0)),
+                "alice keeps her connection"
+            );
+        }
+        // The exact id takes over, as before.
+        let out = register(&mut g, id(1), "alice", "agent");
+        assert!(out
+            .iter()
+            .any(|o| matches!(o, Output::Close { conn, .. } if *conn == id(0))));
+        // Once alice has left, a look-alike may register.
+        let mut out = Vec::new();
+        g.disconnect(id(1), 40, &mut out);
+        let out = register(&mut g, id(2), "Alice", "agent");
+        assert_eq!(to(&g, &out, id(2))[0]["type"], "agent_registered");
     }
 
     #[test]

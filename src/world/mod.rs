@@ -7,6 +7,7 @@
 
 pub mod gateway;
 pub mod heartbeat;
+pub mod lookalike;
 pub mod ratelimit;
 pub mod room;
 pub mod session;
