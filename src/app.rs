@@ -127,6 +127,9 @@ impl App {
                 history_max: cfg.gateway.history_max,
                 history_max_age_ms: cfg.gateway.history_max_age_s.saturating_mul(1000),
                 max_messages_per_s: cfg.gateway.max_messages_per_s,
+                bound: (cfg.gateway.agents.iter())
+                    .map(|a| (a.id.clone(), a.role.clone()))
+                    .collect(),
             },
             now_ms,
         );

@@ -5,6 +5,7 @@
 //! documents each one. Unknown keys and bad values are rejected at start with the key's name.
 
 use crate::cli::ServeArgs;
+use crate::world::lookalike;
 use serde::Deserialize;
 use std::net::{IpAddr, SocketAddr};
 use std::ops::Range;
@@ -136,6 +137,20 @@ pub struct GatewayConfig {
     /// Messages one WebSocket client may send per second (both feeds); past it they are
     /// refused with an `error` `rate_limited` (one per second) and not routed.
     pub max_messages_per_s: u32,
+    /// `[[gateway.agents]]`: agent ids bound to their own tokens.
+    pub agents: Vec<GatewayAgent>,
+}
+
+/// `[[gateway.agents]]`: an agent id bound to a token. A connection that presents the
+/// token (`/ws/matrix?token=`) can only register as this id (with this role, when one is
+/// set); nobody else can register the id or a look-alike of it.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayAgent {
+    pub id: String,
+    pub token: String,
+    #[serde(default)]
+    pub role: String,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -296,6 +311,7 @@ impl Default for GatewayConfig {
             max_queued_bytes: 1024 * 1024,
             max_queued_messages: 1024,
             max_messages_per_s: 200,
+            agents: Vec::new(),
         }
     }
 }
@@ -549,6 +565,7 @@ impl Config {
             }
         }
 
+        self.check_gateway_agents()?;
         if self.federation.page_max_bytes > self.http.body_max_bytes {
             return Err(format!(
                 "config: `federation.page_max_bytes` ({}) must be at most `http.body_max_bytes` \
@@ -609,6 +626,49 @@ impl Config {
 }
 
 impl Config {
+    /// `[[gateway.agents]]`: each a valid id with a token of its own, no two ids alike
+    /// and none like the bridge's own `gateway.agent_id`.
+    fn check_gateway_agents(&self) -> Result<(), String> {
+        let bridge = lookalike::key(&self.gateway.agent_id);
+        let mut seen: Vec<(String, &GatewayAgent)> = Vec::new();
+        for a in &self.gateway.agents {
+            let what = format!("config: `[[gateway.agents]]` id {:?}", a.id);
+            if a.id.trim().is_empty() || a.id.chars().any(char::is_control) {
+                return Err(format!(
+                    "{what}: an id must be non-empty text without control characters"
+                ));
+            }
+            if a.token.is_empty() {
+                return Err(format!(
+                    "{what}: `token` must be set (that is what binds the id)"
+                ));
+            }
+            if a.token == self.gateway_token() {
+                return Err(format!(
+                    "{what}: its token must differ from the gateway's shared token"
+                ));
+            }
+            let key = lookalike::key(&a.id);
+            if key == bridge {
+                return Err(format!(
+                    "{what}: looks like the bridge's own `gateway.agent_id` {:?}",
+                    self.gateway.agent_id
+                ));
+            }
+            if let Some((_, other)) = seen.iter().find(|(k, _)| *k == key) {
+                return Err(format!(
+                    "{what}: looks like {:?}, listed before it",
+                    other.id
+                ));
+            }
+            if let Some((_, other)) = seen.iter().find(|(_, o)| o.token == a.token) {
+                return Err(format!("{what}: has the same token as {:?}", other.id));
+            }
+            seen.push((key, a));
+        }
+        Ok(())
+    }
+
     /// The token `/ws/matrix?token=` must carry: `gateway.token`, else `http.token` (the
     /// gateway is served on the HTTP listeners, so the HTTP surface's public-bind rule
     /// covers it); empty = no token needed.
@@ -1490,6 +1550,49 @@ token = ""                               # the pair's shared secret, used both w
                     format!("{}/a", home.trim_end_matches('/'))
                 );
             }
+        }
+    }
+
+    #[test]
+    fn gateway_agents_bind_ids_to_tokens_and_bad_entries_are_named() {
+        let c = Config::from_toml(
+            r#"
+[gateway]
+token = "shared"
+[[gateway.agents]]
+id = "perplexity"
+token = "p-secret"
+role = "interviewer"
+[[gateway.agents]]
+id = "hermes"
+token = "h-secret"
+"#,
+        )
+        .unwrap();
+        assert_eq!(c.gateway.agents.len(), 2);
+        assert_eq!(c.gateway.agents[1].role, "");
+        assert_eq!(c.validate(), Ok(()));
+
+        for (toml, says) in [
+            ("[[gateway.agents]]\nid = \"a\"\ntoken = \"\"", "`token` must be set"),
+            ("[[gateway.agents]]\nid = \" \"\ntoken = \"t\"", "non-empty"),
+            ("[[gateway.agents]]\nid = \"Tımmy\"\ntoken = \"t\"", "looks like the bridge's own"),
+            (
+                "[[gateway.agents]]\nid = \"ann\"\ntoken = \"t\"\n[[gateway.agents]]\nid = \"Ann\"\ntoken = \"u\"",
+                "looks like \"ann\"",
+            ),
+            (
+                "[[gateway.agents]]\nid = \"ann\"\ntoken = \"t\"\n[[gateway.agents]]\nid = \"bob\"\ntoken = \"t\"",
+                "same token as \"ann\"",
+            ),
+            (
+                "[gateway]\ntoken = \"t\"\n[[gateway.agents]]\nid = \"ann\"\ntoken = \"t\"",
+                "differ from the gateway's shared token",
+            ),
+        ] {
+            let err = Config::from_toml(toml).unwrap().validate().unwrap_err();
+            assert!(err.contains(says), "{toml}: {err}");
+            assert!(err.contains("[[gateway.agents]]"), "{err}");
         }
     }
 

@@ -591,7 +591,7 @@ impl Bridge {
         );
         let now_ms = crate::time::now_ms();
         match feed {
-            Feed::Gateway { since } => self.app.gateway_open(id, since, now_ms),
+            Feed::Gateway { since, bound } => self.app.gateway_open(id, since, bound, now_ms),
             Feed::Workshop => self.app.workshop_open(id, now_ms),
         }
         self.drive_ws(id);

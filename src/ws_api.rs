@@ -48,8 +48,16 @@ impl App {
     }
 
     /// A connection upgraded on `/ws/matrix`.
-    pub fn gateway_open(&mut self, conn: ConnId, since: Option<u64>, now_ms: u64) {
-        self.gateway.connect(conn, since, now_ms);
+    /// A connection upgraded on `/ws/matrix`; `bound` is the `gateway.agents` entry whose
+    /// token it presented.
+    pub fn gateway_open(
+        &mut self,
+        conn: ConnId,
+        since: Option<u64>,
+        bound: Option<usize>,
+        now_ms: u64,
+    ) {
+        self.gateway.connect_bound(conn, since, bound, now_ms);
     }
 
     pub fn gateway_text(&mut self, conn: ConnId, text: &Frame, now_ms: u64) {

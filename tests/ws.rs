@@ -293,6 +293,50 @@ fn a_message_before_register_is_an_error_and_not_routed() {
 }
 
 #[test]
+fn an_agent_token_binds_its_id_and_nobody_else_can_take_it() {
+    let mut cfg = gateway_config();
+    cfg.gateway.token = "shared".into();
+    cfg.gateway.agents = vec![worldbridge::config::GatewayAgent {
+        id: "perplexity".into(),
+        token: "p-secret".into(),
+        role: "interviewer".into(),
+    }];
+    let b = start_with(cfg);
+    // The agent token opens the gateway (it is not the shared token) and binds the id.
+    let (mut p, ack) = agent_at(b.http, "/ws/matrix?token=p-secret", "perplexity", "agent");
+    assert_eq!(ack["role"], "interviewer", "the configured role");
+    // A holder of the shared token cannot register the bound id, nor a look-alike.
+    for id in ["perplexity", "Perplexity"] {
+        let mut ws = connect(b.http, "/ws/matrix?token=shared");
+        send(
+            &mut ws,
+            &json!({"type": "agent_register", "agentId": id, "role": "agent"}),
+        );
+        assert_eq!(next(&mut ws)["code"], "agent_id_bound", "{id}");
+    }
+    // The agent token is that agent only.
+    let mut ws = connect(b.http, "/ws/matrix?token=p-secret");
+    send(
+        &mut ws,
+        &json!({"type": "agent_register", "agentId": "mallory", "role": "agent"}),
+    );
+    assert_eq!(next(&mut ws)["code"], "wrong_agent_id");
+    // A wrong token is still a 401 before the upgrade.
+    assert!(tungstenite::connect(format!("ws://{}/ws/matrix?token=p-secre", b.http)).is_err());
+    // And the bound agent keeps its connection through all of this.
+    let (mut other, _) = agent_at(b.http, "/ws/matrix?token=shared", "alice", "agent");
+    send(
+        &mut other,
+        &json!({"type": "agent_message", "target_id": "perplexity", "text": "hi"}),
+    );
+    let m = next_of(&mut p, "agent_message");
+    assert_eq!(
+        (m["from"].as_str(), m["text"].as_str()),
+        (Some("alice"), Some("hi"))
+    );
+}
+
+#[test]
 fn token_is_checked_before_the_upgrade() {
     let mut cfg = gateway_config();
     cfg.gateway.token = "s3cret".into();

@@ -21,8 +21,12 @@ pub enum Drive {
 /// Which feed a WebSocket connection belongs to (chosen by the upgrade request's path).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Feed {
-    /// `/ws/matrix`: the seed-004 gateway; `since` is the `?since=` resume point.
-    Gateway { since: Option<u64> },
+    /// `/ws/matrix`: the seed-004 gateway; `since` is the `?since=` resume point, `bound`
+    /// the `gateway.agents` entry whose token the upgrade presented.
+    Gateway {
+        since: Option<u64>,
+        bound: Option<usize>,
+    },
     /// `/` and `/ws/workshop`: the seed-002 state feed.
     Workshop,
 }

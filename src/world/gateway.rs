@@ -108,6 +108,9 @@ pub struct GatewayLimits {
     pub history_max_age_ms: u64,
     /// Messages one connection may send per second.
     pub max_messages_per_s: u32,
+    /// `gateway.agents`: ids bound to a token, with the role they register with ("" =
+    /// the client's own). The index is what [`Gateway::connect_bound`] takes.
+    pub bound: Vec<(String, String)>,
 }
 
 /// Totals since start, for `/api/gateway/status` and the metrics.
@@ -137,6 +140,8 @@ struct Client {
     last_seen_ms: u64,
     /// `?since=` from the upgrade request: replay after registering.
     since: Option<u64>,
+    /// The `gateway.agents` entry whose token this connection presented.
+    bound: Option<usize>,
     reg: Option<Registration>,
     messages_in: u64,
     /// Frames sent to it alone.
@@ -192,6 +197,8 @@ pub struct Gateway {
     keys: HashMap<String, String>,
     /// Look-alike key of the bridge's own agent id.
     reserved_key: String,
+    /// Look-alike key of each bound id → its index in `limits.bound`.
+    bound_keys: HashMap<String, usize>,
     seq: u64,
     /// Broadcasts so far.
     broadcasts: u64,
@@ -217,6 +224,9 @@ impl Gateway {
             agents: HashMap::new(),
             keys: HashMap::new(),
             reserved_key: lookalike::key(&limits.agent_id),
+            bound_keys: (limits.bound.iter().enumerate())
+                .map(|(i, (id, _))| (lookalike::key(id), i))
+                .collect(),
             seq: 0,
             broadcasts: 0,
             history: VecDeque::new(),
@@ -301,6 +311,18 @@ impl Gateway {
 
     /// A connection upgraded on `/ws/matrix`; `since` is its `?since=` resume point.
     pub fn connect(&mut self, conn: ConnId, since: Option<u64>, now_ms: u64) {
+        self.connect_bound(conn, since, None, now_ms);
+    }
+
+    /// A connection that presented the token of `gateway.agents[bound]`: it can only
+    /// register as that agent.
+    pub fn connect_bound(
+        &mut self,
+        conn: ConnId,
+        since: Option<u64>,
+        bound: Option<usize>,
+        now_ms: u64,
+    ) {
         self.counts.connections += 1;
         self.clients.insert(
             conn,
@@ -308,6 +330,7 @@ impl Gateway {
                 connected_ms: now_ms,
                 last_seen_ms: now_ms,
                 since,
+                bound,
                 reg: None,
                 messages_in: 0,
                 messages_out: 0,
@@ -644,7 +667,7 @@ impl Gateway {
                 )
             }
         };
-        let role =
+        let mut role =
             match msg.get("role") {
                 None | Some(Value::Null) => "agent".to_string(),
                 Some(Value::String(s)) if valid_id(s) => s.clone(),
@@ -666,6 +689,27 @@ impl Gateway {
                 )
             };
             return self.refuse(conn, "reserved_agent_id", &why, out);
+        }
+        let bound = self.clients.get(&conn).and_then(|c| c.bound);
+        match bound.and_then(|i| self.limits.bound.get(i)) {
+            Some((id, _)) if *id != agent_id => {
+                let why = format!(
+                    "this connection's token belongs to agent {id:?}; it can only register as {id:?}"
+                );
+                return self.refuse(conn, "wrong_agent_id", &why, out);
+            }
+            Some((_, bound_role)) if !bound_role.is_empty() => role = bound_role.clone(),
+            Some(_) => {}
+            None => {
+                if let Some(&i) = self.bound_keys.get(&key) {
+                    let why = format!(
+                        "{agent_id:?} is bound to its own token (gateway.agents entry {:?}): \
+                         connect with ?token=<that token>",
+                        self.limits.bound[i].0
+                    );
+                    return self.refuse(conn, "agent_id_bound", &why, out);
+                }
+            }
         }
         if let Some(held) = self.keys.get(&key).filter(|held| **held != agent_id) {
             let why = format!("{agent_id:?} looks like {held:?}, who is connected; pick another");
@@ -924,6 +968,10 @@ mod tests {
                 history_max: 100,
                 history_max_age_ms: 120_000,
                 max_messages_per_s: 1000,
+                bound: vec![
+                    ("perplexity".into(), "interviewer".into()),
+                    ("hermes".into(), String::new()),
+                ],
             },
             0,
         )
@@ -1201,6 +1249,57 @@ mod tests {
     }
 
     #[test]
+    fn a_bound_id_needs_its_token_and_a_token_binds_its_connection() {
+        let mut g = hub();
+        let reg = |g: &mut Gateway, conn: ConnId, agent: &str, role: &str| {
+            let mut out = Vec::new();
+            let msg = json!({"type": "agent_register", "agentId": agent, "role": role});
+            g.on_text(conn, &text(&msg.to_string()), 10, &mut out);
+            to(g, &out, conn).remove(0)
+        };
+        // Without the token: neither the id nor a look-alike of it.
+        for (i, id_) in ["perplexity", "Perplexity", "hermes\u{200b}"]
+            .iter()
+            .enumerate()
+        {
+            let conn = id(i as u32);
+            g.connect(conn, None, 10);
+            assert_eq!(
+                reg(&mut g, conn, id_, "agent")["code"],
+                "agent_id_bound",
+                "{id_:?}"
+            );
+        }
+        // With perplexity's token: only perplexity, with the configured role.
+        g.connect_bound(id(10), None, Some(0), 10);
+        assert_eq!(
+            reg(&mut g, id(10), "mallory", "agent")["code"],
+            "wrong_agent_id"
+        );
+        let ack = reg(&mut g, id(10), "perplexity", "admin");
+        assert_eq!(
+            (ack["type"].as_str(), ack["role"].as_str()),
+            (Some("agent_registered"), Some("interviewer"))
+        );
+        // hermes has no role configured: the client's own.
+        g.connect_bound(id(11), None, Some(1), 10);
+        assert_eq!(reg(&mut g, id(11), "hermes", "bot")["role"], "bot");
+        // The holder of the token may take its own id over (a reconnect).
+        g.connect_bound(id(12), None, Some(0), 20);
+        assert_eq!(
+            reg(&mut g, id(12), "perplexity", "agent")["type"],
+            "agent_registered"
+        );
+        assert_eq!(g.conn_of("perplexity"), Some(id(12)));
+        // Unbound ids work as before.
+        g.connect(id(13), None, 20);
+        assert_eq!(
+            reg(&mut g, id(13), "alice", "agent")["type"],
+            "agent_registered"
+        );
+    }
+
+    #[test]
     fn directed_goes_only_to_the_target_and_unknown_target_is_an_error() {
         let mut g = hub();
         for (i, a) in ["a", "b", "c"].iter().enumerate() {
@@ -1411,6 +1510,7 @@ mod tests {
                 history_max: 10,
                 history_max_age_ms: 60_000,
                 max_messages_per_s: 1000,
+                bound: Vec::new(),
             },
             0,
         );
@@ -1544,6 +1644,7 @@ mod tests {
                 history_max: 3,
                 history_max_age_ms: 100,
                 max_messages_per_s: 1000,
+                bound: Vec::new(),
             },
             0,
         );
