@@ -156,6 +156,28 @@ fn upgrade(app: &mut App, req: &Request, route: &str) -> Handled {
     } else {
         (app.cfg.http.token.clone(), "Workshop feed")
     };
+    if let Some(origin) = req.header("origin") {
+        let cfg = &app.cfg;
+        if !origin_allowed(
+            origin,
+            req.header("host"),
+            &cfg.websocket.allowed_origins,
+            &cfg.http.cors_origins,
+        ) {
+            app.metrics.ws_origin_refused += 1;
+            log::warn!(
+                "refused a WebSocket upgrade on {route} from a page at {origin:?}: not in websocket.allowed_origins"
+            );
+            return Handled::Respond(Response::error(
+                403,
+                "forbidden_origin",
+                &format!(
+                    "pages from {origin} may not open a WebSocket here; add the origin to \
+                     websocket.allowed_origins to allow it"
+                ),
+            ));
+        }
+    }
     let given = req.query_param("token").or_else(|| {
         req.header("authorization")
             .and_then(|h| h.strip_prefix("Bearer "))
@@ -206,6 +228,56 @@ fn upgrade(app: &mut App, req: &Request, route: &str) -> Handled {
         Ok(response) => Handled::Upgrade { response, feed },
         Err(e) => Handled::Respond(Response::from(e)),
     }
+}
+
+/// Whether a browser page from `origin` may open a WebSocket here: listed in
+/// `websocket.allowed_origins` or `http.cors_origins`, or the bridge's own page (the
+/// origin is `http(s)://` + this request's `Host`) reached by an IP address or
+/// `localhost`. A host *name* is not trusted as "same origin": a DNS-rebinding page would
+/// name itself and resolve to 127.0.0.1.
+pub fn origin_allowed(
+    origin: &str,
+    host: Option<&str>,
+    allowed: &[String],
+    cors: &[String],
+) -> bool {
+    let origin = origin.trim().to_ascii_lowercase();
+    let listed = allowed.iter().chain(cors).any(|entry| {
+        let entry = entry.trim().to_ascii_lowercase();
+        match entry.strip_suffix(":*") {
+            _ if entry == "*" => true,
+            Some(base) => {
+                origin == base
+                    || origin
+                        .strip_prefix(base)
+                        .and_then(|rest| rest.strip_prefix(':'))
+                        .is_some_and(|port| {
+                            !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit())
+                        })
+            }
+            None => origin == entry,
+        }
+    });
+    let own_page = host.is_some_and(|host| {
+        let host = host.trim().to_ascii_lowercase();
+        let name = match host.rsplit_once(':') {
+            Some((name, port))
+                if port.bytes().all(|b| b.is_ascii_digit()) && !name.ends_with(':') =>
+            {
+                name
+            }
+            _ => host.as_str(),
+        };
+        let literal = name == "localhost"
+            || name.parse::<std::net::Ipv4Addr>().is_ok()
+            || (name.starts_with('[')
+                && name.ends_with(']')
+                && name[1..name.len() - 1]
+                    .parse::<std::net::Ipv6Addr>()
+                    .is_ok());
+        literal && (origin == format!("http://{host}") || origin == format!("https://{host}"))
+    });
+    listed || own_page
 }
 
 /// The `Origin` to echo back when it is allowed by `http.cors_origins` (`*` allows all).
@@ -928,6 +1000,51 @@ fn call(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn browser_origins_are_checked_against_the_list_and_the_own_page() {
+        let allowed = crate::config::WebsocketConfig::default().allowed_origins;
+        let cors = vec!["https://game.example".to_string()];
+        let ok = |o: &str, host: Option<&str>| origin_allowed(o, host, &allowed, &cors);
+        for origin in [
+            "null",
+            "http://localhost",
+            "http://localhost:3000",
+            "HTTP://LOCALHOST:8080",
+            "https://127.0.0.1:5173",
+            "http://[::1]:8000",
+            "https://game.example",
+        ] {
+            assert!(ok(origin, Some("127.0.0.1:8765")), "{origin}");
+        }
+        for origin in [
+            "http://evil.example",
+            "http://evil.localhost:8000",
+            "http://localhost.evil.example",
+            "http://127.0.0.1.evil.example:80",
+            "http://localhost:80abc",
+            "https://game.example:444",
+            "",
+        ] {
+            assert!(!ok(origin, Some("127.0.0.1:8765")), "{origin}");
+        }
+        // The bridge's own page reached by an address: same origin.
+        assert!(ok("http://192.168.1.5:4004", Some("192.168.1.5:4004")));
+        assert!(ok("http://[fe80::1]:4004", Some("[fe80::1]:4004")));
+        // A host name naming itself is what a DNS-rebinding page looks like.
+        assert!(!ok(
+            "http://rebind.example:4004",
+            Some("rebind.example:4004")
+        ));
+        assert!(!ok("http://192.168.1.5:4005", Some("192.168.1.5:4004")));
+        // `*` allows every page.
+        assert!(origin_allowed(
+            "http://any.example",
+            None,
+            &["*".into()],
+            &[]
+        ));
+    }
 
     #[test]
     fn routes_resolve_with_encoded_rooms() {

@@ -29,6 +29,38 @@ pub struct Config {
     pub workshop: WorkshopConfig,
     pub store: StoreConfig,
     pub federation: FederationConfig,
+    pub websocket: WebsocketConfig,
+}
+
+/// `[websocket]`: rules for WebSocket upgrades on every HTTP listener (both feeds).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebsocketConfig {
+    /// Browser origins whose pages may open a WebSocket here (an upgrade that carries an
+    /// `Origin` header not listed gets 403 before the upgrade; one without `Origin`, a
+    /// non-browser client, is not affected). An entry is an origin (`https://a.example`),
+    /// `scheme://host:*` for any port (or none), `null` for `file://` pages, or `*`.
+    /// `http.cors_origins` entries are allowed too, and so is a page the bridge served
+    /// itself from an IP address or `localhost` (its `Origin` is the request's `Host`).
+    pub allowed_origins: Vec<String>,
+}
+
+impl Default for WebsocketConfig {
+    fn default() -> Self {
+        WebsocketConfig {
+            allowed_origins: [
+                "null",
+                "http://localhost:*",
+                "https://localhost:*",
+                "http://127.0.0.1:*",
+                "https://127.0.0.1:*",
+                "http://[::1]:*",
+                "https://[::1]:*",
+            ]
+            .map(String::from)
+            .to_vec(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -212,6 +244,7 @@ impl Default for Config {
         Config {
             world: "local".into(),
             allow_public_without_token: false,
+            websocket: WebsocketConfig::default(),
             http: HttpConfig::default(),
             line: LineConfig::default(),
             sessions: SessionsConfig::default(),

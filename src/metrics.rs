@@ -70,6 +70,8 @@ pub struct Metrics {
     pub agent_latency: Histogram,
     pub request_latency: Histogram,
     pub crisis_detections: u64,
+    /// WebSocket upgrades refused for their `Origin` (`websocket.allowed_origins`).
+    pub ws_origin_refused: u64,
     pub rate_limited: u64,
     pub bad_requests: u64,
     /// Line-protocol messages received, and those answered with `error`.
@@ -185,6 +187,11 @@ impl Metrics {
                 "worldbridge_crisis_detections_total",
                 "Messages in which the crisis detector fired.",
                 self.crisis_detections,
+            ),
+            (
+                "worldbridge_ws_origin_refused_total",
+                "WebSocket upgrades refused because the page's Origin is not allowed.",
+                self.ws_origin_refused,
             ),
             (
                 "worldbridge_rate_limited_total",

@@ -336,6 +336,59 @@ fn an_agent_token_binds_its_id_and_nobody_else_can_take_it() {
     );
 }
 
+/// An upgrade with an `Origin` header, as a browser sends it.
+fn connect_from(addr: SocketAddr, path: &str, origin: &str) -> Result<Ws, (u16, Value)> {
+    use tungstenite::client::IntoClientRequest;
+    let mut req = format!("ws://{addr}{path}").into_client_request().unwrap();
+    req.headers_mut().insert("Origin", origin.parse().unwrap());
+    match tungstenite::connect(req) {
+        Ok((ws, _)) => Ok(ws),
+        Err(tungstenite::Error::Http(resp)) => {
+            let body = serde_json::from_slice(resp.body().as_deref().unwrap_or(b"null"))
+                .unwrap_or(Value::Null);
+            Err((resp.status().as_u16(), body))
+        }
+        Err(e) => panic!("{origin}: {e}"),
+    }
+}
+
+#[test]
+fn pages_from_other_origins_cannot_open_a_websocket() {
+    let b = start();
+    for path in ["/", "/ws/workshop", "/ws/matrix"] {
+        for origin in ["http://evil.example", "https://evil.localhost:8080"] {
+            let (status, body) = connect_from(b.http, path, origin).map(|_| ()).unwrap_err();
+            assert_eq!(
+                (status, body["code"].as_str()),
+                (403, Some("forbidden_origin")),
+                "{path} {origin}"
+            );
+        }
+        for origin in ["null", "http://localhost:5173", "http://127.0.0.1:3000"] {
+            assert!(
+                connect_from(b.http, path, origin).is_ok(),
+                "{path} {origin}"
+            );
+        }
+        // A client that sends no Origin (not a browser) is not affected.
+        connect(b.http, path);
+    }
+    let metrics = call(b.http, "GET", "/metrics", None).text();
+    assert!(
+        metrics.contains("worldbridge_ws_origin_refused_total 6"),
+        "{metrics}"
+    );
+
+    // The operator's own list replaces the defaults; cors_origins are allowed too.
+    let mut cfg = gateway_config();
+    cfg.websocket.allowed_origins = vec!["https://matrix.example".into()];
+    cfg.http.cors_origins = vec!["https://cors.example".into()];
+    let b = start_with(cfg);
+    assert!(connect_from(b.http, "/ws/matrix", "https://matrix.example").is_ok());
+    assert!(connect_from(b.http, "/ws/matrix", "https://cors.example").is_ok());
+    assert!(connect_from(b.http, "/ws/matrix", "http://localhost:5173").is_err());
+}
+
 #[test]
 fn token_is_checked_before_the_upgrade() {
     let mut cfg = gateway_config();
@@ -1015,6 +1068,106 @@ fn status_page_in_chromium_shows_live_events() {
     let _ = child.kill();
     let _ = child.wait();
     let _ = std::fs::remove_dir_all(&profile);
+    if let Err(e) = result {
+        std::panic::resume_unwind(e);
+    }
+}
+
+/// A page that opens the Workshop feed and writes what happened into `body.dataset.ws`.
+fn feed_page(bridge: SocketAddr) -> String {
+    format!(
+        r#"<!doctype html><html><body><script>
+const ws = new WebSocket("ws://{bridge}/ws/workshop");
+ws.onmessage = (e) => {{ document.body.dataset.ws = "got:" + JSON.parse(e.data).type; }};
+ws.onerror = () => {{ document.body.dataset.ws = document.body.dataset.ws || "error"; }};
+ws.onclose = () => {{ document.body.dataset.ws = document.body.dataset.ws || "closed"; }};
+</script></body></html>"#
+    )
+}
+
+#[test]
+#[ignore = "needs chromium"]
+fn a_page_from_another_origin_cannot_open_the_feed_in_chromium_and_a_file_page_can() {
+    let b = start();
+    // "Another origin": a page served by a web server on this machine under a name
+    // Chromium resolves to loopback itself (*.localhost), as a site in another tab would.
+    let site = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let site_port = site.local_addr().unwrap().port();
+    let page = feed_page(b.http);
+    std::thread::spawn(move || {
+        for conn in site.incoming().take(8) {
+            use std::io::{Read, Write};
+            let Ok(mut conn) = conn else { break };
+            let mut head = [0u8; 4096];
+            let _ = conn.read(&mut head);
+            let resp = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{page}",
+                page.len()
+            );
+            let _ = conn.write_all(resp.as_bytes());
+        }
+    });
+    let dir = scratch_dir("origin-page");
+    std::fs::create_dir_all(&dir).unwrap();
+    let file_page = dir.join("feed.html");
+    std::fs::write(&file_page, feed_page(b.http)).unwrap();
+
+    let profile = scratch_dir("chromium-origin");
+    let mut child = std::process::Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--remote-debugging-port=0",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .arg(format!("http://evil.localhost:{site_port}/"))
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("chromium runs");
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let devtools = devtools_port(child.stderr.take().unwrap());
+        let mut page = cdp_page(devtools);
+        let mut seen = Value::Null;
+        eventually(
+            Duration::from_secs(20),
+            "the other site's page to try",
+            || {
+                seen = eval(
+                    &mut page,
+                    "document.body ? (document.body.dataset.ws || '') : ''",
+                );
+                seen != json!("")
+            },
+        );
+        assert_eq!(seen, json!("error"), "refused before the upgrade");
+        let metrics = call(b.http, "GET", "/metrics", None).text();
+        assert!(
+            metrics.contains("worldbridge_ws_origin_refused_total 1"),
+            "{metrics}"
+        );
+
+        cdp(
+            &mut page,
+            "Page.navigate",
+            json!({"url": format!("file://{}", file_page.display())}),
+        );
+        eventually(Duration::from_secs(20), "the file:// page's feed", || {
+            eval(
+                &mut page,
+                "document.body ? (document.body.dataset.ws || '') : ''",
+            ) == json!("got:state")
+        });
+    }));
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(&profile);
+    let _ = std::fs::remove_dir_all(&dir);
     if let Err(e) = result {
         std::panic::resume_unwind(e);
     }
