@@ -156,6 +156,24 @@ fn upgrade(app: &mut App, req: &Request, route: &str) -> Handled {
     } else {
         (app.cfg.http.token.clone(), "Workshop feed")
     };
+    if app.ws_connections >= app.cfg.websocket.max_connections {
+        let cap = app.cfg.websocket.max_connections;
+        app.metrics.connections_rejected += 1;
+        log::warn!(
+            "refused a WebSocket upgrade on {route}: websocket.max_connections ({cap}) reached"
+        );
+        return Handled::Respond(
+            Response::error(
+                503,
+                "too_many_connections",
+                &format!(
+                    "the bridge has {cap} WebSocket connections open \
+                     (websocket.max_connections); try again shortly"
+                ),
+            )
+            .with_header("Retry-After", "1"),
+        );
+    }
     if let Some(origin) = req.header("origin") {
         let cfg = &app.cfg;
         if !origin_allowed(

@@ -48,6 +48,8 @@ pub struct App {
     pub ready: Vec<(ReplyTo, Response)>,
     /// Open connections (kept by the loop, read by health and metrics).
     pub connections_open: usize,
+    /// Upgraded WebSocket connections open (kept by the loop; `websocket.max_connections`).
+    pub ws_connections: usize,
     /// Game links, their rooms, dials and the requests waiting for games.
     pub links: Links,
     /// Lines for link connections (relayed events, requests); the loop writes them.
@@ -160,6 +162,7 @@ impl App {
             shutting_down: false,
             ready: Vec::new(),
             connections_open: 0,
+            ws_connections: 0,
             links: Links::new(&cfg.line.dial, Instant::now(), crate::time::now_ms()),
             line_out: Vec::new(),
             store: None,

@@ -43,6 +43,9 @@ pub struct WebsocketConfig {
     /// `http.cors_origins` entries are allowed too, and so is a page the bridge served
     /// itself from an IP address or `localhost` (its `Origin` is the request's `Host`).
     pub allowed_origins: Vec<String>,
+    /// Most upgraded WebSocket connections at once (both feeds); an upgrade past it gets
+    /// `503` `too_many_connections` before the handshake.
+    pub max_connections: usize,
 }
 
 impl Default for WebsocketConfig {
@@ -59,6 +62,7 @@ impl Default for WebsocketConfig {
             ]
             .map(String::from)
             .to_vec(),
+            max_connections: 10_000,
         }
     }
 }
@@ -83,6 +87,9 @@ pub struct HttpConfig {
 pub struct LineConfig {
     pub listen: Vec<SocketAddr>,
     pub token: String,
+    /// Most line connections at once, accepted and dialed; one accepted past it gets an
+    /// `error` line `too_many_connections` and is closed.
+    pub max_connections: usize,
     pub max_line_bytes: usize,
     /// Bytes that may wait for one link to read them; past it the link is dropped.
     pub max_queued_bytes: usize,
@@ -280,6 +287,7 @@ impl Default for LineConfig {
         LineConfig {
             listen: vec![addr("127.0.0.1:4005")],
             token: String::new(),
+            max_connections: 1000,
             max_line_bytes: 64 * 1024,
             max_queued_bytes: 1024 * 1024,
             heartbeat_s: 30,
@@ -511,7 +519,7 @@ impl Config {
         check_backend(&self.agent.backend)
             .map_err(|why| format!("config: `agent.backend`: {why}"))?;
 
-        let at_least: [(&str, u64, u64); 29] = [
+        let at_least: [(&str, u64, u64); 31] = [
             (
                 "federation.sync_interval_s",
                 self.federation.sync_interval_s,
@@ -542,6 +550,12 @@ impl Config {
             ("agent.timeout_s", self.agent.timeout_s, 1),
             ("sessions.max", self.sessions.max as u64, 1),
             ("http.max_connections", self.http.max_connections as u64, 1),
+            ("line.max_connections", self.line.max_connections as u64, 1),
+            (
+                "websocket.max_connections",
+                self.websocket.max_connections as u64,
+                1,
+            ),
             (
                 "http.header_max_bytes",
                 self.http.header_max_bytes as u64,

@@ -74,12 +74,46 @@ enum Conn {
     Ws(Box<WsSession>),
 }
 
+/// The kinds of connection that each have their own cap (`http.max_connections`,
+/// `line.max_connections`, `websocket.max_connections`), so a crowd of one kind cannot
+/// lock out the others.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Surface {
+    Http = 0,
+    Line = 1,
+    Ws = 2,
+}
+
+/// Open connections of each [`Surface`].
+#[derive(Debug, Default)]
+struct OpenCounts([usize; 3]);
+
+impl OpenCounts {
+    fn get(&self, s: Surface) -> usize {
+        self.0[s as usize]
+    }
+    fn add(&mut self, s: Surface) {
+        self.0[s as usize] += 1;
+    }
+    fn remove(&mut self, s: Surface) {
+        self.0[s as usize] = self.0[s as usize].saturating_sub(1);
+    }
+}
+
 struct WsSession {
     conn: WsConn,
     feed: Feed,
 }
 
 impl Conn {
+    fn surface(&self) -> Surface {
+        match self {
+            Conn::Http(_) => Surface::Http,
+            Conn::Line(_) => Surface::Line,
+            Conn::Ws(_) => Surface::Ws,
+        }
+    }
+
     fn mark_readable(&mut self) {
         match self {
             Conn::Http(c) => c.mark_readable(),
@@ -132,6 +166,8 @@ pub struct Bridge {
     poll: Poll,
     listeners: Vec<Listener>,
     conns: Slab<Conn>,
+    /// Open connections per surface, for the per-surface caps.
+    open: OpenCounts,
     app: App,
     waker: Arc<Waker>,
     replies: Receiver<AgentReply>,
@@ -160,6 +196,38 @@ pub struct Bridge {
 }
 
 /// Bind a listening socket with socket2: address reuse and a real backlog.
+/// A connection accepted past its surface's cap: what was already sent is read and
+/// dropped (so closing does not reset the answer away), the answer is written once (a
+/// fresh socket's buffer takes it whole), and the socket is closed. HTTP gets `503` with
+/// `Retry-After` and the usual JSON error; a line link gets an `error` line.
+fn refuse_over_cap(mut stream: TcpStream, kind: ListenerKind, key: &str, cap: usize) {
+    use std::io::{Read, Write};
+    let mut sink = [0u8; 4096];
+    while matches!(stream.read(&mut sink), Ok(n) if n > 0) {}
+    let message = format!(
+        "the bridge has {cap} {} connections open ({key}.max_connections); try again shortly",
+        if kind == ListenerKind::Http {
+            "HTTP"
+        } else {
+            "line"
+        }
+    );
+    let mut out = Vec::new();
+    match kind {
+        ListenerKind::Http => {
+            let resp = crate::codec::http::Response::error(503, "too_many_connections", &message)
+                .with_header("Retry-After", "1");
+            crate::codec::http::encode(&resp, false, false, &mut out);
+        }
+        ListenerKind::Line => {
+            let line = serde_json::json!({"type": "error", "code": "too_many_connections", "error": message});
+            out = format!("{line}\n").into_bytes();
+        }
+    }
+    let _ = stream.write_all(&out);
+    let _ = stream.shutdown(std::net::Shutdown::Write);
+}
+
 fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
     let sock = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
     sock.set_reuse_address(true)?;
@@ -292,6 +360,7 @@ impl Bridge {
             poll,
             listeners,
             conns: Slab::default(),
+            open: OpenCounts::default(),
             app,
             waker,
             replies,
@@ -467,9 +536,14 @@ impl Bridge {
                     return;
                 }
             };
-            if self.conns.len() >= self.app.cfg.http.max_connections {
+            let (surface, cap, key) = match kind {
+                ListenerKind::Http => (Surface::Http, self.app.cfg.http.max_connections, "http"),
+                ListenerKind::Line => (Surface::Line, self.app.cfg.line.max_connections, "line"),
+            };
+            if self.open.get(surface) >= cap {
                 self.app.metrics.connections_rejected += 1;
-                log::debug!("connection from {peer} refused: max_connections reached");
+                log::warn!("connection from {peer} refused: {key}.max_connections ({cap}) reached");
+                refuse_over_cap(stream, kind, key, cap);
                 continue;
             }
             let now = Instant::now();
@@ -503,6 +577,8 @@ impl Bridge {
             log::warn!("register connection with {peer}: {e}");
             return None;
         }
+        self.open.add(conn.surface());
+        self.app.ws_connections = self.open.get(Surface::Ws);
         self.conns.insert(conn);
         self.app.metrics.connections_accepted += 1;
         self.app.connections_open = self.conns.len();
@@ -572,6 +648,9 @@ impl Bridge {
             return;
         };
         let (limits, now) = (self.ws_limits, Instant::now());
+        self.open.remove(Surface::Http);
+        self.open.add(Surface::Ws);
+        self.app.ws_connections = self.open.get(Surface::Ws);
         self.conns.replace_with(id, |c| match c {
             Conn::Http(h) => {
                 let (sock, peer, rx) = h.into_parts();
@@ -762,6 +841,8 @@ impl Bridge {
         let Some(mut conn) = self.conns.remove(id) else {
             return;
         };
+        self.open.remove(conn.surface());
+        self.app.ws_connections = self.open.get(Surface::Ws);
         let _ = self.poll.registry().deregister(conn.sock());
         if let Conn::Line(c) = &conn {
             log::info!(

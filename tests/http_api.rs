@@ -3,7 +3,7 @@
 
 mod common;
 use common::*;
-use serde_json::json;
+use serde_json::{json, Value};
 use std::time::Duration;
 
 #[test]
@@ -624,7 +624,7 @@ fn rate_limit_gives_429_with_retry_after_per_user() {
 }
 
 #[test]
-fn connections_past_the_maximum_are_closed_at_once_and_counted() {
+fn connections_past_the_maximum_get_503_and_are_closed_and_counted() {
     let mut cfg = test_config();
     cfg.http.max_connections = 2;
     let b = start_with(cfg);
@@ -634,6 +634,16 @@ fn connections_past_the_maximum_are_closed_at_once_and_counted() {
     assert_eq!(c2.call("GET", "/bridge/health", None).status, 200);
     let mut third = Client::connect(b.http);
     third.send_raw(b"GET /bridge/health HTTP/1.1\r\n\r\n");
+    let r = third
+        .read_response(false)
+        .expect("a 503, not a silent close");
+    assert_eq!(r.status, 503);
+    assert_eq!(r.json()["code"], "too_many_connections");
+    assert!(r.json()["error"]
+        .as_str()
+        .unwrap()
+        .contains("http.max_connections"));
+    assert_eq!(r.header("retry-after"), Some("1"));
     assert!(third.closed_by_server());
     assert_eq!(
         a.call("GET", "/bridge/health", None).status,
@@ -643,6 +653,73 @@ fn connections_past_the_maximum_are_closed_at_once_and_counted() {
     drop(c2);
     let s = a.call("GET", "/bridge/stats", None).json();
     assert!(s["connections"]["rejected"].as_u64().unwrap() >= 1);
+}
+
+#[test]
+fn each_surface_has_its_own_connection_cap() {
+    let mut cfg = test_config();
+    cfg.line.listen = vec!["127.0.0.1:0".parse().unwrap()];
+    cfg.line.max_connections = 50;
+    cfg.http.max_connections = 50;
+    cfg.websocket.max_connections = 2;
+    let b = start_with(cfg);
+    let line = b.line.expect("a line listener");
+    // 50 idle line connections fill the line cap...
+    let idle: Vec<std::net::TcpStream> = (0..50)
+        .map(|_| std::net::TcpStream::connect(line).unwrap())
+        .collect();
+    common::eventually(Duration::from_secs(5), "50 line connections open", || {
+        get(b.http, "/bridge/stats")["connections"]["open"].as_u64() >= Some(50)
+    });
+    // ...the 51st gets an error line and is closed...
+    let mut extra = std::net::TcpStream::connect(line).unwrap();
+    extra
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut got = String::new();
+    std::io::Read::read_to_string(&mut extra, &mut got).unwrap();
+    let v: Value = serde_json::from_str(got.trim()).unwrap();
+    assert_eq!(
+        (v["type"].as_str(), v["code"].as_str()),
+        (Some("error"), Some("too_many_connections"))
+    );
+    assert!(v["error"]
+        .as_str()
+        .unwrap()
+        .contains("line.max_connections"));
+    // ...and HTTP is unaffected.
+    assert_eq!(call(b.http, "GET", "/bridge/health", None).status, 200);
+    drop(idle);
+
+    // WebSockets count on their own: two upgrades fill the cap, the third is a 503 before
+    // the handshake, plain HTTP still works.
+    let upgrade = |c: &mut Client| {
+        c.send_raw(b"GET /ws/workshop HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n");
+        c.read_response(true).expect("an answer").status
+    };
+    let mut ws1 = Client::connect(b.http);
+    let mut ws2 = Client::connect(b.http);
+    assert_eq!((upgrade(&mut ws1), upgrade(&mut ws2)), (101, 101));
+    let mut ws3 = Client::connect(b.http);
+    ws3.send_raw(b"GET /ws/workshop HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n");
+    let r = ws3.read_response(false).unwrap();
+    assert_eq!(r.status, 503);
+    assert_eq!(r.json()["code"], "too_many_connections");
+    assert!(r.json()["error"]
+        .as_str()
+        .unwrap()
+        .contains("websocket.max_connections"));
+    assert_eq!(call(b.http, "GET", "/bridge/health", None).status, 200);
+    // A WebSocket that closes frees its place.
+    drop(ws1);
+    common::eventually(
+        Duration::from_secs(5),
+        "the upgrade's place is free",
+        || {
+            let mut c = Client::connect(b.http);
+            upgrade(&mut c) == 101
+        },
+    );
 }
 
 #[test]

@@ -365,7 +365,7 @@ fn spawn_bridge(data_dir: Option<&std::path::Path>) -> (Child, SocketAddr, Socke
     let cfg = std::env::temp_dir().join(format!("worldbridge-bench-{}.toml", std::process::id()));
     std::fs::write(
         &cfg,
-        "[http]\nlisten = [\"127.0.0.1:0\"]\nrate_limit_requests = 1000000000\nmax_connections = 19000\n[line]\nlisten = [\"127.0.0.1:0\"]\n[sessions]\nmax = 100\n[gateway]\nmax_messages_per_s = 1000000\n",
+        "[http]\nlisten = [\"127.0.0.1:0\"]\nrate_limit_requests = 1000000000\nmax_connections = 19000\n[line]\nlisten = [\"127.0.0.1:0\"]\n[sessions]\nmax = 100\n[gateway]\nmax_messages_per_s = 1000000\n[websocket]\nmax_connections = 19000\n",
     )
     .expect("bench config");
     let mut cmd = Command::new(&bin);
