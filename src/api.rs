@@ -616,6 +616,7 @@ struct Health<'a> {
     uptime_s: u64,
     links: Vec<Value>,
     peers: Vec<Value>,
+    inbox: Value,
 }
 
 /// Every game link: the configured dials (up, connecting or down, with their history)
@@ -669,6 +670,12 @@ fn health(app: &App, now: u64) -> Response {
             uptime_s: app.started.elapsed().as_secs(),
             links: links_json(app),
             peers: app.peers_health(now),
+            inbox: match &app.inbox_trouble {
+                None => json!({"status": "ok"}),
+                Some((why, since)) => {
+                    json!({"status": "unavailable", "error": why, "since": rfc3339(*since)})
+                }
+            },
         },
     )
 }

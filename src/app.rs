@@ -62,6 +62,9 @@ pub struct App {
     pub ws_out: Vec<WsOut>,
     /// The Workshop inbox writer (a thread; attached by the loop, absent in unit tests).
     pub inbox: Option<Inbox>,
+    /// Why the inbox last failed and since when (epoch ms); cleared by the next write
+    /// that succeeds. Shown in `/bridge/health`.
+    pub inbox_trouble: Option<(String, u64)>,
     /// The durable store (`None` with `--memory`).
     pub store: Option<Store>,
     /// Answers waiting for their batch to be durable, oldest first.
@@ -152,6 +155,7 @@ impl App {
             workshop,
             ws_out: Vec::new(),
             inbox: None,
+            inbox_trouble: None,
             rate: RateLimit::new(cfg.http.rate_limit_requests, cfg.http.rate_limit_window_s),
             world,
             metrics: Metrics::default(),

@@ -20,7 +20,7 @@ use crate::conn::{Drive, Feed};
 use crate::game::{LoopRequest, Target, Worlds};
 use crate::line_api::{reply_line, LineRoutes};
 use crate::store::Store;
-use crate::workshop::inbox::Inbox;
+use crate::workshop::inbox::{Inbox, Written};
 use crate::workshop::watcher::{StateUpdate, StateWatcher};
 use crate::ws_api::WsOut;
 use crossbeam_channel::{Receiver, Sender};
@@ -190,6 +190,8 @@ pub struct Bridge {
     ws_again: Vec<ConnId>,
     /// The Workshop state file watcher's reports.
     workshop_rx: Receiver<StateUpdate>,
+    /// What became of visitor messages handed to the inbox writer.
+    inbox_rx: Receiver<Written>,
     watcher: Option<StateWatcher>,
     last_sweep: Instant,
     drain_until: Option<Instant>,
@@ -323,8 +325,13 @@ impl Bridge {
             )
         };
         let inbox_dir = crate::config::expand_home(&cfg.workshop.inbox_dir);
-        let inbox = Inbox::spawn(inbox_dir.into(), INBOX_QUEUE, |_| {})
-            .map_err(|e| format!("cannot start the workshop inbox writer: {e}"))?;
+        let (inbox_tx, inbox_rx) = crossbeam_channel::unbounded();
+        let w = waker.clone();
+        let inbox = Inbox::spawn(inbox_dir.into(), INBOX_QUEUE, move |written| {
+            let _ = inbox_tx.send(written);
+            let _ = w.wake();
+        })
+        .map_err(|e| format!("cannot start the workshop inbox writer: {e}"))?;
         let mut app = App::new(cfg)?;
         if let Some(pool) = pool {
             app.attach_pool(pool);
@@ -376,6 +383,7 @@ impl Bridge {
             ws_members: Vec::new(),
             ws_again: Vec::new(),
             workshop_rx,
+            inbox_rx,
             watcher,
             last_sweep: Instant::now(),
             drain_until: None,
@@ -470,6 +478,7 @@ impl Bridge {
             self.drain_peers();
             self.drain_requests();
             self.drain_workshop();
+            self.drain_inbox();
             self.drive_again();
             self.drain_store();
             self.deliver_ready();
@@ -827,6 +836,13 @@ impl Bridge {
                 break;
             };
             self.drive_ws(id);
+        }
+    }
+
+    /// The inbox writer's reports.
+    fn drain_inbox(&mut self) {
+        while let Ok(written) = self.inbox_rx.try_recv() {
+            self.app.inbox_written(written, crate::time::now_ms());
         }
     }
 

@@ -86,7 +86,8 @@ pub struct Metrics {
     /// Gateway broadcasts kept in the loop's shared log (what the slowest member has
     /// not written yet, plus what came since the last trim), as of the last change.
     pub ws_broadcast_log: usize,
-    /// Visitor messages the inbox writer could not take (its queue was full).
+    /// Visitor messages not written to the inbox: its queue was full, or the write failed
+    /// (each visitor was told `inbox_unavailable`).
     pub inbox_dropped: u64,
 }
 

@@ -10,7 +10,7 @@ use crate::app::{Answer, App, CallInput};
 use crate::calls::{CallKind, ReplyTo};
 use crate::codec::http::Response;
 use crate::conn::ConnId;
-use crate::workshop::{self, watcher::StateUpdate};
+use crate::workshop::{self, inbox::Written, watcher::StateUpdate};
 use crate::world::gateway::{self, error_frame, Frame};
 use serde_json::{Map, Value};
 use std::time::Instant;
@@ -189,13 +189,14 @@ impl App {
                     self.ws_out.push(WsOut::Close(conn, code, reason))
                 }
                 workshop::Output::Ping(c) => self.ws_out.push(WsOut::Ping(c)),
-                workshop::Output::Inbox(msg) => {
-                    let written = self.inbox.as_ref().is_some_and(|i| i.submit(msg));
-                    if !written {
-                        self.metrics.inbox_dropped += 1;
+                workshop::Output::Inbox { conn, msg } => {
+                    let taken = self.inbox.as_ref().is_some_and(|i| i.submit(conn, msg));
+                    if !taken {
                         log::warn!(
                             "workshop inbox: a visitor message was dropped (the writer is not keeping up)"
                         );
+                        let why = "the inbox writer is not keeping up";
+                        self.inbox_failed(conn, why, now_ms);
                     }
                 }
                 workshop::Output::ForAgent {
@@ -220,6 +221,29 @@ impl App {
                     self.world.remove(&format!("workshop:{visitor}"), now_ms);
                 }
             }
+        }
+    }
+
+    /// What became of a visitor's message in the inbox (from the writer thread). A failure
+    /// is told to that visitor and shown in `/bridge/health` until a write succeeds again.
+    pub fn inbox_written(&mut self, written: Written, now_ms: u64) {
+        match written {
+            (_, Ok(_)) => {
+                if self.inbox_trouble.take().is_some() {
+                    log::info!("workshop inbox: messages are written again");
+                }
+            }
+            (conn, Err(why)) => self.inbox_failed(conn, &why, now_ms),
+        }
+    }
+
+    fn inbox_failed(&mut self, conn: ConnId, why: &str, now_ms: u64) {
+        self.metrics.inbox_dropped += 1;
+        let text = format!("your message could not be saved in the Workshop inbox: {why}");
+        self.ws_out
+            .push(WsOut::Send(conn, error_frame("inbox_unavailable", &text)));
+        if self.inbox_trouble.is_none() {
+            self.inbox_trouble = Some((why.to_string(), now_ms));
         }
     }
 

@@ -919,6 +919,56 @@ fn without_diffs_changes_are_full_states_and_a_missing_file_is_empty() {
 }
 
 #[test]
+fn a_visitor_whose_message_cannot_be_saved_is_told_and_health_shows_it() {
+    let w = workshop(Some("mood: calm\n"), true);
+    let addr = w.bridge.http;
+    // The inbox path is taken by a file: no message can be written there.
+    std::fs::write(&w.inbox, b"not a directory").unwrap();
+    assert_eq!(
+        get(addr, "/bridge/health")["inbox"],
+        json!({"status": "ok"})
+    );
+    let mut ws = state_on_connect(addr, "/", &json!({"mood": "calm"}));
+    send(
+        &mut ws,
+        &json!({"type": "message", "text": "Anyone home?", "visitor": "Alexander"}),
+    );
+    // Timmy still answers (the message reached the agent; only the inbox file is
+    // missing), and the visitor is told, in whichever order the two finish.
+    let (mut e, mut bark) = (Value::Null, Value::Null);
+    while e.is_null() || bark.is_null() {
+        let m = next(&mut ws);
+        match m["type"].as_str() {
+            Some("error") => e = m,
+            Some("bark") => bark = m,
+            _ => {}
+        }
+    }
+    assert!(!bark["text"].as_str().unwrap().is_empty());
+    assert_eq!(e["code"], "inbox_unavailable");
+    assert!(
+        e["error"].as_str().unwrap().contains("could not be saved"),
+        "{e}"
+    );
+    let inbox = get(addr, "/bridge/health")["inbox"].clone();
+    assert_eq!(inbox["status"], "unavailable", "{inbox}");
+    assert!(
+        inbox["error"].as_str().unwrap().contains("cannot write in"),
+        "{inbox}"
+    );
+
+    // Once the directory can be written again, the next message clears the mark.
+    std::fs::remove_file(&w.inbox).unwrap();
+    send(
+        &mut ws,
+        &json!({"type": "message", "text": "Now?", "visitor": "Alexander"}),
+    );
+    eventually(Duration::from_secs(5), "health back to ok", || {
+        get(addr, "/bridge/health")["inbox"] == json!({"status": "ok"})
+    });
+}
+
+#[test]
 fn a_visitor_message_lands_in_the_inbox_and_timmy_barks_back() {
     let w = workshop(Some("mood: calm\n"), true);
     let addr = w.bridge.http;

@@ -6,6 +6,7 @@
 //! synced, renamed into place, and the directory is synced so the rename survives a
 //! crash. Names sort in arrival order: `<epoch ms, 13 digits>-<pid>-<counter>.json`.
 
+use crate::conn::ConnId;
 use crate::time::rfc3339;
 use serde::Serialize;
 use std::fs::{self, File, OpenOptions};
@@ -60,44 +61,48 @@ pub fn write_atomic(dir: &Path, name: &str, body: &[u8]) -> io::Result<PathBuf> 
     result.map(|()| path)
 }
 
+/// What became of one message: written to this path, or not (the error), and the
+/// connection of the visitor who sent it.
+pub type Written = (ConnId, Result<PathBuf, String>);
+
 /// The inbox writer thread. Messages are written in the order they are handed over.
 pub struct Inbox {
-    tx: Option<crossbeam_channel::Sender<InboxMessage>>,
+    tx: Option<crossbeam_channel::Sender<(ConnId, InboxMessage)>>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl Inbox {
-    /// Start the writer for `dir`; `done` gets each written path (or the error), for
-    /// metrics and tests.
+    /// Start the writer for `dir`; `done` gets what became of each message (the loop
+    /// answers a visitor whose message could not be written, and health shows it).
     pub fn spawn(
         dir: PathBuf,
         queue: usize,
-        done: impl Fn(Result<PathBuf, String>) + Send + 'static,
+        done: impl Fn(Written) + Send + 'static,
     ) -> io::Result<Inbox> {
-        let (tx, rx) = crossbeam_channel::bounded::<InboxMessage>(queue.max(1));
+        let (tx, rx) = crossbeam_channel::bounded::<(ConnId, InboxMessage)>(queue.max(1));
         let thread = std::thread::Builder::new()
             .name("workshop-inbox".into())
             .spawn(move || {
                 let mut counter = 0u64;
-                for msg in rx {
+                for (conn, msg) in rx {
                     counter += 1;
                     let name = file_name(msg.received_ms, counter);
                     let body = match serde_json::to_vec_pretty(&msg) {
                         Ok(b) => b,
                         Err(e) => {
-                            done(Err(e.to_string()));
+                            done((conn, Err(e.to_string())));
                             continue;
                         }
                     };
                     match write_atomic(&dir, &name, &body) {
-                        Ok(p) => done(Ok(p)),
+                        Ok(p) => done((conn, Ok(p))),
                         Err(e) => {
                             log::error!(
                                 "workshop inbox: cannot write {} in {}: {e}",
                                 name,
                                 dir.display()
                             );
-                            done(Err(e.to_string()));
+                            done((conn, Err(format!("cannot write in {}: {e}", dir.display()))));
                         }
                     }
                 }
@@ -110,8 +115,10 @@ impl Inbox {
 
     /// Hand a message to the writer; false when its queue is full (the disk is not
     /// keeping up) or it has stopped.
-    pub fn submit(&self, msg: InboxMessage) -> bool {
-        self.tx.as_ref().is_some_and(|tx| tx.try_send(msg).is_ok())
+    pub fn submit(&self, conn: ConnId, msg: InboxMessage) -> bool {
+        self.tx
+            .as_ref()
+            .is_some_and(|tx| tx.try_send((conn, msg)).is_ok())
     }
 
     /// Write what is queued, then stop.
@@ -164,14 +171,14 @@ mod tests {
             let _ = tx.send(r);
         })
         .unwrap();
-        assert!(inbox.submit(InboxMessage::new(
-            "How's the Tower coming?",
-            "Alexander",
-            1000
-        )));
-        assert!(inbox.submit(InboxMessage::new("second", "Bo", 1000)));
+        let c = ConnId { idx: 1, gen: 0 };
+        assert!(inbox.submit(
+            c,
+            InboxMessage::new("How's the Tower coming?", "Alexander", 1000)
+        ));
+        assert!(inbox.submit(c, InboxMessage::new("second", "Bo", 1000)));
         inbox.finish();
-        let written: Vec<PathBuf> = rx.try_iter().map(|r| r.unwrap()).collect();
+        let written: Vec<PathBuf> = rx.try_iter().map(|(_, r)| r.unwrap()).collect();
         assert_eq!(written.len(), 2);
         let mut names: Vec<String> = fs::read_dir(&dir)
             .unwrap()
@@ -200,9 +207,12 @@ mod tests {
             let _ = tx.send(r);
         })
         .unwrap();
-        assert!(inbox.submit(InboxMessage::new("x", "y", 1)));
+        let c = ConnId { idx: 7, gen: 3 };
+        assert!(inbox.submit(c, InboxMessage::new("x", "y", 1)));
         inbox.finish();
-        assert!(rx.try_recv().unwrap().is_err());
+        let (conn, result) = rx.try_recv().unwrap();
+        assert_eq!(conn, c, "the failure names the visitor's connection");
+        assert!(result.unwrap_err().contains("cannot write in"));
         fs::remove_file(&file).unwrap();
     }
 }

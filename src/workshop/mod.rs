@@ -51,7 +51,10 @@ pub enum Output {
     },
     Ping(ConnId),
     /// Write this to the inbox.
-    Inbox(InboxMessage),
+    Inbox {
+        conn: ConnId,
+        msg: InboxMessage,
+    },
     /// The visitor's message is for the agent too (its answer comes back as a bark).
     ForAgent {
         conn: ConnId,
@@ -320,7 +323,10 @@ impl Workshop {
             Err(e) => return self.refuse(conn, "bad_visitor", &e, out),
         };
         self.counts.messages += 1;
-        out.push(Output::Inbox(InboxMessage::new(text, &visitor, now_ms)));
+        out.push(Output::Inbox {
+            conn,
+            msg: InboxMessage::new(text, &visitor, now_ms),
+        });
         out.push(Output::ForAgent {
             conn,
             visitor,
@@ -532,11 +538,10 @@ mod tests {
         assert_eq!(
             out,
             vec![
-                Output::Inbox(InboxMessage::new(
-                    "How's the Tower coming?",
-                    "Alexander",
-                    5000
-                )),
+                Output::Inbox {
+                    conn: id(1),
+                    msg: InboxMessage::new("How's the Tower coming?", "Alexander", 5000)
+                },
                 Output::ForAgent {
                     conn: id(1),
                     visitor: "Alexander".into(),
@@ -552,7 +557,7 @@ mod tests {
             5001,
             &mut out,
         );
-        assert!(matches!(&out[0], Output::Inbox(m) if m.visitor == ANONYMOUS));
+        assert!(matches!(&out[0], Output::Inbox { msg, .. } if msg.visitor == ANONYMOUS));
     }
 
     #[test]
