@@ -104,7 +104,7 @@ pub fn handle(app: &mut App, id: ConnId, req: Request) -> Handled {
                 404,
                 "not_found",
                 &format!(
-                    "no route for {}; see GET /bridge/health and README.md",
+                    "no route for {}; see GET /bridge/health and docs/http-api.md",
                     req.path()
                 ),
             )),

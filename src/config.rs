@@ -1,8 +1,9 @@
 //! Configuration: every limit and default of worldbridge in one place.
 //!
 //! Precedence: command-line flags > environment > config file (TOML) > defaults.
-//! The key names and defaults are the contract of DESIGN.md "Config file"; README.md
-//! documents each one. Unknown keys and bad values are rejected at start with the key's name.
+//! The key names and defaults are the contract of DESIGN.md "Config file";
+//! docs/operations.md documents each one. Unknown keys and bad values are rejected at
+//! start with the key's name.
 
 use crate::cli::ServeArgs;
 use serde::Deserialize;
