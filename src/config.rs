@@ -2,18 +2,19 @@
 //!
 //! Precedence: command-line flags > environment > config file (TOML) > defaults.
 //! The key names and defaults are the contract of DESIGN.md "Config file";
-//! docs/operations.md documents each one. Unknown keys and bad values are rejected at
-//! start with the key's name.
+//! docs/operations.md documents each one with its default (tests/docs.rs derives the keys
+//! from these types through serde and checks it). Unknown keys and bad values are
+//! rejected at start with the key's name.
 
 use crate::cli::ServeArgs;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::net::{IpAddr, SocketAddr};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use toml::Spanned;
 
 /// The whole configuration of one bridge process.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// This world's id: the origin of its events in federation.
@@ -31,7 +32,7 @@ pub struct Config {
     pub federation: FederationConfig,
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct HttpConfig {
     pub listen: Vec<SocketAddr>,
@@ -46,7 +47,7 @@ pub struct HttpConfig {
     pub rate_limit_window_s: u64,
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct LineConfig {
     pub listen: Vec<SocketAddr>,
@@ -61,7 +62,7 @@ pub struct LineConfig {
 }
 
 /// An outbound line-protocol link (the bridge dials a game that listens).
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct DialConfig {
     pub world: String,
@@ -76,7 +77,7 @@ fn default_dial_kind() -> String {
     "generic".into()
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct SessionsConfig {
     pub max: usize,
@@ -84,7 +85,7 @@ pub struct SessionsConfig {
     pub history_max: usize,
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct RoomsConfig {
     pub events_max: usize,
@@ -98,7 +99,7 @@ pub struct RoomsConfig {
     pub world_file: String,
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct AgentConfig {
     /// `builtin`, `openai` or `command`.
@@ -120,7 +121,7 @@ pub struct AgentConfig {
     pub per_user_queue: usize,
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct GatewayConfig {
     pub token: String,
@@ -139,7 +140,7 @@ pub struct GatewayConfig {
     pub max_messages_per_s: u32,
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct WorkshopConfig {
     pub state_file: String,
@@ -151,7 +152,7 @@ pub struct WorkshopConfig {
     pub visitors_per_connection: usize,
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct StoreConfig {
     pub data_dir: String,
@@ -159,7 +160,7 @@ pub struct StoreConfig {
     pub memory: bool,
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct FederationConfig {
     pub sync_interval_s: u64,
@@ -178,7 +179,7 @@ pub struct FederationConfig {
     pub peers: Vec<PeerConfig>,
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct PeerConfig {
     pub world: String,
