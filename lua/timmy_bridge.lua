@@ -1,7 +1,7 @@
 --[[
 timmy_bridge.lua: the TES3MP 0.8.1 server side of worldbridge's line protocol.
 
-Install (see README.md "TES3MP script"):
+Install (see docs/tes3mp.md):
   1. copy this file (and optionally timmy_bridge_config.lua) to server/scripts/custom/
   2. add   require("custom/timmy_bridge")   to server/scripts/customScripts.lua
   3. make luasocket loadable (Debian: apt-get install lua-socket; or socket/core.so in server/lib/)
@@ -9,7 +9,7 @@ Install (see README.md "TES3MP script"):
 What it owns: one link to worldbridge (the script listens on 127.0.0.1:7777 and the bridge
 dials in, or the script dials the bridge's line port 127.0.0.1:4005), one poll timer created
 in OnServerPostInit, and the translation between protocol messages
-(fixtures/protocol/LINE_PROTOCOL.md) and tes3mp/CoreScripts calls.
+(docs/line-protocol.md) and tes3mp/CoreScripts calls.
 
 Rules it keeps, because the server has one thread and no mercy (reference §4, §6.7, §7):
   * never blocks: every socket has settimeout(0), connect is non-blocking, hosts are numeric;
@@ -1750,7 +1750,7 @@ local function init()
     local ok, lib = pcall(require, "socket")
     if not ok or type(lib) ~= "table" then
         log(LOG.ERROR, "luasocket is not available (%s); the bridge is off. Install lua-socket "
-            .. "or put socket/core.so in server/lib/ (see README, TES3MP script).", tostring(lib))
+            .. "or put socket/core.so in server/lib/ (see docs/tes3mp.md).", tostring(lib))
         return false
     end
     socketLib = lib

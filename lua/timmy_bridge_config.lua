@@ -1,5 +1,5 @@
 -- Example config for timmy_bridge.lua. Copy to server/scripts/custom/timmy_bridge_config.lua
--- and keep only the keys you change; the rest keep their defaults (README.md "TES3MP script").
+-- and keep only the keys you change; the rest keep their defaults (docs/tes3mp.md).
 return {
     role = "listen",          -- "listen": worldbridge dials us ([[line.dial]] addr = "127.0.0.1:7777")
                               -- "connect": we dial worldbridge's line listener

@@ -19,8 +19,9 @@ use serde::Serialize;
 use serde_json::{json, Map, Value};
 use std::time::Instant;
 
-/// The routes, as metric labels.
-const ROUTES: [(&str, &str); 23] = [
+/// Every route and its method: the router matches paths against this table, metrics label
+/// requests by its patterns, and tests/docs.rs checks that docs/http-api.md lists each one.
+pub const ROUTES: &[(&str, &str)] = &[
     ("/", "GET"),
     ("/ws/matrix", "GET"),
     ("/ws/workshop", "GET"),
@@ -104,7 +105,7 @@ pub fn handle(app: &mut App, id: ConnId, req: Request) -> Handled {
                 404,
                 "not_found",
                 &format!(
-                    "no route for {}; see GET /bridge/health and README.md",
+                    "no route for {}; see GET /bridge/health and docs/http-api.md",
                     req.path()
                 ),
             )),

@@ -96,7 +96,7 @@ ENVIRONMENT (an empty variable counts as unset):
 Precedence: flags > environment > config file > built-in defaults.
 A non-loopback address is refused unless its surface has a token (http.token for
 --http, line.token for --line) or the config sets allow_public_without_token = true.
-Every config file key and its default is listed in README.md.
+Every config file key and its default is listed in docs/operations.md.
 ";
 
 /// Parse the arguments WITHOUT argv[0]. No arguments, or a leading flag, means `serve`;
@@ -587,7 +587,7 @@ mod tests {
             "TIMMY_BRIDGE_HOST",
             "TIMMY_BRIDGE_PORT",
             "RUST_LOG",
-            "README.md",
+            "docs/operations.md",
         ] {
             assert_contains(USAGE, needle);
         }

@@ -1,19 +1,21 @@
 //! Configuration: every limit and default of worldbridge in one place.
 //!
 //! Precedence: command-line flags > environment > config file (TOML) > defaults.
-//! The key names and defaults are the contract of DESIGN.md "Config file"; README.md
-//! documents each one. Unknown keys and bad values are rejected at start with the key's name.
+//! The key names and defaults are the contract of DESIGN.md "Config file";
+//! docs/operations.md documents each one with its default (tests/docs.rs derives the keys
+//! from these types through serde and checks it). Unknown keys and bad values are
+//! rejected at start with the key's name.
 
 use crate::cli::ServeArgs;
 use crate::world::lookalike;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::net::{IpAddr, SocketAddr};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use toml::Spanned;
 
 /// The whole configuration of one bridge process.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// This world's id: the origin of its events in federation.
@@ -33,7 +35,7 @@ pub struct Config {
 }
 
 /// `[websocket]`: rules for WebSocket upgrades on every HTTP listener (both feeds).
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct WebsocketConfig {
     /// Browser origins whose pages may open a WebSocket here (an upgrade that carries an
@@ -67,7 +69,7 @@ impl Default for WebsocketConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct HttpConfig {
     pub listen: Vec<SocketAddr>,
@@ -82,7 +84,7 @@ pub struct HttpConfig {
     pub rate_limit_window_s: u64,
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct LineConfig {
     pub listen: Vec<SocketAddr>,
@@ -100,7 +102,7 @@ pub struct LineConfig {
 }
 
 /// An outbound line-protocol link (the bridge dials a game that listens).
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct DialConfig {
     pub world: String,
@@ -115,7 +117,7 @@ fn default_dial_kind() -> String {
     "generic".into()
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct SessionsConfig {
     pub max: usize,
@@ -123,7 +125,7 @@ pub struct SessionsConfig {
     pub history_max: usize,
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct RoomsConfig {
     pub events_max: usize,
@@ -137,7 +139,7 @@ pub struct RoomsConfig {
     pub world_file: String,
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct AgentConfig {
     /// `builtin`, `openai` or `command`.
@@ -159,7 +161,7 @@ pub struct AgentConfig {
     pub per_user_queue: usize,
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct GatewayConfig {
     pub token: String,
@@ -183,7 +185,7 @@ pub struct GatewayConfig {
 /// `[[gateway.agents]]`: an agent id bound to a token. A connection that presents the
 /// token (`/ws/matrix?token=`) can only register as this id (with this role, when one is
 /// set); nobody else can register the id or a look-alike of it.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct GatewayAgent {
     pub id: String,
@@ -192,7 +194,7 @@ pub struct GatewayAgent {
     pub role: String,
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct WorkshopConfig {
     pub state_file: String,
@@ -204,7 +206,7 @@ pub struct WorkshopConfig {
     pub visitors_per_connection: usize,
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct StoreConfig {
     pub data_dir: String,
@@ -212,7 +214,7 @@ pub struct StoreConfig {
     pub memory: bool,
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct FederationConfig {
     pub sync_interval_s: u64,
@@ -231,7 +233,7 @@ pub struct FederationConfig {
     pub peers: Vec<PeerConfig>,
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct PeerConfig {
     pub world: String,

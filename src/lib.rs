@@ -1,6 +1,7 @@
 //! worldbridge: one process per world that joins an AI agent, game servers and people.
 //!
 //! Map of the crate:
+//! - [`cli`]: the command line: `serve` (the default), `export`, `import`.
 //! - [`config`]: every default and limit, loaded from flags, env and a TOML file.
 //! - [`event_loop`]: the one mio loop that owns every socket and all live state.
 //! - [`conn`]: one state machine per connection (HTTP, line protocol, WebSocket).
@@ -8,6 +9,8 @@
 //! - [`world`]: the socket-free core: rooms, presence, events, sessions, rate limits,
 //!   the gateway hub and heartbeats.
 //! - [`api`]: HTTP routes → core calls → responses (and WebSocket upgrades).
+//! - [`app`], [`calls`]: the live state of the bridge and the agent calls in flight (one
+//!   per user, queues, deadlines).
 //! - [`ws_api`]: the WebSocket feeds' side of the app: agent calls, inbox, presence.
 //! - [`workshop`]: the Workshop state feed, its file watcher and inbox writer.
 //! - [`agent`]: worker pool, backends (builtin, OpenAI-compatible, subprocess), prompt
@@ -17,9 +20,11 @@
 //! - [`game`]: the World trait (observe / act / speak), handles through the loop, a mock.
 //! - [`store`]: durable state: the SQLite store thread, group commit, export/import.
 //! - [`federation`]: the socket-free federation core: event log by (origin, seq), trust,
-//!   remote presence, portal rules and exactly-once travel (travel not yet wired).
+//!   remote presence, portal rules and exactly-once travel.
 //! - [`fed_api`], [`peer_sync`]: federation wired in: local events out, peer documents
 //!   in, `/bridge/state`, `/bridge/sync`, `/bridge/trust`, and the peers' sync threads.
+//! - [`travel_api`]: travel wired in: `POST /bridge/travel`, the line `travel` request,
+//!   each step held until its store batch is durable, recovery at start.
 //! - [`metrics`]: counters and histograms, rendered as Prometheus text.
 //! - [`time`]: wall-clock milliseconds and RFC 3339 formatting/parsing.
 

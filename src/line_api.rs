@@ -3,7 +3,7 @@
 //! own requests to games (`act`, `observe`, `speak`), shared by HTTP and [`crate::game`]
 //! handles, and the relaying of room events to the links that host the rooms.
 //!
-//! `fixtures/protocol/LINE_PROTOCOL.md` is the contract.
+//! `docs/line-protocol.md` is the contract.
 
 use crate::api::constant_time_eq;
 use crate::app::{Answer, App, CallInput};
@@ -306,7 +306,7 @@ impl App {
                 let name = f.name("event")?;
                 let text = f.opt("message")?;
                 let federation = match f.opt("scope")?.as_deref() {
-                    // LINE_PROTOCOL.md says "local"; the core calls it World.
+                    // docs/line-protocol.md says "local"; the core calls it World.
                     None | Some("local" | "world") => false,
                     Some("federation") => true,
                     Some(other) => {

@@ -1,6 +1,6 @@
 //! The serde types of the line protocol's structured payloads, in one place: the
 //! handshake, the commands the bridge sends a game (`act`), what a game reports back
-//! (`result`, `perception`), and the checks on them. `fixtures/protocol/LINE_PROTOCOL.md`
+//! (`result`, `perception`), and the checks on them. `docs/line-protocol.md`
 //! is the contract this file implements.
 
 use serde::{Deserialize, Serialize};

@@ -295,7 +295,7 @@ impl Game {
         }
     }
 
-    /// What the README tells a game owner to do in `typeclasses/characters.py` and
+    /// What docs/evennia.md tells a game owner to do in `typeclasses/characters.py` and
     /// `commands/default_cmdsets.py`.
     fn install_package(&self) {
         edit(
@@ -1086,7 +1086,7 @@ fn evennia_players_talk_to_the_agent_and_share_rooms_through_the_bridge() {
     });
     stamp(t0, "reload relinked");
 
-    // A gateway room with a travel exit to vps, built as the README says. vps never
+    // A gateway room with a travel exit to vps, built as docs/evennia.md says. vps never
     // answers: the bridge refuses, Alice is told why and stays.
     let m = admin.mark();
     admin.send("dig The Gate:worldbridge_evennia.typeclasses.GatewayRoom = gate, out");

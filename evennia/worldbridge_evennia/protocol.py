@@ -1,7 +1,7 @@
 """The line protocol's framing, parsing and the text players see for bridge messages.
 
 Pure Python (no Evennia, no Twisted) so it can be tested on its own. The contract is
-fixtures/protocol/LINE_PROTOCOL.md in the worldbridge repository: one JSON object per
+docs/line-protocol.md in the worldbridge repository: one JSON object per
 line, UTF-8, `\\n`-terminated, a trailing `\\r` dropped, at most 64 KiB per line.
 """
 

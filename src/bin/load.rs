@@ -1,4 +1,4 @@
-//! `worldbridge-load`: the load generator behind README.md's benchmark figures.
+//! `worldbridge-load`: the load generator behind docs/benchmarks.md's figures.
 //!
 //! It starts the real `worldbridge` binary (next to itself in `target/release`) on a
 //! loopback port with a bench config, drives it from one mio thread with keep-alive
@@ -23,7 +23,7 @@ const USAGE: &str = "worldbridge-load [--scenario health|chat|idle|say|line|fano
   line     line protocol: N connections (default 100) each pipelining --depth (default 8) pings
   fanout   N gateway clients on /ws/matrix (default 5000) and one sender broadcasting one message
            per --interval-ms (default 10): deliveries/s, delivery latency, RSS per client
-  all      all of them but fanout (the README figures); fanout runs on its own
+  all      all of them but fanout (the docs/benchmarks.md figures); fanout runs on its own
   --interval-ms  pace each connection: send at most one request per MS (default 0: back to back)
   --addr   drive an already running bridge instead of starting one (no RSS figures then)
   --line-addr  its line-protocol listener, for the line scenario";

@@ -11,7 +11,7 @@
 //! - [`travel`]: moving a character exactly once, both sides, with recovery.
 //! - [`Federation`]: one world's federation state, tying these together.
 //!
-//! # Federation (for README.md)
+//! # Federation (as docs/federation.md tells it)
 //!
 //! Each bridge has a `world` id (`world = "mac"`); each peer is a
 //! `[[federation.peers]]` entry with its world id, base URL and the pair's shared token

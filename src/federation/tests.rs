@@ -504,7 +504,7 @@ fn alice_travels_from_mac_to_vps_with_her_trust() {
     assert!(mac.departures.is_empty());
 }
 
-/// The shapes the README documents parse as the types say.
+/// The shapes docs/federation.md documents parse as the types say.
 #[test]
 fn the_documented_json_shapes_parse() {
     let state = r#"{
