@@ -115,6 +115,7 @@
 pub mod merge;
 pub mod portal;
 pub mod presence;
+pub mod sign;
 pub mod travel;
 pub mod trust;
 pub mod wire;
