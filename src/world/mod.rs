@@ -328,6 +328,12 @@ impl World {
             },
         );
         self.mark_room(room);
+        // A session's room is where its user is now, not where they last chatted.
+        if self.sessions.get(user_id).is_some_and(|s| s.room != room) {
+            if let Some(s) = self.sessions.get_mut(user_id) {
+                s.room = room.to_string();
+            }
+        }
         if let Some(r) = self.rooms.get_mut(room) {
             r.note_visitor(username);
             r.occupants.push(user_id.to_string());
