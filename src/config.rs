@@ -113,6 +113,8 @@ pub struct AgentConfig {
     pub max_tokens: u32,
     pub command: Vec<String>,
     pub persona_file: String,
+    /// The persona's mood when the Workshop state file gives none (barks carry it).
+    pub mood: String,
     /// How many recent room events go into the prompt's world context.
     pub context_events: usize,
     /// How many chats one user may have waiting behind the one in flight.
@@ -278,6 +280,7 @@ impl Default for AgentConfig {
             max_tokens: 512,
             command: Vec::new(),
             persona_file: String::new(),
+            mood: "calm".into(),
             context_events: 10,
             per_user_queue: 8,
         }
@@ -846,6 +849,7 @@ model = ""
 api_key_env = "OPENAI_API_KEY"           # the key is read from this variable, never the file
 command = []                             # command: argv of the subprocess
 persona_file = ""
+mood = "calm"                            # a Workshop bark's mood when the state file has none
 [gateway]
 token = ""
 agent_id = "timmy"
@@ -975,6 +979,7 @@ token = ""                               # the pair's shared secret, used both w
         assert_eq!(c.agent.api_key_env, "OPENAI_API_KEY");
         assert!(c.agent.command.is_empty());
         assert_eq!(c.agent.persona_file, "");
+        assert_eq!(c.agent.mood, "calm");
 
         assert_eq!(c.gateway.token, "");
         assert_eq!(c.gateway.agent_id, "timmy");
