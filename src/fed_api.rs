@@ -59,6 +59,9 @@ struct PeerHealth {
     busy: bool,
     last_sync_ms: Option<u64>,
     last_error: Option<String>,
+    /// The last sync could not reach the peer at all (refused, timed out): travel there
+    /// is refused at once instead of waiting for the travel timeout.
+    unreachable: bool,
     /// What the peer last said it holds.
     have: Cursor,
     /// Sync rounds finished without an error, and with one.
@@ -379,6 +382,7 @@ impl App {
             return;
         };
         h.busy = false;
+        h.unreachable = o.unreachable;
         if errors.is_empty() {
             h.rounds_ok += 1;
             if h.last_error.take().is_some() {
@@ -393,6 +397,14 @@ impl App {
             }
             h.last_error = Some(text);
         }
+    }
+
+    /// Whether the last sync with `peer` could not reach it at all.
+    pub(crate) fn peer_unreachable(&self, peer: &str) -> bool {
+        self.fed
+            .as_ref()
+            .and_then(|f| f.peers.get(peer))
+            .is_some_and(|h| h.unreachable)
     }
 
     /// `/bridge/health`'s `peers`: each configured peer's state. A peer never heard from

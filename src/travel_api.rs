@@ -92,6 +92,7 @@ impl App {
             .get(user_id)
             .map(|s| s.history.iter().cloned().collect())
             .unwrap_or_default();
+        let unreachable = self.peer_unreachable(to_world);
         let Some(f) = &mut self.fed else {
             return Err((
                 404,
@@ -107,6 +108,7 @@ impl App {
                 Some(&o.room),
                 history,
                 to_world,
+                unreachable,
                 now_ms,
             )
             .map_err(|e| (409, "travel_refused", e.to_string()))?;
