@@ -274,10 +274,12 @@ impl App {
                         check_name("username", &username)?;
                         let room = self.world.ensure_room(&f.name("room")?)?;
                         self.links.host(conn, &room);
+                        self.links.player(conn, &user);
                         self.world.place(&user, &username, &room, now);
                     }
                     "leave" => {
                         self.world.remove(&user, now);
+                        self.links.player_gone(conn, &user);
                     }
                     other => {
                         return Err(refuse(
@@ -296,6 +298,7 @@ impl App {
                 let message = self.line_message(&f)?;
                 let room = self.world.ensure_room(&f.name("room")?)?;
                 self.links.host(conn, &room);
+                self.links.player(conn, &user);
                 let said = self.world.say(&user, &username, &room, &message, now)?;
                 if id.is_some() {
                     answer_line("ok", id, json!({"event": said.event}), out);
@@ -328,7 +331,7 @@ impl App {
             "room" => {
                 let spec = room_spec(msg)?;
                 let name = self.world.set_room(spec)?;
-                self.links.host(conn, &name);
+                self.links.declare(conn, &name);
                 if id.is_some() {
                     answer_line("ok", id, json!({"room": name}), out);
                 }
@@ -359,7 +362,7 @@ impl App {
                 let at = Instant::now();
                 if let Some(cell) = &p.cell {
                     if let Ok(room) = self.world.ensure_room(cell) {
-                        self.links.host(conn, &room);
+                        self.links.declare(conn, &room);
                     }
                 }
                 self.links.perceive(&world, p.clone(), at, now);
@@ -506,6 +509,7 @@ impl App {
         };
         let room = self.world.ensure_room(&room)?;
         self.links.host(conn, &room);
+        self.links.player(conn, &user);
         let input = CallInput {
             kind: CallKind::Chat,
             user_id: Some(user.clone()),
@@ -551,18 +555,23 @@ impl App {
             .unwrap_or_else(|| "generic".into())
     }
 
-    /// Send every new event of the world to the links that host its room, except the
-    /// link it came from (`source`), and to the gateway's clients.
+    /// Send every new event of the world to every link that hears its room (a player
+    /// of theirs is there, or they declared it), except the link it
+    /// came from (`source`), and to the gateway's clients.
     pub fn route_events(&mut self, source: Option<ConnId>) {
         let events = self.world.take_new_events();
         self.federate(&events);
         for ev in &events {
-            if let Some(host) = self.links.host_of(&ev.room) {
-                if Some(host) != source {
-                    let mut line = Vec::with_capacity(256);
+            let present = self.world.players(&ev.room);
+            let audience = self
+                .links
+                .audience(&ev.room, present.iter().map(|o| o.user_id.as_str()));
+            let mut line = Vec::new();
+            for link in audience.into_iter().filter(|l| Some(*l) != source) {
+                if line.is_empty() {
                     encode(ev, &mut line);
-                    self.line_out.push((host, line));
                 }
+                self.line_out.push((link, line.clone()));
             }
         }
         // The same events, to every gateway client (and so the status page).
