@@ -141,7 +141,7 @@ impl App {
             now_ms,
         );
         let fed = crate::fed_api::Peering::new(&cfg.world, &cfg.federation, now_ms)?;
-        Ok(App {
+        let mut app = App {
             fed,
             gateway,
             workshop,
@@ -164,7 +164,9 @@ impl App {
             next_batch: 1,
             store_error: None,
             cfg,
-        })
+        };
+        app.ensure_portal_rooms();
+        Ok(app)
     }
 
     pub fn attach_pool(&mut self, pool: AgentPool) {

@@ -51,6 +51,8 @@ pub struct Peering {
     interval: Duration,
     last_round: Option<Instant>,
     counts: FedCounts,
+    /// Accepted events no room here shows (yet).
+    pub(crate) unshown: crate::fed_rooms::Unshown,
 }
 
 /// What `/bridge/health` and `/metrics` say about one peer.
@@ -123,6 +125,7 @@ impl Peering {
             interval: Duration::from_secs(cfg.sync_interval_s.max(1)),
             last_round: None,
             counts: FedCounts::default(),
+            unshown: crate::fed_rooms::Unshown::default(),
         }))
     }
 
@@ -241,7 +244,7 @@ impl App {
     }
 
     /// This world's own characters, as its presence report.
-    fn own_presence(&self) -> WorldPresence {
+    pub(crate) fn own_presence(&self) -> WorldPresence {
         let mut chars: Vec<PresenceEntry> =
             self.world.occupants().map(PresenceEntry::from).collect();
         chars.sort_by(|a, b| a.user_id.cmp(&b.user_id));
@@ -285,22 +288,7 @@ impl App {
         if let Some(h) = f.peers.get_mut(from) {
             h.have = doc.have.clone();
         }
-        let portals: Vec<String> = self
-            .world
-            .rooms()
-            .filter(|r| f.core.is_portal(&r.spec))
-            .map(|r| r.spec.name.clone())
-            .collect();
-        let world = &self.world;
-        let resolve = |name: &str| world.resolve(name).map(str::to_string);
-        let shown: Vec<_> = applied
-            .accepted
-            .iter()
-            .flat_map(|ev| f.core.shown(ev, &portals, &resolve))
-            .collect();
-        for s in &shown {
-            self.world.show_remote(s, now_ms);
-        }
+        self.show_federated(&applied.accepted, now_ms);
         if !applied.refused.is_empty() {
             log::warn!(
                 "federation: {} events from {from} refused, first {}/{}: {}",
@@ -315,6 +303,7 @@ impl App {
 
     /// Each `sync_interval_s`, every peer not still busy gets its job.
     pub fn fed_tick(&mut self, now: Instant) {
+        self.retry_unshown(crate::time::now_ms());
         let due = self.fed.as_ref().is_some_and(|f| {
             f.last_round
                 .is_none_or(|t| now.duration_since(t) >= f.interval)
@@ -501,6 +490,7 @@ impl App {
             c.duplicates,
             c.refused,
         );
+        f.unshown.render_metrics(o);
     }
 
     /// The peer a federation request comes from, by its token; 401 (and a warning)

@@ -19,7 +19,9 @@
 //! - [`federation`]: the socket-free federation core: event log by (origin, seq), trust,
 //!   remote presence, portal rules and exactly-once travel (travel not yet wired).
 //! - [`fed_api`], [`peer_sync`]: federation wired in: local events out, peer documents
-//!   in, `/bridge/state`, `/bridge/sync`, `/bridge/trust`, and the peers' sync threads.
+//!   in, `/bridge/state`, `/bridge/sync`, `/bridge/trust`, and the peers' sync threads;
+//!   [`fed_rooms`]: the rooms that show other worlds' events, and events kept for want
+//!   of a room.
 //! - [`metrics`]: counters and histograms, rendered as Prometheus text.
 //! - [`time`]: wall-clock milliseconds and RFC 3339 formatting/parsing.
 
@@ -33,6 +35,7 @@ pub mod config;
 pub mod conn;
 pub mod event_loop;
 pub mod fed_api;
+pub mod fed_rooms;
 pub mod federation;
 pub mod game;
 pub mod line_api;

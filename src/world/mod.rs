@@ -562,6 +562,12 @@ impl World {
         (gone, leaves)
     }
 
+    /// Tests stand for an operator who raised `rooms.max` (a restart, in real life).
+    #[cfg(test)]
+    pub fn raise_rooms_max_for_test(&mut self, max: usize) {
+        self.limits.rooms_max = max;
+    }
+
     /// Events created since the last call, for the transports that fan them out.
     pub fn take_new_events(&mut self) -> Vec<Event> {
         std::mem::take(&mut self.outbox)
