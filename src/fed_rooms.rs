@@ -302,7 +302,10 @@ mod tests {
         assert_eq!(gate.spec.desc, super::PORTAL_DESC);
         assert!(gate.spec.portal);
         // One the world file has is left as it is.
-        assert_ne!(a.world.room("The Bridge").unwrap().spec.desc, super::PORTAL_DESC);
+        assert_ne!(
+            a.world.room("The Bridge").unwrap().spec.desc,
+            super::PORTAL_DESC
+        );
         // Within rooms.max: the built-in world has 5 rooms.
         let full = app("mac", &["The Gate"], 5);
         assert!(full.world.room("The Gate").is_none());
@@ -311,7 +314,9 @@ mod tests {
     #[test]
     fn a_say_for_a_room_missing_here_creates_it_as_a_portal_and_shows() {
         let mut vps = app("vps", &["The Gate"], 100);
-        vps.world.say("alice", "Alice", "The Gate", "hello mac", 1).unwrap();
+        vps.world
+            .say("alice", "Alice", "The Gate", "hello mac", 1)
+            .unwrap();
         let d = doc(&mut vps);
         // mac has no portal room at all.
         let mut mac = app("mac", &[], 100);
@@ -324,7 +329,9 @@ mod tests {
     #[test]
     fn at_rooms_max_an_event_is_kept_counted_and_shown_once_its_room_exists() {
         let mut vps = app("vps", &["The Gate"], 100);
-        vps.world.say("alice", "Alice", "The Gate", "hello mac", 1).unwrap();
+        vps.world
+            .say("alice", "Alice", "The Gate", "hello mac", 1)
+            .unwrap();
         let d = doc(&mut vps);
         // mac is full (the built-in world's 5 rooms) and has no portal room.
         let mut mac = app("mac", &[], 5);

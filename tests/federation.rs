@@ -454,7 +454,10 @@ fn configured_portal_rooms_exist_show_says_and_receive_travellers_and_a_full_wor
     });
     let m = call(c.http, "GET", "/metrics", None).text();
     assert!(m.contains("worldbridge_federation_events_kept 1"), "{m}");
-    assert_eq!(call(c.http, "GET", "/bridge/world/The%20Gate", None).status, 404);
+    assert_eq!(
+        call(c.http, "GET", "/bridge/world/The%20Gate", None).status,
+        404
+    );
 
     // A traveller from a arrives in b's configured portal room.
     eventually(WAIT, "a sees b online", || {

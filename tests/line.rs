@@ -273,7 +273,10 @@ fn two_links_whose_players_share_a_room_both_hear_it() {
     two.send(&json!({"type": "event", "id": 4, "room": "The Garden", "event": "rain", "message": "It rains."}));
     assert_eq!(two.recv_type("ok").0["id"], 4);
     let (ev, _) = one.recv_type("event");
-    assert_eq!((ev["event"].as_str(), ev["message"].as_str()), (Some("rain"), Some("It rains.")));
+    assert_eq!(
+        (ev["event"].as_str(), ev["message"].as_str()),
+        (Some("rain"), Some("It rains."))
+    );
 
     // Once bob leaves link one's game, link one no longer hears the Garden.
     one.send(&json!({"type": "presence", "id": 5, "event": "leave", "user_id": "bob"}));
