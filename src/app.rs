@@ -579,9 +579,9 @@ impl App {
                 self.metrics
                     .count_agent(if timeout { "timeout" } else { "error" });
                 log::warn!(
-                    "agent call failed job={} user={:?}: {err}",
+                    "agent call failed job={} user={}: {err}",
                     call.job_id,
-                    call.user_id
+                    call.user_id.as_deref().unwrap_or("-")
                 );
                 self.failed_call(call, timeout)
             }
@@ -617,9 +617,9 @@ impl App {
         for call in self.calls.expire(now) {
             self.metrics.count_agent("timeout");
             log::warn!(
-                "agent call timed out job={} user={:?}",
+                "agent call timed out job={} user={}",
                 call.job_id,
-                call.user_id
+                call.user_id.as_deref().unwrap_or("-")
             );
             let resp = self.failed_call(&call, true);
             self.start_next(call.user_id.as_deref(), now);

@@ -261,7 +261,11 @@ impl App {
                 let world = f.opt("world")?;
                 let kind = f.opt("kind")?.unwrap_or_else(|| "generic".into());
                 self.links.greeted(conn, world.as_deref(), &kind, now);
-                log::info!("link up conn={} world={world:?} kind={kind}", conn.idx);
+                log::info!(
+                    "link up conn={} world={} kind={kind}",
+                    conn.idx,
+                    world.as_deref().unwrap_or("(none given)")
+                );
             }
             "ping" => answer_line("pong", id, json!({}), out),
             "pong" => {}
@@ -471,7 +475,11 @@ impl App {
         }
         let now = now_ms();
         self.links.greeted(conn, world.as_deref(), &kind, now);
-        log::info!("link up conn={} world={world:?} kind={kind}", conn.idx);
+        log::info!(
+            "link up conn={} world={} kind={kind}",
+            conn.idx,
+            world.as_deref().unwrap_or("(anonymous)")
+        );
         answer_line(
             "welcome",
             id,
