@@ -564,17 +564,23 @@ pub fn bridge_sync(app: &mut App, req: &Request, now_ms: u64) -> Result<Response
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::config::{Config, PeerConfig};
 
     fn app(world: &str) -> App {
+        app_with(world, &["The Bridge"], Config::default().rooms.max)
+    }
+
+    /// An app of `world` in memory, peering with the other of mac and vps.
+    pub(crate) fn app_with(world: &str, portal_rooms: &[&str], rooms_max: usize) -> App {
         let mut cfg = Config {
             world: world.into(),
             ..Config::default()
         };
         cfg.store.memory = true;
-        cfg.federation.portal_rooms = vec!["The Bridge".into()];
+        cfg.rooms.max = rooms_max;
+        cfg.federation.portal_rooms = portal_rooms.iter().map(|s| s.to_string()).collect();
         let peer = if world == "vps" { "mac" } else { "vps" };
         cfg.federation.peers = vec![PeerConfig {
             world: peer.into(),

@@ -253,25 +253,8 @@ impl App {
 #[cfg(test)]
 mod tests {
     use crate::app::App;
-    use crate::config::{Config, PeerConfig};
+    use crate::fed_api::tests::app_with as app;
     use crate::federation::wire::PAGE_MAX;
-
-    fn app(world: &str, portal_rooms: &[&str], rooms_max: usize) -> App {
-        let mut cfg = Config {
-            world: world.into(),
-            ..Config::default()
-        };
-        cfg.store.memory = true;
-        cfg.rooms.max = rooms_max;
-        cfg.federation.portal_rooms = portal_rooms.iter().map(|s| s.to_string()).collect();
-        let peer = if world == "vps" { "mac" } else { "vps" };
-        cfg.federation.peers = vec![PeerConfig {
-            world: peer.into(),
-            url: "http://127.0.0.1:9".into(),
-            token: "t".into(),
-        }];
-        App::new(cfg).expect("app")
-    }
 
     /// What vps has federated so far, as mac would pull it.
     fn doc(vps: &mut App) -> crate::federation::wire::Delta {

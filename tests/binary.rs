@@ -127,28 +127,14 @@ fn the_seeds_port_variable_sets_the_first_http_listener() {
 
 #[test]
 fn localhost_listeners_serve_on_127_0_0_1_and_start_up_names_what_is_used() {
-    use std::io::{BufRead, BufReader};
-    use std::process::Stdio;
     let (ph, pl) = (free_port(), free_port());
-    let mut child = bin()
-        .args([
-            "--http",
-            &format!("localhost:{ph}"),
-            "--line",
-            &format!("localhost:{pl}"),
-            "--memory",
-        ])
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
+    let (mut child, rx) = spawn_logged(bin().args([
+        "--http",
+        &format!("localhost:{ph}"),
+        "--line",
+        &format!("localhost:{pl}"),
+        "--memory",
+    ]));
     // Everything up to the IPv4 line listener's "listening on" line.
     let line_v4 = format!("listening on 127.0.0.1:{pl} (line protocol)");
     let mut logs = Vec::new();
