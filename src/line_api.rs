@@ -278,7 +278,7 @@ impl App {
                         check_name("username", &username)?;
                         let room = self.world.ensure_room(&f.name("room")?)?;
                         self.links.host(conn, &room);
-                        self.links.player(conn, &user);
+                        self.note_player(conn, &user);
                         self.world.place(&user, &username, &room, now);
                     }
                     "leave" => {
@@ -302,7 +302,7 @@ impl App {
                 let message = self.line_message(&f)?;
                 let room = self.world.ensure_room(&f.name("room")?)?;
                 self.links.host(conn, &room);
-                self.links.player(conn, &user);
+                self.note_player(conn, &user);
                 let said = self.world.say(&user, &username, &room, &message, now)?;
                 if id.is_some() {
                     answer_line("ok", id, json!({"event": said.event}), out);
@@ -517,7 +517,7 @@ impl App {
         };
         let room = self.world.ensure_room(&room)?;
         self.links.host(conn, &room);
-        self.links.player(conn, &user);
+        self.note_player(conn, &user);
         let input = CallInput {
             kind: CallKind::Chat,
             user_id: Some(user.clone()),
@@ -553,6 +553,15 @@ impl App {
             ));
         }
         Ok(m)
+    }
+
+    /// `user` is a player of link `conn` (bounded by `rooms.occupants_max`).
+    fn note_player(&mut self, conn: ConnId, user: &str) {
+        let world = &self.world;
+        self.links
+            .player(conn, user, self.cfg.rooms.occupants_max, |u| {
+                world.occupant(u).is_some()
+            });
     }
 
     /// The world id a link speaks for (`"generic"` for an anonymous one).

@@ -282,9 +282,22 @@ impl Links {
     }
 
     /// `user_id` is a player of link `id` (it reported them entering, saying, chatting).
-    pub fn player(&mut self, id: ConnId, user_id: &str) {
-        if self.links.contains_key(&id) {
-            self.player_link.insert(user_id.to_string(), id);
+    /// Past `max` players known, those for whom `present` is false (gone from the world
+    /// without a `leave`: evicted, expired) are forgotten, but for `user_id` itself.
+    pub fn player(
+        &mut self,
+        id: ConnId,
+        user_id: &str,
+        max: usize,
+        present: impl Fn(&str) -> bool,
+    ) {
+        if !self.links.contains_key(&id) {
+            return;
+        }
+        self.player_link.insert(user_id.to_string(), id);
+        // Twice the cap: a prune leaves at most `max`, so it runs once per `max` players.
+        if self.player_link.len() > max.saturating_mul(2) {
+            self.player_link.retain(|u, _| u == user_id || present(u));
         }
     }
 
@@ -516,13 +529,13 @@ mod tests {
             l.greeted(id(i), Some(&format!("w{i}")), "generic", 0);
         }
         // Link 1's bob and link 2's eve are in the Garden; link 2 mentioned it last.
-        l.player(id(1), "bob");
+        l.player(id(1), "bob", 10, |_| true);
         l.host(id(1), "Garden");
-        l.player(id(2), "eve");
+        l.player(id(2), "eve", 10, |_| true);
         l.host(id(2), "Garden");
         // Link 3 declared it in a room snapshot; link 4 has nobody there.
         l.declare(id(3), "Garden");
-        l.player(id(4), "zed");
+        l.player(id(4), "zed", 10, |_| true);
         assert_eq!(l.host_of("Garden"), Some(id(3)));
         assert_eq!(
             l.audience("Garden", ["bob", "eve", "web-user"]),
@@ -530,6 +543,12 @@ mod tests {
         );
         // Bob leaves link 1's game: link 1 no longer hears the Garden.
         l.player_gone(id(1), "bob");
+        assert_eq!(l.audience("Garden", ["eve"]), vec![id(2), id(3)]);
+        // Players gone from the world without a `leave` are forgotten past the cap.
+        for i in 0..3 {
+            l.player(id(4), &format!("ghost{i}"), 1, |u| u == "eve");
+        }
+        assert_eq!(l.player_link.len(), 2, "eve, and the player just reported");
         assert_eq!(l.audience("Garden", ["eve"]), vec![id(2), id(3)]);
         // A closed link hears nothing, its players are forgotten.
         l.close(id(2), None, now, 0);
