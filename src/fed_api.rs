@@ -61,9 +61,10 @@ struct PeerHealth {
     busy: bool,
     last_sync_ms: Option<u64>,
     last_error: Option<String>,
-    /// The last sync could not reach the peer at all (refused, timed out): travel there
-    /// is refused at once instead of waiting for the travel timeout.
-    unreachable: bool,
+    /// When the last sync could not reach the peer at all (refused, timed out): until
+    /// the peer is heard from again, travel there is refused at once instead of waiting
+    /// for the travel timeout.
+    unreachable_at: Option<u64>,
     /// What the peer last said it holds.
     have: Cursor,
     /// Sync rounds finished without an error, and with one.
@@ -371,7 +372,7 @@ impl App {
             return;
         };
         h.busy = false;
-        h.unreachable = o.unreachable;
+        h.unreachable_at = o.unreachable.then_some(now_ms);
         if errors.is_empty() {
             h.rounds_ok += 1;
             if h.last_error.take().is_some() {
@@ -388,12 +389,18 @@ impl App {
         }
     }
 
-    /// Whether the last sync with `peer` could not reach it at all.
+    /// Whether the last sync with `peer` could not reach it at all, and nothing has been
+    /// heard from it since (a peer that came up may push to us before our next pull).
     pub(crate) fn peer_unreachable(&self, peer: &str) -> bool {
-        self.fed
-            .as_ref()
-            .and_then(|f| f.peers.get(peer))
-            .is_some_and(|h| h.unreachable)
+        let Some(f) = &self.fed else {
+            return false;
+        };
+        let failed = f.peers.get(peer).and_then(|h| h.unreachable_at);
+        match (failed, f.core.presence.last_seen(peer)) {
+            (Some(at), Some(seen)) => seen < at,
+            (Some(_), None) => true,
+            (None, _) => false,
+        }
     }
 
     /// `/bridge/health`'s `peers`: each configured peer's state. A peer never heard from

@@ -181,6 +181,27 @@ fn travel_to_a_world_whose_last_sync_failed_is_refused_at_once() {
         "refused after {took:?}, not at once"
     );
     assert!(players(a.http, "The Bridge").contains(&"tommy".to_string()));
+
+    // c comes up: once a hears from it (c's own sync reaches a before a's next pull
+    // does), the traveller is let through.
+    let c = start_with(config(
+        "c",
+        pc,
+        &scratch_dir("travel-fast-c"),
+        vec![peer("a", pa, "ac-secret")],
+    ));
+    eventually(WAIT, "a hears from c", || {
+        get(a.http, "/bridge/health")["peers"][0]["state"] == "online"
+    });
+    let r = post(
+        a.http,
+        "/bridge/travel",
+        &json!({"user_id": "tommy", "to_world": "c"}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    eventually(WAIT, "tommy arrives in c", || {
+        players(c.http, "The Bridge").contains(&"tommy".to_string())
+    });
 }
 
 /// The real binary as world `world` on `port` (0: any), its data in `dir`.
