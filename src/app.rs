@@ -149,7 +149,7 @@ impl App {
             now_ms,
         );
         let fed = crate::fed_api::Peering::new(&cfg.world, &cfg.federation, now_ms)?;
-        Ok(App {
+        let mut app = App {
             fed,
             gateway,
             workshop,
@@ -174,7 +174,9 @@ impl App {
             next_batch: 1,
             store_error: None,
             cfg,
-        })
+        };
+        app.ensure_portal_rooms();
+        Ok(app)
     }
 
     pub fn attach_pool(&mut self, pool: AgentPool) {
@@ -587,9 +589,9 @@ impl App {
                 self.metrics
                     .count_agent(if timeout { "timeout" } else { "error" });
                 log::warn!(
-                    "agent call failed job={} user={:?}: {err}",
+                    "agent call failed job={} user={}: {err}",
                     call.job_id,
-                    call.user_id
+                    call.user_id.as_deref().unwrap_or("-")
                 );
                 self.failed_call(call, timeout)
             }
@@ -625,9 +627,9 @@ impl App {
         for call in self.calls.expire(now) {
             self.metrics.count_agent("timeout");
             log::warn!(
-                "agent call timed out job={} user={:?}",
+                "agent call timed out job={} user={}",
                 call.job_id,
-                call.user_id
+                call.user_id.as_deref().unwrap_or("-")
             );
             let resp = self.failed_call(&call, true);
             self.start_next(call.user_id.as_deref(), now);

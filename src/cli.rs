@@ -70,7 +70,8 @@ COMMANDS:
 
 FLAGS (each takes `--flag VALUE` or `--flag=VALUE`):
     --config FILE    Read settings from this TOML file (default: $WORLDBRIDGE_CONFIG, else none).
-    --http ADDR      Serve HTTP and WebSocket on ADDR, e.g. 127.0.0.1:4004. Repeat for more.
+    --http ADDR      Serve HTTP and WebSocket on ADDR, e.g. 127.0.0.1:4004 or localhost:4004
+                     (a name binds every address it resolves to). Repeat for more.
                      Replaces the default listeners 127.0.0.1:4004 and 127.0.0.1:8765.
     --line ADDR      Accept line-protocol (NDJSON) links on ADDR. Repeat for more.
                      Replaces the default listener 127.0.0.1:4005.
@@ -109,7 +110,7 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
         Some("import") => parse_import(&args[1..]),
         Some(first) if first.starts_with('-') => parse_serve(args),
         Some(other) => Err(format!(
-            "unknown command '{other}': expected serve, export or import (see --help)"
+            "unknown command '{other}': expected serve, export or import"
         )),
     }
 }
@@ -182,9 +183,7 @@ fn common_flag(name: &str, command: &str) -> Result<Command, String> {
     match name {
         "--help" | "-h" => Ok(Command::Help),
         "--version" | "-V" => Ok(Command::Version),
-        _ => Err(format!(
-            "unknown flag '{name}' for `worldbridge {command}` (see --help)"
-        )),
+        _ => Err(format!("unknown flag '{name}' for `worldbridge {command}`")),
     }
 }
 
@@ -203,10 +202,10 @@ fn set_once<T>(slot: &mut Option<T>, name: &str, value: T) -> Result<(), String>
     Ok(())
 }
 
-fn socket_addr(flag: &str, value: &str) -> Result<SocketAddr, String> {
-    value
-        .parse()
-        .map_err(|_| format!("{flag}: '{value}' is not an address like 127.0.0.1:4004"))
+/// `--http`/`--line`'s value: an address, or a host name and port standing for every
+/// address the name resolves to (see [`crate::config::resolve_listen`]).
+fn listen_addrs(flag: &str, value: &str) -> Result<Vec<SocketAddr>, String> {
+    crate::config::resolve_listen(value).map_err(|why| format!("{flag}: {why}"))
 }
 
 fn parse_serve(words: &[String]) -> Result<Command, String> {
@@ -216,9 +215,7 @@ fn parse_serve(words: &[String]) -> Result<Command, String> {
         let (name, inline) = match arg {
             Arg::Flag { name, inline } => (name, inline),
             Arg::Positional(p) => {
-                return Err(format!(
-                    "unexpected argument '{p}' for `worldbridge serve` (see --help)"
-                ))
+                return Err(format!("unexpected argument '{p}' for `worldbridge serve`"))
             }
         };
         match name {
@@ -228,11 +225,15 @@ fn parse_serve(words: &[String]) -> Result<Command, String> {
             }
             "--http" | "--line" => {
                 let v = words.value(name, inline, "an address like 127.0.0.1:4004")?;
-                let addr = socket_addr(name, v)?;
-                if name == "--http" {
-                    out.http.push(addr);
+                let list = if name == "--http" {
+                    &mut out.http
                 } else {
-                    out.line.push(addr);
+                    &mut out.line
+                };
+                for addr in listen_addrs(name, v)? {
+                    if !list.contains(&addr) {
+                        list.push(addr);
+                    }
                 }
             }
             "--world" => {
@@ -333,7 +334,7 @@ fn parse_import(words: &[String]) -> Result<Command, String> {
             other => return common_flag(other, "import"),
         }
     }
-    let file = file.ok_or("`worldbridge import` needs the FILE to import (see --help)")?;
+    let file = file.ok_or("`worldbridge import` needs the FILE to import")?;
     Ok(Command::Import {
         config,
         file,
@@ -511,8 +512,14 @@ mod tests {
     fn unknown_flags_and_commands_are_named() {
         assert_eq!(
             err("--htp 127.0.0.1:1"),
-            "unknown flag '--htp' for `worldbridge serve` (see --help)"
+            "unknown flag '--htp' for `worldbridge serve`"
         );
+        for s in ["--htp 1", "start", "serve extra", "import"] {
+            assert!(
+                !err(s).contains("--help"),
+                "main adds the one pointer to --help: {s}"
+            );
+        }
         assert_contains(&err("serve -x"), "unknown flag '-x'");
         assert_contains(&err("--listen=127.0.0.1:1"), "unknown flag '--listen'");
         assert_contains(&err("import a.json --out b"), "unknown flag '--out'");
@@ -540,14 +547,36 @@ mod tests {
     fn bad_addresses_are_named() {
         assert_eq!(
             err("--http 1.2.3"),
-            "--http: '1.2.3' is not an address like 127.0.0.1:4004"
+            "--http: '1.2.3' is not an address like 127.0.0.1:4004 or localhost:4004"
         );
         assert_eq!(
-            err("--line=localhost:4005"),
-            "--line: 'localhost:4005' is not an address like 127.0.0.1:4004"
+            err("--line=localhost"),
+            "--line: 'localhost' is not an address like 127.0.0.1:4004 or localhost:4004"
         );
         assert_contains(&err("--http 127.0.0.1"), "'127.0.0.1' is not an address");
         assert_contains(&err("--http 127.0.0.1:99999"), "'127.0.0.1:99999'");
+    }
+
+    #[test]
+    fn a_host_name_stands_for_every_address_it_resolves_to() {
+        let Ok(Command::Serve(a)) = p("--http localhost:4004 --line=localhost:4005") else {
+            panic!("localhost is accepted");
+        };
+        assert!(!a.http.is_empty() && !a.line.is_empty());
+        assert!(a
+            .http
+            .iter()
+            .all(|x| x.ip().is_loopback() && x.port() == 4004));
+        assert!(a
+            .line
+            .iter()
+            .all(|x| x.ip().is_loopback() && x.port() == 4005));
+        assert_eq!(a.http[0], "127.0.0.1:4004".parse().unwrap(), "IPv4 first");
+        // Given twice, or by name and by number: each address once.
+        let Ok(Command::Serve(b)) = p("--http localhost:4004 --http 127.0.0.1:4004") else {
+            panic!("accepted");
+        };
+        assert_eq!(b.http, a.http);
     }
 
     #[test]

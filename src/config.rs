@@ -72,6 +72,8 @@ impl Default for WebsocketConfig {
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct HttpConfig {
+    /// Addresses or `host:port` names (a name binds every address it resolves to).
+    #[serde(deserialize_with = "listen_entries")]
     pub listen: Vec<SocketAddr>,
     pub token: String,
     pub max_connections: usize,
@@ -87,6 +89,8 @@ pub struct HttpConfig {
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct LineConfig {
+    /// Addresses or `host:port` names, as `http.listen`.
+    #[serde(deserialize_with = "listen_entries")]
     pub listen: Vec<SocketAddr>,
     pub token: String,
     /// Most line connections at once, accepted and dialed; one accepted past it gets an
@@ -155,6 +159,8 @@ pub struct AgentConfig {
     pub max_tokens: u32,
     pub command: Vec<String>,
     pub persona_file: String,
+    /// The persona's mood when the Workshop state file gives none (barks carry it).
+    pub mood: String,
     /// How many recent room events go into the prompt's world context.
     pub context_events: usize,
     /// How many chats one user may have waiting behind the one in flight.
@@ -240,6 +246,70 @@ pub struct PeerConfig {
     pub url: String,
     #[serde(default)]
     pub token: String,
+}
+
+/// A listener address as people write it: `127.0.0.1:4004`, `[::1]:4004`, or a host
+/// name and port (`localhost:4004`), which stands for every address the name resolves
+/// to (`localhost`: 127.0.0.1 and ::1 where both resolve), without duplicates. The
+/// non-loopback rule applies to each resolved address like to a written one.
+pub fn resolve_listen(value: &str) -> Result<Vec<SocketAddr>, String> {
+    use std::net::ToSocketAddrs;
+    if let Ok(a) = value.parse::<SocketAddr>() {
+        return Ok(vec![a]);
+    }
+    let bad = || format!("'{value}' is not an address like 127.0.0.1:4004 or localhost:4004");
+    let (host, port) = value.rsplit_once(':').ok_or_else(bad)?;
+    let port: u16 = port.parse().map_err(|_| bad())?;
+    if host.is_empty() || host.contains(':') {
+        return Err(bad());
+    }
+    let found = (host, port)
+        .to_socket_addrs()
+        .map_err(|e| format!("'{value}': the host name {host} does not resolve ({e})"))?;
+    let mut out: Vec<SocketAddr> = Vec::new();
+    for a in found {
+        if !out.contains(&a) {
+            out.push(a);
+        }
+    }
+    // IPv4 first: where IPv6 is missing, the address that works is the first bound.
+    out.sort_by_key(|a| a.is_ipv6());
+    if out.is_empty() {
+        return Err(format!(
+            "'{value}': the host name {host} resolves to no address"
+        ));
+    }
+    Ok(out)
+}
+
+/// `listen = [...]` in the config file: each entry through [`resolve_listen`].
+fn listen_entries<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<SocketAddr>, D::Error> {
+    struct Entry(Vec<SocketAddr>);
+    struct Visitor;
+    impl serde::de::Visitor<'_> for Visitor {
+        type Value = Entry;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("socket address")
+        }
+        // Refused inside the visitor, so the error points at the entry, not the array.
+        fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Entry, E> {
+            resolve_listen(s)
+                .map(Entry)
+                .map_err(|_| E::invalid_value(serde::de::Unexpected::Str(s), &self))
+        }
+    }
+    impl<'de> Deserialize<'de> for Entry {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Entry, D::Error> {
+            d.deserialize_str(Visitor)
+        }
+    }
+    let mut out: Vec<SocketAddr> = Vec::new();
+    for a in Vec::<Entry>::deserialize(d)?.into_iter().flat_map(|e| e.0) {
+        if !out.contains(&a) {
+            out.push(a);
+        }
+    }
+    Ok(out)
 }
 
 fn addr(s: &str) -> SocketAddr {
@@ -336,6 +406,7 @@ impl Default for AgentConfig {
             max_tokens: 512,
             command: Vec::new(),
             persona_file: String::new(),
+            mood: "calm".into(),
             context_events: 10,
             per_user_queue: 8,
         }
@@ -845,7 +916,7 @@ fn describe_expected(expected: &str) -> String {
         "a boolean" => "true or false".into(),
         "a string" => "a string (in quotes)".into(),
         "a sequence" => "an array like [ ... ]".into(),
-        "socket address" => "an address like \"127.0.0.1:4004\"".into(),
+        "socket address" => "an address like \"127.0.0.1:4004\" or \"localhost:4004\"".into(),
         s if s.starts_with("struct ") => "a table".into(),
         other => other.into(),
     }
@@ -955,6 +1026,7 @@ model = ""
 api_key_env = "OPENAI_API_KEY"           # the key is read from this variable, never the file
 command = []                             # command: argv of the subprocess
 persona_file = ""
+mood = "calm"                            # a Workshop bark's mood when the state file has none
 [gateway]
 token = ""
 agent_id = "timmy"
@@ -1084,6 +1156,7 @@ token = ""                               # the pair's shared secret, used both w
         assert_eq!(c.agent.api_key_env, "OPENAI_API_KEY");
         assert!(c.agent.command.is_empty());
         assert_eq!(c.agent.persona_file, "");
+        assert_eq!(c.agent.mood, "calm");
 
         assert_eq!(c.gateway.token, "");
         assert_eq!(c.gateway.agent_id, "timmy");
@@ -1193,6 +1266,35 @@ token = ""                               # the pair's shared secret, used both w
     }
 
     #[test]
+    fn listen_entries_may_be_host_names_resolving_to_each_address() {
+        let c = Config::from_toml(
+            "[http]\nlisten = [\"localhost:9000\", \"127.0.0.1:9000\"]\n[line]\nlisten = [\"localhost:9001\"]\n",
+        )
+        .expect("localhost is an address people write");
+        assert_eq!(c.http.listen[0], a("127.0.0.1:9000"), "IPv4 first");
+        assert!(c
+            .http
+            .listen
+            .iter()
+            .all(|x| x.ip().is_loopback() && x.port() == 9000));
+        assert!(
+            c.http.listen.len() <= 2,
+            "each address once: {:?}",
+            c.http.listen
+        );
+        assert!(c
+            .line
+            .listen
+            .iter()
+            .all(|x| x.ip().is_loopback() && x.port() == 9001));
+        assert!(c.validate().is_ok(), "loopback names need no token");
+        assert_eq!(resolve_listen("[::1]:80").unwrap(), vec![a("[::1]:80")]);
+        for bad in ["localhost", "localhost:x", ":80", "127.0.0.1:99999"] {
+            assert!(resolve_listen(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
     fn wrong_types_are_named_with_their_path() {
         let e = err_of("[sessions]\nmax = \"20\"\n");
         assert_eq!(
@@ -1214,7 +1316,7 @@ token = ""                               # the pair's shared secret, used both w
         );
         assert_contains(
             &err_of("[http]\nlisten = [\"127.0.0.1:1\", \"localhost\"]\n"),
-            "`http.listen[1]` must be an address like \"127.0.0.1:4004\", not \"localhost\" (line 2)",
+            "`http.listen[1]` must be an address like \"127.0.0.1:4004\" or \"localhost:4004\", not \"localhost\" (line 2)",
         );
         assert_contains(&err_of("http = 3\n"), "`http` must be a table");
         assert_contains(

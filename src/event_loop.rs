@@ -60,6 +60,81 @@ pub enum ListenerKind {
     Line,
 }
 
+impl ListenerKind {
+    /// What a listener of this kind serves, in words.
+    fn serves(self) -> &'static str {
+        match self {
+            ListenerKind::Http => "http, websocket",
+            ListenerKind::Line => "line protocol",
+        }
+    }
+}
+
+/// Whether a failed bind of `addr` means this machine has no IPv6 (then a listener
+/// whose name also resolved to an IPv4 address goes on without it).
+fn ipv6_missing(addr: SocketAddr, e: &io::Error) -> bool {
+    // EAFNOSUPPORT: the kernel has no IPv6 at all.
+    addr.is_ipv6() && (e.kind() == io::ErrorKind::AddrNotAvailable || e.raw_os_error() == Some(97))
+}
+
+/// One INFO line for each file, directory and peer this bridge will use.
+fn log_setup(cfg: &Config) {
+    use crate::config::expand_home;
+    let or_none = |s: &str, none: &str| match s.is_empty() {
+        true => none.to_string(),
+        false => expand_home(s),
+    };
+    log::info!("world: {}", cfg.world);
+    log::info!(
+        "world file: {}",
+        or_none(
+            &cfg.rooms.world_file,
+            "the built-in world (rooms.world_file is empty)"
+        )
+    );
+    log::info!(
+        "workshop state file: {}",
+        or_none(
+            &cfg.workshop.state_file,
+            "none (workshop.state_file is empty)"
+        )
+    );
+    log::info!("workshop inbox: {}", expand_home(&cfg.workshop.inbox_dir));
+    let peers: Vec<String> = cfg
+        .federation
+        .peers
+        .iter()
+        .map(|p| format!("{} at {}", p.world, p.url))
+        .collect();
+    log::info!(
+        "federation peers: {}",
+        match peers.is_empty() {
+            true => "none (no [[federation.peers]])".to_string(),
+            false => peers.join(", "),
+        }
+    );
+    let dials: Vec<String> = cfg
+        .line
+        .dial
+        .iter()
+        .map(|d| format!("{} ({}) at {}", d.world, d.kind, d.addr))
+        .collect();
+    log::info!(
+        "game dials: {}",
+        match dials.is_empty() {
+            true => "none (no [[line.dial]]; games connect to the line listener)".to_string(),
+            false => dials.join(", "),
+        }
+    );
+    log::info!(
+        "data directory: {}",
+        match cfg.store.memory {
+            true => "none (--memory: nothing is written to disk)".to_string(),
+            false => expand_home(&cfg.store.data_dir),
+        }
+    );
+}
+
 struct Listener {
     sock: TcpListener,
     addr: SocketAddr,
@@ -260,6 +335,7 @@ impl HttpHandler for Routes<'_> {
 impl Bridge {
     /// Bind every listener of `cfg` and start the agent workers.
     pub fn new(cfg: Config) -> Result<Bridge, String> {
+        log_setup(&cfg);
         let poll = Poll::new().map_err(|e| format!("cannot create the event loop: {e}"))?;
         let waker =
             Arc::new(Waker::new(poll.registry(), WAKER).map_err(|e| format!("waker: {e}"))?);
@@ -270,9 +346,23 @@ impl Bridge {
             .iter()
             .map(|a| (*a, ListenerKind::Http))
             .chain(cfg.line.listen.iter().map(|a| (*a, ListenerKind::Line)));
-        for (addr, kind) in kinds {
-            let mut sock =
-                bind(addr).map_err(|e| format!("cannot listen on {addr} ({kind:?}): {e}"))?;
+        let kinds: Vec<(SocketAddr, ListenerKind)> = kinds.collect();
+        for &(addr, kind) in &kinds {
+            let mut sock = match bind(addr) {
+                Ok(s) => s,
+                // `localhost` resolved to ::1 too, and this machine has no IPv6.
+                Err(e)
+                    if ipv6_missing(addr, &e)
+                        && kinds.iter().any(|(a, k)| *k == kind && a.is_ipv4()) =>
+                {
+                    log::warn!(
+                        "not listening on {addr} ({}): {e}; IPv6 seems unavailable, the other addresses serve",
+                        kind.serves()
+                    );
+                    continue;
+                }
+                Err(e) => return Err(format!("cannot listen on {addr} ({}): {e}", kind.serves())),
+            };
             let token = Token(LISTENER_BASE + listeners.len());
             poll.registry()
                 .register(&mut sock, token, Interest::READABLE)
@@ -432,14 +522,7 @@ impl Bridge {
     /// Serve until stopped; then finish in-flight work (at most [`DRAIN_MAX`]) and return.
     pub fn run(mut self) -> Result<(), String> {
         for l in &self.listeners {
-            log::info!(
-                "listening on {} ({})",
-                l.addr,
-                match l.kind {
-                    ListenerKind::Http => "http, websocket",
-                    ListenerKind::Line => "line protocol",
-                }
-            );
+            log::info!("listening on {} ({})", l.addr, l.kind.serves());
         }
         let mut events = Events::with_capacity(1024);
         loop {
@@ -1220,5 +1303,24 @@ impl Bridge {
             store.close();
         }
         log::info!("stopped");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ipv6_missing;
+    use std::io;
+
+    #[test]
+    fn only_an_ipv6_address_the_machine_lacks_is_skipped() {
+        let v6 = "[::1]:4004".parse().unwrap();
+        let v4 = "127.0.0.1:4004".parse().unwrap();
+        let not_here = io::Error::from(io::ErrorKind::AddrNotAvailable);
+        let no_family = io::Error::from_raw_os_error(97);
+        let in_use = io::Error::from(io::ErrorKind::AddrInUse);
+        assert!(ipv6_missing(v6, &not_here));
+        assert!(ipv6_missing(v6, &no_family));
+        assert!(!ipv6_missing(v6, &in_use), "a port in use is an error");
+        assert!(!ipv6_missing(v4, &not_here), "IPv4 is never skipped");
     }
 }

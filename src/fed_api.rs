@@ -51,6 +51,8 @@ pub struct Peering {
     interval: Duration,
     last_round: Option<Instant>,
     counts: FedCounts,
+    /// Accepted events no room here shows (yet).
+    pub(crate) unshown: crate::fed_rooms::Unshown,
 }
 
 /// What `/bridge/health` and `/metrics` say about one peer.
@@ -59,6 +61,10 @@ struct PeerHealth {
     busy: bool,
     last_sync_ms: Option<u64>,
     last_error: Option<String>,
+    /// When the last sync could not reach the peer at all (refused, timed out): until
+    /// the peer is heard from again, travel there is refused at once instead of waiting
+    /// for the travel timeout.
+    unreachable_at: Option<u64>,
     /// What the peer last said it holds.
     have: Cursor,
     /// Sync rounds finished without an error, and with one.
@@ -120,6 +126,7 @@ impl Peering {
             interval: Duration::from_secs(cfg.sync_interval_s.max(1)),
             last_round: None,
             counts: FedCounts::default(),
+            unshown: crate::fed_rooms::Unshown::default(),
         }))
     }
 
@@ -238,7 +245,7 @@ impl App {
     }
 
     /// This world's own characters, as its presence report.
-    fn own_presence(&self) -> WorldPresence {
+    pub(crate) fn own_presence(&self) -> WorldPresence {
         let mut chars: Vec<PresenceEntry> =
             self.world.occupants().map(PresenceEntry::from).collect();
         chars.sort_by(|a, b| a.user_id.cmp(&b.user_id));
@@ -282,22 +289,7 @@ impl App {
         if let Some(h) = f.peers.get_mut(from) {
             h.have = doc.have.clone();
         }
-        let portals: Vec<String> = self
-            .world
-            .rooms()
-            .filter(|r| f.core.is_portal(&r.spec))
-            .map(|r| r.spec.name.clone())
-            .collect();
-        let world = &self.world;
-        let resolve = |name: &str| world.resolve(name).map(str::to_string);
-        let shown: Vec<_> = applied
-            .accepted
-            .iter()
-            .flat_map(|ev| f.core.shown(ev, &portals, &resolve))
-            .collect();
-        for s in &shown {
-            self.world.show_remote(s, now_ms);
-        }
+        self.show_federated(&applied.accepted, now_ms);
         if !applied.refused.is_empty() {
             log::warn!(
                 "federation: {} events from {from} refused, first {}/{}: {}",
@@ -312,6 +304,7 @@ impl App {
 
     /// Each `sync_interval_s`, every peer not still busy gets its job.
     pub fn fed_tick(&mut self, now: Instant) {
+        self.retry_unshown(crate::time::now_ms());
         let due = self.fed.as_ref().is_some_and(|f| {
             f.last_round
                 .is_none_or(|t| now.duration_since(t) >= f.interval)
@@ -379,6 +372,7 @@ impl App {
             return;
         };
         h.busy = false;
+        h.unreachable_at = o.unreachable.then_some(now_ms);
         if errors.is_empty() {
             h.rounds_ok += 1;
             if h.last_error.take().is_some() {
@@ -392,6 +386,20 @@ impl App {
                 log::warn!("federation: sync with peer {} failed: {text}", o.peer);
             }
             h.last_error = Some(text);
+        }
+    }
+
+    /// Whether the last sync with `peer` could not reach it at all, and nothing has been
+    /// heard from it since (a peer that came up may push to us before our next pull).
+    pub(crate) fn peer_unreachable(&self, peer: &str) -> bool {
+        let Some(f) = &self.fed else {
+            return false;
+        };
+        let failed = f.peers.get(peer).and_then(|h| h.unreachable_at);
+        match (failed, f.core.presence.last_seen(peer)) {
+            (Some(at), Some(seen)) => seen < at,
+            (Some(_), None) => true,
+            (None, _) => false,
         }
     }
 
@@ -489,6 +497,7 @@ impl App {
             c.duplicates,
             c.refused,
         );
+        f.unshown.render_metrics(o);
     }
 
     /// The peer a federation request comes from, by its token; 401 (and a warning)
@@ -562,17 +571,23 @@ pub fn bridge_sync(app: &mut App, req: &Request, now_ms: u64) -> Result<Response
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::config::{Config, PeerConfig};
 
     fn app(world: &str) -> App {
+        app_with(world, &["The Bridge"], Config::default().rooms.max)
+    }
+
+    /// An app of `world` in memory, peering with the other of mac and vps.
+    pub(crate) fn app_with(world: &str, portal_rooms: &[&str], rooms_max: usize) -> App {
         let mut cfg = Config {
             world: world.into(),
             ..Config::default()
         };
         cfg.store.memory = true;
-        cfg.federation.portal_rooms = vec!["The Bridge".into()];
+        cfg.rooms.max = rooms_max;
+        cfg.federation.portal_rooms = portal_rooms.iter().map(|s| s.to_string()).collect();
         let peer = if world == "vps" { "mac" } else { "vps" };
         cfg.federation.peers = vec![PeerConfig {
             world: peer.into(),

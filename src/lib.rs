@@ -22,7 +22,9 @@
 //! - [`federation`]: the socket-free federation core: event log by (origin, seq), trust,
 //!   remote presence, portal rules and exactly-once travel.
 //! - [`fed_api`], [`peer_sync`]: federation wired in: local events out, peer documents
-//!   in, `/bridge/state`, `/bridge/sync`, `/bridge/trust`, and the peers' sync threads.
+//!   in, `/bridge/state`, `/bridge/sync`, `/bridge/trust`, and the peers' sync threads;
+//!   [`fed_rooms`]: the rooms that show other worlds' events, and events kept for want
+//!   of a room.
 //! - [`travel_api`]: travel wired in: `POST /bridge/travel`, the line `travel` request,
 //!   each step held until its store batch is durable, recovery at start.
 //! - [`metrics`]: counters and histograms, rendered as Prometheus text.
@@ -38,6 +40,7 @@ pub mod config;
 pub mod conn;
 pub mod event_loop;
 pub mod fed_api;
+pub mod fed_rooms;
 pub mod federation;
 pub mod game;
 pub mod line_api;

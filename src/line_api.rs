@@ -261,7 +261,11 @@ impl App {
                 let world = f.opt("world")?;
                 let kind = f.opt("kind")?.unwrap_or_else(|| "generic".into());
                 self.links.greeted(conn, world.as_deref(), &kind, now);
-                log::info!("link up conn={} world={world:?} kind={kind}", conn.idx);
+                log::info!(
+                    "link up conn={} world={} kind={kind}",
+                    conn.idx,
+                    world.as_deref().unwrap_or("(none given)")
+                );
             }
             "ping" => answer_line("pong", id, json!({}), out),
             "pong" => {}
@@ -274,10 +278,12 @@ impl App {
                         check_name("username", &username)?;
                         let room = self.world.ensure_room(&f.name("room")?)?;
                         self.links.host(conn, &room);
+                        self.note_player(conn, &user);
                         self.world.place(&user, &username, &room, now);
                     }
                     "leave" => {
                         self.world.remove(&user, now);
+                        self.links.player_gone(conn, &user);
                     }
                     other => {
                         return Err(refuse(
@@ -296,6 +302,7 @@ impl App {
                 let message = self.line_message(&f)?;
                 let room = self.world.ensure_room(&f.name("room")?)?;
                 self.links.host(conn, &room);
+                self.note_player(conn, &user);
                 let said = self.world.say(&user, &username, &room, &message, now)?;
                 if id.is_some() {
                     answer_line("ok", id, json!({"event": said.event}), out);
@@ -328,7 +335,7 @@ impl App {
             "room" => {
                 let spec = room_spec(msg)?;
                 let name = self.world.set_room(spec)?;
-                self.links.host(conn, &name);
+                self.links.declare(conn, &name);
                 if id.is_some() {
                     answer_line("ok", id, json!({"room": name}), out);
                 }
@@ -359,7 +366,7 @@ impl App {
                 let at = Instant::now();
                 if let Some(cell) = &p.cell {
                     if let Ok(room) = self.world.ensure_room(cell) {
-                        self.links.host(conn, &room);
+                        self.links.declare(conn, &room);
                     }
                 }
                 self.links.perceive(&world, p.clone(), at, now);
@@ -468,7 +475,11 @@ impl App {
         }
         let now = now_ms();
         self.links.greeted(conn, world.as_deref(), &kind, now);
-        log::info!("link up conn={} world={world:?} kind={kind}", conn.idx);
+        log::info!(
+            "link up conn={} world={} kind={kind}",
+            conn.idx,
+            world.as_deref().unwrap_or("(anonymous)")
+        );
         answer_line(
             "welcome",
             id,
@@ -506,6 +517,7 @@ impl App {
         };
         let room = self.world.ensure_room(&room)?;
         self.links.host(conn, &room);
+        self.note_player(conn, &user);
         let input = CallInput {
             kind: CallKind::Chat,
             user_id: Some(user.clone()),
@@ -543,6 +555,15 @@ impl App {
         Ok(m)
     }
 
+    /// `user` is a player of link `conn` (bounded by `rooms.occupants_max`).
+    fn note_player(&mut self, conn: ConnId, user: &str) {
+        let world = &self.world;
+        self.links
+            .player(conn, user, self.cfg.rooms.occupants_max, |u| {
+                world.occupant(u).is_some()
+            });
+    }
+
     /// The world id a link speaks for (`"generic"` for an anonymous one).
     fn link_world(&self, conn: ConnId) -> String {
         self.links
@@ -551,18 +572,23 @@ impl App {
             .unwrap_or_else(|| "generic".into())
     }
 
-    /// Send every new event of the world to the links that host its room, except the
-    /// link it came from (`source`), and to the gateway's clients.
+    /// Send every new event of the world to every link that hears its room (a player
+    /// of theirs is there, or they declared it), except the link it
+    /// came from (`source`), and to the gateway's clients.
     pub fn route_events(&mut self, source: Option<ConnId>) {
         let events = self.world.take_new_events();
         self.federate(&events);
         for ev in &events {
-            if let Some(host) = self.links.host_of(&ev.room) {
-                if Some(host) != source {
-                    let mut line = Vec::with_capacity(256);
+            let present = self.world.players(&ev.room);
+            let audience = self
+                .links
+                .audience(&ev.room, present.iter().map(|o| o.user_id.as_str()));
+            let mut line = Vec::new();
+            for link in audience.into_iter().filter(|l| Some(*l) != source) {
+                if line.is_empty() {
                     encode(ev, &mut line);
-                    self.line_out.push((host, line));
                 }
+                self.line_out.push((link, line.clone()));
             }
         }
         // The same events, to every gateway client (and so the status page).

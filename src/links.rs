@@ -1,5 +1,5 @@
 //! Game links, socket-free: which line-protocol connections are which world, which rooms
-//! each one hosts, the bridge's requests waiting for a game's answer (`act`, `observe`),
+//! each one hears (its players' rooms and the rooms it declared), the bridge's requests waiting for a game's answer (`act`, `observe`),
 //! the latest perception of each world, and the state of every outbound dial (up/down,
 //! since, reconnects, last error, backoff).
 //!
@@ -33,6 +33,9 @@ pub struct Link {
     pub since_ms: u64,
     /// Canonical names of the rooms this link has reported.
     pub rooms: HashSet<String>,
+    /// Rooms the link declared as its own (a `room` snapshot, a perception's cell): it
+    /// hears them whoever is there.
+    pub declared: HashSet<String>,
 }
 
 /// Whether an outbound dial is connected.
@@ -101,8 +104,10 @@ pub struct Seen {
 #[derive(Debug, Default)]
 pub struct Links {
     links: HashMap<ConnId, Link>,
-    /// Room (canonical name) → the link that hosts it.
+    /// Room (canonical name) → the link that last mentioned it.
     room_host: HashMap<String, ConnId>,
+    /// User id → the link whose player they are (the last link that placed them).
+    player_link: HashMap<String, ConnId>,
     pending: HashMap<String, Pending>,
     next_request: u64,
     pub dials: Vec<Dial>,
@@ -147,6 +152,7 @@ impl Links {
                 dial,
                 since_ms: now_ms,
                 rooms: HashSet::new(),
+                declared: HashSet::new(),
             },
         );
         if let Some(d) = dial.and_then(|d| self.dials.get_mut(d)) {
@@ -206,6 +212,7 @@ impl Links {
             return Vec::new();
         };
         self.room_host.retain(|_, host| *host != id);
+        self.player_link.retain(|_, l| *l != id);
         if let Some(d) = link.dial {
             self.dial_failed(d, why.unwrap_or("connection closed"), now, now_ms);
         }
@@ -265,9 +272,69 @@ impl Links {
         }
     }
 
-    /// The link that hosts `room`, if any.
+    /// `id` declared `room` its own (a `room` snapshot, a perception's cell): it hears
+    /// the room's events whoever is there.
+    pub fn declare(&mut self, id: ConnId, room: &str) {
+        self.host(id, room);
+        if let Some(link) = self.links.get_mut(&id) {
+            link.declared.insert(room.to_string());
+        }
+    }
+
+    /// `user_id` is a player of link `id` (it reported them entering, saying, chatting).
+    /// Past `max` players known, those for whom `present` is false (gone from the world
+    /// without a `leave`: evicted, expired) are forgotten, but for `user_id` itself.
+    pub fn player(
+        &mut self,
+        id: ConnId,
+        user_id: &str,
+        max: usize,
+        present: impl Fn(&str) -> bool,
+    ) {
+        if !self.links.contains_key(&id) {
+            return;
+        }
+        self.player_link.insert(user_id.to_string(), id);
+        // Twice the cap: a prune leaves at most `max`, so it runs once per `max` players.
+        if self.player_link.len() > max.saturating_mul(2) {
+            self.player_link.retain(|u, _| u == user_id || present(u));
+        }
+    }
+
+    /// `user_id` left the game of link `id`.
+    pub fn player_gone(&mut self, id: ConnId, user_id: &str) {
+        if self.player_link.get(user_id) == Some(&id) {
+            self.player_link.remove(user_id);
+        }
+    }
+
+    /// The link that last mentioned `room`, if any (where `speak` to a room goes).
     pub fn host_of(&self, room: &str) -> Option<ConnId> {
         self.room_host.get(room).copied()
+    }
+
+    /// Every link that hears `room`: those with a player among `present` (the user ids
+    /// in the room now) and those that declared it. In a stable order (by connection),
+    /// without duplicates.
+    pub fn audience<'a>(
+        &self,
+        room: &str,
+        present: impl IntoIterator<Item = &'a str>,
+    ) -> Vec<ConnId> {
+        let mut to: Vec<ConnId> = present
+            .into_iter()
+            .filter_map(|u| self.player_link.get(u).copied())
+            .chain(
+                self.links
+                    .iter()
+                    .filter(|(_, l)| l.declared.contains(room))
+                    .map(|(id, _)| *id),
+            )
+            .filter(|id| self.links.contains_key(id))
+            .collect();
+        to.sort_by_key(|c| (c.idx, c.gen));
+        to.dedup();
+        to
     }
 
     /// The greeted link of `world` (the most recent one if several).
@@ -451,6 +518,43 @@ mod tests {
         assert_eq!(gone.len(), 1, "waiting requests come back to be answered");
         assert_eq!(l.host_of("Limbo"), None);
         assert_eq!(l.link_of("mud"), None);
+    }
+
+    #[test]
+    fn every_link_with_a_player_in_a_room_or_that_declared_it_hears_it() {
+        let now = Instant::now();
+        let mut l = Links::new(&[], now, 0);
+        for i in 1..=4 {
+            l.open(id(i), PEER.parse().unwrap(), None, 0);
+            l.greeted(id(i), Some(&format!("w{i}")), "generic", 0);
+        }
+        // Link 1's bob and link 2's eve are in the Garden; link 2 mentioned it last.
+        l.player(id(1), "bob", 10, |_| true);
+        l.host(id(1), "Garden");
+        l.player(id(2), "eve", 10, |_| true);
+        l.host(id(2), "Garden");
+        // Link 3 declared it in a room snapshot; link 4 has nobody there.
+        l.declare(id(3), "Garden");
+        l.player(id(4), "zed", 10, |_| true);
+        assert_eq!(l.host_of("Garden"), Some(id(3)));
+        assert_eq!(
+            l.audience("Garden", ["bob", "eve", "web-user"]),
+            vec![id(1), id(2), id(3)]
+        );
+        // Bob leaves link 1's game: link 1 no longer hears the Garden.
+        l.player_gone(id(1), "bob");
+        assert_eq!(l.audience("Garden", ["eve"]), vec![id(2), id(3)]);
+        // Players gone from the world without a `leave` are forgotten past the cap.
+        for i in 0..3 {
+            l.player(id(4), &format!("ghost{i}"), 1, |u| u == "eve");
+        }
+        assert_eq!(l.player_link.len(), 2, "eve, and the player just reported");
+        assert_eq!(l.audience("Garden", ["eve"]), vec![id(2), id(3)]);
+        // A closed link hears nothing, its players are forgotten.
+        l.close(id(2), None, now, 0);
+        assert_eq!(l.audience("Garden", ["eve"]), vec![id(3)]);
+        l.close(id(3), None, now, 0);
+        assert!(l.audience("Garden", ["eve"]).is_empty());
     }
 
     #[test]

@@ -41,6 +41,37 @@ pub struct Outcome {
     pub answer: Option<SyncAnswer>,
     /// What went wrong (pull and push each try; both errors are kept).
     pub errors: Vec<String>,
+    /// The peer could not be reached at all (connection refused, no answer in time, no
+    /// such host): travel there is refused at once until a sync gets through again.
+    pub unreachable: bool,
+}
+
+/// A request to a peer that failed, and whether the peer was reached at all.
+#[derive(Debug, Clone)]
+struct Failure {
+    text: String,
+    unreachable: bool,
+}
+
+impl Failure {
+    fn answered(text: String) -> Failure {
+        Failure {
+            text,
+            unreachable: false,
+        }
+    }
+}
+
+/// Whether a request error means the peer was never reached (as opposed to a peer
+/// that answered something wrong).
+fn is_unreachable(e: &ureq::Error) -> bool {
+    matches!(
+        e,
+        ureq::Error::Timeout(_)
+            | ureq::Error::Io(_)
+            | ureq::Error::ConnectionFailed
+            | ureq::Error::HostNotFound
+    )
 }
 
 /// What a travel message to a peer brought back.
@@ -216,14 +247,18 @@ impl PeerLink {
                     }
                 }
                 Err(e) => {
-                    out.errors.push(format!("pull: {e}"));
+                    out.unreachable |= e.unreachable;
+                    out.errors.push(format!("pull: {}", e.text));
                     break;
                 }
             }
         }
         match self.post("/bridge/sync", &job.push) {
             Ok(a) => out.answer = Some(a),
-            Err(e) => out.errors.push(format!("push: {e}")),
+            Err(e) => {
+                out.unreachable |= e.unreachable;
+                out.errors.push(format!("push: {}", e.text));
+            }
         }
         out
     }
@@ -240,6 +275,7 @@ impl PeerLink {
                     .header("content-type", "application/json")
                     .send(&bytes[..]);
                 self.read::<serde_json::Value>(&url, resp)
+                    .map_err(|e| e.text)
             });
         let room = sent
             .as_ref()
@@ -259,7 +295,7 @@ impl PeerLink {
         }
     }
 
-    fn get(&self, path: &str) -> Result<Delta, String> {
+    fn get(&self, path: &str) -> Result<Delta, Failure> {
         let url = format!("{}{path}", self.url);
         let resp = self
             .agent
@@ -270,9 +306,9 @@ impl PeerLink {
         self.read(&url, resp)
     }
 
-    fn post(&self, path: &str, body: &Delta) -> Result<SyncAnswer, String> {
+    fn post(&self, path: &str, body: &Delta) -> Result<SyncAnswer, Failure> {
         let url = format!("{}{path}", self.url);
-        let bytes = serde_json::to_vec(body).map_err(|e| e.to_string())?;
+        let bytes = serde_json::to_vec(body).map_err(|e| Failure::answered(e.to_string()))?;
         let resp = self
             .agent
             .post(&url)
@@ -286,16 +322,19 @@ impl PeerLink {
         &self,
         url: &str,
         resp: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
-    ) -> Result<T, String> {
+    ) -> Result<T, Failure> {
         // Errors name the route, not the cursor: the same failure reads the same each
         // interval, so it is logged once.
         let url = url.split('?').next().unwrap_or(url);
-        let mut resp = resp.map_err(|e| match e {
-            ureq::Error::Timeout(_) => format!(
-                "{url}: no answer within {} ms",
-                self.limits.timeout.as_millis()
-            ),
-            e => format!("{url}: {e}"),
+        let mut resp = resp.map_err(|e| Failure {
+            unreachable: is_unreachable(&e),
+            text: match e {
+                ureq::Error::Timeout(_) => format!(
+                    "{url}: no answer within {} ms",
+                    self.limits.timeout.as_millis()
+                ),
+                e => format!("{url}: {e}"),
+            },
         })?;
         let status = resp.status().as_u16();
         let text = resp
@@ -303,14 +342,17 @@ impl PeerLink {
             .with_config()
             .limit(BODY_MAX)
             .read_to_string()
-            .map_err(|e| format!("{url}: {e}"))?;
+            .map_err(|e| Failure::answered(format!("{url}: {e}")))?;
         if status != 200 {
             let mut excerpt: String = text.chars().take(200).collect();
             if excerpt.is_empty() {
                 excerpt = "(empty body)".into();
             }
-            return Err(format!("{url} answered HTTP {status}: {excerpt}"));
+            return Err(Failure::answered(format!(
+                "{url} answered HTTP {status}: {excerpt}"
+            )));
         }
-        serde_json::from_str(&text).map_err(|e| format!("{url} sent a bad document: {e}"))
+        serde_json::from_str(&text)
+            .map_err(|e| Failure::answered(format!("{url} sent a bad document: {e}")))
     }
 }

@@ -17,8 +17,9 @@
 //! list of steps at every `Save`/`Forget`: the rest waits for the store batch that holds
 //! the row ([`App::travel_durable`]). With `--memory` the steps run at once.
 //!
-//! A traveller arrives in the destination's first portal room (in the world's room
-//! order), or in its first room when it has no portal room. The answer's `room` is the
+//! A traveller arrives in the destination's first room of `federation.portal_rooms`
+//! (which exist from the start), else its first portal room (in the world's room order),
+//! or in its first room when it has no portal room. The answer's `room` is the
 //! one the destination named when it accepted.
 
 use crate::app::App;
@@ -60,12 +61,19 @@ impl TravelWiring {
 }
 
 impl App {
-    /// The room a traveller arrives in here: the first portal room, else the first room.
+    /// The room a traveller arrives in here: the first room of
+    /// `federation.portal_rooms` that exists, else the first portal room, else the
+    /// first room.
     pub fn gateway_room(&self) -> Option<String> {
         let f = self.fed.as_ref()?;
-        self.world
-            .rooms()
-            .find(|r| f.core.is_portal(&r.spec))
+        let configured = self
+            .cfg
+            .federation
+            .portal_rooms
+            .iter()
+            .find_map(|name| self.world.room(name));
+        configured
+            .or_else(|| self.world.rooms().find(|r| f.core.is_portal(&r.spec)))
             .or_else(|| self.world.rooms().next())
             .map(|r| r.spec.name.clone())
     }
@@ -92,6 +100,7 @@ impl App {
             .get(user_id)
             .map(|s| s.history.iter().cloned().collect())
             .unwrap_or_default();
+        let unreachable = self.peer_unreachable(to_world);
         let Some(f) = &mut self.fed else {
             return Err((
                 404,
@@ -107,6 +116,7 @@ impl App {
                 Some(&o.room),
                 history,
                 to_world,
+                unreachable,
                 now_ms,
             )
             .map_err(|e| (409, "travel_refused", e.to_string()))?;

@@ -155,8 +155,18 @@ impl App {
         }
         if workshop {
             let mut out = Vec::new();
-            self.workshop.bark(&text, None, &mut out);
+            let mood = self.workshop_mood();
+            self.workshop.bark(&text, Some(&mood), &mut out);
             self.apply_workshop(out, now);
+        }
+    }
+
+    /// The agent's mood for a Workshop bark: the state file's `mood` when it is a
+    /// string, else the persona's (`agent.mood`).
+    fn workshop_mood(&self) -> String {
+        match self.workshop.state().get("mood") {
+            Some(Value::String(m)) if !m.trim().is_empty() => m.clone(),
+            _ => self.cfg.agent.mood.clone(),
         }
     }
 

@@ -36,7 +36,13 @@ fn help_and_version() {
 fn bad_flags_and_config_are_refused_with_the_name() {
     let out = bin().arg("--htp").arg("x").output().unwrap();
     assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("--htp"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--htp"), "{err}");
+    assert_eq!(
+        err.matches("--help").count(),
+        1,
+        "one pointer to --help: {err}"
+    );
 
     let cfg = temp_file(
         "bad.toml",
@@ -115,6 +121,51 @@ fn the_seeds_port_variable_sets_the_first_http_listener() {
     );
     assert_eq!(addr.port(), port);
     assert_eq!(get(addr, "/bridge/health")["status"], "ok");
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+#[test]
+fn localhost_listeners_serve_on_127_0_0_1_and_start_up_names_what_is_used() {
+    let (ph, pl) = (free_port(), free_port());
+    let (mut child, rx) = spawn_logged(bin().args([
+        "--http",
+        &format!("localhost:{ph}"),
+        "--line",
+        &format!("localhost:{pl}"),
+        "--memory",
+    ]));
+    // Everything up to the IPv4 line listener's "listening on" line.
+    let line_v4 = format!("listening on 127.0.0.1:{pl} (line protocol)");
+    let mut logs = Vec::new();
+    while !logs.iter().any(|l: &String| l.contains(&line_v4)) {
+        match rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(l) => logs.push(l),
+            Err(_) => panic!("no {line_v4:?} in {logs:#?}"),
+        }
+    }
+    let all = logs.join("\n");
+    assert!(
+        all.contains(&format!("listening on 127.0.0.1:{ph} (http, websocket)")),
+        "{all}"
+    );
+    for want in [
+        "world: local",
+        "world file: the built-in world",
+        "workshop state file: ",
+        "workshop inbox: ",
+        "federation peers: none",
+        "game dials: none",
+        "data directory: none (--memory",
+    ] {
+        let n = logs.iter().filter(|l| l.contains(want)).count();
+        assert_eq!(n, 1, "one INFO line with {want:?} in {all}");
+    }
+    assert!(!all.contains("Some(") && !all.contains("(Http)"), "{all}");
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{ph}").parse().unwrap();
+    assert_eq!(get(addr, "/bridge/health")["status"], "ok");
+    let mut game = LineClient::connect(format!("127.0.0.1:{pl}").parse().unwrap());
+    game.hello("mud", "evennia");
     child.kill().unwrap();
     child.wait().unwrap();
 }

@@ -1127,8 +1127,8 @@ fn evennia_players_talk_to_the_agent_and_share_rooms_through_the_bridge() {
     alice.expect(
         m,
         "The gateway stays closed: world vps is offline.",
-        // A peer never heard from is tried: the travel is aborted after its deadline
-        // (2 sync intervals, at least 10 s).
+        // vps is not running: the bridge's last sync with it was refused, so the travel
+        // is refused at once (a peer not tried yet would be waited for, 10 s at least).
         Duration::from_secs(25),
     );
     let m = alice.mark();

@@ -396,3 +396,83 @@ fn documents_stay_under_the_peer_body_limit_so_big_events_still_cross() {
         !mb.contains("worldbridge_federation_sync_rounds_total{peer=\"a\",outcome=\"error\"} 0")
     );
 }
+
+#[test]
+fn configured_portal_rooms_exist_show_says_and_receive_travellers_and_a_full_world_keeps_and_counts(
+) {
+    let (pa, pb, pc) = (free_port(), free_port(), free_port());
+    let gate = vec!["The Gate".to_string()];
+    let mut a_cfg = config(
+        "a",
+        pa,
+        &scratch_dir("portal-a"),
+        vec![peer("b", pb, "ab-secret"), peer("c", pc, "ac-secret")],
+    );
+    a_cfg.federation.portal_rooms = gate.clone();
+    let mut b_cfg = config(
+        "b",
+        pb,
+        &scratch_dir("portal-b"),
+        vec![peer("a", pa, "ab-secret")],
+    );
+    b_cfg.federation.portal_rooms = gate.clone();
+    // C has no portal room and no room to spare: the built-in world's 5 rooms.
+    let mut c_cfg = config(
+        "c",
+        pc,
+        &scratch_dir("portal-c"),
+        vec![peer("a", pa, "ac-secret")],
+    );
+    c_cfg.federation.portal_rooms = vec![];
+    c_cfg.rooms.max = 5;
+    let a = start_with(a_cfg);
+    let b = start_with(b_cfg);
+    let c = start_with(c_cfg);
+
+    // The Gate is in no world file: it exists from the start, a plain portal room.
+    let w = get(b.http, "/bridge/world/The%20Gate");
+    assert_eq!(w["room"], "The Gate", "{w}");
+    assert_eq!(w["data"]["desc_base"], "A gateway to other worlds.", "{w}");
+    assert_eq!(w["data"]["portal"], true, "{w}");
+
+    let r = post(
+        a.http,
+        "/bridge/say",
+        &json!({"user_id": "alice", "username": "Alice", "room": "The Gate", "message": "hello worlds"}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    eventually(WAIT, "alice's say shows in b's gate", || {
+        from_origin(&b, "The Gate", "a", "message")
+            .iter()
+            .any(|e| e["message"] == "hello worlds" && e["username"] == "Alice@a")
+    });
+    // C cannot make the room: the say is kept, logged and counted, not lost silently.
+    eventually(WAIT, "c counts the say it cannot show", || {
+        call(c.http, "GET", "/metrics", None)
+            .text()
+            .contains("worldbridge_federation_events_unshown_total{reason=\"room_limit\"} 1")
+    });
+    let m = call(c.http, "GET", "/metrics", None).text();
+    assert!(m.contains("worldbridge_federation_events_kept 1"), "{m}");
+    assert_eq!(
+        call(c.http, "GET", "/bridge/world/The%20Gate", None).status,
+        404
+    );
+
+    // A traveller from a arrives in b's configured portal room.
+    eventually(WAIT, "a sees b online", || {
+        peer_health(&a, "b")["state"] == "online"
+    });
+    let r = post(
+        a.http,
+        "/bridge/travel",
+        &json!({"user_id": "alice", "to_world": "b"}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["room"], "The Gate", "{}", r.text());
+    eventually(WAIT, "alice arrives in b's gate", || {
+        get(b.http, "/bridge/room/The%20Gate/players")["players"]
+            .as_array()
+            .is_some_and(|p| p.iter().any(|p| p["user_id"] == "alice"))
+    });
+}

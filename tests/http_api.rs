@@ -60,6 +60,27 @@ fn chat_answers_with_the_seed_shape_and_lists_the_session() {
 }
 
 #[test]
+fn a_sessions_room_is_where_its_user_is_now_after_a_move() {
+    let b = start();
+    let r = post(
+        b.http,
+        "/bridge/chat",
+        &json!({"user_id":"alice_01","username":"Alice","message":"hi","room":"The Threshold"}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let mv = post(
+        b.http,
+        "/bridge/move",
+        &json!({"user_id":"alice_01","room":"The Garden"}),
+    );
+    assert_eq!(mv.status, 200, "{}", mv.text());
+    let s = get(b.http, "/bridge/sessions");
+    assert_eq!(s["sessions"][0]["user_id"], "alice_01");
+    assert_eq!(s["sessions"][0]["room"], "The Garden", "{s}");
+    assert_eq!(s["sessions"][0]["messages"], 2, "a move is not a message");
+}
+
+#[test]
 fn say_reaches_the_others_and_never_echoes_to_the_sender() {
     let b = start();
     let mv = post(

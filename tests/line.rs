@@ -222,6 +222,79 @@ fn game_messages_feed_the_same_core_as_http() {
         .is_empty());
 }
 
+/// The next `say` a link receives (presence and other events before it are skipped).
+fn next_say(g: &mut LineClient) -> Value {
+    g.recv_type("say").0
+}
+
+#[test]
+fn two_links_whose_players_share_a_room_both_hear_it() {
+    let (b, line) = start_line(line_config());
+    let mut one = game(line, "mud-one");
+    let mut two = game(line, "mud-two");
+    one.send(
+        &json!({"type": "presence", "id": 1, "event": "enter", "user_id": "bob", "room": "The Garden"}),
+    );
+    assert_eq!(one.recv_type("ok").0["id"], 1);
+    // The second link mentions the room last: it used to be the room's only host.
+    two.send(
+        &json!({"type": "presence", "id": 2, "event": "enter", "user_id": "eve", "room": "The Garden"}),
+    );
+    assert_eq!(two.recv_type("ok").0["id"], 2);
+
+    // A say over HTTP reaches both links.
+    let r = post(
+        b.http,
+        "/bridge/say",
+        &json!({"user_id": "web1", "username": "Webby", "room": "The Garden", "message": "hello both"}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(next_say(&mut one)["message"], "hello both");
+    assert_eq!(next_say(&mut two)["message"], "hello both");
+
+    // A say from link one reaches link two, and is not echoed to link one: the next say
+    // link one hears is the HTTP marker sent after it.
+    one.send(&json!({"type": "say", "id": 3, "user_id": "bob", "room": "The Garden", "message": "from one"}));
+    assert_eq!(one.recv_type("ok").0["id"], 3);
+    let heard = next_say(&mut two);
+    assert_eq!(
+        (heard["message"].as_str(), heard["user_id"].as_str()),
+        (Some("from one"), Some("bob"))
+    );
+    post(
+        b.http,
+        "/bridge/say",
+        &json!({"user_id": "web1", "room": "The Garden", "message": "marker"}),
+    );
+    assert_eq!(next_say(&mut one)["message"], "marker");
+    assert_eq!(next_say(&mut two)["message"], "marker");
+
+    // A world event from link two reaches link one, not link two.
+    two.send(&json!({"type": "event", "id": 4, "room": "The Garden", "event": "rain", "message": "It rains."}));
+    assert_eq!(two.recv_type("ok").0["id"], 4);
+    let (ev, _) = one.recv_type("event");
+    assert_eq!(
+        (ev["event"].as_str(), ev["message"].as_str()),
+        (Some("rain"), Some("It rains."))
+    );
+
+    // Once bob leaves link one's game, link one no longer hears the Garden.
+    one.send(&json!({"type": "presence", "id": 5, "event": "leave", "user_id": "bob"}));
+    assert_eq!(one.recv_type("ok").0["id"], 5);
+    post(
+        b.http,
+        "/bridge/say",
+        &json!({"user_id": "web1", "room": "The Garden", "message": "only two"}),
+    );
+    assert_eq!(next_say(&mut two)["message"], "only two");
+    one.send(&json!({"type": "ping", "id": 6}));
+    let (_, extra) = one.recv_type("pong");
+    assert!(
+        extra.iter().all(|e| e["type"] != "say"),
+        "link one heard the Garden after its player left: {extra:?}"
+    );
+}
+
 #[test]
 fn says_and_presence_from_http_reach_the_hosting_link_and_never_echo() {
     let (b, line) = start_line(line_config());

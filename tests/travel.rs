@@ -146,6 +146,64 @@ fn a_character_travels_with_its_history_and_a_world_that_is_down_refuses() {
     assert_eq!(presence(a.http, "The Bridge", "timmy", "enter"), 2);
 }
 
+#[test]
+fn travel_to_a_world_whose_last_sync_failed_is_refused_at_once() {
+    // c is a peer on a closed port: the first sync round fails with "connection refused".
+    let (pa, pc) = (free_port(), free_port());
+    let a = start_with(config(
+        "a",
+        pa,
+        &scratch_dir("travel-fast-a"),
+        vec![peer("c", pc, "ac-secret")],
+    ));
+    eventually(WAIT, "a sync round with c has failed", || {
+        get(a.http, "/bridge/health")["peers"][0]["last_error"].is_string()
+    });
+    let r = post(
+        a.http,
+        "/bridge/chat",
+        &json!({"user_id": "tommy", "username": "Tommy", "room": "The Bridge", "message": "hi"}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let asked = std::time::Instant::now();
+    let r = post(
+        a.http,
+        "/bridge/travel",
+        &json!({"user_id": "tommy", "to_world": "c"}),
+    );
+    let took = asked.elapsed();
+    assert_eq!(r.status, 409, "{}", r.text());
+    assert_eq!(r.json()["code"], "travel_refused", "{}", r.text());
+    assert!(r.text().contains("world c is offline"), "{}", r.text());
+    // The travel timeout is at least 10 s; a refusal that waited for it took that long.
+    assert!(
+        took < Duration::from_secs(1),
+        "refused after {took:?}, not at once"
+    );
+    assert!(players(a.http, "The Bridge").contains(&"tommy".to_string()));
+
+    // c comes up: once a hears from it (c's own sync reaches a before a's next pull
+    // does), the traveller is let through.
+    let c = start_with(config(
+        "c",
+        pc,
+        &scratch_dir("travel-fast-c"),
+        vec![peer("a", pa, "ac-secret")],
+    ));
+    eventually(WAIT, "a hears from c", || {
+        get(a.http, "/bridge/health")["peers"][0]["state"] == "online"
+    });
+    let r = post(
+        a.http,
+        "/bridge/travel",
+        &json!({"user_id": "tommy", "to_world": "c"}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    eventually(WAIT, "tommy arrives in c", || {
+        players(c.http, "The Bridge").contains(&"tommy".to_string())
+    });
+}
+
 /// The real binary as world `world` on `port` (0: any), its data in `dir`.
 fn serve(world: &str, port: u16, dir: &Path, peers: &[(&str, u16, &str)]) -> (Child, SocketAddr) {
     let mut toml = format!(

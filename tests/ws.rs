@@ -1030,6 +1030,28 @@ fn a_visitor_message_lands_in_the_inbox_and_timmy_barks_back() {
 }
 
 #[test]
+fn a_workshop_bark_carries_the_state_files_mood_else_the_personas() {
+    let w = workshop(Some("mood: contemplative\n"), true);
+    let addr = w.bridge.http;
+    let mut ws = state_on_connect(addr, "/", &json!({"mood": "contemplative"}));
+    send(
+        &mut ws,
+        &json!({"type": "message", "text": "How's the Tower coming?", "visitor": "Alexander"}),
+    );
+    let bark = next_of(&mut ws, "bark");
+    assert_eq!(bark["mood"], "contemplative", "{bark}");
+    assert!(!bark["text"].as_str().unwrap().is_empty(), "{bark}");
+    // A mood that is not a string (or none at all): the persona's default, `agent.mood`.
+    std::fs::write(&w.state, "mood: {level: 3}\n").unwrap();
+    let mut ws = state_on_connect(addr, "/", &json!({"mood": {"level": 3}}));
+    send(
+        &mut ws,
+        &json!({"type": "message", "text": "And now?", "visitor": "Alexander"}),
+    );
+    assert_eq!(next_of(&mut ws, "bark")["mood"], "calm");
+}
+
+#[test]
 fn plain_get_root_is_the_status_page() {
     let b = start();
     let r = call(b.http, "GET", "/", None);

@@ -126,7 +126,7 @@ use crate::world::check_name;
 use crate::world::room::{Event, RoomSpec};
 use merge::{EventLog, Insert, Pruned};
 use portal::{Draft, Relayed, Scope};
-use presence::{RemotePresence, Report};
+use presence::{PeerStatus, RemotePresence, Report};
 use std::collections::{BTreeMap, VecDeque};
 use travel::{Arrival, Arrivals, Departure, Departures};
 use trust::Trust;
@@ -593,7 +593,10 @@ impl Federation {
 
     /// Start moving a local character to the peer `to`: its status comes from
     /// presence (offline: refused at once, "world vps is offline"), and the trust held
-    /// about the character travels with them.
+    /// about the character travels with them. `unreachable` (the last sync could not
+    /// reach the peer) counts as offline: waiting for the travel timeout would only say
+    /// the same thing later.
+    #[allow(clippy::too_many_arguments)]
     pub fn begin_travel(
         &mut self,
         user_id: &str,
@@ -601,9 +604,13 @@ impl Federation {
         room: Option<&str>,
         history: Vec<crate::agent::Turn>,
         to: &str,
+        unreachable: bool,
         now_ms: u64,
     ) -> Result<Vec<travel::Step>, travel::TravelError> {
-        let peer = self.peer(to).map(|_| self.presence.status(to, now_ms));
+        let peer = self.peer(to).map(|_| match unreachable {
+            true => PeerStatus::Offline,
+            false => self.presence.status(to, now_ms),
+        });
         let trust = self.trust.about(&portal::remote_name(user_id, &self.world));
         self.departures
             .begin(user_id, username, room, history, trust, to, peer, now_ms)

@@ -450,7 +450,7 @@ fn alice_travels_from_mac_to_vps_with_her_trust() {
 
     // vps has never been heard from: tried. Then silent for 3 intervals: refused.
     let steps = mac
-        .begin_travel("alice", "Alice", Some("Gate"), vec![], "vps", 1_000)
+        .begin_travel("alice", "Alice", Some("Gate"), vec![], "vps", false, 1_000)
         .expect("an unknown peer is tried");
     let offer = match &steps[..] {
         [travel::Step::Save(_), travel::Step::Send { msg, .. }] => msg.clone(),
@@ -459,11 +459,16 @@ fn alice_travels_from_mac_to_vps_with_her_trust() {
     let d = vps.delta(Some("mac"), None, 10, presence(&vps, 1, &[]));
     mac.apply("vps", &d, 1_000).expect("merges");
     let err = mac
-        .begin_travel("bob", "Bob", None, vec![], "vps", 1_000 + 15_001)
+        .begin_travel("bob", "Bob", None, vec![], "vps", false, 1_000 + 15_001)
+        .unwrap_err();
+    assert_eq!(err.to_string(), "world vps is offline");
+    // Heard from a moment ago, but the last sync could not reach it: refused at once.
+    let err = mac
+        .begin_travel("bob", "Bob", None, vec![], "vps", true, 1_001)
         .unwrap_err();
     assert_eq!(err.to_string(), "world vps is offline");
     assert_eq!(
-        mac.begin_travel("bob", "Bob", None, vec![], "atlantis", 1_000)
+        mac.begin_travel("bob", "Bob", None, vec![], "atlantis", false, 1_000)
             .unwrap_err()
             .to_string(),
         "there is no world called atlantis to travel to"

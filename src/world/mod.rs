@@ -329,6 +329,12 @@ impl World {
             },
         );
         self.mark_room(room);
+        // A session's room is where its user is now, not where they last chatted.
+        if self.sessions.get(user_id).is_some_and(|s| s.room != room) {
+            if let Some(s) = self.sessions.get_mut(user_id) {
+                s.room = room.to_string();
+            }
+        }
         if let Some(r) = self.rooms.get_mut(room) {
             r.note_visitor(username);
             r.occupants.push(user_id.to_string());
@@ -555,6 +561,12 @@ impl World {
             .collect();
         let leaves = idle.iter().filter_map(|u| self.remove(u, now_ms)).collect();
         (gone, leaves)
+    }
+
+    /// Tests stand for an operator who raised `rooms.max` (a restart, in real life).
+    #[cfg(test)]
+    pub fn raise_rooms_max_for_test(&mut self, max: usize) {
+        self.limits.rooms_max = max;
     }
 
     /// Events created since the last call, for the transports that fan them out.

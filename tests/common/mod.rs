@@ -345,8 +345,8 @@ pub fn temp_file(name: &str, text: &str) -> std::path::PathBuf {
     p
 }
 
-/// Start the binary and wait for its "listening on" log line; returns the HTTP address.
-pub fn spawn(cmd: &mut Command) -> (Child, SocketAddr, mpsc::Receiver<String>) {
+/// Start the binary; its log (stderr) comes line by line on the channel.
+pub fn spawn_logged(cmd: &mut Command) -> (Child, mpsc::Receiver<String>) {
     let mut child = cmd
         .stderr(Stdio::piped())
         .stdout(Stdio::null())
@@ -359,6 +359,12 @@ pub fn spawn(cmd: &mut Command) -> (Child, SocketAddr, mpsc::Receiver<String>) {
             let _ = tx.send(line);
         }
     });
+    (child, rx)
+}
+
+/// Start the binary and wait for its "listening on" log line; returns the HTTP address.
+pub fn spawn(cmd: &mut Command) -> (Child, SocketAddr, mpsc::Receiver<String>) {
+    let (child, rx) = spawn_logged(cmd);
     let addr = loop {
         let line = rx
             .recv_timeout(Duration::from_secs(20))
