@@ -632,7 +632,7 @@ mod tests {
     #[test]
     fn world_events_of_the_configured_kinds_go_out_unless_local() {
         let mut a = app("mac");
-        let mut raise = |a: &mut App, kind: &str, asked: Option<Scope>| {
+        let raise = |a: &mut App, kind: &str, asked: Option<Scope>| {
             let ev = a
                 .world
                 .world_event("The Forge", kind, Some("x"), 1)
