@@ -26,6 +26,8 @@ the rest of the line):
     weather <currentWeather> <region...>           the stored weather id of a region
     hour <hour>                    the world's game hour
     sync [tag]                     answered {"event":"sync","tag":...} once every earlier line is done
+    lua <code...>                  run Lua as another server script would, e.g.
+                                   lua return require("custom/timmy_bridge").worldEvent("Balmora", "rain", "Rain.")
     hide <CallName> / show <CallName>   stop / resume printing calls of that name
     quit                           OnServerExit, then exit 0 (EOF on stdin does the same)
 
@@ -35,6 +37,7 @@ Stdout, one JSON object per line, flushed after each:
         "logicHandler.RunConsoleCommandOnPlayer", "commandHandler.ProcessCommand")
     {"event":"ready"}  {"event":"joined","pid":0,"name":"Alice"}  {"event":"left","pid":0}
     {"event":"chat","pid":0,"swallowed":true}  {"event":"sync","tag":"x"}  {"event":"exit"}
+    {"event":"lua","results":["1"]}   what a `lua` command returned, each value as tostring()
     {"event":"error","message":"..."}   a bad control command (the loop goes on)
     {"fatal":"..."}   the stub aborted (exit 134), like the server on a binding type error
 ]]
@@ -77,7 +80,8 @@ for _, a in ipairs(arg or {}) do
 end
 package.preload["custom/timmy_bridge_config"] = function() return scriptConfig end
 
-dofile(dir .. "/timmy_bridge.lua")
+-- Loaded once, as the server does: other scripts' require() gets the same module table.
+package.loaded["custom/timmy_bridge"] = dofile(dir .. "/timmy_bridge.lua")
 stub.serverInit()
 emit({ event = "ready" })
 
@@ -164,6 +168,15 @@ function commands.hour(rest) WorldInstance.data.time.hour = num(rest) end
 function commands.sync(rest) emit({ event = "sync", tag = rest }) end
 function commands.hide(rest) hidden[rest] = true end
 function commands.show(rest) hidden[rest] = nil end
+function commands.lua(rest)
+    local fn, err = loadstring(rest, "lua command")
+    if not fn then error(err, 0) end
+    local res = { pcall(fn) }
+    if not res[1] then error(tostring(res[2]), 0) end
+    local out = setmetatable({}, stub.ARRAY)
+    for i = 2, table.maxn(res) do out[#out + 1] = tostring(res[i]) end
+    emit({ event = "lua", results = out })
+end
 function commands.quit() quit() end
 
 local function runCommand(line)

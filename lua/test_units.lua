@@ -469,6 +469,56 @@ test("observe answers a perception with the player's state", function()
 end)
 
 ----------------------------------------------------------------------------------------------
+-- worldEvent, for other TES3MP scripts; the default role
+----------------------------------------------------------------------------------------------
+
+test("the default role dials the bridge's line listener at 127.0.0.1:4005", function()
+    eq(M.config.role, "connect")
+    eq(M.config.bridgeHost, "127.0.0.1")
+    eq(M.config.bridgePort, 4005)
+end)
+
+test("worldEvent sends a line event on every ready link, with the scope asked for", function()
+    local esock = memorySocket()
+    local elink = M._newLink(esock, "events", false)
+    eq(M.worldEvent("Balmora, Temple", "rain", "Rain."), 0, "no ready link yet: not sent")
+    local hi = exchange(elink, esock, { type = "hello", world = "bridge", kind = "bridge", protocol = 1 })
+    eq(hi[1].type, "welcome", "hello answered: " .. show(hi))
+    local function sent(...)
+        esock.out = ""
+        local n, err = M.worldEvent(...)
+        assert(elink.out:flush(esock))
+        local lines = {}
+        for line in esock.out:gmatch("[^\n]+") do lines[#lines + 1] = assert(json.decode(line)) end
+        return n, err, lines
+    end
+    local n, err, lines = sent("Balmora, Temple", "rain", "Rain drums on the dome.")
+    eq(n, 1, "sent on the ready link: " .. tostring(err))
+    eq(#lines, 1)
+    assert(deepEq(lines[1], { type = "event", room = "Balmora, Temple", event = "rain",
+        message = "Rain drums on the dome." }), "no scope: the bridge's rule decides; got " .. show(lines[1]))
+    _, _, lines = sent("Balmora, Temple", "bell", nil, true)
+    eq(lines[1].scope, "federation")
+    eq(lines[1].message, nil, "no message")
+    _, _, lines = sent("Balmora, Temple", "fire", "Only here.", false)
+    eq(lines[1].scope, "local")
+    for _, bad in ipairs({
+        { { nil, "rain" }, "cell is required" },
+        { { "", "rain" }, "cell must not be empty" },
+        { { "Balmora", 5 }, "kind must be a string" },
+        { { "Balmora", "rain", {} }, "message must be a string" },
+        { { "Balmora", "rain", "x", "yes" }, "federate must be true, false or nil" },
+    }) do
+        local args = bad[1]
+        n, err, lines = sent(args[1], args[2], args[3], args[4])
+        eq(n, nil, bad[2])
+        assert(tostring(err):find(bad[2], 1, true), "error " .. show(err) .. " lacks " .. bad[2])
+        eq(#lines, 0, "nothing sent for " .. bad[2])
+    end
+    elink.ready = false
+end)
+
+----------------------------------------------------------------------------------------------
 -- The stub behaves like the server where the script depends on it
 ----------------------------------------------------------------------------------------------
 

@@ -6,10 +6,12 @@ Install (see docs/tes3mp.md):
   2. add   require("custom/timmy_bridge")   to server/scripts/customScripts.lua
   3. make luasocket loadable (Debian: apt-get install lua-socket; or socket/core.so in server/lib/)
 
-What it owns: one link to worldbridge (the script listens on 127.0.0.1:7777 and the bridge
-dials in, or the script dials the bridge's line port 127.0.0.1:4005), one poll timer created
-in OnServerPostInit, and the translation between protocol messages
-(docs/line-protocol.md) and tes3mp/CoreScripts calls.
+What it owns: one link to worldbridge (by default the script dials the bridge's line port
+127.0.0.1:4005, retrying with backoff, so `cargo run --release` and this file are all it
+takes; with role "listen" it listens on 127.0.0.1:7777 and the bridge dials in), one poll
+timer created in OnServerPostInit, the translation between protocol messages
+(docs/line-protocol.md) and tes3mp/CoreScripts calls, and worldEvent() for
+other scripts.
 
 Rules it keeps, because the server has one thread and no mercy (reference §4, §6.7, §7):
   * never blocks: every socket has settimeout(0), connect is non-blocking, hosts are numeric;
@@ -18,8 +20,9 @@ Rules it keeps, because the server has one thread and no mercy (reference §4, �
     because a wrong argument type aborts the real server even inside pcall;
   * partial lines and partial sends are kept; inbound lines and the outbound queue are capped.
 
-The file is self-contained (its own JSON codec) and returns a table with its internals for
-lua/test_json.lua.
+The file is self-contained (its own JSON codec) and returns its module table:
+require("custom/timmy_bridge").worldEvent(cell, kind, message[, federate]) for other scripts,
+and its internals for lua/test_units.lua.
 ]]
 
 local M = {}
@@ -28,13 +31,13 @@ local M = {}
 -- Configuration
 ----------------------------------------------------------------------------------------------
 
--- Edit here, or put `return { role = "connect", ... }` in custom/timmy_bridge_config.lua
+-- Edit here, or put `return { role = "listen", ... }` in custom/timmy_bridge_config.lua
 -- (that file wins over this table).
 local CONFIG = {
 }
 
 local DEFAULTS = {
-    role = "listen",            -- "listen": the bridge dials us; "connect": we dial the bridge
+    role = "connect",           -- "connect": we dial the bridge; "listen": the bridge dials us
     world = "morrowind",        -- our world id in hello/welcome and perception
     listenHost = "127.0.0.1",   -- listen role: numeric address to bind
     listenPort = 7777,          -- listen role: port (0 = any free port, logged)
@@ -1451,6 +1454,37 @@ local function onSendMessage(_, pid, message)
     return swallow
 end
 
+--- For other TES3MP scripts: raise a world event (a fire, rain, ...) in `cell`:
+---     local timmy_bridge = require("custom/timmy_bridge")
+---     timmy_bridge.worldEvent("Balmora, Temple", "rain", "Rain drums on the dome.")
+--- The bridge shows it in that room; the kinds in its `federation.event_kinds` (fire, rain,
+--- growth, storm, quake by default) also reach every world of its federation.
+--- `federate`: nil = the bridge's rule, true = every world (scope "federation"), false =
+--- this world only (scope "local"). Returns how many links it was sent on (0: no link to a
+--- bridge is up, nothing sent), or nil and an error sentence on bad arguments.
+function M.worldEvent(cell, kind, message, federate)
+    local ok, err = pcall(function()
+        cell = checkString(cell, "cell", { maxLen = 256 })
+        kind = checkString(kind, "kind", { maxLen = 256 })
+        message = checkString(message, "message", { optional = true, maxLen = 4000, multiline = true })
+        if federate ~= nil and type(federate) ~= "boolean" then
+            fail("bad_args", "federate must be true, false or nil, not %s", type(federate))
+        end
+    end)
+    if not ok then
+        local text = type(err) == "table" and err.message or tostring(err)
+        log(LOG.WARN, "worldEvent refused: %s", text)
+        return nil, text
+    end
+    local msg = { type = "event", room = cell, event = kind, message = message }
+    if federate == true then msg.scope = "federation" elseif federate == false then msg.scope = "local" end
+    local n = broadcast(msg)
+    if n == 0 then
+        log(LOG.INFO, "worldEvent %s in %s not sent: no link to the bridge is up", kind, cell)
+    end
+    return n
+end
+
 ----------------------------------------------------------------------------------------------
 -- The poll: connect/accept, read, parse, write, heartbeat. Never blocks.
 ----------------------------------------------------------------------------------------------
@@ -1683,8 +1717,8 @@ local function loadConfig()
         end
     end
     if not ROLES[out.role] then
-        log(LOG.WARN, "config role must be listen or connect, not %s; using listen", tostring(out.role))
-        out.role = "listen"
+        log(LOG.WARN, "config role must be connect or listen, not %s; using connect", tostring(out.role))
+        out.role = "connect"
     end
     for _, k in ipairs({ "listenPort", "bridgePort" }) do
         if out[k] ~= floor(out[k]) or out[k] < 0 or out[k] > 65535 then

@@ -236,6 +236,9 @@ pub struct FederationConfig {
     /// the peers' `http.body_max_bytes`, or their bridges refuse our pushes with 413.
     pub page_max_bytes: usize,
     pub portal_rooms: Vec<String>,
+    /// World event kinds (a line `event`'s `event`) that reach every world of the
+    /// federation unless sent with `scope: "local"`; `scope: "federation"` sends any kind.
+    pub event_kinds: Vec<String>,
     pub peers: Vec<PeerConfig>,
 }
 
@@ -461,6 +464,9 @@ impl Default for FederationConfig {
             events_keep: 10_000,
             page_max_bytes: 512 * 1024,
             portal_rooms: Vec::new(),
+            event_kinds: ["fire", "rain", "growth", "storm", "quake"]
+                .map(String::from)
+                .to_vec(),
             peers: Vec::new(),
         }
     }
@@ -692,6 +698,11 @@ impl Config {
                  ({}): a peer with the same limits would refuse our pushes",
                 self.federation.page_max_bytes, self.http.body_max_bytes
             ));
+        }
+        for kind in &self.federation.event_kinds {
+            crate::world::check_name("event", kind).map_err(|why| {
+                format!("config: `federation.event_kinds`: {kind:?} is not an event name: {why}")
+            })?;
         }
         if self.http.listen.is_empty() {
             return Err(
@@ -1050,6 +1061,7 @@ pages_max = 20
 events_keep = 10000
 page_max_bytes = 524288
 portal_rooms = []
+event_kinds = ["fire", "rain", "growth", "storm", "quake"]
 [[federation.peers]]
 world = "vps"
 url = "http://127.0.0.1:4004"
@@ -1177,6 +1189,10 @@ token = ""                               # the pair's shared secret, used both w
 
         assert_eq!(c.federation.sync_interval_s, 5);
         assert!(c.federation.portal_rooms.is_empty());
+        assert_eq!(
+            c.federation.event_kinds,
+            ["fire", "rain", "growth", "storm", "quake"]
+        );
         assert!(c.federation.peers.is_empty());
 
         assert_eq!(c.validate(), Ok(()));
@@ -1603,8 +1619,12 @@ token = ""                               # the pair's shared secret, used both w
     #[test]
     fn validate_names_each_bad_value() {
         type Breaker = fn(&mut Config);
-        let cases: [(Breaker, &str); 17] = [
+        let cases: [(Breaker, &str); 18] = [
             (|c| c.world = String::new(), "`world`"),
+            (
+                |c| c.federation.event_kinds = vec![" ".into()],
+                "`federation.event_kinds`",
+            ),
             (|c| c.world = "a b".into(), "`world`"),
             (|c| c.world = "é".into(), "`world`"),
             (|c| c.agent.backend = "gpt".into(), "`agent.backend`"),

@@ -35,7 +35,7 @@ pub struct Peering {
     pub core: Federation,
     /// The peers' threads (absent in unit tests, started by the loop).
     pub sync: Option<PeerSync>,
-    /// Local world events sent with `scope: "federation"`, by local seq, until routed.
+    /// Local world events of federation scope, by local seq, until routed.
     scoped: HashSet<u64>,
     /// Rows for the next store batch.
     pub(crate) rows: Vec<Row>,
@@ -179,11 +179,19 @@ impl App {
         self.world.has_changes() || self.fed.as_ref().is_some_and(Peering::has_rows)
     }
 
-    /// A local world event is to be felt in every world (`scope: "federation"`).
-    pub fn mark_federation_scope(&mut self, ev: &Event) {
-        if let Some(f) = &mut self.fed {
+    /// Decide where a new local world event is felt: `asked` is the `scope` it was sent
+    /// with, else its kind decides (`federation.event_kinds`). An event of federation
+    /// scope is kept until [`App::federate`] sends it. Returns the scope (always this
+    /// world alone when no peer is configured).
+    pub fn scope_world_event(&mut self, ev: &Event, asked: Option<Scope>) -> Scope {
+        let Some(f) = &mut self.fed else {
+            return Scope::World;
+        };
+        let scope = f.core.event_scope(&ev.event, asked);
+        if scope == Scope::Federation {
             f.scoped.insert(ev.seq);
         }
+        scope
     }
 
     /// New local events (as routed to links and the gateway): those that federate go to
@@ -634,6 +642,44 @@ pub(crate) mod tests {
         d.on_store(ev);
         assert!(d.fed.as_ref().unwrap().core.log.contains("mac", 1));
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn world_events_of_the_configured_kinds_go_out_unless_local() {
+        let mut a = app("mac");
+        let raise = |a: &mut App, kind: &str, asked: Option<Scope>| {
+            let ev = a
+                .world
+                .world_event("The Forge", kind, Some("x"), 1)
+                .unwrap();
+            let scope = a.scope_world_event(&ev, asked);
+            a.route_events(None);
+            scope
+        };
+        assert_eq!(raise(&mut a, "fire", None), Scope::Federation);
+        assert_eq!(a.fed.as_ref().unwrap().core.last_seq(), 1, "fire goes out");
+        assert_eq!(raise(&mut a, "fire", Some(Scope::World)), Scope::World);
+        assert_eq!(raise(&mut a, "bell", None), Scope::World);
+        assert_eq!(
+            a.fed.as_ref().unwrap().core.last_seq(),
+            1,
+            "neither goes out"
+        );
+        assert_eq!(
+            raise(&mut a, "bell", Some(Scope::Federation)),
+            Scope::Federation
+        );
+        assert_eq!(a.fed.as_ref().unwrap().core.last_seq(), 2, "asked for");
+
+        let mut lone = App::new(Config {
+            store: crate::config::StoreConfig {
+                memory: true,
+                ..Default::default()
+            },
+            ..Config::default()
+        })
+        .expect("app");
+        assert_eq!(raise(&mut lone, "fire", None), Scope::World, "no peers");
     }
 
     #[test]

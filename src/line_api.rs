@@ -13,6 +13,7 @@ use crate::codec::ndjson::encode;
 use crate::conn::line::LineHandler;
 use crate::conn::ConnId;
 use crate::conn::Drive;
+use crate::federation::portal::Scope;
 use crate::links::{Asked, Pending};
 use crate::protocol::{ActionResult, Command, Perception, LINK_KINDS, PROTOCOL};
 use crate::time::now_ms;
@@ -312,10 +313,12 @@ impl App {
                 let room = self.world.ensure_room(&f.name("room")?)?;
                 let name = f.name("event")?;
                 let text = f.opt("message")?;
-                let federation = match f.opt("scope")?.as_deref() {
-                    // docs/line-protocol.md says "local"; the core calls it World.
-                    None | Some("local" | "world") => false,
-                    Some("federation") => true,
+                let asked = match f.opt("scope")?.as_deref() {
+                    // No scope: `federation.event_kinds` decides. docs/line-protocol.md says
+                    // "local"; the core calls it World.
+                    None => None,
+                    Some("local" | "world") => Some(Scope::World),
+                    Some("federation") => Some(Scope::Federation),
                     Some(other) => {
                         return Err(refuse(
                             "bad_field",
@@ -325,9 +328,7 @@ impl App {
                 };
                 self.links.host(conn, &room);
                 let ev = self.world.world_event(&room, &name, text.as_deref(), now)?;
-                if federation {
-                    self.mark_federation_scope(&ev);
-                }
+                self.scope_world_event(&ev, asked);
                 if id.is_some() {
                     answer_line("ok", id, json!({"event": ev}), out);
                 }

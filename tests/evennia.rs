@@ -1226,8 +1226,55 @@ fn evennia_players_talk_to_the_agent_and_share_rooms_through_the_bridge() {
             .iter()
             .any(|e| e["type"] == "say" && e["message"] == "home again")
     });
-    vps.stop().expect("vps stops cleanly");
     stamp(t0, "vps sent Alice home");
+
+    // A world event raised in this game reaches vps: `@worldevent fire …` in The Gate shows
+    // here at once, in vps's room of the same name (vps's game has a player there) and on
+    // vps's game link. Only builders may raise one.
+    let mut vps_game = common::LineClient::connect(vps.line.expect("vps line listener"));
+    vps_game.hello("vps-game", "generic");
+    vps_game.send(
+        &json!({"type": "presence", "id": 1, "event": "enter", "user_id": "vera",
+                          "username": "Vera", "room": "The Gate"}),
+    );
+    vps_game.recv_type("ok");
+    let m = alice.mark();
+    alice.send("@worldevent fire not for players");
+    alice.expect(m, "not available", Duration::from_secs(5));
+    let m = admin.mark();
+    admin.send("@worldevent fire");
+    admin.expect(
+        m,
+        "Usage: @worldevent <kind> <message>",
+        Duration::from_secs(5),
+    );
+    let (am, m) = (alice.mark(), admin.mark());
+    admin.send("@worldevent fire The forge flares");
+    admin.expect(
+        m,
+        "The fire in The Gate is sent to the bridge.",
+        Duration::from_secs(5),
+    );
+    alice.expect(am, "[fire] The forge flares", Duration::from_secs(5));
+    let fire = |e: &Value| {
+        e["type"] == "event"
+            && e["event"] == "fire"
+            && e["message"] == "The forge flares"
+            && e["origin"] == "bridge-test"
+    };
+    common::eventually(Duration::from_secs(5), "the fire on this bridge", || {
+        events(http, "The Gate").iter().any(fire)
+    });
+    common::eventually(
+        Duration::from_secs(15),
+        "the fire in vps's The Gate",
+        || events(vps.http, "The Gate").iter().any(fire),
+    );
+    let (line, _) = vps_game.recv_type("event");
+    assert!(fire(&line), "vps's game link was shown {line}");
+    assert_eq!(line["room"], "The Gate", "{line}");
+    stamp(t0, "@worldevent reached vps");
+    vps.stop().expect("vps stops cleanly");
 
     let log = game.server_log();
     assert!(

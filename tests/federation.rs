@@ -231,6 +231,71 @@ fn three_worlds_share_events_presence_and_trust_and_survive_a_peer_going_away() 
 }
 
 #[test]
+fn world_events_of_the_default_kinds_cross_without_a_scope_and_local_ones_stay() {
+    let (pa, pb) = (free_port(), free_port());
+    let (da, db) = (scratch_dir("kinds-a"), scratch_dir("kinds-b"));
+    let a = start_with(config("a", pa, &da, vec![peer("b", pb, "ab-secret")]));
+    let b = start_with(config("b", pb, &db, vec![peer("a", pa, "ab-secret")]));
+
+    // B's game has a player in The Forge, so its link is shown that room's events.
+    let mut b_game = LineClient::connect(b.line.expect("line listener"));
+    b_game.hello("b", "generic");
+    b_game.send(
+        &json!({"type": "presence", "id": 1, "event": "enter", "user_id": "bob",
+                        "username": "Bob", "room": "The Forge"}),
+    );
+    b_game.recv_type("ok");
+
+    let mut a_game = LineClient::connect(a.line.expect("line listener"));
+    a_game.hello("a", "generic");
+    let mut raise = |id: u64, event: &str, message: &str, scope: Option<&str>| {
+        let mut m = json!({"type": "event", "id": id, "room": "The Forge", "event": event,
+                           "message": message});
+        if let Some(s) = scope {
+            m["scope"] = json!(s);
+        }
+        a_game.send(&m);
+        let (ok, _) = a_game.recv_type("ok");
+        assert_eq!(ok["id"], id, "{ok}");
+    };
+    raise(1, "fire", "The forge flares.", None);
+    raise(2, "fire", "The forge smoulders.", Some("local"));
+    raise(3, "bell", "A bell rings.", None);
+    raise(4, "rain", "Rain on the roof.", None);
+
+    eventually(WAIT, "the rain reaches B", || {
+        !from_origin(&b, "The Forge", "a", "rain").is_empty()
+    });
+    let fire = from_origin(&b, "The Forge", "a", "fire");
+    assert_eq!(fire.len(), 1, "only the unscoped fire crosses: {fire:?}");
+    assert_eq!(fire[0]["message"], "The forge flares.");
+    assert_eq!(fire[0]["type"], "event");
+    assert!(
+        from_origin(&b, "The Forge", "a", "bell").is_empty(),
+        "bell is no event kind"
+    );
+
+    // B's game link is shown the fire and then the rain, nothing between.
+    let (fire_line, before) = b_game.recv_type("event");
+    assert!(before.iter().all(|l| l["type"] != "event"), "{before:?}");
+    assert_eq!(
+        (
+            &fire_line["event"],
+            &fire_line["origin"],
+            &fire_line["room"]
+        ),
+        (&json!("fire"), &json!("a"), &json!("The Forge")),
+        "{fire_line}"
+    );
+    assert_eq!(fire_line["message"], "The forge flares.");
+    let (rain_line, _) = b_game.recv_type("event");
+    assert_eq!(
+        rain_line["event"], "rain",
+        "the local fire never reached B: {rain_line}"
+    );
+}
+
+#[test]
 fn federation_routes_are_refused_without_federation_or_with_a_bad_document() {
     let plain = start_with(test_config());
     let r = as_peer(plain.http, "GET", "/bridge/state", Some("x"));

@@ -1,8 +1,9 @@
 //! End-to-end tests of `lua/timmy_bridge.lua`: the real script runs under `luajit` inside the
 //! tes3mp stub (`lua/run_stub.lua`, driven over stdin, printing every tes3mp call as a JSON
 //! line) and talks the line protocol with a real bridge running in a thread. Both roles are
-//! covered: `listen` (the bridge dials the script) and `connect` (the script dials the
-//! bridge's line listener).
+//! covered: `connect` (the default: the script dials the bridge's line listener) and `listen`
+//! (the bridge dials the script); and `worldEvent`, called by another server script, crossing
+//! to a federated world.
 //!
 //! Every test is ignored by default (`#[ignore = "needs …"]`): it needs `luajit` and `lua-socket`
 //! (`apt-get install -y luajit lua-socket`); run them with
@@ -325,7 +326,7 @@ fn listening_config(addr: &str) -> Config {
 
 /// A listen-role game with Alice in "Balmora, Temple" and a bridge that dials it.
 fn listen_pair() -> (Game, TestBridge) {
-    let mut game = Game::start(&["listenPort=0"]);
+    let mut game = Game::start(&["role=listen", "listenPort=0"]);
     game.join("Alice", "Seyda Neen, Census and Excise Office");
     let bridge = start_with(dialing_config(game.listen_port()));
     wait_link_up(&bridge, "morrowind");
@@ -336,7 +337,7 @@ fn listen_pair() -> (Game, TestBridge) {
 fn connect_pair() -> (Game, TestBridge) {
     let bridge = start_with(listening_config("127.0.0.1:0"));
     let port = bridge.line.expect("line listener").port();
-    let game = Game::start(&["role=connect", &format!("bridgePort={port}")]);
+    let game = Game::start(&[&format!("bridgePort={port}")]);
     wait_link_up(&bridge, "morrowind");
     // The bridge counts the link up on our hello; the script, on the bridge's welcome.
     game.wait_log(0, "is up (we dialed)");
@@ -591,7 +592,7 @@ fn a_say_in_a_cell_reaches_the_players_there() {
 #[test]
 #[ignore = "needs luajit and lua-socket"]
 fn garbage_and_wrong_types_on_the_socket_leave_the_server_alive() {
-    let mut game = Game::start(&["listenPort=0"]);
+    let mut game = Game::start(&["role=listen", "listenPort=0"]);
     game.join("Alice", "Seyda Neen, Census and Excise Office");
     let mut peer = RawPeer::connect(game.listen_port());
     let from = game.mark();
@@ -745,7 +746,7 @@ fn listen_role_reconnects_after_the_game_restarts() {
     let port = game.listen_port();
     game.kill();
     wait_link_down(&bridge, "morrowind");
-    let mut game = Game::start(&[&format!("listenPort={port}")]);
+    let mut game = Game::start(&["role=listen", &format!("listenPort={port}")]);
     game.join("Bob", "Balmora, Temple");
     wait_link_up(&bridge, "morrowind");
     eventually(LIMIT, "Bob in the temple", || {
@@ -1059,7 +1060,7 @@ fn cell_changes_and_journal_updates_reach_the_bridge() {
 #[test]
 #[ignore = "needs luajit and lua-socket"]
 fn listen_role_checks_the_dial_token() {
-    let game = Game::start(&["listenPort=0", "token=sekrit"]);
+    let game = Game::start(&["role=listen", "listenPort=0", "token=sekrit"]);
     let port = game.listen_port();
     let mut cfg = dialing_config(port);
     cfg.line.dial[0].token = "wrong".into();
@@ -1076,4 +1077,135 @@ fn listen_role_checks_the_dial_token() {
     let bridge = start_with(cfg);
     wait_link_up(&bridge, "morrowind");
     game.wait_log(at, "is up (accepted)");
+}
+
+/// `GET /bridge/room/<room>/events` of `bridge`: the events that came from world `origin`.
+fn events_from(bridge: &TestBridge, room: &str, origin: &str) -> Vec<Value> {
+    let path = format!(
+        "/bridge/room/{}/events",
+        room.replace(' ', "%20").replace(',', "%2C")
+    );
+    let r = call(bridge.http, "GET", &path, None);
+    if r.status == 404 {
+        return Vec::new();
+    }
+    assert_eq!(r.status, 200, "GET {path}: {}", r.text());
+    r.json()["events"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|e| e["origin"] == origin)
+        .collect()
+}
+
+/// Run Lua in the stub server as another script would; what it returned, as strings.
+fn run_lua(game: &mut Game, code: &str) -> Value {
+    let from = game.mark();
+    game.cmd(&format!("lua {code}"));
+    let (_, v) = game.wait_from(from, "the lua command's results", |v| {
+        v["event"] == "lua" || v["event"] == "error"
+    });
+    assert_eq!(v["event"], "lua", "{v}");
+    v["results"].clone()
+}
+
+#[test]
+#[ignore = "needs luajit and lua-socket"]
+fn with_no_config_the_script_dials_the_bridges_default_line_listener() {
+    // The bridge's default line listener, when this machine has it free; else a free port
+    // handed to the script the way a user would (bridgePort in its config), nothing else.
+    let default = Config::default().line.listen[0];
+    let (addr, args) = match TcpListener::bind(default) {
+        Ok(probe) => {
+            drop(probe);
+            (default, Vec::new())
+        }
+        Err(_) => {
+            let port = common::free_port();
+            eprintln!("127.0.0.1:4005 is taken here; the script is given bridgePort={port}");
+            (
+                SocketAddr::from(([127, 0, 0, 1], port)),
+                vec![format!("bridgePort={port}")],
+            )
+        }
+    };
+    // The game starts first, as it usually does: the bridge is not up yet.
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut game = Game::start(&args);
+    game.wait_log(0, &format!("started: role connect to {addr}"));
+    game.wait_log(0, "cannot reach the bridge");
+    game.join("Alice", "Balmora, Temple");
+    let bridge = start_with(listening_config(&addr.to_string()));
+    wait_link_up(&bridge, "morrowind");
+    eventually(LIMIT, "Alice announced on the new link", || {
+        in_room(&bridge, "Balmora, Temple", "Alice")
+    });
+    game.wait_log(0, "is up (we dialed)");
+}
+
+#[test]
+#[ignore = "needs luajit and lua-socket"]
+fn a_world_event_raised_by_another_script_reaches_the_federated_world() {
+    use common::{fed_config, fed_peer, free_port, scratch_dir};
+    let (pa, pb) = (free_port(), free_port());
+    let a = start_with(fed_config(
+        "a",
+        pa,
+        &scratch_dir("lua-fed-a"),
+        vec![fed_peer("b", pb, "ab")],
+    ));
+    let b = start_with(fed_config(
+        "b",
+        pb,
+        &scratch_dir("lua-fed-b"),
+        vec![fed_peer("a", pa, "ab")],
+    ));
+    // World B's game (a line link) has a player in the temple: B has that room.
+    let mut b_game = common::LineClient::connect(b.line.expect("line listener"));
+    b_game.hello("vvardenfell", "generic");
+    b_game.send(
+        &json!({"type": "presence", "id": 1, "event": "enter", "user_id": "bob",
+                        "username": "Bob", "room": "Balmora, Temple"}),
+    );
+    b_game.recv_type("ok");
+
+    let port = a.line.expect("line listener").port();
+    let mut game = Game::start(&[&format!("bridgePort={port}")]);
+    wait_link_up(&a, "morrowind");
+    game.wait_log(0, "is up (we dialed)");
+
+    let raise = r#"return require("custom/timmy_bridge").worldEvent"#;
+    let kept = run_lua(
+        &mut game,
+        &format!(r#"{raise}("Balmora, Temple", "fire", "A hearth fire, for here only.", false)"#),
+    );
+    assert_eq!(kept, json!(["1"]), "sent on the one link");
+    let sent = run_lua(
+        &mut game,
+        &format!(r#"{raise}("Balmora, Temple", "rain", "Rain drums on the dome.")"#),
+    );
+    assert_eq!(sent, json!(["1"]));
+    let bad = run_lua(&mut game, &format!(r#"{raise}("Balmora, Temple", 5)"#));
+    assert_eq!(bad, json!(["nil", "kind must be a string, not number"]));
+
+    // World A shows both; world B the rain only, from origin a, in the room of that name.
+    eventually(LIMIT, "both events in world A", || {
+        events_from(&a, "Balmora, Temple", "a").len() == 2
+    });
+    eventually(LIMIT, "the rain in world B", || {
+        !events_from(&b, "Balmora, Temple", "a").is_empty()
+    });
+    let shown = events_from(&b, "Balmora, Temple", "a");
+    assert_eq!(shown.len(), 1, "only the rain crosses: {shown:?}");
+    assert_eq!(shown[0]["type"], "event");
+    assert_eq!(shown[0]["event"], "rain");
+    assert_eq!(shown[0]["message"], "Rain drums on the dome.");
+    // B's game is shown the rain (the local fire never reached B).
+    let (line, _) = b_game.recv_type("event");
+    assert_eq!(
+        (&line["event"], &line["origin"], &line["room"]),
+        (&json!("rain"), &json!("a"), &json!("Balmora, Temple")),
+        "{line}"
+    );
 }

@@ -1,4 +1,5 @@
-"""`talk` (aliases `ask`, `tell`): a private word with the bridge's agent.
+"""`talk` (aliases `ask`, `tell`): a private word with the bridge's agent; `@worldevent`:
+an admin raises a world event (fire, rain…) in their room, shown here and sent to the bridge.
 
 The command reads the caller, their name and room in the reactor thread, does only the
 HTTP call in a thread (`deferToThread`), and shows the answer to the caller alone from the
@@ -17,11 +18,13 @@ Add the cmdset to your CharacterCmdSet (`commands/default_cmdsets.py`):
 from evennia import CmdSet, Command
 from evennia.commands.default.comms import CmdPage
 from evennia.utils import logger
-from evennia.utils.ansi import raw
+from evennia.utils.ansi import raw, strip_ansi
 from twisted.internet import reactor, threads
 
 from . import chat
 from . import conf as _conf
+from . import events
+from . import protocol as wire
 from . import world
 
 
@@ -84,6 +87,53 @@ class CmdTalk(Command):
         ask(caller, payload, conf)
 
 
+class CmdWorldEvent(Command):
+    """
+    raise a world event (fire, rain, growth…) in your room
+
+    Usage:
+      @worldevent <kind> <message>
+
+    Examples:
+      @worldevent fire The forge flares
+      @worldevent rain A warm rain starts to fall.
+
+    Everyone in your room sees it at once, and it goes to the bridge: the bridge's
+    other games show it in their room of that name, and kinds listed in the bridge's
+    federation.event_kinds (fire, rain, growth, storm and quake by default) reach every
+    world of its federation. Scripts call worldbridge_evennia.events.world_event().
+    """
+
+    key = "@worldevent"
+    locks = "cmd:perm(worldevent) or perm(Builder)"
+    help_category = "Building"
+
+    def func(self):
+        caller = self.caller
+        try:
+            kind, message = events.parse_command(strip_ansi(self.args or ""))
+        except events.WorldEventError as e:
+            caller.msg(str(e))
+            return
+        room = caller.location
+        if room is None:
+            caller.msg("You are nowhere: a world event needs a room.")
+            return
+        try:
+            sent = events.world_event(room, kind, message)
+        except events.WorldEventError as e:
+            caller.msg(f"{events.USAGE}\n{str(e).capitalize()}.")
+            return
+        shown = wire.render({"type": "event", "event": kind, "message": message},
+                            _conf.load().agent_name, raw)
+        room.msg_contents(text=(shown, {"type": "say"}))
+        if sent:
+            caller.msg(f"The {raw(kind)} in {raw(room.key)} is sent to the bridge.")
+        else:
+            caller.msg(f"The link to the bridge is down: the {raw(kind)} happened in this "
+                       "game only.")
+
+
 class CmdPageNoTell(CmdPage):
     """
     send a private message to another account
@@ -102,10 +152,12 @@ class CmdPageNoTell(CmdPage):
 
 
 class WorldbridgeCmdSet(CmdSet):
-    """`talk`/`ask`/`tell`, plus `page` without its `tell` alias (see CmdPageNoTell)."""
+    """`talk`/`ask`/`tell`, `@worldevent` (Builder and up), and `page` without its `tell`
+    alias (see CmdPageNoTell)."""
 
     key = "worldbridge"
 
     def at_cmdset_creation(self):
         self.add(CmdTalk())
+        self.add(CmdWorldEvent())
         self.add(CmdPageNoTell())

@@ -214,6 +214,8 @@ pub struct Federation {
     epoch_ms: u64,
     peers: Vec<Peer>,
     portal_rooms: Vec<String>,
+    /// World event kinds that federate without being asked (`federation.event_kinds`).
+    event_kinds: Vec<String>,
     /// Events kept per origin (`federation.events_keep`).
     events_keep: usize,
     /// Most bytes of events per document (`federation.page_max_bytes`).
@@ -268,6 +270,7 @@ impl Federation {
             epoch_ms,
             peers,
             portal_rooms: cfg.portal_rooms.clone(),
+            event_kinds: cfg.event_kinds.clone(),
             events_keep: cfg.events_keep.max(1),
             page_max_bytes: cfg.page_max_bytes.max(1),
             log: EventLog::new(),
@@ -307,6 +310,11 @@ impl Federation {
 
     pub fn is_portal(&self, spec: &RoomSpec) -> bool {
         portal::is_portal(spec, &self.portal_rooms)
+    }
+
+    /// The scope of a local world event of kind `kind` (see [`portal::scope_of`]).
+    pub fn event_scope(&self, kind: &str, asked: Option<Scope>) -> Scope {
+        portal::scope_of(kind, asked, &self.event_kinds)
     }
 
     /// The last seq handed out to an event of this world (stored or not).

@@ -1,7 +1,9 @@
 //! Which local events leave this world, and how events from other worlds are shown here.
 //!
 //! Out: a `say` (or the agent's bark) in a portal room (`portal: true` on the room, or
-//! named in `federation.portal_rooms`), and a world event with `scope: "federation"`.
+//! named in `federation.portal_rooms`), and a world event of federation scope: sent
+//! with `scope: "federation"`, or without a scope and of a kind listed in
+//! `federation.event_kinds` (see [`scope_of`]).
 //! Only events born here leave: an event shown here because another world sent it has
 //! that world as its origin and never goes out again (the loop guard at the edge of the
 //! world; the log's `(origin, seq)` dedup is the one inside).
@@ -35,6 +37,22 @@ pub enum Scope {
     World,
     /// In every world of the federation.
     Federation,
+}
+
+/// The scope of a world event of kind `kind`: the one asked for (`scope` on the line
+/// `event`), else federation for the kinds in `federation.event_kinds` (compared without
+/// case or surrounding blanks), else this world only.
+pub fn scope_of(kind: &str, asked: Option<Scope>, event_kinds: &[String]) -> Scope {
+    match asked {
+        Some(scope) => scope,
+        None if event_kinds
+            .iter()
+            .any(|k| k.trim().eq_ignore_ascii_case(kind.trim())) =>
+        {
+            Scope::Federation
+        }
+        None => Scope::World,
+    }
 }
 
 /// A federated event before it has its `(origin, seq)`.
@@ -177,6 +195,20 @@ mod tests {
             origin: origin.into(),
             ts_ms: 0,
         }
+    }
+
+    #[test]
+    fn event_kinds_federate_unless_asked_otherwise() {
+        let kinds: Vec<String> = ["fire", "rain"].map(String::from).to_vec();
+        assert_eq!(scope_of("fire", None, &kinds), Scope::Federation);
+        assert_eq!(scope_of("Rain", None, &kinds), Scope::Federation);
+        assert_eq!(scope_of("fire", Some(Scope::World), &kinds), Scope::World);
+        assert_eq!(scope_of("bell", None, &kinds), Scope::World);
+        assert_eq!(
+            scope_of("bell", Some(Scope::Federation), &kinds),
+            Scope::Federation
+        );
+        assert_eq!(scope_of("fire", None, &[]), Scope::World);
     }
 
     #[test]
