@@ -103,6 +103,8 @@ pub struct LineConfig {
     /// How long a game has to answer the bridge's `act` and `observe` (504 past it).
     pub request_timeout_s: u64,
     pub dial: Vec<DialConfig>,
+    /// `[[line.links]]`: worlds bound to their own tokens.
+    pub links: Vec<LineLinkConfig>,
 }
 
 /// An outbound line-protocol link (the bridge dials a game that listens).
@@ -119,6 +121,18 @@ pub struct DialConfig {
 
 fn default_dial_kind() -> String {
     "generic".into()
+}
+
+/// `[[line.links]]`: a game world bound to a token of its own. A `hello` for that world
+/// must carry the token, and only such a link is that world.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LineLinkConfig {
+    pub world: String,
+    pub token: String,
+    /// The world's kind; a link's own `kind` is not believed for a bound world.
+    #[serde(default = "default_dial_kind")]
+    pub kind: String,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -368,6 +382,7 @@ impl Default for LineConfig {
             heartbeat_s: 30,
             request_timeout_s: 10,
             dial: Vec::new(),
+            links: Vec::new(),
         }
     }
 }
@@ -692,6 +707,7 @@ impl Config {
         }
 
         self.check_gateway_agents()?;
+        self.check_line_links()?;
         if self.federation.page_max_bytes > self.http.body_max_bytes {
             return Err(format!(
                 "config: `federation.page_max_bytes` ({}) must be at most `http.body_max_bytes` \
@@ -757,6 +773,34 @@ impl Config {
 }
 
 impl Config {
+    /// `[[line.links]]`: each a valid world id with a token, listed once, not also dialed.
+    fn check_line_links(&self) -> Result<(), String> {
+        for (i, l) in self.line.links.iter().enumerate() {
+            let what = format!("config: `[[line.links]]` world {:?}", l.world);
+            check_world_id(&l.world).map_err(|why| format!("{what}: {why}"))?;
+            if l.token.is_empty() {
+                return Err(format!(
+                    "{what}: `token` must be set (that is what binds the world)"
+                ));
+            }
+            if self.line.links[..i].iter().any(|o| o.world == l.world) {
+                return Err(format!("{what}: listed twice"));
+            }
+            if self.line.dial.iter().any(|d| d.world == l.world) {
+                return Err(format!(
+                    "{what}: is also a `[[line.dial]]` world; a dialed world is the bridge's own link already"
+                ));
+            }
+            if !["evennia", "tes3mp", "generic"].contains(&l.kind.as_str()) {
+                return Err(format!(
+                    "{what}: `kind` must be evennia, tes3mp or generic, not {:?}",
+                    l.kind
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// `[[gateway.agents]]`: each a valid id with a token of its own, no two ids alike
     /// and none like the bridge's own `gateway.agent_id`.
     fn check_gateway_agents(&self) -> Result<(), String> {
@@ -1721,6 +1765,29 @@ token = ""                               # the pair's shared secret, used both w
                     format!("{}/a", home.trim_end_matches('/'))
                 );
             }
+        }
+    }
+
+    #[test]
+    fn line_links_bind_worlds_to_tokens_and_bad_entries_are_named() {
+        let c = Config::from_toml(
+            "[[line.links]]\nworld = \"morrowind\"\ntoken = \"m\"\nkind = \"tes3mp\"\n[[line.links]]\nworld = \"mud\"\ntoken = \"u\"",
+        )
+        .unwrap();
+        assert_eq!(c.line.links[1].kind, "generic");
+        assert_eq!(c.validate(), Ok(()));
+        for (toml, says) in [
+            ("[[line.links]]\nworld = \"m\"\ntoken = \"\"", "`token` must be set"),
+            ("[[line.links]]\nworld = \"a b\"\ntoken = \"t\"", "world \"a b\""),
+            ("[[line.links]]\nworld = \"m\"\ntoken = \"t\"\nkind = \"doom\"", "`kind` must be"),
+            ("[[line.links]]\nworld = \"m\"\ntoken = \"t\"\n[[line.links]]\nworld = \"m\"\ntoken = \"u\"", "listed twice"),
+            (
+                "[[line.links]]\nworld = \"m\"\ntoken = \"t\"\n[[line.dial]]\nworld = \"m\"\naddr = \"127.0.0.1:7777\"",
+                "also a `[[line.dial]]` world",
+            ),
+        ] {
+            let err = Config::from_toml(toml).unwrap().validate().unwrap_err();
+            assert!(err.contains(says) && err.contains("[[line.links]]"), "{toml}: {err}");
         }
     }
 

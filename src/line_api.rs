@@ -335,6 +335,30 @@ impl App {
             }
             "room" => {
                 let spec = room_spec(msg)?;
+                let trusted = self.links.get(conn).is_some_and(|l| l.trusted);
+                if !trusted {
+                    let name = self.world.resolve(&spec.name).unwrap_or(&spec.name).to_string();
+                    let why = if self.world.from_world_file(&name) {
+                        Some("comes from the world file")
+                    } else if self.links.declared_by_other(conn, &name) {
+                        Some("belongs to another game link")
+                    } else {
+                        None
+                    };
+                    if let Some(why) = why {
+                        log::warn!(
+                            "link conn={} refused: an anonymous link tried to change the room {name:?}, which {why}",
+                            conn.idx
+                        );
+                        return Err(refuse(
+                            "forbidden",
+                            format!(
+                                "the room {name:?} {why}: only a link with a token (line.token or \
+                                 its world's [[line.links]] token) may change it"
+                            ),
+                        ));
+                    }
+                }
                 let name = self.world.set_room(spec)?;
                 self.links.declare(conn, &name);
                 if id.is_some() {
@@ -449,22 +473,70 @@ impl App {
                 ))
             }
         }
-        let token = &self.cfg.line.token;
-        if !token.is_empty() {
-            let given = f.opt("token").ok().flatten().unwrap_or_default();
-            if !constant_time_eq(given.as_bytes(), token.as_bytes()) {
-                log::warn!("link conn={} refused: wrong or missing token", conn.idx);
-                return Err(fatal(
-                    "unauthorized",
-                    "the token is missing or wrong".into(),
-                ));
-            }
-        }
         let world = f.opt("world")?;
         if let Some(w) = &world {
             check_name("world", w)?;
         }
-        let kind = f.opt("kind")?.unwrap_or_else(|| "generic".into());
+        let given = f.opt("token").ok().flatten().unwrap_or_default();
+        let peer = self
+            .links
+            .get(conn)
+            .map(|l| l.peer.to_string())
+            .unwrap_or_default();
+        let bound = (world.as_deref())
+            .and_then(|w| self.cfg.line.links.iter().find(|l| l.world == w))
+            .cloned();
+        // A bound world needs its own token; any other hello the listener's, if set.
+        let token = bound.as_ref().map_or(&self.cfg.line.token, |b| &b.token);
+        let trusted = !token.is_empty();
+        if trusted && !constant_time_eq(given.as_bytes(), token.as_bytes()) {
+            log::warn!(
+                "link conn={} peer={peer} refused: wrong or missing token{}",
+                conn.idx,
+                bound
+                    .as_ref()
+                    .map(|b| format!(" for the bound world {}", b.world))
+                    .unwrap_or_default()
+            );
+            let msg = match &bound {
+                Some(b) => format!(
+                    "world {} is bound to its own token ([[line.links]]); this hello's token is missing or wrong",
+                    b.world
+                ),
+                None => "the token is missing or wrong".into(),
+            };
+            return Err(fatal("unauthorized", msg));
+        }
+        if let Some(w) = &world {
+            if self.cfg.line.dial.iter().any(|d| d.world == *w) {
+                log::warn!(
+                    "link conn={} peer={peer} refused: world {w} is reached through the bridge's own [[line.dial]]",
+                    conn.idx
+                );
+                return Err(fatal(
+                    "world_taken",
+                    format!("world {w} is the bridge's own dialed link ([[line.dial]]); another connection cannot be it"),
+                ));
+            }
+            if let Some(holder) = self.links.link_of(w).filter(|h| *h != conn) {
+                let held_by = self
+                    .links
+                    .get(holder)
+                    .map(|l| l.peer.to_string())
+                    .unwrap_or_default();
+                log::warn!(
+                    "link conn={} peer={peer} refused: world {w} is held by conn={} peer={held_by}",
+                    conn.idx,
+                    holder.idx
+                );
+                return Err(fatal(
+                    "world_taken",
+                    format!("world {w} is held by another live link; it can be claimed once that link is gone"),
+                ));
+            }
+        }
+        let asked_kind = f.opt("kind")?.unwrap_or_else(|| "generic".into());
+        let kind = bound.as_ref().map_or(asked_kind, |b| b.kind.clone());
         if !LINK_KINDS.contains(&kind.as_str()) {
             return Err(refuse(
                 "bad_field",
@@ -476,6 +548,9 @@ impl App {
         }
         let now = now_ms();
         self.links.greeted(conn, world.as_deref(), &kind, now);
+        if trusted {
+            self.links.trust(conn);
+        }
         log::info!(
             "link up conn={} world={} kind={kind}",
             conn.idx,

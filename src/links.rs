@@ -36,6 +36,10 @@ pub struct Link {
     /// Rooms the link declared as its own (a `room` snapshot, a perception's cell): it
     /// hears them whoever is there.
     pub declared: HashSet<String>,
+    /// The link proved who it is: a token in its `hello` (`line.token`, or its world's own
+    /// in `[[line.links]]`), or the bridge dialed it. An anonymous link may not change
+    /// rooms that are not its own.
+    pub trusted: bool,
 }
 
 /// Whether an outbound dial is connected.
@@ -153,6 +157,7 @@ impl Links {
                 since_ms: now_ms,
                 rooms: HashSet::new(),
                 declared: HashSet::new(),
+                trusted: dial.is_some(),
             },
         );
         if let Some(d) = dial.and_then(|d| self.dials.get_mut(d)) {
@@ -306,6 +311,18 @@ impl Links {
         if self.player_link.get(user_id) == Some(&id) {
             self.player_link.remove(user_id);
         }
+    }
+
+    /// `id` presented a valid token.
+    pub fn trust(&mut self, id: ConnId) {
+        if let Some(link) = self.links.get_mut(&id) {
+            link.trusted = true;
+        }
+    }
+
+    /// Another live link than `id` declared `room` its own.
+    pub fn declared_by_other(&self, id: ConnId, room: &str) -> bool {
+        (self.links.iter()).any(|(other, l)| *other != id && l.declared.contains(room))
     }
 
     /// The link that last mentioned `room`, if any (where `speak` to a room goes).

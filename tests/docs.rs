@@ -95,6 +95,9 @@ fn config_keys() -> Vec<Key> {
         [[gateway.agents]]
         id = "a"
         token = "t"
+        [[line.links]]
+        world = "l"
+        token = "t"
         "#,
     )
     .expect("the sample config parses");

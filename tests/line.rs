@@ -950,3 +950,126 @@ fn health_lists_inbound_links() {
     assert_eq!(link["kind"], "tes3mp");
     let _tcp = TcpStream::connect(line).unwrap();
 }
+
+#[test]
+fn a_live_world_cannot_be_claimed_by_another_connection() {
+    let (b, line) = start_line(line_config());
+    let mut holder = game(line, "morrowind");
+    // A second connection saying hello as the same world: refused and closed, with or
+    // without a token (there is none here), and the holder keeps the world.
+    let mut squatter = LineClient::connect(line);
+    squatter.send(&json!({"type": "hello", "world": "morrowind", "kind": "tes3mp", "protocol": 1}));
+    let e = squatter.recv().expect("an error line");
+    assert_eq!(
+        (e["type"].as_str(), e["code"].as_str()),
+        (Some("error"), Some("world_taken")),
+        "{e}"
+    );
+    assert!(squatter.recv().is_none(), "closed after world_taken");
+    // `act` still reaches the holder.
+    let http = b.http;
+    let asker = thread::spawn(move || {
+        post(
+            http,
+            "/bridge/act",
+            &json!({"world": "morrowind", "action": "message", "args": {"text": "hi"}}),
+        )
+    });
+    let asked = serve_one(&mut holder);
+    assert_eq!(asked["action"], "message");
+    assert_eq!(asker.join().unwrap().status, 200);
+    // Once the holder is gone, the world can be claimed again.
+    drop(holder);
+    eventually(Duration::from_secs(5), "morrowind free again", || {
+        health_link(&b, "morrowind").is_null()
+    });
+    game(line, "morrowind");
+}
+
+#[test]
+fn a_bound_world_needs_its_own_token_and_anonymous_links_cannot_rewrite_rooms() {
+    let mut cfg = line_config();
+    cfg.line.links = vec![worldbridge::config::LineLinkConfig {
+        world: "morrowind".into(),
+        token: "m-secret".into(),
+        kind: "tes3mp".into(),
+    }];
+    let (b, line) = start_line(cfg);
+    // Without the world's token (there is no line.token: anonymous links are allowed).
+    for token in [None, Some("wrong")] {
+        let mut g = LineClient::connect(line);
+        let mut hello =
+            json!({"type": "hello", "world": "morrowind", "kind": "tes3mp", "protocol": 1});
+        if let Some(t) = token {
+            hello["token"] = json!(t);
+        }
+        g.send(&hello);
+        let e = g.recv().expect("an error line");
+        assert_eq!(e["code"], "unauthorized", "{token:?}: {e}");
+        assert!(
+            e["error"].as_str().unwrap().contains("[[line.links]]"),
+            "{e}"
+        );
+        assert!(g.recv().is_none());
+    }
+    // With it: the world, with the configured kind whatever the hello says.
+    let mut m = LineClient::connect(line);
+    m.send(&json!({"type": "hello", "world": "morrowind", "kind": "generic", "protocol": 1, "token": "m-secret"}));
+    assert_eq!(m.recv().unwrap()["type"], "welcome");
+    assert_eq!(health_link(&b, "morrowind")["kind"], "tes3mp");
+
+    // An anonymous link (no token anywhere) may say things and keep its own rooms...
+    let mut anon = game(line, "mud");
+    anon.send(&json!({"type": "room", "id": 1, "name": "Mud Hut", "desc": "Mud walls."}));
+    assert_eq!(anon.recv().unwrap()["type"], "ok");
+    anon.send(&json!({"type": "room", "id": 2, "name": "Mud Hut", "desc": "Still mud."}));
+    assert_eq!(anon.recv().unwrap()["type"], "ok", "its own room");
+    // ...but not rewrite a room of the world file, or one another link declared.
+    m.send(&json!({"type": "room", "id": 3, "name": "Balmora", "desc": "A town."}));
+    assert_eq!(m.recv().unwrap()["type"], "ok");
+    for (id, name) in [(4, "The Threshold"), (5, "the threshold"), (6, "Balmora")] {
+        anon.send(&json!({"type": "room", "id": id, "name": name, "desc": "DEFACED"}));
+        let e = anon.recv().unwrap();
+        assert_eq!(
+            (e["type"].as_str(), e["code"].as_str(), e["id"].as_i64()),
+            (Some("error"), Some("forbidden"), Some(id)),
+            "{name}: {e}"
+        );
+    }
+    let world = get(b.http, "/bridge/world/The%20Threshold");
+    assert!(!world["data"]["desc_base"]
+        .as_str()
+        .unwrap()
+        .contains("DEFACED"));
+    assert_eq!(
+        get(b.http, "/bridge/world/Balmora")["data"]["desc_base"],
+        "A town."
+    );
+    // The anonymous link lives on and can still talk.
+    anon.send(
+        &json!({"type": "say", "id": 7, "user_id": "bob", "room": "Mud Hut", "message": "hi"}),
+    );
+    assert_eq!(anon.recv().unwrap()["type"], "ok");
+    // The bound, token-holding link may change the world file's rooms.
+    m.send(
+        &json!({"type": "room", "id": 8, "name": "The Threshold", "desc": "A quiet room, retold."}),
+    );
+    assert_eq!(m.recv().unwrap()["type"], "ok");
+}
+
+#[test]
+fn a_dialed_world_cannot_be_claimed_by_an_inbound_link() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut cfg = dial_config(listener.local_addr().unwrap());
+    cfg.line.listen = vec!["127.0.0.1:0".parse().unwrap()];
+    let world = cfg.line.dial[0].world.clone();
+    let (_b, line) = start_line(cfg);
+    let mut g = LineClient::connect(line);
+    g.send(&json!({"type": "hello", "world": world, "kind": "tes3mp", "protocol": 1}));
+    let e = g.recv().expect("an error line");
+    assert_eq!(e["code"], "world_taken", "{e}");
+    assert!(
+        e["error"].as_str().unwrap().contains("[[line.dial]]"),
+        "{e}"
+    );
+}

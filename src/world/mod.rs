@@ -18,7 +18,7 @@ use crate::federation::portal::Relayed;
 use crate::time::rfc3339;
 use room::{Event, EventKind, Room, RoomSpec, WorldFile};
 use session::{SessionLimits, Sessions};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 /// Most names of people present that go into the agent's context (a crowded room is
 /// summarised, not listed in full in every prompt).
@@ -86,6 +86,8 @@ pub struct World {
     pub id: String,
     pub agent_name: String,
     rooms: BTreeMap<String, Room>,
+    /// Rooms the world file defines (the operator's; no anonymous game link rewrites them).
+    file_rooms: HashSet<String>,
     /// Lower-cased room name → canonical name, for forgiving look-ups.
     by_lower: HashMap<String, String>,
     occupants: HashMap<String, Occupant>,
@@ -125,6 +127,7 @@ impl World {
             id: id.to_string(),
             agent_name: agent_name.to_string(),
             rooms: BTreeMap::new(),
+            file_rooms: HashSet::new(),
             by_lower: HashMap::new(),
             occupants: HashMap::new(),
             sessions: Sessions::new(limits.sessions),
@@ -135,9 +138,15 @@ impl World {
             track: false,
         };
         for spec in world.rooms {
+            w.file_rooms.insert(spec.name.clone());
             w.insert_room(spec);
         }
         w
+    }
+
+    /// Whether the world file defines the room `name` (canonical).
+    pub fn from_world_file(&self, name: &str) -> bool {
+        self.file_rooms.contains(name)
     }
 
     fn insert_room(&mut self, spec: RoomSpec) {
