@@ -9,7 +9,8 @@ stub's own server behaviour (type aborts, one-shot timers, validators).
 local dir = (arg and arg[0] or ""):match("^(.*)[/\\][^/\\]*$") or "."
 local stub = dofile(dir .. "/tes3mp_stub.lua")
 stub.install()
-package.preload["custom/timmy_bridge_config"] = function() return { listenPort = 0 } end
+-- allowConsole: the console action is off by default; these tests exercise its arguments.
+package.preload["custom/timmy_bridge_config"] = function() return { listenPort = 0, allowConsole = true } end
 local M = dofile(dir .. "/timmy_bridge.lua")
 assert(M.enabled, "the script did not start (is lua-socket installed?)")
 local json, LineBuffer, OutQueue = M.json, M.LineBuffer, M.OutQueue

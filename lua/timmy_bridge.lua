@@ -55,7 +55,8 @@ local DEFAULTS = {
     maxPendingChats = 64,       -- chats waiting for the agent's reply
     chatTimeoutS = 120,         -- a chat with no reply by then is given up
     shareJournal = "auto",      -- "auto": follow CoreScripts config.shareJournal; or true/false
-    allowConsole = true,        -- allow the `console` action
+    allowConsole = false,       -- allow the `console` action: any console command on a player
+                                -- (off: a linked bridge could run anything; turn on knowingly)
     nearbyRadius = 8192,        -- perception: actors within this distance (world units)
     maxNearby = 20,             -- perception: at most this many actors
     maxInventory = 200,         -- perception: at most this many inventory stacks
@@ -1067,6 +1068,23 @@ local DYNAMIC = {
     fatigue = { "SetFatigueCurrent", "fatigueCurrent" },
 }
 
+-- CoreScripts' caps on base attributes and skills (its config.lua): a base past them makes
+-- the server reset the player's later progress, so the bridge is refused instead.
+local function statCap(canonical, isAttribute)
+    local c = type(config) == "table" and config or {}
+    local function cap(key, default)
+        local v = c[key]
+        if isFiniteNumber(v) and v >= 0 then return v, key end
+        return default, key
+    end
+    if isAttribute then
+        if canonical == "Speed" then return cap("maxSpeedValue", 365) end
+        return cap("maxAttributeValue", 200)
+    end
+    if canonical == "Acrobatics" then return cap("maxAcrobaticsValue", 1200) end
+    return cap("maxSkillValue", 200)
+end
+
 function actions.set_stat(pid, args)
     local name = checkString(args.name, "name", { maxLen = 64 })
     local key = statKey(name)
@@ -1093,8 +1111,13 @@ function actions.set_stat(pid, args)
     if attr == nil and skill == nil then
         fail("bad_args", "unknown stat %s (health, magicka, fatigue, level, an attribute or a skill)", name)
     end
-    local value = checkNumber(args.value, "value", { integer = true, min = 0, max = 65535 })
     local canonical = attr or skill
+    local value = checkNumber(args.value, "value", { integer = true, min = 0 })
+    local most, capKey = statCap(canonical, attr ~= nil)
+    if value > most then
+        fail("bad_args", "%s may be at most %d (CoreScripts' config.%s); %d would make the server reset the player's progress",
+            canonical, most, capKey, value)
+    end
     local id = attr and tes3mp.GetAttributeId(canonical) or tes3mp.GetSkillId(canonical)
     if type(id) ~= "number" or id < 0 then fail("bad_args", "the server does not know %s", canonical) end
     local store = attr and "attributes" or "skills"

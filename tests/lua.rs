@@ -335,9 +335,17 @@ fn listen_pair() -> (Game, TestBridge) {
 
 /// A connect-role game dialing a bridge's line listener.
 fn connect_pair() -> (Game, TestBridge) {
+    connect_pair_with(&[])
+}
+
+/// The same, with more script config (`key=value`).
+fn connect_pair_with(extra: &[&str]) -> (Game, TestBridge) {
     let bridge = start_with(listening_config("127.0.0.1:0"));
     let port = bridge.line.expect("line listener").port();
-    let game = Game::start(&[&format!("bridgePort={port}")]);
+    let port_arg = format!("bridgePort={port}");
+    let mut args = vec![port_arg.as_str()];
+    args.extend_from_slice(extra);
+    let game = Game::start(&args);
     wait_link_up(&bridge, "morrowind");
     // The bridge counts the link up on our hello; the script, on the bridge's welcome.
     game.wait_log(0, "is up (we dialed)");
@@ -592,7 +600,8 @@ fn a_say_in_a_cell_reaches_the_players_there() {
 #[test]
 #[ignore = "needs luajit and lua-socket"]
 fn garbage_and_wrong_types_on_the_socket_leave_the_server_alive() {
-    let mut game = Game::start(&["role=listen", "listenPort=0"]);
+    // allowConsole: the console action's argument checks are among the cases.
+    let mut game = Game::start(&["role=listen", "listenPort=0", "allowConsole=true"]);
     game.join("Alice", "Seyda Neen, Census and Excise Office");
     let mut peer = RawPeer::connect(game.listen_port());
     let from = game.mark();
@@ -843,7 +852,8 @@ fn act_ok(bridge: &TestBridge, action: &str, args: Value) -> Value {
 #[test]
 #[ignore = "needs luajit and lua-socket"]
 fn every_action_reaches_the_game_as_corescripts_calls() {
-    let (mut game, bridge) = connect_pair();
+    // The console action is off unless the server owner turns it on.
+    let (mut game, bridge) = connect_pair_with(&["allowConsole=true"]);
     game.join("Alice", "Balmora, Temple");
     let bob = game.join("Bob", "Balmora, Temple");
 
@@ -1208,4 +1218,68 @@ fn a_world_event_raised_by_another_script_reaches_the_federated_world() {
         (&json!("rain"), &json!("a"), &json!("Balmora, Temple")),
         "{line}"
     );
+}
+
+#[test]
+#[ignore = "needs luajit and lua-socket"]
+fn console_is_off_by_default_and_set_stat_keeps_to_corescripts_caps() {
+    let (mut game, bridge) = connect_pair();
+    game.join("Alice", "Balmora, Temple");
+    let from = game.mark();
+    let refused = |body: Value| {
+        let r = act(&bridge, body);
+        assert_eq!(r.status, 422, "{}", r.text());
+        r.json()
+    };
+    let r = refused(json!({"world": "morrowind", "action": "console", "args": {"command": "tgm"}}));
+    assert_eq!(r["game_code"], "forbidden", "{r}");
+    assert!(r["error"].as_str().unwrap().contains("allowConsole"), "{r}");
+    // CoreScripts' defaults when its config says nothing: 200, Speed 365, Acrobatics 1200.
+    for (name, value, most) in [
+        ("Strength", 201, "200"),
+        ("Speed", 366, "365"),
+        ("Long Blade", 201, "200"),
+        ("Acrobatics", 1201, "1200"),
+        ("Luck", 65535, "200"),
+    ] {
+        let r = refused(
+            json!({"world": "morrowind", "action": "set_stat", "args": {"name": name, "value": value}}),
+        );
+        assert_eq!(r["game_code"], "bad_args", "{name}: {r}");
+        assert!(
+            r["error"]
+                .as_str()
+                .unwrap()
+                .contains(&format!("at most {most}")),
+            "{name}: {r}"
+        );
+    }
+    for (name, value) in [("Speed", 365), ("Acrobatics", 1200), ("Strength", 200)] {
+        act_ok(&bridge, "set_stat", json!({"name": name, "value": value}));
+    }
+    // The server's own config wins when it sets the caps.
+    game.cmd("lua config.maxSkillValue = 100");
+    game.sync("after-config");
+    let r = refused(
+        json!({"world": "morrowind", "action": "set_stat", "args": {"name": "Long Blade", "value": 101}}),
+    );
+    assert!(
+        r["error"]
+            .as_str()
+            .unwrap()
+            .contains("at most 100 (CoreScripts' config.maxSkillValue)"),
+        "{r}"
+    );
+    act_ok(
+        &bridge,
+        "set_stat",
+        json!({"name": "Long Blade", "value": 100}),
+    );
+    // Nothing refused reached the tes3mp API.
+    let calls = names(&game.since(from));
+    assert!(
+        !calls.contains(&"SendConsoleCommand".to_string()),
+        "{calls:?}"
+    );
+    assert!(game.alive());
 }
