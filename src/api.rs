@@ -873,6 +873,8 @@ fn say(app: &mut App, req: &Request, now: u64) -> Result<Response, Response> {
         .world
         .say(&user_id, &username, &room, &message, now)
         .map_err(world_error)?;
+    // Present through HTTP: the session bounds it (sessions.max), and its end is a leave.
+    app.touch_session(&user_id, &username, &said.event.room, now);
     // Borrowed all the way: a crowded room's recipient list is the bulk of this answer.
     #[derive(Serialize)]
     struct Recipient<'a> {
@@ -913,6 +915,8 @@ fn move_user(app: &mut App, req: &Request, now: u64) -> Result<Response, Respons
         .world
         .move_user(&user_id, username.as_deref(), &room, now)
         .map_err(world_error)?;
+    let name = app.world.occupant(&user_id).map(|o| o.username.clone());
+    app.touch_session(&user_id, name.as_deref().unwrap_or(&user_id), &to, now);
     Ok(Response::json(
         200,
         &json!({"ok": true, "room": to, "events": evs}),

@@ -371,6 +371,31 @@ impl App {
         }
     }
 
+    /// `user` acted over HTTP or a feed: their session is touched (made if new). A session
+    /// pushed out by `sessions.max` (the least recently active, those without a
+    /// conversation first) ends.
+    pub fn touch_session(&mut self, user: &str, username: &str, room: &str, now_ms: u64) {
+        let calls = &self.calls;
+        let evicted = self
+            .world
+            .sessions
+            .touch(user, username, room, now_ms, &|u| calls.is_busy(u));
+        if let Some(gone) = evicted {
+            log::debug!("session evicted user={gone} (sessions.max reached)");
+            self.session_ended(&gone, now_ms);
+        }
+    }
+
+    /// A session ended (evicted or idle): its user leaves their room, unless a game link
+    /// reports them present or a Workshop browser holds them (those say when they leave).
+    /// So the people in a room are bounded by real users, not by every user id ever seen.
+    pub fn session_ended(&mut self, user: &str, now_ms: u64) {
+        let held = self.links.has_player(user) || user.starts_with("workshop:");
+        if !held {
+            self.world.remove(user, now_ms);
+        }
+    }
+
     /// Start an agent call: the user is put in the room, the session touched, the crisis
     /// detector run; then the call goes to a worker, or waits behind the user's call in
     /// flight.
@@ -392,16 +417,7 @@ impl App {
         }
         if let Some(user) = &input.user_id {
             self.world.place(user, &input.username, &input.room, now_ms);
-            let calls = &self.calls;
-            let evicted =
-                self.world
-                    .sessions
-                    .touch(user, &input.username, &input.room, now_ms, &|u| {
-                        calls.is_busy(u)
-                    });
-            if let Some(gone) = evicted {
-                log::info!("session evicted user={gone} (sessions.max reached)");
-            }
+            self.touch_session(user, &input.username, &input.room, now_ms);
             if crisis {
                 if let Some(s) = self.world.sessions.get_mut(user) {
                     s.crisis = true;
@@ -641,6 +657,7 @@ impl App {
             .expire(now_ms, &|u| calls.is_busy(u) || calls.waiting_for(u) > 0);
         for u in gone {
             log::info!("session expired user={u} (idle past sessions.idle_timeout_s)");
+            self.session_ended(&u, now_ms);
         }
         self.rate.prune(now_ms);
         self.expire_game_requests(now);

@@ -306,6 +306,11 @@ impl Links {
         }
     }
 
+    /// Whether a game link reports `user_id` present.
+    pub fn has_player(&self, user_id: &str) -> bool {
+        self.player_link.contains_key(user_id)
+    }
+
     /// `user_id` left the game of link `id`.
     pub fn player_gone(&mut self, id: ConnId, user_id: &str) {
         if self.player_link.get(user_id) == Some(&id) {

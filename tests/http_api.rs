@@ -810,3 +810,91 @@ fn limits_on_rooms_and_message_size_give_clear_errors() {
     assert_eq!(long.status, 413);
     assert_eq!(long.json()["code"], "message_too_long");
 }
+
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn people_who_are_gone_leave_so_a_room_holds_real_users_only() {
+    let mut cfg = test_config();
+    cfg.sessions.max = 5;
+    cfg.http.rate_limit_requests = 1_000_000;
+    cfg.line.listen = vec!["127.0.0.1:0".parse().unwrap()];
+    let b = start_with(cfg);
+    // A game reports Gus in the Garden; Carol chats (a conversation worth keeping).
+    let mut game = LineClient::connect(b.line.unwrap());
+    game.hello("mud", "generic");
+    game.send(&json!({"type": "presence", "id": 1, "event": "enter", "user_id": "gus", "username": "Gus", "room": "The Garden"}));
+    assert_eq!(game.recv().unwrap()["type"], "ok");
+    let chat = post(
+        b.http,
+        "/bridge/chat",
+        &json!({"user_id": "carol", "message": "hi", "room": "The Garden"}),
+    );
+    assert_eq!(chat.status, 200);
+    // Gus also talks over HTTP (his session), then a crowd of new users say one thing each.
+    post(
+        b.http,
+        "/bridge/say",
+        &json!({"user_id": "gus", "username": "Gus", "message": "hello", "room": "The Garden"}),
+    );
+    let before = rss_kib();
+    let mut c = Client::connect(b.http);
+    for i in 0..3000 {
+        let body = json!({"user_id": format!("passer{i}"), "username": "P", "message": "hi", "room": "The Garden"}).to_string();
+        let r = c.call("POST", "/bridge/say", Some(&body));
+        assert_eq!(r.status, 200);
+        let recipients = r.json()["recipients"].as_array().unwrap().len();
+        assert!(
+            recipients <= 6,
+            "a say's work is bounded by the people really here: {recipients}"
+        );
+    }
+    let grown_kib = rss_kib().saturating_sub(before);
+    let players: Vec<String> = get(b.http, "/bridge/room/The%20Garden/players")["players"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["user_id"].as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        players.len() <= 6,
+        "sessions.max HTTP users plus the game's: {players:?}"
+    );
+    assert!(
+        players.contains(&"gus".to_string()),
+        "the game still reports Gus: {players:?}"
+    );
+    assert!(players.contains(&"passer2999".to_string()));
+    // Carol's conversation was kept over passers-by who only said something...
+    let sessions = get(b.http, "/bridge/sessions")["sessions"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert!(
+        sessions
+            .iter()
+            .any(|s| s["user_id"] == "carol" && s["messages"] == 2),
+        "{sessions:?}"
+    );
+    // ...and she is still in the room; each passer-by who left has a presence leave.
+    assert!(players.contains(&"carol".to_string()), "{players:?}");
+    let events = get(b.http, "/bridge/room/The%20Garden/events")["events"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert!(events
+        .iter()
+        .any(|e| e["event"] == "leave" && e["user_id"].as_str().unwrap().starts_with("passer")));
+    // 3,000 users came and went; memory did not keep them (a generous bound).
+    assert!(
+        grown_kib < 64 * 1024,
+        "RSS grew {grown_kib} KiB over 3,000 passers-by"
+    );
+}

@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-const USAGE: &str = "worldbridge-load [--scenario health|chat|idle|say|line|fanout|all] [--connections N]
+const USAGE: &str = "worldbridge-load [--scenario health|chat|idle|say|line|fanout|newusers|crowd|all] [--connections N]
                   [--seconds S] [--idle N] [--interval-ms MS] [--depth N] [--addr ADDR] [--line-addr ADDR]
 
   health   GET /bridge/health on N keep-alive connections (default 64)
@@ -23,7 +23,11 @@ const USAGE: &str = "worldbridge-load [--scenario health|chat|idle|say|line|fano
   line     line protocol: N connections (default 100) each pipelining --depth (default 8) pings
   fanout   N gateway clients on /ws/matrix (default 5000) and one sender broadcasting one message
            per --interval-ms (default 10): deliveries/s, delivery latency, RSS per client
-  all      all of them but fanout (the docs/benchmarks.md figures); fanout runs on its own
+  newusers health, then POST /bridge/say and POST /bridge/chat with a NEW user_id on every
+           request (the per-surface state issue): req/s of each as a share of health's, RSS
+  crowd    POST /bridge/chat (new user each time) into an empty room, then into a room where a
+           game link reports 10,000 players present
+  all      all of them but fanout, newusers and crowd (the docs/benchmarks.md figures)
   --interval-ms  pace each connection: send at most one request per MS (default 0: back to back)
   --addr   drive an already running bridge instead of starting one (no RSS figures then)
   --line-addr  its line-protocol listener, for the line scenario";
@@ -36,6 +40,8 @@ struct Conn {
     sent_at: Instant,
     waiting: bool,
     request: Vec<u8>,
+    /// Where the request holds `NEW_USER` (8 bytes): replaced by a fresh number each time.
+    marker: Option<usize>,
     /// Paced mode: when the next request may go.
     next_at: Instant,
 }
@@ -83,6 +89,12 @@ fn request(method: &str, path: &str, body: &str) -> Vec<u8> {
     }
 }
 
+/// Eight bytes in a request body that [`send`] replaces with a new number each time.
+const NEW_USER: &[u8] = b"@NEWUSR@";
+
+/// Numbers for `NEW_USER`, shared by every connection of the run.
+static NEXT_USER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 /// Drive `requests` (one per connection, repeated) for `secs` seconds.
 fn drive(
     addr: SocketAddr,
@@ -113,6 +125,7 @@ fn drive(
                 tx_pos: 0,
                 sent_at: Instant::now(),
                 waiting: interval.is_zero(),
+                marker: request.windows(NEW_USER.len()).position(|w| w == NEW_USER),
                 request,
                 // Spread the connections over one interval so they do not send in lockstep.
                 next_at: Instant::now() + interval.mul_f64(i as f64 / n as f64),
@@ -278,6 +291,99 @@ fn drive_line(addr: SocketAddr, n: usize, depth: usize, secs: f64) -> Report {
     rep
 }
 
+/// Health, then say and chat with a new user on every request, on `n` connections each;
+/// the share of health's rate each reaches, and the server's RSS over each run.
+fn new_users(addr: SocketAddr, n: usize, secs: f64, rss: &dyn Fn() -> u64) {
+    let rate = |name: &str, path: &str, body: &str| {
+        let reqs = vec![request(if body.is_empty() { "GET" } else { "POST" }, path, body); n];
+        let (mut rep, samples) = drive(addr, reqs, secs, Duration::ZERO, Some(rss));
+        print(name, n, &mut rep);
+        print_rss(&samples);
+        rep.requests as f64 / rep.elapsed.as_secs_f64()
+    };
+    let health = rate("health", "/bridge/health", "");
+    let say = rate(
+        "say-new",
+        "/bridge/say",
+        r#"{"user_id":"u@NEWUSR@","username":"U","message":"hello there","room":"The Garden"}"#,
+    );
+    let chat = rate(
+        "chat-new",
+        "/bridge/chat",
+        r#"{"user_id":"c@NEWUSR@","username":"C","message":"hello, what do you see?","room":"The Forge"}"#,
+    );
+    println!(
+        "         say-new = {:.2} x health, chat-new = {:.2} x health",
+        say / health,
+        chat / health
+    );
+    let rooms = http_get(addr, "/bridge/room/The%20Garden/players");
+    let present = rooms.matches("\"user_id\"").count();
+    println!("         people present in The Garden after the say run: {present}");
+}
+
+/// Chat with a new user each time into an empty room, then into a room with 10,000
+/// people present (reported by one game link).
+fn crowd(addr: SocketAddr, line: SocketAddr, n: usize, secs: f64, rss: &dyn Fn() -> u64) {
+    let chat = |room: &str| {
+        let body = format!(
+            r#"{{"user_id":"k@NEWUSR@","username":"K","message":"hello, who is here?","room":"{room}"}}"#
+        );
+        let reqs = vec![request("POST", "/bridge/chat", &body); n];
+        let (mut rep, samples) = drive(addr, reqs, secs, Duration::ZERO, Some(rss));
+        print(&format!("chat into {room}"), n, &mut rep);
+        print_rss(&samples);
+        rep.requests as f64 / rep.elapsed.as_secs_f64()
+    };
+    let empty = chat("The Tower");
+    // One game link reports 10,000 players in The Bridge, then stays connected.
+    let mut game = std::net::TcpStream::connect(line).expect("connect to the line port");
+    let mut lines = String::from(
+        "{\"type\":\"hello\",\"world\":\"crowd\",\"kind\":\"generic\",\"protocol\":1}\n",
+    );
+    for i in 0..10_000 {
+        lines.push_str(&format!(
+            "{{\"type\":\"presence\",\"event\":\"enter\",\"user_id\":\"p{i}\",\"username\":\"P{i}\",\"room\":\"The Bridge\"}}\n"
+        ));
+    }
+    lines.push_str("{\"type\":\"ping\",\"id\":\"done\"}\n");
+    game.write_all(lines.as_bytes()).expect("write presences");
+    let mut reader = BufReader::new(game.try_clone().expect("clone"));
+    let mut line_in = String::new();
+    while reader
+        .read_line(&mut line_in)
+        .map(|n| n > 0)
+        .unwrap_or(false)
+    {
+        if line_in.contains("\"done\"") {
+            break;
+        }
+        line_in.clear();
+    }
+    let present = http_get(addr, "/bridge/room/The%20Bridge/players")
+        .matches("\"user_id\"")
+        .count();
+    println!("         {present} people present in The Bridge");
+    let crowded = chat("The Bridge");
+    println!(
+        "         chat into 10,000 present = {:.2} x chat into an empty room",
+        crowded / empty
+    );
+    drop(game);
+}
+
+/// One GET on a fresh connection: the body.
+fn http_get(addr: SocketAddr, path: &str) -> String {
+    let mut s = std::net::TcpStream::connect(addr).expect("connect");
+    let req = format!("GET {path} HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).expect("write");
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out.split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default()
+}
+
 /// Write what is queued, as far as the socket takes it.
 fn flush(c: &mut Conn) {
     while c.tx_pos < c.tx.len() {
@@ -293,6 +399,11 @@ fn flush(c: &mut Conn) {
 fn send(c: &mut Conn, interval: Duration) {
     c.tx.clear();
     c.tx.extend_from_slice(&c.request);
+    if let Some(at) = c.marker {
+        let n = NEXT_USER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let digits = format!("{:08}", n % 100_000_000);
+        c.tx[at..at + NEW_USER.len()].copy_from_slice(digits.as_bytes());
+    }
     c.tx_pos = 0;
     c.sent_at = Instant::now();
     c.next_at = c.sent_at + interval;
@@ -365,7 +476,7 @@ fn spawn_bridge(data_dir: Option<&std::path::Path>) -> (Child, SocketAddr, Socke
     let cfg = std::env::temp_dir().join(format!("worldbridge-bench-{}.toml", std::process::id()));
     std::fs::write(
         &cfg,
-        "[http]\nlisten = [\"127.0.0.1:0\"]\nrate_limit_requests = 1000000000\nmax_connections = 19000\n[line]\nlisten = [\"127.0.0.1:0\"]\n[sessions]\nmax = 100\n[gateway]\nmax_messages_per_s = 1000000\n[websocket]\nmax_connections = 19000\n",
+        "[http]\nlisten = [\"127.0.0.1:0\"]\nrate_limit_requests = 1000000000\nmax_connections = 19000\n[line]\nlisten = [\"127.0.0.1:0\"]\n[sessions]\nmax = 100\n[rooms]\noccupants_max = 100000\n[gateway]\nmax_messages_per_s = 1000000\n[websocket]\nmax_connections = 19000\n",
     )
     .expect("bench config");
     let mut cmd = Command::new(&bin);
@@ -474,6 +585,13 @@ fn main() {
         );
         print(&format!("chat{}", pace(interval)), n, &mut rep);
         print_rss(&samples);
+    }
+    if scenario == "newusers" {
+        new_users(addr, conns.unwrap_or(64), secs, &rss);
+    }
+    if scenario == "crowd" {
+        let line = line_addr.expect("crowd needs the bridge's line listener (--line-addr)");
+        crowd(addr, line, conns.unwrap_or(50), secs, &rss);
     }
     if scenario == "fanout" {
         let n = conns.unwrap_or(5000);

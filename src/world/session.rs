@@ -122,15 +122,17 @@ impl Sessions {
     ) -> Option<String> {
         let mut evicted = None;
         if !self.map.contains_key(user_id) && self.map.len() >= self.limits.max.max(1) {
+            // Sessions without a conversation (people who only said or moved) go first,
+            // so a crowd of passers-by does not cost a chatter their history.
             let victim = self
                 .map
                 .values()
                 .filter(|s| !keep(&s.user_id))
-                .min_by_key(|s| (s.last_active_ms, s.activity))
+                .min_by_key(|s| (s.messages > 0, s.last_active_ms, s.activity))
                 .or_else(|| {
                     self.map
                         .values()
-                        .min_by_key(|s| (s.last_active_ms, s.activity))
+                        .min_by_key(|s| (s.messages > 0, s.last_active_ms, s.activity))
                 })
                 .map(|s| s.user_id.clone());
             if let Some(v) = victim {
