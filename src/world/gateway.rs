@@ -547,13 +547,43 @@ impl Gateway {
             let text = ev.message.as_deref().unwrap_or_default();
             return self.publish_bark(text, Some(&ev.room), None, now_ms, out);
         }
-        let Ok(Value::Object(mut m)) = serde_json::to_value(ev) else {
+        // Written straight from the event (no JSON tree on the way): every world event
+        // passes here, so this is on the path of every say, move and chat.
+        #[derive(serde::Serialize)]
+        struct Published<'a> {
+            #[serde(rename = "type")]
+            kind: EventKind,
+            event: &'a str,
+            user_id: &'a str,
+            username: &'a str,
+            room: &'a str,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            message: Option<&'a str>,
+            timestamp: &'a str,
+            origin: &'a str,
+            event_seq: u64,
+            gateway_seq: u64,
+            from: &'a str,
+        }
+        self.seq += 1;
+        let frame = serde_json::to_string(&Published {
+            kind: ev.kind,
+            event: &ev.event,
+            user_id: &ev.user_id,
+            username: &ev.username,
+            room: &ev.room,
+            message: ev.message.as_deref(),
+            timestamp: &ev.timestamp,
+            origin: &ev.origin,
+            event_seq: ev.seq,
+            gateway_seq: self.seq,
+            from: &self.limits.agent_id,
+        });
+        let Ok(frame) = frame else {
             return;
         };
-        if let Some(seq) = m.remove("seq") {
-            m.insert("event_seq".into(), seq);
-        }
-        self.publish(m, None, now_ms, out);
+        let me = self.limits.agent_id.clone();
+        self.send_published(&me, None, Frame::from(frame), now_ms, out);
     }
 
     /// Publish a message from the bridge itself: to `to` only, or to every registered
@@ -570,7 +600,20 @@ impl Gateway {
         msg.insert("gateway_seq".into(), self.seq.into());
         msg.insert("from".into(), me.clone().into());
         let frame = Frame::from(Value::Object(msg).to_string());
-        self.remember(&me, to.map(str::to_string), frame.clone(), now_ms);
+        self.send_published(&me, to, frame, now_ms, out);
+    }
+
+    /// A frame of the bridge's own (its `gateway_seq` already taken): kept for resumes,
+    /// then to `to` only or to every registered client.
+    fn send_published(
+        &mut self,
+        me: &str,
+        to: Option<&str>,
+        frame: Frame,
+        now_ms: u64,
+        out: &mut Vec<Output>,
+    ) {
+        self.remember(me, to.map(str::to_string), frame.clone(), now_ms);
         match to {
             Some(t) => {
                 if let Some(&conn) = self.agents.get(t) {
@@ -1297,6 +1340,40 @@ mod tests {
             reg(&mut g, id(13), "alice", "agent")["type"],
             "agent_registered"
         );
+    }
+
+    #[test]
+    fn a_published_world_event_has_the_shape_a_json_tree_would_give_it() {
+        let mut g = hub();
+        register(&mut g, id(0), "a", "agent");
+        for message in [None, Some("hi \"there\"\n")] {
+            let ev = Event {
+                kind: EventKind::Say,
+                event: "message".into(),
+                user_id: "u1".into(),
+                username: "Ü".into(),
+                room: "The Garden".into(),
+                message: message.map(str::to_string),
+                timestamp: "2026-12-07T00:00:00.000Z".into(),
+                seq: 42,
+                origin: "local".into(),
+                ts_ms: 0,
+            };
+            let mut out = Vec::new();
+            g.publish_event(&ev, 10, &mut out);
+            let Some(Output::Broadcast { frame, .. }) = out.first() else {
+                panic!("{out:?}")
+            };
+            // What the hub used to build: the event as a JSON tree, seq renamed.
+            let Ok(Value::Object(mut m)) = serde_json::to_value(&ev) else {
+                panic!()
+            };
+            let seq = m.remove("seq").unwrap();
+            m.insert("event_seq".into(), seq);
+            m.insert("gateway_seq".into(), g.seq().into());
+            m.insert("from".into(), "timmy".into());
+            assert_eq!(frame.as_str(), Value::Object(m).to_string());
+        }
     }
 
     #[test]
