@@ -17,6 +17,7 @@ use crate::world::room::Event;
 use crate::world::{check_name, WorldError};
 use serde::Serialize;
 use serde_json::{json, Map, Value};
+use std::net::IpAddr;
 use std::time::Instant;
 
 /// Every route and its method: the router matches paths against this table, metrics label
@@ -75,8 +76,8 @@ fn method_allowed(route: &str) -> &'static str {
         .map_or("GET", |(_, m)| *m)
 }
 
-/// Handle one request on connection `id`.
-pub fn handle(app: &mut App, id: ConnId, req: Request) -> Handled {
+/// Handle one request on connection `id` from the address `peer`.
+pub fn handle(app: &mut App, id: ConnId, peer: IpAddr, req: Request) -> Handled {
     let started = Instant::now();
     // WebSocket: `/ws/matrix` is the gateway; `/ws/workshop`, and `/` when it asks to
     // upgrade (the seed's `new WebSocket("ws://localhost:8765")`), the Workshop feed.
@@ -114,7 +115,10 @@ pub fn handle(app: &mut App, id: ConnId, req: Request) -> Handled {
             let changes = req.method == Method::Post;
             match app.store_refusal().filter(|_| changes) {
                 Some(refusal) => (route, Handled::Respond(refusal)),
-                None => (route, dispatch(app, id, &req, route, room, cors.clone())),
+                None => (
+                    route,
+                    dispatch(app, (id, peer), &req, route, room, cors.clone()),
+                ),
             }
         }
     };
@@ -311,7 +315,7 @@ fn cors_origin(app: &App, req: &Request) -> Option<String> {
 
 fn dispatch(
     app: &mut App,
-    id: ConnId,
+    (id, peer): (ConnId, IpAddr),
     req: &Request,
     route: &'static str,
     room: Option<&str>,
@@ -388,7 +392,7 @@ fn dispatch(
         "/bridge/world/:room" => world_room(app, room.as_deref().unwrap_or_default()),
         "/bridge/room/:room/players" => players(app, room.as_deref().unwrap_or_default()),
         "/bridge/room/:room/events" => events(app, req, room.as_deref().unwrap_or_default()),
-        "/bridge/say" => say(app, req, now),
+        "/bridge/say" => say(app, req, peer, now),
         "/bridge/move" => move_user(app, req, now),
         "/bridge/speak" => speak(app, req),
         "/bridge/state" => crate::fed_api::bridge_state(app, req),
@@ -417,7 +421,7 @@ fn dispatch(
             };
         }
         "/bridge/chat" | "/api/v1/generate" => {
-            return match call(app, id, req, route, now) {
+            return match call(app, (id, peer), req, route, now) {
                 Ok(Answer::Now(resp)) | Err(resp) => Handled::Respond(resp),
                 Ok(Answer::Later) => Handled::Park {
                     route,
@@ -581,17 +585,18 @@ fn message(app: &App, obj: &Map<String, Value>) -> Result<String, Response> {
 /// Count one request of `user` against the rate limit.
 fn rate_limit(app: &mut App, user: &str, now: u64) -> Result<(), Response> {
     app.rate.check(user, now).map_err(|retry| {
-        app.metrics.rate_limited += 1;
-        Response::error(
-            429,
-            "rate_limited",
-            &format!(
-                "too many requests from {user}: at most {} per {} s",
-                app.cfg.http.rate_limit_requests, app.cfg.http.rate_limit_window_s
-            ),
-        )
-        .with_header("Retry-After", retry.to_string())
+        let why = format!(
+            "too many requests from {user}: at most {} per {} s",
+            app.cfg.http.rate_limit_requests, app.cfg.http.rate_limit_window_s
+        );
+        rate_limited(app, &why, retry)
     })
+}
+
+/// A 429 `rate_limited` with `Retry-After: retry`, counted.
+pub(crate) fn rate_limited(app: &mut App, why: &str, retry: u64) -> Response {
+    app.metrics.rate_limited += 1;
+    Response::error(429, "rate_limited", why).with_header("Retry-After", retry.to_string())
 }
 
 /// The live status page: one self-contained HTML file, no CDN.
@@ -862,13 +867,14 @@ fn trust(app: &mut App, req: &Request, now: u64) -> Result<Response, Response> {
     Ok(Response::json(200, &answer))
 }
 
-fn say(app: &mut App, req: &Request, now: u64) -> Result<Response, Response> {
+fn say(app: &mut App, req: &Request, peer: IpAddr, now: u64) -> Result<Response, Response> {
     let obj = body_object(req)?;
     let user_id = required(&obj, "user_id")?;
     let message = message(app, &obj)?;
     let room = required(&obj, "room")?;
     let username = field(&obj, "username", false)?.unwrap_or_else(|| user_id.clone());
     rate_limit(app, &user_id, now)?;
+    app.limit_room_creation(peer, &room, now)?;
     let said = app
         .world
         .say(&user_id, &username, &room, &message, now)
@@ -974,7 +980,7 @@ fn speak(app: &mut App, req: &Request) -> Result<Response, Response> {
 /// `POST /bridge/chat` and `POST /api/v1/generate`: both go to the agent.
 fn call(
     app: &mut App,
-    id: ConnId,
+    (id, peer): (ConnId, IpAddr),
     req: &Request,
     route: &str,
     now: u64,
@@ -1015,6 +1021,7 @@ fn call(
                 .unwrap_or_else(|| "The Threshold".into()),
         };
         rate_limit(app, &user_id, now)?;
+        app.limit_room_creation(peer, &room, now)?;
         let room = app.world.ensure_room(&room).map_err(world_error)?;
         CallInput {
             kind: CallKind::Chat,

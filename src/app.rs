@@ -39,6 +39,8 @@ pub struct App {
     pub world: World,
     pub metrics: Metrics,
     pub rate: RateLimit,
+    /// Room expiry's clock and the per-address room creation limit.
+    pub room_sweep: crate::room_expiry::RoomSweep,
     pub crisis: CrisisDetector,
     pub calls: Calls,
     pub pool: Option<AgentPool>,
@@ -157,6 +159,10 @@ impl App {
             inbox: None,
             inbox_trouble: None,
             rate: RateLimit::new(cfg.http.rate_limit_requests, cfg.http.rate_limit_window_s),
+            room_sweep: crate::room_expiry::RoomSweep::new(
+                cfg.http.rate_limit_requests,
+                cfg.http.rate_limit_window_s,
+            ),
             world,
             metrics: Metrics::default(),
             crisis: CrisisDetector::builtin(),
@@ -266,6 +272,8 @@ impl App {
         }
         let changes = self.world.take_changes();
         let mut rows = Vec::with_capacity(changes.events.len() + 4);
+        // Removed rooms first: a room of the same name made since is written after.
+        rows.extend(changes.rooms_gone.iter().cloned().map(Row::RoomGone));
         for name in &changes.rooms {
             if let Some(r) = self.world.room_state(name) {
                 rows.push(Row::Room(r));
@@ -660,6 +668,7 @@ impl App {
             self.session_ended(&u, now_ms);
         }
         self.rate.prune(now_ms);
+        self.expire_rooms(now_ms);
         self.expire_game_requests(now);
         self.route_events(None);
         self.fed_tick(now);

@@ -155,6 +155,9 @@ pub struct RoomsConfig {
     pub message_max_bytes: usize,
     /// A world file (JSON, the shape of `fixtures/world.json`); empty: the built-in world.
     pub world_file: String,
+    /// A room no world file, game link or portal list defines is removed (with its
+    /// events) once it has been empty this long, in seconds.
+    pub idle_expire_s: u64,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -405,6 +408,7 @@ impl Default for RoomsConfig {
             occupants_max: 10_000,
             message_max_bytes: 16 * 1024,
             world_file: String::new(),
+            idle_expire_s: 3600,
         }
     }
 }
@@ -613,7 +617,7 @@ impl Config {
         check_backend(&self.agent.backend)
             .map_err(|why| format!("config: `agent.backend`: {why}"))?;
 
-        let at_least: [(&str, u64, u64); 31] = [
+        let at_least: [(&str, u64, u64); 32] = [
             (
                 "federation.sync_interval_s",
                 self.federation.sync_interval_s,
@@ -634,6 +638,7 @@ impl Config {
             ("rooms.events_max", self.rooms.events_max as u64, 1),
             ("rooms.max", self.rooms.max as u64, 1),
             ("rooms.occupants_max", self.rooms.occupants_max as u64, 1),
+            ("rooms.idle_expire_s", self.rooms.idle_expire_s, 1),
             (
                 "rooms.message_max_bytes",
                 self.rooms.message_max_bytes as u64,

@@ -314,12 +314,12 @@ fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
     Ok(TcpListener::from_std(sock.into()))
 }
 
-/// The `HttpHandler` view of the app, for one connection's drive.
-struct Routes<'a>(&'a mut App);
+/// The `HttpHandler` view of the app, for one connection's drive (and its peer's address).
+struct Routes<'a>(&'a mut App, std::net::IpAddr);
 
 impl HttpHandler for Routes<'_> {
     fn handle(&mut self, id: ConnId, req: Request) -> crate::conn::http::Handled {
-        crate::api::handle(self.0, id, req)
+        crate::api::handle(self.0, id, self.1, req)
     }
 
     fn rejected(&mut self, err: &crate::codec::http::HttpError) {
@@ -711,7 +711,10 @@ impl Bridge {
     fn drive(&mut self, id: ConnId) {
         let now = Instant::now();
         let outcome = match self.conns.get_mut(id) {
-            Some(Conn::Http(c)) => Ok(c.drive(id, &mut Routes(&mut self.app), &self.limits, now)),
+            Some(Conn::Http(c)) => {
+                let peer = c.peer.ip();
+                Ok(c.drive(id, &mut Routes(&mut self.app, peer), &self.limits, now))
+            }
             Some(Conn::Line(c)) => {
                 c.drive(id, &mut LineRoutes(&mut self.app), &self.line_limits, now)
             }

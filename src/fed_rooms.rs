@@ -10,7 +10,7 @@
 //!   logged (once per room per minute) and counted in
 //!   `worldbridge_federation_events_unshown_total{reason="room_limit"}`; each time the
 //!   number of rooms changes the kept events are tried again, so a room created later
-//!   shows them. An event that names no usable room, with no portal room to fall back on,
+//!   shows them (and each time a room expires, `rooms.idle_expire_s`). An event that names no usable room, with no portal room to fall back on,
 //!   cannot ever be shown: it is logged and counted (`reason="no_room"`), not kept. A
 //!   kept event pushed out by a newer one is counted `reason="kept_full"`.
 //!
@@ -51,6 +51,13 @@ impl Unshown {
     /// How many events were not shown for `reason`.
     pub fn count(&self, reason: &str) -> u64 {
         self.counts.get(reason).copied().unwrap_or(0)
+    }
+
+    /// A room was removed (expired): a place under `rooms.max` is free, so the kept
+    /// events are tried again at the next tick even if the room count is back where it
+    /// was.
+    pub(crate) fn rooms_freed(&mut self) {
+        self.tried_at_rooms = usize::MAX;
     }
 
     fn counted(&mut self, reason: &'static str) {

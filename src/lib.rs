@@ -27,6 +27,8 @@
 //!   of a room.
 //! - [`travel_api`]: travel wired in: `POST /bridge/travel`, the line `travel` request,
 //!   each step held until its store batch is durable, recovery at start.
+//! - [`room_expiry`]: rooms nobody defines expire once idle; the per-address limit on
+//!   creating rooms.
 //! - [`metrics`]: counters and histograms, rendered as Prometheus text.
 //! - [`time`]: wall-clock milliseconds and RFC 3339 formatting/parsing.
 
@@ -48,6 +50,7 @@ pub mod links;
 pub mod metrics;
 pub mod peer_sync;
 pub mod protocol;
+pub mod room_expiry;
 pub mod store;
 pub mod time;
 pub mod travel_api;

@@ -73,6 +73,8 @@ pub struct Metrics {
     /// WebSocket upgrades refused for their `Origin` (`websocket.allowed_origins`).
     pub ws_origin_refused: u64,
     pub rate_limited: u64,
+    /// Rooms removed after `rooms.idle_expire_s` empty.
+    pub rooms_expired: u64,
     pub bad_requests: u64,
     /// Line-protocol messages received, and those answered with `error`.
     pub line_messages: u64,
@@ -196,8 +198,13 @@ impl Metrics {
             ),
             (
                 "worldbridge_rate_limited_total",
-                "Requests refused by the per-user rate limit.",
+                "Requests refused by the per-user rate limit or the per-address room creation limit.",
                 self.rate_limited,
+            ),
+            (
+                "worldbridge_rooms_expired_total",
+                "Rooms removed (with their events) after rooms.idle_expire_s empty.",
+                self.rooms_expired,
             ),
             (
                 "worldbridge_line_messages_total",

@@ -70,6 +70,8 @@ const MIGRATIONS: [&str; 5] = [
 #[derive(Debug, Clone)]
 pub enum Row {
     Room(RoomState),
+    /// A room is gone (expired): its row and all its events are deleted.
+    RoomGone(String),
     Presence(Occupant),
     PresenceGone(String),
     Session(Session),
@@ -387,6 +389,8 @@ fn write_rows(tx: &rusqlite::Transaction, rows: &[Row], keep: Retention) -> rusq
             tx.prepare_cached("INSERT OR REPLACE INTO rooms (name, body) VALUES (?1, ?2)")?;
         let mut pres =
             tx.prepare_cached("INSERT OR REPLACE INTO presence (user_id, body) VALUES (?1, ?2)")?;
+        let mut room_gone = tx.prepare_cached("DELETE FROM rooms WHERE name = ?1")?;
+        let mut room_events_gone = tx.prepare_cached("DELETE FROM events WHERE room = ?1")?;
         let mut pres_gone = tx.prepare_cached("DELETE FROM presence WHERE user_id = ?1")?;
         let mut sess =
             tx.prepare_cached("INSERT OR REPLACE INTO sessions (user_id, body) VALUES (?1, ?2)")?;
@@ -422,6 +426,10 @@ fn write_rows(tx: &rusqlite::Transaction, rows: &[Row], keep: Retention) -> rusq
             match row {
                 Row::Room(r) => {
                     room.execute(params![r.spec.name, to_json(r)])?;
+                }
+                Row::RoomGone(name) => {
+                    room_gone.execute(params![name])?;
+                    room_events_gone.execute(params![name])?;
                 }
                 Row::Presence(o) => {
                     pres.execute(params![o.user_id, to_json(o)])?;

@@ -898,3 +898,54 @@ fn people_who_are_gone_leave_so_a_room_holds_real_users_only() {
         "RSS grew {grown_kib} KiB over 3,000 passers-by"
     );
 }
+
+#[test]
+fn rotating_user_id_cannot_fill_rooms_max_from_one_address() {
+    let mut cfg = test_config();
+    cfg.http.rate_limit_requests = 10;
+    cfg.http.rate_limit_window_s = 60;
+    cfg.rooms.max = 100;
+    let b = start_with(cfg);
+    let mut c = Client::connect(b.http);
+    let say = |c: &mut Client, user: &str, room: &str| {
+        let body = json!({"user_id": user, "message": "mine now", "room": room}).to_string();
+        c.call("POST", "/bridge/say", Some(&body))
+    };
+    let mut created = 0;
+    let refused = loop {
+        let r = say(
+            &mut c,
+            &format!("sock{created}"),
+            &format!("Squat {created}"),
+        );
+        if r.status != 200 {
+            break r;
+        }
+        created += 1;
+        assert!(
+            created < 100,
+            "rooms.max was reached before the address limit"
+        );
+    };
+    assert_eq!(created, 10, "the address's allowance, whatever the user_id");
+    assert_eq!(refused.status, 429, "{}", refused.text());
+    assert_eq!(refused.json()["code"], "rate_limited");
+    let why = refused.json()["error"].as_str().unwrap().to_string();
+    assert!(
+        why.contains("new rooms from the address 127.0.0.1"),
+        "{why}"
+    );
+    let retry: u64 = refused.header("retry-after").unwrap().parse().unwrap();
+    assert!((1..=60).contains(&retry), "{retry}");
+    // A chat into a new room is charged the same way.
+    let chat = json!({"user_id": "fresh", "message": "hi", "room": "Squat chat"}).to_string();
+    assert_eq!(c.call("POST", "/bridge/chat", Some(&chat)).status, 429);
+    // Existing rooms cost nothing against it: a new user speaks in one just made.
+    assert_eq!(say(&mut c, "latecomer", "Squat 3").status, 200);
+    assert_eq!(say(&mut c, "latecomer", "The Garden").status, 200);
+    let rooms = get(b.http, "/bridge/rooms")["rooms"]
+        .as_array()
+        .unwrap()
+        .len();
+    assert_eq!(rooms, 5 + 10, "the built-in rooms and the ten allowed");
+}

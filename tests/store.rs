@@ -425,3 +425,88 @@ fn eventually_status(addr: std::net::SocketAddr, after: u64) -> u64 {
         std::thread::sleep(Duration::from_millis(10));
     }
 }
+
+/// The names `GET /bridge/rooms` lists.
+fn room_names(addr: std::net::SocketAddr) -> Vec<String> {
+    get(addr, "/bridge/rooms")["rooms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn an_idle_client_room_expires_frees_its_place_and_stays_gone_after_a_restart() {
+    let dir = data_dir("expiry");
+    // The five built-in rooms and one more.
+    let toml = "[rooms]\nidle_expire_s = 1\nmax = 6\n";
+    let (child, addr) = serve(&dir, toml);
+    let say = |room: &str, user: &str| {
+        post(
+            addr,
+            "/bridge/say",
+            &json!({"user_id": user, "room": room, "message": "anyone here?"}),
+        )
+    };
+    assert_eq!(say("Limbo", "bob").status, 200);
+    let full = say("Elsewhere", "carol");
+    assert_eq!(full.status, 403, "{}", full.text());
+    assert_eq!(full.json()["code"], "limit_reached");
+    // Bob leaves: Limbo is empty, and nothing defines it.
+    let r = post(
+        addr,
+        "/bridge/move",
+        &json!({"user_id": "bob", "room": "The Tower"}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    eventually(Duration::from_secs(10), "Limbo expires", || {
+        !room_names(addr).contains(&"Limbo".to_string())
+    });
+    assert_eq!(
+        call(addr, "GET", "/bridge/room/Limbo/events", None).status,
+        404,
+        "its events went with it"
+    );
+    let metrics = call(addr, "GET", "/metrics", None).text();
+    assert!(
+        metrics.contains("worldbridge_rooms_expired_total 1"),
+        "{metrics}"
+    );
+    // Its place under rooms.max is free again; the world file's rooms are all there.
+    assert_eq!(say("Elsewhere", "carol").status, 200);
+    let names = room_names(addr);
+    for r in ["The Threshold", "The Tower", "Elsewhere"] {
+        assert!(names.contains(&r.to_string()), "{r} missing: {names:?}");
+    }
+    sigterm(child);
+
+    // Nothing of Limbo survives a restart, in the API or in the database.
+    let out = dir.join("after.json");
+    assert!(export(&dir, &out));
+    let exported: Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    let names: Vec<&str> = exported["rooms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["spec"]["name"].as_str().unwrap())
+        .collect();
+    assert!(
+        !names.contains(&"Limbo") && names.contains(&"Elsewhere"),
+        "{names:?}"
+    );
+    let rooms_of_events: HashSet<&str> = exported["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["room"].as_str().unwrap())
+        .collect();
+    assert!(!rooms_of_events.contains("Limbo"), "{rooms_of_events:?}");
+    assert!(rooms_of_events.contains("Elsewhere"));
+    let (child, addr) = serve(&dir, "[rooms]\nmax = 6\n");
+    let names = room_names(addr);
+    assert!(!names.contains(&"Limbo".to_string()), "{names:?}");
+    assert!(names.contains(&"Elsewhere".to_string()), "{names:?}");
+    assert_eq!(call(addr, "GET", "/bridge/world/Limbo", None).status, 404);
+    sigterm(child);
+}

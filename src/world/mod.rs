@@ -5,6 +5,7 @@
 //! happened; transports turn that into bytes. New events also collect in an outbox
 //! ([`World::take_new_events`]) for the transports that fan them out.
 
+pub mod expiry;
 pub mod gateway;
 pub mod heartbeat;
 pub mod lookalike;

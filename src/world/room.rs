@@ -114,6 +114,10 @@ pub struct Room {
     /// `events` as one short line each ("Alice said: hi"), kept alongside so the agent's
     /// context does not format them on every call.
     pub event_lines: VecDeque<String>,
+    /// When the room last had an event or was last seen in use (epoch ms; 0: not yet
+    /// seen). An empty room unused for `rooms.idle_expire_s` may expire
+    /// ([`crate::world::World::expire_rooms`]).
+    pub last_used_ms: u64,
 }
 
 impl Room {
@@ -124,6 +128,7 @@ impl Room {
             events: VecDeque::new(),
             occupants: Vec::new(),
             event_lines: VecDeque::new(),
+            last_used_ms: 0,
         }
     }
 
@@ -133,6 +138,7 @@ impl Room {
             self.events.pop_front();
             self.event_lines.pop_front();
         }
+        self.last_used_ms = self.last_used_ms.max(event.ts_ms);
         self.event_lines.push_back(super::describe_event(&event));
         self.events.push_back(event);
     }

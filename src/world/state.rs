@@ -18,6 +18,9 @@ pub struct Changes {
     pub sessions: BTreeSet<String>,
     /// New events, in order.
     pub events: Vec<Event>,
+    /// Rooms removed (expired): their row and their events are deleted, before any
+    /// row of `rooms` (a room of the same name created since is written again).
+    pub rooms_gone: BTreeSet<String>,
 }
 
 impl Changes {
@@ -26,6 +29,7 @@ impl Changes {
             && self.presence.is_empty()
             && self.sessions.is_empty()
             && self.events.is_empty()
+            && self.rooms_gone.is_empty()
     }
 }
 
