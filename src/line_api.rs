@@ -17,7 +17,7 @@ use crate::federation::portal::Scope;
 use crate::links::{Asked, Pending};
 use crate::protocol::{ActionResult, Command, Perception, LINK_KINDS, PROTOCOL};
 use crate::time::now_ms;
-use crate::world::room::RoomSpec;
+use crate::world::room::{EventKind, RoomSpec};
 use crate::world::{check_name, WorldError};
 use serde_json::{json, Map, Value};
 use std::time::{Duration, Instant};
@@ -655,10 +655,11 @@ impl App {
         let events = self.world.take_new_events();
         self.federate(&events);
         for ev in &events {
-            let present = self.world.players(&ev.room);
-            let audience = self
-                .links
-                .audience(&ev.room, present.iter().map(|o| o.user_id.as_str()));
+            if ev.kind == EventKind::Presence {
+                self.links
+                    .observe_presence(&ev.user_id, &ev.event, &ev.room);
+            }
+            let audience = self.links.audience(&ev.room);
             let mut line = Vec::new();
             for link in audience.into_iter().filter(|l| Some(*l) != source) {
                 if line.is_empty() {

@@ -112,6 +112,12 @@ pub struct Links {
     room_host: HashMap<String, ConnId>,
     /// User id → the link whose player they are (the last link that placed them).
     player_link: HashMap<String, ConnId>,
+    /// Where each link's players are, kept from the presence events as they are routed
+    /// ([`Links::observe_presence`]): user → (their link, their room), and per link, how
+    /// many of its players each room holds. [`Links::audience`] reads the counts, so
+    /// routing an event costs the number of links, not the number of people in its room.
+    player_room: HashMap<String, (ConnId, String)>,
+    room_players: HashMap<ConnId, HashMap<String, usize>>,
     pending: HashMap<String, Pending>,
     next_request: u64,
     pub dials: Vec<Dial>,
@@ -218,6 +224,8 @@ impl Links {
         };
         self.room_host.retain(|_, host| *host != id);
         self.player_link.retain(|_, l| *l != id);
+        self.player_room.retain(|_, (l, _)| *l != id);
+        self.room_players.remove(&id);
         if let Some(d) = link.dial {
             self.dial_failed(d, why.unwrap_or("connection closed"), now, now_ms);
         }
@@ -335,17 +343,41 @@ impl Links {
         self.room_host.get(room).copied()
     }
 
-    /// Every link that hears `room`: those with a player among `present` (the user ids
-    /// in the room now) and those that declared it. In a stable order (by connection),
-    /// without duplicates.
-    pub fn audience<'a>(
-        &self,
-        room: &str,
-        present: impl IntoIterator<Item = &'a str>,
-    ) -> Vec<ConnId> {
-        let mut to: Vec<ConnId> = present
-            .into_iter()
-            .filter_map(|u| self.player_link.get(u).copied())
+    /// A presence event is being routed: `user` entered or left `room`. A link's player
+    /// counts in their room until their next presence event.
+    pub fn observe_presence(&mut self, user: &str, event: &str, room: &str) {
+        if let Some((link, was_in)) = self.player_room.remove(user) {
+            if let Some(rooms) = self.room_players.get_mut(&link) {
+                if let Some(n) = rooms.get_mut(&was_in) {
+                    *n -= 1;
+                    if *n == 0 {
+                        rooms.remove(&was_in);
+                    }
+                }
+            }
+        }
+        if event != "enter" {
+            return;
+        }
+        let Some(&link) = self.player_link.get(user) else {
+            return;
+        };
+        if !self.links.contains_key(&link) {
+            return;
+        }
+        *(self.room_players.entry(link).or_default())
+            .entry(room.to_string())
+            .or_insert(0) += 1;
+        self.player_room
+            .insert(user.to_string(), (link, room.to_string()));
+    }
+
+    /// Every link that hears `room`: those with a player there and those that declared
+    /// it. In a stable order (by connection), without duplicates.
+    pub fn audience(&self, room: &str) -> Vec<ConnId> {
+        let mut to: Vec<ConnId> = (self.room_players.iter())
+            .filter(|(_, rooms)| rooms.contains_key(room))
+            .map(|(id, _)| *id)
             .chain(
                 self.links
                     .iter()
@@ -550,33 +582,43 @@ mod tests {
             l.open(id(i), PEER.parse().unwrap(), None, 0);
             l.greeted(id(i), Some(&format!("w{i}")), "generic", 0);
         }
-        // Link 1's bob and link 2's eve are in the Garden; link 2 mentioned it last.
+        // Link 1's bob and link 2's eve enter the Garden; link 2 mentioned it last.
         l.player(id(1), "bob", 10, |_| true);
         l.host(id(1), "Garden");
+        l.observe_presence("bob", "enter", "Garden");
         l.player(id(2), "eve", 10, |_| true);
         l.host(id(2), "Garden");
-        // Link 3 declared it in a room snapshot; link 4 has nobody there.
+        l.observe_presence("eve", "enter", "Garden");
+        // A web user there is nobody's player.
+        l.observe_presence("web-user", "enter", "Garden");
+        // Link 3 declared it in a room snapshot; link 4's zed is elsewhere.
         l.declare(id(3), "Garden");
         l.player(id(4), "zed", 10, |_| true);
+        l.observe_presence("zed", "enter", "Forge");
         assert_eq!(l.host_of("Garden"), Some(id(3)));
-        assert_eq!(
-            l.audience("Garden", ["bob", "eve", "web-user"]),
-            vec![id(1), id(2), id(3)]
-        );
-        // Bob leaves link 1's game: link 1 no longer hears the Garden.
+        assert_eq!(l.audience("Garden"), vec![id(1), id(2), id(3)]);
+        assert_eq!(l.audience("Forge"), vec![id(4)]);
+        // Bob moves to the Forge: link 1 hears the Forge now, not the Garden.
+        l.observe_presence("bob", "leave", "Garden");
+        l.observe_presence("bob", "enter", "Forge");
+        assert_eq!(l.audience("Garden"), vec![id(2), id(3)]);
+        assert_eq!(l.audience("Forge"), vec![id(1), id(4)]);
+        // Bob leaves link 1's game (the leave is routed after the link forgets him).
         l.player_gone(id(1), "bob");
-        assert_eq!(l.audience("Garden", ["eve"]), vec![id(2), id(3)]);
+        l.observe_presence("bob", "leave", "Forge");
+        assert_eq!(l.audience("Forge"), vec![id(4)]);
         // Players gone from the world without a `leave` are forgotten past the cap.
         for i in 0..3 {
             l.player(id(4), &format!("ghost{i}"), 1, |u| u == "eve");
         }
         assert_eq!(l.player_link.len(), 2, "eve, and the player just reported");
-        assert_eq!(l.audience("Garden", ["eve"]), vec![id(2), id(3)]);
+        assert_eq!(l.audience("Garden"), vec![id(2), id(3)]);
         // A closed link hears nothing, its players are forgotten.
         l.close(id(2), None, now, 0);
-        assert_eq!(l.audience("Garden", ["eve"]), vec![id(3)]);
+        assert_eq!(l.audience("Garden"), vec![id(3)]);
         l.close(id(3), None, now, 0);
-        assert!(l.audience("Garden", ["eve"]).is_empty());
+        assert!(l.audience("Garden").is_empty());
+        assert!(!l.player_room.contains_key("eve"));
     }
 
     #[test]
