@@ -9,24 +9,7 @@ use std::path::PathBuf;
 
 use crate::config::AGENT_BACKENDS;
 
-/// Flags of `worldbridge [serve]`; `None`/empty means "not given on the command line".
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct ServeArgs {
-    /// `--config FILE`: the TOML config file (else `WORLDBRIDGE_CONFIG`, else none).
-    pub config: Option<PathBuf>,
-    /// `--http ADDR` (repeatable): replaces the HTTP listeners.
-    pub http: Vec<SocketAddr>,
-    /// `--line ADDR` (repeatable): replaces the line-protocol listeners.
-    pub line: Vec<SocketAddr>,
-    /// `--world ID`.
-    pub world: Option<String>,
-    /// `--data-dir DIR`.
-    pub data_dir: Option<String>,
-    /// `--memory`: keep everything in memory.
-    pub memory: bool,
-    /// `--agent builtin|openai|command`.
-    pub agent: Option<String>,
-}
+pub use crate::config::ServeArgs;
 
 /// What the process was asked to do.
 #[derive(Debug, Clone, PartialEq)]

@@ -6,7 +6,6 @@
 //! from these types through serde and checks it). Unknown keys and bad values are
 //! rejected at start with the key's name.
 
-use crate::cli::ServeArgs;
 use crate::world::lookalike;
 use serde::{Deserialize, Serialize};
 use std::net::{IpAddr, SocketAddr};
@@ -121,6 +120,25 @@ pub struct DialConfig {
 
 fn default_dial_kind() -> String {
     "generic".into()
+}
+
+/// Flags of `worldbridge [serve]`; `None`/empty means "not given on the command line".
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ServeArgs {
+    /// `--config FILE`: the TOML config file (else `WORLDBRIDGE_CONFIG`, else none).
+    pub config: Option<PathBuf>,
+    /// `--http ADDR` (repeatable): replaces the HTTP listeners.
+    pub http: Vec<SocketAddr>,
+    /// `--line ADDR` (repeatable): replaces the line-protocol listeners.
+    pub line: Vec<SocketAddr>,
+    /// `--world ID`.
+    pub world: Option<String>,
+    /// `--data-dir DIR`.
+    pub data_dir: Option<String>,
+    /// `--memory`: keep everything in memory.
+    pub memory: bool,
+    /// `--agent builtin|openai|command`.
+    pub agent: Option<String>,
 }
 
 /// `[[line.links]]`: a game world bound to a token of its own. A `hello` for that world
