@@ -108,20 +108,9 @@ pub fn outgoing(world: &str, ev: &Event, in_portal: bool, scope: Scope) -> Optio
     })
 }
 
-/// A remote event as it is to be shown in one local room.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Relayed {
-    /// A canonical local room name.
-    pub room: String,
-    pub kind: EventKind,
-    /// `message` for a say, the world event's name otherwise.
-    pub event: String,
-    pub user_id: String,
-    pub username: String,
-    pub message: Option<String>,
-    /// The world it came from: the origin of the local event that shows it.
-    pub origin: String,
-}
+/// A remote event as it is to be shown in one local room (the world's own type: the core
+/// shows it without knowing federation).
+pub use crate::world::room::Relayed;
 
 /// How `ev` is shown here. `portals` are the canonical names of this world's portal
 /// rooms; `resolve` gives the canonical name of a local room, `None` if there is none.

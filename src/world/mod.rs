@@ -15,9 +15,8 @@ pub mod session;
 pub mod state;
 
 use crate::agent::WorldContext;
-use crate::federation::portal::Relayed;
 use crate::time::rfc3339;
-use room::{Event, EventKind, Room, RoomSpec, WorldFile};
+use room::{Event, EventKind, Relayed, Room, RoomSpec, WorldFile};
 use session::{SessionLimits, Sessions};
 use std::collections::{BTreeMap, HashMap, HashSet};
 

@@ -38,6 +38,22 @@ pub struct Event {
     pub ts_ms: u64,
 }
 
+/// An event of another world as it is to be shown in one room here (what federation
+/// hands the world; the world does not know federation).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Relayed {
+    /// A canonical local room name.
+    pub room: String,
+    pub kind: EventKind,
+    /// `message` for a say, the world event's name otherwise.
+    pub event: String,
+    pub user_id: String,
+    pub username: String,
+    pub message: Option<String>,
+    /// The world it came from: the origin of the local event that shows it.
+    pub origin: String,
+}
+
 /// The room's description as loaded from a world file or reported by a game.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
