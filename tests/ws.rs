@@ -1081,30 +1081,9 @@ fn plain_get_root_is_the_status_page() {
 #[ignore = "needs chromium"]
 fn status_page_in_chromium_shows_live_events() {
     let b = start();
-    let profile = scratch_dir("chromium");
-    let mut child = std::process::Command::new("chromium")
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--window-size=1400,1000",
-            "--remote-debugging-port=0",
-        ])
-        .arg(format!("--user-data-dir={}", profile.display()))
-        .arg(format!("http://{}/", b.http))
-        .stderr(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .expect("chromium runs");
-    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        let devtools = devtools_port(child.stderr.take().unwrap());
-        let mut page = cdp_page(devtools);
+    in_chromium(&format!("http://{}/", b.http), |page| {
         eventually(Duration::from_secs(20), "the page's WebSocket", || {
-            eval(&mut page, "document.body.dataset.ws || ''") == json!("open")
+            eval(page, "document.body.dataset.ws || ''") == json!("open")
         });
         let r = post(
             b.http,
@@ -1113,7 +1092,7 @@ fn status_page_in_chromium_shows_live_events() {
         );
         assert_eq!(r.status, 200);
         eventually(Duration::from_secs(10), "the say on the page", || {
-            eval(&mut page, "document.getElementById('stream').innerText")
+            eval(page, "document.getElementById('stream').innerText")
                 .as_str()
                 .is_some_and(|t| t.contains("hello from the test"))
         });
@@ -1122,27 +1101,17 @@ fn status_page_in_chromium_shows_live_events() {
             Duration::from_secs(10),
             "Visitor in the rooms panel",
             || {
-                eval(&mut page, "document.getElementById('room-list').innerText")
+                eval(page, "document.getElementById('room-list').innerText")
                     .as_str()
                     .is_some_and(|t| t.contains("Visitor"))
             },
         );
-        let png = cdp(
-            &mut page,
-            "Page.captureScreenshot",
-            json!({"format": "png"}),
-        );
+        let png = cdp(page, "Page.captureScreenshot", json!({"format": "png"}));
         let data = base64_decode(png["data"].as_str().unwrap());
         let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/status-page.png");
         std::fs::write(&out, data).unwrap();
         eprintln!("screenshot: {}", out.display());
-    }));
-    let _ = child.kill();
-    let _ = child.wait();
-    let _ = std::fs::remove_dir_all(&profile);
-    if let Err(e) = result {
-        std::panic::resume_unwind(e);
-    }
+    });
 }
 
 /// A page that opens the Workshop feed and writes what happened into `body.dataset.ws`.
@@ -1184,34 +1153,14 @@ fn a_page_from_another_origin_cannot_open_the_feed_in_chromium_and_a_file_page_c
     let file_page = dir.join("feed.html");
     std::fs::write(&file_page, feed_page(b.http)).unwrap();
 
-    let profile = scratch_dir("chromium-origin");
-    let mut child = std::process::Command::new("chromium")
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--remote-debugging-port=0",
-        ])
-        .arg(format!("--user-data-dir={}", profile.display()))
-        .arg(format!("http://evil.localhost:{site_port}/"))
-        .stderr(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .expect("chromium runs");
-    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        let devtools = devtools_port(child.stderr.take().unwrap());
-        let mut page = cdp_page(devtools);
+    in_chromium(&format!("http://evil.localhost:{site_port}/"), |page| {
         let mut seen = Value::Null;
         eventually(
             Duration::from_secs(20),
             "the other site's page to try",
             || {
                 seen = eval(
-                    &mut page,
+                    page,
                     "document.body ? (document.body.dataset.ws || '') : ''",
                 );
                 seen != json!("")
@@ -1225,21 +1174,50 @@ fn a_page_from_another_origin_cannot_open_the_feed_in_chromium_and_a_file_page_c
         );
 
         cdp(
-            &mut page,
+            page,
             "Page.navigate",
             json!({"url": format!("file://{}", file_page.display())}),
         );
         eventually(Duration::from_secs(20), "the file:// page's feed", || {
             eval(
-                &mut page,
+                page,
                 "document.body ? (document.body.dataset.ws || '') : ''",
             ) == json!("got:state")
         });
+    });
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Headless Chromium on `url` with a throw-away profile; `check` gets the page's DevTools
+/// connection. The browser is stopped and its profile removed even when a check fails.
+fn in_chromium(url: &str, check: impl FnOnce(&mut Ws)) {
+    let profile = scratch_dir("chromium");
+    let mut child = std::process::Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--window-size=1400,1000",
+            "--remote-debugging-port=0",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .arg(url)
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("chromium runs");
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let devtools = devtools_port(child.stderr.take().unwrap());
+        let mut page = cdp_page(devtools);
+        check(&mut page);
     }));
     let _ = child.kill();
     let _ = child.wait();
     let _ = std::fs::remove_dir_all(&profile);
-    let _ = std::fs::remove_dir_all(&dir);
     if let Err(e) = result {
         std::panic::resume_unwind(e);
     }
