@@ -9,6 +9,7 @@
 pub mod builtin;
 pub mod command;
 pub mod crisis;
+pub mod crisis_eval;
 pub mod openai;
 pub mod pool;
 pub mod prompt;
