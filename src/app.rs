@@ -6,7 +6,7 @@
 //! deliver to the connection that waits for them.
 
 use crate::agent::builtin;
-use crate::agent::crisis::{self, CrisisDetector};
+use crate::agent::crisis::{self, CrisisDetector, Outcome};
 use crate::agent::pool::AgentPool;
 use crate::agent::{AgentError, AgentReply, AgentRequest};
 use crate::calls::{Call, CallKind, Calls, ReplyTo};
@@ -141,6 +141,7 @@ impl App {
             now_ms,
         );
         let fed = crate::fed_api::Peering::new(&cfg.world, &cfg.federation, now_ms)?;
+        let crisis = load_crisis_detector(&cfg.agent.crisis_file)?;
         Ok(App {
             fed,
             gateway,
@@ -150,7 +151,7 @@ impl App {
             rate: RateLimit::new(cfg.http.rate_limit_requests, cfg.http.rate_limit_window_s),
             world,
             metrics: Metrics::default(),
-            crisis: CrisisDetector::builtin(),
+            crisis,
             calls: Calls::default(),
             pool: None,
             started: Instant::now(),
@@ -369,15 +370,30 @@ impl App {
         now_ms: u64,
         now: Instant,
     ) -> Answer {
-        let crisis = self.crisis.detect(&input.message).is_some();
-        if crisis {
-            self.metrics.crisis_detections += 1;
-            log::warn!(
-                "crisis signal detected user={} room={:?}: the protocol will lead the reply",
-                input.user_id.as_deref().unwrap_or("-"),
-                input.room
-            );
-        }
+        let (crisis, resources) = match self.crisis.assess(&input.message) {
+            Outcome::Crisis(signal) => {
+                self.metrics.count_crisis(signal.category.as_str());
+                log::warn!(
+                    "crisis signal detected user={} room={:?} category={} features={}: \
+                     the protocol will lead the reply",
+                    input.user_id.as_deref().unwrap_or("-"),
+                    input.room,
+                    signal.category.as_str(),
+                    signal.features.join(",")
+                );
+                (true, false)
+            }
+            Outcome::Resources(features) => {
+                self.metrics.crisis_resources += 1;
+                log::info!(
+                    "hotline question user={} features={}: the numbers will lead the reply",
+                    input.user_id.as_deref().unwrap_or("-"),
+                    features.join(",")
+                );
+                (false, true)
+            }
+            Outcome::Nothing => (false, false),
+        };
         if let Some(user) = &input.user_id {
             self.world.place(user, &input.username, &input.room, now_ms);
             let calls = &self.calls;
@@ -405,6 +421,7 @@ impl App {
             room: input.room,
             message: input.message,
             crisis,
+            resources,
             created: now,
             deadline: now + self.agent_timeout(),
         };
@@ -490,8 +507,8 @@ impl App {
             return None;
         }
         self.metrics.count_agent("rejected");
-        let resp = if call.crisis {
-            self.finish_call(&call, crisis::crisis_reply(None))
+        let resp = if let Some(text) = self.shape_reply(&call, None) {
+            self.finish_call(&call, text)
         } else {
             Response::error(
                 503,
@@ -542,6 +559,7 @@ impl App {
             .is_some_and(|s| s.crisis);
         match (call.crisis, agent_text) {
             (true, text) => Some(crisis::crisis_reply(text.as_deref())),
+            (false, text) if call.resources => Some(crisis::resources_reply(text.as_deref())),
             (false, Some(t)) if flagged => Some(crisis::keep_lifeline(&t)),
             (false, t) => t,
         }
@@ -635,6 +653,20 @@ impl App {
         self.route_events(None);
         self.fed_tick(now);
     }
+}
+
+/// The built-in crisis rules, extended by `agent.crisis_file` when it names a file.
+fn load_crisis_detector(file: &str) -> Result<CrisisDetector, String> {
+    if file.is_empty() {
+        return Ok(CrisisDetector::builtin());
+    }
+    let path = crate::config::expand_home(file);
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| format!("cannot read agent.crisis_file {file:?}: {e}"))?;
+    let detector = CrisisDetector::with_extra(file, &text)
+        .map_err(|e| format!("agent.crisis_file: {e}"))?;
+    log::info!("crisis rules: the built-in rules extended by {file}");
+    Ok(detector)
 }
 
 #[cfg(test)]

@@ -48,6 +48,8 @@ pub struct Call {
     pub message: String,
     /// The crisis detector fired on `message`.
     pub crisis: bool,
+    /// `message` asks about the hotlines themselves: the reply leads with the numbers.
+    pub resources: bool,
     pub created: Instant,
     /// Waiting: until when it may wait for its turn. In flight: for the agent's answer.
     pub deadline: Instant,
@@ -168,6 +170,7 @@ mod tests {
             room: "R".into(),
             message: "m".into(),
             crisis: false,
+            resources: false,
             created: deadline,
             deadline,
         }

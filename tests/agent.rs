@@ -342,7 +342,10 @@ fn crisis_gets_the_full_protocol_even_when_the_agent_is_down() {
     let s = get(b.http, "/bridge/sessions");
     assert_eq!(s["sessions"][0]["crisis"], true);
     let m = call(b.http, "GET", "/metrics", None).text();
-    assert!(m.contains("worldbridge_crisis_detections_total 1"), "{m}");
+    assert!(
+        m.contains("worldbridge_crisis_detections_total{category=\"suicide\"} 1"),
+        "{m}"
+    );
 }
 
 #[test]

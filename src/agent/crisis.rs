@@ -105,12 +105,22 @@ const BREAK: u32 = u32::MAX;
 
 /// Words shorter than this are never typo-corrected.
 const TYPO_MIN_CHARS: usize = 5;
+/// How many tokens apart an adjustment may be from a rule and still change its score.
+const ADJUST_REACH: usize = 15;
 /// Words shorter than this are not checked for two swapped letters.
 const TYPO_SWAP_MIN_CHARS: usize = 4;
 /// How far back from a match a negation blocks it.
 const NEG_LOOKBACK: usize = 3;
 /// Most classes the rule files may define (the class set of a word is a `u128`).
 const MAX_CLASSES: usize = 128;
+
+/// A pattern that matched, and the tokens it covers.
+#[derive(Debug, Clone, Copy)]
+struct Hit {
+    pattern: u32,
+    start: usize,
+    end: usize,
+}
 
 #[derive(Debug, Clone, Copy)]
 struct Tok {
@@ -301,95 +311,113 @@ impl CrisisDetector {
 
     /// What `text` calls for: the protocol, the hotline numbers, or nothing.
     pub fn assess(&self, text: &str) -> Outcome {
-        self.score(&self.fired(text))
+        self.score(&self.hits(text))
     }
 
     /// Every rule, adjustment and resources pattern that matched `text`, by name, with
-    /// the crisis score (for `crisis-eval`'s report of misses).
+    /// the best crisis score (for `crisis-eval`'s report of misses and false alarms).
     pub fn explain(&self, text: &str) -> (f32, Vec<String>) {
-        let mut score = 0.0f32;
-        let mut best = 0.0f32;
-        let mut names = Vec::new();
-        for p in self.fired(text) {
-            let pat = &self.patterns[p as usize];
-            match pat.kind {
-                Kind::Rule { weight, .. } => {
-                    best = best.max(weight);
-                    names.push(pat.name.clone());
-                }
-                Kind::Adjust(w) => {
-                    score += w;
-                    names.push(format!("{}{}", if w < 0.0 { "-" } else { "+" }, pat.name));
-                }
-                Kind::Resources => names.push(format!("resources:{}", pat.name)),
-                Kind::Idiom => {}
-            }
-        }
-        (if best > 0.0 { best + score } else { 0.0 }, names)
+        let hits = self.hits(text);
+        let best = self.best_rule(&hits).map_or(0.0, |(score, _, _)| score);
+        let names = hits.iter().map(|h| self.feature(h.pattern)).collect();
+        (best, names)
     }
 
-    /// Indices of the patterns (not idioms) that match `text`, each once.
-    fn fired(&self, text: &str) -> Vec<u32> {
+    /// Every pattern (not idioms) that matches `text`, at its first match that is not
+    /// negated.
+    fn hits(&self, text: &str) -> Vec<Hit> {
         let mut toks = self.tokens(text);
         self.mask_idioms(&mut toks);
-        let mut fired: Vec<u32> = Vec::new();
+        let mut hits: Vec<Hit> = Vec::new();
         for at in 0..toks.len() {
             let Some(candidates) = self.main_index.get(toks[at].id as usize) else {
                 continue;
             };
             for &p in candidates {
-                if fired.contains(&p) {
+                if hits.iter().any(|h| h.pattern == p) {
                     continue;
                 }
                 let pat = &self.patterns[p as usize];
-                if match_at(&pat.elems, &toks, at).is_none() {
+                let Some(end) = match_at(&pat.elems, &toks, at) else {
                     continue;
-                }
+                };
                 if matches!(pat.kind, Kind::Rule { .. }) && self.negated_before(&toks, at) {
                     continue;
                 }
-                fired.push(p);
+                hits.push(Hit {
+                    pattern: p,
+                    start: at,
+                    end,
+                });
             }
         }
-        fired
+        hits
     }
 
-    fn score(&self, fired: &[u32]) -> Outcome {
-        let mut best: Option<(f32, Category)> = None;
-        let mut adjust = 0.0;
-        let mut features = Vec::new();
-        let mut resources = Vec::new();
-        for &p in fired {
-            let pat = &self.patterns[p as usize];
-            match pat.kind {
-                Kind::Rule { category, weight } => {
-                    features.push(pat.name.clone());
-                    let better = match best {
-                        None => true,
-                        Some((w, c)) => weight > w || (weight == w && category < c),
-                    };
-                    if better {
-                        best = Some((weight, category));
-                    }
-                }
-                Kind::Adjust(w) => {
-                    adjust += w;
-                    features.push(format!("{}{}", if w < 0.0 { "-" } else { "+" }, pat.name));
-                }
-                Kind::Resources => resources.push(pat.name.clone()),
-                Kind::Idiom => {}
+    /// The best-scoring rule: its score (weight plus the adjustments within reach), its
+    /// category, and the index in `hits` of the rule.
+    fn best_rule(&self, hits: &[Hit]) -> Option<(f32, Category, usize)> {
+        let mut best: Option<(f32, Category, usize)> = None;
+        for (i, h) in hits.iter().enumerate() {
+            let Kind::Rule { category, weight } = self.patterns[h.pattern as usize].kind else {
+                continue;
+            };
+            let adjust: f32 = hits
+                .iter()
+                .filter(|a| a.start < h.end + ADJUST_REACH && h.start < a.end + ADJUST_REACH)
+                .filter_map(|a| match self.patterns[a.pattern as usize].kind {
+                    Kind::Adjust(w) => Some(w),
+                    _ => None,
+                })
+                .sum();
+            let score = weight + adjust;
+            let better = match best {
+                None => true,
+                Some((s, c, _)) => score > s || (score == s && category < c),
+            };
+            if better {
+                best = Some((score, category, i));
             }
         }
-        match best {
-            Some((weight, category)) if weight + adjust >= THRESHOLD => {
-                Outcome::Crisis(Signal {
+        best
+    }
+
+    /// How a pattern is reported: its name, with `+`/`-` for an adjustment.
+    fn feature(&self, p: u32) -> String {
+        let pat = &self.patterns[p as usize];
+        match pat.kind {
+            Kind::Adjust(w) if w < 0.0 => format!("-{}", pat.name),
+            Kind::Adjust(_) => format!("+{}", pat.name),
+            Kind::Resources => format!("resources:{}", pat.name),
+            Kind::Rule { .. } | Kind::Idiom => pat.name.clone(),
+        }
+    }
+
+    fn score(&self, hits: &[Hit]) -> Outcome {
+        if let Some((score, category, _)) = self.best_rule(hits) {
+            if score >= THRESHOLD {
+                // Every rule and adjustment that matched, so a log line explains itself.
+                let features = hits
+                    .iter()
+                    .filter(|h| !matches!(self.patterns[h.pattern as usize].kind, Kind::Resources))
+                    .map(|h| self.feature(h.pattern))
+                    .collect();
+                return Outcome::Crisis(Signal {
                     category,
                     features,
-                    score: weight + adjust,
-                })
+                    score,
+                });
             }
-            _ if !resources.is_empty() => Outcome::Resources(resources),
-            _ => Outcome::Nothing,
+        }
+        let resources: Vec<String> = hits
+            .iter()
+            .filter(|h| matches!(self.patterns[h.pattern as usize].kind, Kind::Resources))
+            .map(|h| self.patterns[h.pattern as usize].name.clone())
+            .collect();
+        if resources.is_empty() {
+            Outcome::Nothing
+        } else {
+            Outcome::Resources(resources)
         }
     }
 
@@ -1185,4 +1213,298 @@ pub fn resources_reply(agent_text: Option<&str>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use Category::*;
+
+    fn words(text: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        for_each_word(text, |w| out.push(w.to_string()));
+        out
+    }
+
+    fn category(d: &CrisisDetector, text: &str) -> Option<Category> {
+        d.detect(text).map(|s| s.category)
+    }
+
+    #[test]
+    fn builtin_files_parse() {
+        let d = CrisisDetector::from_files(BUILTIN_FILES);
+        assert!(d.is_ok(), "{:?}", d.err());
+    }
+
+    #[test]
+    fn normalises_case_apostrophes_contractions_and_breaks() {
+        assert_eq!(words("I DON’T want—to!!"), ["i", "do", "not", "want", ".", "to", ".", "."]);
+        let cant = ["do", "not", "can", "not", "can", "not", "can", "not"];
+        assert_eq!(words("dont  cant cannot can't"), cant);
+        let im = ["i", "am", "i", "am", "will", "not", "will", "not"];
+        assert_eq!(words("I'm im Won't wont"), im);
+        assert_eq!(words("self-harm anymore"), ["self", "harm", "any", "more"]);
+        assert_eq!(words("kill my self, my cat"), ["kill", "myself", ".", "my", "cat"]);
+        assert_eq!(words("I'd wanna go"), ["i", "would", "want", "to", "go"]);
+        assert!(words("  😂 ").is_empty());
+    }
+
+    #[test]
+    fn typos_repeats_and_swaps_are_read_as_the_word() {
+        let d = CrisisDetector::builtin();
+        for text in [
+            "i want to kil myself",
+            "i wnat to die",
+            "i want to diiiiie",
+            "I WANT TO DIEEEE",
+            "im thinking about sucide",
+            "i want to kill myslef",
+            "i want to kill myselff",
+            "im gonna comit suicide",
+        ] {
+            assert_eq!(category(&d, text), Some(Suicide), "{text:?}");
+        }
+        // A real word is not corrected into a crisis word.
+        assert_eq!(d.detect("i'm dyeing my hair tomorrow"), None);
+        assert_eq!(d.detect("i want to skill myself up before the boss"), None);
+    }
+
+    #[test]
+    fn slang_expands() {
+        let d = CrisisDetector::builtin();
+        for text in [
+            "kms",
+            "gonna kms tonight",
+            "KMS KMS",
+            "i should kys",
+            "thinking about sewerslide",
+            "i want to unalive myself",
+            "im gonna off myself",
+            "thinking of ctb tonight",
+            "im so done i wanna end it",
+        ] {
+            assert_eq!(category(&d, text), Some(Suicide), "{text:?}");
+        }
+        // kys aimed at someone else is abuse, not a crisis signal of the speaker.
+        assert_eq!(d.detect("kys noob"), None);
+        assert_eq!(d.detect("the village is 5 kms away"), None);
+    }
+
+    #[test]
+    fn every_kind_of_signal_fires_with_its_category() {
+        let d = CrisisDetector::builtin();
+        let table: &[(&str, Category)] = &[
+            ("I want to kill myself", Suicide),
+            ("i dont want to be here anymore", Suicide),
+            ("Everyone would be better off without me.", Suicide),
+            ("i've been saving up my pills", Suicide),
+            ("how many pills does it take to die", Suicide),
+            ("i tried to overdose last time", Suicide),
+            ("i wrote letters so they'll understand why", Suicide),
+            ("there's no way out except dying", Suicide),
+            ("my friend says she wants to die", Suicide),
+            ("kms lol", Suicide),
+            ("i want to die lol", Suicide),
+            ("I cut myself again last night", SelfHarm),
+            ("i burn myself on purpose", SelfHarm),
+            ("I'm a burden to everyone", Hopelessness),
+            ("I can't take it anymore", Desperation),
+        ];
+        for (text, want) in table {
+            assert_eq!(category(&d, text), Some(*want), "{text:?}");
+        }
+    }
+
+    #[test]
+    fn negation_and_distancing_do_not_fire() {
+        let d = CrisisDetector::builtin();
+        for text in [
+            "i would never kill myself",
+            "i'm not suicidal, just tired",
+            "i don't want to die in this raid",
+            "kill the dragon before it reaches the village",
+            "my character dies at the end of the quest",
+            "let me die so i can respawn at the checkpoint",
+            "this traffic is killing me",
+            "I'm dying to see it",
+            "my grandfather killed himself in 1998",
+            "kill the process and restart it",
+            "the server died again last night",
+            "suicide rates went up in 2020 according to the cdc",
+            "i'm writing a school report on suicide prevention",
+            "I cut myself shaving",
+            "hello everyone, how are you?",
+        ] {
+            assert_eq!(d.detect(text), None, "{text:?}: {:?}", d.explain(text));
+        }
+    }
+
+    #[test]
+    fn an_idiom_does_not_hide_a_real_signal_in_the_same_message() {
+        let d = CrisisDetector::builtin();
+        let text = "this traffic is killing me and I want to kill myself";
+        assert_eq!(category(&d, text), Some(Suicide));
+        let text = "the pie here is to die for and honestly i want to die";
+        assert_eq!(category(&d, text), Some(Suicide));
+    }
+
+    #[test]
+    fn hotline_questions_are_resources_not_crisis() {
+        let d = CrisisDetector::builtin();
+        for text in [
+            "is 988 open at night?",
+            "what number do I text",
+            "what's the suicide hotline number",
+        ] {
+            assert!(
+                matches!(d.assess(text), Outcome::Resources(_)),
+                "{text:?}: {:?}",
+                d.assess(text)
+            );
+        }
+        // A crisis in the same message wins.
+        let text = "what number do i call, i want to kill myself";
+        assert!(matches!(d.assess(text), Outcome::Crisis(_)));
+    }
+
+    #[test]
+    fn the_signal_names_the_rules_not_the_message() {
+        let d = CrisisDetector::builtin();
+        let s = d.detect("I want to kill myself tonight").unwrap();
+        assert_eq!(s.category, Suicide);
+        assert!(s.features.iter().any(|f| f == "kill_self"), "{:?}", s.features);
+        assert!(s.features.iter().any(|f| f == "+soon"), "{:?}", s.features);
+        assert!(s.score >= THRESHOLD);
+        assert!(!s.features.iter().any(|f| f.contains("tonight")));
+    }
+
+    #[test]
+    fn a_signal_at_the_end_of_a_long_message_fires() {
+        let d = CrisisDetector::builtin();
+        let mut text = "the dragon is killing me and we are dying to see it. ".repeat(500);
+        assert_eq!(d.detect(&text), None);
+        text.push_str("but really I can't do this anymore");
+        assert_eq!(category(&d, &text), Some(Desperation));
+    }
+
+    #[test]
+    fn the_format_classes_gaps_alternatives_and_sequences() {
+        let files = [(
+            "t.txt",
+            "# comment\n\nclass ME: i me\nclass NEG: not never\nslang kmn: kill me now\n\
+             rule suicide 2 want: ME ~2 want|wish to die|be_gone\n\
+             rule desperation 1 cant: can't take it . \n\
+             adjust -1 game: boss\n\
+             idiom dying_to: dying to see\n\
+             resources line: 988\n\
+             rule suicide 2 kmn: kill me now\n",
+        )];
+        let d = CrisisDetector::from_files(&files).unwrap();
+        assert!(d.detect("I really want to die").is_some());
+        assert!(d.detect("i wish to be gone").is_some());
+        assert!(d.detect("i really really really want to die").is_none(), "gap of 2");
+        assert!(d.detect("i do not want to die").is_none(), "no negation in a gap");
+        assert!(d.detect("cannot take it").is_some(), "`.` matches the end");
+        assert!(d.detect("cannot take it, really").is_some(), "`.` matches a break");
+        assert!(d.detect("cannot take it really").is_none());
+        assert!(d.detect("cannot take it. the boss").is_none(), "adjustment");
+        assert!(d.detect("ugh kmn").is_some(), "slang");
+        assert!(matches!(d.assess("is 988 free"), Outcome::Resources(_)));
+    }
+
+    #[test]
+    fn a_bad_line_is_an_error_naming_the_file_and_line() {
+        let cases = [
+            ("class ME: i\nrule suicde 2 x: i die", "line 2", "suicde"),
+            ("rule suicide heavy x: i die", "line 1", "weight"),
+            ("rule suicide 2 x: NOPE die", "line 1", "NOPE"),
+            ("\n\nkill myself", "line 3", "directive"),
+            ("rule suicide 2 x: ~2 die", "line 1", "must start"),
+            ("rule suicide 2 x: die ~12 now", "line 1", "~1 to ~9"),
+            ("class lower: a b", "line 1", "upper case"),
+            ("slang kms: !!!", "line 1", "no meaning"),
+            ("frobnicate x: y", "line 1", "unknown directive"),
+        ];
+        for (text, line, word) in cases {
+            let err = CrisisDetector::from_files(&[("extra.txt", text)]).unwrap_err();
+            assert!(err.contains("extra.txt"), "{err}");
+            assert!(err.contains(line), "{text:?}: {err}");
+            assert!(err.contains(word), "{text:?}: {err}");
+        }
+        let err = CrisisDetector::with_extra("mine.txt", "# ok\nrule nope").unwrap_err();
+        assert!(err.starts_with("mine.txt line 2:"), "{err}");
+    }
+
+    #[test]
+    fn an_extra_file_extends_the_builtin_rules() {
+        let d = CrisisDetector::with_extra(
+            "extra.txt",
+            "class DIE: perish\nrule suicide 2 lighthouse: the purple lighthouse hums\n",
+        )
+        .unwrap();
+        assert!(d.detect("the purple lighthouse hums").is_some());
+        assert!(d.detect("i want to perish").is_some(), "a builtin class grew");
+        let builtin = CrisisDetector::builtin();
+        assert!(builtin.detect("the purple lighthouse hums").is_none());
+    }
+
+    #[test]
+    fn resources_reply_has_the_numbers_without_the_protocol() {
+        let r = resources_reply(None);
+        assert!(r.contains("call or text 988") && r.contains("text HOME to 741741"));
+        assert!(!r.contains("Are you safe right now?"));
+        assert!(!r.contains("5 things you can see"));
+        let r = resources_reply(Some(" Happy to help. "));
+        assert_eq!(r, format!("{RESOURCES_TEXT}\n\nHappy to help."));
+    }
+
+    #[test]
+    fn crisis_text_has_every_part_in_order() {
+        let t = CRISIS_TEXT;
+        assert!(t.starts_with("Are you safe right now?"));
+        let safe = t.find("Are you safe right now?").unwrap();
+        let lifeline = t.find("988").unwrap();
+        let text_line = t.find("741741").unwrap();
+        let grounding = t.find("\n5 things you can see").unwrap();
+        assert!(safe < lifeline && lifeline < text_line && text_line < grounding);
+        assert!(t.contains("call or text 988"));
+        assert!(t.contains("Suicide & Crisis Lifeline"));
+        assert!(t.contains("text HOME to 741741"));
+        assert!(t.contains("Crisis Text Line"));
+        for line in [
+            "4 things you can touch",
+            "3 things you can hear",
+            "2 things you can smell",
+            "1 thing you can taste",
+        ] {
+            let at = t.find(line).unwrap_or_else(|| panic!("missing {line:?}"));
+            assert!(at > grounding);
+        }
+    }
+
+    #[test]
+    fn crisis_reply_puts_the_protocol_before_the_agent() {
+        assert_eq!(crisis_reply(None), CRISIS_TEXT);
+        assert_eq!(crisis_reply(Some("  \n")), CRISIS_TEXT);
+        let r = crisis_reply(Some("I'm right here. Tell me what happened.\n"));
+        assert_eq!(
+            r,
+            format!("{CRISIS_TEXT}\n\nI'm right here. Tell me what happened.")
+        );
+        let grounding = r.find("1 thing you can taste").unwrap();
+        assert!(r.find("Tell me what happened").unwrap() > grounding);
+    }
+
+    #[test]
+    fn keep_lifeline_adds_the_line_once() {
+        let once = keep_lifeline("The garden is quiet tonight.");
+        assert_eq!(
+            once,
+            format!("The garden is quiet tonight.\n\n{LIFELINE_LINE}")
+        );
+        assert_eq!(keep_lifeline(&once), once);
+        assert_eq!(once.matches("988").count(), 1);
+        let has = "Remember you can text 988.";
+        assert_eq!(keep_lifeline(has), has);
+        assert_eq!(keep_lifeline(""), LIFELINE_LINE);
+        assert!(LIFELINE_LINE.contains("988"));
+        // 988 inside a longer number is not the Lifeline.
+        let year = keep_lifeline("Built in 19880.");
+        assert!(year.ends_with(LIFELINE_LINE));
+    }
 }
