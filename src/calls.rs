@@ -112,6 +112,17 @@ impl Calls {
         Some(call)
     }
 
+    /// A call in flight or waiting, by job id (to mark it crisis before it is answered).
+    pub fn get_mut(&mut self, job_id: u64) -> Option<&mut Call> {
+        if let Some(c) = self.in_flight.get_mut(&job_id) {
+            return Some(c);
+        }
+        self.waiting
+            .values_mut()
+            .flat_map(|q| q.iter_mut())
+            .find(|c| c.job_id == job_id)
+    }
+
     /// The user's next waiting call, if the user is free.
     pub fn next_for(&mut self, user_id: &str) -> Option<Call> {
         if self.is_busy(user_id) {

@@ -362,7 +362,10 @@ fn parse_crisis_eval(words: &[String]) -> Result<Command, String> {
     while let Some(arg) = words.next_arg() {
         match arg {
             Arg::Positional(p) => files.push(PathBuf::from(p)),
-            Arg::Flag { name: "--rules", inline } => {
+            Arg::Flag {
+                name: "--rules",
+                inline,
+            } => {
                 let v = words.value("--rules", inline, "a crisis rule file")?;
                 set_once(&mut rules, "--rules", PathBuf::from(v))?;
             }

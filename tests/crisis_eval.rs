@@ -55,14 +55,20 @@ fn a_malformed_eval_file_is_an_error_naming_the_line() {
     let dir = std::env::temp_dir().join(format!("worldbridge-crisis-eval-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let bad = dir.join("bad.tsv");
-    std::fs::write(&bad, "# ok\ncrisis\tdirect\ti want to die\nnone\tnews\tthe server died\n")
-        .unwrap();
+    std::fs::write(
+        &bad,
+        "# ok\ncrisis\tdirect\ti want to die\nnone\tnews\tthe server died\n",
+    )
+    .unwrap();
     let err = load(std::slice::from_ref(&bad)).unwrap_err();
     assert!(err.contains("bad.tsv:3"), "{err}");
     assert!(err.contains("\"news\""), "{err}");
     std::fs::write(&bad, "crisis direct no tabs\n").unwrap();
     let err = load(std::slice::from_ref(&bad)).unwrap_err();
-    assert!(err.contains("bad.tsv:1") && err.contains("label<TAB>kind<TAB>message"), "{err}");
+    assert!(
+        err.contains("bad.tsv:1") && err.contains("label<TAB>kind<TAB>message"),
+        "{err}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -14,6 +14,7 @@ use common::*;
 use serde_json::{json, Value};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 use tungstenite::stream::MaybeTlsStream;
 use tungstenite::{Message, WebSocket};
@@ -168,21 +169,34 @@ fn config(backend: Backend) -> Config {
         cfg.agent.backend = "openai".into();
         cfg.agent.base_url = format!("http://{addr}/v1");
         cfg.agent.model = "test-model".into();
-        cfg.agent.workers = 2;
-        cfg.agent.queue = 4;
+        // One call answered (or timing out) at a time and one waiting: the rest are refused
+        // at once by a full queue, which must also answer with the protocol. This keeps the
+        // run short while every failure path (refused, timed out, 500, queue full) is hit.
+        cfg.agent.workers = 1;
+        cfg.agent.queue = 1;
     }
     cfg
 }
 
-/// `POST /bridge/chat` for each message from a new user, `CLIENTS` at a time; returns the
-/// failures as `message: what went wrong`.
-fn over_http(addr: SocketAddr, tag: &str, messages: &[String], check: fn(&str) -> String) -> Vec<String> {
+/// `POST /bridge/chat` for each message from a new user, `CLIENTS` at a time (each takes
+/// the next message when it is done, so a client stuck on a slow call holds up no one);
+/// returns the failures as `message: what went wrong`.
+fn over_http(
+    addr: SocketAddr,
+    tag: &str,
+    messages: &[String],
+    check: fn(&str) -> String,
+) -> Vec<String> {
+    let next = AtomicUsize::new(0);
     std::thread::scope(|scope| {
         let workers: Vec<_> = (0..CLIENTS)
-            .map(|t| {
+            .map(|_| {
+                let next = &next;
                 scope.spawn(move || {
                     let mut failed = Vec::new();
-                    for (i, m) in messages.iter().enumerate().skip(t).step_by(CLIENTS) {
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        let Some(m) = messages.get(i) else { break };
                         let user = format!("{tag}-http-{i}");
                         let r = post(
                             addr,
@@ -206,12 +220,20 @@ fn over_http(addr: SocketAddr, tag: &str, messages: &[String], check: fn(&str) -
                 })
             })
             .collect();
-        workers.into_iter().flat_map(|w| w.join().unwrap()).collect()
+        workers
+            .into_iter()
+            .flat_map(|w| w.join().unwrap())
+            .collect()
     })
 }
 
 /// A line-protocol `chat` for each message from a new user, all pipelined on one link.
-fn over_line(addr: SocketAddr, tag: &str, messages: &[String], check: fn(&str) -> String) -> Vec<String> {
+fn over_line(
+    addr: SocketAddr,
+    tag: &str,
+    messages: &[String],
+    check: fn(&str) -> String,
+) -> Vec<String> {
     let mut g = LineClient::connect(addr);
     g.hello("morrowind", "tes3mp");
     for (i, m) in messages.iter().enumerate() {
@@ -225,7 +247,11 @@ fn over_line(addr: SocketAddr, tag: &str, messages: &[String], check: fn(&str) -
         if v["type"] != "reply" && v["type"] != "error" {
             continue;
         }
-        let Some(i) = v["id"].as_u64().map(|i| i as usize).filter(|i| *i < messages.len()) else {
+        let Some(i) = v["id"]
+            .as_u64()
+            .map(|i| i as usize)
+            .filter(|i| *i < messages.len())
+        else {
             panic!("an answer without a known id: {v}");
         };
         answered[i] = true;
@@ -247,21 +273,32 @@ type Ws = WebSocket<MaybeTlsStream<TcpStream>>;
 
 /// A Workshop visitor message for each message, each from a new visitor, on one feed
 /// connection; the barks come back in any order, so every bark is checked and counted.
-fn over_workshop(addr: SocketAddr, tag: &str, messages: &[String], check: fn(&str) -> String) -> Vec<String> {
+fn over_workshop(
+    addr: SocketAddr,
+    tag: &str,
+    messages: &[String],
+    check: fn(&str) -> String,
+) -> Vec<String> {
     let (mut ws, _): (Ws, _) = tungstenite::connect(format!("ws://{addr}/")).expect("ws connect");
     if let MaybeTlsStream::Plain(s) = ws.get_ref() {
         s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
     }
     for (i, m) in messages.iter().enumerate() {
         let visitor = format!("{tag}{i}");
-        ws.send(Message::text(json!({"type": "message", "text": m, "visitor": visitor}).to_string()))
-            .expect("send");
+        ws.send(Message::text(
+            json!({"type": "message", "text": m, "visitor": visitor}).to_string(),
+        ))
+        .expect("send");
     }
     let mut failed = Vec::new();
     let mut barks = 0;
     let deadline = Instant::now() + Duration::from_secs(60);
     while barks < messages.len() {
-        assert!(Instant::now() < deadline, "{barks} barks of {} within 60 s", messages.len());
+        assert!(
+            Instant::now() < deadline,
+            "{barks} barks of {} within 60 s",
+            messages.len()
+        );
         let frame = match ws.read().expect("a frame") {
             Message::Text(t) => t,
             _ => continue,
@@ -291,7 +328,10 @@ fn every_surface_answers_with_the_protocol(backend: Backend) {
     let tag = format!("{backend:?}").to_lowercase();
     let mut failed = Vec::new();
     for (surface, f) in [
-        ("http", over_http as fn(SocketAddr, &str, &[String], fn(&str) -> String) -> Vec<String>),
+        (
+            "http",
+            over_http as fn(SocketAddr, &str, &[String], fn(&str) -> String) -> Vec<String>,
+        ),
         ("line", over_line),
         ("workshop", over_workshop),
     ] {
@@ -317,7 +357,12 @@ fn every_surface_answers_with_the_protocol(backend: Backend) {
             .as_array()
             .unwrap()
             .iter()
-            .filter(|s| s["user_id"].as_str().unwrap_or_default().starts_with(prefix))
+            .filter(|s| {
+                s["user_id"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .starts_with(prefix)
+            })
             .filter(|s| s["crisis"] == true)
             .count()
     };

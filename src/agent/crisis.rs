@@ -278,7 +278,9 @@ impl CrisisDetector {
         }
         for l in &lines {
             if let Directive::Class(name, words) = &l.directive {
-                let bit = b.class_bit(name).map_err(|e| format!("{}: {e}", l.origin))?;
+                let bit = b
+                    .class_bit(name)
+                    .map_err(|e| format!("{}: {e}", l.origin))?;
                 for w in words {
                     let id = b.word(w).map_err(|e| format!("{}: {e}", l.origin))?;
                     b.classes_of[id as usize] |= bit;
@@ -288,9 +290,7 @@ impl CrisisDetector {
         let mut patterns = Vec::new();
         for l in &lines {
             if let Directive::Pattern(kind, name, text) = &l.directive {
-                let elems = b
-                    .compile(text)
-                    .map_err(|e| format!("{}: {e}", l.origin))?;
+                let elems = b.compile(text).map_err(|e| format!("{}: {e}", l.origin))?;
                 patterns.push(Pattern {
                     kind: *kind,
                     name: name.clone(),
@@ -1006,7 +1006,10 @@ pub(crate) fn for_each_word(text: &str, mut emit: impl FnMut(&str)) {
             expand(&token, &mut |w| push(w, hyphen));
             token.clear();
         }
-        if matches!(c, '.' | '!' | '?' | ';' | ',' | ':' | '\n' | '\u{2014}' | '\u{2013}') {
+        if matches!(
+            c,
+            '.' | '!' | '?' | ';' | ',' | ':' | '\n' | '\u{2014}' | '\u{2013}'
+        ) {
             push(".", false);
         }
     }
@@ -1141,6 +1144,22 @@ fn expand(token: &str, out: &mut impl FnMut(&str)) {
     }
 }
 
+/// The answer of a crisis classification (`agent.crisis_model_check`): `Some(true)` when
+/// its first word is yes, `Some(false)` when it is no, `None` for anything else.
+pub fn parse_classification(answer: &str) -> Option<bool> {
+    let word: String = answer
+        .trim_start_matches(|c: char| !c.is_alphanumeric())
+        .chars()
+        .take_while(|c| c.is_alphanumeric())
+        .collect::<String>()
+        .to_lowercase();
+    match word.as_str() {
+        "yes" | "y" | "true" => Some(true),
+        "no" | "n" | "false" => Some(false),
+        _ => None,
+    }
+}
+
 /// The full protocol text, in order: "Are you safe right now?", the 988 Suicide & Crisis
 /// Lifeline (call or text 988), the Crisis Text Line (text HOME to 741741), and the
 /// 5-4-3-2-1 grounding exercise.
@@ -1233,13 +1252,19 @@ mod tests {
 
     #[test]
     fn normalises_case_apostrophes_contractions_and_breaks() {
-        assert_eq!(words("I DON’T want—to!!"), ["i", "do", "not", "want", ".", "to", ".", "."]);
+        assert_eq!(
+            words("I DON’T want—to!!"),
+            ["i", "do", "not", "want", ".", "to", ".", "."]
+        );
         let cant = ["do", "not", "can", "not", "can", "not", "can", "not"];
         assert_eq!(words("dont  cant cannot can't"), cant);
         let im = ["i", "am", "i", "am", "will", "not", "will", "not"];
         assert_eq!(words("I'm im Won't wont"), im);
         assert_eq!(words("self-harm anymore"), ["self", "harm", "any", "more"]);
-        assert_eq!(words("kill my self, my cat"), ["kill", "myself", ".", "my", "cat"]);
+        assert_eq!(
+            words("kill my self, my cat"),
+            ["kill", "myself", ".", "my", "cat"]
+        );
         assert_eq!(words("I'd wanna go"), ["i", "would", "want", "to", "go"]);
         assert!(words("  😂 ").is_empty());
     }
@@ -1367,7 +1392,11 @@ mod tests {
         let d = CrisisDetector::builtin();
         let s = d.detect("I want to kill myself tonight").unwrap();
         assert_eq!(s.category, Suicide);
-        assert!(s.features.iter().any(|f| f == "kill_self"), "{:?}", s.features);
+        assert!(
+            s.features.iter().any(|f| f == "kill_self"),
+            "{:?}",
+            s.features
+        );
         assert!(s.features.iter().any(|f| f == "+soon"), "{:?}", s.features);
         assert!(s.score >= THRESHOLD);
         assert!(!s.features.iter().any(|f| f.contains("tonight")));
@@ -1397,10 +1426,19 @@ mod tests {
         let d = CrisisDetector::from_files(&files).unwrap();
         assert!(d.detect("I really want to die").is_some());
         assert!(d.detect("i wish to be gone").is_some());
-        assert!(d.detect("i really really really want to die").is_none(), "gap of 2");
-        assert!(d.detect("i do not want to die").is_none(), "no negation in a gap");
+        assert!(
+            d.detect("i really really really want to die").is_none(),
+            "gap of 2"
+        );
+        assert!(
+            d.detect("i do not want to die").is_none(),
+            "no negation in a gap"
+        );
         assert!(d.detect("cannot take it").is_some(), "`.` matches the end");
-        assert!(d.detect("cannot take it, really").is_some(), "`.` matches a break");
+        assert!(
+            d.detect("cannot take it, really").is_some(),
+            "`.` matches a break"
+        );
         assert!(d.detect("cannot take it really").is_none());
         assert!(d.detect("cannot take it. the boss").is_none(), "adjustment");
         assert!(d.detect("ugh kmn").is_some(), "slang");
@@ -1438,9 +1476,26 @@ mod tests {
         )
         .unwrap();
         assert!(d.detect("the purple lighthouse hums").is_some());
-        assert!(d.detect("i want to perish").is_some(), "a builtin class grew");
+        assert!(
+            d.detect("i want to perish").is_some(),
+            "a builtin class grew"
+        );
         let builtin = CrisisDetector::builtin();
         assert!(builtin.detect("the purple lighthouse hums").is_none());
+    }
+
+    #[test]
+    fn a_classification_is_read_from_its_first_word() {
+        assert_eq!(parse_classification("yes"), Some(true));
+        assert_eq!(
+            parse_classification("  **Yes.** The user says..."),
+            Some(true)
+        );
+        assert_eq!(parse_classification("NO"), Some(false));
+        assert_eq!(parse_classification("no, this is game talk"), Some(false));
+        assert_eq!(parse_classification("Maybe"), None);
+        assert_eq!(parse_classification(""), None);
+        assert_eq!(parse_classification("nothing here"), None);
     }
 
     #[test]

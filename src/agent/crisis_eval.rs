@@ -74,7 +74,8 @@ pub fn parse(name: &str, text: &str) -> Result<Vec<Case>, String> {
             continue;
         }
         let mut fields = line.splitn(3, '\t');
-        let (Some(label), Some(kind), Some(message)) = (fields.next(), fields.next(), fields.next())
+        let (Some(label), Some(kind), Some(message)) =
+            (fields.next(), fields.next(), fields.next())
         else {
             return Err(format!(
                 "{origin}: expected `label<TAB>kind<TAB>message`, got {line:?}"
@@ -140,7 +141,11 @@ pub struct Report {
 impl Report {
     /// Share of crisis lines detected (1.0 when there are none).
     pub fn recall(&self) -> f64 {
-        rate(self.crisis.total - self.crisis.wrong, self.crisis.total, 1.0)
+        rate(
+            self.crisis.total - self.crisis.wrong,
+            self.crisis.total,
+            1.0,
+        )
     }
 
     /// Share of none + resources lines that got the full protocol.
@@ -285,7 +290,8 @@ pub fn evaluate(detector: &CrisisDetector, cases: &[Case], passes: usize) -> Rep
             r.errors.push((case.clone(), features));
         }
     }
-    r.kinds.sort_by(|a, b| (a.0 as u8, &a.1).cmp(&(b.0 as u8, &b.1)));
+    r.kinds
+        .sort_by(|a, b| (a.0 as u8, &a.1).cmp(&(b.0 as u8, &b.1)));
     if !times.is_empty() {
         times.sort();
         r.mean_us = total.as_secs_f64() * 1e6 / times.len() as f64;
@@ -321,8 +327,8 @@ pub fn default_files() -> Result<Vec<std::path::PathBuf>, String> {
 pub fn load(files: &[std::path::PathBuf]) -> Result<Vec<Case>, String> {
     let mut cases = Vec::new();
     for f in files {
-        let text = std::fs::read_to_string(f)
-            .map_err(|e| format!("cannot read {}: {e}", f.display()))?;
+        let text =
+            std::fs::read_to_string(f).map_err(|e| format!("cannot read {}: {e}", f.display()))?;
         cases.extend(parse(&f.display().to_string(), &text)?);
     }
     Ok(cases)
