@@ -655,7 +655,7 @@ fn parse_line(line: &str) -> Result<Directive<'_>, String> {
                     "class name {name:?} must be upper case letters, digits and `_`"
                 ));
             }
-            let ws: Vec<String> = body.split_whitespace().flat_map(|w| words(w)).collect();
+            let ws: Vec<String> = body.split_whitespace().flat_map(&words).collect();
             if ws.is_empty() {
                 return Err(format!("class {name} lists no words"));
             }
@@ -910,15 +910,15 @@ impl Builder {
             } else {
                 &mut main_index
             };
-            for id in 0..n {
+            for (id, (starts, &classes)) in index.iter_mut().zip(&self.classes_of).enumerate() {
                 let t = Tok {
                     id: id as u32,
-                    classes: self.classes_of[id],
+                    classes,
                     masked: false,
                     neg: false,
                 };
                 if pat.elems[0].accepts(&t) {
-                    index[id].push(p as u32);
+                    starts.push(p as u32);
                 }
             }
         }
