@@ -488,12 +488,18 @@ impl CrisisDetector {
             return Some(l);
         }
         let mut buf = String::with_capacity(w.len());
-        for (i, _) in w.char_indices().skip(1) {
+        for (i, c) in w.char_indices().skip(1) {
             buf.clear();
             buf.push_str(&w[..i]);
-            let next = w[i..].chars().next().map_or(0, char::len_utf8);
-            buf.push_str(&w[i + next..]);
-            if let Some(l) = self.vocab.get(&buf).or_else(|| self.deletions.get(&buf)) {
+            buf.push_str(&w[i + c.len_utf8()..]);
+            // A final s or d is an inflection, not a typo: "jumps" is not "jump".
+            let inflection = i + c.len_utf8() == w.len() && matches!(c, 's' | 'd');
+            let hit = if inflection {
+                self.deletions.get(&buf)
+            } else {
+                self.vocab.get(&buf).or_else(|| self.deletions.get(&buf))
+            };
+            if let Some(l) = hit {
                 return Some(l);
             }
         }
