@@ -28,6 +28,33 @@
 //! that word.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+
+/// FNV-1a: short words hash several times faster than with the default SipHash, and the
+/// keys are our own rule words, so flooding resistance buys nothing here.
+#[derive(Default)]
+struct Fnv(u64);
+
+impl Hasher for Fnv {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        let mut h = if self.0 == 0 {
+            0xcbf2_9ce4_8422_2325
+        } else {
+            self.0
+        };
+        for b in bytes {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        self.0 = h;
+    }
+}
+
+type WordMap<V> = HashMap<String, V, BuildHasherDefault<Fnv>>;
 
 /// The shipped rule files, in load order; the format is documented in `lexicon.txt`.
 pub const BUILTIN_FILES: &[(&str, &str)] = &[
@@ -190,6 +217,75 @@ struct Pattern {
     kind: Kind,
     name: String,
     elems: Vec<Elem>,
+    /// One entry per element every match must use: the words and classes that can fill
+    /// it. A message without a word for one of them cannot match (checked before matching).
+    needs: Vec<(Vec<u32>, u128)>,
+}
+
+impl Pattern {
+    fn new(kind: Kind, name: String, elems: Vec<Elem>) -> Pattern {
+        let needs = elems
+            .iter()
+            .filter_map(|e| match e {
+                Elem::Alt {
+                    words,
+                    classes,
+                    optional: false,
+                    or_end: false,
+                } => Some((words.clone(), *classes)),
+                Elem::Phrases {
+                    options,
+                    optional: false,
+                    or_end: false,
+                } => Some(options.iter().fold((Vec::new(), 0), |(mut ws, cs), o| {
+                    if o[0].1 == 0 {
+                        ws.push(o[0].0);
+                    }
+                    (ws, cs | o[0].1)
+                })),
+                _ => None,
+            })
+            .collect();
+        Pattern {
+            kind,
+            name,
+            elems,
+            needs,
+        }
+    }
+}
+
+/// Which vocabulary words and classes occur in a message.
+struct Present {
+    words: Vec<u64>,
+    classes: u128,
+}
+
+impl Present {
+    fn new(toks: &[Tok], vocab_len: usize) -> Present {
+        let mut words = vec![0u64; vocab_len / 64 + 1];
+        let mut classes = 0;
+        for t in toks.iter().filter(|t| t.is_word() && t.id != UNKNOWN) {
+            if let Some(w) = words.get_mut(t.id as usize / 64) {
+                *w |= 1 << (t.id % 64);
+            }
+            classes |= t.classes;
+        }
+        Present { words, classes }
+    }
+
+    fn has(&self, id: u32) -> bool {
+        self.words
+            .get(id as usize / 64)
+            .is_some_and(|w| w & (1 << (id % 64)) != 0)
+    }
+
+    /// Whether every element `pat` must use has a word in the message.
+    fn allows(&self, pat: &Pattern) -> bool {
+        pat.needs
+            .iter()
+            .all(|(ws, cs)| cs & self.classes != 0 || ws.iter().any(|&w| self.has(w)))
+    }
 }
 
 /// What a vocabulary key stands for.
@@ -204,11 +300,11 @@ enum Lex {
 /// `&self` and allocates only the message's token list.
 #[derive(Debug, Clone)]
 pub struct CrisisDetector {
-    vocab: HashMap<String, Lex>,
+    vocab: WordMap<Lex>,
     /// Vocabulary keys with runs of a letter squeezed to one.
-    squeezed: HashMap<String, Lex>,
+    squeezed: WordMap<Lex>,
     /// Vocabulary keys of `TYPO_MIN_CHARS` or more, each with one letter deleted.
-    deletions: HashMap<String, Lex>,
+    deletions: WordMap<Lex>,
     /// Word id → classes it belongs to.
     classes_of: Vec<u128>,
     /// Classes the engine itself uses (zero if a file does not define them).
@@ -291,11 +387,7 @@ impl CrisisDetector {
         for l in &lines {
             if let Directive::Pattern(kind, name, text) = &l.directive {
                 let elems = b.compile(text).map_err(|e| format!("{}: {e}", l.origin))?;
-                patterns.push(Pattern {
-                    kind: *kind,
-                    name: name.clone(),
-                    elems,
-                });
+                patterns.push(Pattern::new(*kind, name.clone(), elems));
             }
         }
         Ok(b.finish(patterns))
@@ -328,22 +420,32 @@ impl CrisisDetector {
     fn hits(&self, text: &str) -> Vec<Hit> {
         let mut toks = self.tokens(text);
         self.mask_idioms(&mut toks);
+        let present = Present::new(&toks, self.classes_of.len());
+        // Per pattern: 0 = not checked yet, 1 = possible, 2 = impossible or already hit.
+        let mut state = vec![0u8; self.patterns.len()];
         let mut hits: Vec<Hit> = Vec::new();
         for at in 0..toks.len() {
             let Some(candidates) = self.main_index.get(toks[at].id as usize) else {
                 continue;
             };
             for &p in candidates {
-                if hits.iter().any(|h| h.pattern == p) {
-                    continue;
-                }
                 let pat = &self.patterns[p as usize];
+                match state[p as usize] {
+                    0 if present.allows(pat) => state[p as usize] = 1,
+                    0 => {
+                        state[p as usize] = 2;
+                        continue;
+                    }
+                    1 => {}
+                    _ => continue,
+                }
                 let Some(end) = match_at(&pat.elems, &toks, at) else {
                     continue;
                 };
                 if matches!(pat.kind, Kind::Rule { .. }) && self.negated_before(&toks, at) {
                     continue;
                 }
+                state[p as usize] = 2;
                 hits.push(Hit {
                     pattern: p,
                     start: at,
@@ -461,43 +563,55 @@ impl CrisisDetector {
         if let Some(l) = self.vocab.get(w) {
             return Some(l);
         }
-        if let Some(l) = self.squeezed.get(&squeeze(w)) {
+        let bytes = w.as_bytes();
+        if bytes.windows(2).any(|p| p[0] == p[1]) {
+            if let Some(l) = self.squeezed.get(&squeeze(w)) {
+                return Some(l);
+            }
+        } else if let Some(l) = self.squeezed.get(w) {
             return Some(l);
         }
-        if !w.chars().all(|c| c.is_alphabetic()) {
+        // Typos are looked for in plain ASCII words only (byte edits stay on char
+        // boundaries), and only where a vocabulary word of a fitting length exists.
+        if !bytes.iter().all(u8::is_ascii_lowercase) || bytes.len() < TYPO_SWAP_MIN_CHARS {
             return None;
         }
-        let chars: Vec<char> = w.chars().collect();
+        let mut buf = w.as_bytes().to_vec();
         // Two neighbouring letters swapped, after the first ("wnat" → "want").
-        if chars.len() >= TYPO_SWAP_MIN_CHARS {
-            let mut swapped = chars.clone();
-            for i in 1..chars.len() - 1 {
-                swapped.swap(i, i + 1);
-                let s: String = swapped.iter().collect();
-                if let Some(l) = self.vocab.get(&s) {
-                    return Some(l);
-                }
-                swapped.swap(i, i + 1);
+        for i in 1..bytes.len() - 1 {
+            if bytes[i] == bytes[i + 1] {
+                continue;
             }
+            buf.swap(i, i + 1);
+            // Only ASCII letters were swapped: still UTF-8.
+            if let Some(l) = std::str::from_utf8(&buf)
+                .ok()
+                .and_then(|k| self.vocab.get(k))
+            {
+                return Some(l);
+            }
+            buf.swap(i, i + 1);
         }
-        if chars.len() < TYPO_MIN_CHARS {
+        if bytes.len() < TYPO_MIN_CHARS {
             return None;
         }
         // One letter missing, one extra, or one changed (not the first).
         if let Some(l) = self.deletions.get(w) {
             return Some(l);
         }
-        let mut buf = String::with_capacity(w.len());
-        for (i, c) in w.char_indices().skip(1) {
+        for i in 1..bytes.len() {
             buf.clear();
-            buf.push_str(&w[..i]);
-            buf.push_str(&w[i + c.len_utf8()..]);
+            buf.extend_from_slice(&bytes[..i]);
+            buf.extend_from_slice(&bytes[i + 1..]);
+            let Ok(key) = std::str::from_utf8(&buf) else {
+                continue;
+            };
             // A final s or d is an inflection, not a typo: "jumps" is not "jump".
-            let inflection = i + c.len_utf8() == w.len() && matches!(c, 's' | 'd');
+            let inflection = i + 1 == bytes.len() && matches!(bytes[i], b's' | b'd');
             let hit = if inflection {
-                self.deletions.get(&buf)
+                self.deletions.get(key)
             } else {
-                self.vocab.get(&buf).or_else(|| self.deletions.get(&buf))
+                self.vocab.get(key).or_else(|| self.deletions.get(key))
             };
             if let Some(l) = hit {
                 return Some(l);
@@ -723,7 +837,7 @@ fn is_class_name(s: &str) -> bool {
 
 #[derive(Default)]
 struct Builder {
-    vocab: HashMap<String, Lex>,
+    vocab: WordMap<Lex>,
     words: Vec<String>,
     classes_of: Vec<u128>,
     class_bits: HashMap<String, u128>,
@@ -928,8 +1042,8 @@ impl Builder {
                 }
             }
         }
-        let mut squeezed = HashMap::new();
-        let mut deletions = HashMap::new();
+        let mut squeezed = WordMap::default();
+        let mut deletions = WordMap::default();
         // Sorted so that a collision resolves the same way on every start.
         let mut keys: Vec<(&String, &Lex)> = self.vocab.iter().collect();
         keys.sort_by(|a, b| a.0.cmp(b.0));
