@@ -825,6 +825,45 @@ mod tests {
     }
 
     #[test]
+    fn agent_crisis_file_extends_the_rules_and_a_bad_one_stops_the_start() {
+        let dir =
+            std::env::temp_dir().join(format!("worldbridge-crisis-file-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let good = dir.join("good.txt");
+        std::fs::write(
+            &good,
+            "rule suicide 2 lighthouse: the purple lighthouse hums\n",
+        )
+        .unwrap();
+        let mut cfg = Config::default();
+        cfg.store.memory = true;
+        cfg.agent.crisis_file = good.display().to_string();
+        let a = App::new(cfg.clone()).expect("app");
+        assert!(a.crisis.detect("the purple lighthouse hums").is_some());
+        assert!(
+            a.crisis.detect("i want to kill myself").is_some(),
+            "built-ins stay"
+        );
+
+        let bad = dir.join("bad.txt");
+        std::fs::write(&bad, "# fine\nrule suicide 2 x: NOPE die\n").unwrap();
+        cfg.agent.crisis_file = bad.display().to_string();
+        let err = App::new(cfg.clone())
+            .err()
+            .expect("a bad file stops the start");
+        assert!(err.starts_with("agent.crisis_file: "), "{err}");
+        assert!(
+            err.contains("bad.txt line 2") && err.contains("NOPE"),
+            "{err}"
+        );
+
+        cfg.agent.crisis_file = dir.join("missing.txt").display().to_string();
+        let err = App::new(cfg).err().expect("a missing file stops the start");
+        assert!(err.contains("cannot read agent.crisis_file"), "{err}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
     fn held_answers_go_out_when_durable_and_become_503_when_the_commit_fails() {
         let mut a = app();
         a.held.push_back(Held {

@@ -541,6 +541,27 @@ mod tests {
     }
 
     #[test]
+    fn crisis_eval_takes_files_and_an_extra_rule_file() {
+        assert_eq!(
+            p("crisis-eval"),
+            Ok(Command::CrisisEval {
+                files: vec![],
+                rules: None
+            })
+        );
+        assert_eq!(
+            p("crisis-eval a.tsv b.tsv --rules=extra.txt"),
+            Ok(Command::CrisisEval {
+                files: vec![PathBuf::from("a.tsv"), PathBuf::from("b.tsv")],
+                rules: Some(PathBuf::from("extra.txt"))
+            })
+        );
+        assert_contains(&err("crisis-eval --rules"), "--rules needs a value");
+        assert_contains(&err("crisis-eval --rules a --rules b"), "given twice");
+        assert_contains(&err("crisis-eval --out x"), "unknown flag '--out'");
+    }
+
+    #[test]
     fn unknown_flags_and_commands_are_named() {
         assert_eq!(
             err("--htp 127.0.0.1:1"),
