@@ -750,7 +750,7 @@ fn stats(app: &App) -> Response {
             "sessions": g.sessions_active,
             "rooms": g.rooms,
             "events_seq": g.events_seq,
-            "crisis_detections": m.crisis_detections,
+            "crisis_detections": m.crisis_total(),
             "websocket": {
                 "gateway_connections": app.gateway.connections(),
                 "gateway_agents": app.gateway.agents().len(),

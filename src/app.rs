@@ -6,7 +6,7 @@
 //! deliver to the connection that waits for them.
 
 use crate::agent::builtin;
-use crate::agent::crisis::{self, CrisisDetector};
+use crate::agent::crisis::{self, CrisisDetector, Outcome};
 use crate::agent::pool::AgentPool;
 use crate::agent::{AgentError, AgentReply, AgentRequest};
 use crate::calls::{Call, CallKind, Calls, ReplyTo};
@@ -25,6 +25,7 @@ use crate::world::session::SessionLimits;
 use crate::world::{World, WorldLimits};
 use crate::ws_api::WsOut;
 use serde_json::json;
+use std::collections::HashMap;
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
@@ -42,6 +43,8 @@ pub struct App {
     /// Room expiry's clock and the per-address room creation limit.
     pub room_sweep: crate::room_expiry::RoomSweep,
     pub crisis: CrisisDetector,
+    /// Crisis classifications asked of the model (`agent.crisis_model_check`), by job id.
+    crisis_checks: HashMap<u64, CrisisCheck>,
     pub calls: Calls,
     pub pool: Option<AgentPool>,
     pub started: Instant,
@@ -151,6 +154,7 @@ impl App {
             now_ms,
         );
         let fed = crate::fed_api::Peering::new(&cfg.world, &cfg.federation, now_ms)?;
+        let crisis = load_crisis_detector(&cfg.agent.crisis_file)?;
         let mut app = App {
             fed,
             gateway,
@@ -165,7 +169,8 @@ impl App {
             ),
             world,
             metrics: Metrics::default(),
-            crisis: CrisisDetector::builtin(),
+            crisis,
+            crisis_checks: HashMap::new(),
             calls: Calls::default(),
             pool: None,
             started: Instant::now(),
@@ -414,15 +419,30 @@ impl App {
         now_ms: u64,
         now: Instant,
     ) -> Answer {
-        let crisis = self.crisis.detect(&input.message).is_some();
-        if crisis {
-            self.metrics.crisis_detections += 1;
-            log::warn!(
-                "crisis signal detected user={} room={:?}: the protocol will lead the reply",
-                input.user_id.as_deref().unwrap_or("-"),
-                input.room
-            );
-        }
+        let (crisis, resources) = match self.crisis.assess(&input.message) {
+            Outcome::Crisis(signal) => {
+                self.metrics.count_crisis(signal.category.as_str());
+                log::warn!(
+                    "crisis signal detected user={} room={:?} category={} features={}: \
+                     the protocol will lead the reply",
+                    input.user_id.as_deref().unwrap_or("-"),
+                    input.room,
+                    signal.category.as_str(),
+                    signal.features.join(",")
+                );
+                (true, false)
+            }
+            Outcome::Resources(features) => {
+                self.metrics.crisis_resources += 1;
+                log::info!(
+                    "hotline question user={} features={}: the numbers will lead the reply",
+                    input.user_id.as_deref().unwrap_or("-"),
+                    features.join(",")
+                );
+                (false, true)
+            }
+            Outcome::Nothing => (false, false),
+        };
         if let Some(user) = &input.user_id {
             self.world.place(user, &input.username, &input.room, now_ms);
             self.touch_session(user, &input.username, &input.room, now_ms);
@@ -441,32 +461,145 @@ impl App {
             room: input.room,
             message: input.message,
             crisis,
+            resources,
             created: now,
             deadline: now + self.agent_timeout(),
         };
-        if let Some(user) = call.user_id.clone() {
-            if self.calls.is_busy(&user) {
-                if self.calls.waiting_for(&user) >= self.cfg.agent.per_user_queue {
-                    return Answer::Now(
-                        Response::error(
-                            429,
-                            "too_many_waiting",
-                            &format!(
-                                "{} messages are already waiting for the agent's answer to you; wait for them first",
-                                self.cfg.agent.per_user_queue
-                            ),
-                        )
-                        .with_header("Retry-After", "1"),
-                    );
-                }
-                self.calls.enqueue(call);
-                return Answer::Later;
+        if let Some(user) = call.user_id.as_deref() {
+            if self.calls.is_busy(user)
+                && self.calls.waiting_for(user) >= self.cfg.agent.per_user_queue
+            {
+                return Answer::Now(
+                    Response::error(
+                        429,
+                        "too_many_waiting",
+                        &format!(
+                            "{} messages are already waiting for the agent's answer to you; wait for them first",
+                            self.cfg.agent.per_user_queue
+                        ),
+                    )
+                    .with_header("Retry-After", "1"),
+                );
             }
         }
-        match self.submit(call, now) {
-            Some((_, resp)) => Answer::Now(resp),
-            None => Answer::Later,
+        let check = self.wants_crisis_check(&call).then(|| {
+            (
+                call.job_id,
+                call.user_id.clone(),
+                call.username.clone(),
+                call.message.clone(),
+            )
+        });
+        let answer = if call
+            .user_id
+            .as_deref()
+            .is_some_and(|u| self.calls.is_busy(u))
+        {
+            self.calls.enqueue(call);
+            Answer::Later
+        } else {
+            match self.submit(call, now) {
+                Some((_, resp)) => Answer::Now(resp),
+                None => Answer::Later,
+            }
+        };
+        // After the reply was submitted, so the classification never delays it.
+        if let Some((call_job, user_id, username, message)) = check {
+            self.start_crisis_check(call_job, user_id, username, message, now);
         }
+        answer
+    }
+
+    /// Whether to ask the model to classify this call's message: the option is on, the
+    /// backend is a model, it is a chat, and the local detector did not fire already.
+    fn wants_crisis_check(&self, call: &Call) -> bool {
+        self.cfg.agent.crisis_model_check
+            && self.cfg.agent.backend != "builtin"
+            && self.pool.is_some()
+            && call.kind == CallKind::Chat
+            && !call.crisis
+    }
+
+    /// Submit the classification request; a full queue skips it (the reply matters more).
+    fn start_crisis_check(
+        &mut self,
+        call_job: u64,
+        user_id: Option<String>,
+        username: String,
+        message: String,
+        now: Instant,
+    ) {
+        let Some(pool) = &self.pool else { return };
+        let limit = Duration::from_millis(self.cfg.agent.crisis_model_check_ms);
+        let job_id = self.calls.next_job_id();
+        let req = AgentRequest {
+            job_id,
+            user_id: user_id.clone().unwrap_or_default(),
+            username,
+            history: Vec::new(),
+            message,
+            context: Default::default(),
+            crisis: false,
+            timeout: limit,
+            purpose: crate::agent::Purpose::CrisisCheck,
+        };
+        if pool.try_submit(req).is_err() {
+            log::debug!("crisis model check skipped for job {call_job}: the agent queue is full");
+            return;
+        }
+        self.crisis_checks.insert(
+            job_id,
+            CrisisCheck {
+                call_job,
+                user_id,
+                deadline: now + limit,
+            },
+        );
+    }
+
+    /// The model answered a crisis classification: a yes marks the call (if its reply is
+    /// not sent yet, it carries the protocol) and flags the session; a no changes nothing.
+    fn on_crisis_check(&mut self, check: CrisisCheck, result: Result<String, AgentError>) {
+        let user = check.user_id.as_deref().unwrap_or("-");
+        let verdict = match &result {
+            Ok(text) => crisis::parse_classification(text),
+            Err(e) => {
+                log::debug!("crisis model check failed user={user}: {e}");
+                return;
+            }
+        };
+        match verdict {
+            Some(true) => {}
+            Some(false) => return,
+            None => {
+                log::debug!("crisis model check user={user}: the answer was neither yes nor no");
+                return;
+            }
+        }
+        self.metrics.count_crisis("model_check");
+        let pending = match self.calls.get_mut(check.call_job) {
+            Some(call) => {
+                call.crisis = true;
+                true
+            }
+            None => false,
+        };
+        if let Some(s) = check
+            .user_id
+            .as_deref()
+            .and_then(|u| self.world.sessions.get_mut(u))
+        {
+            s.crisis = true;
+        }
+        log::warn!(
+            "crisis signal detected user={user} category=model_check features=model_check: \
+             {}",
+            if pending {
+                "the protocol will lead the reply"
+            } else {
+                "the reply was already sent; later replies keep the 988 line"
+            }
+        );
     }
 
     /// Hand a call to the pool. If it cannot take it, the answer is returned at once.
@@ -507,6 +640,7 @@ impl App {
             context,
             crisis: call.crisis,
             timeout: self.agent_timeout(),
+            purpose: crate::agent::Purpose::Reply,
         };
         call.deadline = now + self.agent_timeout();
         if self.cfg.agent.backend == "builtin" {
@@ -526,8 +660,8 @@ impl App {
             return None;
         }
         self.metrics.count_agent("rejected");
-        let resp = if call.crisis {
-            self.finish_call(&call, crisis::crisis_reply(None))
+        let resp = if let Some(text) = self.shape_reply(&call, None) {
+            self.finish_call(&call, text)
         } else {
             Response::error(
                 503,
@@ -578,6 +712,7 @@ impl App {
             .is_some_and(|s| s.crisis);
         match (call.crisis, agent_text) {
             (true, text) => Some(crisis::crisis_reply(text.as_deref())),
+            (false, text) if call.resources => Some(crisis::resources_reply(text.as_deref())),
             (false, Some(t)) if flagged => Some(crisis::keep_lifeline(&t)),
             (false, t) => t,
         }
@@ -585,6 +720,10 @@ impl App {
 
     /// A worker answered.
     pub fn on_reply(&mut self, reply: AgentReply, now: Instant) {
+        if let Some(check) = self.crisis_checks.remove(&reply.job_id) {
+            self.on_crisis_check(check, reply.result);
+            return;
+        }
         let Some(call) = self.calls.finish(reply.job_id) else {
             log::debug!(
                 "agent reply for job {} came after its deadline; dropped",
@@ -648,6 +787,16 @@ impl App {
 
     /// Time passes: late calls get 504 (or the crisis text), idle sessions expire.
     pub fn tick(&mut self, now: Instant, now_ms: u64) {
+        self.crisis_checks.retain(|job, c| {
+            let live = c.deadline > now;
+            if !live {
+                log::debug!(
+                    "crisis model check job={job} for call {} ran past agent.crisis_model_check_ms; its answer will be ignored",
+                    c.call_job
+                );
+            }
+            live
+        });
         for call in self.calls.expire(now) {
             self.metrics.count_agent("timeout");
             log::warn!(
@@ -675,6 +824,30 @@ impl App {
     }
 }
 
+/// A crisis classification in flight.
+#[derive(Debug, Clone)]
+struct CrisisCheck {
+    /// The job of the chat call it is about.
+    call_job: u64,
+    user_id: Option<String>,
+    /// Past this, its answer is ignored.
+    deadline: Instant,
+}
+
+/// The built-in crisis rules, extended by `agent.crisis_file` when it names a file.
+fn load_crisis_detector(file: &str) -> Result<CrisisDetector, String> {
+    if file.is_empty() {
+        return Ok(CrisisDetector::builtin());
+    }
+    let path = crate::config::expand_home(file);
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| format!("cannot read agent.crisis_file {file:?}: {e}"))?;
+    let detector =
+        CrisisDetector::with_extra(file, &text).map_err(|e| format!("agent.crisis_file: {e}"))?;
+    log::info!("crisis rules: the built-in rules extended by {file}");
+    Ok(detector)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -687,6 +860,45 @@ mod tests {
 
     fn conn(i: u32) -> ConnId {
         ConnId { idx: i, gen: 0 }
+    }
+
+    #[test]
+    fn agent_crisis_file_extends_the_rules_and_a_bad_one_stops_the_start() {
+        let dir =
+            std::env::temp_dir().join(format!("worldbridge-crisis-file-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let good = dir.join("good.txt");
+        std::fs::write(
+            &good,
+            "rule suicide 2 lighthouse: the purple lighthouse hums\n",
+        )
+        .unwrap();
+        let mut cfg = Config::default();
+        cfg.store.memory = true;
+        cfg.agent.crisis_file = good.display().to_string();
+        let a = App::new(cfg.clone()).expect("app");
+        assert!(a.crisis.detect("the purple lighthouse hums").is_some());
+        assert!(
+            a.crisis.detect("i want to kill myself").is_some(),
+            "built-ins stay"
+        );
+
+        let bad = dir.join("bad.txt");
+        std::fs::write(&bad, "# fine\nrule suicide 2 x: NOPE die\n").unwrap();
+        cfg.agent.crisis_file = bad.display().to_string();
+        let err = App::new(cfg.clone())
+            .err()
+            .expect("a bad file stops the start");
+        assert!(err.starts_with("agent.crisis_file: "), "{err}");
+        assert!(
+            err.contains("bad.txt line 2") && err.contains("NOPE"),
+            "{err}"
+        );
+
+        cfg.agent.crisis_file = dir.join("missing.txt").display().to_string();
+        let err = App::new(cfg).err().expect("a missing file stops the start");
+        assert!(err.contains("cannot read agent.crisis_file"), "{err}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -48,6 +48,8 @@ pub struct Call {
     pub message: String,
     /// The crisis detector fired on `message`.
     pub crisis: bool,
+    /// `message` asks about the hotlines themselves: the reply leads with the numbers.
+    pub resources: bool,
     pub created: Instant,
     /// Waiting: until when it may wait for its turn. In flight: for the agent's answer.
     pub deadline: Instant,
@@ -110,6 +112,17 @@ impl Calls {
         Some(call)
     }
 
+    /// A call in flight or waiting, by job id (to mark it crisis before it is answered).
+    pub fn get_mut(&mut self, job_id: u64) -> Option<&mut Call> {
+        if let Some(c) = self.in_flight.get_mut(&job_id) {
+            return Some(c);
+        }
+        self.waiting
+            .values_mut()
+            .flat_map(|q| q.iter_mut())
+            .find(|c| c.job_id == job_id)
+    }
+
     /// The user's next waiting call, if the user is free.
     pub fn next_for(&mut self, user_id: &str) -> Option<Call> {
         if self.is_busy(user_id) {
@@ -168,6 +181,7 @@ mod tests {
             room: "R".into(),
             message: "m".into(),
             crisis: false,
+            resources: false,
             created: deadline,
             deadline,
         }

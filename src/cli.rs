@@ -29,6 +29,13 @@ pub enum Command {
         data_dir: Option<String>,
         force: bool,
     },
+    /// Run the crisis detector over labelled eval files and print the figures.
+    CrisisEval {
+        /// TSV eval files; empty means `fixtures/crisis/eval/*.tsv` under the current dir.
+        files: Vec<PathBuf>,
+        /// `--rules FILE`: an extra rule file, as `agent.crisis_file` would add.
+        rules: Option<PathBuf>,
+    },
     /// Print [`USAGE`].
     Help,
     /// Print the version.
@@ -44,12 +51,18 @@ USAGE:
                         [--data-dir DIR | --memory] [--agent builtin|openai|command]
     worldbridge export [--config FILE] [--data-dir DIR] [--out FILE]
     worldbridge import FILE [--config FILE] [--data-dir DIR] [--force]
+    worldbridge crisis-eval [FILE]... [--rules FILE]
     worldbridge --help | --version
 
 COMMANDS:
     serve            Run the bridge (the default when no command is given).
     export           Write this world's state as JSON to --out FILE, or to stdout.
     import FILE      Load world state from FILE, a JSON export.
+    crisis-eval      Run the crisis detector over labelled TSV files (default:
+                     fixtures/crisis/eval/*.tsv under the current directory) and print
+                     recall, false positives, per-kind figures, every miss and false alarm,
+                     and the cost per message. --rules FILE adds a rule file (the format
+                     of agent.crisis_file).
 
 FLAGS (each takes `--flag VALUE` or `--flag=VALUE`):
     --config FILE    Read settings from this TOML file (default: $WORLDBRIDGE_CONFIG, else none).
@@ -91,9 +104,10 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
         Some("serve") => parse_serve(&args[1..]),
         Some("export") => parse_export(&args[1..]),
         Some("import") => parse_import(&args[1..]),
+        Some("crisis-eval") => parse_crisis_eval(&args[1..]),
         Some(first) if first.starts_with('-') => parse_serve(args),
         Some(other) => Err(format!(
-            "unknown command '{other}': expected serve, export or import"
+            "unknown command '{other}': expected serve, export, import or crisis-eval (see --help)"
         )),
     }
 }
@@ -326,6 +340,25 @@ fn parse_import(words: &[String]) -> Result<Command, String> {
     })
 }
 
+fn parse_crisis_eval(words: &[String]) -> Result<Command, String> {
+    let (mut files, mut rules) = (Vec::new(), None);
+    let mut words = Words::new(words);
+    while let Some(arg) = words.next_arg() {
+        match arg {
+            Arg::Positional(p) => files.push(PathBuf::from(p)),
+            Arg::Flag {
+                name: "--rules",
+                inline,
+            } => {
+                let v = words.value("--rules", inline, "a crisis rule file")?;
+                set_once(&mut rules, "--rules", PathBuf::from(v))?;
+            }
+            Arg::Flag { name, .. } => return common_flag(name, "crisis-eval"),
+        }
+    }
+    Ok(Command::CrisisEval { files, rules })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -489,6 +522,27 @@ mod tests {
         for s in ["--version", "-V", "serve -V", "export --version"] {
             assert_eq!(p(s), Ok(Command::Version), "{s}");
         }
+    }
+
+    #[test]
+    fn crisis_eval_takes_files_and_an_extra_rule_file() {
+        assert_eq!(
+            p("crisis-eval"),
+            Ok(Command::CrisisEval {
+                files: vec![],
+                rules: None
+            })
+        );
+        assert_eq!(
+            p("crisis-eval a.tsv b.tsv --rules=extra.txt"),
+            Ok(Command::CrisisEval {
+                files: vec![PathBuf::from("a.tsv"), PathBuf::from("b.tsv")],
+                rules: Some(PathBuf::from("extra.txt"))
+            })
+        );
+        assert_contains(&err("crisis-eval --rules"), "--rules needs a value");
+        assert_contains(&err("crisis-eval --rules a --rules b"), "given twice");
+        assert_contains(&err("crisis-eval --out x"), "unknown flag '--out'");
     }
 
     #[test]

@@ -200,6 +200,14 @@ pub struct AgentConfig {
     pub context_events: usize,
     /// How many chats one user may have waiting behind the one in flight.
     pub per_user_queue: usize,
+    /// An extra crisis rule file (the format of `fixtures/crisis/lexicon.txt`) that extends
+    /// the built-in rules; "" = none. Read at start; a bad line stops the start.
+    pub crisis_file: String,
+    /// With a model backend (openai, command), also ask the model whether each message
+    /// signals a crisis, in parallel with the reply. It can only add a detection.
+    pub crisis_model_check: bool,
+    /// How long the crisis classification may take, in milliseconds.
+    pub crisis_model_check_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -449,6 +457,9 @@ impl Default for AgentConfig {
             mood: "calm".into(),
             context_events: 10,
             per_user_queue: 8,
+            crisis_file: String::new(),
+            crisis_model_check: false,
+            crisis_model_check_ms: 1500,
         }
     }
 }
@@ -635,7 +646,7 @@ impl Config {
         check_backend(&self.agent.backend)
             .map_err(|why| format!("config: `agent.backend`: {why}"))?;
 
-        let at_least: [(&str, u64, u64); 32] = [
+        let at_least: [(&str, u64, u64); 33] = [
             (
                 "federation.sync_interval_s",
                 self.federation.sync_interval_s,
@@ -665,6 +676,11 @@ impl Config {
             ("agent.workers", self.agent.workers as u64, 1),
             ("agent.queue", self.agent.queue as u64, 1),
             ("agent.timeout_s", self.agent.timeout_s, 1),
+            (
+                "agent.crisis_model_check_ms",
+                self.agent.crisis_model_check_ms,
+                1,
+            ),
             ("sessions.max", self.sessions.max as u64, 1),
             ("http.max_connections", self.http.max_connections as u64, 1),
             ("line.max_connections", self.line.max_connections as u64, 1),
@@ -1105,6 +1121,9 @@ api_key_env = "OPENAI_API_KEY"           # the key is read from this variable, n
 command = []                             # command: argv of the subprocess
 persona_file = ""
 mood = "calm"                            # a Workshop bark's mood when the state file has none
+crisis_file = ""                         # extra crisis rules, format of fixtures/crisis/lexicon.txt
+crisis_model_check = false               # openai/command: the model may add a crisis detection
+crisis_model_check_ms = 1500
 [gateway]
 token = ""
 agent_id = "timmy"
@@ -1236,6 +1255,9 @@ token = ""                               # the pair's shared secret, used both w
         assert!(c.agent.command.is_empty());
         assert_eq!(c.agent.persona_file, "");
         assert_eq!(c.agent.mood, "calm");
+        assert_eq!(c.agent.crisis_file, "");
+        assert!(!c.agent.crisis_model_check);
+        assert_eq!(c.agent.crisis_model_check_ms, 1500);
 
         assert_eq!(c.gateway.token, "");
         assert_eq!(c.gateway.agent_id, "timmy");
@@ -1686,7 +1708,7 @@ token = ""                               # the pair's shared secret, used both w
     #[test]
     fn validate_names_each_bad_value() {
         type Breaker = fn(&mut Config);
-        let cases: [(Breaker, &str); 18] = [
+        let cases: [(Breaker, &str); 19] = [
             (|c| c.world = String::new(), "`world`"),
             (
                 |c| c.federation.event_kinds = vec![" ".into()],
@@ -1700,6 +1722,10 @@ token = ""                               # the pair's shared secret, used both w
                 "`agent.workers` must be at least 1",
             ),
             (|c| c.agent.queue = 0, "`agent.queue` must be at least 1"),
+            (
+                |c| c.agent.crisis_model_check_ms = 0,
+                "`agent.crisis_model_check_ms` must be at least 1",
+            ),
             (
                 |c| c.agent.timeout_s = 0,
                 "`agent.timeout_s` must be at least 1",

@@ -42,6 +42,7 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::CrisisEval { files, rules } => report(crisis_eval(files, rules)),
         Command::Export {
             config,
             data_dir,
@@ -78,6 +79,31 @@ fn main() -> ExitCode {
             Ok(())
         })),
     }
+}
+
+/// `worldbridge crisis-eval`: the report goes to stdout; only unreadable or malformed
+/// files (or rules) are errors.
+fn crisis_eval(files: Vec<PathBuf>, rules: Option<PathBuf>) -> Result<(), String> {
+    use worldbridge::agent::crisis::CrisisDetector;
+    use worldbridge::agent::crisis_eval;
+    let detector = match rules {
+        Some(path) => {
+            let text = std::fs::read_to_string(&path)
+                .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+            CrisisDetector::with_extra(&path.display().to_string(), &text)?
+        }
+        None => CrisisDetector::builtin(),
+    };
+    let files = if files.is_empty() {
+        crisis_eval::default_files()?
+    } else {
+        files
+    };
+    let cases = crisis_eval::load(&files)?;
+    let names: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
+    println!("files: {}", names.join(", "));
+    print!("{}", crisis_eval::evaluate(&detector, &cases, 20).render());
+    Ok(())
 }
 
 /// The config `export`/`import` read: the same file, environment and `--data-dir`

@@ -3,6 +3,15 @@
 
 use serde::Serialize;
 use std::collections::BTreeMap;
+
+/// The `category` label values of `worldbridge_crisis_detections_total`, always rendered.
+pub const CRISIS_CATEGORIES: [&str; 5] = [
+    "suicide",
+    "self_harm",
+    "hopelessness",
+    "desperation",
+    "model_check",
+];
 use std::fmt::Write;
 use std::time::Duration;
 
@@ -69,7 +78,11 @@ pub struct Metrics {
     pub agent_calls: BTreeMap<&'static str, u64>,
     pub agent_latency: Histogram,
     pub request_latency: Histogram,
-    pub crisis_detections: u64,
+    /// Crisis detections by category (`suicide`, `self_harm`, `hopelessness`,
+    /// `desperation`, or `model_check` when only the model's classification found it).
+    pub crisis_detections: BTreeMap<&'static str, u64>,
+    /// Questions about the hotlines answered with the numbers.
+    pub crisis_resources: u64,
     /// WebSocket upgrades refused for their `Origin` (`websocket.allowed_origins`).
     pub ws_origin_refused: u64,
     pub rate_limited: u64,
@@ -116,6 +129,15 @@ impl Metrics {
 
     pub fn count_agent(&mut self, outcome: &'static str) {
         *self.agent_calls.entry(outcome).or_insert(0) += 1;
+    }
+
+    pub fn count_crisis(&mut self, category: &'static str) {
+        *self.crisis_detections.entry(category).or_insert(0) += 1;
+    }
+
+    /// All crisis detections, whatever the category.
+    pub fn crisis_total(&self) -> u64 {
+        self.crisis_detections.values().sum()
     }
 
     pub fn count_game(&mut self, what: &'static str) {
@@ -187,9 +209,9 @@ impl Metrics {
                 self.connections_closed,
             ),
             (
-                "worldbridge_crisis_detections_total",
-                "Messages in which the crisis detector fired.",
-                self.crisis_detections,
+                "worldbridge_crisis_resources_total",
+                "Questions about the hotlines answered with the numbers (no protocol).",
+                self.crisis_resources,
             ),
             (
                 "worldbridge_ws_origin_refused_total",
@@ -239,6 +261,14 @@ impl Metrics {
                 "worldbridge_agent_calls_total{{outcome=\"{outcome}\"}} {n}"
             );
         }
+        o.push_str("# HELP worldbridge_crisis_detections_total Messages in which a crisis was detected, by category.\n# TYPE worldbridge_crisis_detections_total counter\n");
+        for category in CRISIS_CATEGORIES {
+            let n = self.crisis_detections.get(category).copied().unwrap_or(0);
+            let _ = writeln!(
+                o,
+                "worldbridge_crisis_detections_total{{category=\"{category}\"}} {n}"
+            );
+        }
         o.push_str("# HELP worldbridge_game_requests_total Requests sent to game links.\n# TYPE worldbridge_game_requests_total counter\n");
         for (what, n) in &self.game_requests {
             let _ = writeln!(
@@ -268,7 +298,8 @@ mod tests {
         m.count_request("/bridge/move", 409);
         m.count_agent("ok");
         m.agent_latency.observe(Duration::from_millis(3));
-        m.crisis_detections = 2;
+        m.count_crisis("suicide");
+        m.count_crisis("suicide");
         let text = m.render(&Gauges {
             connections_open: 7,
             ..Gauges::default()
@@ -280,7 +311,8 @@ mod tests {
             .contains("worldbridge_http_requests_total{route=\"/bridge/move\",status=\"409\"} 1"));
         assert!(text.contains("worldbridge_agent_calls_total{outcome=\"ok\"} 1"));
         assert!(text.contains("worldbridge_connections_open 7"));
-        assert!(text.contains("worldbridge_crisis_detections_total 2"));
+        assert!(text.contains("worldbridge_crisis_detections_total{category=\"suicide\"} 2"));
+        assert!(text.contains("worldbridge_crisis_detections_total{category=\"self_harm\"} 0"));
         assert!(text.contains("worldbridge_agent_latency_seconds_bucket{le=\"0.0025\"} 0"));
         assert!(text.contains("worldbridge_agent_latency_seconds_bucket{le=\"0.005\"} 1"));
         assert!(text.contains("worldbridge_agent_latency_seconds_count 1"));

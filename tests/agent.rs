@@ -342,7 +342,10 @@ fn crisis_gets_the_full_protocol_even_when_the_agent_is_down() {
     let s = get(b.http, "/bridge/sessions");
     assert_eq!(s["sessions"][0]["crisis"], true);
     let m = call(b.http, "GET", "/metrics", None).text();
-    assert!(m.contains("worldbridge_crisis_detections_total 1"), "{m}");
+    assert!(
+        m.contains("worldbridge_crisis_detections_total{category=\"suicide\"} 1"),
+        "{m}"
+    );
 }
 
 #[test]
@@ -452,4 +455,142 @@ fn a_graceful_stop_finishes_the_chat_in_flight() {
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json()["response"], "made it");
     assert_eq!(r.header("connection"), Some("close"));
+}
+
+// ---- agent.crisis_model_check: the model's classification can only add a detection ----
+
+/// Whether a mock request is the crisis classification rather than a reply.
+fn is_check(body: &Value) -> bool {
+    body["messages"][0]["content"]
+        .as_str()
+        .is_some_and(|s| s.contains("safety classifier"))
+}
+
+fn check_config(agent: SocketAddr, check_ms: u64) -> worldbridge::config::Config {
+    let mut cfg = openai_config(agent, 5);
+    cfg.agent.workers = 4;
+    cfg.agent.crisis_model_check = true;
+    cfg.agent.crisis_model_check_ms = check_ms;
+    cfg
+}
+
+/// A message the local detector does not flag (checked here, so the test stays honest).
+const QUIET: &str = "the grey is all there is now and it is closing in";
+
+#[test]
+fn a_classifier_that_says_yes_adds_the_protocol_the_detector_missed() {
+    assert!(worldbridge::agent::crisis::CrisisDetector::builtin()
+        .detect(QUIET)
+        .is_none());
+    let agent = mock_agent(|body| {
+        if is_check(body) {
+            Mock::Reply(Duration::ZERO, "Yes.".into())
+        } else {
+            Mock::Reply(Duration::from_millis(400), "I'm listening.".into())
+        }
+    });
+    let b = start_with(check_config(agent.addr, 1500));
+    let r = chat(b.http, "m1", QUIET, "The Tower");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let j = r.json();
+    let text = j["response"].as_str().unwrap();
+    assert_protocol_order(text);
+    assert!(text.ends_with("I'm listening."), "{text}");
+    assert_eq!(j["crisis"], true);
+    let m = call(b.http, "GET", "/metrics", None).text();
+    assert!(
+        m.contains("worldbridge_crisis_detections_total{category=\"model_check\"} 1"),
+        "{m}"
+    );
+    let seen = agent.seen.lock().unwrap();
+    let check = seen
+        .iter()
+        .find(|s| is_check(&s.body))
+        .expect("a classification");
+    assert_eq!(check.body["messages"][1]["content"], QUIET);
+    assert_eq!(check.body["messages"].as_array().unwrap().len(), 2);
+}
+
+#[test]
+fn a_classifier_that_says_no_never_removes_a_local_detection() {
+    let agent = mock_agent(|body| {
+        if is_check(body) {
+            Mock::Reply(Duration::ZERO, "no".into())
+        } else {
+            Mock::Reply(Duration::from_millis(200), "I'm here.".into())
+        }
+    });
+    let b = start_with(check_config(agent.addr, 1500));
+    let r = chat(b.http, "m2", "i want to kill myself", "The Tower");
+    let j = r.json();
+    assert_protocol_order(j["response"].as_str().unwrap());
+    assert_eq!(j["crisis"], true);
+    // And a "no" about a quiet message changes nothing.
+    let r = chat(b.http, "m3", "hello there", "The Tower");
+    let j = r.json();
+    assert_eq!(j["crisis"], false);
+    assert!(!j["response"].as_str().unwrap().contains("988"));
+    std::thread::sleep(Duration::from_millis(100));
+    let s = get(b.http, "/bridge/sessions");
+    let m3 = s["sessions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["user_id"] == "m3")
+        .cloned()
+        .unwrap();
+    assert_eq!(m3["crisis"], false);
+}
+
+#[test]
+fn a_slow_classifier_does_not_delay_the_reply_and_a_late_yes_flags_the_session() {
+    let agent = mock_agent(|body| {
+        if is_check(body) {
+            Mock::Reply(Duration::from_millis(800), "yes".into())
+        } else {
+            Mock::Reply(Duration::ZERO, "The garden is quiet.".into())
+        }
+    });
+    let b = start_with(check_config(agent.addr, 3000));
+    let started = Instant::now();
+    let r = chat(b.http, "m4", QUIET, "The Tower");
+    let took = started.elapsed();
+    let j = r.json();
+    assert!(
+        took < Duration::from_millis(700),
+        "the reply waited {took:?}"
+    );
+    assert_eq!(j["response"], "The garden is quiet.");
+    assert_eq!(j["crisis"], false);
+    // The yes arrives after the reply: the session is flagged and later replies keep 988.
+    eventually(Duration::from_secs(5), "the session is flagged", || {
+        get(b.http, "/bridge/sessions")["sessions"][0]["crisis"] == true
+    });
+    let later = chat(b.http, "m4", "what now", "The Tower");
+    let later = later.json()["response"].as_str().unwrap().to_string();
+    assert!(later.contains("988"), "{later}");
+    let m = call(b.http, "GET", "/metrics", None).text();
+    assert!(
+        m.contains("worldbridge_crisis_detections_total{category=\"model_check\"} 1"),
+        "{m}"
+    );
+
+    // A classifier slower than agent.crisis_model_check_ms is ignored.
+    let slow = mock_agent(|body| {
+        if is_check(body) {
+            Mock::Reply(Duration::from_millis(1500), "yes".into())
+        } else {
+            Mock::Reply(Duration::ZERO, "Hello.".into())
+        }
+    });
+    let b = start_with(check_config(slow.addr, 300));
+    let started = Instant::now();
+    let r = chat(b.http, "m5", QUIET, "The Tower");
+    assert!(started.elapsed() < Duration::from_millis(700));
+    assert_eq!(r.json()["crisis"], false);
+    std::thread::sleep(Duration::from_millis(1800));
+    assert_eq!(
+        get(b.http, "/bridge/sessions")["sessions"][0]["crisis"],
+        false
+    );
 }

@@ -295,7 +295,7 @@ fn stats_and_metrics_count_what_happened() {
     assert!(t.contains("worldbridge_agent_latency_seconds_count 1"));
     assert!(t.contains("worldbridge_connections_open"));
     assert!(t.contains("worldbridge_agent_queue_depth"));
-    assert!(t.contains("worldbridge_crisis_detections_total 0"));
+    assert!(t.contains("worldbridge_crisis_detections_total{category=\"suicide\"} 0"));
 }
 
 #[test]

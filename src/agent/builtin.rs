@@ -393,6 +393,7 @@ mod tests {
             },
             crisis: false,
             timeout: Duration::from_secs(1),
+            purpose: crate::agent::Purpose::Reply,
         }
     }
 

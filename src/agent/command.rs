@@ -3,12 +3,15 @@
 //!
 //! Protocol, one request at a time:
 //! - in (one line on the child's stdin):
-//!   `{"user_id": "...", "username": "...", "message": "...", "crisis": false,
+//!   `{"purpose": "reply", "user_id": "...", "username": "...", "message": "...", "crisis": false,
 //!     "messages": [{"role": "system"|"user"|"assistant", "content": "..."}...],
 //!     "context": {"world", "agent_name", "room", "room_desc", "exits": [...],
 //!                 "present": [...], "recent_events": [...]}}`
 //!   where `messages` is the full chat (system prompt with persona, world context and
-//!   crisis protocol, then the history, then the new user message);
+//!   crisis protocol, then the history, then the new user message). With
+//!   `agent.crisis_model_check`, some requests have `"purpose": "crisis_check"`: their
+//!   `messages` are a classifier prompt and the user's message, and the answer's `text`
+//!   should start with yes or no;
 //! - out (one line on the child's stdout): `{"text": "..."}` or `{"error": "..."}`.
 //!   Blank lines are ignored; a line is at most 1 MiB. stderr is inherited (the child's
 //!   logs go to ours).
@@ -61,6 +64,7 @@ enum Event {
 
 #[derive(Serialize)]
 struct WireRequest<'a> {
+    purpose: super::Purpose,
     user_id: &'a str,
     username: &'a str,
     message: &'a str,
@@ -167,6 +171,7 @@ impl Backend for CommandBackend {
             self.child = Some(self.spawn()?);
         }
         let wire = WireRequest {
+            purpose: req.purpose,
             user_id: &req.user_id,
             username: &req.username,
             message: &req.message,
@@ -376,6 +381,7 @@ mod tests {
             },
             crisis: false,
             timeout,
+            purpose: crate::agent::Purpose::Reply,
         }
     }
 

@@ -1,27 +1,78 @@
 //! The crisis protocol: a detector for suicide, self-harm, hopelessness and desperation
-//! signals in what a user says, and the fixed text that answers them.
+//! signals in what a user says, and the fixed texts that answer them.
 //!
-//! None of this depends on the model. The loop runs [`CrisisDetector::detect`] on every
-//! user message; when it fires, the reply starts with [`CRISIS_TEXT`] whatever the agent
-//! does ([`crisis_reply`]), and later replies in that session keep the 988 line
-//! ([`keep_lifeline`]).
+//! None of this depends on the model. The loop runs [`CrisisDetector::assess`] on every
+//! user message. When it finds a crisis, the reply starts with [`CRISIS_TEXT`] whatever the
+//! agent does ([`crisis_reply`]) and later replies in that session keep the 988 line
+//! ([`keep_lifeline`]). When the message only asks about the hotlines themselves ("is 988
+//! open at night?"), the reply starts with [`RESOURCES_TEXT`] instead ([`resources_reply`]).
 //!
-//! Detection is phrase matching over normalised words, not a classifier. The phrase lists
-//! live in `fixtures/crisis/` (their format is documented at the top of each file) and are
-//! compiled into the binary. Text and phrases go through the same normalisation, so one list
-//! entry covers "don't"/"dont"/"do not" and curly or straight apostrophes. Idioms ("this
-//! traffic is killing me") are masked out before signals are matched. Words are interned to
-//! ids once; a message costs one pass to normalise plus, per word, a look at the few phrases
-//! that start with that word.
+//! Detection is a small scored rule engine over normalised tokens, not a phrase list and
+//! not a learned model, so it stays offline, deterministic and explainable:
+//! 1. the text is split into words (lowercase, apostrophes straightened, contractions
+//!    expanded with or without the apostrophe, punctuation as clause breaks);
+//! 2. each word is looked up in the vocabulary of the rule files: exactly, then with
+//!    repeated letters squeezed ("diieee" → "die"), then within one edit for words of five
+//!    letters or more that keep their first letter ("suicde" → "suicide"); slang words
+//!    expand to their meaning ("kms" → "kill myself");
+//! 3. idioms ("this traffic is killing me") mask the words they cover;
+//! 4. patterns over words and word classes (`SELF ~2 WANT to DIE`) fire rules with a
+//!    category and a weight; a negation just before a match or inside a gap blocks it;
+//! 5. adjustments add or subtract (fiction, game, technical or topic context subtracts; a
+//!    plan or a time marker adds) and the message is a crisis when the best rule plus the
+//!    adjustments reaches 1.0.
+//!
+//! The rules live in `fixtures/crisis/*.txt` (format at the top of `lexicon.txt`), are
+//! compiled into the binary, and `agent.crisis_file` can extend them at start-up. A message
+//! costs one pass to normalise plus, per word, a look at the few patterns that can start at
+//! that word.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 
-/// The shipped lists; see the header of each file for the format.
-const BUILTIN_SIGNALS: &str = include_str!("../../fixtures/crisis/signals.txt");
-const BUILTIN_IDIOMS: &str = include_str!("../../fixtures/crisis/idioms.txt");
+/// FNV-1a: short words hash several times faster than with the default SipHash, and the
+/// keys are our own rule words, so flooding resistance buys nothing here.
+#[derive(Default)]
+struct Fnv(u64);
+
+impl Hasher for Fnv {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        let mut h = if self.0 == 0 {
+            0xcbf2_9ce4_8422_2325
+        } else {
+            self.0
+        };
+        for b in bytes {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        self.0 = h;
+    }
+}
+
+type WordMap<V> = HashMap<String, V, BuildHasherDefault<Fnv>>;
+
+/// The shipped rule files, in load order; the format is documented in `lexicon.txt`.
+pub const BUILTIN_FILES: &[(&str, &str)] = &[
+    (
+        "fixtures/crisis/lexicon.txt",
+        include_str!("../../fixtures/crisis/lexicon.txt"),
+    ),
+    (
+        "fixtures/crisis/rules.txt",
+        include_str!("../../fixtures/crisis/rules.txt"),
+    ),
+];
+
+/// A message is a crisis when its best rule plus its adjustments reach this score.
+pub const THRESHOLD: f32 = 1.0;
 
 /// What kind of crisis a message signals.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Category {
     Suicide,
     SelfHarm,
@@ -30,7 +81,15 @@ pub enum Category {
 }
 
 impl Category {
-    /// The name used in the fixture files and in logs.
+    /// Every category, most urgent first.
+    pub const ALL: [Category; 4] = [
+        Category::Suicide,
+        Category::SelfHarm,
+        Category::Hopelessness,
+        Category::Desperation,
+    ];
+
+    /// The name used in the rule files, in logs and in metrics.
     pub fn as_str(&self) -> &'static str {
         match self {
             Category::Suicide => "suicide",
@@ -41,235 +100,985 @@ impl Category {
     }
 
     fn parse(name: &str) -> Option<Category> {
-        match name {
-            "suicide" => Some(Category::Suicide),
-            "self_harm" => Some(Category::SelfHarm),
-            "hopelessness" => Some(Category::Hopelessness),
-            "desperation" => Some(Category::Desperation),
+        Category::ALL.into_iter().find(|c| c.as_str() == name)
+    }
+}
+
+/// A crisis detection: the category of the best rule and the names of every rule and
+/// adjustment that fired (never the message itself).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Signal {
+    pub category: Category,
+    pub features: Vec<String>,
+    pub score: f32,
+}
+
+/// What a message calls for.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// The full protocol ([`crisis_reply`]).
+    Crisis(Signal),
+    /// A question about the hotlines: the numbers only ([`resources_reply`]); carries the
+    /// names of the `resources` patterns that matched.
+    Resources(Vec<String>),
+    /// An ordinary message.
+    Nothing,
+}
+
+/// A token that is no vocabulary word.
+const UNKNOWN: u32 = u32::MAX - 1;
+/// A clause break (sentence punctuation, comma, new line).
+const BREAK: u32 = u32::MAX;
+
+/// Words shorter than this are never typo-corrected.
+const TYPO_MIN_CHARS: usize = 5;
+/// How many tokens apart an adjustment may be from a rule and still change its score.
+const ADJUST_REACH: usize = 15;
+/// Words shorter than this are not checked for two swapped letters.
+const TYPO_SWAP_MIN_CHARS: usize = 4;
+/// How far back from a match a negation blocks it.
+const NEG_LOOKBACK: usize = 3;
+/// Most classes the rule files may define (the class set of a word is a `u128`).
+const MAX_CLASSES: usize = 128;
+
+/// A pattern that matched, and the tokens it covers.
+#[derive(Debug, Clone, Copy)]
+struct Hit {
+    pattern: u32,
+    start: usize,
+    end: usize,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Tok {
+    id: u32,
+    classes: u128,
+    masked: bool,
+    neg: bool,
+}
+
+impl Tok {
+    fn is_word(&self) -> bool {
+        self.id != BREAK && !self.masked
+    }
+}
+
+/// One position of a compiled pattern.
+#[derive(Debug, Clone)]
+enum Elem {
+    /// One word: one of `words`, or any word in one of `classes`; may be skipped.
+    Alt {
+        words: Vec<u32>,
+        classes: u128,
+        optional: bool,
+        /// `.` among the alternatives: a clause break or the end of the message.
+        or_end: bool,
+    },
+    /// `a_b|c_d`: one of several word sequences (each word a literal or a class).
+    Phrases {
+        options: Vec<Vec<(u32, u128)>>,
+        optional: bool,
+        or_end: bool,
+    },
+    /// `*`: any one word.
+    Any,
+    /// `~N`: 0 to N words, none of them a negation.
+    Gap(u8),
+}
+
+impl Elem {
+    fn accepts(&self, t: &Tok) -> bool {
+        match self {
+            Elem::Alt { words, classes, .. } => {
+                t.is_word() && (t.classes & classes != 0 || words.contains(&t.id))
+            }
+            Elem::Phrases { options, .. } => options.iter().any(|o| one_accepts(o[0], t)),
+            Elem::Any => t.is_word(),
+            Elem::Gap(_) => false,
+        }
+    }
+}
+
+/// Whether one word of a phrase option (a literal id, or classes) accepts `t`.
+fn one_accepts((id, classes): (u32, u128), t: &Tok) -> bool {
+    t.is_word() && (t.classes & classes != 0 || (classes == 0 && t.id == id))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Kind {
+    Rule { category: Category, weight: f32 },
+    Adjust(f32),
+    Resources,
+    Idiom,
+}
+
+#[derive(Debug, Clone)]
+struct Pattern {
+    kind: Kind,
+    name: String,
+    elems: Vec<Elem>,
+    /// One entry per element every match must use: the words and classes that can fill
+    /// it. A message without a word for one of them cannot match (checked before matching).
+    needs: Vec<(Vec<u32>, u128)>,
+}
+
+impl Pattern {
+    fn new(kind: Kind, name: String, elems: Vec<Elem>) -> Pattern {
+        let needs = elems
+            .iter()
+            .filter_map(|e| match e {
+                Elem::Alt {
+                    words,
+                    classes,
+                    optional: false,
+                    or_end: false,
+                } => Some((words.clone(), *classes)),
+                Elem::Phrases {
+                    options,
+                    optional: false,
+                    or_end: false,
+                } => Some(options.iter().fold((Vec::new(), 0), |(mut ws, cs), o| {
+                    if o[0].1 == 0 {
+                        ws.push(o[0].0);
+                    }
+                    (ws, cs | o[0].1)
+                })),
+                _ => None,
+            })
+            .collect();
+        Pattern {
+            kind,
+            name,
+            elems,
+            needs,
+        }
+    }
+}
+
+/// Which vocabulary words and classes occur in a message.
+struct Present {
+    words: Vec<u64>,
+    classes: u128,
+}
+
+impl Present {
+    fn new(toks: &[Tok], vocab_len: usize) -> Present {
+        let mut words = vec![0u64; vocab_len / 64 + 1];
+        let mut classes = 0;
+        for t in toks.iter().filter(|t| t.is_word() && t.id != UNKNOWN) {
+            if let Some(w) = words.get_mut(t.id as usize / 64) {
+                *w |= 1 << (t.id % 64);
+            }
+            classes |= t.classes;
+        }
+        Present { words, classes }
+    }
+
+    fn has(&self, id: u32) -> bool {
+        self.words
+            .get(id as usize / 64)
+            .is_some_and(|w| w & (1 << (id % 64)) != 0)
+    }
+
+    /// Whether every element `pat` must use has a word in the message.
+    fn allows(&self, pat: &Pattern) -> bool {
+        pat.needs
+            .iter()
+            .all(|(ws, cs)| cs & self.classes != 0 || ws.iter().any(|&w| self.has(w)))
+    }
+}
+
+/// What a vocabulary key stands for.
+#[derive(Debug, Clone)]
+enum Lex {
+    Word(u32),
+    /// A slang word and the words it means.
+    Slang(Vec<u32>),
+}
+
+/// Rule files compiled for matching. Build once (at start-up) and share: `assess` takes
+/// `&self` and allocates only the message's token list.
+#[derive(Debug, Clone)]
+pub struct CrisisDetector {
+    vocab: WordMap<Lex>,
+    /// Vocabulary keys with runs of a letter squeezed to one.
+    squeezed: WordMap<Lex>,
+    /// Vocabulary keys of `TYPO_MIN_CHARS` or more, each with one letter deleted.
+    deletions: WordMap<Lex>,
+    /// Word id → classes it belongs to.
+    classes_of: Vec<u128>,
+    /// Classes the engine itself uses (zero if a file does not define them).
+    neg: u128,
+    neg_cancel: u128,
+    neg_stop: u128,
+    patterns: Vec<Pattern>,
+    /// Word id → patterns (idioms only / everything else) whose first element accepts it.
+    idiom_index: Vec<Vec<u32>>,
+    main_index: Vec<Vec<u32>>,
+}
+
+/// One parsed line of a rule file, before classes are known.
+struct Line<'a> {
+    origin: String,
+    directive: Directive<'a>,
+}
+
+enum Directive<'a> {
+    Class(&'a str, Vec<String>),
+    Slang(String, Vec<String>),
+    Pattern(Kind, String, &'a str),
+}
+
+impl CrisisDetector {
+    /// The rule files shipped in `fixtures/crisis/`, embedded with `include_str!`.
+    pub fn builtin() -> CrisisDetector {
+        // The files are part of the source tree and `builtin_files_parse` checks them, so
+        // a failure here is a build defect, not bad input.
+        CrisisDetector::from_files(BUILTIN_FILES).expect("fixtures/crisis rules are valid (tested)")
+    }
+
+    /// The shipped rules extended by one more file in the same format (`agent.crisis_file`).
+    pub fn with_extra(name: &str, text: &str) -> Result<CrisisDetector, String> {
+        let mut files = BUILTIN_FILES.to_vec();
+        files.push((name, text));
+        CrisisDetector::from_files(&files)
+    }
+
+    /// Compiles `(name, text)` rule files, in order. Errors name the file and the 1-based
+    /// line.
+    pub fn from_files(files: &[(&str, &str)]) -> Result<CrisisDetector, String> {
+        let mut lines = Vec::new();
+        for (file, text) in files {
+            for (no, line) in text.lines().enumerate() {
+                let line = line.trim();
+                if line.is_empty() || line.starts_with('#') {
+                    continue;
+                }
+                let origin = format!("{file} line {}", no + 1);
+                let directive = parse_line(line).map_err(|e| format!("{origin}: {e}"))?;
+                lines.push(Line { origin, directive });
+            }
+        }
+        let mut b = Builder::default();
+        // Slang, then classes, then patterns, so a pattern may use a class defined further
+        // down or in a later file.
+        for l in &lines {
+            if let Directive::Slang(key, meaning) = &l.directive {
+                let ids = meaning
+                    .iter()
+                    .map(|w| b.word(w))
+                    .collect::<Result<_, _>>()
+                    .map_err(|e| format!("{}: {e}", l.origin))?;
+                b.vocab.insert(key.clone(), Lex::Slang(ids));
+            }
+        }
+        for l in &lines {
+            if let Directive::Class(name, words) = &l.directive {
+                let bit = b
+                    .class_bit(name)
+                    .map_err(|e| format!("{}: {e}", l.origin))?;
+                for w in words {
+                    let id = b.word(w).map_err(|e| format!("{}: {e}", l.origin))?;
+                    b.classes_of[id as usize] |= bit;
+                }
+            }
+        }
+        let mut patterns = Vec::new();
+        for l in &lines {
+            if let Directive::Pattern(kind, name, text) = &l.directive {
+                let elems = b.compile(text).map_err(|e| format!("{}: {e}", l.origin))?;
+                patterns.push(Pattern::new(*kind, name.clone(), elems));
+            }
+        }
+        Ok(b.finish(patterns))
+    }
+
+    /// Whether `text` signals a crisis; see [`CrisisDetector::assess`].
+    pub fn detect(&self, text: &str) -> Option<Signal> {
+        match self.assess(text) {
+            Outcome::Crisis(s) => Some(s),
             _ => None,
         }
     }
 
-    /// Lower is more urgent: when a message matches several phrases, the most urgent wins.
-    fn urgency(self) -> u8 {
-        match self {
-            Category::Suicide => 0,
-            Category::SelfHarm => 1,
-            Category::Hopelessness => 2,
-            Category::Desperation => 3,
+    /// What `text` calls for: the protocol, the hotline numbers, or nothing.
+    pub fn assess(&self, text: &str) -> Outcome {
+        self.score(&self.hits(text))
+    }
+
+    /// Every rule, adjustment and resources pattern that matched `text`, by name, with
+    /// the best crisis score (for `crisis-eval`'s report of misses and false alarms).
+    pub fn explain(&self, text: &str) -> (f32, Vec<String>) {
+        let hits = self.hits(text);
+        let best = self.best_rule(&hits).map_or(0.0, |(score, _, _)| score);
+        let names = hits.iter().map(|h| self.feature(h.pattern)).collect();
+        (best, names)
+    }
+
+    /// Every pattern (not idioms) that matches `text`, at its first match that is not
+    /// negated.
+    fn hits(&self, text: &str) -> Vec<Hit> {
+        let mut toks = self.tokens(text);
+        self.mask_idioms(&mut toks);
+        let present = Present::new(&toks, self.classes_of.len());
+        // Per pattern: 0 = not checked yet, 1 = possible, 2 = impossible or already hit.
+        let mut state = vec![0u8; self.patterns.len()];
+        let mut hits: Vec<Hit> = Vec::new();
+        for at in 0..toks.len() {
+            let Some(candidates) = self.main_index.get(toks[at].id as usize) else {
+                continue;
+            };
+            for &p in candidates {
+                let pat = &self.patterns[p as usize];
+                match state[p as usize] {
+                    0 if present.allows(pat) => state[p as usize] = 1,
+                    0 => {
+                        state[p as usize] = 2;
+                        continue;
+                    }
+                    1 => {}
+                    _ => continue,
+                }
+                let Some(end) = match_at(&pat.elems, &toks, at) else {
+                    continue;
+                };
+                if matches!(pat.kind, Kind::Rule { .. }) && self.negated_before(&toks, at) {
+                    continue;
+                }
+                state[p as usize] = 2;
+                hits.push(Hit {
+                    pattern: p,
+                    start: at,
+                    end,
+                });
+            }
+        }
+        hits
+    }
+
+    /// The best-scoring rule: its score (weight plus the adjustments within reach), its
+    /// category, and the index in `hits` of the rule.
+    fn best_rule(&self, hits: &[Hit]) -> Option<(f32, Category, usize)> {
+        let mut best: Option<(f32, Category, usize)> = None;
+        for (i, h) in hits.iter().enumerate() {
+            let Kind::Rule { category, weight } = self.patterns[h.pattern as usize].kind else {
+                continue;
+            };
+            let adjust: f32 = hits
+                .iter()
+                .filter(|a| a.start < h.end + ADJUST_REACH && h.start < a.end + ADJUST_REACH)
+                .filter_map(|a| match self.patterns[a.pattern as usize].kind {
+                    Kind::Adjust(w) => Some(w),
+                    _ => None,
+                })
+                .sum();
+            let score = weight + adjust;
+            let better = match best {
+                None => true,
+                Some((s, c, _)) => score > s || (score == s && category < c),
+            };
+            if better {
+                best = Some((score, category, i));
+            }
+        }
+        best
+    }
+
+    /// How a pattern is reported: its name, with `+`/`-` for an adjustment.
+    fn feature(&self, p: u32) -> String {
+        let pat = &self.patterns[p as usize];
+        match pat.kind {
+            Kind::Adjust(w) if w < 0.0 => format!("-{}", pat.name),
+            Kind::Adjust(_) => format!("+{}", pat.name),
+            Kind::Resources => format!("resources:{}", pat.name),
+            Kind::Rule { .. } | Kind::Idiom => pat.name.clone(),
         }
     }
-}
 
-/// A detection: the category and the list entry that matched, as written in the list.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Signal {
-    pub category: Category,
-    pub phrase: String,
-}
-
-/// A message word that is in no phrase: only `*` matches it.
-const UNKNOWN: u32 = u32::MAX - 1;
-/// A message word covered by an idiom: nothing matches it, not even `*`.
-const MASKED: u32 = u32::MAX;
-
-/// One position of a compiled phrase.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Slot {
-    Word(u32),
-    Any,
-}
-
-impl Slot {
-    fn matches(self, word: u32) -> bool {
-        match self {
-            Slot::Word(id) => id == word,
-            Slot::Any => word != MASKED,
+    fn score(&self, hits: &[Hit]) -> Outcome {
+        if let Some((score, category, _)) = self.best_rule(hits) {
+            if score >= THRESHOLD {
+                // Every rule and adjustment that matched, so a log line explains itself.
+                let features = hits
+                    .iter()
+                    .filter(|h| !matches!(self.patterns[h.pattern as usize].kind, Kind::Resources))
+                    .map(|h| self.feature(h.pattern))
+                    .collect();
+                return Outcome::Crisis(Signal {
+                    category,
+                    features,
+                    score,
+                });
+            }
+        }
+        let resources: Vec<String> = hits
+            .iter()
+            .filter(|h| matches!(self.patterns[h.pattern as usize].kind, Kind::Resources))
+            .map(|h| self.patterns[h.pattern as usize].name.clone())
+            .collect();
+        if resources.is_empty() {
+            Outcome::Nothing
+        } else {
+            Outcome::Resources(resources)
         }
     }
-}
 
-/// Compiled phrases, indexed by their first word so a message word only looks at the
-/// phrases that can start there.
-#[derive(Debug, Clone, Default)]
-struct PhraseSet {
-    phrases: Vec<Vec<Slot>>,
-    /// Word id → indices into `phrases` of the phrases starting with that word.
-    by_first: Vec<Vec<usize>>,
-}
+    /// The normalised tokens of `text`, looked up in the vocabulary.
+    fn tokens(&self, text: &str) -> Vec<Tok> {
+        let mut toks: Vec<Tok> = Vec::with_capacity(text.len() / 4 + 1);
+        let mut push = |id: u32, classes: u128| {
+            toks.push(Tok {
+                id,
+                classes,
+                masked: false,
+                neg: false,
+            })
+        };
+        for_each_word(text, |w| {
+            if w == "." {
+                push(BREAK, 0);
+                return;
+            }
+            match self.lookup(w) {
+                Some(Lex::Word(id)) => push(*id, self.classes_of[*id as usize]),
+                Some(Lex::Slang(ids)) => {
+                    for &id in ids {
+                        push(id, self.classes_of[id as usize]);
+                    }
+                }
+                None => push(UNKNOWN, 0),
+            }
+        });
+        // A negation counts unless the next word cancels it ("can't stop thinking").
+        for i in 0..toks.len() {
+            let cancelled = toks
+                .get(i + 1)
+                .is_some_and(|n| n.classes & self.neg_cancel != 0);
+            toks[i].neg = toks[i].classes & self.neg != 0 && !cancelled;
+        }
+        toks
+    }
 
-impl PhraseSet {
-    fn index(&mut self, vocab_len: usize) {
-        self.by_first = vec![Vec::new(); vocab_len];
-        for (i, phrase) in self.phrases.iter().enumerate() {
-            // `compile` rejects empty phrases and a leading `*`.
-            if let Some(Slot::Word(first)) = phrase.first() {
-                self.by_first[*first as usize].push(i);
+    fn lookup(&self, w: &str) -> Option<&Lex> {
+        if let Some(l) = self.vocab.get(w) {
+            return Some(l);
+        }
+        let bytes = w.as_bytes();
+        if bytes.windows(2).any(|p| p[0] == p[1]) {
+            if let Some(l) = self.squeezed.get(&squeeze(w)) {
+                return Some(l);
+            }
+        } else if let Some(l) = self.squeezed.get(w) {
+            return Some(l);
+        }
+        // Typos are looked for in plain ASCII words only (byte edits stay on char
+        // boundaries), and only where a vocabulary word of a fitting length exists.
+        if !bytes.iter().all(u8::is_ascii_lowercase) || bytes.len() < TYPO_SWAP_MIN_CHARS {
+            return None;
+        }
+        let mut buf = w.as_bytes().to_vec();
+        // Two neighbouring letters swapped, after the first ("wnat" → "want").
+        for i in 1..bytes.len() - 1 {
+            if bytes[i] == bytes[i + 1] {
+                continue;
+            }
+            buf.swap(i, i + 1);
+            // Only ASCII letters were swapped: still UTF-8.
+            if let Some(l) = std::str::from_utf8(&buf)
+                .ok()
+                .and_then(|k| self.vocab.get(k))
+            {
+                return Some(l);
+            }
+            buf.swap(i, i + 1);
+        }
+        if bytes.len() < TYPO_MIN_CHARS {
+            return None;
+        }
+        // One letter missing, one extra, or one changed (not the first).
+        if let Some(l) = self.deletions.get(w) {
+            return Some(l);
+        }
+        for i in 1..bytes.len() {
+            buf.clear();
+            buf.extend_from_slice(&bytes[..i]);
+            buf.extend_from_slice(&bytes[i + 1..]);
+            let Ok(key) = std::str::from_utf8(&buf) else {
+                continue;
+            };
+            // A final s or d is an inflection, not a typo: "jumps" is not "jump".
+            let inflection = i + 1 == bytes.len() && matches!(bytes[i], b's' | b'd');
+            let hit = if inflection {
+                self.deletions.get(key)
+            } else {
+                self.vocab.get(key).or_else(|| self.deletions.get(key))
+            };
+            if let Some(l) = hit {
+                return Some(l);
+            }
+        }
+        None
+    }
+
+    /// Masks every word covered by an idiom. Idioms match on the unmasked words, so
+    /// overlapping idioms all apply.
+    fn mask_idioms(&self, toks: &mut [Tok]) {
+        let mut spans = Vec::new();
+        for at in 0..toks.len() {
+            let Some(candidates) = self.idiom_index.get(toks[at].id as usize) else {
+                continue;
+            };
+            for &p in candidates {
+                if let Some(end) = match_at(&self.patterns[p as usize].elems, toks, at) {
+                    spans.push(at..end);
+                }
+            }
+        }
+        for span in spans {
+            for t in &mut toks[span] {
+                t.masked = true;
             }
         }
     }
 
-    /// Indices and lengths of the phrases that match `words` starting at `at`.
-    fn matches_at<'a>(
-        &'a self,
-        words: &'a [u32],
-        at: usize,
-    ) -> impl Iterator<Item = (usize, usize)> + 'a {
-        let candidates = words
-            .get(at)
-            .and_then(|&w| self.by_first.get(w as usize))
-            .map_or(&[][..], Vec::as_slice);
-        candidates.iter().filter_map(move |&i| {
-            let phrase = &self.phrases[i];
-            let rest = words.get(at..at + phrase.len())?;
-            phrase
-                .iter()
-                .zip(rest)
-                .all(|(slot, &w)| slot.matches(w))
-                .then_some((i, phrase.len()))
-        })
+    /// A negation among the few words before `at`, looking back no further than a clause
+    /// break, a self-reference or a conjunction (`NEG_STOP`).
+    fn negated_before(&self, toks: &[Tok], at: usize) -> bool {
+        for t in toks[..at].iter().rev().take(NEG_LOOKBACK) {
+            if t.id == BREAK || t.classes & self.neg_stop != 0 {
+                return false;
+            }
+            if t.neg {
+                return true;
+            }
+        }
+        false
     }
 }
 
-/// Phrase lists compiled for matching. Build once (at start-up) and share: `detect` takes
-/// `&self` and allocates only the message's word list.
-#[derive(Debug, Clone)]
-pub struct CrisisDetector {
-    /// Every word that appears in a phrase, interned.
-    vocab: HashMap<String, u32>,
-    idioms: PhraseSet,
-    signals: PhraseSet,
-    /// Parallel to `signals.phrases`: category and list entry as written.
-    signal_entries: Vec<(Category, String)>,
+/// Where a match of `elems` starting at `at` ends, if it matches.
+fn match_at(elems: &[Elem], toks: &[Tok], at: usize) -> Option<usize> {
+    let Some((first, rest)) = elems.split_first() else {
+        return Some(at);
+    };
+    match first {
+        Elem::Gap(n) => {
+            let mut pos = at;
+            for _ in 0..=*n {
+                if let Some(end) = match_at(rest, toks, pos) {
+                    return Some(end);
+                }
+                match toks.get(pos) {
+                    Some(t) if t.is_word() && !t.neg => pos += 1,
+                    _ => return None,
+                }
+            }
+            None
+        }
+        Elem::Alt {
+            optional, or_end, ..
+        } => {
+            if toks.get(at).is_some_and(|t| first.accepts(t)) {
+                if let Some(end) = match_at(rest, toks, at + 1) {
+                    return Some(end);
+                }
+            }
+            if *or_end {
+                if let Some(end) = match_end(rest, toks, at) {
+                    return Some(end);
+                }
+            }
+            if *optional {
+                match_at(rest, toks, at)
+            } else {
+                None
+            }
+        }
+        Elem::Phrases {
+            options,
+            optional,
+            or_end,
+        } => {
+            for o in options {
+                let fits = toks
+                    .get(at..at + o.len())
+                    .is_some_and(|ts| o.iter().zip(ts).all(|(w, t)| one_accepts(*w, t)));
+                if fits {
+                    if let Some(end) = match_at(rest, toks, at + o.len()) {
+                        return Some(end);
+                    }
+                }
+            }
+            if *or_end {
+                if let Some(end) = match_end(rest, toks, at) {
+                    return Some(end);
+                }
+            }
+            if *optional {
+                match_at(rest, toks, at)
+            } else {
+                None
+            }
+        }
+        Elem::Any => match toks.get(at) {
+            Some(t) if t.is_word() => match_at(rest, toks, at + 1),
+            _ => None,
+        },
+    }
 }
 
-impl CrisisDetector {
-    /// The lists shipped in `fixtures/crisis/`, embedded with `include_str!` (the binary is
-    /// self-contained).
-    pub fn builtin() -> CrisisDetector {
-        // The lists are part of the source tree and `builtin_lists_parse` checks them, so a
-        // failure here is a build defect, not bad input.
-        CrisisDetector::from_lists(BUILTIN_SIGNALS, BUILTIN_IDIOMS)
-            .expect("fixtures/crisis lists are valid (tested)")
+/// The `.` alternative: at a clause break (consumed) or at the end of the message.
+fn match_end(rest: &[Elem], toks: &[Tok], at: usize) -> Option<usize> {
+    match toks.get(at) {
+        None => match_at(rest, toks, at),
+        Some(t) if t.id == BREAK => match_at(rest, toks, at + 1),
+        Some(_) => None,
     }
+}
 
-    /// Parses lists in the fixture file format (for tests and a future config option).
-    /// Errors name the list and the 1-based line.
-    pub fn from_lists(signals: &str, idioms: &str) -> Result<CrisisDetector, String> {
-        let mut vocab = HashMap::new();
-        let mut signal_set = PhraseSet::default();
-        let mut signal_entries = Vec::new();
-        for (line_no, line) in list_lines(signals) {
-            let (name, phrase) = line.split_once(':').ok_or_else(|| {
-                format!("signals line {line_no}: expected `category: phrase`, got {line:?}")
-            })?;
-            let name = name.trim();
-            let category = Category::parse(name).ok_or_else(|| {
+/// Runs of the same letter squeezed to one ("sooo" → "so").
+fn squeeze(w: &str) -> String {
+    let mut out = String::with_capacity(w.len());
+    let mut last = None;
+    for c in w.chars() {
+        if Some(c) != last {
+            out.push(c);
+        }
+        last = Some(c);
+    }
+    out
+}
+
+/// Parses one non-comment line of a rule file.
+fn parse_line(line: &str) -> Result<Directive<'_>, String> {
+    let (head, body) = line
+        .split_once(':')
+        .ok_or_else(|| format!("expected `<directive> ...: <words>`, got {line:?}"))?;
+    let body = body.trim();
+    let head: Vec<&str> = head.split_whitespace().collect();
+    if body.is_empty() {
+        return Err(format!("nothing after the `:` in {line:?}"));
+    }
+    let words = |text: &str| -> Vec<String> {
+        let mut out = Vec::new();
+        for_each_word(text, |w| {
+            if w != "." {
+                out.push(w.to_string())
+            }
+        });
+        out
+    };
+    match head.as_slice() {
+        ["class", name] => {
+            if !is_class_name(name) {
+                return Err(format!(
+                    "class name {name:?} must be upper case letters, digits and `_`"
+                ));
+            }
+            let ws: Vec<String> = body.split_whitespace().flat_map(&words).collect();
+            if ws.is_empty() {
+                return Err(format!("class {name} lists no words"));
+            }
+            Ok(Directive::Class(name, ws))
+        }
+        ["slang", key] => {
+            let k = words(key);
+            if k.len() != 1 {
+                return Err(format!("slang word {key:?} must be one word"));
+            }
+            let meaning = words(body);
+            if meaning.is_empty() {
+                return Err(format!("slang {key:?} has no meaning"));
+            }
+            Ok(Directive::Slang(k[0].clone(), meaning))
+        }
+        ["rule", category, weight, name] => {
+            let category = Category::parse(category).ok_or_else(|| {
                 format!(
-                    "signals line {line_no}: unknown category {name:?} \
-                     (expected suicide, self_harm, hopelessness or desperation)"
+                    "unknown category {category:?} (expected suicide, self_harm, \
+                     hopelessness or desperation)"
                 )
             })?;
-            let phrase = phrase.trim();
-            let slots =
-                compile(phrase, &mut vocab).map_err(|e| format!("signals line {line_no}: {e}"))?;
-            signal_set.phrases.push(slots);
-            signal_entries.push((category, phrase.to_string()));
+            let weight = parse_weight(weight)?;
+            Ok(Directive::Pattern(
+                Kind::Rule { category, weight },
+                name.to_string(),
+                body,
+            ))
         }
-        let mut idiom_set = PhraseSet::default();
-        for (line_no, line) in list_lines(idioms) {
-            let slots =
-                compile(line, &mut vocab).map_err(|e| format!("idioms line {line_no}: {e}"))?;
-            idiom_set.phrases.push(slots);
+        ["adjust", weight, name] => Ok(Directive::Pattern(
+            Kind::Adjust(parse_weight(weight)?),
+            name.to_string(),
+            body,
+        )),
+        ["resources", name] => Ok(Directive::Pattern(Kind::Resources, name.to_string(), body)),
+        ["idiom", name] => Ok(Directive::Pattern(Kind::Idiom, name.to_string(), body)),
+        _ => Err(format!(
+            "unknown directive {:?}: expected `class NAME`, `slang WORD`, \
+             `rule CATEGORY WEIGHT NAME`, `adjust WEIGHT NAME`, `resources NAME` or \
+             `idiom NAME` before the `:`",
+            head.join(" ")
+        )),
+    }
+}
+
+fn parse_weight(w: &str) -> Result<f32, String> {
+    w.parse::<f32>()
+        .ok()
+        .filter(|w| w.is_finite() && w.abs() <= 10.0)
+        .ok_or_else(|| format!("weight {w:?} is not a number between -10 and 10"))
+}
+
+fn is_class_name(s: &str) -> bool {
+    s.starts_with(|c: char| c.is_ascii_uppercase())
+        && s.chars()
+            .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
+}
+
+#[derive(Default)]
+struct Builder {
+    vocab: WordMap<Lex>,
+    words: Vec<String>,
+    classes_of: Vec<u128>,
+    class_bits: HashMap<String, u128>,
+}
+
+impl Builder {
+    /// The id of a pattern or class word (interned on first use).
+    fn word(&mut self, w: &str) -> Result<u32, String> {
+        match self.vocab.get(w) {
+            Some(Lex::Word(id)) => return Ok(*id),
+            Some(Lex::Slang(_)) => {
+                return Err(format!(
+                    "{w:?} is a slang word (messages read it as its meaning); write the meaning"
+                ))
+            }
+            None => {}
         }
-        signal_set.index(vocab.len());
-        idiom_set.index(vocab.len());
-        Ok(CrisisDetector {
-            vocab,
-            idioms: idiom_set,
-            signals: signal_set,
-            signal_entries,
+        Ok(self.intern(w))
+    }
+
+    fn intern(&mut self, w: &str) -> u32 {
+        let id = self.words.len() as u32;
+        self.words.push(w.to_string());
+        self.classes_of.push(0);
+        self.vocab.insert(w.to_string(), Lex::Word(id));
+        id
+    }
+
+    fn class_bit(&mut self, name: &str) -> Result<u128, String> {
+        if let Some(bit) = self.class_bits.get(name) {
+            return Ok(*bit);
+        }
+        let n = self.class_bits.len();
+        if n >= MAX_CLASSES {
+            return Err(format!("more than {MAX_CLASSES} classes"));
+        }
+        let bit = 1u128 << n;
+        self.class_bits.insert(name.to_string(), bit);
+        Ok(bit)
+    }
+
+    /// Compiles a pattern: words, CLASSES, `a|B` alternatives, `x?` optional, `*`, `~N`.
+    fn compile(&mut self, text: &str) -> Result<Vec<Elem>, String> {
+        let mut elems = Vec::new();
+        for raw in text.split_whitespace() {
+            if raw == "*" {
+                elems.push(Elem::Any);
+                continue;
+            }
+            if let Some(n) = raw.strip_prefix('~') {
+                let n: u8 = n
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=9).contains(n))
+                    .ok_or_else(|| format!("gap {raw:?} must be ~1 to ~9"))?;
+                elems.push(Elem::Gap(n));
+                continue;
+            }
+            let (body, optional) = match raw.strip_suffix('?') {
+                Some(b) => (b, true),
+                None => (raw, false),
+            };
+            let mut alts: Vec<&str> = body.split('|').collect();
+            let or_end = alts.contains(&".");
+            alts.retain(|a| *a != ".");
+            if alts.is_empty() {
+                // `.` alone: a clause break or the end of the message.
+                elems.push(Elem::Alt {
+                    words: Vec::new(),
+                    classes: 0,
+                    optional,
+                    or_end,
+                });
+                continue;
+            }
+            // `a_b`, or a word that reads as several ("gonna" is "going to", "kms" is
+            // "kill myself"): sequences.
+            if alts
+                .iter()
+                .any(|a| !is_class_name(a) && (a.contains('_') || self.literal(a).len() != 1))
+            {
+                elems.push(self.phrases(&alts, optional, or_end, text)?);
+                continue;
+            }
+            let mut words = Vec::new();
+            let mut classes = 0u128;
+            for alt in &alts {
+                if is_class_name(alt) {
+                    classes |= self
+                        .class_bits
+                        .get(*alt)
+                        .copied()
+                        .ok_or_else(|| format!("unknown class {alt:?} in {text:?}"))?;
+                } else {
+                    // Exactly one word: checked above.
+                    for w in self.literal(alt) {
+                        words.push(self.word(&w)?);
+                    }
+                }
+            }
+            if !words.is_empty() || classes != 0 {
+                elems.push(Elem::Alt {
+                    words,
+                    classes,
+                    optional,
+                    or_end,
+                });
+            }
+        }
+        match elems.first() {
+            None => Err(format!("pattern {text:?} has no words")),
+            Some(Elem::Alt {
+                optional: false, ..
+            })
+            | Some(Elem::Phrases {
+                optional: false, ..
+            }) => Ok(elems),
+            Some(_) => Err(format!(
+                "pattern {text:?} must start with a word or a class (not `*`, `~N` or an \
+                 optional element)"
+            )),
+        }
+    }
+
+    /// The words a pattern literal stands for: normalised like chat text, slang read as
+    /// its meaning.
+    fn literal(&self, text: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        for_each_word(text, |w| match self.vocab.get(w) {
+            Some(Lex::Slang(ids)) => {
+                out.extend(ids.iter().map(|&id| self.words[id as usize].clone()))
+            }
+            _ if w != "." => out.push(w.to_string()),
+            _ => {}
+        });
+        out
+    }
+
+    /// An element with at least one `a_b` alternative: every alternative becomes a word
+    /// sequence (a one-word alternative is a sequence of one).
+    fn phrases(
+        &mut self,
+        alts: &[&str],
+        optional: bool,
+        or_end: bool,
+        text: &str,
+    ) -> Result<Elem, String> {
+        let mut options = Vec::new();
+        for alt in alts {
+            let mut seq = Vec::new();
+            let parts: Vec<&str> = if is_class_name(alt) {
+                vec![alt]
+            } else {
+                alt.split('_').collect()
+            };
+            for part in parts {
+                if is_class_name(part) {
+                    let bit = self
+                        .class_bits
+                        .get(part)
+                        .copied()
+                        .ok_or_else(|| format!("unknown class {part:?} in {text:?}"))?;
+                    seq.push((0, bit));
+                    continue;
+                }
+                let ws = self.literal(part);
+                if ws.is_empty() {
+                    return Err(format!("{alt:?} in {text:?} has an empty part"));
+                }
+                for w in ws {
+                    seq.push((self.word(&w)?, 0));
+                }
+            }
+            options.push(seq);
+        }
+        Ok(Elem::Phrases {
+            options,
+            optional,
+            or_end,
         })
     }
 
-    /// The most urgent signal in `text` (earliest on a tie), or `None`.
-    pub fn detect(&self, text: &str) -> Option<Signal> {
-        let mut words = Vec::new();
-        for_each_word(text, false, |w| {
-            words.push(self.vocab.get(w).copied().unwrap_or(UNKNOWN))
-        });
-        self.mask_idioms(&mut words);
-
-        let mut best: Option<(u8, usize)> = None;
-        'scan: for at in 0..words.len() {
-            for (i, _) in self.signals.matches_at(&words, at) {
-                let urgency = self.signal_entries[i].0.urgency();
-                if best.is_none_or(|(u, _)| urgency < u) {
-                    best = Some((urgency, i));
-                    if urgency == 0 {
-                        break 'scan;
+    fn finish(self, patterns: Vec<Pattern>) -> CrisisDetector {
+        let n = self.words.len();
+        let mut idiom_index = vec![Vec::new(); n];
+        let mut main_index = vec![Vec::new(); n];
+        for (p, pat) in patterns.iter().enumerate() {
+            let index = if pat.kind == Kind::Idiom {
+                &mut idiom_index
+            } else {
+                &mut main_index
+            };
+            for (id, (starts, &classes)) in index.iter_mut().zip(&self.classes_of).enumerate() {
+                let t = Tok {
+                    id: id as u32,
+                    classes,
+                    masked: false,
+                    neg: false,
+                };
+                if pat.elems[0].accepts(&t) {
+                    starts.push(p as u32);
+                }
+            }
+        }
+        let mut squeezed = WordMap::default();
+        let mut deletions = WordMap::default();
+        // Sorted so that a collision resolves the same way on every start.
+        let mut keys: Vec<(&String, &Lex)> = self.vocab.iter().collect();
+        keys.sort_by(|a, b| a.0.cmp(b.0));
+        for (key, lex) in keys {
+            squeezed.entry(squeeze(key)).or_insert_with(|| lex.clone());
+            if key.chars().count() >= TYPO_MIN_CHARS && key.chars().all(char::is_alphabetic) {
+                for (i, c) in key.char_indices().skip(1) {
+                    let d = format!("{}{}", &key[..i], &key[i + c.len_utf8()..]);
+                    if !self.vocab.contains_key(&d) {
+                        deletions.entry(d).or_insert_with(|| lex.clone());
                     }
                 }
             }
         }
-        best.map(|(_, i)| {
-            let (category, phrase) = &self.signal_entries[i];
-            Signal {
-                category: *category,
-                phrase: phrase.clone(),
-            }
-        })
-    }
-
-    /// Replaces every word covered by an idiom with `MASKED`. Idioms are matched on the
-    /// unmasked words, so overlapping idioms all apply.
-    fn mask_idioms(&self, words: &mut [u32]) {
-        let mut spans = Vec::new();
-        for at in 0..words.len() {
-            spans.extend(
-                self.idioms
-                    .matches_at(words, at)
-                    .map(|(_, len)| at..at + len),
-            );
+        let bit = |name: &str| self.class_bits.get(name).copied().unwrap_or(0);
+        CrisisDetector {
+            neg: bit("NEG"),
+            neg_cancel: bit("NEG_CANCEL"),
+            neg_stop: bit("NEG_STOP"),
+            squeezed,
+            deletions,
+            classes_of: self.classes_of,
+            patterns,
+            idiom_index,
+            main_index,
+            vocab: self.vocab,
         }
-        for span in spans {
-            for w in &mut words[span] {
-                *w = MASKED;
-            }
-        }
-    }
-}
-
-/// Non-comment, non-blank lines of a list, trimmed, with 1-based line numbers.
-fn list_lines(list: &str) -> impl Iterator<Item = (usize, &str)> {
-    list.lines()
-        .enumerate()
-        .map(|(i, line)| (i + 1, line.trim()))
-        .filter(|(_, line)| !line.is_empty() && !line.starts_with('#'))
-}
-
-/// Normalises a list phrase into slots, interning its words.
-fn compile(phrase: &str, vocab: &mut HashMap<String, u32>) -> Result<Vec<Slot>, String> {
-    let mut slots = Vec::new();
-    for_each_word(phrase, true, |w| {
-        slots.push(if w == "*" {
-            Slot::Any
-        } else {
-            let next = vocab.len() as u32;
-            Slot::Word(*vocab.entry(w.to_string()).or_insert(next))
-        })
-    });
-    match slots.first() {
-        None => Err(format!("phrase {phrase:?} has no words")),
-        Some(Slot::Any) => Err(format!("phrase {phrase:?} may not start with `*`")),
-        Some(Slot::Word(_)) => Ok(slots),
     }
 }
 
 /// Calls `emit` with each normalised word of `text`, in order: lowercase, apostrophes
 /// straightened, contractions expanded, "my self" joined. Anything that is not a letter,
-/// digit or apostrophe separates words. With `wildcards`, `*` is a word of its own.
-fn for_each_word(text: &str, wildcards: bool, mut emit: impl FnMut(&str)) {
+/// digit or apostrophe separates words; a clause break (`.`, `!`, `?`, `;`, `,`, `:`, a
+/// new line, a dash between spaces) is emitted as the word `"."`.
+pub(crate) fn for_each_word(text: &str, mut emit: impl FnMut(&str)) {
     // "my self" becomes "myself" ("kill my self"), unless "self" starts a compound ("my
     // self-esteem", "my self harm"): so "my" and "self" are held back until the next word.
     #[derive(Clone, Copy)]
@@ -317,8 +1126,11 @@ fn for_each_word(text: &str, wildcards: bool, mut emit: impl FnMut(&str)) {
             expand(&token, &mut |w| push(w, hyphen));
             token.clear();
         }
-        if wildcards && c == '*' {
-            push("*", false);
+        if matches!(
+            c,
+            '.' | '!' | '?' | ';' | ',' | ':' | '\n' | '\u{2014}' | '\u{2013}'
+        ) {
+            push(".", false);
         }
     }
     if !token.is_empty() {
@@ -452,6 +1264,22 @@ fn expand(token: &str, out: &mut impl FnMut(&str)) {
     }
 }
 
+/// The answer of a crisis classification (`agent.crisis_model_check`): `Some(true)` when
+/// its first word is yes, `Some(false)` when it is no, `None` for anything else.
+pub fn parse_classification(answer: &str) -> Option<bool> {
+    let word: String = answer
+        .trim_start_matches(|c: char| !c.is_alphanumeric())
+        .chars()
+        .take_while(|c| c.is_alphanumeric())
+        .collect::<String>()
+        .to_lowercase();
+    match word.as_str() {
+        "yes" | "y" | "true" => Some(true),
+        "no" | "n" | "false" => Some(false),
+        _ => None,
+    }
+}
+
 /// The full protocol text, in order: "Are you safe right now?", the 988 Suicide & Crisis
 /// Lifeline (call or text 988), the Crisis Text Line (text HOME to 741741), and the
 /// 5-4-3-2-1 grounding exercise.
@@ -506,6 +1334,21 @@ fn mentions_988(text: &str) -> bool {
     })
 }
 
+/// The answer to a question about the hotlines themselves ("is 988 open at night?", "what
+/// number do I text?"): the numbers, without the safety question or the grounding exercise.
+pub const RESOURCES_TEXT: &str = "You can call or text 988 to reach the 988 Suicide & Crisis Lifeline (US), any time, day or night; it is free and confidential.
+You can also text HOME to 741741 to reach the Crisis Text Line, also free and open all hours.
+If someone is in danger right now, call your local emergency number.";
+
+/// Reply for a question about the hotlines: [`RESOURCES_TEXT`], then the agent's words
+/// (trimmed) after a blank line, if it said anything.
+pub fn resources_reply(agent_text: Option<&str>) -> String {
+    match agent_text.map(str::trim).filter(|t| !t.is_empty()) {
+        Some(words) => format!("{RESOURCES_TEXT}\n\n{words}"),
+        None => RESOURCES_TEXT.to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -513,237 +1356,276 @@ mod tests {
 
     fn words(text: &str) -> Vec<String> {
         let mut out = Vec::new();
-        for_each_word(text, false, |w| out.push(w.to_string()));
+        for_each_word(text, |w| out.push(w.to_string()));
         out
     }
 
+    fn category(d: &CrisisDetector, text: &str) -> Option<Category> {
+        d.detect(text).map(|s| s.category)
+    }
+
     #[test]
-    fn builtin_lists_parse() {
-        let d = CrisisDetector::from_lists(BUILTIN_SIGNALS, BUILTIN_IDIOMS);
+    fn builtin_files_parse() {
+        let d = CrisisDetector::from_files(BUILTIN_FILES);
         assert!(d.is_ok(), "{:?}", d.err());
     }
 
     #[test]
-    fn normalises_case_apostrophes_contractions_and_punctuation() {
-        assert_eq!(words("I DON’T want—to!!"), ["i", "do", "not", "want", "to"]);
+    fn normalises_case_apostrophes_contractions_and_breaks() {
+        assert_eq!(
+            words("I DON’T want—to!!"),
+            ["i", "do", "not", "want", ".", "to", ".", "."]
+        );
         let cant = ["do", "not", "can", "not", "can", "not", "can", "not"];
         assert_eq!(words("dont  cant cannot can't"), cant);
         let im = ["i", "am", "i", "am", "will", "not", "will", "not"];
         assert_eq!(words("I'm im Won't wont"), im);
-        assert_eq!(
-            words("self-harm... anymore"),
-            ["self", "harm", "any", "more"]
-        );
+        assert_eq!(words("self-harm anymore"), ["self", "harm", "any", "more"]);
         assert_eq!(
             words("kill my self, my cat"),
-            ["kill", "myself", "my", "cat"]
+            ["kill", "myself", ".", "my", "cat"]
         );
-        assert_eq!(
-            words("it's Bob's 'quote' my"),
-            ["it", "is", "bob", "quote", "my"]
-        );
-        assert_eq!(words("I'd wanna go ;)"), ["i", "would", "want", "to", "go"]);
-        assert!(words("  ...!? 😂 ").is_empty());
+        assert_eq!(words("I'd wanna go"), ["i", "would", "want", "to", "go"]);
+        assert!(words("  😂 ").is_empty());
     }
 
     #[test]
-    fn positive_sentences_fire_with_the_right_category() {
+    fn typos_repeats_and_swaps_are_read_as_the_word() {
+        let d = CrisisDetector::builtin();
+        for text in [
+            "i want to kil myself",
+            "i wnat to die",
+            "i want to diiiiie",
+            "I WANT TO DIEEEE",
+            "im thinking about sucide",
+            "i want to kill myslef",
+            "i want to kill myselff",
+            "im gonna comit suicide",
+        ] {
+            assert_eq!(category(&d, text), Some(Suicide), "{text:?}");
+        }
+        // A real word is not corrected into a crisis word.
+        assert_eq!(d.detect("i'm dyeing my hair tomorrow"), None);
+        assert_eq!(d.detect("i want to skill myself up before the boss"), None);
+    }
+
+    #[test]
+    fn slang_expands() {
+        let d = CrisisDetector::builtin();
+        for text in [
+            "kms",
+            "gonna kms tonight",
+            "KMS KMS",
+            "i should kys",
+            "thinking about sewerslide",
+            "i want to unalive myself",
+            "im gonna off myself",
+            "thinking of ctb tonight",
+            "im so done i wanna end it",
+        ] {
+            assert_eq!(category(&d, text), Some(Suicide), "{text:?}");
+        }
+        // kys aimed at someone else is abuse, not a crisis signal of the speaker.
+        assert_eq!(d.detect("kys noob"), None);
+        assert_eq!(d.detect("the village is 5 kms away"), None);
+    }
+
+    #[test]
+    fn every_kind_of_signal_fires_with_its_category() {
         let d = CrisisDetector::builtin();
         let table: &[(&str, Category)] = &[
             ("I want to kill myself", Suicide),
             ("i dont want to be here anymore", Suicide),
-            ("I don't want to be here anymore.", Suicide),
             ("Everyone would be better off without me.", Suicide),
-            ("I’m thinking about suicide", Suicide),
-            ("I've been feeling SUICIDAL lately", Suicide),
-            ("I want to end my life.", Suicide),
-            ("i just want to die", Suicide),
-            ("I'm going to take my own life tonight", Suicide),
-            ("I hope I don't wake up tomorrow", Suicide),
-            ("sometimes i want to go to sleep and not wake up", Suicide),
-            ("I won’t be around much longer", Suicide),
-            ("goodbye forever, everyone", Suicide),
-            ("I just want it all to end", Suicide),
-            ("I wish I could disappear forever", Suicide),
-            ("Honestly? I wish I was dead", Suicide),
-            ("I don't want to live anymore", Suicide),
-            ("dont wanna be alive", Suicide),
-            ("life isn't worth living", Suicide),
-            ("I keep thinking about killing myself", Suicide),
-            ("ugh im gonna kms", Suicide),
-            ("they'd all be better off if I was gone", Suicide),
-            ("I’m tired of being alive", Suicide),
-            ("I wish I'd never been born", Suicide),
-            ("I want to kill my self", Suicide),
-            ("I want to hurt my self.", SelfHarm),
-            ("my self harm is getting worse", SelfHarm),
-            ("I want to unalive myself", Suicide),
-            ("I don’t want to exist", Suicide),
-            ("i can't take it anymore, i want to die", Suicide),
+            ("i've been saving up my pills", Suicide),
+            ("how many pills does it take to die", Suicide),
+            ("i tried to overdose last time", Suicide),
+            ("i wrote letters so they'll understand why", Suicide),
+            ("there's no way out except dying", Suicide),
+            ("my friend says she wants to die", Suicide),
+            ("kms lol", Suicide),
+            ("i want to die lol", Suicide),
             ("I cut myself again last night", SelfHarm),
-            ("I've started self-harming again", SelfHarm),
-            ("i want to hurt myself", SelfHarm),
-            ("I keep burning myself on purpose", SelfHarm),
-            ("been thinking about self harm", SelfHarm),
-            ("There's no reason to live.", Hopelessness),
-            ("there's no point in living", Hopelessness),
-            ("I have nothing to live for", Hopelessness),
-            ("I feel so hopeless", Hopelessness),
-            ("I can't go on like this", Hopelessness),
-            ("i cant go on", Hopelessness),
-            ("I give up on everything", Hopelessness),
+            ("i burn myself on purpose", SelfHarm),
             ("I'm a burden to everyone", Hopelessness),
-            ("Nobody would miss me if I was gone", Hopelessness),
-            ("whats the point of living", Hopelessness),
-            ("I feel hopeless and I can't take it anymore", Hopelessness),
-            ("I can’t take it anymore", Desperation),
-            ("I cant do this anymore!!!", Desperation),
-            ("I'm at the end of my rope.", Desperation),
-            ("There is no way out", Desperation),
-            ("I CANNOT TAKE IT ANY LONGER", Desperation),
-            ("i have nowhere to turn", Desperation),
-            ("I just want the pain to stop", Desperation),
+            ("I can't take it anymore", Desperation),
         ];
-        assert!(table.len() >= 40);
-        for (text, category) in table {
-            let got = d.detect(text).map(|s| s.category);
-            assert_eq!(got, Some(*category), "{text:?}");
+        for (text, want) in table {
+            assert_eq!(category(&d, text), Some(*want), "{text:?}");
         }
     }
 
     #[test]
-    fn idioms_and_word_boundary_traps_do_not_fire() {
+    fn negation_and_distancing_do_not_fire() {
         let d = CrisisDetector::builtin();
-        let table: &[&str] = &[
+        for text in [
+            "i would never kill myself",
+            "i'm not suicidal, just tired",
+            "i don't want to die in this raid",
+            "kill the dragon before it reaches the village",
+            "my character dies at the end of the quest",
+            "let me die so i can respawn at the checkpoint",
             "this traffic is killing me",
             "I'm dying to see it",
-            "I’m dying to know what happens next",
-            "this cake is to die for",
-            "you killed it out there!",
-            "go kill it on stage tonight",
-            "I'm dead tired",
-            "I could kill for a coffee",
-            "Suicide Squad was a fun movie",
-            "kill the process and restart",
-            "my phone is dying",
-            "i'm dead 😂",
-            "Die Hard is a Christmas movie",
-            "just killing time before the raid",
-            "I want to skill myself up before the boss",
-            "see you on sunday",
-            "I'm on a diet",
-            "my feet are killing me",
-            "The heat is killing me today",
-            "this joke is killing me",
-            "I'm killing myself laughing at this",
-            "I cut myself shaving this morning",
-            "I'm hopeless at chess",
-            "charging into that dragon would be suicide",
-            "that is a suicide mission",
-            "I need to cut myself some slack",
-            "there's no way out of the maze, try the east door",
-            "I'd die for a pizza right now",
-            "I want to die my hair pink",
-            "I want to die of embarrassment",
-            "I'm burning myself out at work",
-            "this is goodbye for now, see you tomorrow",
+            "my grandfather killed himself in 1998",
+            "kill the process and restart it",
+            "the server died again last night",
+            "suicide rates went up in 2020 according to the cdc",
+            "i'm writing a school report on suicide prevention",
+            "I cut myself shaving",
             "hello everyone, how are you?",
-            "the killer studied candied skills",
-            "I hurt my self-esteem by reading the comments",
-        ];
-        assert!(table.len() >= 30);
-        for text in table {
-            assert_eq!(d.detect(text), None, "{text:?}");
+        ] {
+            assert_eq!(d.detect(text), None, "{text:?}: {:?}", d.explain(text));
         }
     }
 
     #[test]
     fn an_idiom_does_not_hide_a_real_signal_in_the_same_message() {
         let d = CrisisDetector::builtin();
-        let s = d.detect("this traffic is killing me and I want to kill myself");
-        assert_eq!(
-            s,
-            Some(Signal {
-                category: Suicide,
-                phrase: "kill myself".to_string()
-            })
-        );
-        let s = d.detect("the pie here is to die for and honestly i want to die");
-        assert_eq!(s.map(|s| s.category), Some(Suicide));
-        let s = d.detect("I cut myself off from everyone and now I cut myself");
-        assert_eq!(s.map(|s| s.category), Some(SelfHarm));
+        let text = "this traffic is killing me and I want to kill myself";
+        assert_eq!(category(&d, text), Some(Suicide));
+        let text = "the pie here is to die for and honestly i want to die";
+        assert_eq!(category(&d, text), Some(Suicide));
     }
 
     #[test]
-    fn signal_reports_the_list_entry_as_written() {
+    fn hotline_questions_are_resources_not_crisis() {
         let d = CrisisDetector::builtin();
-        let s = d.detect("I DONT want to be here any longer");
-        assert_eq!(
-            s.map(|s| s.phrase),
-            Some("don't want to be here any *".to_string())
-        );
-    }
-
-    #[test]
-    fn every_builtin_signal_fires_on_its_own_words() {
-        let d = CrisisDetector::builtin();
-        for (_, line) in list_lines(BUILTIN_SIGNALS) {
-            let (name, phrase) = line.split_once(':').unwrap();
-            let text = phrase.replace('*', "longer");
-            let got = d.detect(&text);
-            assert!(got.is_some(), "{line:?} does not fire on its own words");
-            let want = Category::parse(name.trim()).unwrap();
+        for text in [
+            "is 988 open at night?",
+            "what number do I text",
+            "what's the suicide hotline number",
+        ] {
             assert!(
-                got.unwrap().category.urgency() <= want.urgency(),
-                "{line:?} detected as a less urgent category"
+                matches!(d.assess(text), Outcome::Resources(_)),
+                "{text:?}: {:?}",
+                d.assess(text)
             );
         }
+        // A crisis in the same message wins.
+        let text = "what number do i call, i want to kill myself";
+        assert!(matches!(d.assess(text), Outcome::Crisis(_)));
+    }
+
+    #[test]
+    fn the_signal_names_the_rules_not_the_message() {
+        let d = CrisisDetector::builtin();
+        let s = d.detect("I want to kill myself tonight").unwrap();
+        assert_eq!(s.category, Suicide);
+        assert!(
+            s.features.iter().any(|f| f == "kill_self"),
+            "{:?}",
+            s.features
+        );
+        assert!(s.features.iter().any(|f| f == "+soon"), "{:?}", s.features);
+        assert!(s.score >= THRESHOLD);
+        assert!(!s.features.iter().any(|f| f.contains("tonight")));
     }
 
     #[test]
     fn a_signal_at_the_end_of_a_long_message_fires() {
         let d = CrisisDetector::builtin();
-        let mut text = "the dragon is killing me and we are dying to see it ".repeat(1000);
+        let mut text = "the dragon is killing me and we are dying to see it. ".repeat(500);
         assert_eq!(d.detect(&text), None);
         text.push_str("but really I can't do this anymore");
-        assert_eq!(d.detect(&text).map(|s| s.category), Some(Desperation));
+        assert_eq!(category(&d, &text), Some(Desperation));
     }
 
     #[test]
-    fn from_lists_matches_whole_words_and_one_word_wildcards() {
-        let d = CrisisDetector::from_lists(
-            "# comment\n\nsuicide: kill myself\ndesperation: can't take it any *\n",
-            "killing me\n",
+    fn the_format_classes_gaps_alternatives_and_sequences() {
+        let files = [(
+            "t.txt",
+            "# comment\n\nclass ME: i me\nclass NEG: not never\nslang kmn: kill me now\n\
+             rule suicide 2 want: ME ~2 want|wish to die|be_gone\n\
+             rule desperation 1 cant: can't take it . \n\
+             adjust -1 game: boss\n\
+             idiom dying_to: dying to see\n\
+             resources line: 988\n\
+             rule suicide 2 kmn: kill me now\n",
+        )];
+        let d = CrisisDetector::from_files(&files).unwrap();
+        assert!(d.detect("I really want to die").is_some());
+        assert!(d.detect("i wish to be gone").is_some());
+        assert!(
+            d.detect("i really really really want to die").is_none(),
+            "gap of 2"
+        );
+        assert!(
+            d.detect("i do not want to die").is_none(),
+            "no negation in a gap"
+        );
+        assert!(d.detect("cannot take it").is_some(), "`.` matches the end");
+        assert!(
+            d.detect("cannot take it, really").is_some(),
+            "`.` matches a break"
+        );
+        assert!(d.detect("cannot take it really").is_none());
+        assert!(d.detect("cannot take it. the boss").is_none(), "adjustment");
+        assert!(d.detect("ugh kmn").is_some(), "slang");
+        assert!(matches!(d.assess("is 988 free"), Outcome::Resources(_)));
+    }
+
+    #[test]
+    fn a_bad_line_is_an_error_naming_the_file_and_line() {
+        let cases = [
+            ("class ME: i\nrule suicde 2 x: i die", "line 2", "suicde"),
+            ("rule suicide heavy x: i die", "line 1", "weight"),
+            ("rule suicide 2 x: NOPE die", "line 1", "NOPE"),
+            ("\n\nkill myself", "line 3", "directive"),
+            ("rule suicide 2 x: ~2 die", "line 1", "must start"),
+            ("rule suicide 2 x: die ~12 now", "line 1", "~1 to ~9"),
+            ("class lower: a b", "line 1", "upper case"),
+            ("slang kms: !!!", "line 1", "no meaning"),
+            ("frobnicate x: y", "line 1", "unknown directive"),
+        ];
+        for (text, line, word) in cases {
+            let err = CrisisDetector::from_files(&[("extra.txt", text)]).unwrap_err();
+            assert!(err.contains("extra.txt"), "{err}");
+            assert!(err.contains(line), "{text:?}: {err}");
+            assert!(err.contains(word), "{text:?}: {err}");
+        }
+        let err = CrisisDetector::with_extra("mine.txt", "# ok\nrule nope").unwrap_err();
+        assert!(err.starts_with("mine.txt line 2:"), "{err}");
+    }
+
+    #[test]
+    fn an_extra_file_extends_the_builtin_rules() {
+        let d = CrisisDetector::with_extra(
+            "extra.txt",
+            "class DIE: perish\nrule suicide 2 lighthouse: the purple lighthouse hums\n",
         )
         .unwrap();
-        assert!(d.detect("I want to skill myself").is_none());
-        assert!(d.detect("kill myselfish").is_none());
-        assert!(d.detect("Kill. Myself.").is_some());
-        assert!(d.detect("cannot take it any longer").is_some());
-        assert!(d.detect("cannot take it").is_none());
-        assert!(d.detect("cannot take it any").is_none());
-        // A masked word does not satisfy `*` either.
-        let d =
-            CrisisDetector::from_lists("hopelessness: no * left", "hope is killing me").unwrap();
-        assert!(d.detect("no hope left").is_some());
-        assert!(d.detect("no hope is killing me left").is_none());
+        assert!(d.detect("the purple lighthouse hums").is_some());
+        assert!(
+            d.detect("i want to perish").is_some(),
+            "a builtin class grew"
+        );
+        let builtin = CrisisDetector::builtin();
+        assert!(builtin.detect("the purple lighthouse hums").is_none());
     }
 
     #[test]
-    fn from_lists_names_the_bad_line() {
-        let err = CrisisDetector::from_lists("suicide: kill myself\n\nsuicde: end my life", "")
-            .unwrap_err();
-        assert!(err.contains("signals line 3"), "{err}");
-        assert!(err.contains("suicde"), "{err}");
+    fn a_classification_is_read_from_its_first_word() {
+        assert_eq!(parse_classification("yes"), Some(true));
+        assert_eq!(
+            parse_classification("  **Yes.** The user says..."),
+            Some(true)
+        );
+        assert_eq!(parse_classification("NO"), Some(false));
+        assert_eq!(parse_classification("no, this is game talk"), Some(false));
+        assert_eq!(parse_classification("Maybe"), None);
+        assert_eq!(parse_classification(""), None);
+        assert_eq!(parse_classification("nothing here"), None);
+    }
 
-        let err = CrisisDetector::from_lists("# ok\nkill myself", "").unwrap_err();
-        assert!(err.contains("signals line 2"), "{err}");
-
-        let err = CrisisDetector::from_lists("suicide: !!!", "").unwrap_err();
-        assert!(err.contains("signals line 1"), "{err}");
-
-        let err = CrisisDetector::from_lists("", "dying to\n* killing me").unwrap_err();
-        assert!(err.contains("idioms line 2"), "{err}");
+    #[test]
+    fn resources_reply_has_the_numbers_without_the_protocol() {
+        let r = resources_reply(None);
+        assert!(r.contains("call or text 988") && r.contains("text HOME to 741741"));
+        assert!(!r.contains("Are you safe right now?"));
+        assert!(!r.contains("5 things you can see"));
+        let r = resources_reply(Some(" Happy to help. "));
+        assert_eq!(r, format!("{RESOURCES_TEXT}\n\nHappy to help."));
     }
 
     #[test]

@@ -9,6 +9,7 @@
 pub mod builtin;
 pub mod command;
 pub mod crisis;
+pub mod crisis_eval;
 pub mod openai;
 pub mod pool;
 pub mod prompt;
@@ -80,6 +81,19 @@ pub struct AgentRequest {
     pub crisis: bool,
     /// How long the worker may take; backends use it for their own I/O timeouts.
     pub timeout: Duration,
+    /// A reply to the user, or the crisis classification (`agent.crisis_model_check`).
+    pub purpose: Purpose,
+}
+
+/// What a request asks the model for.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Purpose {
+    /// The agent's reply to the user.
+    #[default]
+    Reply,
+    /// A yes/no answer: does the message signal a crisis? See [`prompt::CRISIS_CHECK_PROMPT`].
+    CrisisCheck,
 }
 
 /// Why the agent gave no reply.

@@ -433,6 +433,7 @@ mod tests {
             },
             crisis: false,
             timeout,
+            purpose: crate::agent::Purpose::Reply,
         }
     }
 

@@ -85,9 +85,34 @@ pub fn system_prompt(persona: &str, req: &AgentRequest) -> String {
     out
 }
 
+/// The system prompt of a crisis classification (`agent.crisis_model_check`): the model
+/// answers one word, parsed by [`crate::agent::crisis::parse_classification`].
+pub const CRISIS_CHECK_PROMPT: &str = "You are a safety classifier for a chat in a game \
+world. Read the user's message and answer with exactly one word: yes or no. Answer yes \
+if the message suggests that the writer, or someone they are talking about right now, may \
+be at risk of suicide or self-harm or is in acute crisis: wanting to die or not to exist, \
+a plan, a method or the means, hurting themselves, a past attempt, giving things away or \
+saying goodbye, hopelessness tied to death, or slang for any of these (kms, unalive, \
+sewerslide, ctb), even when it sounds like a joke. Answer no for violence in games or \
+fiction, figures of speech, technical talk, news or statistics about suicide, and \
+questions about hotlines.";
+
 /// The conversation as a chat model sees it: `[system, ...history, user message]`.
 /// System turns in the history are dropped: there is exactly one system prompt, ours.
+/// A crisis classification is `[classifier prompt, user message]` and nothing else.
 pub fn messages(persona: &str, req: &AgentRequest) -> Vec<Turn> {
+    if req.purpose == crate::agent::Purpose::CrisisCheck {
+        return vec![
+            Turn {
+                role: Role::System,
+                content: CRISIS_CHECK_PROMPT.to_string(),
+            },
+            Turn {
+                role: Role::User,
+                content: req.message.clone(),
+            },
+        ];
+    }
     let mut out = Vec::with_capacity(req.history.len() + 2);
     out.push(Turn {
         role: Role::System,
@@ -161,6 +186,7 @@ mod tests {
             },
             crisis,
             timeout: Duration::from_secs(5),
+            purpose: crate::agent::Purpose::Reply,
         }
     }
 

@@ -1,0 +1,129 @@
+//! The crisis detector against the labelled corpus in `fixtures/crisis/eval/`: the training
+//! split (`train.tsv`, the rules are tuned on it) and the held-out split (`test.tsv`, written
+//! separately by an author who never saw the detector, and never tuned on).
+//!
+//! The goal (issue 11) is recall >= 98 % on crisis lines and at most 2 % false positives
+//! (the full protocol) on ordinary and hotline-question lines, on messages the detector was
+//! never tuned on. The training split meets it by construction. The held-out split does not
+//! yet: at the commit that added it the detector caught 70.2 % (151/215) of its crisis
+//! lines, with 1.5 % false positives (docs/agent.md has the figures per kind). So this test
+//! holds the held-out split to its measured recall (a regression guard, not the goal) and to
+//! the false-positive target, and prints the whole report either way. Raising the floor is
+//! the open part of the issue; it must come from rules that generalise (tuned on new
+//! training lines), never from reading this split's misses.
+//!
+//! The held-out test fails when `test.tsv` is missing: a passing run must have measured it.
+
+use std::path::PathBuf;
+use worldbridge::agent::crisis::CrisisDetector;
+use worldbridge::agent::crisis_eval::{evaluate, load};
+
+const MIN_RECALL: f64 = 0.98;
+const MAX_FALSE_POSITIVES: f64 = 0.02;
+
+fn eval_file(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures/crisis/eval")
+        .join(name)
+}
+
+fn meets_the_targets(name: &str) {
+    meets(name, MIN_RECALL);
+}
+
+/// The held-out split's recall at the commit that added it (151/215 = 70.2 %), rounded
+/// down to whole percent with a line to spare: see the file's header.
+const HELD_OUT_RECALL_FLOOR: f64 = 0.69;
+
+fn meets(name: &str, min_recall: f64) {
+    let path = eval_file(name);
+    assert!(
+        path.exists(),
+        "{} is missing: the crisis figures cannot be measured without it",
+        path.display()
+    );
+    let cases = load(std::slice::from_ref(&path)).unwrap_or_else(|e| panic!("{e}"));
+    let report = evaluate(&CrisisDetector::builtin(), &cases, 1);
+    assert!(report.crisis.total >= 100, "{name}: too few crisis lines");
+    assert!(report.none.total >= 100, "{name}: too few none lines");
+    assert!(
+        report.recall() >= min_recall && report.false_positive_rate() <= MAX_FALSE_POSITIVES,
+        "{name}: recall {:.1}% (need >= {:.0}%), false positives {:.1}% (need <= {:.0}%)\n{}",
+        100.0 * report.recall(),
+        100.0 * min_recall,
+        100.0 * report.false_positive_rate(),
+        100.0 * MAX_FALSE_POSITIVES,
+        report.render()
+    );
+}
+
+#[test]
+fn the_training_split_meets_the_targets() {
+    meets_the_targets("train.tsv");
+}
+
+#[test]
+fn the_held_out_split_keeps_its_measured_recall_and_the_false_positive_target() {
+    meets("test.tsv", HELD_OUT_RECALL_FLOOR);
+    let cases = load(&[eval_file("test.tsv")]).unwrap_or_else(|e| panic!("{e}"));
+    let report = evaluate(&CrisisDetector::builtin(), &cases, 1);
+    eprintln!("{}", report.render());
+}
+
+#[test]
+fn a_malformed_eval_file_is_an_error_naming_the_line() {
+    let dir = std::env::temp_dir().join(format!("worldbridge-crisis-eval-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bad = dir.join("bad.tsv");
+    std::fs::write(
+        &bad,
+        "# ok\ncrisis\tdirect\ti want to die\nnone\tnews\tthe server died\n",
+    )
+    .unwrap();
+    let err = load(std::slice::from_ref(&bad)).unwrap_err();
+    assert!(err.contains("bad.tsv:3"), "{err}");
+    assert!(err.contains("\"news\""), "{err}");
+    std::fs::write(&bad, "crisis direct no tabs\n").unwrap();
+    let err = load(std::slice::from_ref(&bad)).unwrap_err();
+    assert!(
+        err.contains("bad.tsv:1") && err.contains("label<TAB>kind<TAB>message"),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn the_cli_prints_the_figures_and_names_a_bad_line() {
+    let bin = env!("CARGO_BIN_EXE_worldbridge");
+    let out = std::process::Command::new(bin)
+        .args(["crisis-eval"])
+        .arg(eval_file("train.tsv"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    for needle in [
+        "recall (crisis lines given the protocol):",
+        "false positives (none + resources lines given the protocol):",
+        "resources answered with the numbers only:",
+        "per kind:",
+        "crisis    slang",
+        "none      technical",
+        "µs per message (mean)",
+    ] {
+        assert!(text.contains(needle), "{needle:?} missing from:\n{text}");
+    }
+    let dir = std::env::temp_dir().join(format!("worldbridge-crisis-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bad = dir.join("bad.tsv");
+    std::fs::write(&bad, "crisis\tdirect\tok\nmaybe\tdirect\thm\n").unwrap();
+    let out = std::process::Command::new(bin)
+        .args(["crisis-eval"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("bad.tsv:2") && err.contains("maybe"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
