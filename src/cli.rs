@@ -107,7 +107,7 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
         Some("crisis-eval") => parse_crisis_eval(&args[1..]),
         Some(first) if first.starts_with('-') => parse_serve(args),
         Some(other) => Err(format!(
-            "unknown command '{other}': expected serve, export, import or crisis-eval (see --help)"
+            "unknown command '{other}': expected serve, export, import or crisis-eval"
         )),
     }
 }
