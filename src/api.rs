@@ -623,6 +623,7 @@ struct Health<'a> {
     links: Vec<Value>,
     peers: Vec<Value>,
     inbox: Value,
+    public_key: String,
 }
 
 /// Every game link: the configured dials (up, connecting or down, with their history)
@@ -676,6 +677,7 @@ fn health(app: &App, now: u64) -> Response {
             uptime_s: app.started.elapsed().as_secs(),
             links: links_json(app),
             peers: app.peers_health(now),
+            public_key: app.world_key.public().to_string(),
             inbox: match &app.inbox_trouble {
                 None => json!({"status": "ok"}),
                 Some((why, since)) => {

@@ -13,6 +13,7 @@ use crate::calls::{Call, CallKind, Calls, ReplyTo};
 use crate::codec::http::Response;
 use crate::config::Config;
 use crate::conn::ConnId;
+use crate::federation::sign::WorldKey;
 use crate::links::Links;
 use crate::metrics::{Gauges, Metrics};
 use crate::store::{Batch, Row, Store, StoreEvent};
@@ -70,6 +71,9 @@ pub struct App {
     /// Why the inbox last failed and since when (epoch ms); cleared by the next write
     /// that succeeds. Shown in `/bridge/health`.
     pub inbox_trouble: Option<(String, u64)>,
+    /// This world's Ed25519 key (`federation.key_file`, else `world.key` in the data
+    /// directory): its public half is in `/bridge/health` for the peers' config.
+    pub world_key: WorldKey,
     /// The durable store (`None` with `--memory`).
     pub store: Option<Store>,
     /// Answers waiting for their batch to be durable, oldest first.
@@ -155,6 +159,7 @@ impl App {
         );
         let fed = crate::fed_api::Peering::new(&cfg.world, &cfg.federation, now_ms)?;
         let crisis = load_crisis_detector(&cfg.agent.crisis_file)?;
+        let world_key = load_world_key(&cfg)?;
         let mut app = App {
             fed,
             gateway,
@@ -162,6 +167,7 @@ impl App {
             ws_out: Vec::new(),
             inbox: None,
             inbox_trouble: None,
+            world_key,
             rate: RateLimit::new(cfg.http.rate_limit_requests, cfg.http.rate_limit_window_s),
             room_sweep: crate::room_expiry::RoomSweep::new(
                 cfg.http.rate_limit_requests,
@@ -832,6 +838,27 @@ struct CrisisCheck {
     user_id: Option<String>,
     /// Past this, its answer is ignored.
     deadline: Instant,
+}
+
+/// This world's key: read from its file, or created there (mode 0600); with `--memory`
+/// and no `federation.key_file`, a new one for this run.
+fn load_world_key(cfg: &Config) -> Result<WorldKey, String> {
+    let Some(path) = cfg.key_path() else {
+        let key = WorldKey::generate().map_err(|e| e.to_string())?;
+        log::info!(
+            "world key: none kept (--memory); this run's public key is {}",
+            key.public()
+        );
+        return Ok(key);
+    };
+    let (key, created) = WorldKey::load_or_create(&path).map_err(|e| format!("world key: {e}"))?;
+    log::info!(
+        "world key: {} ({}); public key {}",
+        path.display(),
+        if created { "created" } else { "loaded" },
+        key.public()
+    );
+    Ok(key)
 }
 
 /// The built-in crisis rules, extended by `agent.crisis_file` when it names a file.

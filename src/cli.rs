@@ -29,6 +29,11 @@ pub enum Command {
         data_dir: Option<String>,
         force: bool,
     },
+    /// Print this world's public key (creating the key if there is none).
+    Key {
+        config: Option<PathBuf>,
+        data_dir: Option<String>,
+    },
     /// Run the crisis detector over labelled eval files and print the figures.
     CrisisEval {
         /// TSV eval files; empty means `fixtures/crisis/eval/*.tsv` under the current dir.
@@ -58,6 +63,9 @@ COMMANDS:
     serve            Run the bridge (the default when no command is given).
     export           Write this world's state as JSON to --out FILE, or to stdout.
     import FILE      Load world state from FILE, a JSON export.
+    key              Print this world's public key, ed25519:<base64>, for the peers' config
+                     (creates the key in the data directory if there is none; safe while a
+                     bridge runs there).
     crisis-eval      Run the crisis detector over labelled TSV files (default:
                      fixtures/crisis/eval/*.tsv under the current directory) and print
                      recall, false positives, per-kind figures, every miss and false alarm,
@@ -105,9 +113,10 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
         Some("export") => parse_export(&args[1..]),
         Some("import") => parse_import(&args[1..]),
         Some("crisis-eval") => parse_crisis_eval(&args[1..]),
+        Some("key") => parse_key(&args[1..]),
         Some(first) if first.starts_with('-') => parse_serve(args),
         Some(other) => Err(format!(
-            "unknown command '{other}': expected serve, export, import or crisis-eval"
+            "unknown command '{other}': expected serve, export, import, key or crisis-eval"
         )),
     }
 }
@@ -297,6 +306,31 @@ fn parse_export(words: &[String]) -> Result<Command, String> {
         data_dir,
         out,
     })
+}
+
+fn parse_key(words: &[String]) -> Result<Command, String> {
+    let (mut config, mut data_dir) = (None, None);
+    let mut words = Words::new(words);
+    while let Some(arg) = words.next_arg() {
+        let (name, inline) = match arg {
+            Arg::Flag { name, inline } => (name, inline),
+            Arg::Positional(p) => {
+                return Err(format!("unexpected argument '{p}' for `worldbridge key`"))
+            }
+        };
+        match name {
+            "--config" => {
+                let v = words.value(name, inline, "a TOML file")?;
+                set_once(&mut config, name, PathBuf::from(v))?;
+            }
+            "--data-dir" => {
+                let v = words.value(name, inline, "a directory")?;
+                set_once(&mut data_dir, name, v.to_string())?;
+            }
+            other => return common_flag(other, "key"),
+        }
+    }
+    Ok(Command::Key { config, data_dir })
 }
 
 fn parse_import(words: &[String]) -> Result<Command, String> {

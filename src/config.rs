@@ -279,6 +279,9 @@ pub struct FederationConfig {
     /// the peers' `http.body_max_bytes`, or their bridges refuse our pushes with 413.
     pub page_max_bytes: usize,
     pub portal_rooms: Vec<String>,
+    /// This world's Ed25519 key file; empty: `world.key` in the data directory (with
+    /// `--memory`, a new key each run). Created (mode 0600) when missing.
+    pub key_file: String,
     /// World event kinds (a line `event`'s `event`) that reach every world of the
     /// federation unless sent with `scope: "local"`; `scope: "federation"` sends any kind.
     pub event_kinds: Vec<String>,
@@ -512,6 +515,7 @@ impl Default for FederationConfig {
             events_keep: 10_000,
             page_max_bytes: 512 * 1024,
             portal_rooms: Vec::new(),
+            key_file: String::new(),
             event_kinds: ["fire", "rain", "growth", "storm", "quake"]
                 .map(String::from)
                 .to_vec(),
@@ -881,6 +885,16 @@ impl Config {
             seen.push((key, a));
         }
         Ok(())
+    }
+
+    /// Where this world's key file is: `federation.key_file`, else `world.key` in the
+    /// data directory; `None` with `--memory` and no key file (a key per run).
+    pub fn key_path(&self) -> Option<PathBuf> {
+        if !self.federation.key_file.is_empty() {
+            return Some(PathBuf::from(expand_home(&self.federation.key_file)));
+        }
+        (!self.store.memory)
+            .then(|| Path::new(&expand_home(&self.store.data_dir)).join("world.key"))
     }
 
     /// The token `/ws/matrix?token=` must carry: `gateway.token`, else `http.token` (the

@@ -43,6 +43,20 @@ fn main() -> ExitCode {
             }
         }
         Command::CrisisEval { files, rules } => report(crisis_eval(files, rules)),
+        Command::Key { config, data_dir } => {
+            report(store_config(config, data_dir).and_then(|cfg| {
+                let path = cfg
+                    .key_path()
+                    .ok_or("--memory keeps no key: give --data-dir or set federation.key_file")?;
+                let (key, created) = worldbridge::federation::sign::WorldKey::load_or_create(&path)
+                    .map_err(|e| e.to_string())?;
+                if created {
+                    eprintln!("worldbridge: created the world key {}", path.display());
+                }
+                println!("{}", key.public());
+                Ok(())
+            }))
+        }
         Command::Export {
             config,
             data_dir,

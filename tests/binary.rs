@@ -169,3 +169,96 @@ fn localhost_listeners_serve_on_127_0_0_1_and_start_up_names_what_is_used() {
     child.kill().unwrap();
     child.wait().unwrap();
 }
+
+#[test]
+fn the_world_key_is_made_once_printed_by_worldbridge_key_and_shown_in_health() {
+    let dir = scratch_dir("world-key");
+    // Before any bridge ran: `worldbridge key` creates the key and prints its public half.
+    let out = bin()
+        .args(["key", "--data-dir"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let public = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(
+        public.starts_with("ed25519:") && public.len() == 8 + 44,
+        "{public}"
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("created the world key"));
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.join("world.key"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "only the owner reads the secret key");
+    }
+    // A second call prints the same key and creates nothing.
+    let again = bin()
+        .args(["key", "--data-dir"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&again.stdout).trim(), public);
+    assert!(
+        again.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    // A bridge on that directory uses it, shows it in health, and `key` still works while
+    // the bridge holds the directory.
+    let (mut child, addr, _logs) = spawn(
+        bin()
+            .args([
+                "--http",
+                "127.0.0.1:0",
+                "--line",
+                "127.0.0.1:0",
+                "--data-dir",
+            ])
+            .arg(&dir),
+    );
+    assert_eq!(get(addr, "/bridge/health")["public_key"], public.as_str());
+    let during = bin()
+        .args(["key", "--data-dir"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&during.stdout).trim(), public);
+    let _ = child.kill();
+    let _ = child.wait();
+    // federation.key_file names another place; a broken key file is refused at start.
+    let elsewhere = dir.join("keys").join("mine.key");
+    let cfg = temp_file(
+        "key.toml",
+        &format!(
+            "[federation]\nkey_file = {:?}\n",
+            elsewhere.display().to_string()
+        ),
+    );
+    let out = bin().args(["key", "--config"]).arg(&cfg).output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_ne!(String::from_utf8_lossy(&out.stdout).trim(), public);
+    assert!(elsewhere.exists());
+    std::fs::write(dir.join("world.key"), "not a key\n").unwrap();
+    let out = bin()
+        .args([
+            "--http",
+            "127.0.0.1:0",
+            "--line",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("world.key") && err.contains("not a world key file"),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
