@@ -159,7 +159,9 @@ impl App {
         );
         let fed = crate::fed_api::Peering::new(&cfg.world, &cfg.federation, now_ms)?;
         let crisis = load_crisis_detector(&cfg.agent.crisis_file)?;
-        let world_key = load_world_key(&cfg)?;
+        // A key for this run until `load_world_key` reads the world's own (after the store
+        // has made and locked the data directory it lives in).
+        let world_key = WorldKey::generate().map_err(|e| e.to_string())?;
         let mut app = App {
             fed,
             gateway,
@@ -840,25 +842,29 @@ struct CrisisCheck {
     deadline: Instant,
 }
 
-/// This world's key: read from its file, or created there (mode 0600); with `--memory`
-/// and no `federation.key_file`, a new one for this run.
-fn load_world_key(cfg: &Config) -> Result<WorldKey, String> {
-    let Some(path) = cfg.key_path() else {
-        let key = WorldKey::generate().map_err(|e| e.to_string())?;
+impl App {
+    /// This world's key: read from its file, or created there (mode 0600); with
+    /// `--memory` and no `federation.key_file`, the one made for this run. Called at start
+    /// once the store holds the data directory the key lives in.
+    pub fn load_world_key(&mut self) -> Result<(), String> {
+        let Some(path) = self.cfg.key_path() else {
+            log::info!(
+                "world key: none kept (--memory); this run's public key is {}",
+                self.world_key.public()
+            );
+            return Ok(());
+        };
+        let (key, created) =
+            WorldKey::load_or_create(&path).map_err(|e| format!("world key: {e}"))?;
         log::info!(
-            "world key: none kept (--memory); this run's public key is {}",
+            "world key: {} ({}); public key {}",
+            path.display(),
+            if created { "created" } else { "loaded" },
             key.public()
         );
-        return Ok(key);
-    };
-    let (key, created) = WorldKey::load_or_create(&path).map_err(|e| format!("world key: {e}"))?;
-    log::info!(
-        "world key: {} ({}); public key {}",
-        path.display(),
-        if created { "created" } else { "loaded" },
-        key.public()
-    );
-    Ok(key)
+        self.world_key = key;
+        Ok(())
+    }
 }
 
 /// The built-in crisis rules, extended by `agent.crisis_file` when it names a file.

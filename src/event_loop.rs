@@ -436,6 +436,7 @@ impl Bridge {
             let (store, loaded) = Store::open(&dir, &app.cfg.world, app.retention(), wake)?;
             app.attach_store(store, loaded);
         }
+        app.load_world_key()?;
         if let Some(f) = &mut app.fed {
             let w = waker.clone();
             let wake = Arc::new(move || {
