@@ -273,8 +273,33 @@ fn parse_serve(words: &[String]) -> Result<Command, String> {
     Ok(Command::Serve(out))
 }
 
+/// `--config FILE` and `--data-dir DIR`, the flags every command on a world's data takes
+/// (export, import, key).
+#[derive(Default)]
+struct StoreFlags {
+    config: Option<PathBuf>,
+    data_dir: Option<String>,
+}
+
+impl StoreFlags {
+    fn take<'a>(
+        &mut self,
+        name: &str,
+        inline: Option<&'a str>,
+        words: &mut Words<'a>,
+    ) -> Result<(), String> {
+        if name == "--config" {
+            let v = words.value(name, inline, "a TOML file")?;
+            set_once(&mut self.config, name, PathBuf::from(v))
+        } else {
+            let v = words.value(name, inline, "a directory")?;
+            set_once(&mut self.data_dir, name, v.to_string())
+        }
+    }
+}
+
 fn parse_export(words: &[String]) -> Result<Command, String> {
-    let (mut config, mut data_dir, mut out) = (None, None, None);
+    let (mut store, mut out) = (StoreFlags::default(), None);
     let mut words = Words::new(words);
     while let Some(arg) = words.next_arg() {
         let (name, inline) = match arg {
@@ -286,14 +311,7 @@ fn parse_export(words: &[String]) -> Result<Command, String> {
             }
         };
         match name {
-            "--config" => {
-                let v = words.value(name, inline, "a TOML file")?;
-                set_once(&mut config, name, PathBuf::from(v))?;
-            }
-            "--data-dir" => {
-                let v = words.value(name, inline, "a directory")?;
-                set_once(&mut data_dir, name, v.to_string())?;
-            }
+            "--config" | "--data-dir" => store.take(name, inline, &mut words)?,
             "--out" => {
                 let v = words.value(name, inline, "a file")?;
                 set_once(&mut out, name, PathBuf::from(v))?;
@@ -302,14 +320,14 @@ fn parse_export(words: &[String]) -> Result<Command, String> {
         }
     }
     Ok(Command::Export {
-        config,
-        data_dir,
+        config: store.config,
+        data_dir: store.data_dir,
         out,
     })
 }
 
 fn parse_key(words: &[String]) -> Result<Command, String> {
-    let (mut config, mut data_dir) = (None, None);
+    let mut store = StoreFlags::default();
     let mut words = Words::new(words);
     while let Some(arg) = words.next_arg() {
         let (name, inline) = match arg {
@@ -319,22 +337,18 @@ fn parse_key(words: &[String]) -> Result<Command, String> {
             }
         };
         match name {
-            "--config" => {
-                let v = words.value(name, inline, "a TOML file")?;
-                set_once(&mut config, name, PathBuf::from(v))?;
-            }
-            "--data-dir" => {
-                let v = words.value(name, inline, "a directory")?;
-                set_once(&mut data_dir, name, v.to_string())?;
-            }
+            "--config" | "--data-dir" => store.take(name, inline, &mut words)?,
             other => return common_flag(other, "key"),
         }
     }
-    Ok(Command::Key { config, data_dir })
+    Ok(Command::Key {
+        config: store.config,
+        data_dir: store.data_dir,
+    })
 }
 
 fn parse_import(words: &[String]) -> Result<Command, String> {
-    let (mut config, mut data_dir, mut file, mut force) = (None, None, None, false);
+    let (mut store, mut file, mut force) = (StoreFlags::default(), None, false);
     let mut words = Words::new(words);
     while let Some(arg) = words.next_arg() {
         let (name, inline) = match arg {
@@ -350,14 +364,7 @@ fn parse_import(words: &[String]) -> Result<Command, String> {
             }
         };
         match name {
-            "--config" => {
-                let v = words.value(name, inline, "a TOML file")?;
-                set_once(&mut config, name, PathBuf::from(v))?;
-            }
-            "--data-dir" => {
-                let v = words.value(name, inline, "a directory")?;
-                set_once(&mut data_dir, name, v.to_string())?;
-            }
+            "--config" | "--data-dir" => store.take(name, inline, &mut words)?,
             "--force" => {
                 no_value(name, inline)?;
                 force = true;
@@ -367,9 +374,9 @@ fn parse_import(words: &[String]) -> Result<Command, String> {
     }
     let file = file.ok_or("`worldbridge import` needs the FILE to import")?;
     Ok(Command::Import {
-        config,
+        config: store.config,
         file,
-        data_dir,
+        data_dir: store.data_dir,
         force,
     })
 }

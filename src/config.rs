@@ -6,6 +6,7 @@
 //! from these types through serde and checks it). Unknown keys and bad values are
 //! rejected at start with the key's name.
 
+use crate::protocol::GAME_KINDS;
 use crate::world::lookalike;
 use serde::{Deserialize, Serialize};
 use std::net::{IpAddr, SocketAddr};
@@ -834,9 +835,10 @@ impl Config {
                     "{what}: is also a `[[line.dial]]` world; a dialed world is the bridge's own link already"
                 ));
             }
-            if !["evennia", "tes3mp", "generic"].contains(&l.kind.as_str()) {
+            if !GAME_KINDS.contains(&l.kind.as_str()) {
                 return Err(format!(
-                    "{what}: `kind` must be evennia, tes3mp or generic, not {:?}",
+                    "{what}: `kind` must be one of {}, not {:?}",
+                    GAME_KINDS.join(", "),
                     l.kind
                 ));
             }

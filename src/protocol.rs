@@ -33,6 +33,8 @@ pub fn check_payload_version(v: &str) -> Result<(), String> {
 
 /// What kind of peer a link is.
 pub const LINK_KINDS: [&str; 4] = ["evennia", "tes3mp", "generic", "bridge"];
+/// The kinds a game link may be (`[[line.links]]`, `[[line.dial]]`): all but the bridge.
+pub const GAME_KINDS: [&str; 3] = ["evennia", "tes3mp", "generic"];
 
 /// A point in a game's world units.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, Default)]

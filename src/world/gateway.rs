@@ -422,7 +422,11 @@ impl Gateway {
             return self.refuse(conn, "reserved_type", &why, out);
         }
         if let Some(Value::String(claimed)) = msg.get("agentId") {
-            if lookalike::key(claimed) == self.reserved_key {
+            // Most frames name their own sender, whose id passed this check at register:
+            // the look-alike key (NFKC, folding, skeleton) is only computed for the others.
+            let own = (self.clients.get(&conn).and_then(|c| c.reg.as_ref()))
+                .is_some_and(|r| r.agent_id == *claimed);
+            if !own && lookalike::key(claimed) == self.reserved_key {
                 let why = format!(
                     "only the bridge speaks as {:?}; this message was not routed",
                     self.limits.agent_id
