@@ -6,8 +6,8 @@
 //! from these types through serde and checks it). Unknown keys and bad values are
 //! rejected at start with the key's name.
 
-use crate::protocol::GAME_KINDS;
 use crate::world::lookalike;
+use crate::world::protocol::GAME_KINDS;
 use serde::{Deserialize, Serialize};
 use std::net::{IpAddr, SocketAddr};
 use std::ops::Range;

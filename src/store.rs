@@ -18,7 +18,7 @@
 use crate::federation::merge::Pruned;
 use crate::federation::travel::{Arrival, Departure};
 use crate::federation::wire::{FedEvent, TrustEntry};
-use crate::world::gateway::StoredFrame;
+use crate::feeds::gateway::StoredFrame;
 use crate::world::room::Event;
 use crate::world::session::Session;
 use crate::world::state::{RoomState, Snapshot};
@@ -910,7 +910,7 @@ mod tests {
             username: "A".into(),
             room: "R".into(),
             message: Some(format!("m{seq}")),
-            timestamp: crate::time::rfc3339(seq),
+            timestamp: crate::world::time::rfc3339(seq),
             seq,
             origin: "w".into(),
             ts_ms: seq,
@@ -958,7 +958,7 @@ mod tests {
             username: Some("Bob".into()),
             message: Some("hi mac".into()),
             event: None,
-            timestamp: crate::time::rfc3339(1),
+            timestamp: crate::world::time::rfc3339(1),
             data: None,
         };
         let trust = TrustEntry {

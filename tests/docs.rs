@@ -176,7 +176,7 @@ fn every_route_is_in_the_http_api_index_with_a_link_to_its_page() {
     let docs = root().join("docs");
     let mut problems = Vec::new();
     let mut known = BTreeSet::new();
-    for (pattern, method) in worldbridge::api::ROUTES {
+    for (pattern, method) in worldbridge::doors::http::ROUTES {
         let path = shown(pattern);
         let head = format!("| `{method} {path}` |");
         known.insert(head.clone());
@@ -227,7 +227,7 @@ fn every_route_is_in_the_http_api_index_with_a_link_to_its_page() {
 #[test]
 fn the_router_serves_every_route_in_its_table() {
     let bridge = common::start();
-    for (pattern, method) in worldbridge::api::ROUTES {
+    for (pattern, method) in worldbridge::doors::http::ROUTES {
         let path = pattern
             .replace(":room", "The%20Threshold")
             .replace(":world", "morrowind");

@@ -14,7 +14,7 @@ fn health_has_the_seed_shape() {
     assert_eq!(h["active_sessions"], 0);
     let ts = h["timestamp"].as_str().unwrap();
     assert!(
-        worldbridge::time::parse_rfc3339(ts).is_some(),
+        worldbridge::world::time::parse_rfc3339(ts).is_some(),
         "RFC 3339: {ts}"
     );
     assert!(ts.ends_with('Z'));

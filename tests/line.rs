@@ -11,8 +11,8 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::thread;
 use std::time::{Duration, Instant};
 use worldbridge::config::{Config, DialConfig};
-use worldbridge::game::{Target, World};
-use worldbridge::protocol::Command;
+use worldbridge::doors::game::{Target, WorldInterface};
+use worldbridge::world::protocol::GameCommand;
 
 fn start_line(cfg: Config) -> (TestBridge, SocketAddr) {
     let b = start_with(cfg);
@@ -573,7 +573,7 @@ fn the_world_trait_reaches_the_game_through_the_loop() {
     let p = world.observe().expect("perception");
     assert_eq!(p.cell.as_deref(), Some("Balmora, Temple"));
     assert_eq!(p.inventory[0].count, 12);
-    let cmd = Command::parse("teleport", &json!({"cell": "Vivec, Arena"})).unwrap();
+    let cmd = GameCommand::parse("teleport", &json!({"cell": "Vivec, Arena"})).unwrap();
     let r = world.act(&cmd).expect("result");
     assert!(r.ok);
     assert_eq!(r.data, Some(json!({"cell": "Vivec, Arena"})));

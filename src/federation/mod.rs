@@ -121,9 +121,9 @@ pub mod trust;
 pub mod wire;
 
 use crate::config::FederationConfig;
-use crate::time::rfc3339;
 use crate::world::check_name;
 use crate::world::room::{Event, RoomSpec};
+use crate::world::time::rfc3339;
 use merge::{EventLog, Insert, Pruned};
 use portal::{Draft, Relayed, Scope};
 use presence::{PeerStatus, RemotePresence, Report};

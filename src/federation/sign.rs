@@ -452,7 +452,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!(
             "wb-key-{}-{}",
             std::process::id(),
-            crate::time::now_ms()
+            crate::world::time::now_ms()
         ));
         let path = dir.join("world.key");
         let (a, created) = WorldKey::load_or_create(&path).unwrap();

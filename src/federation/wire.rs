@@ -4,8 +4,8 @@
 //! sent must pass before the core looks at it: nothing here panics on peer data.
 
 use crate::agent::Turn;
-use crate::time::parse_rfc3339;
 use crate::world::check_name;
+use crate::world::time::parse_rfc3339;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::BTreeMap;

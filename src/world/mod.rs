@@ -6,16 +6,16 @@
 //! ([`World::take_new_events`]) for the transports that fan them out.
 
 pub mod expiry;
-pub mod gateway;
-pub mod heartbeat;
 pub mod lookalike;
+pub mod protocol;
 pub mod ratelimit;
 pub mod room;
 pub mod session;
 pub mod state;
+pub mod time;
 
 use crate::agent::WorldContext;
-use crate::time::rfc3339;
+use crate::world::time::rfc3339;
 use room::{Event, EventKind, Relayed, Room, RoomSpec, WorldFile};
 use session::{SessionLimits, Sessions};
 use std::collections::{BTreeMap, HashMap, HashSet};

@@ -5,7 +5,7 @@
 use super::room::{Event, Room, RoomSpec};
 use super::session::Session;
 use super::{Occupant, World};
-use crate::time::parse_rfc3339;
+use crate::world::time::parse_rfc3339;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
 
@@ -58,7 +58,7 @@ pub struct Snapshot {
     #[serde(default)]
     pub gateway_seq: u64,
     #[serde(default)]
-    pub gateway: Vec<crate::world::gateway::StoredFrame>,
+    pub gateway: Vec<crate::feeds::gateway::StoredFrame>,
     /// The federation's event log (own and received events, by `(origin, seq)`) and its
     /// trust winners (kept by the store; the world itself has neither).
     #[serde(default)]

@@ -10,8 +10,8 @@ use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use worldbridge::config::{Config, PeerConfig};
+use worldbridge::doors::game::Worlds;
 use worldbridge::event_loop::{Bridge, ListenerKind, StopHandle};
-use worldbridge::game::Worlds;
 
 pub struct TestBridge {
     pub http: SocketAddr,

@@ -227,7 +227,7 @@ mod tests {
         let d = std::env::temp_dir().join(format!(
             "worldbridge-{tag}-{}-{}",
             std::process::id(),
-            crate::time::now_ms()
+            crate::world::time::now_ms()
         ));
         std::fs::create_dir_all(&d).unwrap();
         d

@@ -259,8 +259,8 @@ impl App {
 
 #[cfg(test)]
 mod tests {
+    use crate::app::peering::tests::app_with as app;
     use crate::app::App;
-    use crate::fed_api::tests::app_with as app;
     use crate::federation::wire::PAGE_MAX;
 
     /// What vps has federated so far, as mac would pull it.

@@ -12,6 +12,7 @@
 //! - Peers: each `sync_interval_s` every peer not still busy gets a [`Job`]; the outcomes
 //!   come back through [`App::on_peer_outcome`] and feed `/bridge/health`'s `peers`.
 
+use crate::app::peer_sync::{Job, Outcome, PeerSync};
 use crate::app::App;
 use crate::codec::http::{Request, Response};
 use crate::config::FederationConfig;
@@ -22,10 +23,9 @@ use crate::federation::wire::{
     Cursor, Delta, FedEvent, PresenceEntry, WireError, WorldPresence, PAGE_MAX, PRESENCE_MAX,
 };
 use crate::federation::{Applied, Federation};
-use crate::peer_sync::{Job, Outcome, PeerSync};
 use crate::store::Row;
-use crate::time::rfc3339;
 use crate::world::room::Event;
+use crate::world::time::rfc3339;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
 use std::time::{Duration, Instant};
@@ -40,7 +40,7 @@ pub struct Peering {
     /// Rows for the next store batch.
     pub(crate) rows: Vec<Row>,
     /// Travel in progress: waiting travellers and steps waiting for their batch.
-    pub(crate) travel: crate::travel_api::TravelWiring,
+    pub(crate) travel: crate::app::travel::TravelWiring,
     /// The highest own federated seq among `rows`.
     own_upto: Option<u64>,
     /// (batch id, own seq): own events durable once that batch is.
@@ -52,7 +52,7 @@ pub struct Peering {
     last_round: Option<Instant>,
     counts: FedCounts,
     /// Accepted events no room here shows (yet).
-    pub(crate) unshown: crate::fed_rooms::Unshown,
+    pub(crate) unshown: crate::app::fed_rooms::Unshown,
 }
 
 /// What `/bridge/health` and `/metrics` say about one peer.
@@ -118,7 +118,7 @@ impl Peering {
             sync: None,
             scoped: HashSet::new(),
             rows: Vec::new(),
-            travel: crate::travel_api::TravelWiring::default(),
+            travel: crate::app::travel::TravelWiring::default(),
             own_upto: None,
             waiting: VecDeque::new(),
             peers,
@@ -126,7 +126,7 @@ impl Peering {
             interval: Duration::from_secs(cfg.sync_interval_s.max(1)),
             last_round: None,
             counts: FedCounts::default(),
-            unshown: crate::fed_rooms::Unshown::default(),
+            unshown: crate::app::fed_rooms::Unshown::default(),
         }))
     }
 
@@ -290,7 +290,7 @@ impl App {
                     crate::federation::FedRow::Event(e) => Some(Row::FedEvent(e)),
                     crate::federation::FedRow::Pruned(p) => Some(Row::FedPruned(p)),
                     crate::federation::FedRow::Trust(t) => Some(Row::FedTrust(t)),
-                    // A merge brings no travel rows (those come from `travel_api`).
+                    // A merge brings no travel rows (those come from `app::travel`).
                     _ => None,
                 }));
         }
@@ -312,7 +312,7 @@ impl App {
 
     /// Each `sync_interval_s`, every peer not still busy gets its job.
     pub fn fed_tick(&mut self, now: Instant) {
-        self.retry_unshown(crate::time::now_ms());
+        self.retry_unshown(crate::world::time::now_ms());
         let due = self.fed.as_ref().is_some_and(|f| {
             f.last_round
                 .is_none_or(|t| now.duration_since(t) >= f.interval)
@@ -320,7 +320,7 @@ impl App {
         if !due {
             return;
         }
-        self.travel_tick(crate::time::now_ms());
+        self.travel_tick(crate::world::time::now_ms());
         let presence = self.own_presence();
         let Some(f) = &mut self.fed else {
             return;

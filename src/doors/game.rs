@@ -1,6 +1,6 @@
 //! The WorldInterface of seed 003: what an agent can do in a game, whatever the game.
 //!
-//! [`World`] is `observe` / `act` / `speak`. Two implementations:
+//! [`WorldInterface`] is `observe` / `act` / `speak`. Two implementations:
 //! - [`LinkWorld`]: a handle, usable from any thread (an agent worker, a test), whose
 //!   calls travel over a channel to the event loop and from there over the game's line
 //!   link; the loop answers on a channel of the call's own.
@@ -8,7 +8,9 @@
 //!   perception the way a game would.
 
 use crate::codec::http::Response;
-use crate::protocol::{ActionResult, Command, Item, Perception, QuestEntry, Stat, Stats, Vec3};
+use crate::world::protocol::{
+    ActionResult, GameCommand, Item, Perception, QuestEntry, Stat, Stats, Vec3,
+};
 use crossbeam_channel::{Receiver, Sender};
 use mio::Waker;
 use serde_json::Value;
@@ -44,11 +46,11 @@ impl std::fmt::Display for GameError {
 }
 
 /// observe / act / speak.
-pub trait World {
+pub trait WorldInterface {
     /// What the agent's character perceives now.
     fn observe(&mut self) -> Result<Perception, GameError>;
     /// Carry out a command. A game that refuses it answers `Ok` with `ok: false`.
-    fn act(&mut self, cmd: &Command) -> Result<ActionResult, GameError>;
+    fn act(&mut self, cmd: &GameCommand) -> Result<ActionResult, GameError>;
     /// Say something in the game.
     fn speak(&mut self, text: &str, target: &Target) -> Result<(), GameError>;
 }
@@ -59,7 +61,7 @@ pub enum LoopRequest {
     Act {
         world: String,
         player: Option<String>,
-        cmd: Command,
+        cmd: GameCommand,
         reply: Sender<Response>,
     },
     Observe {
@@ -138,7 +140,7 @@ impl LinkWorld {
     }
 }
 
-impl World for LinkWorld {
+impl WorldInterface for LinkWorld {
     fn observe(&mut self) -> Result<Perception, GameError> {
         let body = self.call(|reply| LoopRequest::Observe {
             world: self.world.clone(),
@@ -149,7 +151,7 @@ impl World for LinkWorld {
             .map_err(|e| GameError::Refused("bad_perception".into(), e.to_string()))
     }
 
-    fn act(&mut self, cmd: &Command) -> Result<ActionResult, GameError> {
+    fn act(&mut self, cmd: &GameCommand) -> Result<ActionResult, GameError> {
         let body = self.call(|reply| LoopRequest::Act {
             world: self.world.clone(),
             player: self.player.clone(),
@@ -184,7 +186,7 @@ impl World for LinkWorld {
 #[derive(Debug, Clone, Default)]
 pub struct MockWorld {
     pub perception: Perception,
-    /// Everything said through [`World::speak`], in order.
+    /// Everything said through [`WorldInterface::speak`], in order.
     pub spoken: Vec<(String, Target)>,
     /// Console commands run, in order.
     pub console: Vec<String>,
@@ -237,15 +239,15 @@ fn done(data: Value) -> ActionResult {
     }
 }
 
-impl World for MockWorld {
+impl WorldInterface for MockWorld {
     fn observe(&mut self) -> Result<Perception, GameError> {
         Ok(self.perception.clone())
     }
 
-    fn act(&mut self, cmd: &Command) -> Result<ActionResult, GameError> {
+    fn act(&mut self, cmd: &GameCommand) -> Result<ActionResult, GameError> {
         let p = &mut self.perception;
         Ok(match cmd {
-            Command::Teleport { cell, pos, rot } => {
+            GameCommand::Teleport { cell, pos, rot } => {
                 p.cell = Some(cell.clone());
                 p.position = Some(pos.unwrap_or_default());
                 if rot.is_some() {
@@ -253,7 +255,7 @@ impl World for MockWorld {
                 }
                 done(serde_json::json!({"cell": cell}))
             }
-            Command::AddItem { ref_id, count, .. } => {
+            GameCommand::AddItem { ref_id, count, .. } => {
                 let count = i64::from(*count);
                 match p.inventory.iter_mut().find(|i| &i.ref_id == ref_id) {
                     Some(i) => i.count += count,
@@ -264,7 +266,7 @@ impl World for MockWorld {
                 }
                 done(serde_json::json!({"ref_id": ref_id, "count": count}))
             }
-            Command::RemoveItem { ref_id, count } => {
+            GameCommand::RemoveItem { ref_id, count } => {
                 let count = i64::from(*count);
                 match p.inventory.iter().position(|i| &i.ref_id == ref_id) {
                     Some(at) if p.inventory[at].count >= count => {
@@ -280,7 +282,7 @@ impl World for MockWorld {
                     ),
                 }
             }
-            Command::Journal { quest, index, .. } => {
+            GameCommand::Journal { quest, index, .. } => {
                 let index = i64::from(*index);
                 match p.journal.iter_mut().find(|q| &q.quest == quest) {
                     Some(q) => q.index = q.index.max(index),
@@ -291,7 +293,7 @@ impl World for MockWorld {
                 }
                 done(serde_json::json!({"quest": quest, "index": index}))
             }
-            Command::SetStat { name, value } => {
+            GameCommand::SetStat { name, value } => {
                 let stats = p.stats.get_or_insert_with(Stats::default);
                 let slot = match name.as_str() {
                     "health" => Some(&mut stats.health),
@@ -311,11 +313,11 @@ impl World for MockWorld {
                 }
                 done(serde_json::json!({"name": name, "value": value}))
             }
-            Command::Console { command } => {
+            GameCommand::Console { command } => {
                 self.console.push(command.clone());
                 done(serde_json::json!({"ran": command}))
             }
-            Command::Message { text, to } => {
+            GameCommand::Message { text, to } => {
                 let target = to.clone().map_or(Target::Everyone, Target::Player);
                 self.spoken.push((text.clone(), target));
                 done(serde_json::json!({}))
@@ -334,8 +336,8 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn cmd(action: &str, args: Value) -> Command {
-        Command::parse(action, &args).expect("valid command")
+    fn cmd(action: &str, args: Value) -> GameCommand {
+        GameCommand::parse(action, &args).expect("valid command")
     }
 
     #[test]

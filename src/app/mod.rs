@@ -5,26 +5,35 @@
 //! answers that come later (the agent's) are queued in [`App::ready`] for the loop to
 //! deliver to the connection that waits for them.
 
+pub mod calls;
+pub mod fed_rooms;
+pub mod links;
+pub mod metrics;
+pub mod peer_sync;
+pub mod peering;
+pub mod room_expiry;
+pub mod travel;
+
 use crate::agent::builtin;
 use crate::agent::crisis::{self, CrisisDetector, Outcome};
 use crate::agent::pool::AgentPool;
 use crate::agent::{AgentError, AgentReply, AgentRequest};
-use crate::calls::{Call, CallKind, Calls, ReplyTo};
+use crate::app::calls::{Call, CallKind, Calls, ReplyTo};
+use crate::app::links::Links;
+use crate::app::metrics::{Gauges, Metrics};
 use crate::codec::http::Response;
 use crate::config::Config;
 use crate::conn::ConnId;
+use crate::doors::ws::WsOut;
 use crate::federation::sign::WorldKey;
-use crate::links::Links;
-use crate::metrics::{Gauges, Metrics};
+use crate::feeds::gateway::{Gateway, GatewayLimits};
+use crate::feeds::workshop::inbox::Inbox;
+use crate::feeds::workshop::{Workshop, WorkshopLimits};
 use crate::store::{Batch, Row, Store, StoreEvent};
-use crate::workshop::inbox::Inbox;
-use crate::workshop::{Workshop, WorkshopLimits};
-use crate::world::gateway::{Gateway, GatewayLimits};
 use crate::world::ratelimit::RateLimit;
 use crate::world::room::WorldFile;
 use crate::world::session::SessionLimits;
 use crate::world::{World, WorldLimits};
-use crate::ws_api::WsOut;
 use serde_json::json;
 use std::collections::HashMap;
 use std::collections::VecDeque;
@@ -42,7 +51,7 @@ pub struct App {
     pub metrics: Metrics,
     pub rate: RateLimit,
     /// Room expiry's clock and the per-address room creation limit.
-    pub room_sweep: crate::room_expiry::RoomSweep,
+    pub room_sweep: crate::app::room_expiry::RoomSweep,
     pub crisis: CrisisDetector,
     /// Crisis classifications asked of the model (`agent.crisis_model_check`), by job id.
     crisis_checks: HashMap<u64, CrisisCheck>,
@@ -84,7 +93,7 @@ pub struct App {
     /// The last commit failed (and why): state-changing requests get 503 until one works.
     pub store_error: Option<String>,
     /// Federation with the configured peers (`None` without `[[federation.peers]]`).
-    pub fed: Option<crate::fed_api::Peering>,
+    pub fed: Option<crate::app::peering::Peering>,
 }
 
 /// An answer that waits until the store has made its change durable.
@@ -133,7 +142,7 @@ impl App {
             occupants_max: cfg.rooms.occupants_max,
         };
         let world = World::new(&cfg.world, &cfg.agent.name, wf, limits);
-        let now_ms = crate::time::now_ms();
+        let now_ms = crate::world::time::now_ms();
         let gateway = Gateway::new(
             GatewayLimits {
                 agent_id: cfg.gateway.agent_id.clone(),
@@ -157,7 +166,7 @@ impl App {
             },
             now_ms,
         );
-        let fed = crate::fed_api::Peering::new(&cfg.world, &cfg.federation, now_ms)?;
+        let fed = crate::app::peering::Peering::new(&cfg.world, &cfg.federation, now_ms)?;
         let crisis = load_crisis_detector(&cfg.agent.crisis_file)?;
         // A key for this run until `load_world_key` reads the world's own (after the store
         // has made and locked the data directory it lives in).
@@ -171,7 +180,7 @@ impl App {
             inbox_trouble: None,
             world_key,
             rate: RateLimit::new(cfg.http.rate_limit_requests, cfg.http.rate_limit_window_s),
-            room_sweep: crate::room_expiry::RoomSweep::new(
+            room_sweep: crate::app::room_expiry::RoomSweep::new(
                 cfg.http.rate_limit_requests,
                 cfg.http.rate_limit_window_s,
             ),
@@ -186,7 +195,7 @@ impl App {
             ready: Vec::new(),
             connections_open: 0,
             ws_connections: 0,
-            links: Links::new(&cfg.line.dial, Instant::now(), crate::time::now_ms()),
+            links: Links::new(&cfg.line.dial, Instant::now(), crate::world::time::now_ms()),
             line_out: Vec::new(),
             store: None,
             held: VecDeque::new(),
@@ -215,7 +224,7 @@ impl App {
         if let Some(mut snap) = loaded {
             let frames = std::mem::take(&mut snap.gateway);
             self.gateway
-                .restore(snap.gateway_seq, frames, crate::time::now_ms());
+                .restore(snap.gateway_seq, frames, crate::world::time::now_ms());
             log::info!(
                 "store: loaded {} rooms, {} events, {} sessions, {} present",
                 snap.rooms.len(),
@@ -358,7 +367,7 @@ impl App {
             (HeldAnswer::Line(conn, _, bytes), None) => self.line_out.push((conn, bytes)),
             (HeldAnswer::Line(conn, id, _), Some(why)) => {
                 let mut line = Vec::new();
-                crate::line_api::error_line(id.as_ref(), "store_unavailable", why, &mut line);
+                crate::doors::line::error_line(id.as_ref(), "store_unavailable", why, &mut line);
                 self.line_out.push((conn, line));
             }
         }
@@ -638,7 +647,7 @@ impl App {
         context.game = self
             .links
             .perception_near(&call.room)
-            .map(|(world, seen)| crate::protocol::summary(world, &seen.perception));
+            .map(|(world, seen)| crate::world::protocol::summary(world, &seen.perception));
         let req = AgentRequest {
             job_id: call.job_id,
             user_id: call.user_id.clone().unwrap_or_default(),
@@ -683,7 +692,7 @@ impl App {
 
     /// Record a finished exchange in the session and build the response.
     fn finish_call(&mut self, call: &Call, text: String) -> Response {
-        let now_ms = crate::time::now_ms();
+        let now_ms = crate::world::time::now_ms();
         match call.kind {
             CallKind::Generate => Response::json(200, &json!({"results": [{"text": text}]})),
             CallKind::Chat => {

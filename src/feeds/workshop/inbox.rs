@@ -7,7 +7,7 @@
 //! crash. Names sort in arrival order: `<epoch ms, 13 digits>-<pid>-<counter>.json`.
 
 use crate::conn::ConnId;
-use crate::time::rfc3339;
+use crate::world::time::rfc3339;
 use serde::Serialize;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
@@ -148,7 +148,7 @@ mod tests {
         let d = std::env::temp_dir().join(format!(
             "worldbridge-{tag}-{}-{}",
             std::process::id(),
-            crate::time::now_ms()
+            crate::world::time::now_ms()
         ));
         d
     }

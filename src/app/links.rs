@@ -7,10 +7,10 @@
 //! hello, a connection closed, a dial failed) and asks it what to do (which link hosts a
 //! room, when to dial next).
 
-use crate::calls::ReplyTo;
+use crate::app::calls::ReplyTo;
 use crate::config::DialConfig;
 use crate::conn::ConnId;
-use crate::protocol::Perception;
+use crate::world::protocol::Perception;
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};

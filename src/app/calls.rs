@@ -19,7 +19,7 @@ pub enum ReplyTo {
         id: serde_json::Value,
         user_id: String,
     },
-    /// A thread waiting for the answer (a [`crate::game::LinkWorld`] handle).
+    /// A thread waiting for the answer (a [`crate::doors::game::LinkWorld`] handle).
     Channel(crossbeam_channel::Sender<crate::codec::http::Response>),
     /// A message from a WebSocket feed: the agent's answer is spoken aloud as a `bark`
     /// in `room` (every feed hears it; with `workshop` the Workshop's browsers too).

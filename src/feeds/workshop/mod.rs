@@ -23,15 +23,16 @@ pub mod merge_patch;
 pub mod watcher;
 
 use crate::conn::ConnId;
-use crate::world::heartbeat::{Flood, Flooding, Heartbeat};
-use crate::world::{check_name, gateway::error_frame};
+use crate::feeds::gateway::error_frame;
+use crate::feeds::heartbeat::{Flood, Flooding, Heartbeat};
+use crate::world::check_name;
 use inbox::InboxMessage;
 use merge_patch::{diff_exact, Change};
 use serde_json::{json, Map, Value};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use watcher::StateUpdate;
 
-pub use crate::world::gateway::Frame;
+pub use crate::feeds::gateway::Frame;
 
 /// The room visitors are present in while they are in the Workshop.
 pub const ROOM: &str = "Workshop";

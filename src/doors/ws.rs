@@ -6,12 +6,12 @@
 //! that relays them to game links: a `say` posted over HTTP is seen by the room's game,
 //! by every gateway client and by the status page alike.
 
+use crate::app::calls::{CallKind, ReplyTo};
 use crate::app::{Answer, App, CallInput};
-use crate::calls::{CallKind, ReplyTo};
 use crate::codec::http::Response;
 use crate::conn::ConnId;
-use crate::workshop::{self, inbox::Written, watcher::StateUpdate};
-use crate::world::gateway::{self, error_frame, Frame};
+use crate::feeds::gateway::{self, error_frame, Frame};
+use crate::feeds::workshop::{self, inbox::Written, watcher::StateUpdate};
 use serde_json::{Map, Value};
 use std::time::Instant;
 
@@ -121,7 +121,7 @@ impl App {
         if events.is_empty() {
             return;
         }
-        let now = crate::time::now_ms();
+        let now = crate::world::time::now_ms();
         let mut out = Vec::new();
         for ev in events {
             self.gateway.publish_event(ev, now, &mut out);
@@ -147,7 +147,7 @@ impl App {
             );
             return;
         };
-        let now = crate::time::now_ms();
+        let now = crate::world::time::now_ms();
         // A bark event in the room: the gateway and the game hosting the room hear it
         // through the outbox.
         if self.world.ensure_room(room).is_ok() {

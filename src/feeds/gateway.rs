@@ -19,7 +19,7 @@
 //!   The types only the hub sends ([`HUB_TYPES`]) are refused from clients
 //!   (`reserved_type`), and so is a client message whose `agentId` claims to be the
 //!   bridge's own agent. Agent ids are compared by their look-alike key
-//!   ([`super::lookalike`]): a look-alike of the bridge's id is `reserved_agent_id`, a
+//!   ([`crate::world::lookalike`]): a look-alike of the bridge's id is `reserved_agent_id`, a
 //!   look-alike of a connected id that is not the same string is `agent_id_taken`.
 //! - The bridge itself is the agent `gateway.agent_id` ("timmy"): messages for it come
 //!   out as [`Output::ForAgent`], and it publishes `bark` `{text, agentId, room}` and the
@@ -30,11 +30,11 @@
 //!   history no longer reaches back that far.
 
 use super::heartbeat::{Flood, Flooding, Heartbeat};
-use super::lookalike;
-use super::room::{Event, EventKind};
-use super::NAME_MAX_BYTES;
 use crate::conn::ConnId;
-use crate::time::rfc3339;
+use crate::world::lookalike;
+use crate::world::room::{Event, EventKind};
+use crate::world::time::rfc3339;
+use crate::world::NAME_MAX_BYTES;
 use serde_json::{json, Map, Value};
 use std::collections::{HashMap, VecDeque};
 

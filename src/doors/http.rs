@@ -4,16 +4,16 @@
 //! Errors are `{"error": "<sentence>", "code": "<snake_case>"}`; a client's mistake is a
 //! 4xx, never a 500.
 
+use crate::app::calls::{CallKind, ReplyTo};
 use crate::app::{Answer, App, CallInput};
-use crate::calls::{CallKind, ReplyTo};
 use crate::codec::http::{percent_decode, Method, Request, Response};
 use crate::codec::ws_handshake;
 use crate::conn::http::Handled;
 use crate::conn::ConnId;
 use crate::conn::Feed;
-use crate::protocol::Command;
-use crate::time::{now_ms, parse_rfc3339, rfc3339};
+use crate::world::protocol::GameCommand;
 use crate::world::room::Event;
+use crate::world::time::{now_ms, parse_rfc3339, rfc3339};
 use crate::world::{check_name, WorldError};
 use serde::Serialize;
 use serde_json::{json, Map, Value};
@@ -395,11 +395,11 @@ fn dispatch(
         "/bridge/say" => say(app, req, peer, now),
         "/bridge/move" => move_user(app, req, now),
         "/bridge/speak" => speak(app, req),
-        "/bridge/state" => crate::fed_api::bridge_state(app, req),
-        "/bridge/sync" => crate::fed_api::bridge_sync(app, req, now),
+        "/bridge/state" => crate::app::peering::bridge_state(app, req),
+        "/bridge/sync" => crate::app::peering::bridge_sync(app, req, now),
         "/bridge/trust" => trust(app, req, now),
         "/bridge/travel" => {
-            return match crate::travel_api::bridge_travel(app, id, req, now) {
+            return match crate::app::travel::bridge_travel(app, id, req, now) {
                 Ok(Some(resp)) | Err(resp) => Handled::Respond(resp),
                 Ok(None) => Handled::Park {
                     route,
@@ -457,7 +457,7 @@ fn head_of(allowed: &str) -> &'static str {
 fn authorize(app: &App, req: &Request, route: &str) -> Result<(), Response> {
     let token = &app.cfg.http.token;
     // The status page is static HTML; the data it fetches carries the token.
-    // Peers authenticate with the pair's token instead (see `fed_api`).
+    // Peers authenticate with the pair's token instead (see `app::peering`).
     // `/bridge/travel` serves both: its handler checks the token its body's kind needs.
     let peer_route =
         route == "/bridge/state" || route == "/bridge/sync" || route == "/bridge/travel";
@@ -647,7 +647,7 @@ fn links_json(app: &App) -> Vec<Value> {
             })
         })
         .collect();
-    let mut inbound: Vec<(&ConnId, &crate::links::Link)> =
+    let mut inbound: Vec<(&ConnId, &crate::app::links::Link)> =
         app.links.iter().filter(|(_, l)| l.dial.is_none()).collect();
     inbound.sort_by_key(|(_, l)| l.since_ms);
     out.extend(inbound.into_iter().map(|(_, l)| {
@@ -939,7 +939,8 @@ fn act(app: &mut App, id: ConnId, req: &Request) -> Result<Answer, Response> {
     let action = required(&obj, "action")?;
     let player = field(&obj, "player", false)?;
     let args = obj.get("args").cloned().unwrap_or(Value::Null);
-    let cmd = Command::parse(&action, &args).map_err(|e| Response::error(400, "bad_action", &e))?;
+    let cmd =
+        GameCommand::parse(&action, &args).map_err(|e| Response::error(400, "bad_action", &e))?;
     Ok(app.act(&world, player.as_deref(), &cmd, ReplyTo::Http(id)))
 }
 

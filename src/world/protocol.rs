@@ -207,7 +207,7 @@ pub fn summary(world: &str, p: &Perception) -> crate::agent::GameView {
 
 /// What the bridge can ask a game to do (seed 003: what server Lua can do directly).
 #[derive(Debug, Clone, PartialEq)]
-pub enum Command {
+pub enum GameCommand {
     Teleport {
         cell: String,
         pos: Option<Vec3>,
@@ -241,7 +241,7 @@ pub enum Command {
     },
 }
 
-/// The actions of [`Command`], by wire name.
+/// The actions of [`GameCommand`], by wire name.
 pub const ACTIONS: [&str; 7] = [
     "teleport",
     "add_item",
@@ -395,9 +395,9 @@ impl Args<'_> {
     }
 }
 
-impl Command {
+impl GameCommand {
     /// Check an `action` and its `args` (from HTTP or an agent) before anything is sent.
-    pub fn parse(action: &str, args: &Value) -> Result<Command, String> {
+    pub fn parse(action: &str, args: &Value) -> Result<GameCommand, String> {
         let empty = Map::new();
         let obj = match args {
             Value::Object(m) => m,
@@ -416,7 +416,7 @@ impl Command {
                 if !finite {
                     return Err("teleport: `pos` and `rot` must be finite".into());
                 }
-                Command::Teleport {
+                GameCommand::Teleport {
                     cell: a.req_string("cell")?,
                     pos,
                     rot,
@@ -424,7 +424,7 @@ impl Command {
             }
             "add_item" => {
                 a.only(&["ref_id", "count", "charge", "soul"])?;
-                Command::AddItem {
+                GameCommand::AddItem {
                     ref_id: a.req_string("ref_id")?,
                     count: a.count("count", 1, Some(1))?,
                     charge: a.number("charge")?,
@@ -433,14 +433,14 @@ impl Command {
             }
             "remove_item" => {
                 a.only(&["ref_id", "count"])?;
-                Command::RemoveItem {
+                GameCommand::RemoveItem {
                     ref_id: a.req_string("ref_id")?,
                     count: a.count("count", 1, Some(1))?,
                 }
             }
             "journal" => {
                 a.only(&["quest", "index", "actor_ref_id"])?;
-                Command::Journal {
+                GameCommand::Journal {
                     quest: a.req_string("quest")?,
                     index: a.count("index", 0, None)?,
                     actor_ref_id: a.string("actor_ref_id")?,
@@ -455,20 +455,20 @@ impl Command {
                     )
                 })?;
                 let value = a.number("value")?.ok_or("set_stat: `value` is required")?;
-                Command::SetStat {
+                GameCommand::SetStat {
                     name: canonical.to_string(),
                     value,
                 }
             }
             "console" => {
                 a.only(&["command"])?;
-                Command::Console {
+                GameCommand::Console {
                     command: a.req_string("command")?,
                 }
             }
             "message" => {
                 a.only(&["text", "to"])?;
-                Command::Message {
+                GameCommand::Message {
                     text: a.req_string("text")?,
                     to: a.string("to")?,
                 }
@@ -485,13 +485,13 @@ impl Command {
 
     pub fn action(&self) -> &'static str {
         match self {
-            Command::Teleport { .. } => "teleport",
-            Command::AddItem { .. } => "add_item",
-            Command::RemoveItem { .. } => "remove_item",
-            Command::Journal { .. } => "journal",
-            Command::SetStat { .. } => "set_stat",
-            Command::Console { .. } => "console",
-            Command::Message { .. } => "message",
+            GameCommand::Teleport { .. } => "teleport",
+            GameCommand::AddItem { .. } => "add_item",
+            GameCommand::RemoveItem { .. } => "remove_item",
+            GameCommand::Journal { .. } => "journal",
+            GameCommand::SetStat { .. } => "set_stat",
+            GameCommand::Console { .. } => "console",
+            GameCommand::Message { .. } => "message",
         }
     }
 
@@ -504,12 +504,12 @@ impl Command {
             }
         };
         match self {
-            Command::Teleport { cell, pos, rot } => {
+            GameCommand::Teleport { cell, pos, rot } => {
                 put("cell", json!(cell));
                 put("pos", json!(pos));
                 put("rot", json!(rot));
             }
-            Command::AddItem {
+            GameCommand::AddItem {
                 ref_id,
                 count,
                 charge,
@@ -520,11 +520,11 @@ impl Command {
                 put("charge", json!(charge));
                 put("soul", json!(soul));
             }
-            Command::RemoveItem { ref_id, count } => {
+            GameCommand::RemoveItem { ref_id, count } => {
                 put("ref_id", json!(ref_id));
                 put("count", json!(count));
             }
-            Command::Journal {
+            GameCommand::Journal {
                 quest,
                 index,
                 actor_ref_id,
@@ -533,12 +533,12 @@ impl Command {
                 put("index", json!(index));
                 put("actor_ref_id", json!(actor_ref_id));
             }
-            Command::SetStat { name, value } => {
+            GameCommand::SetStat { name, value } => {
                 put("name", json!(name));
                 put("value", json!(value));
             }
-            Command::Console { command } => put("command", json!(command)),
-            Command::Message { text, to } => {
+            GameCommand::Console { command } => put("command", json!(command)),
+            GameCommand::Message { text, to } => {
                 put("text", json!(text));
                 put("to", json!(to));
             }
@@ -562,7 +562,7 @@ impl Command {
     }
 }
 
-/// What a game answered to a [`Command`].
+/// What a game answered to a [`GameCommand`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ActionResult {
     pub ok: bool,
@@ -619,9 +619,9 @@ mod tests {
             ("message", json!({"text": "hello", "to": "Alice"})),
         ];
         for (action, args) in cases {
-            let cmd = Command::parse(action, &args).unwrap_or_else(|e| panic!("{action}: {e}"));
+            let cmd = GameCommand::parse(action, &args).unwrap_or_else(|e| panic!("{action}: {e}"));
             assert_eq!(cmd.action(), action);
-            let again = Command::parse(action, &cmd.args()).expect("its own args parse");
+            let again = GameCommand::parse(action, &cmd.args()).expect("its own args parse");
             assert_eq!(again, cmd);
         }
     }
@@ -629,8 +629,8 @@ mod tests {
     #[test]
     fn defaults_and_canonical_names() {
         assert_eq!(
-            Command::parse("add_item", &json!({"ref_id": "x"})).unwrap(),
-            Command::AddItem {
+            GameCommand::parse("add_item", &json!({"ref_id": "x"})).unwrap(),
+            GameCommand::AddItem {
                 ref_id: "x".into(),
                 count: 1,
                 charge: None,
@@ -682,7 +682,7 @@ mod tests {
             ("message", json!("hi"), "must be an object"),
         ];
         for (action, args, want) in cases {
-            let err = Command::parse(action, &args).expect_err(action);
+            let err = GameCommand::parse(action, &args).expect_err(action);
             assert!(
                 err.contains(want),
                 "{action} {args}: {err:?} lacks {want:?}"
@@ -692,7 +692,7 @@ mod tests {
 
     #[test]
     fn act_message_shape() {
-        let cmd = Command::parse("teleport", &json!({"cell": "Balmora, Temple"})).unwrap();
+        let cmd = GameCommand::parse("teleport", &json!({"cell": "Balmora, Temple"})).unwrap();
         assert_eq!(
             cmd.to_message("wb-1", Some("Timmy")),
             json!({"type": "act", "id": "wb-1", "protocol_version": "1.0", "action": "teleport",

@@ -1,28 +1,28 @@
 //! The line protocol's meaning: each message from a game link becomes a core call, and
 //! the core's answers and events go back as lines. Also the App's side of the bridge's
-//! own requests to games (`act`, `observe`, `speak`), shared by HTTP and [`crate::game`]
+//! own requests to games (`act`, `observe`, `speak`), shared by HTTP and [`crate::doors::game`]
 //! handles, and the relaying of room events to the links that host the rooms.
 //!
 //! `docs/line-protocol.md` is the contract.
 
-use crate::api::constant_time_eq;
+use crate::app::calls::{CallKind, ReplyTo};
+use crate::app::links::{Asked, Pending};
 use crate::app::{Answer, App, CallInput};
-use crate::calls::{CallKind, ReplyTo};
 use crate::codec::http::Response;
 use crate::codec::ndjson::encode;
 use crate::conn::line::LineHandler;
 use crate::conn::ConnId;
 use crate::conn::Drive;
+use crate::doors::http::constant_time_eq;
 use crate::federation::portal::Scope;
-use crate::links::{Asked, Pending};
-use crate::protocol::{ActionResult, Command, Perception, LINK_KINDS, PROTOCOL};
-use crate::time::now_ms;
+use crate::world::protocol::{ActionResult, GameCommand, Perception, LINK_KINDS, PROTOCOL};
 use crate::world::room::{EventKind, RoomSpec};
+use crate::world::time::now_ms;
 use crate::world::{check_name, WorldError};
 use serde_json::{json, Map, Value};
 use std::time::{Duration, Instant};
 
-/// The longest a [`crate::game::LinkWorld`] waits for the loop beyond the game's own
+/// The longest a [`crate::doors::game::LinkWorld`] waits for the loop beyond the game's own
 /// deadline (`line.request_timeout_s`), in case the loop has stopped.
 pub const HANDLE_GRACE: Duration = Duration::from_secs(5);
 
@@ -703,7 +703,7 @@ impl App {
         &mut self,
         world: &str,
         player: Option<&str>,
-        cmd: &Command,
+        cmd: &GameCommand,
         reply_to: ReplyTo,
     ) -> Answer {
         let link = match self.link_for(world) {

@@ -79,7 +79,7 @@ impl App {
                 "too many new rooms from the address {ip}: at most {} rooms created per {} s from one address, whatever the user_id; use an existing room or retry in {retry} s",
                 self.cfg.http.rate_limit_requests, self.cfg.http.rate_limit_window_s
             );
-            crate::api::rate_limited(self, &why, retry)
+            crate::doors::http::rate_limited(self, &why, retry)
         })
     }
 
@@ -97,7 +97,7 @@ impl App {
         let links = &self.links;
         let portals = &self.cfg.federation.portal_rooms;
         let keep = |room: &str| {
-            room == crate::workshop::ROOM
+            room == crate::feeds::workshop::ROOM
                 || portals.iter().any(|p| p.trim().eq_ignore_ascii_case(room))
                 || links
                     .iter()
@@ -184,7 +184,7 @@ mod tests {
         a.world.say("u", "U", "Linked", "hi", 1_000).unwrap();
         a.links.declare(link, "Linked");
         a.world.say("v", "V", "Client", "hi", 1_000).unwrap();
-        a.world.ensure_room(crate::workshop::ROOM).unwrap();
+        a.world.ensure_room(crate::feeds::workshop::ROOM).unwrap();
         a.world.remove("u", 1_000);
         a.world.remove("v", 1_000);
         let rooms = a.world.room_count();

@@ -22,12 +22,12 @@
 //! or in its first room when it has no portal room. The answer's `room` is the
 //! one the destination named when it accepted.
 
+use crate::app::calls::ReplyTo;
+use crate::app::peer_sync::TravelOutcome;
 use crate::app::App;
-use crate::calls::ReplyTo;
 use crate::codec::http::{Request, Response};
 use crate::federation::travel::{Here, Landing, Step};
 use crate::federation::wire::{TravelMsg, TravelReply};
-use crate::peer_sync::TravelOutcome;
 use crate::store::Row;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, VecDeque};
@@ -42,7 +42,7 @@ enum Deferred {
     Landings(Vec<Landing>),
 }
 
-/// The wiring's own state, kept in [`crate::fed_api::Peering`].
+/// The wiring's own state, kept in [`crate::app::peering::Peering`].
 #[derive(Default)]
 pub struct TravelWiring {
     /// Travellers waiting for their answer, by user id.
@@ -244,7 +244,7 @@ impl App {
 
     /// Batches up to `upto` are durable: run the travel work that waited for them.
     pub fn travel_durable(&mut self, upto: u64) {
-        let now_ms = crate::time::now_ms();
+        let now_ms = crate::world::time::now_ms();
         loop {
             let Some(f) = &mut self.fed else {
                 return;
@@ -350,7 +350,7 @@ impl App {
 
     /// At start, once the peers' threads run: settle every stored travel.
     pub fn recover_travel(&mut self) {
-        let now_ms = crate::time::now_ms();
+        let now_ms = crate::world::time::now_ms();
         let Some(f) = &mut self.fed else {
             return;
         };
@@ -422,7 +422,7 @@ pub fn bridge_travel(
             .and_then(|h| h.strip_prefix("Bearer "))
             .map(str::trim)
             .unwrap_or_default();
-        if !crate::api::constant_time_eq(given.as_bytes(), app.cfg.http.token.as_bytes()) {
+        if !crate::doors::http::constant_time_eq(given.as_bytes(), app.cfg.http.token.as_bytes()) {
             return Err(Response::error(
                 403,
                 "forbidden",

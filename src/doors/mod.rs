@@ -1,0 +1,14 @@
+//! The doors: one file per transport. Each parses its messages into calls on the hub
+//! ([`crate::app::App`]) and renders what the hub answers back into its own bytes.
+//!
+//! - [`http`]: the HTTP routes (`/bridge/*`, `/api/v1/generate`, the status page) and
+//!   WebSocket upgrades.
+//! - [`line`]: the line protocol's messages from game links, and the lines sent back.
+//! - [`ws`]: the WebSocket feeds' frames (the Matrix gateway and the Workshop).
+//! - [`game`]: the seed's `WorldInterface` (observe / act / speak) for Rust callers,
+//!   through the loop.
+
+pub mod game;
+pub mod http;
+pub mod line;
+pub mod ws;
