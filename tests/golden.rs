@@ -1,0 +1,726 @@
+//! Golden transcripts: one session per transport (HTTP, line protocol, WebSocket, travel)
+//! driven over real sockets, everything exchanged written down in order as text and
+//! compared byte for byte with `fixtures/protocol/golden/<name>.txt`, after masking only
+//! what legitimately varies between runs (timestamps, ports, durations, generated keys).
+//!
+//! They guard refactors of the layer between the transports and the hub: the bytes on
+//! every wire must not change.
+//!
+//! To record (or re-record, after a deliberate wire change) the files:
+//!
+//! ```text
+//! WORLDBRIDGE_BLESS=1 cargo test --test golden
+//! ```
+//!
+//! Without it a difference fails the test, and so does a missing file (never a silent
+//! pass). The actual transcript of a failing run is written beside the golden file as
+//! `<name>.actual.txt` (ignored by git) for `diff`.
+//!
+//! Format: each message sent is a block of lines starting `>> `, each one received
+//! `<< `; a `\r` is written as the two characters `\r` so the file stays plain text, and
+//! every `\n` of the message starts a new prefixed line. WebSocket frames are written as
+//! `<< text <payload>` / `<< close <code> <reason>`; pings and pongs (timer-driven) are
+//! left out. `## ` lines are notes of what the test did.
+//!
+//! Order is deterministic: each step is sent alone and its answers read before the next
+//! step. Where one step produces frames on several connections, the connections are read
+//! in a fixed order (each connection's own order is the server's), which is the canonical
+//! order the transcript records.
+
+mod common;
+use common::*;
+use regex::Regex;
+use serde_json::{json, Value};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+// ---------------------------------------------------------------------------
+// Transcript, masks, comparison
+// ---------------------------------------------------------------------------
+
+/// One kind of value that varies between runs: a narrow pattern and its placeholder.
+/// `fixed` masks only ever hide values of one width (the bridge's own timestamps, keys),
+/// so an HTTP Content-Length stays comparable when only they were masked.
+struct Mask {
+    re: Regex,
+    with: &'static str,
+    fixed: bool,
+}
+
+fn masks() -> &'static [Mask] {
+    static MASKS: OnceLock<Vec<Mask>> = OnceLock::new();
+    MASKS.get_or_init(|| {
+        [
+            // The bridge's RFC 3339 timestamps: always `YYYY-MM-DDTHH:MM:SS.mmmZ`.
+            (r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z", "<ts>", true),
+            // Any other RFC 3339 form (a fraction of another length, an offset).
+            (
+                r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})?",
+                "<ts>",
+                false,
+            ),
+            // Epoch milliseconds (13 digits, 2001..2286), alone or inside an id.
+            (r"\b1\d{12}\b", "<epoch_ms>", true),
+            // A world's ed25519 public key (random per in-memory bridge).
+            (r"ed25519:[A-Za-z0-9+/]{43}=", "ed25519:<key>", true),
+            // Loopback ports (the listeners are on port 0).
+            (r"127\.0\.0\.1:\d+", "127.0.0.1:<port>", false),
+            // Uptime, latency, ages: figures of elapsed time.
+            (r#""uptime_s":\d+"#, r#""uptime_s":<s>"#, false),
+            (
+                r#""(latency_avg_ms|age_ms)":[0-9.eE+-]+"#,
+                r#""$1":<ms>"#,
+                false,
+            ),
+            // The seconds left of a rate-limit window.
+            (r"(?m)^(Retry-After: )\d+", "${1}<s>", false),
+        ]
+        .into_iter()
+        .map(|(re, with, fixed)| Mask {
+            re: Regex::new(re).unwrap(),
+            with,
+            fixed,
+        })
+        .collect()
+    })
+}
+
+/// `text` with every varying value masked; true when a mask of varying width hit.
+fn mask_tracking(text: &str) -> (String, bool) {
+    let mut s = text.to_string();
+    let mut varied = false;
+    for m in masks() {
+        if m.re.is_match(&s) {
+            varied |= !m.fixed;
+            s = m.re.replace_all(&s, m.with).into_owned();
+        }
+    }
+    (s, varied)
+}
+
+fn mask(text: &str) -> String {
+    mask_tracking(text).0
+}
+
+/// Bytes as one line-safe text: `\r` spelled out, other control bytes and invalid UTF-8
+/// as `\xNN`; `\n` stays (it splits the block into prefixed lines).
+fn escape(bytes: &[u8]) -> String {
+    let mut out = String::new();
+    for chunk in bytes.utf8_chunks() {
+        for c in chunk.valid().chars() {
+            match c {
+                '\r' => out.push_str("\\r"),
+                '\n' => out.push('\n'),
+                '\\' => out.push('\\'),
+                c if c.is_control() => out.push_str(&format!("\\x{:02x}", c as u32)),
+                c => out.push(c),
+            }
+        }
+        for b in chunk.invalid() {
+            out.push_str(&format!("\\x{b:02x}"));
+        }
+    }
+    out
+}
+
+struct Transcript {
+    name: &'static str,
+    text: String,
+}
+
+impl Transcript {
+    fn new(name: &'static str) -> Transcript {
+        Transcript {
+            name,
+            text: String::new(),
+        }
+    }
+
+    fn note(&mut self, what: &str) {
+        self.text.push_str(&format!("## {what}\n"));
+    }
+
+    fn block(&mut self, mark: &str, text: &str) {
+        for line in text.split('\n') {
+            self.text.push_str(mark);
+            self.text.push(' ');
+            self.text.push_str(line);
+            self.text.push('\n');
+        }
+    }
+
+    /// A message that is not HTTP (a line, a frame): masked as a whole.
+    fn sent(&mut self, bytes: &[u8]) {
+        self.block(">>", &mask(&escape(bytes)));
+    }
+
+    fn received(&mut self, bytes: &[u8]) {
+        self.block("<<", &mask(&escape(bytes)));
+    }
+
+    /// An HTTP message: the body is masked, and the Content-Length only when a mask of
+    /// varying width hit the body (the length then varies with the masked figures; the
+    /// reader took exactly Content-Length bytes as the body).
+    fn http(&mut self, mark: &str, bytes: &[u8]) {
+        let (head, body) = match find(bytes, b"\r\n\r\n") {
+            Some(i) => (&bytes[..i + 4], &bytes[i + 4..]),
+            None => (bytes, &b""[..]),
+        };
+        let (masked_body, varied) = mask_tracking(&escape(body));
+        let mut head_text = mask(&escape(head));
+        if varied {
+            head_text = content_length_re()
+                .replace(&head_text, "${1}<len>")
+                .into_owned();
+        }
+        self.block(mark, &format!("{head_text}{masked_body}"));
+    }
+
+    /// Compare with the golden file (or write it under `WORLDBRIDGE_BLESS=1`).
+    fn check(self) {
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/protocol/golden");
+        let path = dir.join(format!("{}.txt", self.name));
+        let actual_path = dir.join(format!("{}.actual.txt", self.name));
+        if std::env::var("WORLDBRIDGE_BLESS").is_ok_and(|v| v == "1") {
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(&path, &self.text).unwrap();
+            let _ = std::fs::remove_file(&actual_path);
+            return;
+        }
+        let golden = match std::fs::read_to_string(&path) {
+            Ok(g) => g,
+            Err(e) => {
+                let _ = std::fs::create_dir_all(&dir);
+                let _ = std::fs::write(&actual_path, &self.text);
+                panic!(
+                    "no golden transcript {} ({e}); record it with \
+                     WORLDBRIDGE_BLESS=1 cargo test --test golden {}",
+                    path.display(),
+                    self.name
+                );
+            }
+        };
+        if golden == self.text {
+            let _ = std::fs::remove_file(&actual_path);
+            return;
+        }
+        let _ = std::fs::write(&actual_path, &self.text);
+        let (g, a): (Vec<&str>, Vec<&str>) =
+            (golden.lines().collect(), self.text.lines().collect());
+        let at = g
+            .iter()
+            .zip(a.iter())
+            .position(|(x, y)| x != y)
+            .unwrap_or(g.len().min(a.len()));
+        panic!(
+            "transcript {} differs from {} at line {}:\n golden: {:?}\n actual: {:?}\n\
+             (whole run in {}; if the change is deliberate, re-record with WORLDBRIDGE_BLESS=1)",
+            self.name,
+            path.display(),
+            at + 1,
+            g.get(at),
+            a.get(at),
+            actual_path.display()
+        );
+    }
+}
+
+fn content_length_re() -> &'static Regex {
+    static RE: OnceLock<Regex> = OnceLock::new();
+    RE.get_or_init(|| Regex::new(r"(?i)(\ncontent-length: )\d+").unwrap())
+}
+
+// ---------------------------------------------------------------------------
+// HTTP: raw requests, raw responses
+// ---------------------------------------------------------------------------
+
+/// One keep-alive HTTP connection whose every byte goes into the transcript.
+struct Http {
+    sock: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Http {
+    fn connect(addr: SocketAddr) -> Http {
+        let sock = TcpStream::connect(addr).expect("connect");
+        sock.set_read_timeout(Some(Duration::from_secs(15)))
+            .unwrap();
+        sock.set_nodelay(true).unwrap();
+        Http {
+            sock,
+            buf: Vec::new(),
+        }
+    }
+
+    /// Send `req` as is, read one response; both go into `t`. Returns the status and body.
+    fn raw(&mut self, t: &mut Transcript, req: &[u8]) -> (u16, Vec<u8>) {
+        t.http(">>", req);
+        self.sock.write_all(req).expect("write");
+        let raw = self.read_one();
+        t.http("<<", &raw);
+        let status = std::str::from_utf8(&raw[9..12]).unwrap().parse().unwrap();
+        let body = raw[find(&raw, b"\r\n\r\n").unwrap() + 4..].to_vec();
+        (status, body)
+    }
+
+    fn call(&mut self, t: &mut Transcript, method: &str, path: &str, body: Option<&str>) -> Value {
+        let (status, body) = self.raw(t, &request_bytes(method, path, body, &[]));
+        let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+        assert!(status > 0, "{v}");
+        v
+    }
+
+    /// The raw bytes of one response (head and Content-Length body).
+    fn read_one(&mut self) -> Vec<u8> {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(end) = find(&self.buf, b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&self.buf[..end]).to_ascii_lowercase();
+                let len: usize = head
+                    .split("\r\n")
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .map_or(0, |v| v.trim().parse().expect("a Content-Length number"));
+                if self.buf.len() >= end + 4 + len {
+                    return self.buf.drain(..end + 4 + len).collect();
+                }
+            }
+            assert!(Instant::now() < deadline, "no whole response within 15 s");
+            let mut chunk = [0u8; 65536];
+            match self.sock.read(&mut chunk) {
+                Ok(0) => panic!(
+                    "closed before a whole response: {:?}",
+                    String::from_utf8_lossy(&self.buf)
+                ),
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => panic!("read failed: {e}"),
+            }
+        }
+    }
+
+    /// Read to EOF (the server closed after its answer); records that it did.
+    fn expect_close(&mut self, t: &mut Transcript) {
+        let mut b = [0u8; 1024];
+        loop {
+            match self.sock.read(&mut b) {
+                Ok(0) => break,
+                Ok(n) => panic!("bytes after the last response: {:?}", &b[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => panic!("the server did not close: {e}"),
+            }
+        }
+        t.note("closed by the server");
+    }
+}
+
+// ---------------------------------------------------------------------------
+// 1. HTTP
+// ---------------------------------------------------------------------------
+
+#[test]
+fn http_session_transcript() {
+    let b = start();
+    let mut t = Transcript::new("http");
+    let mut c = Http::connect(b.http);
+    let alice = |msg: &str| {
+        json!({"user_id":"alice_01","username":"Alice","message":msg,"room":"The Threshold"})
+            .to_string()
+    };
+
+    t.note("health");
+    c.call(&mut t, "GET", "/bridge/health", None);
+    t.note("chat: a new user, then a second message from the same user");
+    c.call(
+        &mut t,
+        "POST",
+        "/bridge/chat",
+        Some(&alice("Hello! What do you see?")),
+    );
+    c.call(&mut t, "POST", "/bridge/chat", Some(&alice("who is here?")));
+    t.note("chat: a crisis message");
+    c.call(
+        &mut t,
+        "POST",
+        "/bridge/chat",
+        Some(&json!({"user_id":"carol_03","username":"Carol","message":"i want to kill myself","room":"The Garden"}).to_string()),
+    );
+    t.note("generate (Evennia's LLM contrib shape)");
+    c.call(
+        &mut t,
+        "POST",
+        "/api/v1/generate",
+        Some(&json!({"prompt":"You are roleplaying as Timmy. Hello there","max_new_tokens":250,"temperature":0.7}).to_string()),
+    );
+    t.note("say, move");
+    c.call(
+        &mut t,
+        "POST",
+        "/bridge/say",
+        Some(&json!({"user_id":"bob_02","username":"Bob","message":"Anyone else here?","room":"The Threshold"}).to_string()),
+    );
+    c.call(
+        &mut t,
+        "POST",
+        "/bridge/move",
+        Some(&json!({"user_id":"alice_01","room":"The Garden"}).to_string()),
+    );
+    t.note("room events, players, world, rooms, sessions, stats");
+    c.call(&mut t, "GET", "/bridge/room/The%20Threshold/events", None);
+    c.call(&mut t, "GET", "/bridge/room/The%20Garden/players", None);
+    c.call(&mut t, "GET", "/bridge/world/The%20Garden", None);
+    c.call(&mut t, "GET", "/bridge/rooms", None);
+    c.call(&mut t, "GET", "/bridge/sessions", None);
+    c.call(&mut t, "GET", "/bridge/stats", None);
+
+    t.note("error paths on the same connection");
+    c.call(&mut t, "POST", "/bridge/chat", Some("{not json"));
+    c.call(&mut t, "POST", "/bridge/chat", Some(r#"{"user_id":"a"}"#));
+    c.call(
+        &mut t,
+        "POST",
+        "/bridge/chat",
+        Some(r#"{"user_id":"a","message":5}"#),
+    );
+    c.call(
+        &mut t,
+        "POST",
+        "/api/v1/generate",
+        Some(r#"{"text":"no prompt"}"#),
+    );
+    c.call(&mut t, "GET", "/bridge/chat", None);
+    c.call(&mut t, "DELETE", "/bridge/health", None);
+    c.call(&mut t, "GET", "/nope", None);
+    c.call(
+        &mut t,
+        "POST",
+        "/bridge/move",
+        Some(&json!({"user_id":"alice_01","room":"The Garden"}).to_string()),
+    );
+    c.call(
+        &mut t,
+        "POST",
+        "/bridge/move",
+        Some(&json!({"user_id":"alice_01","room":"Narnia"}).to_string()),
+    );
+    c.call(&mut t, "GET", "/bridge/room/%FF/events", None);
+    c.call(&mut t, "GET", "/bridge/observe/morrowind", None);
+    c.call(
+        &mut t,
+        "POST",
+        "/bridge/act",
+        Some(
+            &json!({"world":"morrowind","action":"teleport","args":{"cell":"Balmora"}}).to_string(),
+        ),
+    );
+
+    t.note("413: a body over http.body_max_bytes, refused from the head");
+    let mut big = Http::connect(b.http);
+    big.raw(
+        &mut t,
+        b"POST /bridge/say HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\nContent-Length: 2000000\r\n\r\n",
+    );
+    big.expect_close(&mut t);
+    t.note("411: a chunked body");
+    let mut chunked = Http::connect(b.http);
+    chunked.raw(
+        &mut t,
+        b"POST /bridge/say HTTP/1.1\r\nHost: test\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    );
+    chunked.expect_close(&mut t);
+    t.note("400: garbage instead of a request");
+    let mut garbage = Http::connect(b.http);
+    garbage.raw(
+        &mut t,
+        b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03garbage\r\n\r\n",
+    );
+    garbage.expect_close(&mut t);
+    drop(b);
+
+    t.note("429 rate_limited: a bridge allowing 2 requests a minute per user");
+    let mut cfg = test_config();
+    cfg.http.rate_limit_requests = 2;
+    cfg.http.rate_limit_window_s = 60;
+    let b = start_with(cfg);
+    let mut c = Http::connect(b.http);
+    let say = json!({"user_id":"greedy","message":"x","room":"The Tower"}).to_string();
+    for _ in 0..3 {
+        c.call(&mut t, "POST", "/bridge/say", Some(&say));
+    }
+    t.check();
+}
+
+// ---------------------------------------------------------------------------
+// 2. The line protocol
+// ---------------------------------------------------------------------------
+
+/// A line-protocol peer whose every line goes into the transcript.
+struct Line {
+    sock: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Line {
+    fn connect(addr: SocketAddr) -> Line {
+        let sock = TcpStream::connect(addr).expect("connect to the line port");
+        sock.set_read_timeout(Some(Duration::from_secs(15)))
+            .unwrap();
+        sock.set_nodelay(true).unwrap();
+        Line {
+            sock,
+            buf: Vec::new(),
+        }
+    }
+
+    /// Send raw bytes (a line or several, with their newlines).
+    fn raw(&mut self, t: &mut Transcript, bytes: &[u8]) {
+        t.sent(bytes.strip_suffix(b"\n").unwrap_or(bytes));
+        self.sock.write_all(bytes).expect("write");
+    }
+
+    fn send(&mut self, t: &mut Transcript, v: &Value) {
+        self.raw(t, format!("{v}\n").as_bytes());
+    }
+
+    /// The next line (without its newline), recorded.
+    fn recv(&mut self, t: &mut Transcript) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(nl) = self.buf.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = self.buf.drain(..=nl).collect();
+                t.received(&line[..nl]);
+                return serde_json::from_slice(&line[..nl]).unwrap_or_else(|e| {
+                    panic!("not JSON ({e}): {:?}", String::from_utf8_lossy(&line))
+                });
+            }
+            assert!(Instant::now() < deadline, "no line within 15 s");
+            let mut chunk = [0u8; 65536];
+            match self.sock.read(&mut chunk) {
+                Ok(0) => panic!("the bridge closed the line connection"),
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => panic!("line read failed: {e}"),
+            }
+        }
+    }
+
+    /// Lines until one of type `kind` (all recorded); returns it.
+    fn recv_type(&mut self, t: &mut Transcript, kind: &str) -> Value {
+        loop {
+            let v = self.recv(t);
+            if v["type"] == kind {
+                return v;
+            }
+        }
+    }
+
+    /// Send one message and read lines up to the answer of type `kind`.
+    fn ask(&mut self, t: &mut Transcript, v: &Value, kind: &str) -> Value {
+        self.send(t, v);
+        self.recv_type(t, kind)
+    }
+}
+
+/// A `World` call's outcome in the transcript: the typed value as JSON, or the error.
+fn outcome<T: serde::Serialize>(r: &Result<T, worldbridge::game::GameError>) -> String {
+    match r {
+        Ok(v) => format!("Ok {}", serde_json::to_string(v).unwrap()),
+        Err(e) => format!("Err {e:?}"),
+    }
+}
+
+#[test]
+fn line_session_transcript() {
+    use worldbridge::game::{Target, World};
+    use worldbridge::protocol::Command;
+    let mut cfg = line_config();
+    cfg.line.request_timeout_s = 1;
+    let b = start_with(cfg);
+    let mut t = Transcript::new("line");
+    let mut g = Line::connect(b.line.expect("a line listener"));
+
+    t.note("hello");
+    g.ask(
+        &mut t,
+        &json!({"type": "hello", "world": "morrowind", "kind": "tes3mp", "protocol": 1}),
+        "welcome",
+    );
+    g.ask(&mut t, &json!({"type": "ping", "id": 1}), "pong");
+    t.note("room declarations");
+    g.ask(
+        &mut t,
+        &json!({"type": "room", "id": 2, "name": "Balmora, Temple", "desc": "Incense and stone.",
+                "exits": {"out": "Balmora"}, "objects": ["an altar", {"name": "a candle"}]}),
+        "ok",
+    );
+    g.ask(
+        &mut t,
+        &json!({"type": "room", "id": 3, "name": "Balmora"}),
+        "ok",
+    );
+    t.note("presence, say, a world event");
+    g.ask(
+        &mut t,
+        &json!({"type": "presence", "id": 4, "event": "enter", "user_id": "alice",
+                "username": "Alice", "room": "Balmora, Temple"}),
+        "ok",
+    );
+    g.ask(
+        &mut t,
+        &json!({"type": "say", "id": 5, "user_id": "alice", "username": "Alice",
+                "room": "Balmora, Temple", "message": "hello there"}),
+        "ok",
+    );
+    g.send(
+        &mut t,
+        &json!({"type": "event", "room": "Balmora, Temple", "event": "rain", "message": "It starts to rain."}),
+    );
+    g.ask(&mut t, &json!({"type": "ping", "id": 6}), "pong");
+    t.note("a perception pushed by the game, then chat (the builtin agent's reply)");
+    g.send(
+        &mut t,
+        &json!({"type": "perception", "player": "Timmy", "cell": "Balmora, Temple",
+                "position": {"x": 1.0, "y": 2.0, "z": 3.0}, "stats": {"health": {"current": 40, "base": 50}}}),
+    );
+    g.ask(
+        &mut t,
+        &json!({"type": "chat", "id": 7, "user_id": "alice", "username": "Alice",
+                "room": "Balmora, Temple", "message": "Timmy, where are you?"}),
+        "reply",
+    );
+    g.ask(
+        &mut t,
+        &json!({"type": "chat", "id": "c8", "user_id": "alice", "message": "I want to end my life"}),
+        "reply",
+    );
+
+    t.note("observe / act / speak from the bridge (TestBridge::worlds), answered by the game");
+    let world = || b.worlds.world("morrowind").for_player("Timmy");
+    let mut w = world();
+    let asker = std::thread::spawn(move || outcome(&w.observe()));
+    let ask = g.recv_type(&mut t, "observe");
+    g.send(
+        &mut t,
+        &json!({"type": "perception", "id": ask["id"], "protocol_version": "1.0",
+                "player": "Timmy", "cell": "Balmora, Temple",
+                "position": {"x": 4700.5, "y": 3874.7, "z": 14758.9},
+                "stats": {"health": {"current": 40, "base": 50}},
+                "inventory": [{"ref_id": "gold_001", "count": 12}],
+                "nearby": [{"name": "Vivec", "kind": "npc", "distance": 312.5}],
+                "game_hour": 13.5}),
+    );
+    let got = asker.join().unwrap();
+    t.note(&format!("observe() -> {got}"));
+
+    let mut w = world();
+    let asker = std::thread::spawn(move || {
+        let cmd = Command::parse("teleport", &json!({"cell": "Vivec, Arena"})).unwrap();
+        outcome(&w.act(&cmd))
+    });
+    let ask = g.recv_type(&mut t, "act");
+    g.send(
+        &mut t,
+        &json!({"type": "result", "id": ask["id"], "ok": true, "data": {"cell": "Vivec, Arena"}}),
+    );
+    let got = asker.join().unwrap();
+    t.note(&format!("act(teleport) -> {got}"));
+
+    let mut w = world();
+    let asker = std::thread::spawn(move || {
+        let cmd =
+            Command::parse("remove_item", &json!({"ref_id": "gold_001", "count": 5000})).unwrap();
+        outcome(&w.act(&cmd))
+    });
+    let ask = g.recv_type(&mut t, "act");
+    g.send(
+        &mut t,
+        &json!({"type": "result", "id": ask["id"], "ok": false, "code": "not_enough", "error": "only 12 gold"}),
+    );
+    let got = asker.join().unwrap();
+    t.note(&format!("act(remove_item) refused by the game -> {got}"));
+
+    let mut w = world();
+    let asker = std::thread::spawn(move || {
+        outcome(&w.speak("I am here.", &Target::Player("Alice".into())))
+    });
+    g.recv_type(&mut t, "speak");
+    let got = asker.join().unwrap();
+    t.note(&format!("speak(to Alice) -> {got}"));
+
+    t.note("a game that does not answer: act times out after line.request_timeout_s");
+    let mut w = world();
+    let asker = std::thread::spawn(move || {
+        let cmd = Command::parse("console", &json!({"command": "tgm"})).unwrap();
+        outcome(&w.act(&cmd))
+    });
+    let ask = g.recv_type(&mut t, "act");
+    let got = asker.join().unwrap();
+    t.note(&format!("act(console) unanswered -> {got}"));
+    t.note("the late answer is dropped without a line back");
+    g.send(
+        &mut t,
+        &json!({"type": "result", "id": ask["id"], "ok": true}),
+    );
+    g.ask(&mut t, &json!({"type": "ping", "id": 9}), "pong");
+    let mut nowhere = b.worlds.world("vvardenfell");
+    t.note(&format!(
+        "observe() of a world with no link -> {}",
+        outcome(&nowhere.observe())
+    ));
+
+    t.note("HTTP into a room this link hosts: say and speak reach the link");
+    let mut h = Http::connect(b.http);
+    h.call(
+        &mut t,
+        "POST",
+        "/bridge/say",
+        Some(&json!({"user_id":"web1","username":"Webby","room":"Balmora, Temple","message":"hello from the web"}).to_string()),
+    );
+    g.recv_type(&mut t, "say");
+    h.call(
+        &mut t,
+        "POST",
+        "/bridge/speak",
+        Some(&json!({"room":"Balmora, Temple","text":"The candle flickers."}).to_string()),
+    );
+    g.recv_type(&mut t, "speak");
+
+    t.note("error lines");
+    g.raw(&mut t, b"this is not json\n");
+    g.recv_type(&mut t, "error");
+    g.raw(&mut t, b"[1,2]\n");
+    g.recv_type(&mut t, "error");
+    g.ask(&mut t, &json!({"type": "dance", "id": 10}), "error");
+    g.ask(&mut t, &json!({"id": 11}), "error");
+    g.ask(
+        &mut t,
+        &json!({"type": "say", "id": 12, "room": "Balmora", "message": "hi"}),
+        "error",
+    );
+    g.ask(
+        &mut t,
+        &json!({"type": "chat", "user_id": "alice", "message": "no id"}),
+        "error",
+    );
+    g.ask(
+        &mut t,
+        &json!({"type": "perception", "id": 13, "protocol_version": "2.0", "cell": "X"}),
+        "error",
+    );
+    g.ask(
+        &mut t,
+        &json!({"type": "travel", "id": 14, "user_id": "alice", "to_world": "nowhere"}),
+        "error",
+    );
+    t.note("presence leave; then nothing is left unread before the last pong");
+    g.ask(
+        &mut t,
+        &json!({"type": "presence", "id": 15, "event": "leave", "user_id": "alice"}),
+        "ok",
+    );
+    g.ask(&mut t, &json!({"type": "ping", "id": 16}), "pong");
+    t.check();
+}
