@@ -724,3 +724,235 @@ fn line_session_transcript() {
     g.ask(&mut t, &json!({"type": "ping", "id": 16}), "pong");
     t.check();
 }
+
+// ---------------------------------------------------------------------------
+// 3. WebSocket: the Matrix gateway and the Workshop feed
+// ---------------------------------------------------------------------------
+
+/// A WebSocket client whose handshake bytes and frames go into the transcript, each
+/// frame under the connection's name. The handshake is written by hand with a fixed
+/// `Sec-WebSocket-Key`, so the `101` answer is the same on every run.
+struct Ws {
+    who: &'static str,
+    ws: tungstenite::WebSocket<TcpStream>,
+}
+
+impl Ws {
+    fn connect(t: &mut Transcript, who: &'static str, addr: SocketAddr, path: &str) -> Ws {
+        t.note(&format!("[{who}] opens {path}"));
+        let mut sock = TcpStream::connect(addr).expect("connect");
+        sock.set_read_timeout(Some(Duration::from_secs(15)))
+            .unwrap();
+        sock.set_nodelay(true).unwrap();
+        let req = format!(
+            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        );
+        t.http(">>", req.as_bytes());
+        sock.write_all(req.as_bytes()).expect("write");
+        // Byte by byte up to the end of the head: the first frame may follow at once and
+        // belongs to the WebSocket reader.
+        let mut head = Vec::new();
+        let mut b = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            match sock.read(&mut b) {
+                Ok(1) => head.push(b[0]),
+                Ok(_) => panic!(
+                    "closed during the handshake: {:?}",
+                    String::from_utf8_lossy(&head)
+                ),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => panic!("handshake read failed: {e}"),
+            }
+        }
+        t.http("<<", &head);
+        assert!(
+            head.starts_with(b"HTTP/1.1 101 "),
+            "{}",
+            String::from_utf8_lossy(&head)
+        );
+        let ws = tungstenite::WebSocket::from_raw_socket(
+            sock,
+            tungstenite::protocol::Role::Client,
+            None,
+        );
+        Ws { who, ws }
+    }
+
+    fn send(&mut self, t: &mut Transcript, v: &Value) {
+        let text = v.to_string();
+        t.sent(format!("[{}] text {text}", self.who).as_bytes());
+        self.ws
+            .send(tungstenite::Message::text(text))
+            .expect("send");
+    }
+
+    /// The next text or close frame (pings and pongs are timer-driven: not recorded).
+    fn next(&mut self, t: &mut Transcript) -> Value {
+        use tungstenite::Message;
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            assert!(
+                Instant::now() < deadline,
+                "[{}] no frame within 15 s",
+                self.who
+            );
+            match self.ws.read().expect("a frame") {
+                Message::Text(s) => {
+                    t.received(format!("[{}] text {}", self.who, s.as_str()).as_bytes());
+                    return serde_json::from_str(s.as_str()).unwrap_or(Value::Null);
+                }
+                Message::Close(f) => {
+                    let (code, why) = f.map_or((1005, String::new()), |f| {
+                        (u16::from(f.code), f.reason.to_string())
+                    });
+                    t.received(format!("[{}] close {code} {why}", self.who).as_bytes());
+                    return json!({"type": "close", "code": code});
+                }
+                Message::Binary(b) => {
+                    t.received(format!("[{}] binary {}", self.who, escape(&b)).as_bytes());
+                }
+                _ => continue,
+            }
+        }
+    }
+
+    /// Frames up to one of type `kind` (all recorded); returns it.
+    fn until(&mut self, t: &mut Transcript, kind: &str) -> Value {
+        loop {
+            let v = self.next(t);
+            if v["type"] == kind {
+                return v;
+            }
+            assert_ne!(
+                v["type"], "close",
+                "[{}] closed while waiting for {kind}",
+                self.who
+            );
+        }
+    }
+}
+
+#[test]
+fn websocket_session_transcript() {
+    let dir = scratch_dir("golden-ws");
+    std::fs::create_dir_all(&dir).unwrap();
+    let state = dir.join("workshop-state.yaml");
+    std::fs::write(&state, "mood: calm\ntower:\n  floors: 3\n").unwrap();
+    let mut cfg = test_config();
+    cfg.http.rate_limit_requests = 100_000;
+    cfg.gateway.max_messages_per_s = 100_000;
+    cfg.workshop.state_file = state.display().to_string();
+    cfg.workshop.inbox_dir = dir.join("inbox").display().to_string();
+    cfg.workshop.poll_s = 1;
+    let b = start_with(cfg);
+    // The watcher reads the state file on its own thread: wait (unrecorded) until a
+    // feed connection gets it, so the recorded connection's first frame is the same on
+    // every run.
+    eventually(
+        Duration::from_secs(15),
+        "the workshop state is loaded",
+        || {
+            let (mut ws, _) =
+                tungstenite::connect(format!("ws://{}/ws/workshop", b.http)).expect("ws connect");
+            matches!(ws.read(), Ok(tungstenite::Message::Text(s)) if s.as_str().contains("calm"))
+        },
+    );
+    let mut t = Transcript::new("ws");
+
+    t.note("the gateway: register, join, a spoofed `from`, refused frames");
+    let mut alice = Ws::connect(&mut t, "alice", b.http, "/ws/matrix");
+    alice.send(
+        &mut t,
+        &json!({"type": "agent_register", "agentId": "alice", "role": "agent"}),
+    );
+    alice.until(&mut t, "agent_registered");
+    let mut bob = Ws::connect(&mut t, "bob", b.http, "/ws/matrix");
+    bob.send(
+        &mut t,
+        &json!({"type": "agent_register", "agentId": "bob", "role": "client"}),
+    );
+    bob.until(&mut t, "agent_registered");
+    alice.until(&mut t, "agent_joined");
+    alice.send(
+        &mut t,
+        &json!({"type": "bark", "from": "timmy", "text": "hello"}),
+    );
+    bob.until(&mut t, "bark");
+    for msg in [
+        json!({"type": "agent_left", "agentId": "bob", "role": "client"}),
+        json!({"type": "resync_required", "since": 0}),
+        json!({"type": "bark", "agentId": "timmy", "text": "I am Timmy"}),
+    ] {
+        alice.send(&mut t, &msg);
+        alice.until(&mut t, "error");
+    }
+    let mut eve = Ws::connect(&mut t, "eve", b.http, "/ws/matrix");
+    eve.send(
+        &mut t,
+        &json!({"type": "bark", "text": "before registering"}),
+    );
+    eve.until(&mut t, "error");
+    for id in ["TIMMY", "Alice"] {
+        eve.send(
+            &mut t,
+            &json!({"type": "agent_register", "agentId": id, "role": "agent"}),
+        );
+        eve.until(&mut t, "error");
+    }
+
+    t.note("a chat for the bridge's agent: timmy's bark to everyone");
+    bob.send(
+        &mut t,
+        &json!({"type": "chat_message", "target_id": "timmy", "text": "Hello Timmy", "room": "The Tower"}),
+    );
+    bob.until(&mut t, "bark");
+    alice.until(&mut t, "bark");
+
+    t.note("a world event from HTTP reaches the gateway");
+    let mut h = Http::connect(b.http);
+    h.call(
+        &mut t,
+        "POST",
+        "/bridge/say",
+        Some(&json!({"user_id": "u1", "username": "Una", "room": "The Garden", "message": "hello garden"}).to_string()),
+    );
+    alice.until(&mut t, "say");
+    bob.until(&mut t, "say");
+
+    t.note("the Workshop feed: state on connect, a visitor, the bark that answers");
+    let mut visitor = Ws::connect(&mut t, "visitor", b.http, "/");
+    visitor.until(&mut t, "state");
+    visitor.send(&mut t, &json!({"type": "enter", "visitor": "Alexander"}));
+    visitor.send(
+        &mut t,
+        &json!({"type": "message", "text": "How's the Tower coming?", "visitor": "Alexander"}),
+    );
+    visitor.until(&mut t, "bark");
+    t.note("the gateway hears the visitor enter the Workshop and Timmy's bark there");
+    alice.until(&mut t, "bark");
+    visitor.send(&mut t, &json!({"type": "dance"}));
+    visitor.until(&mut t, "error");
+    visitor.send(&mut t, &json!({"type": "message", "visitor": "Alexander"}));
+    visitor.until(&mut t, "error");
+    visitor.send(&mut t, &json!({"type": "leave", "visitor": "Alexander"}));
+    alice.until(&mut t, "presence");
+
+    t.note("directed messages: each connection has read everything before them");
+    bob.send(
+        &mut t,
+        &json!({"type": "agent_message", "target_id": "alice", "text": "still you?"}),
+    );
+    alice.until(&mut t, "agent_message");
+    alice.send(
+        &mut t,
+        &json!({"type": "agent_message", "target_id": "bob", "text": "yes"}),
+    );
+    bob.until(&mut t, "agent_message");
+
+    t.note("bob leaves");
+    bob.ws.close(None).expect("close");
+    bob.next(&mut t);
+    alice.until(&mut t, "agent_left");
+    t.check();
+}
