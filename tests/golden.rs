@@ -956,3 +956,140 @@ fn websocket_session_transcript() {
     alice.until(&mut t, "agent_left");
     t.check();
 }
+
+// ---------------------------------------------------------------------------
+// 4. Travel between two federated bridges
+// ---------------------------------------------------------------------------
+
+/// The players of `room` in the bridge at `addr` (unrecorded: a wait condition).
+fn in_room(addr: SocketAddr, room: &str, user: &str) -> bool {
+    get(
+        addr,
+        &format!("/bridge/room/{}/players", room.replace(' ', "%20")),
+    )["players"]
+        .as_array()
+        .is_some_and(|p| p.iter().any(|p| p["user_id"] == user))
+}
+
+/// The health's entry for peer `world` (unrecorded: a wait condition).
+fn peer_health(addr: SocketAddr, world: &str) -> Value {
+    get(addr, "/bridge/health")["peers"]
+        .as_array()
+        .and_then(|p| p.iter().find(|p| p["world"] == world).cloned())
+        .unwrap_or(Value::Null)
+}
+
+#[test]
+fn travel_session_transcript() {
+    const WAIT: Duration = Duration::from_secs(20);
+    let (pa, pb, pc) = (free_port(), free_port(), free_port());
+    let a = start_with(fed_config(
+        "a",
+        pa,
+        &scratch_dir("golden-travel-a"),
+        vec![
+            fed_peer("b", pb, "ab-secret"),
+            fed_peer("c", pc, "ac-secret"),
+        ],
+    ));
+    let b = start_with(fed_config(
+        "b",
+        pb,
+        &scratch_dir("golden-travel-b"),
+        vec![fed_peer("a", pa, "ab-secret")],
+    ));
+    // Unrecorded: a sees b online and has failed to reach c (which never runs), so
+    // every answer below is decided by state, not by timing.
+    eventually(WAIT, "a sees b online and c failing", || {
+        peer_health(a.http, "b")["state"] == "online"
+            && peer_health(a.http, "c")["last_error"].is_string()
+    });
+    eventually(WAIT, "b sees a online", || {
+        peer_health(b.http, "a")["state"] == "online"
+    });
+    let mut t = Transcript::new("travel");
+    let mut ha = Http::connect(a.http);
+    let mut hb = Http::connect(b.http);
+
+    t.note("timmy chats in a's portal room, then travels to b over HTTP");
+    ha.call(
+        &mut t,
+        "POST",
+        "/bridge/chat",
+        Some(&json!({"user_id": "timmy", "username": "Timmy", "room": "The Bridge", "message": "hello"}).to_string()),
+    );
+    ha.call(
+        &mut t,
+        "POST",
+        "/bridge/travel",
+        Some(&json!({"user_id": "timmy", "to_world": "b"}).to_string()),
+    );
+    eventually(WAIT, "timmy arrives in b", || {
+        in_room(b.http, "The Bridge", "timmy")
+    });
+    t.note("timmy arrived in b (waited for, unrecorded); his session came with him");
+    hb.call(&mut t, "GET", "/bridge/room/The%20Bridge/players", None);
+    t.note("travelling again from a: he is not there any more");
+    ha.call(
+        &mut t,
+        "POST",
+        "/bridge/travel",
+        Some(&json!({"user_id": "timmy", "to_world": "b"}).to_string()),
+    );
+    t.note("to c, which is offline: refused, the character stays");
+    ha.call(
+        &mut t,
+        "POST",
+        "/bridge/chat",
+        Some(&json!({"user_id": "tommy", "username": "Tommy", "room": "The Bridge", "message": "hi"}).to_string()),
+    );
+    ha.call(
+        &mut t,
+        "POST",
+        "/bridge/travel",
+        Some(&json!({"user_id": "tommy", "to_world": "c"}).to_string()),
+    );
+    ha.call(
+        &mut t,
+        "POST",
+        "/bridge/travel",
+        Some(&json!({"user_id": "tommy", "to_world": "narnia"}).to_string()),
+    );
+    ha.call(
+        &mut t,
+        "POST",
+        "/bridge/travel",
+        Some(&json!({"user_id": "tommy"}).to_string()),
+    );
+
+    t.note("back from b to a through a game's travel exit (the line protocol)");
+    let mut g = Line::connect(b.line.expect("b's line listener"));
+    g.ask(
+        &mut t,
+        &json!({"type": "travel", "user_id": "timmy", "to_world": "a"}),
+        "error",
+    );
+    g.ask(
+        &mut t,
+        &json!({"type": "travel", "id": 7, "user_id": "timmy", "to_world": "a"}),
+        "ok",
+    );
+    eventually(WAIT, "timmy is back in a", || {
+        in_room(a.http, "The Bridge", "timmy")
+    });
+    t.note("timmy is back in a (waited for, unrecorded)");
+    ha.call(&mut t, "GET", "/bridge/room/The%20Bridge/players", None);
+    t.note("a line travel to the offline world is refused on the line");
+    let mut ga = Line::connect(a.line.expect("a's line listener"));
+    ga.ask(
+        &mut t,
+        &json!({"type": "travel", "id": 8, "user_id": "tommy", "to_world": "c"}),
+        "error",
+    );
+    ga.ask(
+        &mut t,
+        &json!({"type": "travel", "id": 9, "user_id": "nobody", "to_world": "b"}),
+        "error",
+    );
+    t.check();
+}
