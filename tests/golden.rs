@@ -197,9 +197,8 @@ impl Transcript {
                 let _ = std::fs::write(&actual_path, &self.text);
                 panic!(
                     "no golden transcript {} ({e}); record it with \
-                     WORLDBRIDGE_BLESS=1 cargo test --test golden {}",
+                     WORLDBRIDGE_BLESS=1 cargo test --test golden",
                     path.display(),
-                    self.name
                 );
             }
         };
@@ -255,10 +254,20 @@ impl Http {
         }
     }
 
-    /// Send `req` as is, read one response; both go into `t`. Returns the status and body.
-    fn raw(&mut self, t: &mut Transcript, req: &[u8]) -> (u16, Vec<u8>) {
+    /// Send `req` as is, recorded; the answer is read later with [`Http::answer`].
+    fn send(&mut self, t: &mut Transcript, req: &[u8]) {
         t.http(">>", req);
         self.sock.write_all(req).expect("write");
+    }
+
+    /// Send `req` as is, read one response; both go into `t`. Returns the status and body.
+    fn raw(&mut self, t: &mut Transcript, req: &[u8]) -> (u16, Vec<u8>) {
+        self.send(t, req);
+        self.answer(t)
+    }
+
+    /// Read one response, recorded. Returns the status and body.
+    fn answer(&mut self, t: &mut Transcript) -> (u16, Vec<u8>) {
         let raw = self.read_one();
         t.http("<<", &raw);
         let status = std::str::from_utf8(&raw[9..12]).unwrap().parse().unwrap();
@@ -450,6 +459,42 @@ fn http_session_transcript() {
     for _ in 0..3 {
         c.call(&mut t, "POST", "/bridge/say", Some(&say));
     }
+    drop(b);
+
+    t.note("429 too_many_waiting: a command agent held at a gate, agent.per_user_queue = 0");
+    let gate = scratch_dir("golden-gate");
+    let mut cfg = test_config();
+    cfg.agent.backend = "command".into();
+    cfg.agent.workers = 1;
+    cfg.agent.per_user_queue = 0;
+    cfg.agent.command = vec![
+        "sh".into(),
+        "-c".into(),
+        format!(
+            "while read -r line; do while [ ! -e '{}' ]; do sleep 0.02; done; \
+             echo '{{\"text\": \"Sorry, I was thinking.\"}}'; done",
+            gate.display()
+        ),
+    ];
+    let b = start_with(cfg);
+    let chat = |msg: &str| {
+        json!({"user_id":"dave_04","username":"Dave","message":msg,"room":"The Forge"}).to_string()
+    };
+    let mut first = Http::connect(b.http);
+    first.send(
+        &mut t,
+        &request_bytes("POST", "/bridge/chat", Some(&chat("are you there?")), &[]),
+    );
+    // Unrecorded: the first chat is with the agent before the second is sent.
+    eventually(Duration::from_secs(15), "the first chat in flight", || {
+        get(b.http, "/bridge/stats")["agent"]["in_flight"] == 1
+    });
+    let mut second = Http::connect(b.http);
+    second.call(&mut t, "POST", "/bridge/chat", Some(&chat("hello?")));
+    std::fs::write(&gate, b"open").unwrap();
+    t.note("the gate opens: the first chat's answer");
+    first.answer(&mut t);
+    let _ = std::fs::remove_file(&gate);
     t.check();
 }
 
