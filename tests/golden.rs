@@ -17,7 +17,8 @@
 //! `<name>.actual.txt` (ignored by git) for `diff`.
 //!
 //! Format: each message sent is a block of lines starting `>> `, each one received
-//! `<< `; a `\r` is written as the two characters `\r` so the file stays plain text, and
+//! `<< `; a `\r` is written as the two characters `\r` so the file stays plain text (and
+//! git cannot rewrite line ends), other control bytes and invalid UTF-8 as `\xNN`, and
 //! every `\n` of the message starts a new prefixed line. WebSocket frames are written as
 //! `<< text <payload>` / `<< close <code> <reason>`; pings and pongs (timer-driven) are
 //! left out. `## ` lines are notes of what the test did.
@@ -260,26 +261,26 @@ impl Http {
         self.sock.write_all(req).expect("write");
     }
 
-    /// Send `req` as is, read one response; both go into `t`. Returns the status and body.
-    fn raw(&mut self, t: &mut Transcript, req: &[u8]) -> (u16, Vec<u8>) {
+    /// Send `req` as is, read one response; both go into `t`.
+    fn raw(&mut self, t: &mut Transcript, req: &[u8]) {
         self.send(t, req);
-        self.answer(t)
+        self.answer(t);
     }
 
-    /// Read one response, recorded. Returns the status and body.
-    fn answer(&mut self, t: &mut Transcript) -> (u16, Vec<u8>) {
+    /// Read one response, recorded.
+    fn answer(&mut self, t: &mut Transcript) {
         let raw = self.read_one();
+        assert!(
+            raw.starts_with(b"HTTP/1.1 "),
+            "not a status line: {:?}",
+            String::from_utf8_lossy(&raw)
+        );
         t.http("<<", &raw);
-        let status = std::str::from_utf8(&raw[9..12]).unwrap().parse().unwrap();
-        let body = raw[find(&raw, b"\r\n\r\n").unwrap() + 4..].to_vec();
-        (status, body)
     }
 
-    fn call(&mut self, t: &mut Transcript, method: &str, path: &str, body: Option<&str>) -> Value {
-        let (status, body) = self.raw(t, &request_bytes(method, path, body, &[]));
-        let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-        assert!(status > 0, "{v}");
-        v
+    /// One request with a JSON body (or none), its response read; both recorded.
+    fn call(&mut self, t: &mut Transcript, method: &str, path: &str, body: Option<&str>) {
+        self.raw(t, &request_bytes(method, path, body, &[]));
     }
 
     /// The raw bytes of one response (head and Content-Length body).
