@@ -107,17 +107,29 @@ fn mask(text: &str) -> String {
 }
 
 /// Bytes as one line-safe text: `\r` spelled out, other control bytes and invalid UTF-8
-/// as `\xNN`; `\n` stays (it splits the block into prefixed lines).
+/// as `\xNN`; `\n` stays (it splits the block into prefixed lines). A run of more than
+/// 64 copies of one printable character is written `{c × n}` (a 20,000-byte header stays
+/// one short line).
 fn escape(bytes: &[u8]) -> String {
     let mut out = String::new();
     for chunk in bytes.utf8_chunks() {
-        for c in chunk.valid().chars() {
+        let mut chars = chunk.valid().chars().peekable();
+        while let Some(c) = chars.next() {
             match c {
                 '\r' => out.push_str("\\r"),
                 '\n' => out.push('\n'),
-                '\\' => out.push('\\'),
                 c if c.is_control() => out.push_str(&format!("\\x{:02x}", c as u32)),
-                c => out.push(c),
+                c => {
+                    let mut n = 1;
+                    while chars.next_if_eq(&c).is_some() {
+                        n += 1;
+                    }
+                    if n > 64 {
+                        out.push_str(&format!("{{{c} × {n}}}"));
+                    } else {
+                        out.extend(std::iter::repeat_n(c, n));
+                    }
+                }
             }
         }
         for b in chunk.invalid() {
@@ -269,7 +281,12 @@ impl Http {
 
     /// Read one response, recorded.
     fn answer(&mut self, t: &mut Transcript) {
-        let raw = self.read_one();
+        self.answer_of(t, false);
+    }
+
+    /// Read one response (`head_only`: to a HEAD, no body follows its Content-Length).
+    fn answer_of(&mut self, t: &mut Transcript, head_only: bool) {
+        let raw = self.read_one(head_only);
         assert!(
             raw.starts_with(b"HTTP/1.1 "),
             "not a status line: {:?}",
@@ -284,7 +301,7 @@ impl Http {
     }
 
     /// The raw bytes of one response (head and Content-Length body).
-    fn read_one(&mut self) -> Vec<u8> {
+    fn read_one(&mut self, head_only: bool) -> Vec<u8> {
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
             if let Some(end) = find(&self.buf, b"\r\n\r\n") {
@@ -293,6 +310,7 @@ impl Http {
                     .split("\r\n")
                     .find_map(|l| l.strip_prefix("content-length:"))
                     .map_or(0, |v| v.trim().parse().expect("a Content-Length number"));
+                let len = if head_only { 0 } else { len };
                 if self.buf.len() >= end + 4 + len {
                     return self.buf.drain(..end + 4 + len).collect();
                 }
@@ -427,6 +445,41 @@ fn http_session_transcript() {
         ),
     );
 
+    t.note("HEAD, OPTIONS, the gateway's status");
+    c.send(&mut t, &request_bytes("HEAD", "/bridge/rooms", None, &[]));
+    c.answer_of(&mut t, true);
+    c.call(&mut t, "OPTIONS", "/bridge/chat", None);
+    c.raw(
+        &mut t,
+        &request_bytes(
+            "OPTIONS",
+            "/bridge/chat",
+            None,
+            &[
+                ("Origin", "http://example.test"),
+                ("Access-Control-Request-Method", "POST"),
+            ],
+        ),
+    );
+    c.call(&mut t, "GET", "/api/gateway/status", None);
+    t.note("Connection: close is honoured");
+    c.raw(
+        &mut t,
+        &request_bytes("GET", "/bridge/rooms", None, &[("Connection", "close")]),
+    );
+    c.expect_close(&mut t);
+
+    t.note("431: a head over the limit");
+    let mut fat = Http::connect(b.http);
+    fat.raw(
+        &mut t,
+        format!(
+            "GET /bridge/health HTTP/1.1\r\nHost: test\r\nX-Big: {}\r\n\r\n",
+            "a".repeat(20_000)
+        )
+        .as_bytes(),
+    );
+    fat.expect_close(&mut t);
     t.note("413: a body over http.body_max_bytes, refused from the head");
     let mut big = Http::connect(b.http);
     big.raw(
@@ -717,8 +770,65 @@ fn line_session_transcript() {
         outcome(&nowhere.observe())
     ));
 
-    t.note("HTTP into a room this link hosts: say and speak reach the link");
+    t.note("HTTP act and observe through the link, the game answering each");
     let mut h = Http::connect(b.http);
+    let act = |body: Value| request_bytes("POST", "/bridge/act", Some(&body.to_string()), &[]);
+    h.send(
+        &mut t,
+        &act(json!({"world": "morrowind", "player": "Timmy", "action": "teleport",
+                    "args": {"cell": "Balmora, Temple", "pos": {"x": 4700.567, "y": 3874.742, "z": 14758.99}}})),
+    );
+    let ask = g.recv_type(&mut t, "act");
+    g.send(
+        &mut t,
+        &json!({"type": "result", "id": ask["id"], "ok": true, "data": {"cell": "Balmora, Temple"}}),
+    );
+    h.answer(&mut t);
+    h.send(
+        &mut t,
+        &act(json!({"world": "morrowind", "action": "remove_item", "args": {"ref_id": "gold_001", "count": 5000}})),
+    );
+    let ask = g.recv_type(&mut t, "act");
+    g.send(
+        &mut t,
+        &json!({"type": "result", "id": ask["id"], "ok": false, "code": "not_enough", "error": "only 12 gold"}),
+    );
+    h.answer(&mut t);
+    t.note("bad actions never reach the game");
+    for body in [
+        json!({"world": "morrowind", "action": "fly", "args": {}}),
+        json!({"world": "morrowind", "action": "add_item", "args": {"ref_id": "gold_001", "count": "lots"}}),
+        json!({"world": "morrowind", "action": "teleport"}),
+    ] {
+        h.raw(&mut t, &act(body));
+    }
+    t.note("a game that does not answer: 504 after line.request_timeout_s");
+    h.send(
+        &mut t,
+        &act(json!({"world": "morrowind", "action": "console", "args": {"command": "tgm"}})),
+    );
+    let late = g.recv_type(&mut t, "act");
+    h.answer(&mut t);
+    g.send(
+        &mut t,
+        &json!({"type": "result", "id": late["id"], "ok": true}),
+    );
+    t.note("observe: the stored perception (with its age), then a fresh one asked of the game");
+    h.call(&mut t, "GET", "/bridge/observe/morrowind", None);
+    h.send(
+        &mut t,
+        &request_bytes("GET", "/bridge/observe/morrowind?fresh=1", None, &[]),
+    );
+    let ask = g.recv_type(&mut t, "observe");
+    g.send(
+        &mut t,
+        &json!({"type": "perception", "id": ask["id"], "protocol_version": "1.0",
+                "player": "Timmy", "cell": "Balmora", "game_hour": 14.0}),
+    );
+    h.answer(&mut t);
+    h.call(&mut t, "GET", "/bridge/observe/vvardenfell", None);
+
+    t.note("HTTP into a room this link hosts: say and speak reach the link");
     h.call(
         &mut t,
         "POST",
@@ -733,6 +843,12 @@ fn line_session_transcript() {
         Some(&json!({"room":"Balmora, Temple","text":"The candle flickers."}).to_string()),
     );
     g.recv_type(&mut t, "speak");
+    h.call(
+        &mut t,
+        "POST",
+        "/bridge/speak",
+        Some(&json!({"room":"Nowhere Hosted","text":"x"}).to_string()),
+    );
 
     t.note("error lines");
     g.raw(&mut t, b"this is not json\n");
