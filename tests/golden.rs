@@ -1018,6 +1018,7 @@ fn websocket_session_transcript() {
     cfg.workshop.state_file = state.display().to_string();
     cfg.workshop.inbox_dir = dir.join("inbox").display().to_string();
     cfg.workshop.poll_s = 1;
+    cfg.gateway.history_max = 5;
     let b = start_with(cfg);
     // The watcher reads the state file on its own thread: wait (unrecorded) until a
     // feed connection gets it, so the recorded connection's first frame is the same on
@@ -1121,12 +1122,47 @@ fn websocket_session_transcript() {
         &mut t,
         &json!({"type": "agent_message", "target_id": "bob", "text": "yes"}),
     );
-    bob.until(&mut t, "agent_message");
+    let bob_seen = bob.until(&mut t, "agent_message")["gateway_seq"].clone();
 
     t.note("bob leaves");
     bob.ws.close(None).expect("close");
     bob.next(&mut t);
     alice.until(&mut t, "agent_left");
+
+    t.note("bob resumes with ?since= the last gateway_seq he saw: the frames he missed");
+    alice.send(&mut t, &json!({"type": "m", "n": 1}));
+    alice.send(&mut t, &json!({"type": "m", "n": 2}));
+    alice.send(&mut t, &json!({"type": "x", "target_id": "nobody"}));
+    alice.until(&mut t, "error");
+    let path = format!("/ws/matrix?since={bob_seen}");
+    let mut back = Ws::connect(&mut t, "bob", b.http, &path);
+    back.send(
+        &mut t,
+        &json!({"type": "agent_register", "agentId": "bob", "role": "client"}),
+    );
+    back.until(&mut t, "agent_registered");
+    back.until(&mut t, "m");
+    back.until(&mut t, "m");
+    alice.until(&mut t, "agent_joined");
+    t.note("too far back for gateway.history_max = 5: resync_required");
+    let mut late = Ws::connect(&mut t, "late", b.http, "/ws/matrix?since=1");
+    late.send(
+        &mut t,
+        &json!({"type": "agent_register", "agentId": "late", "role": "client"}),
+    );
+    late.until(&mut t, "resync_required");
+    t.note("a since that is not a number: refused before the upgrade");
+    let mut bad = Http::connect(b.http);
+    bad.raw(
+        &mut t,
+        format!(
+            "GET /ws/matrix?since=abc HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\n\
+             Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+             Sec-WebSocket-Version: 13\r\n\r\n",
+            b.http
+        )
+        .as_bytes(),
+    );
     t.check();
 }
 
