@@ -560,6 +560,36 @@ fn http_session_transcript() {
     t.note("the gate opens: the first chat's answer");
     first.answer(&mut t);
     let _ = std::fs::remove_file(&gate);
+    drop(b);
+
+    t.note("a durable bridge (SQLite store): answers held until the store has flushed");
+    let mut cfg = test_config();
+    cfg.store.memory = false;
+    cfg.store.data_dir = scratch_dir("golden-durable").display().to_string();
+    let b = start_with(cfg);
+    let mut c = Http::connect(b.http);
+    c.call(
+        &mut t,
+        "POST",
+        "/bridge/chat",
+        Some(&alice("hello, durable world")),
+    );
+    c.call(
+        &mut t,
+        "POST",
+        "/bridge/say",
+        Some(
+            &json!({"user_id":"bob_02","username":"Bob","message":"saved?","room":"The Threshold"})
+                .to_string(),
+        ),
+    );
+    c.call(
+        &mut t,
+        "POST",
+        "/bridge/move",
+        Some(&json!({"user_id":"alice_01","room":"The Tower"}).to_string()),
+    );
+    c.call(&mut t, "GET", "/bridge/sessions", None);
     t.check();
 }
 
