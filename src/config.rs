@@ -254,6 +254,9 @@ pub struct WorkshopConfig {
     pub diff: bool,
     /// Most visitors one browser connection may have present (`enter`) at once.
     pub visitors_per_connection: usize,
+    /// Visitor messages waiting for the inbox writer; past it a visitor is told
+    /// `inbox_unavailable` ("not keeping up").
+    pub inbox_queue: usize,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -494,6 +497,7 @@ impl Default for WorkshopConfig {
             heartbeat_s: 15,
             diff: true,
             visitors_per_connection: 8,
+            inbox_queue: 1024,
         }
     }
 }
@@ -651,7 +655,7 @@ impl Config {
         check_backend(&self.agent.backend)
             .map_err(|why| format!("config: `agent.backend`: {why}"))?;
 
-        let at_least: [(&str, u64, u64); 33] = [
+        let at_least: [(&str, u64, u64); 34] = [
             (
                 "federation.sync_interval_s",
                 self.federation.sync_interval_s,
@@ -741,6 +745,7 @@ impl Config {
                 self.workshop.visitors_per_connection as u64,
                 1,
             ),
+            ("workshop.inbox_queue", self.workshop.inbox_queue as u64, 1),
         ];
         for (key, value, min) in at_least {
             if value < min {

@@ -174,6 +174,9 @@ fn config(backend: Backend) -> Config {
     cfg.rooms.occupants_max = 100_000;
     cfg.http.rate_limit_requests = 1_000_000;
     cfg.gateway.max_messages_per_s = 100_000;
+    // Every visitor message is also an inbox file; a busy disk must not turn the
+    // protocol's answers into `inbox_unavailable` (tested on its own in tests/ws.rs).
+    cfg.workshop.inbox_queue = 100_000;
     cfg.agent.timeout_s = 1;
     if let Some(addr) = model_server(backend) {
         cfg.agent.backend = "openai".into();

@@ -19,8 +19,14 @@ pub enum ReplyTo {
         id: serde_json::Value,
         user_id: String,
     },
+    /// A line-protocol request on this connection answered by an `ok` or `error` line
+    /// (the `id` it carried, if any).
+    LineRequest {
+        conn: ConnId,
+        id: Option<serde_json::Value>,
+    },
     /// A thread waiting for the answer (a [`crate::doors::game::LinkWorld`] handle).
-    Channel(crossbeam_channel::Sender<crate::codec::http::Response>),
+    Channel(crossbeam_channel::Sender<crate::app::outcome::Reply>),
     /// A message from a WebSocket feed: the agent's answer is spoken aloud as a `bark`
     /// in `room` (every feed hears it; with `workshop` the Workshop's browsers too).
     Bark { room: String, workshop: bool },

@@ -22,83 +22,10 @@ use crate::federation::portal::Relayed;
 use crate::federation::wire::{FedEvent, Kind};
 use crate::world::room::RoomSpec;
 use crate::world::WorldError;
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 
 /// The description of a portal room the bridge creates itself.
 pub const PORTAL_DESC: &str = "A gateway to other worlds.";
-
-/// At most one warning per room in this long.
-const WARN_EVERY_MS: u64 = 60_000;
-
-/// Federated events not shown (yet), and why.
-#[derive(Debug, Default)]
-pub struct Unshown {
-    kept: VecDeque<FedEvent>,
-    /// How many rooms the world had when the kept events were last tried.
-    tried_at_rooms: usize,
-    /// Room → when its last warning was logged (epoch ms).
-    warned: HashMap<String, u64>,
-    /// Reason → events counted.
-    counts: BTreeMap<&'static str, u64>,
-}
-
-impl Unshown {
-    /// Events waiting for a room.
-    pub fn kept(&self) -> usize {
-        self.kept.len()
-    }
-
-    /// How many events were not shown for `reason`.
-    pub fn count(&self, reason: &str) -> u64 {
-        self.counts.get(reason).copied().unwrap_or(0)
-    }
-
-    /// A room was removed (expired): a place under `rooms.max` is free, so the kept
-    /// events are tried again at the next tick even if the room count is back where it
-    /// was.
-    pub(crate) fn rooms_freed(&mut self) {
-        self.tried_at_rooms = usize::MAX;
-    }
-
-    fn counted(&mut self, reason: &'static str) {
-        *self.counts.entry(reason).or_default() += 1;
-    }
-
-    /// Whether a warning about `room` is due (and note it as logged).
-    fn warn_due(&mut self, room: &str, now_ms: u64) -> bool {
-        let due = self
-            .warned
-            .get(room)
-            .is_none_or(|t| now_ms.saturating_sub(*t) >= WARN_EVERY_MS);
-        if due {
-            self.warned.insert(room.to_string(), now_ms);
-        }
-        due
-    }
-
-    /// The unshown part of `GET /metrics`.
-    pub fn render_metrics(&self, o: &mut String) {
-        use std::fmt::Write;
-        o.push_str(
-            "# HELP worldbridge_federation_events_unshown_total Accepted federated events not shown in a room here, by why.\n\
-             # TYPE worldbridge_federation_events_unshown_total counter\n",
-        );
-        for reason in ["room_limit", "no_room", "kept_full"] {
-            let _ = writeln!(
-                o,
-                "worldbridge_federation_events_unshown_total{{reason=\"{reason}\"}} {}",
-                self.count(reason)
-            );
-        }
-        let _ = writeln!(
-            o,
-            "# HELP worldbridge_federation_events_kept Federated events kept until a room can show them.\n\
-             # TYPE worldbridge_federation_events_kept gauge\n\
-             worldbridge_federation_events_kept {}",
-            self.kept.len()
-        );
-    }
-}
 
 /// A portal room as the bridge creates it.
 fn portal_spec(name: &str) -> RoomSpec {

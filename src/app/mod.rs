@@ -6,25 +6,29 @@
 //! deliver to the connection that waits for them.
 
 pub mod calls;
+pub mod fan_out;
 pub mod fed_rooms;
+pub mod feeds;
+pub mod games;
 pub mod links;
 pub mod metrics;
+pub mod outcome;
 pub mod peer_sync;
 pub mod peering;
 pub mod room_expiry;
 pub mod travel;
 
 use crate::agent::builtin;
-use crate::agent::crisis::{self, CrisisDetector, Outcome};
+use crate::agent::crisis::{self, CrisisDetector, Outcome as Assessment};
 use crate::agent::pool::AgentPool;
 use crate::agent::{AgentError, AgentReply, AgentRequest};
 use crate::app::calls::{Call, CallKind, Calls, ReplyTo};
+use crate::app::feeds::WsOut;
 use crate::app::links::Links;
 use crate::app::metrics::{Gauges, Metrics};
-use crate::codec::http::Response;
+use crate::app::outcome::{ChatReply, Outcome, Refusal, Reply};
 use crate::config::Config;
 use crate::conn::ConnId;
-use crate::doors::ws::WsOut;
 use crate::federation::sign::WorldKey;
 use crate::feeds::gateway::{Gateway, GatewayLimits};
 use crate::feeds::workshop::inbox::Inbox;
@@ -34,14 +38,13 @@ use crate::world::ratelimit::RateLimit;
 use crate::world::room::WorldFile;
 use crate::world::session::SessionLimits;
 use crate::world::{World, WorldLimits};
-use serde_json::json;
 use std::collections::HashMap;
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 /// An answer now, or later through [`App::ready`].
 pub enum Answer {
-    Now(Response),
+    Now(Reply),
     Later,
 }
 
@@ -60,7 +63,10 @@ pub struct App {
     pub started: Instant,
     pub shutting_down: bool,
     /// Answers ready for waiting connections; the loop drains it.
-    pub ready: Vec<(ReplyTo, Response)>,
+    pub ready: Vec<(ReplyTo, Reply)>,
+    /// HTTP answers the door rendered and the loop holds, now durable (`None`) or failed
+    /// (the refusal to send instead); the loop drains it.
+    pub released: Vec<(ConnId, Option<Refusal>)>,
     /// Open connections (kept by the loop, read by health and metrics).
     pub connections_open: usize,
     /// Upgraded WebSocket connections open (kept by the loop; `websocket.max_connections`).
@@ -103,8 +109,10 @@ pub struct Held {
 }
 
 pub enum HeldAnswer {
-    /// A response for [`ReplyTo`].
-    Reply(ReplyTo, Response),
+    /// The hub's answer for [`ReplyTo`].
+    Reply(ReplyTo, Reply),
+    /// An HTTP answer the door rendered; the loop keeps it until this is released.
+    Http(ConnId),
     /// Answer bytes for a line link, and the `id` they answer (for an error instead).
     Line(ConnId, Option<serde_json::Value>, Vec<u8>),
 }
@@ -193,6 +201,7 @@ impl App {
             started: Instant::now(),
             shutting_down: false,
             ready: Vec::new(),
+            released: Vec::new(),
             connections_open: 0,
             ws_connections: 0,
             links: Links::new(&cfg.line.dial, Instant::now(), crate::world::time::now_ms()),
@@ -262,16 +271,32 @@ impl App {
     }
 
     /// Send an answer, or hold it until the changes made so far are durable.
-    pub fn answer(&mut self, to: ReplyTo, resp: Response) {
+    pub fn answer(&mut self, to: ReplyTo, reply: Reply) {
         if self.store.is_some() && self.has_unsaved() {
             let batch = self.next_batch;
             self.held.push_back(Held {
                 batch,
-                answer: HeldAnswer::Reply(to, resp),
+                answer: HeldAnswer::Reply(to, reply),
             });
         } else {
-            self.ready.push((to, resp));
+            self.ready.push((to, reply));
         }
+    }
+
+    /// Whether an answer given now must wait for the store (the changes made so far are
+    /// not durable yet).
+    pub fn must_hold(&self) -> bool {
+        self.store.is_some() && self.has_unsaved()
+    }
+
+    /// Hold an HTTP answer the door rendered (the loop keeps it) until the changes made
+    /// so far are durable; [`App::released`] says when.
+    pub fn hold_http(&mut self, conn: ConnId) {
+        let batch = self.next_batch;
+        self.held.push_back(Held {
+            batch,
+            answer: HeldAnswer::Http(conn),
+        });
     }
 
     /// Hold answer bytes for a line link until the changes made so far are durable.
@@ -360,28 +385,30 @@ impl App {
 
     fn release(&mut self, answer: HeldAnswer, failed: Option<&str>) {
         match (answer, failed) {
-            (HeldAnswer::Reply(to, resp), None) => self.ready.push((to, resp)),
+            (HeldAnswer::Reply(to, reply), None) => self.ready.push((to, reply)),
             (HeldAnswer::Reply(to, _), Some(why)) => self
                 .ready
-                .push((to, Response::error(503, "store_unavailable", why))),
+                .push((to, Err(Refusal::new("store_unavailable", why)))),
+            (HeldAnswer::Http(conn), None) => self.released.push((conn, None)),
+            (HeldAnswer::Http(conn), Some(why)) => self
+                .released
+                .push((conn, Some(Refusal::new("store_unavailable", why)))),
             (HeldAnswer::Line(conn, _, bytes), None) => self.line_out.push((conn, bytes)),
-            (HeldAnswer::Line(conn, id, _), Some(why)) => {
-                let mut line = Vec::new();
-                crate::doors::line::error_line(id.as_ref(), "store_unavailable", why, &mut line);
-                self.line_out.push((conn, line));
-            }
+            (HeldAnswer::Line(conn, id, _), Some(why)) => self.ready.push((
+                ReplyTo::LineRequest { conn, id },
+                Err(Refusal::new("store_unavailable", why)),
+            )),
         }
     }
 
     /// A state-changing request is refused while the store cannot write.
-    pub fn store_refusal(&self) -> Option<Response> {
+    pub fn store_refusal(&self) -> Option<Refusal> {
         self.store_error.as_ref().map(|e| {
-            Response::error(
-                503,
+            Refusal::new(
                 "store_unavailable",
-                &format!("the bridge cannot store changes right now ({e}); reads still work"),
+                format!("the bridge cannot store changes right now ({e}); reads still work"),
             )
-            .with_header("Retry-After", "1")
+            .retry_after(1)
         })
     }
 
@@ -437,7 +464,7 @@ impl App {
         now: Instant,
     ) -> Answer {
         let (crisis, resources) = match self.crisis.assess(&input.message) {
-            Outcome::Crisis(signal) => {
+            Assessment::Crisis(signal) => {
                 self.metrics.count_crisis(signal.category.as_str());
                 log::warn!(
                     "crisis signal detected user={} room={:?} category={} features={}: \
@@ -449,7 +476,7 @@ impl App {
                 );
                 (true, false)
             }
-            Outcome::Resources(features) => {
+            Assessment::Resources(features) => {
                 self.metrics.crisis_resources += 1;
                 log::info!(
                     "hotline question user={} features={}: the numbers will lead the reply",
@@ -458,7 +485,7 @@ impl App {
                 );
                 (false, true)
             }
-            Outcome::Nothing => (false, false),
+            Assessment::Nothing => (false, false),
         };
         if let Some(user) = &input.user_id {
             self.world.place(user, &input.username, &input.room, now_ms);
@@ -486,17 +513,14 @@ impl App {
             if self.calls.is_busy(user)
                 && self.calls.waiting_for(user) >= self.cfg.agent.per_user_queue
             {
-                return Answer::Now(
-                    Response::error(
-                        429,
-                        "too_many_waiting",
-                        &format!(
-                            "{} messages are already waiting for the agent's answer to you; wait for them first",
-                            self.cfg.agent.per_user_queue
-                        ),
-                    )
-                    .with_header("Retry-After", "1"),
-                );
+                return Answer::Now(Err(Refusal::new(
+                    "too_many_waiting",
+                    format!(
+                        "{} messages are already waiting for the agent's answer to you; wait for them first",
+                        self.cfg.agent.per_user_queue
+                    ),
+                )
+                .retry_after(1)));
             }
         }
         let check = self.wants_crisis_check(&call).then(|| {
@@ -620,7 +644,7 @@ impl App {
     }
 
     /// Hand a call to the pool. If it cannot take it, the answer is returned at once.
-    fn submit(&mut self, mut call: Call, now: Instant) -> Option<(ReplyTo, Response)> {
+    fn submit(&mut self, mut call: Call, now: Instant) -> Option<(ReplyTo, Reply)> {
         // The builtin persona only asks whether there was an earlier exchange; the other
         // backends get the whole capped history.
         let keep = if self.pool.is_none() { 2 } else { usize::MAX };
@@ -680,21 +704,20 @@ impl App {
         let resp = if let Some(text) = self.shape_reply(&call, None) {
             self.finish_call(&call, text)
         } else {
-            Response::error(
-                503,
+            Err(Refusal::new(
                 "agent_busy",
                 "the agent's queue is full; try again in a moment",
             )
-            .with_header("Retry-After", "1")
+            .retry_after(1))
         };
         Some((call.reply_to, resp))
     }
 
     /// Record a finished exchange in the session and build the response.
-    fn finish_call(&mut self, call: &Call, text: String) -> Response {
+    fn finish_call(&mut self, call: &Call, text: String) -> Reply {
         let now_ms = crate::world::time::now_ms();
         match call.kind {
-            CallKind::Generate => Response::json(200, &json!({"results": [{"text": text}]})),
+            CallKind::Generate => Ok(Outcome::Generate { text }),
             CallKind::Chat => {
                 let user = call.user_id.as_deref().unwrap_or_default();
                 self.world
@@ -705,16 +728,13 @@ impl App {
                     .sessions
                     .get(user)
                     .map_or((0, call.crisis), |s| (s.messages, s.crisis));
-                Response::json(
-                    200,
-                    &json!({
-                        "response": text,
-                        "user": call.username,
-                        "room": call.room,
-                        "session_messages": messages,
-                        "crisis": flagged,
-                    }),
-                )
+                Ok(Outcome::Chat(ChatReply {
+                    text,
+                    user: call.username.clone(),
+                    room: call.room.clone(),
+                    session_messages: messages,
+                    crisis: flagged,
+                }))
             }
         }
     }
@@ -757,7 +777,7 @@ impl App {
     }
 
     /// The response for a call the agent answered (or failed).
-    fn complete(&mut self, call: &Call, result: Result<String, AgentError>) -> Response {
+    fn complete(&mut self, call: &Call, result: Result<String, AgentError>) -> Reply {
         match result {
             Ok(text) => {
                 self.metrics.count_agent("ok");
@@ -779,18 +799,20 @@ impl App {
     }
 
     /// The answer for a call the agent failed (or that ran out of time).
-    fn failed_call(&mut self, call: &Call, timeout: bool) -> Response {
+    fn failed_call(&mut self, call: &Call, timeout: bool) -> Reply {
         match self.shape_reply(call, None) {
             Some(text) => self.finish_call(call, text),
-            None if timeout => Response::error(
-                504,
+            None if timeout => Err(Refusal::new(
                 "agent_timeout",
-                &format!(
+                format!(
                     "the agent did not answer within {} s",
                     self.cfg.agent.timeout_s
                 ),
-            ),
-            None => Response::error(502, "agent_error", "the agent failed to answer; try again"),
+            )),
+            None => Err(Refusal::new(
+                "agent_error",
+                "the agent failed to answer; try again",
+            )),
         }
     }
 
@@ -946,48 +968,50 @@ mod tests {
     #[test]
     fn held_answers_go_out_when_durable_and_become_503_when_the_commit_fails() {
         let mut a = app();
+        let ok = || Ok(Outcome::Ok(serde_json::json!({"ok": true})));
         a.held.push_back(Held {
             batch: 1,
-            answer: HeldAnswer::Reply(
-                ReplyTo::Http(conn(1)),
-                Response::json(200, &json!({"ok": true})),
-            ),
+            answer: HeldAnswer::Reply(ReplyTo::Http(conn(1)), ok()),
         });
         a.hold_line(
             conn(2),
-            Some(json!(7)),
+            Some(serde_json::json!(7)),
             b"{\"type\":\"ok\",\"id\":7}\n".to_vec(),
         );
+        a.hold_http(conn(4));
         a.held.push_back(Held {
             batch: 2,
-            answer: HeldAnswer::Reply(
-                ReplyTo::Http(conn(3)),
-                Response::json(200, &json!({"ok": true})),
-            ),
+            answer: HeldAnswer::Reply(ReplyTo::Http(conn(3)), ok()),
         });
         a.on_store(StoreEvent::Failed {
             ids: vec![1],
             error: "disk I/O error".into(),
         });
-        assert_eq!(a.ready.len(), 1);
-        assert_eq!(a.ready[0].1.status, 503);
-        let body: serde_json::Value = serde_json::from_slice(&a.ready[0].1.body).unwrap();
-        assert_eq!(body["code"], "store_unavailable");
-        assert!(body["error"].as_str().unwrap().contains("disk I/O error"));
-        let line = String::from_utf8(a.line_out[0].1.clone()).unwrap();
+        // The chat answer and the line's `ok` become refusals; the door renders them.
+        assert_eq!(a.ready.len(), 2);
+        let refusal = a.ready[0].1.as_ref().expect_err("refused");
+        assert_eq!(refusal.code, "store_unavailable");
+        assert!(refusal.message.contains("disk I/O error"));
         assert!(
-            line.contains("store_unavailable") && line.contains("\"id\":7"),
-            "{line}"
+            matches!(&a.ready[1], (ReplyTo::LineRequest { conn: c, id: Some(id) }, Err(r))
+                if *c == conn(2) && *id == serde_json::json!(7) && r.code == "store_unavailable"),
+            "the line gets an error for its id"
         );
+        assert!(a.line_out.is_empty(), "the held ok line is not sent");
+        // The HTTP answer the loop holds is released as a refusal too.
+        assert!(
+            matches!(&a.released[..], [(c, Some(r))] if *c == conn(4) && r.code == "store_unavailable")
+        );
+        let refused = a.store_refusal().expect("writes are refused");
         assert_eq!(
-            a.store_refusal().map(|r| r.status),
-            Some(503),
-            "writes are refused"
+            (refused.code, refused.retry_after),
+            ("store_unavailable", Some(1))
         );
         a.ready.clear();
+        a.released.clear();
         a.on_store(StoreEvent::Durable { upto: 2 });
         assert_eq!(a.ready.len(), 1, "the later batch went through");
-        assert_eq!(a.ready[0].1.status, 200);
+        assert!(a.ready[0].1.is_ok());
         assert!(
             a.store_refusal().is_none(),
             "a good commit clears the error"

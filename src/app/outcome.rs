@@ -29,7 +29,7 @@ pub enum Outcome {
         world: String,
         age_ms: u64,
         fresh: bool,
-        perception: Perception,
+        perception: Box<Perception>,
     },
     /// A character went to another world and arrived in `room` there.
     Travelled {

@@ -12,13 +12,16 @@
 //! - Peers: each `sync_interval_s` every peer not still busy gets a [`Job`]; the outcomes
 //!   come back through [`App::on_peer_outcome`] and feed `/bridge/health`'s `peers`.
 
+use crate::app::calls::ReplyTo;
+use crate::app::outcome::Refusal;
 use crate::app::peer_sync::{Job, Outcome, PeerSync};
 use crate::app::App;
-use crate::codec::http::{Request, Response};
 use crate::config::FederationConfig;
 use crate::federation::portal::Scope;
 use crate::federation::presence::PeerStatus;
+use crate::federation::travel::{Landing, Step};
 use crate::federation::trust::Trust;
+use crate::federation::wire::SyncAnswer;
 use crate::federation::wire::{
     Cursor, Delta, FedEvent, PresenceEntry, WireError, WorldPresence, PAGE_MAX, PRESENCE_MAX,
 };
@@ -27,7 +30,7 @@ use crate::store::Row;
 use crate::world::room::Event;
 use crate::world::time::rfc3339;
 use serde_json::{json, Value};
-use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
 /// What this bridge knows of its peers and what it owes the store.
@@ -40,7 +43,7 @@ pub struct Peering {
     /// Rows for the next store batch.
     pub(crate) rows: Vec<Row>,
     /// Travel in progress: waiting travellers and steps waiting for their batch.
-    pub(crate) travel: crate::app::travel::TravelWiring,
+    pub(crate) travel: TravelWiring,
     /// The highest own federated seq among `rows`.
     own_upto: Option<u64>,
     /// (batch id, own seq): own events durable once that batch is.
@@ -52,7 +55,7 @@ pub struct Peering {
     last_round: Option<Instant>,
     counts: FedCounts,
     /// Accepted events no room here shows (yet).
-    pub(crate) unshown: crate::app::fed_rooms::Unshown,
+    pub(crate) unshown: Unshown,
 }
 
 /// What `/bridge/health` and `/metrics` say about one peer.
@@ -118,7 +121,7 @@ impl Peering {
             sync: None,
             scoped: HashSet::new(),
             rows: Vec::new(),
-            travel: crate::app::travel::TravelWiring::default(),
+            travel: TravelWiring::default(),
             own_upto: None,
             waiting: VecDeque::new(),
             peers,
@@ -126,7 +129,7 @@ impl Peering {
             interval: Duration::from_secs(cfg.sync_interval_s.max(1)),
             last_round: None,
             counts: FedCounts::default(),
-            unshown: crate::app::fed_rooms::Unshown::default(),
+            unshown: Unshown::default(),
         }))
     }
 
@@ -508,74 +511,150 @@ impl App {
         f.unshown.render_metrics(o);
     }
 
-    /// The peer a federation request comes from, by its token; 401 (and a warning)
-    /// otherwise.
-    pub(crate) fn peer_of(&self, req: &Request, route: &str) -> Result<String, Response> {
+    /// The peer a federation request comes from, by the token it `given` (`Authorization:
+    /// Bearer`, read by the door); `unauthorized` (and a warning) otherwise.
+    pub fn peer_of(&self, given: Option<&str>, route: &str) -> Result<String, Refusal> {
         let Some(f) = &self.fed else {
-            return Err(Response::error(
-                404,
+            return Err(Refusal::new(
                 "federation_off",
                 "this bridge has no [[federation.peers]]",
             ));
         };
-        let given = req
-            .header("authorization")
-            .and_then(|h| h.strip_prefix("Bearer "))
-            .map(str::trim);
         match given.and_then(|t| f.core.peer_by_token(t)) {
             Some(p) => Ok(p.world.clone()),
             None => {
                 let why = if given.is_some() { "a wrong" } else { "no" };
                 log::warn!("federation: {route} refused: {why} peer token");
-                Err(Response::error(
-                    401,
+                Err(Refusal::new(
                     "unauthorized",
                     "federation routes need Authorization: Bearer <the pair's token>",
-                )
-                .with_header("WWW-Authenticate", "Bearer"))
+                ))
             }
         }
     }
+
+    /// `GET /bridge/state`: a snapshot for `peer`, or the delta past its cursor.
+    pub fn fed_state(&mut self, peer: &str, since: Option<&Cursor>) -> Result<Delta, Refusal> {
+        let presence = self.own_presence();
+        let Some(f) = &self.fed else {
+            return Err(Refusal::new("federation_off", "no federation"));
+        };
+        Ok(f.core.delta(Some(peer), since, PAGE_MAX, presence))
+    }
+
+    /// `POST /bridge/sync`: merge `peer`'s push; the answer waits for its rows (the door
+    /// holds it until durable).
+    pub fn fed_sync(
+        &mut self,
+        peer: &str,
+        doc: &Delta,
+        now_ms: u64,
+    ) -> Result<SyncAnswer, Refusal> {
+        let applied = self
+            .fed_apply(peer, doc, now_ms)
+            .map_err(|e| Refusal::new("refused", e.to_string()))?;
+        let Some(f) = &self.fed else {
+            return Err(Refusal::new("federation_off", "no federation"));
+        };
+        Ok(f.core.sync_answer(&applied))
+    }
 }
 
-/// `GET /bridge/state[?since=origin:seq,…]`: a snapshot, or the delta past a cursor.
-pub fn bridge_state(app: &mut App, req: &Request) -> Result<Response, Response> {
-    let peer = app.peer_of(req, "/bridge/state")?;
-    let since = match req.query_param("since") {
-        None => None,
-        Some(s) => Some(
-            Cursor::parse_query(&s)
-                .map_err(|e| Response::error(400, "bad_since", &format!("`since`: {e}")))?,
-        ),
-    };
-    let presence = app.own_presence();
-    let Some(f) = &app.fed else {
-        return Err(Response::error(404, "federation_off", "no federation"));
-    };
-    let doc = f
-        .core
-        .delta(Some(&peer), since.as_ref(), PAGE_MAX, presence);
-    Ok(Response::json(200, &doc))
+/// Federated events not shown (yet), and why.
+/// How often a room's unshown events are warned about, at most (ms).
+const WARN_EVERY_MS: u64 = 60_000;
+
+#[derive(Debug, Default)]
+pub struct Unshown {
+    pub(super) kept: VecDeque<FedEvent>,
+    /// How many rooms the world had when the kept events were last tried.
+    pub(super) tried_at_rooms: usize,
+    /// Room → when its last warning was logged (epoch ms).
+    pub(super) warned: HashMap<String, u64>,
+    /// Reason → events counted.
+    pub(super) counts: BTreeMap<&'static str, u64>,
 }
 
-/// `POST /bridge/sync`: merge a peer's push; the answer waits for its rows (the caller
-/// holds it until durable).
-pub fn bridge_sync(app: &mut App, req: &Request, now_ms: u64) -> Result<Response, Response> {
-    let peer = app.peer_of(req, "/bridge/sync")?;
-    let doc: Delta = serde_json::from_slice(&req.body).map_err(|e| {
-        Response::error(
-            400,
-            "bad_json",
-            &format!("the body is not a federation document: {e}"),
-        )
-    })?;
-    let applied = app
-        .fed_apply(&peer, &doc, now_ms)
-        .map_err(|e| Response::error(400, "refused", &e.to_string()))?;
-    let Some(f) = &app.fed else {
-        return Err(Response::error(404, "federation_off", "no federation"));
-    };
-    Ok(Response::json(200, &f.core.sync_answer(&applied)))
+impl Unshown {
+    /// Events waiting for a room.
+    pub fn kept(&self) -> usize {
+        self.kept.len()
+    }
+
+    /// How many events were not shown for `reason`.
+    pub fn count(&self, reason: &str) -> u64 {
+        self.counts.get(reason).copied().unwrap_or(0)
+    }
+
+    /// A room was removed (expired): a place under `rooms.max` is free, so the kept
+    /// events are tried again at the next tick even if the room count is back where it
+    /// was.
+    pub(crate) fn rooms_freed(&mut self) {
+        self.tried_at_rooms = usize::MAX;
+    }
+
+    pub(super) fn counted(&mut self, reason: &'static str) {
+        *self.counts.entry(reason).or_default() += 1;
+    }
+
+    /// Whether a warning about `room` is due (and note it as logged).
+    pub(super) fn warn_due(&mut self, room: &str, now_ms: u64) -> bool {
+        let due = self
+            .warned
+            .get(room)
+            .is_none_or(|t| now_ms.saturating_sub(*t) >= WARN_EVERY_MS);
+        if due {
+            self.warned.insert(room.to_string(), now_ms);
+        }
+        due
+    }
+
+    /// The unshown part of `GET /metrics`.
+    pub fn render_metrics(&self, o: &mut String) {
+        use std::fmt::Write;
+        o.push_str(
+            "# HELP worldbridge_federation_events_unshown_total Accepted federated events not shown in a room here, by why.\n\
+             # TYPE worldbridge_federation_events_unshown_total counter\n",
+        );
+        for reason in ["room_limit", "no_room", "kept_full"] {
+            let _ = writeln!(
+                o,
+                "worldbridge_federation_events_unshown_total{{reason=\"{reason}\"}} {}",
+                self.count(reason)
+            );
+        }
+        let _ = writeln!(
+            o,
+            "# HELP worldbridge_federation_events_kept Federated events kept until a room can show them.\n\
+             # TYPE worldbridge_federation_events_kept gauge\n\
+             worldbridge_federation_events_kept {}",
+            self.kept.len()
+        );
+    }
+}
+
+/// Work that waits for a store batch.
+pub(super) enum Deferred {
+    Steps(Vec<Step>),
+    Landings(Vec<Landing>),
+}
+
+/// The wiring's own state, kept in [`crate::app::peering::Peering`].
+#[derive(Default)]
+pub struct TravelWiring {
+    /// Travellers waiting for their answer, by user id.
+    pub(super) waiting: BTreeMap<String, (ReplyTo, String)>,
+    /// (batch, the row written, work): to run once that batch is durable, oldest first.
+    /// If the batch fails, the row is written again with the next one.
+    pub(super) deferred: VecDeque<(u64, Row, Deferred)>,
+    /// The room each accepted traveller arrives in, as the destination said.
+    pub(super) rooms: BTreeMap<String, String>,
+}
+
+impl TravelWiring {
+    pub fn waiting(&self) -> usize {
+        self.waiting.len()
+    }
 }
 
 #[cfg(test)]

@@ -8,8 +8,8 @@
 //! rooms a live game link reported or declared (a `room` snapshot, a perception cell, a
 //! player's room): once that link is gone, the room's idle time starts.
 
+use crate::app::outcome::Refusal;
 use crate::app::App;
-use crate::codec::http::Response;
 use crate::world::ratelimit::RateLimit;
 use std::net::IpAddr;
 
@@ -69,7 +69,7 @@ impl App {
         ip: IpAddr,
         room: &str,
         now_ms: u64,
-    ) -> Result<(), Response> {
+    ) -> Result<(), Refusal> {
         // An existing room, or a name that is refused anyway, creates nothing.
         if self.world.resolve(room).is_some() || crate::world::check_name("room", room).is_err() {
             return Ok(());
@@ -79,8 +79,14 @@ impl App {
                 "too many new rooms from the address {ip}: at most {} rooms created per {} s from one address, whatever the user_id; use an existing room or retry in {retry} s",
                 self.cfg.http.rate_limit_requests, self.cfg.http.rate_limit_window_s
             );
-            crate::doors::http::rate_limited(self, &why, retry)
+            self.rate_limited(why, retry)
         })
+    }
+
+    /// A 429 `rate_limited` that may be retried after `retry` seconds, counted.
+    pub fn rate_limited(&mut self, why: String, retry: u64) -> Refusal {
+        self.metrics.rate_limited += 1;
+        Refusal::new("rate_limited", why).retry_after(retry)
     }
 
     /// From the periodic tick: at most every 30 s (every `rooms.idle_expire_s` when
@@ -147,18 +153,13 @@ mod tests {
             a.world.ensure_room(&room).unwrap();
         }
         let refused = a.limit_room_creation(one, "New 3", 1_000).unwrap_err();
-        assert_eq!(refused.status, 429);
-        let body: serde_json::Value = serde_json::from_slice(&refused.body).unwrap();
-        assert_eq!(body["code"], "rate_limited");
-        let text = body["error"].as_str().unwrap();
+        assert_eq!(refused.code, "rate_limited");
+        let text = &refused.message;
         assert!(
             text.contains("new rooms from the address 127.0.0.1"),
             "{text}"
         );
-        assert!(refused
-            .headers
-            .iter()
-            .any(|(k, v)| *k == "Retry-After" && v == "20"));
+        assert_eq!(refused.retry_after, Some(20));
         // Rooms that exist cost nothing; another address has its own allowance.
         a.limit_room_creation(one, "The Garden", 1_000).unwrap();
         a.limit_room_creation(one, "new 0", 1_000).unwrap();

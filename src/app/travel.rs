@@ -23,42 +23,19 @@
 //! one the destination named when it accepted.
 
 use crate::app::calls::ReplyTo;
+use crate::app::outcome::{Outcome, Refusal};
 use crate::app::peer_sync::TravelOutcome;
+use crate::app::peering::Deferred;
 use crate::app::App;
-use crate::codec::http::{Request, Response};
 use crate::federation::travel::{Here, Landing, Step};
 use crate::federation::wire::{TravelMsg, TravelReply};
 use crate::store::Row;
-use serde_json::{json, Value};
-use std::collections::{BTreeMap, VecDeque};
+use serde_json::Value;
+use std::collections::VecDeque;
 
 /// How long the destination keeps a settled travel's row (to refuse a late copy of its
 /// offer): one day.
 pub const ARRIVAL_KEEP_MS: u64 = 24 * 3600 * 1000;
-
-/// Work that waits for a store batch.
-enum Deferred {
-    Steps(Vec<Step>),
-    Landings(Vec<Landing>),
-}
-
-/// The wiring's own state, kept in [`crate::app::peering::Peering`].
-#[derive(Default)]
-pub struct TravelWiring {
-    /// Travellers waiting for their answer, by user id.
-    waiting: BTreeMap<String, (ReplyTo, String)>,
-    /// (batch, the row written, work): to run once that batch is durable, oldest first.
-    /// If the batch fails, the row is written again with the next one.
-    deferred: VecDeque<(u64, Row, Deferred)>,
-    /// The room each accepted traveller arrives in, as the destination said.
-    rooms: BTreeMap<String, String>,
-}
-
-impl TravelWiring {
-    pub fn waiting(&self) -> usize {
-        self.waiting.len()
-    }
-}
 
 impl App {
     /// The room a traveller arrives in here: the first room of
@@ -86,10 +63,9 @@ impl App {
         to_world: &str,
         reply_to: ReplyTo,
         now_ms: u64,
-    ) -> Result<(), (u16, &'static str, String)> {
+    ) -> Result<(), Refusal> {
         let Some(o) = self.world.occupant(user_id).cloned() else {
-            return Err((
-                404,
+            return Err(Refusal::new(
                 "not_here",
                 format!("{user_id} is not in this world ({})", self.cfg.world),
             ));
@@ -102,10 +78,9 @@ impl App {
             .unwrap_or_default();
         let unreachable = self.peer_unreachable(to_world);
         let Some(f) = &mut self.fed else {
-            return Err((
-                404,
+            return Err(Refusal::new(
                 "federation_off",
-                "this bridge has no [[federation.peers]]".into(),
+                "this bridge has no [[federation.peers]]",
             ));
         };
         let steps = f
@@ -119,7 +94,7 @@ impl App {
                 unreachable,
                 now_ms,
             )
-            .map_err(|e| (409, "travel_refused", e.to_string()))?;
+            .map_err(|e| Refusal::new("travel_refused", e.to_string()))?;
         f.travel
             .waiting
             .insert(user_id.to_string(), (reply_to, to_world.to_string()));
@@ -286,16 +261,17 @@ impl App {
             log::info!("travel: {user_id}: {text}");
             return;
         };
-        let resp = if ok {
-            Response::json(
-                200,
-                &json!({"ok": true, "user_id": user_id, "world": world,
-                        "room": room, "message": text}),
-            )
+        let reply = if ok {
+            Ok(Outcome::Travelled {
+                user_id: user_id.to_string(),
+                world,
+                room,
+                message: text,
+            })
         } else {
-            Response::error(409, "travel_refused", &text)
+            Err(Refusal::new("travel_refused", text))
         };
-        self.answer(to, resp);
+        self.answer(to, reply);
     }
 
     /// A peer answered a travel message (or could not be reached).
@@ -369,7 +345,7 @@ impl App {
 
     /// A peer's travel message: the reply to send back (held by the caller until the
     /// rows are durable).
-    fn on_peer_travel(&mut self, from: &str, msg: &TravelMsg, now_ms: u64) -> Value {
+    pub fn on_peer_travel(&mut self, from: &str, msg: &TravelMsg, now_ms: u64) -> Value {
         let room = self.gateway_room().unwrap_or_default();
         let user = match msg {
             TravelMsg::Offer(o) | TravelMsg::Commit(o) => Some(o.user_id.clone()),
@@ -396,52 +372,5 @@ impl App {
             m.insert("room".into(), Value::String(room));
         }
         v
-    }
-}
-
-/// `POST /bridge/travel`: a user's request (answered later) or a peer's message.
-pub fn bridge_travel(
-    app: &mut App,
-    conn: crate::conn::ConnId,
-    req: &Request,
-    now_ms: u64,
-) -> Result<Option<Response>, Response> {
-    let body: Value = serde_json::from_slice(&req.body)
-        .map_err(|e| Response::error(400, "bad_json", &format!("the body is not JSON: {e}")))?;
-    if body.get("type").is_some() {
-        let peer = app.peer_of(req, "/bridge/travel")?;
-        let msg: TravelMsg = serde_json::from_value(body).map_err(|e| {
-            Response::error(400, "bad_travel", &format!("not a travel message: {e}"))
-        })?;
-        let reply = app.on_peer_travel(&peer, &msg, now_ms);
-        return Ok(Some(Response::json(200, &reply)));
-    }
-    if !app.cfg.http.token.is_empty() {
-        let given = req
-            .header("authorization")
-            .and_then(|h| h.strip_prefix("Bearer "))
-            .map(str::trim)
-            .unwrap_or_default();
-        if !crate::doors::http::constant_time_eq(given.as_bytes(), app.cfg.http.token.as_bytes()) {
-            return Err(Response::error(
-                403,
-                "forbidden",
-                "a user's travel needs the bridge's API token",
-            ));
-        }
-    }
-    let field = |k: &str| {
-        body.get(k)
-            .and_then(Value::as_str)
-            .map(str::to_string)
-            .ok_or_else(|| {
-                Response::error(400, "missing_field", &format!("`{k}` must be a string"))
-            })
-    };
-    let user_id = field("user_id")?;
-    let to_world = field("to_world")?;
-    match app.travel_request(&user_id, &to_world, ReplyTo::Http(conn), now_ms) {
-        Ok(()) => Ok(None),
-        Err((status, code, text)) => Err(Response::error(status, code, &text)),
     }
 }

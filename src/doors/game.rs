@@ -7,7 +7,7 @@
 //! - [`MockWorld`]: an in-memory game for tests and demos that applies commands to a
 //!   perception the way a game would.
 
-use crate::codec::http::Response;
+use crate::app::outcome::{Outcome, Reply};
 use crate::world::protocol::{
     ActionResult, GameCommand, Item, Perception, QuestEntry, Stat, Stats, Vec3,
 };
@@ -62,18 +62,18 @@ pub enum LoopRequest {
         world: String,
         player: Option<String>,
         cmd: GameCommand,
-        reply: Sender<Response>,
+        reply: Sender<Reply>,
     },
     Observe {
         world: String,
         player: Option<String>,
-        reply: Sender<Response>,
+        reply: Sender<Reply>,
     },
     Speak {
         world: String,
         target: Target,
         text: String,
-        reply: Sender<Response>,
+        reply: Sender<Reply>,
     },
 }
 
@@ -116,58 +116,68 @@ impl LinkWorld {
         self
     }
 
-    fn call(&self, make: impl FnOnce(Sender<Response>) -> LoopRequest) -> Result<Value, GameError> {
-        let (reply, rx): (Sender<Response>, Receiver<Response>) = crossbeam_channel::bounded(1);
+    fn call(&self, make: impl FnOnce(Sender<Reply>) -> LoopRequest) -> Result<Outcome, GameError> {
+        let (reply, rx): (Sender<Reply>, Receiver<Reply>) = crossbeam_channel::bounded(1);
         self.tx
             .send(make(reply))
             .map_err(|_| GameError::Down("the bridge has stopped".into()))?;
         let _ = self.waker.wake();
-        let resp = rx
+        let reply = rx
             .recv_timeout(self.wait)
             .map_err(|_| GameError::Timeout("the bridge did not answer".into()))?;
-        let body: Value = serde_json::from_slice(&resp.body).unwrap_or(Value::Null);
-        let text = |k: &str| body[k].as_str().unwrap_or_default().to_string();
-        match resp.status {
-            200 => Ok(body),
-            // A game's own refusal of an action is an answer, not an error.
-            422 => Ok(
-                serde_json::json!({"ok": false, "code": text("game_code"), "error": text("error")}),
-            ),
-            503 => Err(GameError::Down(text("error"))),
-            504 => Err(GameError::Timeout(text("error"))),
-            _ => Err(GameError::Refused(text("code"), text("error"))),
-        }
+        reply.map_err(|r| match r.code {
+            "link_down" => GameError::Down(r.message),
+            "game_timeout" => GameError::Timeout(r.message),
+            code => GameError::Refused(code.to_string(), r.message),
+        })
     }
 }
 
 impl WorldInterface for LinkWorld {
     fn observe(&mut self) -> Result<Perception, GameError> {
-        let body = self.call(|reply| LoopRequest::Observe {
+        let outcome = self.call(|reply| LoopRequest::Observe {
             world: self.world.clone(),
             player: self.player.clone(),
             reply,
         })?;
-        serde_json::from_value(body["perception"].clone())
-            .map_err(|e| GameError::Refused("bad_perception".into(), e.to_string()))
+        match outcome {
+            Outcome::Observed { perception, .. } => Ok(*perception),
+            other => Err(unexpected("observe", &other)),
+        }
     }
 
     fn act(&mut self, cmd: &GameCommand) -> Result<ActionResult, GameError> {
-        let body = self.call(|reply| LoopRequest::Act {
+        let outcome = self.call(|reply| LoopRequest::Act {
             world: self.world.clone(),
             player: self.player.clone(),
             cmd: cmd.clone(),
             reply,
         })?;
-        if body["ok"] == Value::Bool(false) {
-            return Ok(ActionResult::from_message(
-                body.as_object().unwrap_or(&Default::default()),
-            ));
+        let Outcome::Acted {
+            world,
+            action,
+            result,
+        } = outcome
+        else {
+            return Err(unexpected("act", &outcome));
+        };
+        if result.ok {
+            return Ok(ActionResult {
+                ok: true,
+                data: Some(result.data.unwrap_or_else(|| serde_json::json!({}))),
+                code: None,
+                error: None,
+            });
         }
+        // A game's own refusal of an action is an answer, not an error: the same words
+        // the HTTP door shows.
+        let code = result.code.unwrap_or_else(|| "failed".into());
+        let why = result.error.unwrap_or_else(|| "no reason given".into());
         Ok(ActionResult {
-            ok: true,
-            data: body.get("result").cloned(),
-            code: None,
-            error: None,
+            ok: false,
+            data: None,
+            code: Some(code),
+            error: Some(format!("{world} could not {action}: {why}")),
         })
     }
 
@@ -180,6 +190,14 @@ impl WorldInterface for LinkWorld {
         })
         .map(|_| ())
     }
+}
+
+/// The loop answered a call with an outcome of another kind (a bug, not the game's).
+fn unexpected(call: &str, outcome: &Outcome) -> GameError {
+    GameError::Refused(
+        "internal_error".into(),
+        format!("the bridge answered {call} with {outcome:?}"),
+    )
 }
 
 /// An in-memory game: commands change its perception as a game would.

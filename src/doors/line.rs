@@ -1,30 +1,27 @@
-//! The line protocol's meaning: each message from a game link becomes a core call, and
-//! the core's answers and events go back as lines. Also the App's side of the bridge's
-//! own requests to games (`act`, `observe`, `speak`), shared by HTTP and [`crate::doors::game`]
-//! handles, and the relaying of room events to the links that host the rooms.
+//! The line door: each message from a game link is read here (its fields checked with
+//! the protocol's error codes), becomes a call on the hub, and is answered with an `ok`,
+//! `reply` or `error` line; the hub's later answers are rendered by [`reply_line`] and
+//! [`request_line`]. The hub's own requests to games live in `app/games.rs`, the relaying
+//! of events to the links that hear a room in `app/fan_out.rs`.
 //!
 //! `docs/line-protocol.md` is the contract.
 
 use crate::app::calls::{CallKind, ReplyTo};
-use crate::app::links::{Asked, Pending};
+use crate::app::games::acted;
+use crate::app::outcome::{Outcome, Refusal as HubRefusal, Reply};
 use crate::app::{Answer, App, CallInput};
-use crate::codec::http::Response;
 use crate::codec::ndjson::encode;
 use crate::conn::line::LineHandler;
 use crate::conn::ConnId;
 use crate::conn::Drive;
-use crate::doors::http::constant_time_eq;
+use crate::doors::fields::{constant_time_eq, Fields};
 use crate::federation::portal::Scope;
-use crate::world::protocol::{ActionResult, GameCommand, Perception, LINK_KINDS, PROTOCOL};
-use crate::world::room::{EventKind, RoomSpec};
+use crate::world::protocol::{ActionResult, Perception, LINK_KINDS, PROTOCOL};
+use crate::world::room::RoomSpec;
 use crate::world::time::now_ms;
 use crate::world::{check_name, WorldError};
 use serde_json::{json, Map, Value};
-use std::time::{Duration, Instant};
-
-/// The longest a [`crate::doors::game::LinkWorld`] waits for the loop beyond the game's own
-/// deadline (`line.request_timeout_s`), in case the loop has stopped.
-pub const HANDLE_GRACE: Duration = Duration::from_secs(5);
+use std::time::Instant;
 
 /// Message types that change the world (refused while the store cannot write).
 const CHANGES_STATE: [&str; 6] = ["presence", "say", "chat", "event", "room", "travel"];
@@ -41,6 +38,16 @@ fn refuse(code: &'static str, msg: impl Into<String>) -> Refusal {
         code,
         msg: msg.into(),
         close: false,
+    }
+}
+
+impl From<HubRefusal> for Refusal {
+    fn from(r: HubRefusal) -> Refusal {
+        Refusal {
+            code: r.code,
+            msg: r.message,
+            close: false,
+        }
     }
 }
 
@@ -75,32 +82,6 @@ fn answer_line(kind: &str, id: Option<&Value>, rest: Value, out: &mut Vec<u8>) {
         m.extend(r);
     }
     encode(&Value::Object(m), out);
-}
-
-/// A message's fields, read with the protocol's error codes.
-struct Fields<'a>(&'a Map<String, Value>);
-
-impl Fields<'_> {
-    fn opt(&self, name: &str) -> Result<Option<String>, Refusal> {
-        match self.0.get(name) {
-            None | Some(Value::Null) => Ok(None),
-            Some(Value::String(s)) => Ok(Some(s.clone())),
-            Some(Value::Number(n)) if name == "user_id" => Ok(Some(n.to_string())),
-            Some(_) => Err(refuse("bad_field", format!("`{name}` must be a string"))),
-        }
-    }
-
-    fn req(&self, name: &str) -> Result<String, Refusal> {
-        self.opt(name)?
-            .ok_or_else(|| refuse("missing_field", format!("`{name}` is required")))
-    }
-
-    /// A name-like field (user ids, rooms): non-empty, bounded, no control characters.
-    fn name(&self, name: &'static str) -> Result<String, Refusal> {
-        let v = self.req(name)?;
-        check_name(name, &v)?;
-        Ok(v)
-    }
 }
 
 /// The `LineHandler` view of the app, for one connection's drive.
@@ -378,8 +359,8 @@ impl App {
                     id: id.clone(),
                     user_id: user.clone(),
                 };
-                if let Err((_, code, text)) = self.travel_request(&user, &to_world, reply_to, now) {
-                    error_line(Some(id), code, &text, out);
+                if let Err(r) = self.travel_request(&user, &to_world, reply_to, now) {
+                    error_line(Some(id), r.code, &r.message, out);
                 }
             }
             "perception" => {
@@ -398,11 +379,13 @@ impl App {
                 let asked = id.and_then(Value::as_str).and_then(|i| self.links.answered(conn, i));
                 match asked {
                     Some(pending) => {
-                        let resp = Response::json(
-                            200,
-                            &json!({"world": world, "age_ms": 0, "fresh": true, "perception": p}),
-                        );
-                        self.answer(pending.reply_to, resp);
+                        let observed = Outcome::Observed {
+                            world,
+                            age_ms: 0,
+                            fresh: true,
+                            perception: Box::new(p),
+                        };
+                        self.answer(pending.reply_to, Ok(observed));
                     }
                     None if id.is_some() => answer_line("ok", id, json!({}), out),
                     None => {}
@@ -414,8 +397,8 @@ impl App {
                     return Ok(Drive::Open);
                 };
                 let result = ActionResult::from_message(msg);
-                let resp = act_response(&pending, result);
-                self.answer(pending.reply_to, resp);
+                let acted = acted(&pending, result);
+                self.answer(pending.reply_to, Ok(acted));
             }
             "error" => {
                 let code = f.opt("code")?.unwrap_or_default();
@@ -423,12 +406,11 @@ impl App {
                 let pending = id.and_then(Value::as_str).and_then(|i| self.links.answered(conn, i));
                 match pending {
                     Some(p) => {
-                        let resp = Response::error(
-                            502,
+                        let refusal = HubRefusal::new(
                             "game_error",
-                            &format!("{} refused the request: {text} ({code})", p.world),
+                            format!("{} refused the request: {text} ({code})", p.world),
                         );
-                        self.answer(p.reply_to, resp);
+                        self.answer(p.reply_to, Err(refusal));
                     }
                     None => {
                         log::warn!("link conn={} reported an error: {code}: {text}", conn.idx);
@@ -606,8 +588,8 @@ impl App {
             id: id.clone(),
             user_id: user.clone(),
         };
-        if let Answer::Now(resp) = self.begin_call(input, reply_to, now_ms(), Instant::now()) {
-            reply_line(id, &user, &resp, out);
+        if let Answer::Now(reply) = self.begin_call(input, reply_to, now_ms(), Instant::now()) {
+            reply_line(id, &user, &reply, out);
         }
         Ok(Drive::Open)
     }
@@ -638,242 +620,6 @@ impl App {
             .player(conn, user, self.cfg.rooms.occupants_max, |u| {
                 world.occupant(u).is_some()
             });
-    }
-
-    /// The world id a link speaks for (`"generic"` for an anonymous one).
-    fn link_world(&self, conn: ConnId) -> String {
-        self.links
-            .get(conn)
-            .and_then(|l| l.world.clone())
-            .unwrap_or_else(|| "generic".into())
-    }
-
-    /// Send every new event of the world to every link that hears its room (a player
-    /// of theirs is there, or they declared it), except the link it
-    /// came from (`source`), and to the gateway's clients.
-    pub fn route_events(&mut self, source: Option<ConnId>) {
-        let events = self.world.take_new_events();
-        self.federate(&events);
-        for ev in &events {
-            if ev.kind == EventKind::Presence {
-                self.links
-                    .observe_presence(&ev.user_id, &ev.event, &ev.room);
-            }
-            let audience = self.links.audience(&ev.room);
-            let mut line = Vec::new();
-            for link in audience.into_iter().filter(|l| Some(*l) != source) {
-                if line.is_empty() {
-                    encode(ev, &mut line);
-                }
-                self.line_out.push((link, line.clone()));
-            }
-        }
-        // The same events, to every gateway client (and so the status page).
-        self.publish_to_gateway(&events);
-    }
-
-    /// Queue a message for a link.
-    fn send_to_link(&mut self, link: ConnId, msg: &Value) {
-        let mut line = Vec::with_capacity(256);
-        encode(msg, &mut line);
-        self.line_out.push((link, line));
-    }
-
-    /// The link of `world`, or 503 naming it.
-    fn link_for(&self, world: &str) -> Result<ConnId, Response> {
-        self.links.link_of(world).ok_or_else(|| {
-            let known = self.links.worlds();
-            Response::error(
-                503,
-                "link_down",
-                &format!(
-                    "world {world} is not connected{}",
-                    if known.is_empty() {
-                        String::new()
-                    } else {
-                        format!(" (connected: {})", known.join(", "))
-                    }
-                ),
-            )
-        })
-    }
-
-    /// Ask `world` to carry out `cmd`; the answer comes later (or 503 now).
-    pub fn act(
-        &mut self,
-        world: &str,
-        player: Option<&str>,
-        cmd: &GameCommand,
-        reply_to: ReplyTo,
-    ) -> Answer {
-        let link = match self.link_for(world) {
-            Ok(l) => l,
-            Err(resp) => return Answer::Now(resp),
-        };
-        let asked = Asked::Act {
-            action: cmd.action().to_string(),
-        };
-        let id = self.links.ask(
-            link,
-            world,
-            asked,
-            reply_to,
-            Instant::now(),
-            self.game_timeout(),
-        );
-        self.metrics.count_game("act");
-        self.send_to_link(link, &cmd.to_message(&id, player));
-        Answer::Later
-    }
-
-    /// The latest perception of `world`; with `fresh`, ask the game first.
-    pub fn observe(
-        &mut self,
-        world: &str,
-        player: Option<&str>,
-        fresh: bool,
-        reply_to: ReplyTo,
-    ) -> Answer {
-        if !fresh {
-            return Answer::Now(match self.links.perception(world) {
-                Some(seen) => Response::json(
-                    200,
-                    &json!({"world": world, "age_ms": seen.at.elapsed().as_millis() as u64,
-                            "fresh": false, "perception": seen.perception}),
-                ),
-                None => match self.link_for(world) {
-                    Ok(_) => Response::error(
-                        404,
-                        "no_perception",
-                        &format!("{world} has sent no perception yet; ask with ?fresh=1"),
-                    ),
-                    Err(resp) => resp,
-                },
-            });
-        }
-        let link = match self.link_for(world) {
-            Ok(l) => l,
-            Err(resp) => return Answer::Now(resp),
-        };
-        let id = self.links.ask(
-            link,
-            world,
-            Asked::Observe,
-            reply_to,
-            Instant::now(),
-            self.game_timeout(),
-        );
-        self.metrics.count_game("observe");
-        let mut msg = json!({"type": "observe", "id": id});
-        if let Some(p) = player {
-            msg["player"] = json!(p);
-        }
-        self.send_to_link(link, &msg);
-        Answer::Later
-    }
-
-    /// The agent speaks in a game: to one player (`user_id`), a room, or everyone. The
-    /// link is the one of `world`, else the host of `room`. A room the bridge knows also
-    /// records it as a `bark` event.
-    pub fn speak(
-        &mut self,
-        world: Option<&str>,
-        room: Option<&str>,
-        user_id: Option<&str>,
-        text: &str,
-    ) -> Result<Value, Response> {
-        let room = room
-            .and_then(|r| self.world.resolve(r))
-            .map(str::to_string)
-            .or(room.map(str::to_string));
-        let link = match (world, &room) {
-            (Some(w), _) => self.link_for(w)?,
-            (None, Some(r)) => self.links.host_of(r).ok_or_else(|| {
-                Response::error(
-                    503,
-                    "link_down",
-                    &format!("no game link hosts the room {r:?}"),
-                )
-            })?,
-            (None, None) => {
-                return Err(Response::error(
-                    400,
-                    "missing_field",
-                    "`speak` needs `world` or `room`",
-                ))
-            }
-        };
-        let mut msg = json!({"type": "speak", "text": text});
-        if let Some(r) = &room {
-            msg["room"] = json!(r);
-        }
-        if let Some(u) = user_id {
-            msg["user_id"] = json!(u);
-        }
-        self.send_to_link(link, &msg);
-        self.route_events(None);
-        let event = room.and_then(|r| self.world.bark(&r, text, now_ms()));
-        // The link already has the words as `speak`; the bark goes to everyone else.
-        self.route_events(Some(link));
-        let world = self.link_world(link);
-        Ok(json!({"ok": true, "world": world, "event": event}))
-    }
-
-    /// How long a game has to answer `act` and `observe`.
-    pub fn game_timeout(&self) -> Duration {
-        Duration::from_secs(self.cfg.line.request_timeout_s)
-    }
-
-    /// Requests to games whose time is up: 504.
-    pub fn expire_game_requests(&mut self, now: Instant) {
-        let secs = self.cfg.line.request_timeout_s;
-        for p in self.links.expire(now) {
-            let what = match &p.asked {
-                Asked::Act { action } => format!("`{action}`"),
-                Asked::Observe => "`observe`".to_string(),
-            };
-            let why = format!("{} did not answer {what} within {secs} s", p.world);
-            log::warn!("{why}");
-            let resp = Response::error(504, "game_timeout", &why);
-            self.answer(p.reply_to, resp);
-        }
-    }
-
-    /// A link is gone: its waiting requests get 503.
-    pub fn link_closed(&mut self, conn: ConnId, why: Option<&str>, now: Instant) {
-        let world = self.link_world(conn);
-        let gone: Vec<Pending> = self.links.close(conn, why, now, now_ms());
-        for p in gone {
-            let resp = Response::error(
-                503,
-                "link_down",
-                &format!("the link to {world} went down before it answered"),
-            );
-            self.answer(p.reply_to, resp);
-        }
-    }
-}
-
-/// The answer to `POST /bridge/act` for a game's `result`.
-fn act_response(p: &Pending, r: ActionResult) -> Response {
-    let action = match &p.asked {
-        Asked::Act { action } => action.as_str(),
-        Asked::Observe => "observe",
-    };
-    if r.ok {
-        Response::json(
-            200,
-            &json!({"ok": true, "world": p.world, "action": action,
-                    "result": r.data.unwrap_or_else(|| json!({}))}),
-        )
-    } else {
-        let code = r.code.unwrap_or_else(|| "failed".into());
-        let why = r.error.unwrap_or_else(|| "no reason given".into());
-        Response::json(
-            422,
-            &json!({"error": format!("{} could not {action}: {why}", p.world),
-                    "code": "action_failed", "game_code": code}),
-        )
     }
 }
 
@@ -931,29 +677,45 @@ fn room_spec(msg: &Map<String, Value>) -> Result<RoomSpec, Refusal> {
     })
 }
 
-/// The line a chat answer becomes: `reply`, or `error` for a refusal.
-pub fn reply_line(id: &Value, user_id: &str, resp: &Response, out: &mut Vec<u8>) {
-    let body: Value = serde_json::from_slice(&resp.body).unwrap_or(Value::Null);
-    if resp.status == 200 && body.get("world").is_some() && body.get("response").is_none() {
-        // A travel's answer: `ok` with the world and room the character went to.
-        answer_line(
-            "ok",
-            Some(id),
-            json!({"user_id": user_id, "world": body["world"], "room": body["room"],
-                   "message": body["message"]}),
-            out,
-        );
-    } else if resp.status == 200 {
-        answer_line(
+/// The line the hub's answer to a `chat` (or a game's `travel`) becomes: `reply`, `ok`
+/// with where the character went, or `error` for a refusal.
+pub fn reply_line(id: &Value, user_id: &str, reply: &Reply, out: &mut Vec<u8>) {
+    match reply {
+        Ok(Outcome::Chat(c)) => answer_line(
             "reply",
             Some(id),
-            json!({"user_id": user_id, "text": body["response"], "user": body["user"],
-                   "room": body["room"], "crisis": body["crisis"]}),
+            json!({"user_id": user_id, "text": c.text, "user": c.user,
+                   "room": c.room, "crisis": c.crisis}),
             out,
-        );
-    } else {
-        let code = body["code"].as_str().unwrap_or("agent_error");
-        let msg = body["error"].as_str().unwrap_or("the agent failed");
-        error_line(Some(id), code, msg, out);
+        ),
+        // A travel's answer: `ok` with the world and room the character went to.
+        Ok(Outcome::Travelled {
+            world,
+            room,
+            message,
+            ..
+        }) => answer_line(
+            "ok",
+            Some(id),
+            json!({"user_id": user_id, "world": world, "room": room, "message": message}),
+            out,
+        ),
+        Ok(other) => {
+            log::warn!("a line chat was answered with {other:?}; answering ok");
+            answer_line("ok", Some(id), json!({"user_id": user_id}), out)
+        }
+        Err(r) => error_line(Some(id), r.code, &r.message, out),
+    }
+}
+
+/// The line a request answered by `ok` or `error` becomes (a held `ok` whose store
+/// batch failed, for one).
+pub fn request_line(id: Option<&Value>, reply: &Reply, out: &mut Vec<u8>) {
+    match reply {
+        Ok(Outcome::Ok(Value::Object(rest))) => {
+            answer_line("ok", id, Value::Object(rest.clone()), out)
+        }
+        Ok(_) => answer_line("ok", id, json!({}), out),
+        Err(r) => error_line(id, r.code, &r.message, out),
     }
 }

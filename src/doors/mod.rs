@@ -4,11 +4,12 @@
 //! - [`http`]: the HTTP routes (`/bridge/*`, `/api/v1/generate`, the status page) and
 //!   WebSocket upgrades.
 //! - [`line`]: the line protocol's messages from game links, and the lines sent back.
-//! - [`ws`]: the WebSocket feeds' frames (the Matrix gateway and the Workshop).
+//! - [`fields`]: the one set of JSON field checks (with their refusal codes) and the
+//!   constant-time token compare.
 //! - [`game`]: the seed's `WorldInterface` (observe / act / speak) for Rust callers,
 //!   through the loop.
 
+pub mod fields;
 pub mod game;
 pub mod http;
 pub mod line;
-pub mod ws;

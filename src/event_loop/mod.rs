@@ -8,6 +8,8 @@
 use crate::agent::pool::AgentPool;
 use crate::agent::{prompt, AgentReply};
 use crate::app::calls::ReplyTo;
+use crate::app::feeds::WsOut;
+use crate::app::outcome::Outcome;
 use crate::app::{Answer, App};
 use crate::codec::http::{Limits, Request, Response};
 use crate::config::Config;
@@ -18,8 +20,8 @@ use crate::conn::ws::{Inbound, Sent, Shared, WsConn, WsLimits};
 use crate::conn::{ConnId, Slab};
 use crate::conn::{Drive, Feed};
 use crate::doors::game::{LoopRequest, Target, Worlds};
-use crate::doors::line::{reply_line, LineRoutes};
-use crate::doors::ws::WsOut;
+use crate::doors::http::HeldHttp;
+use crate::doors::line::{reply_line, request_line, LineRoutes};
 use crate::feeds::workshop::inbox::{Inbox, Written};
 use crate::feeds::workshop::watcher::{StateUpdate, StateWatcher};
 use crate::store::Store;
@@ -46,9 +48,6 @@ const SWEEP_EVERY: Duration = Duration::from_millis(100);
 const DRAIN_MAX: Duration = Duration::from_secs(10);
 /// Listen backlog.
 const BACKLOG: i32 = 1024;
-/// Visitor messages that may wait for the inbox writer (past it they are dropped, and
-/// counted: the disk is not keeping up).
-const INBOX_QUEUE: usize = 1024;
 /// WebSocket connections written per loop iteration. On loopback one write costs a few
 /// microseconds, so a slice is about a millisecond: the longest input waits behind a
 /// fan-out to thousands.
@@ -191,6 +190,8 @@ pub struct Bridge {
     watcher: Option<StateWatcher>,
     last_sweep: Instant,
     drain_until: Option<Instant>,
+    /// HTTP answers the door rendered, waiting for their store batch.
+    held_http: HeldHttp,
 }
 
 /// A connection accepted past its surface's cap: what was already sent is read and
@@ -226,11 +227,11 @@ fn refuse_over_cap(mut stream: TcpStream, kind: ListenerKind, key: &str, cap: us
 }
 
 /// The `HttpHandler` view of the app, for one connection's drive (and its peer's address).
-struct Routes<'a>(&'a mut App, std::net::IpAddr);
+struct Routes<'a>(&'a mut App, &'a mut HeldHttp, std::net::IpAddr);
 
 impl HttpHandler for Routes<'_> {
     fn handle(&mut self, id: ConnId, req: Request) -> crate::conn::http::Handled {
-        crate::doors::http::handle(self.0, id, self.1, req)
+        crate::doors::http::handle(self.0, self.1, id, self.2, req)
     }
 
     fn rejected(&mut self, err: &crate::codec::http::HttpError) {
@@ -441,7 +442,12 @@ impl Bridge {
         let outcome = match self.conns.get_mut(id) {
             Some(Conn::Http(c)) => {
                 let peer = c.peer.ip();
-                Ok(c.drive(id, &mut Routes(&mut self.app, peer), &self.limits, now))
+                Ok(c.drive(
+                    id,
+                    &mut Routes(&mut self.app, &mut self.held_http, peer),
+                    &self.limits,
+                    now,
+                ))
             }
             Some(Conn::Line(c)) => {
                 c.drive(id, &mut LineRoutes(&mut self.app), &self.line_limits, now)
@@ -767,15 +773,15 @@ impl Bridge {
                         Target::Room(r) => (Some(r.as_str()), None),
                         Target::Player(p) => (None, Some(p.as_str())),
                     };
-                    let resp = match self.app.speak(Some(&world), room, user, &text) {
-                        Ok(v) => Response::json(200, &v),
-                        Err(resp) => resp,
-                    };
-                    (Answer::Now(resp), reply)
+                    let reply_now = self
+                        .app
+                        .speak(Some(&world), room, user, &text)
+                        .map(Outcome::Ok);
+                    (Answer::Now(reply_now), reply)
                 }
             };
-            if let Answer::Now(resp) = answer {
-                let _ = reply.send(resp);
+            if let Answer::Now(now) = answer {
+                let _ = reply.send(now);
             }
         }
     }
@@ -845,6 +851,7 @@ impl Bridge {
             self.flush_line_out();
             self.queue_ws_out();
             if self.app.ready.is_empty()
+                && self.app.released.is_empty()
                 && self.app.line_out.is_empty()
                 && self.app.ws_out.is_empty()
             {
@@ -855,43 +862,63 @@ impl Bridge {
     }
 
     fn deliver_answers(&mut self) {
-        while !self.app.ready.is_empty() {
-            let batch = std::mem::take(&mut self.app.ready);
+        while !self.app.ready.is_empty() || !self.app.released.is_empty() {
             let now = Instant::now();
-            for (to, resp) in batch {
+            for (id, failed) in std::mem::take(&mut self.app.released) {
+                let held = self.held_http.remove(&id);
+                let resp = match (failed, held) {
+                    (Some(refusal), _) => Response::from(refusal),
+                    (None, Some(resp)) => resp,
+                    (None, None) => continue,
+                };
+                self.deliver_http(id, resp, now);
+            }
+            let batch = std::mem::take(&mut self.app.ready);
+            for (to, reply) in batch {
                 let id = match to {
                     ReplyTo::Http(id) => id,
                     ReplyTo::Line { conn, id, user_id } => {
                         let mut line = Vec::new();
-                        reply_line(&id, &user_id, &resp, &mut line);
+                        reply_line(&id, &user_id, &reply, &mut line);
+                        self.app.line_out.push((conn, line));
+                        continue;
+                    }
+                    ReplyTo::LineRequest { conn, id } => {
+                        let mut line = Vec::new();
+                        request_line(id.as_ref(), &reply, &mut line);
                         self.app.line_out.push((conn, line));
                         continue;
                     }
                     ReplyTo::Channel(tx) => {
-                        let _ = tx.send(resp);
+                        let _ = tx.send(reply);
                         continue;
                     }
                     ReplyTo::Bark { room, workshop } => {
-                        self.app.bark_reply(&room, workshop, resp);
+                        self.app.bark_reply(&room, workshop, reply);
                         continue;
                     }
                 };
-                let status = resp.status;
-                let keep = !self.app.shutting_down;
-                let delivered = match self.conns.get_mut(id) {
-                    Some(Conn::Http(c)) => c.deliver(resp, keep, now),
-                    _ => None,
-                };
-                match delivered {
-                    Some(d) => {
-                        self.app.metrics.count_request(d.route, status);
-                        self.app.metrics.request_latency.observe(d.waited);
-                        self.drive(id);
-                    }
-                    None => log::debug!(
-                        "answer for a connection that has gone away; dropped on the wire"
-                    ),
-                }
+                self.deliver_http(id, crate::doors::http::render(reply), now);
+            }
+        }
+    }
+
+    /// Write an answer to the HTTP connection parked for it, if it is still there.
+    fn deliver_http(&mut self, id: ConnId, resp: Response, now: Instant) {
+        let status = resp.status;
+        let keep = !self.app.shutting_down;
+        let delivered = match self.conns.get_mut(id) {
+            Some(Conn::Http(c)) => c.deliver(resp, keep, now),
+            _ => None,
+        };
+        match delivered {
+            Some(d) => {
+                self.app.metrics.count_request(d.route, status);
+                self.app.metrics.request_latency.observe(d.waited);
+                self.drive(id);
+            }
+            None => {
+                log::debug!("answer for a connection that has gone away; dropped on the wire")
             }
         }
     }

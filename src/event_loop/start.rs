@@ -180,7 +180,7 @@ impl Bridge {
         let inbox_dir = crate::config::expand_home(&cfg.workshop.inbox_dir);
         let (inbox_tx, inbox_rx) = crossbeam_channel::unbounded();
         let w = waker.clone();
-        let inbox = Inbox::spawn(inbox_dir.into(), INBOX_QUEUE, move |written| {
+        let inbox = Inbox::spawn(inbox_dir.into(), cfg.workshop.inbox_queue, move |written| {
             let _ = inbox_tx.send(written);
             let _ = w.wake();
         })
@@ -241,6 +241,7 @@ impl Bridge {
             watcher,
             last_sweep: Instant::now(),
             drain_until: None,
+            held_http: HeldHttp::new(),
         })
     }
 
@@ -270,7 +271,7 @@ impl Bridge {
         Worlds {
             tx: self.requests_tx.clone(),
             waker: self.waker.clone(),
-            wait: self.app.game_timeout() + crate::doors::line::HANDLE_GRACE,
+            wait: self.app.game_timeout() + crate::app::games::HANDLE_GRACE,
         }
     }
 

@@ -1,4 +1,4 @@
-//! The WebSocket feeds' side of the app: what the gateway hub and the Workshop feed ask
+//! The WebSocket feeds' side of the hub: what the gateway hub and the Workshop feed ask
 //! for beyond frames (agent calls, inbox files, presence), and the frames, closes and
 //! pings the loop carries out ([`App::ws_out`]).
 //!
@@ -7,8 +7,8 @@
 //! by every gateway client and by the status page alike.
 
 use crate::app::calls::{CallKind, ReplyTo};
+use crate::app::outcome::{Outcome, Reply};
 use crate::app::{Answer, App, CallInput};
-use crate::codec::http::Response;
 use crate::conn::ConnId;
 use crate::feeds::gateway::{self, error_frame, Frame};
 use crate::feeds::workshop::{self, inbox::Written, watcher::StateUpdate};
@@ -130,22 +130,17 @@ impl App {
     }
 
     /// The agent answered a message from a feed: it speaks aloud in `room`.
-    pub fn bark_reply(&mut self, room: &str, workshop: bool, resp: Response) {
-        let text = (resp.status == 200)
-            .then(|| serde_json::from_slice::<Value>(&resp.body).ok())
-            .flatten()
-            .and_then(|v| {
-                v.get("response")
-                    .and_then(Value::as_str)
-                    .map(str::to_string)
-            });
-        let Some(text) = text else {
-            log::warn!(
-                "the agent's answer to a WebSocket message failed ({}): {}",
-                resp.status,
-                String::from_utf8_lossy(&resp.body)
-            );
-            return;
+    pub fn bark_reply(&mut self, room: &str, workshop: bool, reply: Reply) {
+        let text = match reply {
+            Ok(Outcome::Chat(c)) => c.text,
+            Ok(other) => {
+                log::warn!("the agent's answer to a WebSocket message was {other:?}, not a chat");
+                return;
+            }
+            Err(r) => {
+                log::warn!("the agent's answer to a WebSocket message failed: {r}");
+                return;
+            }
         };
         let now = crate::world::time::now_ms();
         // A bark event in the room: the gateway and the game hosting the room hear it
@@ -316,8 +311,8 @@ impl App {
             room: room.clone(),
             workshop,
         };
-        if let Answer::Now(resp) = self.begin_call(input, to, now_ms, Instant::now()) {
-            self.bark_reply(&room, workshop, resp);
+        if let Answer::Now(reply) = self.begin_call(input, to, now_ms, Instant::now()) {
+            self.bark_reply(&room, workshop, reply);
         }
         Ok(())
     }
@@ -388,12 +383,14 @@ mod tests {
         let conn = ConnId { idx: 1, gen: 0 };
         app.workshop.connect(conn, 0, &mut out);
         app.world.take_new_events();
-        let body = serde_json::json!({"response": "Slowly."}).to_string();
-        app.bark_reply(
-            workshop::ROOM,
-            true,
-            Response::new(200, "application/json", body.into_bytes()),
-        );
+        let chat = crate::app::outcome::ChatReply {
+            text: "Slowly.".into(),
+            user: "visitor".into(),
+            room: workshop::ROOM.into(),
+            session_messages: 1,
+            crisis: false,
+        };
+        app.bark_reply(workshop::ROOM, true, Ok(Outcome::Chat(chat)));
         let events = app.world.take_new_events();
         assert_eq!(events.len(), 1);
         assert_eq!(events[0].message.as_deref(), Some("Slowly."));
@@ -405,7 +402,7 @@ mod tests {
         app.bark_reply(
             workshop::ROOM,
             true,
-            Response::error(504, "agent_timeout", "late"),
+            Err(crate::app::outcome::Refusal::new("agent_timeout", "late")),
         );
         assert!(app.world.take_new_events().is_empty());
         assert!(app.ws_out.is_empty());
