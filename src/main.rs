@@ -30,9 +30,11 @@ fn main() -> ExitCode {
         Command::Serve(args) => {
             let env = |k: &str| std::env::var(k).ok();
             let result = Config::load(&args, &env).and_then(|cfg| {
-                let mut bridge = Bridge::new(cfg)?;
-                bridge.handle_signals()?;
-                bridge.run()
+                // The bridge's errors are typed; here, at the edge, they become the
+                // sentence the operator reads.
+                let mut bridge = Bridge::new(cfg).map_err(|e| e.to_string())?;
+                bridge.handle_signals().map_err(|e| e.to_string())?;
+                bridge.run().map_err(|e| e.to_string())
             });
             match result {
                 Ok(()) => ExitCode::SUCCESS,
@@ -62,7 +64,7 @@ fn main() -> ExitCode {
             data_dir,
             out,
         } => report(store_config(config, data_dir).and_then(|cfg| {
-            let doc = store::export(&data_path(&cfg))?;
+            let doc = store::export(&data_path(&cfg)).map_err(|e| e.to_string())?;
             let text = serde_json::to_string_pretty(&doc).map_err(|e| e.to_string())? + "\n";
             match out {
                 Some(path) => write_file(&path, &text),
@@ -81,7 +83,7 @@ fn main() -> ExitCode {
             let text = std::fs::read_to_string(&file)
                 .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
             let dir = data_path(&cfg);
-            let snap = store::import(&dir, &text, force)?;
+            let snap = store::import(&dir, &text, force).map_err(|e| e.to_string())?;
             eprintln!(
                 "worldbridge: imported the world {:?} into {} ({} rooms, {} events, {} sessions)",
                 snap.world,

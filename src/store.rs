@@ -184,35 +184,154 @@ pub fn db_path(dir: &Path) -> PathBuf {
     dir.join("world.db")
 }
 
+/// Why the store could not open a data directory, export it or import into it. Each
+/// says what to do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot create the data directory {}: {source}", dir.display())]
+    CreateDir {
+        dir: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot open the lock file {}: {source}", path.display())]
+    LockFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "another worldbridge is already using the data directory {} (its lock file {} is held); stop it or use another --data-dir",
+        dir.display(),
+        path.display()
+    )]
+    Locked { dir: PathBuf, path: PathBuf },
+    #[error("cannot lock {}: {source}", path.display())]
+    Lock {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// An SQLite call failed; `what` says which.
+    #[error("{what} ({}): {source}", path.display())]
+    Sql {
+        what: &'static str,
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
+    #[error("the database {} cannot use WAL mode (got {mode}); is the directory writable?", path.display())]
+    NoWal { path: PathBuf, mode: String },
+    #[error(
+        "the database {} is corrupt ({check}); restore it from an export (worldbridge import) or move it away",
+        path.display()
+    )]
+    Corrupt { path: PathBuf, check: String },
+    #[error(
+        "the database {} is corrupt or not an SQLite file ({source}); restore it from an export (worldbridge import) or move it away",
+        path.display()
+    )]
+    NotSqlite {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
+    #[error("cannot use the database {}: {source}", path.display())]
+    Unusable {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
+    #[error(
+        "the database {} has schema version {found}, newer than this worldbridge ({SCHEMA_VERSION}); upgrade worldbridge",
+        path.display()
+    )]
+    NewerSchema { path: PathBuf, found: i64 },
+    #[error("migrating {} to version {to} failed: {source}", path.display())]
+    Migrate {
+        path: PathBuf,
+        to: i64,
+        source: rusqlite::Error,
+    },
+    #[error(
+        "the data directory {} holds the world {found:?}, not {wanted:?}; use its own --data-dir for each world",
+        dir.display()
+    )]
+    OtherWorld {
+        dir: PathBuf,
+        found: String,
+        wanted: String,
+    },
+    #[error(
+        "cannot write to the database {} ({source}); is the directory writable and the disk not full?",
+        path.display()
+    )]
+    NotWritable {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
+    #[error("cannot start the store thread: {0}")]
+    Thread(std::io::Error),
+    #[error("there is no world in {} (no {})", dir.display(), path.display())]
+    NoDatabase { dir: PathBuf, path: PathBuf },
+    #[error("the database {} holds no world yet", path.display())]
+    NoWorld { path: PathBuf },
+    #[error("the file is not JSON: {0}")]
+    NotJson(serde_json::Error),
+    #[error("the file is not a worldbridge export (format is {format}, not {EXPORT_FORMAT:?})")]
+    NotAnExport { format: String },
+    #[error(
+        "the export has version {version}, newer than this worldbridge reads ({EXPORT_VERSION}); upgrade worldbridge"
+    )]
+    NewerExport { version: u64 },
+    #[error("the export has no numeric `version`")]
+    NoVersion,
+    #[error("bad export: {0}")]
+    BadExport(serde_json::Error),
+    #[error("the data directory {} already holds the world {world:?}; add --force to replace it", dir.display())]
+    NotEmpty { dir: PathBuf, world: String },
+    #[error("importing into {} failed: {source}", path.display())]
+    Import {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
+}
+
+/// Make the data directory (and its parents) if missing.
+fn create_dir(dir: &Path) -> Result<(), StoreError> {
+    std::fs::create_dir_all(dir).map_err(|source| StoreError::CreateDir {
+        dir: dir.to_path_buf(),
+        source,
+    })
+}
+
 /// Take the data directory's lock file, or say who has it.
-fn lock(dir: &Path) -> Result<File, String> {
+fn lock(dir: &Path) -> Result<File, StoreError> {
     let path = dir.join("worldbridge.lock");
     let f = File::options()
         .create(true)
         .truncate(false)
         .write(true)
         .open(&path)
-        .map_err(|e| format!("cannot open the lock file {}: {e}", path.display()))?;
+        .map_err(|source| StoreError::LockFile {
+            path: path.clone(),
+            source,
+        })?;
     match f.try_lock() {
         Ok(()) => Ok(f),
-        Err(std::fs::TryLockError::WouldBlock) => Err(format!(
-            "another worldbridge is already using the data directory {} (its lock file {} is held); stop it or use another --data-dir",
-            dir.display(),
-            path.display()
-        )),
-        Err(std::fs::TryLockError::Error(e)) => {
-            Err(format!("cannot lock {}: {e}", path.display()))
-        }
+        Err(std::fs::TryLockError::WouldBlock) => Err(StoreError::Locked {
+            dir: dir.to_path_buf(),
+            path,
+        }),
+        Err(std::fs::TryLockError::Error(source)) => Err(StoreError::Lock { path, source }),
     }
 }
 
-fn sql_err(what: &str, path: &Path) -> impl Fn(rusqlite::Error) -> String {
-    let (what, path) = (what.to_string(), path.display().to_string());
-    move |e| format!("{what} ({path}): {e}")
+fn sql_err(what: &'static str, path: &Path) -> impl Fn(rusqlite::Error) -> StoreError {
+    let path = path.to_path_buf();
+    move |source| StoreError::Sql {
+        what,
+        path: path.clone(),
+        source,
+    }
 }
 
 /// Open (creating if needed) the database in `dir`: pragmas, integrity, migrations.
-fn open_db(dir: &Path) -> Result<Connection, String> {
+fn open_db(dir: &Path) -> Result<Connection, StoreError> {
     let path = db_path(dir);
     let conn = Connection::open(&path).map_err(sql_err("cannot open the database", &path))?;
     conn.busy_timeout(std::time::Duration::from_secs(5))
@@ -221,10 +340,7 @@ fn open_db(dir: &Path) -> Result<Connection, String> {
         .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
         .map_err(|e| corrupt_or(e, &path))?;
     if !mode.eq_ignore_ascii_case("wal") {
-        return Err(format!(
-            "the database {} cannot use WAL mode (got {mode}); is the directory writable?",
-            path.display()
-        ));
+        return Err(StoreError::NoWal { path, mode });
     }
     conn.execute_batch(&format!(
         "PRAGMA synchronous = FULL; PRAGMA wal_autocheckpoint = {AUTOCHECKPOINT_PAGES};"
@@ -234,43 +350,42 @@ fn open_db(dir: &Path) -> Result<Connection, String> {
         .query_row("PRAGMA quick_check", [], |r| r.get(0))
         .map_err(|e| corrupt_or(e, &path))?;
     if check != "ok" {
-        return Err(format!(
-            "the database {} is corrupt ({check}); restore it from an export (worldbridge import) or move it away",
-            path.display()
-        ));
+        return Err(StoreError::Corrupt { path, check });
     }
     migrate(&conn, &path)?;
     Ok(conn)
 }
 
-fn corrupt_or(e: rusqlite::Error, path: &Path) -> String {
-    let text = e.to_string();
+fn corrupt_or(source: rusqlite::Error, path: &Path) -> StoreError {
+    let text = source.to_string();
+    let path = path.to_path_buf();
     if text.contains("not a database") || text.contains("malformed") {
-        format!(
-            "the database {} is corrupt or not an SQLite file ({text}); restore it from an export (worldbridge import) or move it away",
-            path.display()
-        )
+        StoreError::NotSqlite { path, source }
     } else {
-        format!("cannot use the database {}: {text}", path.display())
+        StoreError::Unusable { path, source }
     }
 }
 
-fn migrate(conn: &Connection, path: &Path) -> Result<(), String> {
+fn migrate(conn: &Connection, path: &Path) -> Result<(), StoreError> {
     let version: i64 = conn
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .map_err(sql_err("database", path))?;
     if version > SCHEMA_VERSION {
-        return Err(format!(
-            "the database {} has schema version {version}, newer than this worldbridge ({SCHEMA_VERSION}); upgrade worldbridge",
-            path.display()
-        ));
+        return Err(StoreError::NewerSchema {
+            path: path.to_path_buf(),
+            found: version,
+        });
     }
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
         let to = i as i64 + 1;
         conn.execute_batch(&format!("BEGIN; {sql} PRAGMA user_version = {to}; COMMIT;"))
-            .map_err(|e| {
+            .map_err(|source| {
                 let _ = conn.execute_batch("ROLLBACK");
-                format!("migrating {} to version {to} failed: {e}", path.display())
+                StoreError::Migrate {
+                    path: path.to_path_buf(),
+                    to,
+                    source,
+                }
             })?;
         log::info!(
             "database {} migrated to schema version {to}",
@@ -513,27 +628,24 @@ impl Store {
         world: &str,
         keep: Retention,
         wake: Arc<dyn Fn() + Send + Sync>,
-    ) -> Result<(Store, Option<Snapshot>), String> {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| format!("cannot create the data directory {}: {e}", dir.display()))?;
+    ) -> Result<(Store, Option<Snapshot>), StoreError> {
+        create_dir(dir)?;
         let lock = lock(dir)?;
         let mut conn = open_db(dir)?;
         let path = db_path(dir);
         let snap = load(&conn).map_err(sql_err("cannot read the stored world", &path))?;
         match &snap {
             Some(s) if s.world != world => {
-                return Err(format!(
-                    "the data directory {} holds the world {:?}, not {world:?}; use its own --data-dir for each world",
-                    dir.display(),
-                    s.world
-                ))
+                return Err(StoreError::OtherWorld {
+                    dir: dir.to_path_buf(),
+                    found: s.world.clone(),
+                    wanted: world.to_string(),
+                })
             }
             Some(_) => {}
-            None => put_meta(&conn, world).map_err(|e| {
-                format!(
-                    "cannot write to the database {} ({e}); is the directory writable and the disk not full?",
-                    path.display()
-                )
+            None => put_meta(&conn, world).map_err(|source| StoreError::NotWritable {
+                path: path.clone(),
+                source,
             })?,
         }
         let (tx, rx) = crossbeam_channel::unbounded::<Msg>();
@@ -543,7 +655,7 @@ impl Store {
         let thread = std::thread::Builder::new()
             .name("store".into())
             .spawn(move || writer(&mut conn, &rx, &etx, &st, keep, &*wake))
-            .map_err(|e| format!("cannot start the store thread: {e}"))?;
+            .map_err(StoreError::Thread)?;
         let (stop_tx, stop_rx) = crossbeam_channel::bounded(1);
         let cp_path = path.clone();
         let checkpoints = std::thread::Builder::new()
@@ -715,20 +827,19 @@ pub struct Export {
 
 /// Read a data directory's state without taking its lock (a running bridge may hold
 /// it; SQLite's WAL lets a reader in).
-pub fn export(dir: &Path) -> Result<Export, String> {
+pub fn export(dir: &Path) -> Result<Export, StoreError> {
     let path = db_path(dir);
     if !path.exists() {
-        return Err(format!(
-            "there is no world in {} (no {})",
-            dir.display(),
-            path.display()
-        ));
+        return Err(StoreError::NoDatabase {
+            dir: dir.to_path_buf(),
+            path,
+        });
     }
     let conn = Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_ONLY)
         .map_err(sql_err("cannot open the database", &path))?;
     let snap = load(&conn)
         .map_err(|e| corrupt_or(e, &path))?
-        .ok_or_else(|| format!("the database {} holds no world yet", path.display()))?;
+        .ok_or_else(|| StoreError::NoWorld { path: path.clone() })?;
     Ok(Export {
         format: EXPORT_FORMAT.into(),
         version: EXPORT_VERSION,
@@ -739,27 +850,20 @@ pub fn export(dir: &Path) -> Result<Export, String> {
 
 /// Load an export document into a data directory (refusing a newer major version, and a
 /// directory that already holds a world unless `force`).
-pub fn import(dir: &Path, text: &str, force: bool) -> Result<Snapshot, String> {
-    let head: serde_json::Value =
-        serde_json::from_str(text).map_err(|e| format!("the file is not JSON: {e}"))?;
+pub fn import(dir: &Path, text: &str, force: bool) -> Result<Snapshot, StoreError> {
+    let head: serde_json::Value = serde_json::from_str(text).map_err(StoreError::NotJson)?;
     if head["format"] != EXPORT_FORMAT {
-        return Err(format!(
-            "the file is not a worldbridge export (format is {}, not {EXPORT_FORMAT:?})",
-            head["format"]
-        ));
+        return Err(StoreError::NotAnExport {
+            format: head["format"].to_string(),
+        });
     }
     match head["version"].as_u64() {
         Some(v) if v <= EXPORT_VERSION => {}
-        Some(v) => {
-            return Err(format!(
-                "the export has version {v}, newer than this worldbridge reads ({EXPORT_VERSION}); upgrade worldbridge"
-            ))
-        }
-        None => return Err("the export has no numeric `version`".into()),
+        Some(version) => return Err(StoreError::NewerExport { version }),
+        None => return Err(StoreError::NoVersion),
     }
-    let doc: Export = serde_json::from_value(head).map_err(|e| format!("bad export: {e}"))?;
-    std::fs::create_dir_all(dir)
-        .map_err(|e| format!("cannot create the data directory {}: {e}", dir.display()))?;
+    let doc: Export = serde_json::from_value(head).map_err(StoreError::BadExport)?;
+    create_dir(dir)?;
     let _lock = lock(dir)?;
     let mut conn = open_db(dir)?;
     let path = db_path(dir);
@@ -773,11 +877,10 @@ pub fn import(dir: &Path, text: &str, force: bool) -> Result<Snapshot, String> {
             && existing.fed_departures.is_empty()
             && existing.fed_arrivals.is_empty();
         if !empty && !force {
-            return Err(format!(
-                "the data directory {} already holds the world {:?}; add --force to replace it",
-                dir.display(),
-                existing.world
-            ));
+            return Err(StoreError::NotEmpty {
+                dir: dir.to_path_buf(),
+                world: existing.world,
+            });
         }
     }
     let s = &doc.state;
@@ -809,7 +912,7 @@ pub fn import(dir: &Path, text: &str, force: bool) -> Result<Snapshot, String> {
         )?;
         tx.commit()
     })();
-    result.map_err(|e| format!("importing into {} failed: {e}", path.display()))?;
+    result.map_err(|source| StoreError::Import { path, source })?;
     Ok(doc.state)
 }
 
@@ -856,7 +959,11 @@ mod tests {
         let err = Store::open(&dir, "w", KEEP, no_wake())
             .err()
             .expect("second refused");
-        assert!(err.contains("already using the data directory"), "{err}");
+        assert!(matches!(err, StoreError::Locked { .. }), "{err:?}");
+        assert!(
+            err.to_string().contains("already using the data directory"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -867,7 +974,8 @@ mod tests {
         let err = Store::open(&dir, "w", KEEP, no_wake())
             .err()
             .expect("refused");
-        assert!(err.contains("corrupt"), "{err}");
+        assert!(matches!(err, StoreError::NotSqlite { .. }), "{err:?}");
+        assert!(err.to_string().contains("corrupt"), "{err}");
 
         let dir = temp_dir("newer");
         std::fs::create_dir_all(&dir).unwrap();
@@ -877,7 +985,14 @@ mod tests {
         let err = Store::open(&dir, "w", KEEP, no_wake())
             .err()
             .expect("refused");
-        assert!(err.contains("newer than this worldbridge"), "{err}");
+        assert!(
+            matches!(err, StoreError::NewerSchema { found: 99, .. }),
+            "{err:?}"
+        );
+        assert!(
+            err.to_string().contains("newer than this worldbridge"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -887,7 +1002,11 @@ mod tests {
         let err = Store::open(&dir, "vps", KEEP, no_wake())
             .err()
             .expect("refused");
-        assert!(err.contains("holds the world \"mac\""), "{err}");
+        assert!(
+            matches!(&err, StoreError::OtherWorld { found, .. } if found == "mac"),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("holds the world \"mac\""), "{err}");
     }
 
     #[test]

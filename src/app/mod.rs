@@ -42,6 +42,32 @@ use std::collections::HashMap;
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
+/// Why the hub could not be built from the config, or its world key not read.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("rooms.world_file {path:?}: {source}")]
+    WorldFileRead {
+        path: String,
+        source: std::io::Error,
+    },
+    /// The world file is not a world (the parser's sentence, with where).
+    #[error("{0}")]
+    WorldFile(String),
+    #[error("cannot read agent.crisis_file {path:?}: {source}")]
+    CrisisFileRead {
+        path: String,
+        source: std::io::Error,
+    },
+    /// The crisis file's rules do not parse (the parser's sentence, with the line).
+    #[error("agent.crisis_file: {0}")]
+    CrisisFile(String),
+    /// The federation config (peers, keys) is not usable.
+    #[error("{0}")]
+    Federation(String),
+    #[error("world key: {0}")]
+    WorldKey(crate::federation::sign::SignError),
+}
+
 /// An answer now, or later through [`App::ready`].
 pub enum Answer {
     Now(Reply),
@@ -131,14 +157,18 @@ impl App {
     /// The agent pool (for the `openai` and `command` backends; `builtin` answers inline)
     /// is attached separately ([`App::attach_pool`]) so the core can be tested without
     /// threads.
-    pub fn new(cfg: Config) -> Result<App, String> {
+    pub fn new(cfg: Config) -> Result<App, AppError> {
         let world_text = if cfg.rooms.world_file.is_empty() {
             crate::world::room::DEFAULT_WORLD.to_string()
         } else {
-            std::fs::read_to_string(&cfg.rooms.world_file)
-                .map_err(|e| format!("rooms.world_file {:?}: {e}", cfg.rooms.world_file))?
+            std::fs::read_to_string(&cfg.rooms.world_file).map_err(|source| {
+                AppError::WorldFileRead {
+                    path: cfg.rooms.world_file.clone(),
+                    source,
+                }
+            })?
         };
-        let wf = WorldFile::parse(&world_text)?;
+        let wf = WorldFile::parse(&world_text).map_err(AppError::WorldFile)?;
         let limits = WorldLimits {
             sessions: SessionLimits {
                 max: cfg.sessions.max,
@@ -174,11 +204,12 @@ impl App {
             },
             now_ms,
         );
-        let fed = crate::app::peering::Peering::new(&cfg.world, &cfg.federation, now_ms)?;
+        let fed = crate::app::peering::Peering::new(&cfg.world, &cfg.federation, now_ms)
+            .map_err(AppError::Federation)?;
         let crisis = load_crisis_detector(&cfg.agent.crisis_file)?;
         // A key for this run until `load_world_key` reads the world's own (after the store
         // has made and locked the data directory it lives in).
-        let world_key = WorldKey::generate().map_err(|e| e.to_string())?;
+        let world_key = WorldKey::generate().map_err(AppError::WorldKey)?;
         let mut app = App {
             fed,
             gateway,
@@ -877,7 +908,7 @@ impl App {
     /// This world's key: read from its file, or created there (mode 0600); with
     /// `--memory` and no `federation.key_file`, the one made for this run. Called at start
     /// once the store holds the data directory the key lives in.
-    pub fn load_world_key(&mut self) -> Result<(), String> {
+    pub fn load_world_key(&mut self) -> Result<(), AppError> {
         let Some(path) = self.cfg.key_path() else {
             log::info!(
                 "world key: none kept (--memory); this run's public key is {}",
@@ -885,8 +916,7 @@ impl App {
             );
             return Ok(());
         };
-        let (key, created) =
-            WorldKey::load_or_create(&path).map_err(|e| format!("world key: {e}"))?;
+        let (key, created) = WorldKey::load_or_create(&path).map_err(AppError::WorldKey)?;
         log::info!(
             "world key: {} ({}); public key {}",
             path.display(),
@@ -899,15 +929,16 @@ impl App {
 }
 
 /// The built-in crisis rules, extended by `agent.crisis_file` when it names a file.
-fn load_crisis_detector(file: &str) -> Result<CrisisDetector, String> {
+fn load_crisis_detector(file: &str) -> Result<CrisisDetector, AppError> {
     if file.is_empty() {
         return Ok(CrisisDetector::builtin());
     }
     let path = crate::config::expand_home(file);
-    let text = std::fs::read_to_string(&path)
-        .map_err(|e| format!("cannot read agent.crisis_file {file:?}: {e}"))?;
-    let detector =
-        CrisisDetector::with_extra(file, &text).map_err(|e| format!("agent.crisis_file: {e}"))?;
+    let text = std::fs::read_to_string(&path).map_err(|source| AppError::CrisisFileRead {
+        path: file.to_string(),
+        source,
+    })?;
+    let detector = CrisisDetector::with_extra(file, &text).map_err(AppError::CrisisFile)?;
     log::info!("crisis rules: the built-in rules extended by {file}");
     Ok(detector)
 }
@@ -953,6 +984,8 @@ mod tests {
         let err = App::new(cfg.clone())
             .err()
             .expect("a bad file stops the start");
+        assert!(matches!(err, AppError::CrisisFile(_)), "{err:?}");
+        let err = err.to_string();
         assert!(err.starts_with("agent.crisis_file: "), "{err}");
         assert!(
             err.contains("bad.txt line 2") && err.contains("NOPE"),
@@ -961,7 +994,11 @@ mod tests {
 
         cfg.agent.crisis_file = dir.join("missing.txt").display().to_string();
         let err = App::new(cfg).err().expect("a missing file stops the start");
-        assert!(err.contains("cannot read agent.crisis_file"), "{err}");
+        assert!(matches!(err, AppError::CrisisFileRead { .. }), "{err:?}");
+        assert!(
+            err.to_string().contains("cannot read agent.crisis_file"),
+            "{err}"
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 

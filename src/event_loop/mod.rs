@@ -246,7 +246,7 @@ impl HttpHandler for Routes<'_> {
 
 impl Bridge {
     /// Serve until stopped; then finish in-flight work (at most [`DRAIN_MAX`]) and return.
-    pub fn run(mut self) -> Result<(), String> {
+    pub fn run(mut self) -> Result<(), io::Error> {
         for l in &self.listeners {
             log::info!("listening on {} ({})", l.addr, l.kind.serves());
         }
@@ -259,7 +259,7 @@ impl Bridge {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
                 }
-                return Err(format!("poll failed: {e}"));
+                return Err(io::Error::new(e.kind(), format!("poll failed: {e}")));
             }
             for ev in events.iter() {
                 match ev.token() {

@@ -2,6 +2,41 @@
 //! what the bridge serves. [`Bridge::new`] does it all before the first poll.
 
 use super::*;
+use crate::app::AppError;
+use crate::store::StoreError;
+
+/// Why a bridge could not start. Each says what was being done and why it failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot create the event loop: {0}")]
+    Poll(io::Error),
+    #[error("waker: {0}")]
+    Waker(io::Error),
+    #[error("cannot listen on {addr} ({serves}): {source}")]
+    Listen {
+        addr: SocketAddr,
+        serves: &'static str,
+        source: io::Error,
+    },
+    #[error("register {addr}: {source}")]
+    Register { addr: SocketAddr, source: io::Error },
+    /// The persona file, or the agent's worker threads.
+    #[error("{0}")]
+    Agent(String),
+    #[error("cannot start the workshop state watcher: {0}")]
+    Watcher(io::Error),
+    #[error("cannot start the workshop inbox writer: {0}")]
+    Inbox(io::Error),
+    #[error(transparent)]
+    App(#[from] AppError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot watch signals: {0}")]
+    Signals(io::Error),
+    /// The peers' sync threads.
+    #[error("{0}")]
+    PeerSync(String),
+}
 
 /// What a listener accepts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,11 +132,10 @@ fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
 
 impl Bridge {
     /// Bind every listener of `cfg` and start the agent workers.
-    pub fn new(cfg: Config) -> Result<Bridge, String> {
+    pub fn new(cfg: Config) -> Result<Bridge, StartError> {
         log_setup(&cfg);
-        let poll = Poll::new().map_err(|e| format!("cannot create the event loop: {e}"))?;
-        let waker =
-            Arc::new(Waker::new(poll.registry(), WAKER).map_err(|e| format!("waker: {e}"))?);
+        let poll = Poll::new().map_err(StartError::Poll)?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER).map_err(StartError::Waker)?);
         let mut listeners = Vec::new();
         let kinds = cfg
             .http
@@ -124,12 +158,18 @@ impl Bridge {
                     );
                     continue;
                 }
-                Err(e) => return Err(format!("cannot listen on {addr} ({}): {e}", kind.serves())),
+                Err(source) => {
+                    return Err(StartError::Listen {
+                        addr,
+                        serves: kind.serves(),
+                        source,
+                    })
+                }
             };
             let token = Token(LISTENER_BASE + listeners.len());
             poll.registry()
                 .register(&mut sock, token, Interest::READABLE)
-                .map_err(|e| format!("register {addr}: {e}"))?;
+                .map_err(|source| StartError::Register { addr, source })?;
             let addr = sock.local_addr().unwrap_or(addr);
             listeners.push(Listener { sock, addr, kind });
         }
@@ -142,7 +182,7 @@ impl Bridge {
             max_queued: cfg.line.max_queued_bytes,
         };
         let (requests_tx, requests) = crossbeam_channel::unbounded();
-        let persona = prompt::load_persona(&cfg.agent.persona_file)?;
+        let persona = prompt::load_persona(&cfg.agent.persona_file).map_err(StartError::Agent)?;
         let (tx, replies) = crossbeam_channel::unbounded();
         // The builtin persona answers inline on the loop; only backends that do I/O get
         // worker threads.
@@ -153,7 +193,7 @@ impl Bridge {
             let wake = Arc::new(move || {
                 let _ = w.wake();
             });
-            Some(AgentPool::start(&cfg.agent, persona, tx, wake)?)
+            Some(AgentPool::start(&cfg.agent, persona, tx, wake).map_err(StartError::Agent)?)
         };
         let ws_limits = WsLimits {
             max_message_bytes: cfg.gateway.max_message_bytes,
@@ -174,7 +214,7 @@ impl Bridge {
             });
             Some(
                 StateWatcher::spawn(path.into(), every, state_tx, wake)
-                    .map_err(|e| format!("cannot start the workshop state watcher: {e}"))?,
+                    .map_err(StartError::Watcher)?,
             )
         };
         let inbox_dir = crate::config::expand_home(&cfg.workshop.inbox_dir);
@@ -184,7 +224,7 @@ impl Bridge {
             let _ = inbox_tx.send(written);
             let _ = w.wake();
         })
-        .map_err(|e| format!("cannot start the workshop inbox writer: {e}"))?;
+        .map_err(StartError::Inbox)?;
         let mut app = App::new(cfg)?;
         if let Some(pool) = pool {
             app.attach_pool(pool);
@@ -209,11 +249,10 @@ impl Bridge {
                 timeout: Duration::from_millis(app.cfg.federation.timeout_ms),
                 pages_max: app.cfg.federation.pages_max,
             };
-            f.sync = Some(crate::app::peer_sync::PeerSync::start(
-                f.core.peers(),
-                limits,
-                wake,
-            )?);
+            f.sync = Some(
+                crate::app::peer_sync::PeerSync::start(f.core.peers(), limits, wake)
+                    .map_err(StartError::PeerSync)?,
+            );
         }
         app.recover_travel();
         app.forget_feed_presence(crate::world::time::now_ms());
@@ -246,14 +285,14 @@ impl Bridge {
     }
 
     /// Stop gracefully on SIGINT and SIGTERM (the binary does this; tests use a handle).
-    pub fn handle_signals(&mut self) -> Result<(), String> {
+    pub fn handle_signals(&mut self) -> Result<(), StartError> {
         use signal_hook::consts::{SIGINT, SIGTERM};
-        let mut signals = signal_hook_mio::v1_0::Signals::new([SIGINT, SIGTERM])
-            .map_err(|e| format!("cannot watch signals: {e}"))?;
+        let mut signals =
+            signal_hook_mio::v1_0::Signals::new([SIGINT, SIGTERM]).map_err(StartError::Signals)?;
         self.poll
             .registry()
             .register(&mut signals, SIGNALS, Interest::READABLE)
-            .map_err(|e| format!("cannot watch signals: {e}"))?;
+            .map_err(StartError::Signals)?;
         self.signals = Some(signals);
         Ok(())
     }

@@ -20,11 +20,11 @@ pub struct TestBridge {
     /// Handles to the games the bridge links (observe / act / speak).
     pub worlds: Worlds,
     stop: StopHandle,
-    thread: Option<JoinHandle<Result<(), String>>>,
+    thread: Option<JoinHandle<Result<(), std::io::Error>>>,
 }
 
 impl TestBridge {
-    pub fn stop(mut self) -> Result<(), String> {
+    pub fn stop(mut self) -> Result<(), std::io::Error> {
         self.stop.stop();
         self.thread
             .take()
