@@ -862,9 +862,13 @@ fn trust(app: &mut App, req: &Request, now: u64) -> Result<Response, Response> {
         .ok_or_else(|| Response::error(400, "missing_field", "`score` must be a number"))?;
     let answer = app
         .set_trust(&subject, score, now)
-        .map_err(|e| match app.fed {
-            None => Response::error(404, "federation_off", &e.to_string()),
-            Some(_) => Response::error(400, "bad_field", &e.to_string()),
+        .map_err(|e| match (&app.fed, &e) {
+            (_, crate::federation::TrustRefused::Superseded(held)) => Response::json(
+                409,
+                &json!({"error": e.to_string(), "code": "trust_superseded", "trust": held}),
+            ),
+            (None, _) => Response::error(404, "federation_off", &e.to_string()),
+            (Some(_), _) => Response::error(400, "bad_field", &e.to_string()),
         })?;
     Ok(Response::json(200, &answer))
 }

@@ -265,12 +265,12 @@ impl App {
         }
     }
 
-    fn send_travel(&mut self, to: &str, msg: TravelMsg) {
-        let sent = self
-            .fed
-            .as_ref()
-            .and_then(|f| f.sync.as_ref())
-            .is_some_and(|s| s.send_travel(to, msg));
+    fn send_travel(&mut self, to: &str, mut msg: TravelMsg) {
+        let Some(f) = &self.fed else {
+            return;
+        };
+        f.core.sign_travel(&mut msg);
+        let sent = f.sync.as_ref().is_some_and(|s| s.send_travel(to, msg));
         if !sent {
             log::debug!("travel: no thread to send to {to} (repeated next interval)");
         }
@@ -369,13 +369,16 @@ impl App {
 
     /// A peer's travel message: the reply to send back (held by the caller until the
     /// rows are durable).
-    fn on_peer_travel(&mut self, from: &str, msg: &TravelMsg, now_ms: u64) -> Value {
+    fn on_peer_travel(&mut self, from: &str, msg: &TravelMsg, raw: &Value, now_ms: u64) -> Value {
         let room = self.gateway_room().unwrap_or_default();
         let user = match msg {
             TravelMsg::Offer(o) | TravelMsg::Commit(o) => Some(o.user_id.clone()),
             TravelMsg::Abort { .. } => None,
         };
-        let occupied = user.is_some_and(|u| self.world.occupant(&u).is_some());
+        // Present anywhere here: in any room (any link's), or holding a session.
+        let occupied = user.is_some_and(|u| {
+            self.world.occupant(&u).is_some() || self.world.sessions.get(&u).is_some()
+        });
         let durable = self.store.is_some();
         let Some(f) = &mut self.fed else {
             return Value::Null;
@@ -384,7 +387,7 @@ impl App {
             room: &room,
             occupied,
         };
-        let (landings, won) = f.core.on_travel(from, msg, here, now_ms);
+        let (landings, won) = f.core.on_travel(from, msg, raw, here, now_ms);
         if durable {
             f.rows.extend(won.into_iter().map(Row::FedTrust));
         }
@@ -410,10 +413,10 @@ pub fn bridge_travel(
         .map_err(|e| Response::error(400, "bad_json", &format!("the body is not JSON: {e}")))?;
     if body.get("type").is_some() {
         let peer = app.peer_of(req, "/bridge/travel")?;
-        let msg: TravelMsg = serde_json::from_value(body).map_err(|e| {
+        let msg: TravelMsg = serde_json::from_value(body.clone()).map_err(|e| {
             Response::error(400, "bad_travel", &format!("not a travel message: {e}"))
         })?;
-        let reply = app.on_peer_travel(&peer, &msg, now_ms);
+        let reply = app.on_peer_travel(&peer, &msg, &body, now_ms);
         return Ok(Some(Response::json(200, &reply)));
     }
     if !app.cfg.http.token.is_empty() {
