@@ -239,6 +239,13 @@ impl EventLog {
         moved
     }
 
+    /// Change each held event of `origin` in place (its `(origin, seq)` stays).
+    pub fn each_of_mut(&mut self, origin: &str, mut f: impl FnMut(&mut FedEvent)) {
+        if let Some(o) = self.origins.get_mut(origin) {
+            o.events.values_mut().for_each(&mut f);
+        }
+    }
+
     /// Up to which seq `origin`'s events are pruned here.
     pub fn pruned(&self, origin: &str) -> u64 {
         self.origins.get(origin).map_or(0, |o| o.pruned)

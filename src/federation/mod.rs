@@ -368,8 +368,25 @@ impl Federation {
 
     /// Sign with this key from now on (the world's own, read at start; until then a key
     /// made for this run).
+    /// Own events held without a valid signature by this key (stored before keys
+    /// existed, or under a key since rotated) are signed again: they are this world's
+    /// to vouch for, and a peer that lacks them checks them against the key it has now.
     pub fn set_key(&mut self, key: WorldKey) {
         self.key = key;
+        let (key, public) = (&self.key, self.key.public());
+        let mut resign = |ev: &mut FedEvent| {
+            if accept::verify_event(&public, ev).is_err() {
+                if let Err(e) = accept::sign_event(key, ev) {
+                    log::warn!(
+                        "federation: event {}/{} cannot be signed: {e}",
+                        ev.origin,
+                        ev.seq
+                    );
+                }
+            }
+        };
+        self.log.each_of_mut(&self.world, &mut resign);
+        self.unstored.iter_mut().for_each(&mut resign);
     }
 
     pub fn public_key(&self) -> PublicKey {
