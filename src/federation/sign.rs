@@ -89,7 +89,7 @@ impl PublicKey {
     /// Check `value`'s `sig` against this key, signed behind `context`.
     pub fn verify_in(&self, context: &[u8], event: &Value) -> Result<(), SignError> {
         let Some(Value::String(sig)) = event.get(SIG_FIELD) else {
-            return Err(SignError::BadSignature("the event carries no `sig`".into()));
+            return Err(SignError::BadSignature("it carries no `sig`".into()));
         };
         let bytes =
             tagged_base64(sig, "signature").map_err(|e| SignError::BadSignature(e.to_string()))?;
