@@ -82,11 +82,17 @@
 //! the `have` it last told us, never its own). The answer says what was taken:
 //!
 //! ```json
-//! {"protocol": 1, "world": "vps", "accepted": 2, "duplicates": 1, "refused": 0,
+//! {"protocol": 1, "world": "vps", "accepted": 2, "duplicates": 1, "refused": {},
 //!  "have": {"bezalel": 40, "mac": 122, "vps": 78}}
 //! ```
 //!
-//! (`refusals`, when some were refused: `[{"origin": "mac", "seq": 9, "error": "…"}]`.)
+//! (`refused` counts by reason, e.g. `{"bad_signature": 2}`; `refusals` lists the first
+//! few: `[{"origin": "mac", "seq": 9, "reason": "bad_signature", "error": "…"}]`.)
+//!
+//! **Signatures.** Every event, presence report and travel message carries `sig`, its
+//! origin's Ed25519 signature over its canonical encoding (see [`sign`]); events above
+//! are shown without it. What a peer sends is believed only as far as [`accept`] allows:
+//! an origin that is configured, a signature that verifies, a clock not far ahead.
 //!
 //! **Trust** is a map subject → `{score, updated_at, origin, seq}`; a subject is a
 //! character (`bob@vps`) or a world (`vps`). The change with the latest
