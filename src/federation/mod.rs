@@ -855,10 +855,16 @@ impl Federation {
             match l {
                 travel::Landing::Place { offer, .. } => {
                     for t in &offer.trust {
-                        if self.origins.trust_entry(from, t, now_ms).is_ok()
-                            && self.trust.apply(t.clone())
-                        {
-                            won.push(t.clone());
+                        match self.origins.trust_entry(from, t, now_ms) {
+                            Ok(()) => {
+                                if self.trust.apply(t.clone()) {
+                                    won.push(t.clone());
+                                }
+                            }
+                            Err(r) if r.reason == Reason::OwnOrigin => {}
+                            Err(r) => {
+                                self.note_travel_refusal(from, r.reason.as_str(), &r.why, now_ms)
+                            }
                         }
                     }
                 }
