@@ -289,7 +289,12 @@ pub struct FederationConfig {
     /// World event kinds (a line `event`'s `event`) that reach every world of the
     /// federation unless sent with `scope: "local"`; `scope: "federation"` sends any kind.
     pub event_kinds: Vec<String>,
+    /// How far ahead of this bridge's clock a peer's `timestamp` or `updated_at` may lie
+    /// (seconds); further: the event is refused (`clock_skew`). Old is always fine.
+    pub max_clock_skew_s: u64,
     pub peers: Vec<PeerConfig>,
+    /// Worlds that are not direct peers but whose signed events peers may relay here.
+    pub worlds: Vec<WorldConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -299,6 +304,19 @@ pub struct PeerConfig {
     pub url: String,
     #[serde(default)]
     pub token: String,
+    /// The peer's world key, `ed25519:<base64>` (`worldbridge key` on the peer prints
+    /// it). Empty: its events are taken only with origin = that peer, and not relayed.
+    #[serde(default)]
+    pub public_key: String,
+}
+
+/// A world this bridge does not sync with, whose events a peer may relay
+/// (`[[federation.worlds]]`).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct WorldConfig {
+    pub world: String,
+    pub public_key: String,
 }
 
 /// A listener address as people write it: `127.0.0.1:4004`, `[::1]:4004`, or a host
@@ -524,7 +542,9 @@ impl Default for FederationConfig {
             event_kinds: ["fire", "rain", "growth", "storm", "quake"]
                 .map(String::from)
                 .to_vec(),
+            max_clock_skew_s: 300,
             peers: Vec::new(),
+            worlds: Vec::new(),
         }
     }
 }
@@ -1332,6 +1352,7 @@ token = ""                               # the pair's shared secret, used both w
                 world: "vps".into(),
                 url: "http://127.0.0.1:4004".into(),
                 token: String::new(),
+                public_key: String::new(),
             }]
         );
         assert_eq!(c.validate(), Ok(()));

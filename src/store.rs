@@ -1079,6 +1079,7 @@ mod tests {
             event: None,
             timestamp: crate::world::time::rfc3339(1),
             data: None,
+            sig: None,
         };
         let trust = TrustEntry {
             subject: "bob@vps".into(),
@@ -1086,6 +1087,8 @@ mod tests {
             updated_at: 1,
             origin: "vps".into(),
             seq: 8,
+            timestamp: None,
+            sig: None,
         };
         for id in 1..=2 {
             store.send(Batch {
@@ -1173,6 +1176,7 @@ mod tests {
             room: Some("The Bridge".into()),
             history: Vec::new(),
             trust: Vec::new(),
+            sig: None,
         };
         let pending = Departure {
             offer: offer("mac-1-1"),

@@ -92,6 +92,9 @@ fn config_keys() -> Vec<Key> {
         [[federation.peers]]
         world = "p"
         url = "http://127.0.0.1:1"
+        [[federation.worlds]]
+        world = "r"
+        public_key = "ed25519:k"
         [[gateway.agents]]
         id = "a"
         token = "t"

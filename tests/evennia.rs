@@ -656,6 +656,7 @@ fn bridge_config(http: &str, line: &str) -> worldbridge::config::Config {
         world: "vps".into(),
         url: format!("http://127.0.0.1:{}", vps_port()),
         token: VPS_TOKEN.into(),
+        public_key: String::new(),
     }];
     cfg
 }
@@ -685,6 +686,7 @@ fn vps_bridge(peer: SocketAddr) -> common::TestBridge {
         world: "bridge-test".into(),
         url: format!("http://{peer}"),
         token: VPS_TOKEN.into(),
+        public_key: String::new(),
     }];
     start_with(cfg)
 }

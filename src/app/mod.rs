@@ -909,6 +909,9 @@ impl App {
     /// `--memory` and no `federation.key_file`, the one made for this run. Called at start
     /// once the store holds the data directory the key lives in.
     pub fn load_world_key(&mut self) -> Result<(), AppError> {
+        if let Some(f) = &mut self.fed {
+            f.core.set_key(self.world_key.clone());
+        }
         let Some(path) = self.cfg.key_path() else {
             log::info!(
                 "world key: none kept (--memory); this run's public key is {}",
@@ -924,6 +927,9 @@ impl App {
             key.public()
         );
         self.world_key = key;
+        if let Some(f) = &mut self.fed {
+            f.core.set_key(self.world_key.clone());
+        }
         Ok(())
     }
 }

@@ -25,7 +25,7 @@ use crate::federation::wire::SyncAnswer;
 use crate::federation::wire::{
     Cursor, Delta, FedEvent, PresenceEntry, WireError, WorldPresence, PAGE_MAX, PRESENCE_MAX,
 };
-use crate::federation::{Applied, Federation};
+use crate::federation::{Applied, Federation, TrustRefused};
 use crate::store::Row;
 use crate::world::room::Event;
 use crate::world::time::rfc3339;
@@ -109,6 +109,12 @@ impl Peering {
             log::warn!(
                 "federation: peer {} has no token: it can neither ask this bridge nor be asked",
                 p.world
+            );
+        }
+        for w in core.origins().keyless_peers() {
+            log::warn!(
+                "federation: peer {w} has no public_key: its events are taken only with origin {w}, \
+                 are not relayed to other worlds, and it relays nothing here"
             );
         }
         let peers = core
@@ -234,12 +240,12 @@ impl App {
         subject: &str,
         score: f64,
         now_ms: u64,
-    ) -> Result<Value, WireError> {
+    ) -> Result<Value, TrustRefused> {
         let durable = self.store.is_some();
         let Some(f) = &mut self.fed else {
-            return Err(WireError::Trust(
+            return Err(TrustRefused::Invalid(WireError::Trust(
                 "federation is not configured ([[federation.peers]])".into(),
-            ));
+            )));
         };
         let ev = f.core.set_trust(subject, score, now_ms)?;
         f.counts.own += 1;
@@ -268,6 +274,7 @@ impl App {
                 epoch: 0,
                 seq,
                 characters: chars,
+                sig: None,
             },
         }
     }
@@ -300,16 +307,8 @@ impl App {
         if let Some(h) = f.peers.get_mut(from) {
             h.have = doc.have.clone();
         }
+        // Refusals are logged by the core, once a minute per peer and reason.
         self.show_federated(&applied.accepted, now_ms);
-        if !applied.refused.is_empty() {
-            log::warn!(
-                "federation: {} events from {from} refused, first {}/{}: {}",
-                applied.refused.len(),
-                applied.refused[0].origin,
-                applied.refused[0].seq,
-                applied.refused[0].error
-            );
-        }
         Ok(applied)
     }
 
@@ -375,8 +374,8 @@ impl App {
             if let Err(e) = f.core.on_sync_answer(&o.peer, a, now_ms) {
                 errors.push(format!("push: {e}"));
             }
-            if a.refused > 0 {
-                errors.push(format!("push: {} refused {} events", o.peer, a.refused));
+            if !a.refused.is_empty() {
+                errors.push(format!("push: {} refused events {:?}", o.peer, a.refused));
             }
         }
         let Some(h) = f.peers.get_mut(&o.peer) else {
@@ -508,6 +507,17 @@ impl App {
             c.duplicates,
             c.refused,
         );
+        let _ = writeln!(
+            o,
+            "# HELP worldbridge_federation_refused_total Messages from each peer refused, by reason (events, trust entries, presence, travel).\n\
+             # TYPE worldbridge_federation_refused_total counter"
+        );
+        for (peer, reason, n) in f.core.refusals.counts() {
+            let _ = writeln!(
+                o,
+                "worldbridge_federation_refused_total{{peer=\"{peer}\",reason=\"{reason}\"}} {n}"
+            );
+        }
         f.unshown.render_metrics(o);
     }
 
@@ -680,6 +690,7 @@ pub(crate) mod tests {
             world: peer.into(),
             url: "http://127.0.0.1:9".into(),
             token: "t".into(),
+            public_key: String::new(),
         }];
         App::new(cfg).expect("app")
     }

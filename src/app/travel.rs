@@ -240,12 +240,12 @@ impl App {
         }
     }
 
-    fn send_travel(&mut self, to: &str, msg: TravelMsg) {
-        let sent = self
-            .fed
-            .as_ref()
-            .and_then(|f| f.sync.as_ref())
-            .is_some_and(|s| s.send_travel(to, msg));
+    fn send_travel(&mut self, to: &str, mut msg: TravelMsg) {
+        let Some(f) = &self.fed else {
+            return;
+        };
+        f.core.sign_travel(&mut msg);
+        let sent = f.sync.as_ref().is_some_and(|s| s.send_travel(to, msg));
         if !sent {
             log::debug!("travel: no thread to send to {to} (repeated next interval)");
         }
@@ -345,13 +345,22 @@ impl App {
 
     /// A peer's travel message: the reply to send back (held by the caller until the
     /// rows are durable).
-    pub fn on_peer_travel(&mut self, from: &str, msg: &TravelMsg, now_ms: u64) -> Value {
+    pub fn on_peer_travel(
+        &mut self,
+        from: &str,
+        msg: &TravelMsg,
+        raw: &Value,
+        now_ms: u64,
+    ) -> Value {
         let room = self.gateway_room().unwrap_or_default();
         let user = match msg {
             TravelMsg::Offer(o) | TravelMsg::Commit(o) => Some(o.user_id.clone()),
             TravelMsg::Abort { .. } => None,
         };
-        let occupied = user.is_some_and(|u| self.world.occupant(&u).is_some());
+        // Present anywhere here: in any room (any link's), or holding a session.
+        let occupied = user.is_some_and(|u| {
+            self.world.occupant(&u).is_some() || self.world.sessions.get(&u).is_some()
+        });
         let durable = self.store.is_some();
         let Some(f) = &mut self.fed else {
             return Value::Null;
@@ -360,7 +369,7 @@ impl App {
             room: &room,
             occupied,
         };
-        let (landings, won) = f.core.on_travel(from, msg, here, now_ms);
+        let (landings, won) = f.core.on_travel(from, msg, raw, here, now_ms);
         if durable {
             f.rows.extend(won.into_iter().map(Row::FedTrust));
         }

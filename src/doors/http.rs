@@ -786,9 +786,12 @@ fn trust(app: &mut App, req: &Request, now: u64) -> Result<Response, Response> {
         .ok_or_else(|| Response::error(400, "missing_field", "`score` must be a number"))?;
     let answer = app
         .set_trust(&subject, score, now)
-        .map_err(|e| match app.fed {
-            None => Refusal::new("federation_off", e.to_string()),
-            Some(_) => Refusal::new("bad_field", e.to_string()),
+        .map_err(|e| match (&app.fed, &e) {
+            (_, crate::federation::TrustRefused::Superseded(held)) => {
+                Refusal::new("trust_superseded", e.to_string()).with("trust", json!(held))
+            }
+            (None, _) => Refusal::new("federation_off", e.to_string()),
+            (Some(_), _) => Refusal::new("bad_field", e.to_string()),
         })?;
     Ok(Response::json(200, &answer))
 }
@@ -1117,9 +1120,9 @@ fn bridge_travel(
         .map_err(|e| Refusal::new("bad_json", format!("the body is not JSON: {e}")))?;
     if body.get("type").is_some() {
         let peer = app.peer_of(bearer(req), "/bridge/travel")?;
-        let msg: TravelMsg = serde_json::from_value(body)
+        let msg: TravelMsg = serde_json::from_value(body.clone())
             .map_err(|e| Refusal::new("bad_travel", format!("not a travel message: {e}")))?;
-        let reply = app.on_peer_travel(&peer, &msg, now_ms);
+        let reply = app.on_peer_travel(&peer, &msg, &body, now_ms);
         return Ok(Some(Response::json(200, &reply)));
     }
     if !app.cfg.http.token.is_empty() {

@@ -152,6 +152,19 @@ impl EventLog {
         limit: usize,
         max_bytes: usize,
     ) -> Page {
+        self.delta_serving(cursor, asker, limit, max_bytes, &|_| true)
+    }
+
+    /// [`EventLog::delta_within`], serving only the origins `serve` names (the others
+    /// are held here and not relayed).
+    pub fn delta_serving(
+        &self,
+        cursor: &Cursor,
+        asker: Option<&str>,
+        limit: usize,
+        max_bytes: usize,
+        serve: &dyn Fn(&str) -> bool,
+    ) -> Page {
         let limit = limit.max(1);
         let mut bytes = 0usize;
         let mut events = Vec::new();
@@ -159,7 +172,7 @@ impl EventLog {
         let mut pruned = Cursor::default();
         let mut more = false;
         for (origin, o) in &self.origins {
-            if Some(origin.as_str()) == asker {
+            if Some(origin.as_str()) == asker || !serve(origin) {
                 continue;
             }
             let mut from = cursor.get(origin);
@@ -226,6 +239,13 @@ impl EventLog {
         moved
     }
 
+    /// Change each held event of `origin` in place (its `(origin, seq)` stays).
+    pub fn each_of_mut(&mut self, origin: &str, mut f: impl FnMut(&mut FedEvent)) {
+        if let Some(o) = self.origins.get_mut(origin) {
+            o.events.values_mut().for_each(&mut f);
+        }
+    }
+
     /// Up to which seq `origin`'s events are pruned here.
     pub fn pruned(&self, origin: &str) -> u64 {
         self.origins.get(origin).map_or(0, |o| o.pruned)
@@ -267,6 +287,7 @@ pub(crate) mod tests {
             event: None,
             timestamp: "2026-12-01T18:00:00Z".into(),
             data: None,
+            sig: None,
         }
     }
 

@@ -9,6 +9,7 @@
 //! - [`portal`]: which local events leave (portal says, `scope: "federation"` events),
 //!   and how arriving ones are shown (`Alice@mac`).
 //! - [`travel`]: moving a character exactly once, both sides, with recovery.
+//! - [`sign`] and [`accept`]: world keys, signatures, and what is believed of a peer.
 //! - [`Federation`]: one world's federation state, tying these together.
 //!
 //! # Federation (as docs/federation.md tells it)
@@ -81,11 +82,17 @@
 //! the `have` it last told us, never its own). The answer says what was taken:
 //!
 //! ```json
-//! {"protocol": 1, "world": "vps", "accepted": 2, "duplicates": 1, "refused": 0,
+//! {"protocol": 1, "world": "vps", "accepted": 2, "duplicates": 1, "refused": {},
 //!  "have": {"bezalel": 40, "mac": 122, "vps": 78}}
 //! ```
 //!
-//! (`refusals`, when some were refused: `[{"origin": "mac", "seq": 9, "error": "…"}]`.)
+//! (`refused` counts by reason, e.g. `{"bad_signature": 2}`; `refusals` lists the first
+//! few: `[{"origin": "mac", "seq": 9, "reason": "bad_signature", "error": "…"}]`.)
+//!
+//! **Signatures.** Every event, presence report and travel message carries `sig`, its
+//! origin's Ed25519 signature over its canonical encoding (see [`sign`]); events above
+//! are shown without it. What a peer sends is believed only as far as [`accept`] allows:
+//! an origin that is configured, a signature that verifies, a clock not far ahead.
 //!
 //! **Trust** is a map subject → `{score, updated_at, origin, seq}`; a subject is a
 //! character (`bob@vps`) or a world (`vps`). The change with the latest
@@ -112,6 +119,7 @@
 //! "world vps is offline" and stays. After a crash of either bridge at any step,
 //! recovery settles every travel with the character in exactly one world.
 
+pub mod accept;
 pub mod merge;
 pub mod portal;
 pub mod presence;
@@ -124,9 +132,11 @@ use crate::config::FederationConfig;
 use crate::world::check_name;
 use crate::world::room::{Event, RoomSpec};
 use crate::world::time::rfc3339;
+use accept::{Origins, Reason, Refusal, Tally};
 use merge::{EventLog, Insert, Pruned};
 use portal::{Draft, Relayed, Scope};
 use presence::{PeerStatus, RemotePresence, Report};
+use sign::{PublicKey, WorldKey};
 use std::collections::{BTreeMap, VecDeque};
 use travel::{Arrival, Arrivals, Departure, Departures};
 use trust::Trust;
@@ -232,6 +242,53 @@ pub struct Federation {
     unstored: VecDeque<FedEvent>,
     /// What each peer last said it holds.
     peer_have: BTreeMap<String, Cursor>,
+    /// Which origins are held, with their keys and the clock bound.
+    origins: Origins,
+    /// This world's key: what it originates is signed with it.
+    key: WorldKey,
+    /// Refusals by peer and reason.
+    pub refusals: Tally,
+    /// `federation.max_clock_skew_s`, in ms.
+    max_skew_ms: u64,
+}
+
+/// Why this world's own trust change was not made.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TrustRefused {
+    /// The subject or score is not acceptable.
+    Invalid(WireError),
+    /// An entry in force wins over any change this world may stamp now (it lies further
+    /// ahead than `federation.max_clock_skew_s`): that entry.
+    Superseded(TrustEntry),
+}
+
+impl std::fmt::Display for TrustRefused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TrustRefused::Invalid(e) => write!(f, "{e}"),
+            TrustRefused::Superseded(t) => write!(
+                f,
+                "the trust of {} set by {} (updated_at {}) stays in force: a change made now would lose to it",
+                t.subject, t.origin, t.updated_at
+            ),
+        }
+    }
+}
+
+impl From<WireError> for TrustRefused {
+    fn from(e: WireError) -> TrustRefused {
+        TrustRefused::Invalid(e)
+    }
+}
+
+/// A configured `public_key`, parsed; empty is none.
+fn public_key(what: &str, text: &str) -> Result<Option<PublicKey>, WireError> {
+    if text.trim().is_empty() {
+        return Ok(None);
+    }
+    PublicKey::parse(text)
+        .map(Some)
+        .map_err(|e| WireError::Document(format!("{what}: public_key: {e}")))
 }
 
 impl Federation {
@@ -244,6 +301,7 @@ impl Federation {
     ) -> Result<Federation, WireError> {
         check_world_id(world)?;
         let mut peers: Vec<Peer> = Vec::new();
+        let mut keyed: Vec<(String, Option<PublicKey>)> = Vec::new();
         for p in &cfg.peers {
             check_world_id(&p.world)?;
             if p.world == world {
@@ -263,7 +321,28 @@ impl Federation {
                 url: p.url.trim_end_matches('/').to_string(),
                 token: p.token.clone(),
             });
+            keyed.push((
+                p.world.clone(),
+                public_key(&format!("peer {:?}", p.world), &p.public_key)?,
+            ));
         }
+        let mut worlds: Vec<(String, PublicKey)> = Vec::new();
+        for w in &cfg.worlds {
+            let what = format!("[[federation.worlds]] {:?}", w.world);
+            check_world_id(&w.world)?;
+            if w.world == world || peers.iter().any(|p| p.world == w.world) {
+                return Err(WireError::Document(format!(
+                    "{what} is this world or a peer (list a peer's key as its public_key)"
+                )));
+            }
+            if worlds.iter().any(|(x, _)| x == &w.world) {
+                return Err(WireError::Document(format!("{what} is listed twice")));
+            }
+            let key = public_key(&what, &w.public_key)?
+                .ok_or_else(|| WireError::Document(format!("{what} needs a public_key")))?;
+            worlds.push((w.world.clone(), key));
+        }
+        let key = WorldKey::generate().map_err(|e| WireError::Document(e.to_string()))?;
         let interval_ms = cfg.sync_interval_s.max(1) * 1000;
         Ok(Federation {
             world: world.to_string(),
@@ -281,7 +360,48 @@ impl Federation {
             last_seq: 0,
             unstored: VecDeque::new(),
             peer_have: BTreeMap::new(),
+            origins: Origins::new(
+                world,
+                &keyed,
+                &worlds,
+                cfg.max_clock_skew_s.saturating_mul(1000),
+            ),
+            key,
+            refusals: Tally::default(),
+            max_skew_ms: cfg.max_clock_skew_s.saturating_mul(1000),
         })
+    }
+
+    /// Sign with this key from now on (the world's own, read at start; until then a key
+    /// made for this run).
+    /// Own events held without a valid signature by this key (stored before keys
+    /// existed, or under a key since rotated) are signed again: they are this world's
+    /// to vouch for, and a peer that lacks them checks them against the key it has now.
+    pub fn set_key(&mut self, key: WorldKey) {
+        self.key = key;
+        let (key, public) = (&self.key, self.key.public());
+        let mut resign = |ev: &mut FedEvent| {
+            if accept::verify_event(&public, ev).is_err() {
+                if let Err(e) = accept::sign_event(key, ev) {
+                    log::warn!(
+                        "federation: event {}/{} cannot be signed: {e}",
+                        ev.origin,
+                        ev.seq
+                    );
+                }
+            }
+        };
+        self.log.each_of_mut(&self.world, &mut resign);
+        self.unstored.iter_mut().for_each(&mut resign);
+    }
+
+    pub fn public_key(&self) -> PublicKey {
+        self.key.public()
+    }
+
+    /// The origins whose events are held here, with their keys.
+    pub fn origins(&self) -> &Origins {
+        &self.origins
     }
 
     pub fn world(&self) -> &str {
@@ -333,6 +453,20 @@ impl Federation {
         departures: Vec<Departure>,
         arrivals: Vec<Arrival>,
     ) {
+        let held = |o: &str| self.origins.holds(o);
+        let (pruned, gone): (Vec<Pruned>, Vec<Pruned>) =
+            pruned.into_iter().partition(|p| held(&p.origin));
+        let (events, dropped): (Vec<FedEvent>, Vec<FedEvent>) =
+            events.into_iter().partition(|e| held(&e.origin));
+        let (trust, untrusted): (Vec<TrustEntry>, Vec<TrustEntry>) =
+            trust.into_iter().partition(|t| held(&t.origin));
+        if !gone.is_empty() || !dropped.is_empty() || !untrusted.is_empty() {
+            log::warn!(
+                "federation: {} stored events and {} trust entries of worlds no longer configured are not loaded",
+                dropped.len(),
+                untrusted.len()
+            );
+        }
         for p in pruned {
             if p.origin == self.world {
                 self.last_seq = self.last_seq.max(p.upto);
@@ -356,7 +490,14 @@ impl Federation {
     /// ([`FedRow::Event`]); it is served to peers once [`Federation::stored`] says so.
     fn record(&mut self, draft: Draft) -> FedEvent {
         self.last_seq += 1;
-        let ev = draft.into_event(&self.world, self.last_seq);
+        let mut ev = draft.into_event(&self.world, self.last_seq);
+        if let Err(e) = accept::sign_event(&self.key, &mut ev) {
+            log::warn!(
+                "federation: event {}/{} cannot be signed: {e}",
+                ev.origin,
+                ev.seq
+            );
+        }
         if ev.kind == Kind::Trust {
             if let Ok(entry) = Trust::entry_of(&ev) {
                 self.trust.apply(entry);
@@ -395,15 +536,23 @@ impl Federation {
         subject: &str,
         score: f64,
         now_ms: u64,
-    ) -> Result<FedEvent, WireError> {
+    ) -> Result<FedEvent, TrustRefused> {
         check_name("subject", subject).map_err(|e| WireError::Trust(e.to_string()))?;
-        if !score.is_finite() {
-            return Err(WireError::Trust("score must be a finite number".into()));
+        if !(-1.0..=1.0).contains(&score) {
+            return Err(WireError::Trust("score must be a number in [-1.0, 1.0]".into()).into());
+        }
+        let updated_at = self.trust.stamp(subject, now_ms);
+        // A stamp past the clock bound would be refused by every peer (`clock_skew`):
+        // the entry in force wins, and the person is told so.
+        if updated_at > now_ms.saturating_add(self.max_skew_ms()) {
+            if let Some(held) = self.trust.get(subject) {
+                return Err(TrustRefused::Superseded(held.clone()));
+            }
         }
         let change = TrustChange {
             subject: subject.to_string(),
             score,
-            updated_at: self.trust.stamp(subject, now_ms),
+            updated_at,
         };
         let data = serde_json::to_value(&change).map_err(|e| WireError::Trust(e.to_string()))?;
         Ok(self.record(Draft {
@@ -429,9 +578,15 @@ impl Federation {
         presence: WorldPresence,
     ) -> Delta {
         let from = since.cloned().unwrap_or_default();
-        let page =
-            self.log
-                .delta_within(&from, asker, limit.clamp(1, PAGE_MAX), self.page_max_bytes);
+        // Only what a receiver can check leaves: this world's events, and those of
+        // worlds whose key is configured here (a keyless peer's events stay here).
+        let page = self.log.delta_serving(
+            &from,
+            asker,
+            limit.clamp(1, PAGE_MAX),
+            self.page_max_bytes,
+            &|origin| self.origins.relayable(origin),
+        );
         Delta {
             protocol: PROTOCOL,
             world: self.world.clone(),
@@ -442,7 +597,10 @@ impl Federation {
             have: self.log.have(),
             pruned: page.pruned,
             trust: if since.is_none() {
-                self.trust.entries()
+                let mut entries = self.trust.entries();
+                // A keyless peer's entries go back only to it (which skips them).
+                entries.retain(|t| self.origins.relayable(&t.origin) || asker == Some(&t.origin));
+                entries
             } else {
                 Vec::new()
             },
@@ -464,18 +622,36 @@ impl Federation {
         }
     }
 
-    /// What this world's own presence report looks like (the wiring lists characters).
+    /// What this world's own presence report looks like (the wiring lists characters),
+    /// signed.
     pub fn presence_report(&self, seq: u64, characters: Vec<wire::PresenceEntry>) -> WorldPresence {
-        WorldPresence {
+        let mut p = WorldPresence {
             epoch: self.epoch_ms,
             seq,
             characters,
+            sig: None,
+        };
+        if let Err(e) = accept::sign_presence(&self.key, &self.world, &mut p) {
+            log::warn!("federation: the presence report cannot be signed: {e}");
+        }
+        p
+    }
+
+    fn max_skew_ms(&self) -> u64 {
+        self.max_skew_ms
+    }
+
+    /// Sign a travel message as it leaves.
+    pub fn sign_travel(&self, msg: &mut wire::TravelMsg) {
+        if let Err(e) = accept::sign_travel(&self.key, msg) {
+            log::warn!("travel {}: cannot sign: {e}", msg.travel_id());
         }
     }
 
     /// Merge a document from the authenticated peer `from`: a pull answer or a push
     /// body. Refused whole if it is malformed or claims another sender; otherwise each
-    /// event on its own.
+    /// event on its own, by the rules of [`accept`]. A refused event is not recorded as
+    /// seen.
     pub fn apply(&mut self, from: &str, delta: &Delta, now_ms: u64) -> Result<Applied, WireError> {
         delta.check()?;
         if delta.world != from {
@@ -484,13 +660,28 @@ impl Federation {
                 delta.world
             )));
         }
-        let mut applied = Applied {
-            presence: Some(self.presence.report(from, &delta.presence, now_ms)),
-            ..Applied::default()
+        let mut applied = Applied::default();
+        let refused = |applied: &mut Applied, origin: &str, seq: u64, r: Refusal| {
+            applied.refused.push(Refused {
+                origin: origin.to_string(),
+                seq,
+                reason: r.reason.as_str().to_string(),
+                error: r.why,
+            })
         };
+        // The peer is heard from either way; its report counts only if it is its own.
+        self.presence.seen(from, now_ms);
+        match self.origins.presence(from, &delta.presence, now_ms) {
+            Ok(()) => applied.presence = Some(self.presence.report(from, &delta.presence, now_ms)),
+            Err(r) => refused(&mut applied, from, delta.presence.seq, r),
+        }
         self.peer_have.insert(from.to_string(), delta.have.clone());
         for (origin, upto) in &delta.pruned.0 {
-            if origin != &self.world && self.log.skip_to(origin, *upto) {
+            // Only origins held here: a pruned mark must not add an origin.
+            if origin != &self.world
+                && self.origins.holds(origin)
+                && self.log.skip_to(origin, *upto)
+            {
                 applied.pruned.push(Pruned {
                     origin: origin.clone(),
                     upto: *upto,
@@ -498,29 +689,18 @@ impl Federation {
             }
         }
         for ev in &delta.events {
-            let refuse = |why: String| WireError::Event {
-                origin: ev.origin.clone(),
-                seq: ev.seq,
-                why,
-            };
-            let verdict = if ev.origin == self.world {
-                Err(refuse(
-                    "events of this world come only from this world".into(),
-                ))
-            } else if ev.seq > self.log.mark(&ev.origin).saturating_add(AHEAD_MAX) {
-                Err(refuse(format!(
-                    "more than {AHEAD_MAX} ahead of the {} events held",
-                    self.log.mark(&ev.origin)
-                )))
-            } else {
-                ev.check()
-            };
-            if let Err(e) = verdict {
-                applied.refused.push(Refused {
-                    origin: ev.origin.clone(),
-                    seq: ev.seq,
-                    error: e.to_string(),
-                });
+            let verdict = self.origins.event(from, ev, now_ms).and_then(|()| {
+                let mark = self.log.mark(&ev.origin);
+                if ev.seq > mark.saturating_add(AHEAD_MAX) {
+                    return Err(Refusal {
+                        reason: Reason::TooFarAhead,
+                        why: format!("more than {AHEAD_MAX} ahead of the {mark} events held"),
+                    });
+                }
+                Ok(())
+            });
+            if let Err(r) = verdict {
+                refused(&mut applied, &ev.origin, ev.seq, r);
                 continue;
             }
             match self.merge_event(ev.clone()) {
@@ -532,12 +712,10 @@ impl Federation {
             }
         }
         for t in &delta.trust {
-            match t.check() {
-                Err(e) => applied.refused.push(Refused {
-                    origin: t.origin.clone(),
-                    seq: t.seq,
-                    error: e.to_string(),
-                }),
+            match self.origins.trust_entry(from, t, now_ms) {
+                // Our own entries come back in every snapshot: nothing to take.
+                Err(r) if r.reason == Reason::OwnOrigin => {}
+                Err(r) => refused(&mut applied, &t.origin, t.seq, r),
                 Ok(()) => {
                     if self.trust.apply(t.clone()) {
                         applied.trust.push(t.clone());
@@ -545,7 +723,29 @@ impl Federation {
                 }
             }
         }
+        self.note_refusals(from, &applied.refused, now_ms);
         Ok(applied)
+    }
+
+    /// Count refusals of `from`, and log each reason at most once a minute per peer.
+    fn note_refusals(&mut self, from: &str, refused: &[Refused], now_ms: u64) {
+        let mut by_reason: BTreeMap<&str, (u64, &Refused)> = BTreeMap::new();
+        for r in refused {
+            by_reason.entry(&r.reason).or_insert((0, r)).0 += 1;
+        }
+        for (reason, (n, first)) in by_reason {
+            let Some(stable) = accept::reason_name(reason) else {
+                continue;
+            };
+            if self.refusals.note(from, stable, n, now_ms) {
+                log::warn!(
+                    "federation: refused {n} from {from} ({reason}), e.g. {}/{}: {} (logged at most once a minute per peer and reason)",
+                    first.origin,
+                    first.seq,
+                    first.error
+                );
+            }
+        }
     }
 
     /// Insert one checked event; a new trust event also updates the map (returned when it
@@ -569,7 +769,10 @@ impl Federation {
             world: self.world.clone(),
             accepted: applied.accepted.len() as u64,
             duplicates: applied.duplicates,
-            refused: applied.refused.len() as u64,
+            refused: applied.refused.iter().fold(BTreeMap::new(), |mut m, r| {
+                *m.entry(r.reason.clone()).or_default() += 1;
+                m
+            }),
             refusals: applied
                 .refused
                 .iter()
@@ -624,28 +827,69 @@ impl Federation {
             .begin(user_id, username, room, history, trust, to, peer, now_ms)
     }
 
-    /// A travel message from the authenticated peer `from`, on the destination side. A
-    /// character placed here brings their trust entries (merged by the same LWW rule);
-    /// the entries that now win are returned with the landings, to be stored.
+    /// A travel message from the authenticated peer `from`, on the destination side;
+    /// `raw` is the message as received (its signature is checked over it). A
+    /// character placed here brings the trust entries about them that pass the rules of
+    /// [`accept`] (merged by the same LWW rule); the entries that now win are returned
+    /// with the landings, to be stored.
     pub fn on_travel(
         &mut self,
         from: &str,
         msg: &wire::TravelMsg,
+        raw: &serde_json::Value,
         here: travel::Here<'_>,
         now_ms: u64,
     ) -> (Vec<travel::Landing>, Vec<TrustEntry>) {
+        if let Err(r) = self.origins.travel(from, raw) {
+            self.note_travel_refusal(from, r.reason.as_str(), &r.why, now_ms);
+            let reply = wire::TravelReply::Refused {
+                travel_id: msg.travel_id().to_string(),
+                reason: r.why,
+                code: Some(r.reason.as_str().to_string()),
+            };
+            return (vec![travel::Landing::Reply(reply)], Vec::new());
+        }
         let landings = self.arrivals.on_msg(from, msg, here, now_ms);
         let mut won = Vec::new();
         for l in &landings {
-            if let travel::Landing::Place { offer, .. } = l {
-                for t in &offer.trust {
-                    if t.check().is_ok() && self.trust.apply(t.clone()) {
-                        won.push(t.clone());
+            match l {
+                travel::Landing::Place { offer, .. } => {
+                    for t in &offer.trust {
+                        match self.origins.trust_entry(from, t, now_ms) {
+                            Ok(()) => {
+                                if self.trust.apply(t.clone()) {
+                                    won.push(t.clone());
+                                }
+                            }
+                            Err(r) if r.reason == Reason::OwnOrigin => {}
+                            Err(r) => {
+                                self.note_travel_refusal(from, r.reason.as_str(), &r.why, now_ms)
+                            }
+                        }
                     }
                 }
+                travel::Landing::Reply(wire::TravelReply::Refused {
+                    reason,
+                    code: Some(code),
+                    ..
+                }) => {
+                    if let Some(code) = accept::reason_name(code) {
+                        let (code, reason) = (code, reason.clone());
+                        self.note_travel_refusal(from, code, &reason, now_ms);
+                    }
+                }
+                _ => {}
             }
         }
         (landings, won)
+    }
+
+    fn note_travel_refusal(&mut self, from: &str, code: &'static str, why: &str, now_ms: u64) {
+        if self.refusals.note(from, code, 1, now_ms) {
+            log::warn!(
+                "travel: refused a message from {from} ({code}): {why} (logged at most once a minute per peer and reason)"
+            );
+        }
     }
 
     /// How an accepted event is shown here: one local event per room (see [`portal`]).

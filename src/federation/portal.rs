@@ -81,6 +81,7 @@ impl Draft {
             event: self.event,
             timestamp: self.timestamp,
             data: self.data,
+            sig: None,
         }
     }
 }

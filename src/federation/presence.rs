@@ -166,6 +166,7 @@ mod tests {
                     room: "Gate".into(),
                 })
                 .collect(),
+            sig: None,
         }
     }
 

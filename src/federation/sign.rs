@@ -27,8 +27,12 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 /// What precedes the canonical encoding in the signed bytes: signatures made for one
-/// purpose cannot be replayed as another.
+/// purpose cannot be replayed as another. This one is a federated event's.
 pub const CONTEXT: &[u8] = b"worldbridge-event-v1\n";
+/// The context of a world's presence report.
+pub const PRESENCE_CONTEXT: &[u8] = b"worldbridge-presence-v1\n";
+/// The context of a travel message (`offer`, `commit`, `abort`).
+pub const TRAVEL_CONTEXT: &[u8] = b"worldbridge-travel-v1\n";
 /// The member of a signed event that carries its signature (not itself signed).
 pub const SIG_FIELD: &str = "sig";
 const KEY_FILE_HEADER: &str = "worldbridge-world-key v1";
@@ -79,15 +83,20 @@ impl PublicKey {
 
     /// Check `event`'s `sig` against this key.
     pub fn verify(&self, event: &Value) -> Result<(), SignError> {
+        self.verify_in(CONTEXT, event)
+    }
+
+    /// Check `value`'s `sig` against this key, signed behind `context`.
+    pub fn verify_in(&self, context: &[u8], event: &Value) -> Result<(), SignError> {
         let Some(Value::String(sig)) = event.get(SIG_FIELD) else {
-            return Err(SignError::BadSignature("the event carries no `sig`".into()));
+            return Err(SignError::BadSignature("it carries no `sig`".into()));
         };
         let bytes =
             tagged_base64(sig, "signature").map_err(|e| SignError::BadSignature(e.to_string()))?;
         let arr: [u8; 64] = bytes
             .try_into()
             .map_err(|_| SignError::BadSignature("an Ed25519 signature is 64 bytes".into()))?;
-        let message = signed_bytes(event)?;
+        let message = signed_bytes_in(context, event)?;
         self.0
             .verify_strict(&message, &Signature::from_bytes(&arr))
             .map_err(|_| SignError::BadSignature("the signature does not match the event".into()))
@@ -101,7 +110,15 @@ impl std::fmt::Display for PublicKey {
 }
 
 /// A world's signing key.
+#[derive(Clone)]
 pub struct WorldKey(SigningKey);
+
+impl std::fmt::Debug for WorldKey {
+    /// The public half only: a secret never reaches a log.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "WorldKey({})", self.public())
+    }
+}
 
 impl WorldKey {
     /// A new key from the operating system's random source.
@@ -177,7 +194,12 @@ impl WorldKey {
     /// `event` with its `sig` set: the signature of its canonical encoding (any `sig`
     /// it had is replaced).
     pub fn sign(&self, event: &mut Value) -> Result<(), SignError> {
-        let message = signed_bytes(event)?;
+        self.sign_in(CONTEXT, event)
+    }
+
+    /// `value` with its `sig` set, signed behind `context`.
+    pub fn sign_in(&self, context: &[u8], event: &mut Value) -> Result<(), SignError> {
+        let message = signed_bytes_in(context, event)?;
         let sig = self.0.sign(&message);
         if let Value::Object(m) = event {
             m.insert(
@@ -193,10 +215,23 @@ impl WorldKey {
     }
 }
 
+#[cfg(test)]
+impl WorldKey {
+    /// A key from a fixed seed (tests only: reproducible signatures).
+    pub(crate) fn from_seed(seed: [u8; 32]) -> WorldKey {
+        WorldKey(SigningKey::from_bytes(&seed))
+    }
+}
+
 /// The bytes a signature covers: the context line, then the canonical encoding of
 /// `event` without its `sig`.
 pub fn signed_bytes(event: &Value) -> Result<Vec<u8>, SignError> {
-    let mut out = String::from_utf8_lossy(CONTEXT).into_owned();
+    signed_bytes_in(CONTEXT, event)
+}
+
+/// [`signed_bytes`] behind another context line.
+pub fn signed_bytes_in(context: &[u8], event: &Value) -> Result<Vec<u8>, SignError> {
+    let mut out = String::from_utf8_lossy(context).into_owned();
     match event {
         Value::Object(m) => {
             let mut unsigned = m.clone();
@@ -521,12 +556,6 @@ mod tests {
             let mut forged = signed.clone();
             forged["sig"] = Value::from(format!("ed25519:{}", B64.encode(sig_bytes)));
             prop_assert!(key.public().verify(&forged).is_err());
-        }
-    }
-
-    impl WorldKey {
-        fn from_seed(seed: [u8; 32]) -> WorldKey {
-            WorldKey(SigningKey::from_bytes(&seed))
         }
     }
 }

@@ -14,7 +14,28 @@ use wire::PresenceEntry;
 const ORIGINS: [&str; 3] = ["mac", "vps", "bezalel"];
 const SUBJECTS: [&str; 3] = ["alice@mac", "bob@vps", "vps"];
 
+/// A world's key in these tests: fixed, from its name.
+pub(crate) fn test_key(world: &str) -> sign::WorldKey {
+    let mut seed = [0u8; 32];
+    for (i, b) in world.bytes().enumerate().take(32) {
+        seed[i] = b;
+    }
+    sign::WorldKey::from_seed(seed)
+}
+
+/// `ev` signed by its origin's test key.
+pub(crate) fn signed(mut ev: FedEvent) -> FedEvent {
+    accept::sign_event(&test_key(&ev.origin), &mut ev).expect("signs");
+    ev
+}
+
+/// A world of the three, each peer's key configured. Its clock bound is wide: these
+/// tests are about merging (the rules of `accept` have their own).
 fn fed(world: &str) -> Federation {
+    fed_with(world, true)
+}
+
+fn fed_with(world: &str, keys: bool) -> Federation {
     let peers = ORIGINS
         .iter()
         .filter(|w| **w != world)
@@ -22,15 +43,33 @@ fn fed(world: &str) -> Federation {
             world: w.to_string(),
             url: format!("http://{w}.test:4004/"),
             token: format!("secret-{w}"),
+            public_key: if keys {
+                test_key(w).public().to_string()
+            } else {
+                String::new()
+            },
+        })
+        .collect();
+    // The worlds of the property tests, known by key (not peers).
+    let worlds = ["a", "b", "c", "feeder"]
+        .iter()
+        .filter(|w| keys && **w != world)
+        .map(|w| crate::config::WorldConfig {
+            world: w.to_string(),
+            public_key: test_key(w).public().to_string(),
         })
         .collect();
     let cfg = FederationConfig {
         sync_interval_s: 5,
         portal_rooms: vec!["Gate".into()],
         peers,
+        worlds,
+        max_clock_skew_s: 1 << 40,
         ..FederationConfig::default()
     };
-    Federation::new(world, &cfg, 1_000).expect("valid config")
+    let mut f = Federation::new(world, &cfg, 1_000).expect("valid config");
+    f.set_key(test_key(world));
+    f
 }
 
 fn presence(f: &Federation, seq: u64, names: &[&str]) -> WorldPresence {
@@ -48,11 +87,13 @@ fn presence(f: &Federation, seq: u64, names: &[&str]) -> WorldPresence {
 }
 
 /// A document from `from` carrying `events` (as a feeder, not a real world's page).
-fn doc(from: &str, events: Vec<FedEvent>) -> Delta {
+pub(crate) fn doc(from: &str, events: Vec<FedEvent>) -> Delta {
+    let mut presence = WorldPresence::default();
+    accept::sign_presence(&test_key(from), from, &mut presence).expect("signs");
     Delta {
         protocol: PROTOCOL,
         world: from.into(),
-        presence: WorldPresence::default(),
+        presence,
         events,
         next: Cursor::default(),
         more: false,
@@ -183,15 +224,22 @@ fn our_own_events_are_never_taken_from_a_peer_and_bad_ones_are_listed() {
     bad.timestamp = "soon".into();
     let d = doc(
         "vps",
-        vec![merge::tests::ev("mac", 1), bad, merge::tests::ev("vps", 1)],
+        vec![
+            merge::tests::ev("mac", 1),
+            bad,
+            signed(merge::tests::ev("vps", 1)),
+        ],
     );
     let applied = mac.apply("vps", &d, 0).expect("merges");
     assert_eq!(applied.accepted.len(), 1);
     assert_eq!(applied.refused.len(), 2);
-    assert!(applied.refused[0].error.contains("only from this world"));
+    assert_eq!(applied.refused[0].reason, "own_origin");
     assert!(applied.refused[1].error.contains("not RFC 3339"));
     let answer = mac.sync_answer(&applied);
-    assert_eq!(answer.refused, 2);
+    assert_eq!(
+        answer.refused,
+        BTreeMap::from([("malformed".to_string(), 1), ("own_origin".to_string(), 1)])
+    );
     assert_eq!(answer.refusals.len(), 2);
 }
 
@@ -289,6 +337,7 @@ fn peers_come_from_config_and_tokens_match_exactly() {
         world: "mac".into(),
         url: "http://x".into(),
         token: "t".into(),
+        public_key: String::new(),
     };
     let cfg = FederationConfig {
         peers: vec![me],
@@ -308,6 +357,7 @@ fn fed_peer(world: &str) -> PeerConfig {
         world: world.into(),
         url: "http://x".into(),
         token: "t".into(),
+        public_key: String::new(),
     }
 }
 
@@ -359,7 +409,9 @@ fn pruning_keeps_events_keep_per_origin_tells_peers_and_survives_a_restore() {
             world: if world == "mac" { "vps" } else { "mac" }.into(),
             url: "http://x".into(),
             token: "t".into(),
+            public_key: String::new(),
         }],
+        max_clock_skew_s: 1 << 40,
         ..FederationConfig::default()
     };
     let mut mac = Federation::new("mac", &cfg("mac"), 1).unwrap();
@@ -409,9 +461,13 @@ fn pruning_keeps_events_keep_per_origin_tells_peers_and_survives_a_restore() {
 #[test]
 fn a_faulty_peer_cannot_make_us_skip_or_hoard_events() {
     let mut mac = fed("mac");
-    let far = merge::tests::ev("vps", AHEAD_MAX + 2);
+    let far = signed(merge::tests::ev("vps", AHEAD_MAX + 2));
     let applied = mac
-        .apply("vps", &doc("vps", vec![merge::tests::ev("vps", 2), far]), 0)
+        .apply(
+            "vps",
+            &doc("vps", vec![signed(merge::tests::ev("vps", 2)), far]),
+            0,
+        )
         .expect("merges");
     assert_eq!(applied.accepted.len(), 1, "a gap of one is kept");
     assert!(
@@ -435,6 +491,8 @@ fn a_faulty_peer_cannot_make_us_skip_or_hoard_events() {
         updated_at: 1,
         origin: "vps".into(),
         seq: 3,
+        timestamp: None,
+        sig: None,
     });
     let applied = mac.apply("vps", &bad_trust, 0).expect("merges");
     assert_eq!(applied.refused.len(), 1);
@@ -478,7 +536,10 @@ fn alice_travels_from_mac_to_vps_with_her_trust() {
         room: "Gate",
         occupied: false,
     };
-    let (landings, won) = vps.on_travel("mac", &offer, here, 1_100);
+    let mut offer = offer;
+    mac.sign_travel(&mut offer);
+    let raw = serde_json::to_value(&offer).unwrap();
+    let (landings, won) = vps.on_travel("mac", &offer, &raw, here, 1_100);
     assert!(won.is_empty(), "a promise brings nothing yet");
     let reply = match landings.last() {
         Some(travel::Landing::Reply(r)) => r.clone(),
@@ -492,7 +553,10 @@ fn alice_travels_from_mac_to_vps_with_her_trust() {
             _ => None,
         })
         .expect("a commit");
-    let (landings, won) = vps.on_travel("mac", &commit, here, 1_200);
+    let mut commit = commit;
+    mac.sign_travel(&mut commit);
+    let raw = serde_json::to_value(&commit).unwrap();
+    let (landings, won) = vps.on_travel("mac", &commit, &raw, here, 1_200);
     assert!(landings
         .iter()
         .any(|l| matches!(l, travel::Landing::Place { room, .. } if room == "Gate")));
@@ -540,7 +604,8 @@ fn the_documented_json_shapes_parse() {
     let d: Delta = serde_json::from_str(state).expect("the state example parses");
     assert_eq!(d.check(), Ok(()));
     assert!(d.events.iter().all(|e| e.check().is_ok()));
-    let mut vps = fed("vps");
+    // The documented example carries no signatures: a peer without public_key.
+    let mut vps = fed_with("vps", false);
     let applied = vps.apply("mac", &d, 0).expect("merges");
     assert_eq!(
         applied.accepted.len(),
@@ -615,12 +680,12 @@ fn materialise(origin: &str, seq: u64, g: &Gen) -> FedEvent {
             e.message = None;
             e.data = Some(serde_json::json!({
                 "subject": SUBJECTS[*subject],
-                "score": f64::from(*score) / 100.0,
+                "score": f64::from(*score) / 128.0,
                 "updated_at": at,
             }));
         }
     }
-    e
+    signed(e)
 }
 
 /// Events of three origins, each origin's seqs dense from 1.
@@ -878,7 +943,7 @@ proptest! {
                 }
                 Mesh::Trust(w, s, v) => {
                     worlds[w]
-                        .set_trust(SUBJECTS[s], f64::from(v), now)
+                        .set_trust(SUBJECTS[s], f64::from(v) / 128.0, now)
                         .expect("valid trust");
                 }
                 Mesh::Store(w) => {

@@ -9,8 +9,11 @@
 //!    `accepted`. An offer it cannot take is saved `CalledOff` and answered `refused`.
 //! 3. Origin, on `accepted` while `Pending`: save `Departed`, remove the character, tell
 //!    the traveller, then send `commit` (repeated each tick until answered `done`).
-//! 4. Destination, on `commit`: save `Arrived`, place the character (with history and
-//!    trust), answer `done`. Origin forgets the record.
+//! 4. Destination, on `commit` for an offer it holds from that peer: save `Arrived`,
+//!    place the character as offered (with history and trust), answer `done`. Origin
+//!    forgets the record. A commit with no held offer moves nobody (`no_offer`), and a
+//!    traveller whose id is present here (any room, any link) waits (`already_here`):
+//!    the origin repeats its commit until they have gone.
 //!
 //! If the origin has no `accepted` by the deadline, or restarts with a `Pending` record,
 //! it saves `Aborted` ("world vps is offline"), and sends `abort` each tick until `done`;
@@ -29,9 +32,9 @@
 //!
 //! *Never lost.* Between `Departed` and `Arrived` the character is in transit. The origin
 //! keeps `Departed` until the destination answers `done`, which it does only after
-//! `Arrived` is durable; `commit` carries the whole offer, so even a destination that lost
-//! its `Held` record takes the character in. Every crash leaves a durable record on one
-//! side that recovery drives forward:
+//! `Arrived` is durable; the destination answered `accepted` only once `Held` was
+//! durable, so a commit always finds the offer it promised. Every crash leaves a durable
+//! record on one side that recovery drives forward:
 //! - origin crashes after `Pending` (before or after sending, before or after an answer
 //!   came): recovery aborts; the destination's `Held` (if any) is dropped by `abort`;
 //! - destination crashes before `Held` is durable: no answer, the origin times out and
@@ -229,6 +232,7 @@ impl Departures {
             room: room.map(str::to_string),
             history,
             trust,
+            sig: None,
         };
         // Checked here as the destination will: a commit it refused would leave the
         // character in transit.
@@ -343,6 +347,28 @@ impl Departures {
     }
 }
 
+/// A travel message names a travel that is not the sender's.
+pub const NOT_YOURS: &str = "not_yours";
+/// An offer or commit that fails its checks, or is not for this world.
+pub const BAD_TRAVEL: &str = "bad_travel";
+/// A late copy of an offer that was refused or aborted.
+pub const CALLED_OFF: &str = "called_off";
+/// Someone with the traveller's id is present in this world (any room, any link).
+pub const ALREADY_HERE: &str = "already_here";
+/// A commit for a travel this world holds no offer of, from that peer.
+pub const NO_OFFER: &str = "no_offer";
+/// An abort after the character arrived.
+pub const ARRIVED: &str = "arrived";
+/// Every travel refusal code (counted like the event refusal reasons).
+pub const REFUSAL_CODES: [&str; 6] = [
+    NOT_YOURS,
+    BAD_TRAVEL,
+    CALLED_OFF,
+    ALREADY_HERE,
+    NO_OFFER,
+    ARRIVED,
+];
+
 /// The world a travel id (`<world>-<ms>-<n>`) belongs to; world ids may contain `-`,
 /// so it is read from the right.
 pub fn origin_of(travel_id: &str) -> Option<&str> {
@@ -366,6 +392,7 @@ fn abort_msg(d: &Departure) -> Step {
         to: d.offer.to.clone(),
         msg: TravelMsg::Abort {
             travel_id: d.offer.travel_id.clone(),
+            sig: None,
         },
     }
 }
@@ -456,7 +483,8 @@ impl Arrivals {
         self.records.get(travel_id)
     }
 
-    /// A travel message from the authenticated peer `from`.
+    /// A travel message from the authenticated peer `from` (its signature already
+    /// checked).
     pub fn on_msg(
         &mut self,
         from: &str,
@@ -465,29 +493,40 @@ impl Arrivals {
         now_ms: u64,
     ) -> Vec<Landing> {
         let id = msg.travel_id().to_string();
-        let refused = |reason: String| {
+        let refused = |code: &'static str, reason: String| {
             Landing::Reply(TravelReply::Refused {
                 travel_id: id.clone(),
                 reason,
+                code: Some(code.to_string()),
             })
         };
         // Travel ids begin with their origin's world id: a peer speaks only for its own
         // travels (an `abort` carries nothing else to check it by).
         if origin_of(&id) != Some(from) {
-            return vec![refused(format!("travel {id} is not one of {from}'s"))];
+            return vec![refused(
+                NOT_YOURS,
+                format!("travel {id} is not one of {from}'s"),
+            )];
         }
         if let TravelMsg::Offer(o) | TravelMsg::Commit(o) = msg {
             if let Err(e) = o.check() {
-                return vec![refused(e.to_string())];
+                return vec![refused(BAD_TRAVEL, e.to_string())];
             }
             if o.from != from || o.to != self.world {
-                return vec![refused(format!(
-                    "this is world {}, and the travel is from {} to {}",
-                    self.world, o.from, o.to
-                ))];
+                return vec![refused(
+                    BAD_TRAVEL,
+                    format!(
+                        "this is world {}, and the travel is from {} to {}",
+                        self.world, o.from, o.to
+                    ),
+                )];
             }
         }
-        let held = self.records.get(&id).map(|a| &a.stay);
+        let held = self
+            .records
+            .get(&id)
+            .filter(|a| a.from == from)
+            .map(|a| &a.stay);
         match (msg, held) {
             (TravelMsg::Offer(_), Some(Stay::Held { .. } | Stay::Arrived { .. })) => {
                 vec![Landing::Reply(TravelReply::Accepted {
@@ -496,14 +535,17 @@ impl Arrivals {
                 })]
             }
             (TravelMsg::Offer(_), Some(Stay::CalledOff)) => {
-                vec![refused("this travel was called off".into())]
+                vec![refused(CALLED_OFF, "this travel was called off".into())]
             }
             (TravelMsg::Offer(o), None) => {
                 if here.occupied {
                     let row = self.save(&id, from, Stay::CalledOff, now_ms);
                     return vec![
                         Landing::Save(row),
-                        refused(format!("{} is already in {}", o.user_id, self.world)),
+                        refused(
+                            ALREADY_HERE,
+                            format!("{} is already in {}", o.user_id, self.world),
+                        ),
                     ];
                 }
                 let stay = Stay::Held {
@@ -522,32 +564,42 @@ impl Arrivals {
             (TravelMsg::Commit(_), Some(Stay::Arrived { .. })) => {
                 vec![Landing::Reply(TravelReply::Done { travel_id: id })]
             }
-            (TravelMsg::Commit(o), held) => {
-                // The origin has decided and the character has left it: take them in,
-                // even if our promise was lost (the commit carries the offer).
-                let room = match held {
-                    Some(Stay::Held { room, .. }) => room.clone(),
-                    _ => here.room.to_string(),
-                };
+            (TravelMsg::Commit(_), Some(Stay::Held { offer, room })) => {
+                // Someone of that id came here since the offer: the origin keeps
+                // repeating its commit, and the traveller arrives once they are gone.
+                if here.occupied {
+                    return vec![refused(
+                        ALREADY_HERE,
+                        format!("{} is already in {}", offer.user_id, self.world),
+                    )];
+                }
+                // The origin has decided and the character has left it: take in the
+                // character *as offered* (what the commit carries besides is not read).
+                let (offer, room) = (offer.clone(), room.clone());
                 let stay = Stay::Arrived {
-                    offer: o.clone(),
+                    offer: offer.clone(),
                     room: room.clone(),
                 };
                 let row = self.save(&id, from, stay, now_ms);
                 vec![
                     Landing::Save(row),
-                    Landing::Place {
-                        offer: o.clone(),
-                        room,
-                    },
+                    Landing::Place { offer, room },
                     Landing::Reply(TravelReply::Done { travel_id: id }),
                 ]
+            }
+            (TravelMsg::Commit(_), None | Some(Stay::CalledOff)) => {
+                // No promise was made for this travel from this peer: a commit alone
+                // moves nobody.
+                vec![refused(
+                    NO_OFFER,
+                    format!("travel {id}: no offer from {from} is held here"),
+                )]
             }
             (TravelMsg::Abort { .. }, Some(Stay::Arrived { .. })) => {
                 // Cannot happen: the origin aborts only before it departs, and we place
                 // only on its commit. Keep the character (never lose one) and say so.
                 log::warn!("travel {id}: abort from {from} after the character arrived");
-                vec![refused("the character has already arrived".into())]
+                vec![refused(ARRIVED, "the character has already arrived".into())]
             }
             (TravelMsg::Abort { .. }, Some(Stay::CalledOff)) => {
                 vec![Landing::Reply(TravelReply::Done { travel_id: id })]

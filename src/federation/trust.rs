@@ -47,6 +47,8 @@ impl Trust {
             updated_at: c.updated_at,
             origin: ev.origin.clone(),
             seq: ev.seq,
+            timestamp: Some(ev.timestamp.clone()),
+            sig: ev.sig.clone(),
         })
     }
 
@@ -60,7 +62,7 @@ impl Trust {
     pub fn stamp(&self, subject: &str, now_ms: u64) -> u64 {
         self.map
             .get(subject)
-            .map_or(now_ms, |held| now_ms.max(held.updated_at + 1))
+            .map_or(now_ms, |held| now_ms.max(held.updated_at.saturating_add(1)))
     }
 
     /// The whole map, ordered by subject (a snapshot's `trust`).
@@ -94,6 +96,8 @@ mod tests {
             updated_at: at,
             origin: origin.into(),
             seq,
+            timestamp: None,
+            sig: None,
         }
     }
 

@@ -155,6 +155,9 @@ pub struct FedEvent {
     pub timestamp: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data: Option<Value>,
+    /// The origin's signature over the rest (see [`super::sign`]); relays keep it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sig: Option<String>,
 }
 
 impl FedEvent {
@@ -256,9 +259,37 @@ pub struct TrustEntry {
     /// The world that made this change, and the seq of its `trust` event there.
     pub origin: String,
     pub seq: u64,
+    /// The `timestamp` and `sig` of that `trust` event: with them a receiver rebuilds
+    /// the event and checks its origin's signature ([`TrustEntry::as_event`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timestamp: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sig: Option<String>,
 }
 
 impl TrustEntry {
+    /// The `trust` event this entry was made from, as its origin signed it (`None`
+    /// without the event's timestamp).
+    pub fn as_event(&self) -> Option<FedEvent> {
+        Some(FedEvent {
+            origin: self.origin.clone(),
+            seq: self.seq,
+            kind: Kind::Trust,
+            room: None,
+            user_id: None,
+            username: None,
+            message: None,
+            event: None,
+            timestamp: self.timestamp.clone()?,
+            data: Some(serde_json::json!({
+                "subject": self.subject,
+                "score": self.score,
+                "updated_at": self.updated_at,
+            })),
+            sig: self.sig.clone(),
+        })
+    }
+
     pub fn check(&self) -> Result<(), WireError> {
         check_name("subject", &self.subject).map_err(|e| WireError::Trust(e.to_string()))?;
         check_world_id(&self.origin).map_err(|e| WireError::Trust(e.to_string()))?;
@@ -363,6 +394,9 @@ pub struct WorldPresence {
     pub epoch: u64,
     pub seq: u64,
     pub characters: Vec<PresenceEntry>,
+    /// The world's signature over its report (see [`super::sign`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sig: Option<String>,
 }
 
 impl WorldPresence {
@@ -460,6 +494,9 @@ impl Delta {
 pub struct Refused {
     pub origin: String,
     pub seq: u64,
+    /// The stable reason ([`super::accept::Reason`]).
+    #[serde(default)]
+    pub reason: String,
     pub error: String,
 }
 
@@ -475,11 +512,30 @@ pub struct SyncAnswer {
     pub accepted: u64,
     /// Events it already had.
     pub duplicates: u64,
-    /// Events it refused (counted), the first few listed.
-    pub refused: u64,
+    /// Events it refused, counted by reason (`{}` when none); the first few listed.
+    #[serde(deserialize_with = "refused_counts")]
+    pub refused: BTreeMap<String, u64>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub refusals: Vec<Refused>,
     pub have: Cursor,
+}
+
+/// `refused` as a map of reason → count; a bare number (an older bridge) counts as
+/// reason `unknown`.
+fn refused_counts<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<BTreeMap<String, u64>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Counts {
+        Total(u64),
+        ByReason(BTreeMap<String, u64>),
+    }
+    Ok(match Counts::deserialize(d)? {
+        Counts::Total(0) => BTreeMap::new(),
+        Counts::Total(n) => BTreeMap::from([("unknown".to_string(), n)]),
+        Counts::ByReason(m) => m,
+    })
 }
 
 /// A travelling character: who, and what comes along.
@@ -498,6 +554,10 @@ pub struct Offer {
     pub history: Vec<Turn>,
     #[serde(default)]
     pub trust: Vec<TrustEntry>,
+    /// The origin's signature over the message that carries this offer (`offer` or
+    /// `commit`), set as it is sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sig: Option<String>,
 }
 
 impl Offer {
@@ -534,14 +594,26 @@ pub enum TravelMsg {
     /// the offer again so a destination that lost it can still take them in.
     Commit(Offer),
     /// "The travel is off: they stay here." Repeated until answered `done`.
-    Abort { travel_id: String },
+    Abort {
+        travel_id: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        sig: Option<String>,
+    },
 }
 
 impl TravelMsg {
     pub fn travel_id(&self) -> &str {
         match self {
             TravelMsg::Offer(o) | TravelMsg::Commit(o) => &o.travel_id,
-            TravelMsg::Abort { travel_id } => travel_id,
+            TravelMsg::Abort { travel_id, .. } => travel_id,
+        }
+    }
+
+    /// The message's signature, to set once it is made.
+    pub fn sig_mut(&mut self) -> &mut Option<String> {
+        match self {
+            TravelMsg::Offer(o) | TravelMsg::Commit(o) => &mut o.sig,
+            TravelMsg::Abort { sig, .. } => sig,
         }
     }
 }
@@ -559,11 +631,12 @@ pub enum TravelReply {
     Refused {
         travel_id: String,
         reason: String,
+        /// A stable snake_case code (`already_here`, `no_offer`, `bad_signature`…).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        code: Option<String>,
     },
     /// A commit or abort is applied durably.
-    Done {
-        travel_id: String,
-    },
+    Done { travel_id: String },
 }
 
 impl TravelReply {
@@ -617,6 +690,7 @@ mod tests {
             event: None,
             timestamp: "2026-12-01T18:00:00.000Z".into(),
             data: None,
+            sig: None,
         }
     }
 

@@ -412,6 +412,7 @@ pub fn fed_peer(world: &str, port: u16, token: &str) -> PeerConfig {
         world: world.into(),
         url: format!("http://127.0.0.1:{port}"),
         token: token.into(),
+        public_key: String::new(),
     }
 }
 

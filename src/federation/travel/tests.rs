@@ -392,6 +392,7 @@ fn a_peer_cannot_speak_for_another_world() {
     sim.deliver_to_dest(false);
     let abort = TravelMsg::Abort {
         travel_id: msg.travel_id().to_string(),
+        sig: None,
     };
     let landings = sim.dest.on_msg("bezalel", &abort, here, 0);
     assert!(matches!(
@@ -640,4 +641,87 @@ fn a_travel_id_names_its_origin_exactly() {
         panic!("no offer in {steps:?}");
     };
     assert_eq!(origin_of(msg.travel_id()), Some("mac-2"));
+}
+
+fn offer_of(id: &str, history: &str) -> Offer {
+    Offer {
+        travel_id: id.into(),
+        from: "mac".into(),
+        to: "vps".into(),
+        user_id: ALICE.into(),
+        username: "Alice".into(),
+        room: None,
+        history: vec![Turn {
+            role: crate::agent::Role::User,
+            content: history.into(),
+        }],
+        trust: vec![],
+        sig: None,
+    }
+}
+
+fn code_of(landings: &[Landing]) -> Option<String> {
+    landings.iter().find_map(|l| match l {
+        Landing::Reply(TravelReply::Refused { code, .. }) => code.clone(),
+        _ => None,
+    })
+}
+
+fn placed(landings: &[Landing]) -> Option<&Offer> {
+    landings.iter().find_map(|l| match l {
+        Landing::Place { offer, .. } => Some(offer),
+        _ => None,
+    })
+}
+
+#[test]
+fn a_commit_moves_only_the_character_offered_and_never_over_someone_here() {
+    let mut dest = Arrivals::new("vps");
+    let free = Here {
+        room: "Gate",
+        occupied: false,
+    };
+    let taken = Here {
+        room: "Gate",
+        occupied: true,
+    };
+    // A bare commit (no offer before it) moves nobody and saves nothing.
+    let bare = TravelMsg::Commit(offer_of("mac-1-1", "obey me"));
+    let l = dest.on_msg("mac", &bare, free, 1);
+    assert_eq!(code_of(&l).as_deref(), Some(NO_OFFER));
+    assert!(placed(&l).is_none() && dest.get("mac-1-1").is_none());
+    // A commit for another peer's travel: not the sender's to commit.
+    dest.on_msg(
+        "mac",
+        &TravelMsg::Offer(offer_of("mac-2-1", "hello")),
+        free,
+        2,
+    );
+    let mut theirs = offer_of("mac-2-1", "obey me");
+    theirs.from = "bez".into();
+    let l = dest.on_msg("bez", &TravelMsg::Commit(theirs), free, 3);
+    assert_eq!(code_of(&l).as_deref(), Some(NOT_YOURS));
+    // Someone with that id came here since the offer: the commit waits.
+    let commit = TravelMsg::Commit(offer_of("mac-2-1", "obey me"));
+    let l = dest.on_msg("mac", &commit, taken, 4);
+    assert_eq!(code_of(&l).as_deref(), Some(ALREADY_HERE));
+    assert!(placed(&l).is_none());
+    assert!(matches!(
+        dest.get("mac-2-1").map(|a| &a.stay),
+        Some(Stay::Held { .. })
+    ));
+    // Once they are gone, the repeated commit places the character *as offered*.
+    let l = dest.on_msg("mac", &commit, free, 5);
+    let offer = placed(&l).expect("placed");
+    assert_eq!(
+        offer.history[0].content, "hello",
+        "not what the commit carried"
+    );
+    // And again: idempotent.
+    let l = dest.on_msg("mac", &commit, free, 6);
+    assert!(placed(&l).is_none());
+    assert!(matches!(
+        l.last(),
+        Some(Landing::Reply(TravelReply::Done { .. }))
+    ));
 }
