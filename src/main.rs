@@ -83,7 +83,9 @@ fn main() -> ExitCode {
             let text = std::fs::read_to_string(&file)
                 .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
             let dir = data_path(&cfg);
-            let snap = store::import(&dir, &text, force).map_err(|e| e.to_string())?;
+            let snap = store::import(&dir, &text, force)
+                .map_err(|e| e.to_string())?
+                .snapshot;
             eprintln!(
                 "worldbridge: imported the world {:?} into {} ({} rooms, {} events, {} sessions)",
                 snap.world,

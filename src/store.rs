@@ -282,6 +282,8 @@ pub enum StoreError {
     NoVersion,
     #[error("bad export: {0}")]
     BadExport(serde_json::Error),
+    #[error("bad export: unknown field `{0}`")]
+    UnknownField(String),
     #[error("the data directory {} already holds the world {world:?}; add --force to replace it", dir.display())]
     NotEmpty { dir: PathBuf, world: String },
     #[error("importing into {} failed: {source}", path.display())]
@@ -415,8 +417,37 @@ fn all<T: serde::de::DeserializeOwned>(
     rows.map(|b| json(&b?, what)).collect()
 }
 
+/// Everything a data directory holds: the world, the gateway's resume history and the
+/// federation's state. What a bridge loads at start and `worldbridge export` writes (one
+/// flat document: the world's fields first, then these).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Stored {
+    #[serde(flatten)]
+    pub snapshot: Snapshot,
+    /// The gateway's last `gateway_seq` and its resume history.
+    #[serde(default)]
+    pub gateway_seq: u64,
+    #[serde(default)]
+    pub gateway: Vec<crate::feeds::gateway::StoredFrame>,
+    /// The federation's event log (own and received events, by `(origin, seq)`).
+    #[serde(default)]
+    pub fed_events: Vec<crate::federation::wire::FedEvent>,
+    /// Per origin, up to which seq federated events were pruned (`federation.events_keep`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fed_pruned: Vec<Pruned>,
+    /// The trust winners.
+    #[serde(default)]
+    pub fed_trust: Vec<crate::federation::wire::TrustEntry>,
+    /// Unsettled travels: leaving this world (origin side) and into it (destination
+    /// side), by travel id.
+    #[serde(default)]
+    pub fed_departures: Vec<crate::federation::travel::Departure>,
+    #[serde(default)]
+    pub fed_arrivals: Vec<crate::federation::travel::Arrival>,
+}
+
 /// Everything stored, or `None` for an empty database.
-fn load(conn: &Connection) -> rusqlite::Result<Option<Snapshot>> {
+fn load(conn: &Connection) -> rusqlite::Result<Option<Stored>> {
     let world: Option<String> = conn
         .query_row("SELECT value FROM meta WHERE key = 'world'", [], |r| {
             r.get(0)
@@ -434,26 +465,28 @@ fn load(conn: &Connection) -> rusqlite::Result<Option<Snapshot>> {
     let seq: Option<String> = conn
         .query_row("SELECT value FROM meta WHERE key = 'seq'", [], |r| r.get(0))
         .optional()?;
-    Ok(Some(Snapshot {
+    Ok(Some(Stored {
+        snapshot: Snapshot {
+            world,
+            seq: seq.and_then(|s| s.parse().ok()).unwrap_or(0),
+            rooms: all(conn, "SELECT body FROM rooms ORDER BY name", "room")?,
+            presence: all(
+                conn,
+                "SELECT body FROM presence ORDER BY user_id",
+                "presence",
+            )?,
+            events: all(conn, "SELECT body FROM events ORDER BY seq", "event")?,
+            sessions: all(
+                conn,
+                "SELECT body FROM sessions ORDER BY user_id",
+                "session",
+            )?,
+        },
         gateway_seq: meta_u64("gateway_seq")?,
         gateway: all(
             conn,
             "SELECT body FROM gateway_history ORDER BY seq",
             "gateway frame",
-        )?,
-        world,
-        seq: seq.and_then(|s| s.parse().ok()).unwrap_or(0),
-        rooms: all(conn, "SELECT body FROM rooms ORDER BY name", "room")?,
-        presence: all(
-            conn,
-            "SELECT body FROM presence ORDER BY user_id",
-            "presence",
-        )?,
-        events: all(conn, "SELECT body FROM events ORDER BY seq", "event")?,
-        sessions: all(
-            conn,
-            "SELECT body FROM sessions ORDER BY user_id",
-            "session",
         )?,
         fed_events: all(
             conn,
@@ -628,17 +661,17 @@ impl Store {
         world: &str,
         keep: Retention,
         wake: Arc<dyn Fn() + Send + Sync>,
-    ) -> Result<(Store, Option<Snapshot>), StoreError> {
+    ) -> Result<(Store, Option<Stored>), StoreError> {
         create_dir(dir)?;
         let lock = lock(dir)?;
         let mut conn = open_db(dir)?;
         let path = db_path(dir);
         let snap = load(&conn).map_err(sql_err("cannot read the stored world", &path))?;
         match &snap {
-            Some(s) if s.world != world => {
+            Some(s) if s.snapshot.world != world => {
                 return Err(StoreError::OtherWorld {
                     dir: dir.to_path_buf(),
-                    found: s.world.clone(),
+                    found: s.snapshot.world.clone(),
                     wanted: world.to_string(),
                 })
             }
@@ -814,15 +847,36 @@ fn writer(
     }
 }
 
+/// The top-level fields of an export document. serde cannot refuse unknown fields through
+/// the two flattened layers ([`Stored`], [`Snapshot`]), so `import` checks against this
+/// list (a test keeps it equal to what `export` writes).
+const EXPORT_FIELDS: [&str; 16] = [
+    "format",
+    "version",
+    "bridge_version",
+    "world",
+    "seq",
+    "rooms",
+    "presence",
+    "events",
+    "sessions",
+    "gateway_seq",
+    "gateway",
+    "fed_events",
+    "fed_pruned",
+    "fed_trust",
+    "fed_departures",
+    "fed_arrivals",
+];
+
 /// The document of `worldbridge export`: the whole state of one world.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Export {
     pub format: String,
     pub version: u64,
     pub bridge_version: String,
     #[serde(flatten)]
-    pub state: Snapshot,
+    pub state: Stored,
 }
 
 /// Read a data directory's state without taking its lock (a running bridge may hold
@@ -850,7 +904,7 @@ pub fn export(dir: &Path) -> Result<Export, StoreError> {
 
 /// Load an export document into a data directory (refusing a newer major version, and a
 /// directory that already holds a world unless `force`).
-pub fn import(dir: &Path, text: &str, force: bool) -> Result<Snapshot, StoreError> {
+pub fn import(dir: &Path, text: &str, force: bool) -> Result<Stored, StoreError> {
     let head: serde_json::Value = serde_json::from_str(text).map_err(StoreError::NotJson)?;
     if head["format"] != EXPORT_FORMAT {
         return Err(StoreError::NotAnExport {
@@ -862,16 +916,22 @@ pub fn import(dir: &Path, text: &str, force: bool) -> Result<Snapshot, StoreErro
         Some(version) => return Err(StoreError::NewerExport { version }),
         None => return Err(StoreError::NoVersion),
     }
+    if let Some(unknown) = head
+        .as_object()
+        .and_then(|o| o.keys().find(|k| !EXPORT_FIELDS.contains(&k.as_str())))
+    {
+        return Err(StoreError::UnknownField(unknown.clone()));
+    }
     let doc: Export = serde_json::from_value(head).map_err(StoreError::BadExport)?;
     create_dir(dir)?;
     let _lock = lock(dir)?;
     let mut conn = open_db(dir)?;
     let path = db_path(dir);
     if let Some(existing) = load(&conn).map_err(sql_err("cannot read the stored world", &path))? {
-        let empty = existing.rooms.is_empty()
-            && existing.events.is_empty()
-            && existing.sessions.is_empty()
-            && existing.presence.is_empty()
+        let empty = existing.snapshot.rooms.is_empty()
+            && existing.snapshot.events.is_empty()
+            && existing.snapshot.sessions.is_empty()
+            && existing.snapshot.presence.is_empty()
             && existing.fed_events.is_empty()
             && existing.fed_pruned.is_empty()
             && existing.fed_departures.is_empty()
@@ -879,7 +939,7 @@ pub fn import(dir: &Path, text: &str, force: bool) -> Result<Snapshot, StoreErro
         if !empty && !force {
             return Err(StoreError::NotEmpty {
                 dir: dir.to_path_buf(),
-                world: existing.world,
+                world: existing.snapshot.world,
             });
         }
     }
@@ -887,22 +947,22 @@ pub fn import(dir: &Path, text: &str, force: bool) -> Result<Snapshot, StoreErro
     let tx = conn.transaction().map_err(sql_err("database", &path))?;
     let result = (|| {
         tx.execute_batch("DELETE FROM rooms; DELETE FROM presence; DELETE FROM sessions; DELETE FROM events; DELETE FROM gateway_history; DELETE FROM fed_events; DELETE FROM fed_pruned; DELETE FROM fed_trust; DELETE FROM fed_departures; DELETE FROM fed_arrivals; DELETE FROM meta;")?;
-        put_meta(&tx, &s.world)?;
+        put_meta(&tx, &s.snapshot.world)?;
         let mut rows: Vec<Row> = Vec::new();
-        rows.extend(s.rooms.iter().cloned().map(Row::Room));
-        rows.extend(s.presence.iter().cloned().map(Row::Presence));
-        rows.extend(s.sessions.iter().cloned().map(Row::Session));
-        rows.extend(s.events.iter().cloned().map(Row::Event));
+        rows.extend(s.snapshot.rooms.iter().cloned().map(Row::Room));
+        rows.extend(s.snapshot.presence.iter().cloned().map(Row::Presence));
+        rows.extend(s.snapshot.sessions.iter().cloned().map(Row::Session));
+        rows.extend(s.snapshot.events.iter().cloned().map(Row::Event));
         rows.extend(s.gateway.iter().cloned().map(Row::Gateway));
         rows.extend(s.fed_pruned.iter().cloned().map(Row::FedPruned));
         rows.extend(s.fed_events.iter().cloned().map(Row::FedEvent));
         rows.extend(s.fed_trust.iter().cloned().map(Row::FedTrust));
         rows.extend(s.fed_departures.iter().cloned().map(Row::FedDeparture));
         rows.extend(s.fed_arrivals.iter().cloned().map(Row::FedArrival));
-        rows.push(Row::Seq(s.seq));
+        rows.push(Row::Seq(s.snapshot.seq));
         // Keep exactly what the document holds: its windows were bounded already.
         let keep = Retention {
-            events_max: s.events.len().max(1),
+            events_max: s.snapshot.events.len().max(1),
             gateway_max: s.gateway.len().max(1),
         };
         write_rows(&tx, &rows, keep)?;
@@ -1058,9 +1118,54 @@ mod tests {
         assert!((1..=10).contains(&tx));
         store.close();
         let doc = export(&dir).unwrap();
-        assert_eq!(doc.state.seq, 10);
-        let kept: Vec<u64> = doc.state.events.iter().map(|e| e.seq).collect();
+        assert_eq!(doc.state.snapshot.seq, 10);
+        let kept: Vec<u64> = doc.state.snapshot.events.iter().map(|e| e.seq).collect();
         assert_eq!(kept, [8, 9, 10], "rooms.events_max bounds the file");
+    }
+
+    #[test]
+    fn the_export_fields_are_what_export_writes_and_others_are_refused() {
+        let doc = Export {
+            format: EXPORT_FORMAT.into(),
+            version: EXPORT_VERSION,
+            bridge_version: "0".into(),
+            state: Stored {
+                snapshot: Snapshot {
+                    world: "w".into(),
+                    seq: 0,
+                    rooms: vec![],
+                    presence: vec![],
+                    events: vec![],
+                    sessions: vec![],
+                },
+                gateway_seq: 0,
+                gateway: vec![],
+                fed_events: vec![],
+                fed_pruned: vec![Pruned {
+                    origin: "mac".into(),
+                    upto: 3,
+                }],
+                fed_trust: vec![],
+                fed_departures: vec![],
+                fed_arrivals: vec![],
+            },
+        };
+        let v = serde_json::to_value(&doc).unwrap();
+        let written: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+        assert_eq!(
+            written, EXPORT_FIELDS,
+            "the list follows the document, in order"
+        );
+        let mut extra = v.clone();
+        extra["colour"] = serde_json::json!("blue");
+        let err = import(&temp_dir("unknown-field"), &extra.to_string(), false).unwrap_err();
+        assert!(
+            matches!(&err, StoreError::UnknownField(k) if k == "colour"),
+            "{err:?}"
+        );
+        assert_eq!(err.to_string(), "bad export: unknown field `colour`");
+        let back = import(&temp_dir("known-fields"), &v.to_string(), false).unwrap();
+        assert_eq!(back, doc.state, "an export reads back whole");
     }
 
     #[test]

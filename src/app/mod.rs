@@ -80,8 +80,8 @@ pub struct App {
     pub metrics: Metrics,
     pub rate: RateLimit,
     /// Room expiry's clock and the per-address room creation limit.
-    pub room_sweep: crate::app::room_expiry::RoomSweep,
-    pub crisis: CrisisDetector,
+    room_sweep: crate::app::room_expiry::RoomSweep,
+    crisis: CrisisDetector,
     /// Crisis classifications asked of the model (`agent.crisis_model_check`), by job id.
     crisis_checks: HashMap<u64, CrisisCheck>,
     pub calls: Calls,
@@ -260,11 +260,12 @@ impl App {
         }
     }
 
-    pub fn attach_store(&mut self, store: Store, loaded: Option<crate::world::state::Snapshot>) {
-        if let Some(mut snap) = loaded {
-            let frames = std::mem::take(&mut snap.gateway);
+    pub fn attach_store(&mut self, store: Store, loaded: Option<crate::store::Stored>) {
+        if let Some(stored) = loaded {
+            let now_ms = crate::world::time::now_ms();
             self.gateway
-                .restore(snap.gateway_seq, frames, crate::world::time::now_ms());
+                .restore(stored.gateway_seq, stored.gateway, now_ms);
+            let snap = stored.snapshot;
             log::info!(
                 "store: loaded {} rooms, {} events, {} sessions, {} present",
                 snap.rooms.len(),
@@ -273,12 +274,13 @@ impl App {
                 snap.presence.len()
             );
             if let Some(f) = &mut self.fed {
-                let pruned = std::mem::take(&mut snap.fed_pruned);
-                let events = std::mem::take(&mut snap.fed_events);
-                let trust = std::mem::take(&mut snap.fed_trust);
-                let departures = std::mem::take(&mut snap.fed_departures);
-                let arrivals = std::mem::take(&mut snap.fed_arrivals);
-                f.restore(pruned, events, trust, departures, arrivals);
+                f.restore(
+                    stored.fed_pruned,
+                    stored.fed_events,
+                    stored.fed_trust,
+                    stored.fed_departures,
+                    stored.fed_arrivals,
+                );
             }
             self.world.restore(snap);
         }

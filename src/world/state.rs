@@ -41,9 +41,10 @@ pub struct RoomState {
     pub visitor_history: Vec<String>,
 }
 
-/// The whole state of a world, ordered so that equal worlds serialise identically.
+/// The whole state of a world, ordered so that equal worlds serialise identically. (The
+/// store keeps more beside it: the gateway's resume history and the federation's state,
+/// in `store::Stored`.)
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Snapshot {
     pub world: String,
     /// The last event sequence number handed out.
@@ -53,27 +54,6 @@ pub struct Snapshot {
     /// Every room's event window, in `seq` order.
     pub events: Vec<Event>,
     pub sessions: Vec<Session>,
-    /// The gateway's last `gateway_seq` and its resume history (kept by the store; the
-    /// world itself has neither).
-    #[serde(default)]
-    pub gateway_seq: u64,
-    #[serde(default)]
-    pub gateway: Vec<crate::feeds::gateway::StoredFrame>,
-    /// The federation's event log (own and received events, by `(origin, seq)`) and its
-    /// trust winners (kept by the store; the world itself has neither).
-    #[serde(default)]
-    pub fed_events: Vec<crate::federation::wire::FedEvent>,
-    /// Per origin, up to which seq federated events were pruned (`federation.events_keep`).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub fed_pruned: Vec<crate::federation::merge::Pruned>,
-    #[serde(default)]
-    pub fed_trust: Vec<crate::federation::wire::TrustEntry>,
-    /// Unsettled travels: leaving this world (origin side) and into it (destination
-    /// side), by travel id (kept by the store).
-    #[serde(default)]
-    pub fed_departures: Vec<crate::federation::travel::Departure>,
-    #[serde(default)]
-    pub fed_arrivals: Vec<crate::federation::travel::Arrival>,
 }
 
 impl World {
@@ -137,13 +117,6 @@ impl World {
             presence,
             events,
             sessions,
-            gateway_seq: 0,
-            gateway: Vec::new(),
-            fed_events: Vec::new(),
-            fed_pruned: Vec::new(),
-            fed_trust: Vec::new(),
-            fed_departures: Vec::new(),
-            fed_arrivals: Vec::new(),
         }
     }
 
