@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod outcome;
 pub mod peer_sync;
 pub mod peering;
+pub mod reports;
 pub mod room_expiry;
 pub mod travel;
 
@@ -86,7 +87,7 @@ pub struct App {
     crisis_checks: HashMap<u64, CrisisCheck>,
     pub calls: Calls,
     pub pool: Option<AgentPool>,
-    pub started: Instant,
+    started: Instant,
     pub shutting_down: bool,
     /// Answers ready for waiting connections; the loop drains it.
     pub ready: Vec<(ReplyTo, Reply)>,
@@ -111,10 +112,10 @@ pub struct App {
     pub inbox: Option<Inbox>,
     /// Why the inbox last failed and since when (epoch ms); cleared by the next write
     /// that succeeds. Shown in `/bridge/health`.
-    pub inbox_trouble: Option<(String, u64)>,
+    inbox_trouble: Option<(String, u64)>,
     /// This world's Ed25519 key (`federation.key_file`, else `world.key` in the data
     /// directory): its public half is in `/bridge/health` for the peers' config.
-    pub world_key: WorldKey,
+    world_key: WorldKey,
     /// The durable store (`None` with `--memory`).
     pub store: Option<Store>,
     /// Answers waiting for their batch to be durable, oldest first.
@@ -123,7 +124,7 @@ pub struct App {
     /// iteration wait for it.
     next_batch: u64,
     /// The last commit failed (and why): state-changing requests get 503 until one works.
-    pub store_error: Option<String>,
+    store_error: Option<String>,
     /// Federation with the configured peers (`None` without `[[federation.peers]]`).
     pub fed: Option<crate::app::peering::Peering>,
 }
