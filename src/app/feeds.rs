@@ -306,6 +306,7 @@ impl App {
             username: username.to_string(),
             room: room.clone(),
             message: text.to_string(),
+            stream: false,
         };
         let to = ReplyTo::Bark {
             room: room.clone(),

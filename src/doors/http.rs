@@ -924,6 +924,7 @@ fn call(
             username: String::new(),
             room,
             message: prompt,
+            stream: false,
         }
     } else {
         let user_id = f.name("user_id")?;
@@ -947,6 +948,7 @@ fn call(
             username,
             room,
             message,
+            stream: false,
         }
     };
     Ok(app.begin_call(input, ReplyTo::Http(id), now, Instant::now()))

@@ -582,6 +582,7 @@ impl App {
             username,
             room,
             message,
+            stream: false,
         };
         let reply_to = ReplyTo::Line {
             conn,
