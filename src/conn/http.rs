@@ -7,7 +7,10 @@
 //! so a client that floods or stops reading cannot grow our memory.
 
 use super::{read_until_blocked, write_until_blocked, ConnId, Drive, Feed};
-use crate::codec::http::{decode, encode, HttpError, Limits, Method, Request, Response};
+use crate::codec::http::{
+    decode, encode, encode_stream_head, push_chunk, HttpError, Limits, Method, Request, Response,
+    LAST_CHUNK,
+};
 use bytes::BytesMut;
 use mio::net::TcpStream;
 use std::net::SocketAddr;
@@ -26,6 +29,10 @@ pub enum Handled {
         route: &'static str,
         headers: Vec<(&'static str, String)>,
     },
+    /// The answer streams (server-sent events): `head` goes out now with
+    /// `Transfer-Encoding: chunked`, the body follows in [`HttpConn::stream_send`] chunks
+    /// and ends with [`HttpConn::stream_end`]; the connection waits in order meanwhile.
+    Stream { route: &'static str, head: Response },
     /// A WebSocket handshake was accepted: write these `101` bytes, then hand the socket
     /// and whatever was read past the request head to a WebSocket connection.
     Upgrade { response: Vec<u8>, feed: Feed },
@@ -56,6 +63,10 @@ struct Parked {
     route: &'static str,
     headers: Vec<(&'static str, String)>,
     since: Instant,
+    /// The answer streams: its head is written and chunks follow.
+    streaming: bool,
+    /// When a chunk last went out (for the stream's `: ping`).
+    last_chunk: Instant,
 }
 
 /// What [`HttpConn::deliver`] delivered: the parked request's route and its age.
@@ -147,6 +158,51 @@ impl HttpConn {
         })
     }
 
+    /// Whether the parked request's answer is streaming (its head went out).
+    pub fn is_streaming(&self) -> bool {
+        self.parked.as_ref().is_some_and(|p| p.streaming)
+    }
+
+    /// One chunk of a streaming answer (dropped if the answer is not streaming).
+    pub fn stream_send(&mut self, data: &[u8], now: Instant) -> bool {
+        match &mut self.parked {
+            Some(p) if p.streaming => {
+                push_chunk(data, &mut self.tx);
+                p.last_chunk = now;
+                self.last_activity = now;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The last chunk of a streaming answer, then the end of its body.
+    pub fn stream_end(
+        &mut self,
+        data: &[u8],
+        keep_alive_allowed: bool,
+        now: Instant,
+    ) -> Option<Delivered> {
+        if !self.is_streaming() {
+            return None;
+        }
+        let p = self.parked.take()?;
+        push_chunk(data, &mut self.tx);
+        self.tx.extend_from_slice(LAST_CHUNK);
+        self.closing |= !(p.keep_alive && keep_alive_allowed);
+        self.last_activity = now;
+        Some(Delivered {
+            route: p.route,
+            waited: now.duration_since(p.since),
+        })
+    }
+
+    /// Whether a streaming answer has been quiet for `every`.
+    pub fn ping_due(&self, now: Instant, every: Duration) -> bool {
+        (self.parked.as_ref())
+            .is_some_and(|p| p.streaming && now.duration_since(p.last_chunk) >= every)
+    }
+
     /// Which deadline, if any, has passed.
     pub fn expired(&self, now: Instant, head_timeout: Duration, idle: Duration) -> Option<Expiry> {
         if self.parked.is_some() || self.closing || self.upgrade.is_some() {
@@ -226,6 +282,20 @@ impl HttpConn {
                                     route,
                                     headers,
                                     since: now,
+                                    streaming: false,
+                                    last_chunk: now,
+                                })
+                            }
+                            Handled::Stream { route, head } => {
+                                encode_stream_head(&head, keep, &mut self.tx);
+                                self.parked = Some(Parked {
+                                    keep_alive: keep,
+                                    head_only: false,
+                                    route,
+                                    headers: Vec::new(),
+                                    since: now,
+                                    streaming: true,
+                                    last_chunk: now,
                                 })
                             }
                         }

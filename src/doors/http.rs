@@ -5,7 +5,8 @@
 //! 4xx, never a 500.
 
 use crate::app::calls::{CallKind, ReplyTo};
-use crate::app::outcome::{Outcome, Refusal, Reply};
+use crate::app::outcome::{ChatReply, Outcome, Refusal, Reply};
+use crate::app::stream::Part;
 use crate::app::{Answer, App, CallInput};
 use crate::codec::http::{percent_decode, Method, Request, Response};
 use crate::codec::ws_handshake;
@@ -27,6 +28,18 @@ use std::time::Instant;
 /// HTTP answers this door rendered that wait for the store (the hub says when, through
 /// [`App::released`]); the loop keeps them, one per parked connection.
 pub type HeldHttp = HashMap<ConnId, Response>;
+
+/// How a parked request's answer is shown when it is not [`render`]'s JSON: the loop keeps
+/// one per connection that needs it, until the answer is delivered.
+#[derive(Debug, Clone)]
+pub enum Shape {
+    /// `POST /bridge/chat` with `stream`: server-sent events `part`, `thinking`, then
+    /// `done` (the chat JSON) or `error`.
+    Events,
+}
+
+/// The shapes of parked answers, by connection.
+pub type Shapes = HashMap<ConnId, Shape>;
 
 /// Every route and its method: the router matches paths against this table, metrics label
 /// requests by its patterns, and tests/docs.rs checks that docs/http-api.md lists each one.
@@ -88,6 +101,7 @@ fn method_allowed(route: &str) -> &'static str {
 pub fn handle(
     app: &mut App,
     held: &mut HeldHttp,
+    shapes: &mut Shapes,
     id: ConnId,
     peer: IpAddr,
     req: Request,
@@ -131,7 +145,7 @@ pub fn handle(
                 Some(refusal) => (route, Handled::Respond(refusal.into())),
                 None => (
                     route,
-                    dispatch(app, (id, peer), &req, route, room, cors.clone()),
+                    dispatch(app, shapes, (id, peer), &req, route, room, cors.clone()),
                 ),
             }
         }
@@ -330,6 +344,7 @@ fn cors_origin(app: &App, req: &Request) -> Option<String> {
 
 fn dispatch(
     app: &mut App,
+    shapes: &mut Shapes,
     (id, peer): (ConnId, IpAddr),
     req: &Request,
     route: &'static str,
@@ -438,12 +453,24 @@ fn dispatch(
         }
         "/bridge/chat" | "/api/v1/generate" => {
             return match call(app, (id, peer), req, route, now) {
-                Ok(Answer::Now(reply)) => Handled::Respond(render(reply)),
                 Err(resp) => Handled::Respond(resp),
-                Ok(Answer::Later) => Handled::Park {
+                // Refused before the first byte: the usual status and JSON, even streamed.
+                Ok((Answer::Now(Err(refusal)), _)) => Handled::Respond(refusal.into()),
+                Ok((Answer::Now(reply), false)) => Handled::Respond(render(reply)),
+                Ok((Answer::Later, false)) => Handled::Park {
                     route,
                     headers: cors_headers(cors),
                 },
+                Ok((answer, true)) => {
+                    if let Answer::Now(reply) = answer {
+                        app.answer(ReplyTo::Http(id), reply);
+                    }
+                    shapes.insert(id, Shape::Events);
+                    Handled::Stream {
+                        route,
+                        head: event_stream_head(cors),
+                    }
+                }
             };
         }
         _ => Err(Response::error(404, "not_found", "no such route")),
@@ -908,9 +935,15 @@ fn call(
     req: &Request,
     route: &str,
     now: u64,
-) -> Result<Answer, Response> {
+) -> Result<(Answer, bool), Response> {
     let obj = fields::object(&req.body)?;
     let f = Fields(&obj);
+    // An explicit `stream` in the body wins over `Accept: text/event-stream`.
+    let stream = route == "/bridge/chat"
+        && match f.opt_bool("stream")? {
+            Some(b) => b,
+            None => (req.header("accept")).is_some_and(|a| a.contains("text/event-stream")),
+        };
     let input = if route == "/api/v1/generate" {
         let prompt = f.text("prompt", usize::MAX, "")?;
         let room = app
@@ -948,10 +981,11 @@ fn call(
             username,
             room,
             message,
-            stream: false,
+            stream,
         }
     };
-    Ok(app.begin_call(input, ReplyTo::Http(id), now, Instant::now()))
+    let answer = app.begin_call(input, ReplyTo::Http(id), now, Instant::now());
+    Ok((answer, stream))
 }
 
 /// The HTTP status for each refusal code the hub and this door give: the one table.
@@ -1017,16 +1051,7 @@ pub fn render(reply: Reply) -> Response {
         Err(r) => return r.into(),
     };
     match outcome {
-        Outcome::Chat(c) => Response::json(
-            200,
-            &json!({
-                "response": c.text,
-                "user": c.user,
-                "room": c.room,
-                "session_messages": c.session_messages,
-                "crisis": c.crisis,
-            }),
-        ),
+        Outcome::Chat(c) => Response::json(200, &chat_json(&c)),
         Outcome::Generate { text } => Response::json(200, &json!({"results": [{"text": text}]})),
         Outcome::Acted {
             world,
@@ -1070,6 +1095,73 @@ pub fn render(reply: Reply) -> Response {
                     "room": room, "message": message}),
         ),
         Outcome::Ok(v) => Response::json(200, &v),
+    }
+}
+
+/// The seed's chat answer.
+fn chat_json(c: &ChatReply) -> Value {
+    json!({
+        "response": c.text,
+        "user": c.user,
+        "room": c.room,
+        "session_messages": c.session_messages,
+        "crisis": c.crisis,
+    })
+}
+
+/// The head of an event stream (`200`, `text/event-stream`, never cached).
+fn event_stream_head(cors: Option<String>) -> Response {
+    let mut head = Response::new(200, "text/event-stream", Vec::new())
+        .with_header("Cache-Control", "no-cache")
+        .with_header("X-Accel-Buffering", "no");
+    head.headers.extend(cors_headers(cors));
+    head
+}
+
+/// One server-sent event.
+fn sse(event: &str, data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(event.len() + data.len() + 16);
+    out.extend_from_slice(b"event: ");
+    out.extend_from_slice(event.as_bytes());
+    out.extend_from_slice(b"\ndata: ");
+    out.extend_from_slice(data);
+    out.extend_from_slice(b"\n\n");
+    out
+}
+
+/// The comment that keeps an idle event stream open through proxies.
+pub const SSE_PING: &[u8] = b": ping\n\n";
+
+/// A part of a streamed answer as the bytes of its event.
+pub fn render_part(shape: &Shape, part: &Part) -> Vec<u8> {
+    match (shape, part) {
+        (Shape::Events, Part::Thinking) => sse("thinking", b"{}"),
+        (
+            Shape::Events,
+            Part::Text {
+                index,
+                text,
+                crisis,
+            },
+        ) => {
+            let data = json!({"index": index, "text": text, "crisis": crisis});
+            sse("part", data.to_string().as_bytes())
+        }
+    }
+}
+
+/// The final answer of a streamed request as the bytes of its last event: `done` with
+/// the chat JSON, or `error` with the refusal's JSON.
+pub fn render_end(shape: &Shape, reply: Reply) -> Vec<u8> {
+    match shape {
+        Shape::Events => match reply {
+            Ok(Outcome::Chat(c)) => sse("done", chat_json(&c).to_string().as_bytes()),
+            other => {
+                let resp = render(other);
+                let event = if resp.status < 400 { "done" } else { "error" };
+                sse(event, &resp.body)
+            }
+        },
     }
 }
 

@@ -1,0 +1,386 @@
+//! Streamed replies over real sockets: `POST /bridge/chat` as server-sent events (parts,
+//! thinking, pings, done or error), the crisis protocol first, and refusals before the first
+//! byte that keep their status.
+
+mod common;
+
+use common::*;
+use serde_json::{json, Value};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+/// One server-sent event as a client sees it: `event` is `comment` for `: …` lines.
+#[derive(Debug, Clone)]
+struct Event {
+    at: Instant,
+    event: String,
+    data: String,
+}
+
+impl Event {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.data).unwrap_or_else(|e| panic!("{e}: {:?}", self.data))
+    }
+}
+
+/// An HTTP/1.1 client reading a chunked event stream as it arrives.
+struct SseClient {
+    sock: TcpStream,
+    raw: Vec<u8>,
+    /// Decoded body bytes not yet split into events.
+    body: Vec<u8>,
+    status: u16,
+    headers: Vec<(String, String)>,
+    /// The body was plain (`Content-Length`), not a stream.
+    plain: Option<Vec<u8>>,
+    ended: bool,
+}
+
+impl SseClient {
+    fn open(addr: SocketAddr, path: &str, body: &Value, extra: &[(&str, &str)]) -> SseClient {
+        let sock = TcpStream::connect(addr).expect("connect");
+        sock.set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        sock.set_nodelay(true).unwrap();
+        let mut c = SseClient {
+            sock,
+            raw: Vec::new(),
+            body: Vec::new(),
+            status: 0,
+            headers: Vec::new(),
+            plain: None,
+            ended: false,
+        };
+        c.request(path, body, extra);
+        c
+    }
+
+    /// Send a request on this connection and read the head of its answer.
+    fn request(&mut self, path: &str, body: &Value, extra: &[(&str, &str)]) {
+        let req = request_bytes("POST", path, Some(&body.to_string()), extra);
+        self.sock.write_all(&req).expect("write");
+        self.ended = false;
+        self.plain = None;
+        let end = loop {
+            if let Some(end) = find(&self.raw, b"\r\n\r\n") {
+                break end;
+            }
+            assert!(self.fill(), "closed before the head");
+        };
+        let head = String::from_utf8_lossy(&self.raw[..end]).into_owned();
+        self.raw.drain(..end + 4);
+        let mut lines = head.split("\r\n");
+        self.status = lines
+            .next()
+            .and_then(|l| l.split(' ').nth(1))
+            .unwrap()
+            .parse()
+            .unwrap();
+        self.headers = lines
+            .filter_map(|l| l.split_once(':'))
+            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+            .collect();
+        if let Some(len) = self.header("content-length") {
+            let len: usize = len.parse().unwrap();
+            while self.raw.len() < len {
+                assert!(self.fill(), "closed inside the body");
+            }
+            self.plain = Some(self.raw.drain(..len).collect());
+            self.ended = true;
+        }
+    }
+
+    fn header(&self, name: &str) -> Option<&str> {
+        (self.headers.iter())
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn plain_json(&self) -> Value {
+        serde_json::from_slice(self.plain.as_ref().expect("a plain answer")).unwrap()
+    }
+
+    fn fill(&mut self) -> bool {
+        let mut buf = [0u8; 16384];
+        loop {
+            match self.sock.read(&mut buf) {
+                Ok(0) => return false,
+                Ok(n) => {
+                    self.raw.extend_from_slice(&buf[..n]);
+                    return true;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => panic!("read: {e}"),
+            }
+        }
+    }
+
+    /// Decode every complete chunk in `raw`.
+    fn decode_chunks(&mut self) {
+        while !self.ended {
+            let Some(eol) = find(&self.raw, b"\r\n") else {
+                return;
+            };
+            let size = usize::from_str_radix(std::str::from_utf8(&self.raw[..eol]).unwrap(), 16)
+                .expect("a chunk size");
+            if self.raw.len() < eol + 2 + size + 2 {
+                return;
+            }
+            assert_eq!(&self.raw[eol + 2 + size..eol + 4 + size], b"\r\n");
+            self.body
+                .extend_from_slice(&self.raw[eol + 2..eol + 2 + size]);
+            self.raw.drain(..eol + 4 + size);
+            if size == 0 {
+                self.ended = true;
+            }
+        }
+    }
+
+    /// The next event, or `None` when the body ended.
+    fn next(&mut self) -> Option<Event> {
+        loop {
+            self.decode_chunks();
+            if let Some(end) = find(&self.body, b"\n\n") {
+                let block = String::from_utf8(self.body.drain(..end + 2).collect()).unwrap();
+                let (mut event, mut data) = (String::from("message"), String::new());
+                for line in block.lines() {
+                    if let Some(c) = line.strip_prefix(':') {
+                        (event, data) = ("comment".into(), c.trim().into());
+                    } else if let Some(e) = line.strip_prefix("event: ") {
+                        event = e.into();
+                    } else if let Some(d) = line.strip_prefix("data: ") {
+                        data = d.into();
+                    }
+                }
+                return Some(Event {
+                    at: Instant::now(),
+                    event,
+                    data,
+                });
+            }
+            if self.ended {
+                return None;
+            }
+            assert!(self.fill(), "closed inside the stream");
+        }
+    }
+
+    /// Every event up to the end of the body.
+    fn all(&mut self) -> Vec<Event> {
+        std::iter::from_fn(|| self.next()).collect()
+    }
+}
+
+fn texts(events: &[Event]) -> String {
+    (events.iter())
+        .filter(|e| e.event == "part")
+        .map(|e| e.json()["text"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// A command agent that never answers (it reads its request and sleeps).
+fn hanging_agent(cfg: &mut worldbridge::config::Config) {
+    cfg.agent.backend = "command".into();
+    cfg.agent.command = vec!["sh".into(), "-c".into(), "read line; exec sleep 60".into()];
+    cfg.agent.workers = 1;
+}
+
+#[test]
+fn a_streamed_chat_is_parts_then_done_and_the_connection_stays_usable() {
+    let mut cfg = test_config();
+    cfg.agent.stream_min_chars = 1;
+    let b = start_with(cfg);
+    let body = json!({"user_id": "ann", "message": "hello there", "stream": true});
+    let started = Instant::now();
+    let mut c = SseClient::open(b.http, "/bridge/chat", &body, &[]);
+    assert_eq!(c.status, 200);
+    assert_eq!(c.header("content-type"), Some("text/event-stream"));
+    assert_eq!(c.header("transfer-encoding"), Some("chunked"));
+    assert_eq!(c.header("cache-control"), Some("no-cache"));
+    assert_eq!(c.header("connection"), Some("keep-alive"));
+    assert_eq!(c.header("content-length"), None);
+    let events = c.all();
+    let first = events.first().expect("events");
+    eprintln!(
+        "time to first part (builtin agent, debug build): {:?}",
+        first.at.duration_since(started)
+    );
+    let kinds: Vec<&str> = events.iter().map(|e| e.event.as_str()).collect();
+    assert!(kinds.len() >= 3, "{kinds:?}");
+    assert_eq!(kinds.last(), Some(&"done"));
+    assert!(
+        kinds[..kinds.len() - 1].iter().all(|k| *k == "part"),
+        "{kinds:?}"
+    );
+    for (i, e) in events[..events.len() - 1].iter().enumerate() {
+        let p = e.json();
+        assert_eq!(p["index"], json!(i));
+        assert_eq!(p["crisis"], json!(false));
+    }
+    let done = events.last().unwrap().json();
+    assert_eq!(done["response"].as_str(), Some(texts(&events).as_str()));
+    assert_eq!(
+        (
+            done["user"].clone(),
+            done["room"].clone(),
+            done["crisis"].clone()
+        ),
+        (json!("ann"), json!("The Threshold"), json!(false))
+    );
+    assert_eq!(done["session_messages"], json!(2));
+
+    // The same connection takes the next request (the chunked body ended cleanly), and
+    // the session remembered the streamed exchange.
+    c.request(
+        "/bridge/chat",
+        &json!({"user_id": "ann", "message": "and again"}),
+        &[],
+    );
+    assert_eq!(c.status, 200);
+    assert_eq!(c.plain_json()["session_messages"], json!(4));
+}
+
+#[test]
+fn accept_event_stream_streams_and_an_explicit_stream_false_wins() {
+    let b = start();
+    let sse = [("Accept", "text/event-stream")];
+    let mut c = SseClient::open(
+        b.http,
+        "/bridge/chat",
+        &json!({"user_id": "bo", "message": "hi"}),
+        &sse,
+    );
+    assert_eq!(c.header("content-type"), Some("text/event-stream"));
+    let events = c.all();
+    assert_eq!(events.last().map(|e| e.event.as_str()), Some("done"));
+
+    let c = SseClient::open(
+        b.http,
+        "/bridge/chat",
+        &json!({"user_id": "bo", "message": "hi", "stream": false}),
+        &sse,
+    );
+    assert_eq!(c.header("content-type"), Some("application/json"));
+    assert_eq!(c.plain_json()["user"], json!("bo"));
+
+    // Without either, the answer is the plain JSON of today.
+    let r = post(
+        b.http,
+        "/bridge/chat",
+        &json!({"user_id": "bo", "message": "hi"}),
+    );
+    assert_eq!(r.header("Content-Type"), Some("application/json"));
+}
+
+#[test]
+fn refusals_before_the_first_byte_keep_their_status_and_json() {
+    let mut cfg = test_config();
+    cfg.http.token = "sekrit".into();
+    let b = start_with(cfg);
+    let auth = [("Authorization", "Bearer sekrit")];
+    let c = SseClient::open(
+        b.http,
+        "/bridge/chat",
+        &json!({"user_id": "x", "message": "hi", "stream": true}),
+        &[],
+    );
+    assert_eq!(c.status, 401);
+    assert_eq!(c.plain_json()["code"], json!("unauthorized"));
+    let c = SseClient::open(
+        b.http,
+        "/bridge/chat",
+        &json!({"message": "hi", "stream": true}),
+        &auth,
+    );
+    assert_eq!(c.status, 400);
+    assert_eq!(c.plain_json()["code"], json!("missing_field"));
+    let c = SseClient::open(
+        b.http,
+        "/bridge/chat",
+        &json!({"user_id": "x", "message": "hi", "stream": "yes"}),
+        &auth,
+    );
+    assert_eq!(c.status, 400);
+    assert_eq!(c.plain_json()["code"], json!("bad_field"));
+    let long = "a".repeat(20_000);
+    let c = SseClient::open(
+        b.http,
+        "/bridge/chat",
+        &json!({"user_id": "x", "message": long, "stream": true}),
+        &auth,
+    );
+    assert_eq!(c.status, 413);
+    assert_eq!(c.plain_json()["code"], json!("message_too_long"));
+}
+
+#[test]
+fn a_crisis_streams_the_protocol_first_even_when_the_model_hangs_and_ends_with_done() {
+    let mut cfg = test_config();
+    hanging_agent(&mut cfg);
+    cfg.agent.timeout_s = 1;
+    let b = start_with(cfg);
+    let body = json!({"user_id": "cy", "message": "i want to kill myself", "stream": true});
+    let sent = Instant::now();
+    let mut c = SseClient::open(b.http, "/bridge/chat", &body, &[]);
+    assert_eq!(c.status, 200);
+    let first = c.next().expect("part 0");
+    let took = first.at.duration_since(sent);
+    eprintln!("crisis part 0 after {took:?} (the model hangs)");
+    assert!(took < Duration::from_millis(100), "part 0 took {took:?}");
+    assert_eq!(first.event, "part");
+    let p = first.json();
+    assert_eq!(
+        (p["index"].clone(), p["crisis"].clone()),
+        (json!(0), json!(true))
+    );
+    let protocol = p["text"].as_str().unwrap().to_string();
+    assert!(protocol.starts_with("Are you safe right now?") && protocol.contains("988"));
+    // The model never answers: past agent.timeout_s the stream ends with `done`, the
+    // response being what was sent (never `error` once the protocol went out).
+    let rest = c.all();
+    let done = rest.last().expect("done");
+    assert_eq!(done.event, "done", "{rest:?}");
+    assert!(
+        rest.iter().all(|e| e.event != "thinking"),
+        "a part went first"
+    );
+    let done = done.json();
+    assert_eq!(done["response"].as_str(), Some(protocol.as_str()));
+    assert_eq!(done["crisis"], json!(true));
+}
+
+#[test]
+fn a_slow_model_gets_thinking_once_pings_and_an_error_event_on_timeout() {
+    let mut cfg = test_config();
+    hanging_agent(&mut cfg);
+    cfg.agent.timeout_s = 3;
+    cfg.agent.thinking_after_ms = 200;
+    cfg.http.sse_ping_s = 1;
+    let b = start_with(cfg);
+    let body = json!({"user_id": "di", "message": "hello", "stream": true});
+    let sent = Instant::now();
+    let mut c = SseClient::open(b.http, "/bridge/chat", &body, &[]);
+    assert_eq!(c.status, 200, "the stream begins at once");
+    let events = c.all();
+    let kinds: Vec<&str> = events.iter().map(|e| e.event.as_str()).collect();
+    assert_eq!(kinds.first(), Some(&"thinking"), "{kinds:?}");
+    let thinking = events[0].at.duration_since(sent);
+    assert!(
+        thinking >= Duration::from_millis(150) && thinking < Duration::from_millis(1500),
+        "thinking after {thinking:?}"
+    );
+    assert_eq!(events[0].data, "{}");
+    assert_eq!(kinds.iter().filter(|k| **k == "thinking").count(), 1);
+    assert!(
+        kinds.iter().filter(|k| **k == "comment").count() >= 2,
+        "{kinds:?}"
+    );
+    assert!(events
+        .iter()
+        .any(|e| e.event == "comment" && e.data == "ping"));
+    let last = events.last().unwrap();
+    assert_eq!(last.event, "error");
+    assert_eq!(last.json()["code"], json!("agent_timeout"));
+    assert!(last.json()["error"].as_str().is_some());
+}
