@@ -384,3 +384,184 @@ fn a_slow_model_gets_thinking_once_pings_and_an_error_event_on_timeout() {
     assert_eq!(last.json()["code"], json!("agent_timeout"));
     assert!(last.json()["error"].as_str().is_some());
 }
+
+// The OpenAI-compatible door, with a plain Rust client (the `openai` package's own test
+// is below, ignored without python3 and PyPI).
+
+fn v1(b: &TestBridge, body: &Value, extra: &[(&str, &str)]) -> SseClient {
+    SseClient::open(b.http, "/v1/chat/completions", body, extra)
+}
+
+#[test]
+fn v1_models_and_errors_in_the_openai_shape_with_the_bridge_statuses() {
+    let mut cfg = test_config();
+    cfg.http.token = "sekrit".into();
+    let b = start_with(cfg);
+    let r = call(b.http, "GET", "/v1/models", None);
+    assert_eq!(r.status, 401);
+    assert_eq!(r.header("WWW-Authenticate"), Some("Bearer"));
+    let e = &r.json()["error"];
+    assert_eq!(
+        (e["type"].clone(), e["code"].clone()),
+        (json!("authentication_error"), json!("unauthorized"))
+    );
+    assert!(e["message"].as_str().is_some());
+
+    let auth = ("Authorization", "Bearer sekrit");
+    let mut c = Client::connect(b.http);
+    c.send_raw(&request_bytes("GET", "/v1/models", None, &[auth]));
+    let r = c.read_response(false).expect("answer");
+    assert_eq!(r.status, 200);
+    let m = r.json();
+    assert_eq!(m["object"], json!("list"));
+    assert_eq!(m["data"][0]["id"], json!("timmy"));
+    assert_eq!(m["data"][0]["object"], json!("model"));
+    assert_eq!(m["data"][0]["owned_by"], json!("worldbridge"));
+
+    let hello = json!([{"role": "user", "content": "hello"}]);
+    for (body, status, code) in [
+        (
+            json!({"model": "x", "messages": hello}),
+            400,
+            "missing_field",
+        ),
+        (json!({"model": "x", "user": "ann"}), 400, "missing_field"),
+        (
+            json!({"user": "ann", "messages": [{"role": "system", "content": "be brief"}]}),
+            400,
+            "missing_field",
+        ),
+        (
+            json!({"user": "ann", "messages": "hello"}),
+            400,
+            "bad_field",
+        ),
+        (
+            json!({"user": "ann", "messages": hello, "stream": true, "metadata": 3}),
+            400,
+            "bad_field",
+        ),
+        (
+            json!({"user": "ann", "messages": [{"role": "user", "content": "a".repeat(20_000)}], "stream": true}),
+            413,
+            "message_too_long",
+        ),
+    ] {
+        let c = v1(&b, &body, &[auth]);
+        assert_eq!(c.status, status, "{body}");
+        let e = c.plain_json();
+        assert_eq!(e["error"]["code"], json!(code), "{e}");
+        assert_eq!(e["error"]["type"], json!("invalid_request_error"));
+    }
+    let c = v1(
+        &b,
+        &json!({"user": "ann", "messages": hello}),
+        &[("Authorization", "Bearer nope")],
+    );
+    assert_eq!(c.status, 403);
+    assert_eq!(
+        c.plain_json()["error"]["type"],
+        json!("authentication_error")
+    );
+}
+
+#[test]
+fn v1_chat_completions_keep_users_apart_and_stream_chunks_ending_done() {
+    let mut cfg = test_config();
+    cfg.agent.stream_min_chars = 1;
+    let b = start_with(cfg);
+    let ask = |user: &str, text: &str| {
+        json!({"model": "anything", "user": user,
+               "messages": [{"role": "system", "content": "Be kind."},
+                            {"role": "assistant", "content": "ignored: the session's own history counts"},
+                            {"role": "user", "content": text}]})
+    };
+    let c = v1(&b, &ask("ann", "hello there"), &[]);
+    assert_eq!(c.status, 200);
+    let r = c.plain_json();
+    assert_eq!(r["object"], json!("chat.completion"));
+    assert!(r["id"].as_str().unwrap().starts_with("chatcmpl-"));
+    assert_eq!(r["model"], json!("anything"));
+    assert!(r["created"].as_u64().unwrap() > 1_600_000_000);
+    let choice = &r["choices"][0];
+    assert_eq!(choice["message"]["role"], json!("assistant"));
+    assert!(!choice["message"]["content"].as_str().unwrap().is_empty());
+    assert_eq!(choice["finish_reason"], json!("stop"));
+    for k in ["prompt_tokens", "completion_tokens", "total_tokens"] {
+        assert!(r["usage"][k].is_u64(), "{k}");
+    }
+    assert_eq!(r["worldbridge"]["session_messages"], json!(2));
+    assert_eq!(r["worldbridge"]["room"], json!("The Threshold"));
+
+    // A second user with the header and a room of their own is a session of their own.
+    let mut body = ask("ignored", "hello there");
+    body.as_object_mut().unwrap().remove("user");
+    let c = v1(
+        &b,
+        &body,
+        &[
+            ("X-Worldbridge-User", "bob"),
+            ("X-Worldbridge-Room", "The Garden"),
+        ],
+    );
+    let r = c.plain_json();
+    assert_eq!(r["worldbridge"]["user"], json!("bob"));
+    assert_eq!(
+        r["worldbridge"]["session_messages"],
+        json!(2),
+        "bob's own session"
+    );
+    assert_eq!(r["worldbridge"]["room"], json!("The Garden"));
+
+    // Streamed: chunks with delta.content, the first naming the role, then stop and [DONE].
+    let mut body = ask("ann", "tell me about this place");
+    body["stream"] = json!(true);
+    let mut c = v1(&b, &body, &[]);
+    assert_eq!(c.status, 200);
+    assert_eq!(c.header("content-type"), Some("text/event-stream"));
+    let events = c.all();
+    let (done, chunks) = events.split_last().expect("events");
+    assert_eq!(done.data, "[DONE]");
+    let chunks: Vec<Value> = chunks.iter().map(Event::json).collect();
+    assert!(chunks.len() >= 3, "{chunks:?}");
+    assert!(chunks
+        .iter()
+        .all(|c| c["object"] == json!("chat.completion.chunk")));
+    assert_eq!(chunks[0]["choices"][0]["delta"]["role"], json!("assistant"));
+    let (last, parts) = chunks.split_last().unwrap();
+    assert_eq!(last["choices"][0]["finish_reason"], json!("stop"));
+    assert!(parts
+        .iter()
+        .all(|c| c["choices"][0]["finish_reason"].is_null()));
+    let text: String = parts
+        .iter()
+        .map(|c| c["choices"][0]["delta"]["content"].as_str().unwrap())
+        .collect();
+    assert!(!text.is_empty());
+    // The session remembered it: ann's next exchange is her third.
+    let r = v1(&b, &ask("ann", "thanks"), &[]).plain_json();
+    assert_eq!(r["worldbridge"]["session_messages"], json!(6));
+}
+
+#[test]
+fn v1_crisis_text_is_the_first_content_streamed_or_not() {
+    let b = start();
+    let body =
+        json!({"user": "cy", "messages": [{"role": "user", "content": "i want to kill myself"}]});
+    let r = v1(&b, &body, &[]).plain_json();
+    let content = r["choices"][0]["message"]["content"].as_str().unwrap();
+    assert!(content.starts_with("Are you safe right now?"), "{content}");
+    assert_eq!(r["worldbridge"]["crisis"], json!(true));
+    let mut body = body;
+    body["stream"] = json!(true);
+    body["user"] = json!("cy2");
+    let mut c = v1(&b, &body, &[]);
+    let first = c.next().expect("a chunk").json();
+    let delta = &first["choices"][0]["delta"];
+    assert!(delta["content"]
+        .as_str()
+        .unwrap()
+        .starts_with("Are you safe right now?"));
+    assert!(delta["content"].as_str().unwrap().contains("988"));
+    assert_eq!(c.all().last().map(|e| e.data.as_str()), Some("[DONE]"));
+}

@@ -83,6 +83,9 @@ pub struct AgentRequest {
     pub timeout: Duration,
     /// A reply to the user, or the crisis classification (`agent.crisis_model_check`).
     pub purpose: Purpose,
+    /// Instructions the caller gave (an OpenAI-style `system` message), added to the
+    /// system prompt before the crisis protocol; `None` for the bridge's own requests.
+    pub system: Option<String>,
 }
 
 /// What a request asks the model for.

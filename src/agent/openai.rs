@@ -434,6 +434,7 @@ mod tests {
             crisis: false,
             timeout,
             purpose: crate::agent::Purpose::Reply,
+            system: None,
         }
     }
 

@@ -296,6 +296,7 @@ mod tests {
             crisis: false,
             timeout: Duration::from_secs(5),
             purpose: crate::agent::Purpose::Reply,
+            system: None,
         }
     }
 

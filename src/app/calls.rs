@@ -61,6 +61,8 @@ pub struct Call {
     pub deadline: Instant,
     /// The caller asked for the reply in parts (`None`: one answer at the end).
     pub stream: Option<Box<crate::app::stream::Stream>>,
+    /// The caller's own instructions for the system prompt.
+    pub system: Option<String>,
 }
 
 #[derive(Debug, Default)]
@@ -203,6 +205,7 @@ mod tests {
             created: deadline,
             deadline,
             stream: None,
+            system: None,
         }
     }
 

@@ -307,6 +307,7 @@ impl App {
             room: room.clone(),
             message: text.to_string(),
             stream: false,
+            system: None,
         };
         let to = ReplyTo::Bark {
             room: room.clone(),

@@ -131,6 +131,8 @@ pub struct CallInput {
     pub message: String,
     /// Send the reply in parts as they are ready ([`App::parts`]).
     pub stream: bool,
+    /// The caller's own instructions for the system prompt (the OpenAI door's `system`).
+    pub system: Option<String>,
 }
 
 impl App {
@@ -518,6 +520,7 @@ impl App {
             created: now,
             deadline: now + self.agent_timeout(),
             stream: None,
+            system: input.system,
         };
         if let Some(user) = call.user_id.as_deref() {
             if self.calls.is_busy(user)
@@ -596,6 +599,7 @@ impl App {
             crisis: false,
             timeout: limit,
             purpose: crate::agent::Purpose::CrisisCheck,
+            system: None,
         };
         if pool.try_submit(req).is_err() {
             log::debug!("crisis model check skipped for job {call_job}: the agent queue is full");
@@ -704,6 +708,7 @@ impl App {
             crisis: call.crisis,
             timeout: self.agent_timeout(),
             purpose: crate::agent::Purpose::Reply,
+            system: call.system.clone(),
         };
         call.deadline = now + self.agent_timeout();
         if self.cfg.agent.backend == "builtin" {
@@ -1118,6 +1123,7 @@ mod stream_tests {
             room: "The Threshold".into(),
             message: message.into(),
             stream,
+            system: None,
         };
         let to = ReplyTo::Http(ConnId { idx: 1, gen: 0 });
         let answer = a.begin_call(input, to, crate::world::time::now_ms(), Instant::now());

@@ -36,6 +36,9 @@ pub enum Shape {
     /// `POST /bridge/chat` with `stream`: server-sent events `part`, `thinking`, then
     /// `done` (the chat JSON) or `error`.
     Events,
+    /// `POST /v1/chat/completions`: a `chat.completion`, or with `stream` (true here)
+    /// `chat.completion.chunk` events ending `data: [DONE]`.
+    OpenAi(crate::doors::openai::Completion, bool),
 }
 
 /// The shapes of parked answers, by connection.
@@ -67,6 +70,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("/bridge/sync", "POST"),
     ("/bridge/trust", "POST"),
     ("/bridge/travel", "POST"),
+    ("/v1/chat/completions", "POST"),
+    ("/v1/models", "GET"),
 ];
 
 /// The route pattern a path belongs to, and the room it names (still URL-encoded).
@@ -141,7 +146,9 @@ pub fn handle(
         ),
         Some((route, room)) => {
             let changes = req.method == Method::Post;
-            match app.store_refusal().filter(|_| changes) {
+            // The OpenAI door answers in its own error shape, this refusal included.
+            let bridge = !route.starts_with("/v1/");
+            match app.store_refusal().filter(|_| changes && bridge) {
                 Some(refusal) => (route, Handled::Respond(refusal.into())),
                 None => (
                     route,
@@ -383,8 +390,11 @@ fn dispatch(
             .with_header("Allow", format!("{allowed}, OPTIONS{}", head_of(allowed))),
         );
     }
-    if let Err(resp) = authorize(app, req, route) {
-        return Handled::Respond(resp);
+    if route.starts_with("/v1/") {
+        return crate::doors::openai::dispatch(app, shapes, (id, peer), req, route, cors);
+    }
+    if let Err(refusal) = authorize(app, req, route) {
+        return Handled::Respond(refusal.into());
     }
     let room = match room.map(|r| percent_decode(r, false)) {
         Some(None) => {
@@ -479,7 +489,7 @@ fn dispatch(
 }
 
 /// The CORS headers a parked answer gets when it is delivered.
-fn cors_headers(cors: Option<String>) -> Vec<(&'static str, String)> {
+pub fn cors_headers(cors: Option<String>) -> Vec<(&'static str, String)> {
     cors.map(|o| {
         vec![
             ("Access-Control-Allow-Origin", o),
@@ -498,7 +508,7 @@ fn head_of(allowed: &str) -> &'static str {
 }
 
 /// With `http.token` set, every route but `/bridge/health` needs `Authorization: Bearer`.
-fn authorize(app: &App, req: &Request, route: &str) -> Result<(), Response> {
+pub fn authorize(app: &App, req: &Request, route: &str) -> Result<(), Refusal> {
     let token = &app.cfg.http.token;
     // The status page is static HTML; the data it fetches carries the token.
     // Peers authenticate with the pair's token instead (see `app::peering`).
@@ -512,40 +522,39 @@ fn authorize(app: &App, req: &Request, route: &str) -> Result<(), Response> {
         .header("authorization")
         .and_then(|h| h.strip_prefix("Bearer "))
     {
-        None => Err(Response::error(
-            401,
+        None => Err(Refusal::new(
             "unauthorized",
             "this bridge needs an API token: send Authorization: Bearer <token>",
-        )
-        .with_header("WWW-Authenticate", "Bearer")),
+        )),
         Some(t) if constant_time_eq(t.trim().as_bytes(), token.as_bytes()) => Ok(()),
-        Some(_) => Err(Response::error(403, "forbidden", "the API token is wrong")),
+        Some(_) => Err(Refusal::new("forbidden", "the API token is wrong")),
     }
 }
 
-fn world_error(e: WorldError) -> Response {
-    match e {
-        WorldError::UnknownRoom(_) => Response::error(404, "room_not_found", &e.to_string()),
-        WorldError::AlreadyThere(_) => Response::error(409, "already_in_room", &e.to_string()),
-        WorldError::Invalid(..) => Response::error(400, "bad_field", &e.to_string()),
-        WorldError::Limit(_) => Response::error(403, "limit_reached", &e.to_string()),
-    }
+fn world_error(e: WorldError) -> Refusal {
+    let code = match e {
+        WorldError::UnknownRoom(_) => "room_not_found",
+        WorldError::AlreadyThere(_) => "already_in_room",
+        WorldError::Invalid(..) => "bad_field",
+        WorldError::Limit(_) => "limit_reached",
+    };
+    Refusal::new(code, e.to_string())
 }
 
 /// The `message` field: not blank, within `rooms.message_max_bytes`.
-fn message(app: &App, f: &Fields) -> Result<String, Refusal> {
+pub fn message(app: &App, f: &Fields) -> Result<String, Refusal> {
     let max = app.cfg.rooms.message_max_bytes;
     f.text("message", max, "rooms.message_max_bytes")
 }
 
 /// Count one request of `user` against the rate limit.
-fn rate_limit(app: &mut App, user: &str, now: u64) -> Result<(), Response> {
+fn rate_limit(app: &mut App, user: &str, now: u64) -> Result<(), Refusal> {
     app.rate.check(user, now).map_err(|retry| {
         let why = format!(
             "too many requests from {user}: at most {} per {} s",
             app.cfg.http.rate_limit_requests, app.cfg.http.rate_limit_window_s
         );
-        app.rate_limited(why, retry).into()
+        app.rate_limited(why, retry)
     })
 }
 
@@ -958,34 +967,49 @@ fn call(
             room,
             message: prompt,
             stream: false,
+            system: None,
         }
     } else {
         let user_id = f.name("user_id")?;
         let message = message(app, &f)?;
-        let username = f.opt("username")?.unwrap_or_else(|| user_id.clone());
-        check_name("username", &username).map_err(world_error)?;
-        let room = match f.opt("room")? {
-            Some(r) => r,
-            None => app
-                .world
-                .occupant(&user_id)
-                .map(|o| o.room.clone())
-                .unwrap_or_else(|| "The Threshold".into()),
-        };
-        rate_limit(app, &user_id, now)?;
-        app.limit_room_creation(peer, &room, now)?;
-        let room = app.world.ensure_room(&room).map_err(world_error)?;
-        CallInput {
-            kind: CallKind::Chat,
-            user_id: Some(user_id),
-            username,
-            room,
-            message,
-            stream,
-        }
+        let username = f.opt("username")?;
+        let room = f.opt("room")?;
+        chat_input(app, peer, (user_id, username, room), message, now)?
     };
+    let input = CallInput { stream, ..input };
     let answer = app.begin_call(input, ReplyTo::Http(id), now, Instant::now());
     Ok((answer, stream))
+}
+
+/// A user's chat from its checked fields (`user_id`, `username`, `room`): the username
+/// checked, the rate limit counted, the room (the user's own, else The Threshold) made.
+pub fn chat_input(
+    app: &mut App,
+    peer: IpAddr,
+    (user_id, username, room): (String, Option<String>, Option<String>),
+    message: String,
+    now: u64,
+) -> Result<CallInput, Refusal> {
+    let username = username.unwrap_or_else(|| user_id.clone());
+    check_name("username", &username).map_err(world_error)?;
+    let room = match room {
+        Some(r) => r,
+        None => (app.world.occupant(&user_id))
+            .map(|o| o.room.clone())
+            .unwrap_or_else(|| "The Threshold".into()),
+    };
+    rate_limit(app, &user_id, now)?;
+    app.limit_room_creation(peer, &room, now)?;
+    let room = app.world.ensure_room(&room).map_err(world_error)?;
+    Ok(CallInput {
+        kind: CallKind::Chat,
+        user_id: Some(user_id),
+        username,
+        room,
+        message,
+        stream: false,
+        system: None,
+    })
 }
 
 /// The HTTP status for each refusal code the hub and this door give: the one table.
@@ -1110,7 +1134,7 @@ fn chat_json(c: &ChatReply) -> Value {
 }
 
 /// The head of an event stream (`200`, `text/event-stream`, never cached).
-fn event_stream_head(cors: Option<String>) -> Response {
+pub fn event_stream_head(cors: Option<String>) -> Response {
     let mut head = Response::new(200, "text/event-stream", Vec::new())
         .with_header("Cache-Control", "no-cache")
         .with_header("X-Accel-Buffering", "no");
@@ -1119,7 +1143,7 @@ fn event_stream_head(cors: Option<String>) -> Response {
 }
 
 /// One server-sent event.
-fn sse(event: &str, data: &[u8]) -> Vec<u8> {
+pub fn sse(event: &str, data: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(event.len() + data.len() + 16);
     out.extend_from_slice(b"event: ");
     out.extend_from_slice(event.as_bytes());
@@ -1135,6 +1159,7 @@ pub const SSE_PING: &[u8] = b": ping\n\n";
 /// A part of a streamed answer as the bytes of its event.
 pub fn render_part(shape: &Shape, part: &Part) -> Vec<u8> {
     match (shape, part) {
+        (Shape::OpenAi(c, _), part) => crate::doors::openai::render_part(c, part),
         (Shape::Events, Part::Thinking) => sse("thinking", b"{}"),
         (
             Shape::Events,
@@ -1154,6 +1179,7 @@ pub fn render_part(shape: &Shape, part: &Part) -> Vec<u8> {
 /// the chat JSON, or `error` with the refusal's JSON.
 pub fn render_end(shape: &Shape, reply: Reply) -> Vec<u8> {
     match shape {
+        Shape::OpenAi(c, _) => crate::doors::openai::render_end(c, reply),
         Shape::Events => match reply {
             Ok(Outcome::Chat(c)) => sse("done", chat_json(&c).to_string().as_bytes()),
             other => {
@@ -1162,6 +1188,15 @@ pub fn render_end(shape: &Shape, reply: Reply) -> Vec<u8> {
                 sse(event, &resp.body)
             }
         },
+    }
+}
+
+/// The final answer of a request with a shape whose stream never began: a refusal
+/// before the first byte, or a non-streamed OpenAI completion.
+pub fn render_plain(shape: &Shape, reply: Reply) -> Response {
+    match shape {
+        Shape::Events => render(reply),
+        Shape::OpenAi(c, _) => crate::doors::openai::render(c, reply),
     }
 }
 

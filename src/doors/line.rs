@@ -583,6 +583,7 @@ impl App {
             room,
             message,
             stream: false,
+            system: None,
         };
         let reply_to = ReplyTo::Line {
             conn,

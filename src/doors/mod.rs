@@ -3,6 +3,7 @@
 //!
 //! - [`http`]: the HTTP routes (`/bridge/*`, `/api/v1/generate`, the status page) and
 //!   WebSocket upgrades.
+//! - [`openai`]: the OpenAI-compatible `/v1/chat/completions` and `/v1/models`.
 //! - [`line`]: the line protocol's messages from game links, and the lines sent back.
 //! - [`fields`]: the one set of JSON field checks (with their refusal codes) and the
 //!   constant-time token compare.
@@ -13,3 +14,4 @@ pub mod fields;
 pub mod game;
 pub mod http;
 pub mod line;
+pub mod openai;

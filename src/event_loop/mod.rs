@@ -955,7 +955,8 @@ impl Bridge {
                 c.stream_end(&crate::doors::http::render_end(shape, reply), keep, now)
             }
             Some(Conn::Http(_)) => {
-                return self.deliver_http(id, crate::doors::http::render(reply), now);
+                let resp = crate::doors::http::render_plain(shape, reply);
+                return self.deliver_http(id, resp, now);
             }
             _ => None,
         };
