@@ -565,3 +565,76 @@ fn v1_crisis_text_is_the_first_content_streamed_or_not() {
     assert!(delta["content"].as_str().unwrap().contains("988"));
     assert_eq!(c.all().last().map(|e| e.data.as_str()), Some("[DONE]"));
 }
+
+// The line protocol: `chat` with `"stream": true`.
+
+#[test]
+fn a_streamed_line_chat_sends_reply_parts_then_exactly_one_reply() {
+    let mut cfg = line_config();
+    cfg.agent.stream_min_chars = 1;
+    let b = start_with(cfg);
+    let mut g = LineClient::connect(b.line.expect("a line listener"));
+    g.hello("morrowind", "tes3mp");
+    g.send(&json!({"type": "chat", "id": 7, "user_id": "Alice", "message": "hello there", "stream": true}));
+    let (reply, before) = g.recv_type("reply");
+    let parts: Vec<&Value> = before
+        .iter()
+        .filter(|v| v["type"] == "reply_part")
+        .collect();
+    assert!(parts.len() >= 2, "{before:?}");
+    assert_eq!(
+        parts.len(),
+        before.len(),
+        "only parts before the reply: {before:?}"
+    );
+    for (i, p) in parts.iter().enumerate() {
+        assert_eq!((p["id"].clone(), p["index"].clone()), (json!(7), json!(i)));
+        assert_eq!(p["crisis"], json!(false));
+    }
+    let joined: String = parts.iter().map(|p| p["text"].as_str().unwrap()).collect();
+    assert_eq!(reply["id"], json!(7));
+    assert_eq!(reply["text"].as_str(), Some(joined.as_str()));
+    assert_eq!(reply["user_id"], json!("Alice"));
+
+    // Without `stream`: the reply alone, as before.
+    g.send(&json!({"type": "chat", "id": 8, "user_id": "Alice", "message": "hello again"}));
+    let (reply, before) = g.recv_type("reply");
+    assert!(before.is_empty(), "{before:?}");
+    assert_eq!(reply["id"], json!(8));
+
+    // A crisis: the protocol is part 0, flagged.
+    g.send(&json!({"type": "chat", "id": "c", "user_id": "Bo", "message": "i want to kill myself", "stream": true}));
+    let (reply, before) = g.recv_type("reply");
+    assert_eq!(before[0]["type"], json!("reply_part"));
+    assert_eq!(
+        (before[0]["index"].clone(), before[0]["crisis"].clone()),
+        (json!(0), json!(true))
+    );
+    assert!(before[0]["text"]
+        .as_str()
+        .unwrap()
+        .starts_with("Are you safe right now?"));
+    let joined: String = before.iter().map(|p| p["text"].as_str().unwrap()).collect();
+    assert_eq!(reply["text"].as_str(), Some(joined.as_str()));
+    assert_eq!(reply["crisis"], json!(true));
+}
+
+#[test]
+fn a_slow_model_sends_reply_thinking_on_the_line_and_then_one_error() {
+    let mut cfg = line_config();
+    hanging_agent(&mut cfg);
+    cfg.agent.timeout_s = 1;
+    cfg.agent.thinking_after_ms = 100;
+    let b = start_with(cfg);
+    let mut g = LineClient::connect(b.line.expect("a line listener"));
+    g.hello("morrowind", "tes3mp");
+    g.send(&json!({"type": "chat", "id": 9, "user_id": "Cid", "message": "hello", "stream": true}));
+    let (err, before) = g.recv_type("error");
+    let kinds: Vec<&Value> = before.iter().map(|v| &v["type"]).collect();
+    assert_eq!(kinds, vec![&json!("reply_thinking")], "{before:?}");
+    assert_eq!(before[0]["id"], json!(9));
+    assert_eq!(
+        (err["id"].clone(), err["code"].clone()),
+        (json!(9), json!("agent_timeout"))
+    );
+}

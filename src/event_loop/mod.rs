@@ -938,10 +938,12 @@ impl Bridge {
                     }
                 }
             }
-            ReplyTo::Line { .. }
-            | ReplyTo::LineRequest { .. }
-            | ReplyTo::Channel(_)
-            | ReplyTo::Bark { .. } => {}
+            ReplyTo::Line { conn, id, .. } => {
+                let mut line = Vec::new();
+                crate::doors::line::part_line(&id, &part, &mut line);
+                self.app.line_out.push((conn, line));
+            }
+            ReplyTo::LineRequest { .. } | ReplyTo::Channel(_) | ReplyTo::Bark { .. } => {}
         }
     }
 
