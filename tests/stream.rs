@@ -638,3 +638,138 @@ fn a_slow_model_sends_reply_thinking_on_the_line_and_then_one_error() {
         (json!(9), json!("agent_timeout"))
     );
 }
+
+// WebSocket feeds: a message with `"stream": true` gets `bark_part` frames, then the bark.
+
+type Ws = tungstenite::WebSocket<tungstenite::stream::MaybeTlsStream<TcpStream>>;
+
+fn ws_connect(addr: SocketAddr, path: &str) -> Ws {
+    let (ws, _) = tungstenite::connect(format!("ws://{addr}{path}")).expect("ws connect");
+    if let tungstenite::stream::MaybeTlsStream::Plain(s) = ws.get_ref() {
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    }
+    ws
+}
+
+fn ws_send(ws: &mut Ws, v: &Value) {
+    ws.send(tungstenite::Message::text(v.to_string()))
+        .expect("send");
+}
+
+fn ws_next(ws: &mut Ws) -> Value {
+    loop {
+        match ws.read().expect("a frame") {
+            tungstenite::Message::Text(t) => return serde_json::from_str(t.as_str()).unwrap(),
+            tungstenite::Message::Close(f) => panic!("closed: {f:?}"),
+            _ => continue,
+        }
+    }
+}
+
+/// Frames up to the first of `kind` (returned last).
+fn ws_until(ws: &mut Ws, kind: &str) -> Vec<Value> {
+    let mut out = Vec::new();
+    loop {
+        let v = ws_next(ws);
+        let done = v["type"] == kind;
+        out.push(v);
+        if done {
+            return out;
+        }
+    }
+}
+
+/// The `bark_part` frames of `frames`, checked (one reply_id, indices in order), and
+/// their concatenated text.
+fn bark_parts(frames: &[Value]) -> (Vec<Value>, String, Value) {
+    let parts: Vec<Value> = frames
+        .iter()
+        .filter(|f| f["type"] == "bark_part")
+        .cloned()
+        .collect();
+    assert!(parts.len() >= 2, "{frames:?}");
+    let id = parts[0]["reply_id"].clone();
+    assert!(id.is_u64(), "{id}");
+    for (i, p) in parts.iter().enumerate() {
+        assert_eq!(
+            (p["reply_id"].clone(), p["index"].clone()),
+            (id.clone(), json!(i))
+        );
+    }
+    let text = parts.iter().map(|p| p["text"].as_str().unwrap()).collect();
+    (parts, text, id)
+}
+
+#[test]
+fn gateway_and_workshop_barks_stream_as_bark_parts_with_one_reply_id() {
+    let mut cfg = test_config();
+    cfg.agent.stream_min_chars = 1;
+    let b = start_with(cfg);
+    let mut alice = ws_connect(b.http, "/ws/matrix");
+    ws_send(
+        &mut alice,
+        &json!({"type": "agent_register", "agentId": "alice", "role": "agent"}),
+    );
+    let ack = ws_until(&mut alice, "agent_registered");
+    let before = ack.last().unwrap()["gateway_seq"].as_u64().unwrap_or(0);
+    ws_send(
+        &mut alice,
+        &json!({"type": "chat_message", "target_id": "timmy", "text": "hello there",
+                "room": "The Tower", "stream": true}),
+    );
+    let frames = ws_until(&mut alice, "bark");
+    let (parts, text, id) = bark_parts(&frames);
+    let bark = frames.last().unwrap();
+    assert_eq!(bark["reply_id"], id, "the bark carries its parts' reply_id");
+    assert_eq!(bark["text"].as_str(), Some(text.as_str()));
+    assert_eq!(bark["room"], json!("The Tower"));
+    for p in &parts {
+        assert_eq!(
+            (p["agentId"].clone(), p["room"].clone()),
+            (json!("timmy"), json!("The Tower"))
+        );
+        assert!(p["gateway_seq"].as_u64().unwrap() > before);
+    }
+
+    // The parts are in the resumable log: a client coming back from before replays them.
+    let mut back = ws_connect(b.http, &format!("/ws/matrix?since={before}"));
+    ws_send(
+        &mut back,
+        &json!({"type": "agent_register", "agentId": "bob", "role": "agent"}),
+    );
+    let replay = ws_until(&mut back, "bark");
+    let (_, again, again_id) = bark_parts(&replay);
+    assert_eq!((again, again_id), (text, id));
+
+    // Without `stream`, the bark alone, as before.
+    ws_send(
+        &mut alice,
+        &json!({"type": "chat_message", "target_id": "timmy", "text": "hi", "room": "The Tower"}),
+    );
+    let frames = ws_until(&mut alice, "bark");
+    assert!(
+        frames.iter().all(|f| f["type"] != "bark_part"),
+        "{frames:?}"
+    );
+    assert!(frames.last().unwrap().get("reply_id").is_none());
+
+    // A Workshop visitor's streamed message: parts, then the bark, to the browser.
+    let mut w = ws_connect(b.http, "/ws/workshop");
+    ws_send(
+        &mut w,
+        &json!({"type": "message", "text": "How's the Tower coming?",
+                            "visitor": "Zed", "stream": true}),
+    );
+    let frames = ws_until(&mut w, "bark");
+    let (_, text, id) = bark_parts(&frames);
+    let bark = frames.last().unwrap();
+    assert_eq!(
+        (bark["text"].as_str(), bark["reply_id"].clone()),
+        (Some(text.as_str()), id.clone())
+    );
+    // The gateway hears the same streamed bark in the Workshop room.
+    let frames = ws_until(&mut alice, "bark");
+    let (_, gw_text, gw_id) = bark_parts(&frames);
+    assert_eq!((gw_text, gw_id), (text, id));
+    assert_eq!(frames.last().unwrap()["room"], json!("Workshop"));
+}

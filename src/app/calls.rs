@@ -29,7 +29,13 @@ pub enum ReplyTo {
     Channel(crossbeam_channel::Sender<crate::app::outcome::Reply>),
     /// A message from a WebSocket feed: the agent's answer is spoken aloud as a `bark`
     /// in `room` (every feed hears it; with `workshop` the Workshop's browsers too).
-    Bark { room: String, workshop: bool },
+    /// A streamed answer's parts are `bark_part` frames with `reply_id` (the call's job),
+    /// which its final `bark` carries too.
+    Bark {
+        room: String,
+        workshop: bool,
+        reply_id: Option<u64>,
+    },
 }
 
 /// What kind of request made the call (it decides the response's shape).

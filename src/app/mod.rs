@@ -556,6 +556,11 @@ impl App {
             Answer::Later
         } else {
             match self.submit(call, now) {
+                // A streamed answer goes after its parts, through `ready`.
+                Some((to, Ok(outcome))) if stream => {
+                    self.answer(to, Ok(outcome));
+                    Answer::Later
+                }
                 Some((_, resp)) => Answer::Now(resp),
                 None => Answer::Later,
             }
@@ -827,6 +832,9 @@ impl App {
             (false, true) => Some(s.lead(&crisis::resources_reply(None), false, now)),
             _ => None,
         };
+        if let ReplyTo::Bark { reply_id, .. } = &mut call.reply_to {
+            *reply_id = Some(call.job_id);
+        }
         if let Some(part) = lead {
             self.parts.push((call.reply_to.clone(), part));
         }
@@ -1127,7 +1135,13 @@ mod stream_tests {
         };
         let to = ReplyTo::Http(ConnId { idx: 1, gen: 0 });
         let answer = a.begin_call(input, to, crate::world::time::now_ms(), Instant::now());
-        let Answer::Now(Ok(Outcome::Chat(reply))) = answer else {
+        // Streamed, the answer waits in `ready` behind its parts.
+        let answer = match answer {
+            Answer::Later if stream => a.ready.pop().map(|(_, r)| r),
+            Answer::Now(r) if !stream => Some(r),
+            _ => None,
+        };
+        let Some(Ok(Outcome::Chat(reply))) = answer else {
             panic!("the builtin agent answers at once");
         };
         let parts = a.parts.drain(..).map(|(_, p)| p).collect();

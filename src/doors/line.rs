@@ -592,11 +592,9 @@ impl App {
             id: id.clone(),
             user_id: user.clone(),
         };
-        match self.begin_call(input, reply_to.clone(), now_ms(), Instant::now()) {
-            // Streamed, the reply goes after its parts (which the loop writes).
-            Answer::Now(reply) if stream => self.answer(reply_to, reply),
-            Answer::Now(reply) => reply_line(id, &user, &reply, out),
-            Answer::Later => {}
+        // A streamed reply comes later, after its parts (an error may come now).
+        if let Answer::Now(reply) = self.begin_call(input, reply_to, now_ms(), Instant::now()) {
+            reply_line(id, &user, &reply, out);
         }
         Ok(Drive::Open)
     }

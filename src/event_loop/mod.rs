@@ -910,8 +910,12 @@ impl Bridge {
                         let _ = tx.send(reply);
                         continue;
                     }
-                    ReplyTo::Bark { room, workshop } => {
-                        self.app.bark_reply(&room, workshop, reply);
+                    ReplyTo::Bark {
+                        room,
+                        workshop,
+                        reply_id,
+                    } => {
+                        self.app.bark_reply(&room, workshop, reply_id, reply);
                         continue;
                     }
                 };
@@ -943,6 +947,11 @@ impl Bridge {
                 crate::doors::line::part_line(&id, &part, &mut line);
                 self.app.line_out.push((conn, line));
             }
+            ReplyTo::Bark {
+                room,
+                workshop,
+                reply_id: Some(reply_id),
+            } => self.app.bark_part(&room, workshop, reply_id, &part),
             ReplyTo::LineRequest { .. } | ReplyTo::Channel(_) | ReplyTo::Bark { .. } => {}
         }
     }
