@@ -773,3 +773,219 @@ fn gateway_and_workshop_barks_stream_as_bark_parts_with_one_reply_id() {
     assert_eq!((gw_text, gw_id), (text, id));
     assert_eq!(frames.last().unwrap()["room"], json!("Workshop"));
 }
+
+// Upstream streaming: a real TCP mock model server (OpenAI-compatible) that streams a long
+// answer one token every 50 ms, or stalls mid-stream.
+
+/// Tokens of a long answer: several sentences, the whole taking `n × 50 ms` to stream.
+fn slow_tokens() -> Vec<String> {
+    let text = "The tower is quiet tonight. Its lamps burn low and the stones remember \
+                the rain. I am listening, and I am here. Tell me what you see from \
+                where you stand, and we will look at it together.";
+    text.split_inclusive(' ').map(str::to_string).collect()
+}
+
+/// An OpenAI-compatible model server on 127.0.0.1: each connection gets `tokens` as
+/// `chat.completion.chunk` events, one every `every`, then `[DONE]` — or, with `stall`,
+/// nothing more after them (the connection held open). A request without `stream` gets
+/// the whole text as one completion (a server that ignores nothing).
+fn mock_model(tokens: Vec<String>, every: Duration, stall: bool) -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind the mock");
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(sock) = conn else { return };
+            let tokens = tokens.clone();
+            std::thread::spawn(move || serve_model(sock, &tokens, every, stall));
+        }
+    });
+    addr
+}
+
+fn serve_model(mut sock: TcpStream, tokens: &[String], every: Duration, stall: bool) {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 8192];
+    let (end, len) = loop {
+        if let Some(end) = find(&buf, b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+            let len = (head.lines())
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse::<usize>().ok())
+                .unwrap_or(0);
+            break (end + 4, len);
+        }
+        match sock.read(&mut chunk) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    };
+    while buf.len() < end + len {
+        match sock.read(&mut chunk) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+    let body: Value = serde_json::from_slice(&buf[end..end + len]).unwrap_or(Value::Null);
+    if body["stream"] != json!(true) {
+        let doc =
+            json!({"choices": [{"message": {"role": "assistant", "content": tokens.concat()}}]});
+        let text = doc.to_string();
+        let _ = write!(
+            sock,
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{text}",
+            text.len()
+        );
+        return;
+    }
+    let head = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\n";
+    if sock.write_all(head.as_bytes()).is_err() {
+        return;
+    }
+    for t in tokens {
+        let ev = json!({"object": "chat.completion.chunk",
+                        "choices": [{"index": 0, "delta": {"content": t}}]});
+        if write!(sock, "data: {ev}\n\n").is_err() {
+            return;
+        }
+        std::thread::sleep(every);
+    }
+    if stall {
+        std::thread::sleep(Duration::from_secs(60));
+        return;
+    }
+    let _ = sock.write_all(b"data: [DONE]\n\n");
+}
+
+fn model_config(addr: SocketAddr) -> worldbridge::config::Config {
+    let mut cfg = line_config();
+    cfg.agent.backend = "openai".into();
+    cfg.agent.base_url = format!("http://{addr}/v1");
+    cfg.agent.model = "mock".into();
+    cfg.agent.workers = 2;
+    cfg.agent.stream_min_chars = 20;
+    cfg
+}
+
+#[test]
+fn a_slow_model_streams_to_sse_line_and_websocket_clients_long_before_it_finishes() {
+    let tokens = slow_tokens();
+    let whole: String = tokens.concat();
+    let model = mock_model(tokens.clone(), Duration::from_millis(50), false);
+    let b = start_with(model_config(model));
+    let streaming_takes = Duration::from_millis(50 * tokens.len() as u64);
+    let early = streaming_takes / 3;
+
+    // SSE.
+    let sent = Instant::now();
+    let body = json!({"user_id": "sse", "message": "hello", "stream": true});
+    let mut c = SseClient::open(b.http, "/bridge/chat", &body, &[]);
+    let events = c.all();
+    let first = events.iter().find(|e| e.event == "part").expect("a part");
+    let done = events.last().expect("done");
+    assert_eq!(done.event, "done", "{events:?}");
+    let first_at = first.at.duration_since(sent);
+    eprintln!(
+        "SSE: first part after {first_at:?}, done after {:?} (the model streams for {streaming_takes:?})",
+        done.at.duration_since(sent)
+    );
+    assert!(first_at < early, "first part after {first_at:?}");
+    assert!(done.at.duration_since(sent) >= streaming_takes - Duration::from_millis(100));
+    assert!(events.iter().filter(|e| e.event == "part").count() >= 3);
+    assert_eq!(texts(&events), whole.trim());
+    assert_eq!(done.json()["response"].as_str(), Some(whole.trim()));
+
+    // Line.
+    let mut g = LineClient::connect(b.line.expect("a line listener"));
+    g.hello("morrowind", "tes3mp");
+    let sent = Instant::now();
+    g.send(
+        &json!({"type": "chat", "id": 1, "user_id": "line", "message": "hello", "stream": true}),
+    );
+    let part = g.recv().expect("a line");
+    let first_at = sent.elapsed();
+    assert_eq!(part["type"], json!("reply_part"), "{part}");
+    assert!(first_at < early, "first line part after {first_at:?}");
+    let (reply, rest) = g.recv_type("reply");
+    assert!(sent.elapsed() >= streaming_takes - Duration::from_millis(100));
+    let joined: String = std::iter::once(&part)
+        .chain(rest.iter())
+        .map(|p| p["text"].as_str().unwrap())
+        .collect();
+    assert_eq!(reply["text"].as_str(), Some(joined.as_str()));
+    assert_eq!(joined, whole.trim());
+
+    // WebSocket (the gateway).
+    let mut ws = ws_connect(b.http, "/ws/matrix");
+    ws_send(
+        &mut ws,
+        &json!({"type": "agent_register", "agentId": "wsc", "role": "agent"}),
+    );
+    ws_until(&mut ws, "agent_registered");
+    let sent = Instant::now();
+    ws_send(
+        &mut ws,
+        &json!({"type": "chat_message", "target_id": "timmy", "text": "hello",
+                             "room": "The Tower", "stream": true}),
+    );
+    ws_until(&mut ws, "bark_part");
+    let first_at = sent.elapsed();
+    assert!(first_at < early, "first bark_part after {first_at:?}");
+    let frames = ws_until(&mut ws, "bark");
+    assert_eq!(frames.last().unwrap()["text"].as_str(), Some(whole.trim()));
+}
+
+#[test]
+fn a_model_that_stalls_mid_stream_ends_with_agent_timeout_after_the_parts_sent() {
+    let tokens: Vec<String> = [
+        "The first sentence ",
+        "arrives in time.",
+        " Then the ",
+        "model",
+    ]
+    .map(String::from)
+    .to_vec();
+    let model = mock_model(tokens, Duration::from_millis(20), true);
+    let mut cfg = model_config(model);
+    cfg.agent.chunk_timeout_s = 1;
+    cfg.agent.timeout_s = 20;
+    let b = start_with(cfg);
+    let sent = Instant::now();
+    let body = json!({"user_id": "st", "message": "hello", "stream": true});
+    let mut c = SseClient::open(b.http, "/bridge/chat", &body, &[]);
+    let events = c.all();
+    let kinds: Vec<&str> = events.iter().map(|e| e.event.as_str()).collect();
+    assert_eq!(kinds, vec!["part", "error"], "{events:?}");
+    assert_eq!(
+        events[0].json()["text"],
+        json!("The first sentence arrives in time.")
+    );
+    let err = events[1].json();
+    assert_eq!(err["code"], json!("agent_timeout"));
+    let took = events[1].at.duration_since(sent);
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(5),
+        "agent.chunk_timeout_s, not agent.timeout_s, ended it: {took:?}"
+    );
+}
+
+#[test]
+fn a_crisis_reaches_the_client_within_10_ms_while_the_model_server_hangs() {
+    let model = mock_model(Vec::new(), Duration::ZERO, true);
+    let mut cfg = model_config(model);
+    cfg.agent.timeout_s = 1;
+    let b = start_with(cfg);
+    let body = json!({"user_id": "cz", "message": "i want to kill myself", "stream": true});
+    let sent = Instant::now();
+    let mut c = SseClient::open(b.http, "/bridge/chat", &body, &[]);
+    let first = c.next().expect("part 0");
+    let took = first.at.duration_since(sent);
+    eprintln!("crisis part 0 after {took:?} (the model server hangs)");
+    assert!(took < Duration::from_millis(50), "{took:?}");
+    assert_eq!(first.json()["crisis"], json!(true));
+    let rest = c.all();
+    assert_eq!(
+        rest.last().map(|e| e.event.as_str()),
+        Some("done"),
+        "{rest:?}"
+    );
+}

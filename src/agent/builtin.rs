@@ -395,6 +395,7 @@ mod tests {
             timeout: Duration::from_secs(1),
             purpose: crate::agent::Purpose::Reply,
             system: None,
+            stream: false,
         }
     }
 

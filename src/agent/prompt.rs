@@ -198,6 +198,7 @@ mod tests {
             timeout: Duration::from_secs(5),
             purpose: crate::agent::Purpose::Reply,
             system: None,
+            stream: false,
         }
     }
 

@@ -605,6 +605,7 @@ impl App {
             timeout: limit,
             purpose: crate::agent::Purpose::CrisisCheck,
             system: None,
+            stream: false,
         };
         if pool.try_submit(req).is_err() {
             log::debug!("crisis model check skipped for job {call_job}: the agent queue is full");
@@ -714,6 +715,7 @@ impl App {
             timeout: self.agent_timeout(),
             purpose: crate::agent::Purpose::Reply,
             system: call.system.clone(),
+            stream: call.stream.is_some(),
         };
         call.deadline = now + self.agent_timeout();
         if self.cfg.agent.backend == "builtin" {
@@ -781,6 +783,27 @@ impl App {
             (false, Some(t)) if flagged => Some(crisis::keep_lifeline(&t)),
             (false, t) => t,
         }
+    }
+
+    /// A piece of a streamed answer: the parts it completed go out, and the call's
+    /// deadline becomes the next chunk's (`agent.chunk_timeout_s`), within the whole
+    /// reply's (`agent.timeout_s` from the submit).
+    fn on_chunk(&mut self, reply: AgentReply, now: Instant) {
+        let Ok(piece) = reply.result else { return };
+        let gap = Duration::from_secs(self.cfg.agent.chunk_timeout_s);
+        let Some(call) = self.calls.get_mut(reply.job_id) else {
+            return;
+        };
+        let Some(s) = call.stream.as_mut() else {
+            return;
+        };
+        s.upstream = true;
+        let whole_by = *s.whole_by.get_or_insert(call.deadline);
+        call.deadline = whole_by.min(now + gap);
+        let parts = s.model(&piece, now);
+        let to = call.reply_to.clone();
+        self.parts
+            .extend(parts.into_iter().map(|p| (to.clone(), p)));
     }
 
     /// Whether the call's session is flagged by the crisis protocol.
@@ -853,6 +876,9 @@ impl App {
 
     /// A worker answered.
     pub fn on_reply(&mut self, reply: AgentReply, now: Instant) {
+        if reply.chunk {
+            return self.on_chunk(reply, now);
+        }
         if let Some(check) = self.crisis_checks.remove(&reply.job_id) {
             self.on_crisis_check(check, reply.result);
             return;

@@ -108,6 +108,9 @@ pub struct Stream {
     pub first_part: Option<Instant>,
     /// The model streamed chunks of its own (its final text then only confirms them).
     pub upstream: bool,
+    /// When the whole reply is due (`agent.timeout_s` after the submit); set at the
+    /// first chunk, whose gap timer then moves the call's deadline.
+    pub whole_by: Option<Instant>,
 }
 
 impl Stream {
@@ -122,6 +125,7 @@ impl Stream {
             thinking_at: Some(thinking_at),
             first_part: None,
             upstream: false,
+            whole_by: None,
         }
     }
 
