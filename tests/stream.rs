@@ -932,6 +932,17 @@ fn a_slow_model_streams_to_sse_line_and_websocket_clients_long_before_it_finishe
     assert!(first_at < early, "first bark_part after {first_at:?}");
     let frames = ws_until(&mut ws, "bark");
     assert_eq!(frames.last().unwrap()["text"].as_str(), Some(whole.trim()));
+
+    // The metrics: three streamed replies, each first part within a second, none whole.
+    let m = call(b.http, "GET", "/metrics", None).text();
+    for line in [
+        "worldbridge_agent_first_part_seconds_count{backend=\"openai\"} 3",
+        "worldbridge_agent_first_part_seconds_bucket{backend=\"openai\",le=\"1\"} 3",
+        "worldbridge_agent_reply_seconds_count{backend=\"openai\"} 3",
+        "worldbridge_agent_reply_seconds_bucket{backend=\"openai\",le=\"1\"} 0",
+    ] {
+        assert!(m.contains(line), "no {line:?} in\n{m}");
+    }
 }
 
 #[test]

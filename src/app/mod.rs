@@ -202,7 +202,10 @@ impl App {
                 cfg.http.rate_limit_window_s,
             ),
             world,
-            metrics: Metrics::default(),
+            metrics: Metrics {
+                agent_backend: cfg.agent.backend.clone(),
+                ..Metrics::default()
+            },
             crisis,
             crisis_checks: HashMap::new(),
             calls: Calls::default(),
@@ -839,6 +842,12 @@ impl App {
             parts.extend(s.tail(tail.to_string(), now));
         }
         let text = (ok || s.lead || s.crisis_sent).then(|| s.text.clone());
+        if let Some(first) = s.first_part {
+            let m = &mut self.metrics;
+            m.agent_first_part
+                .observe(first.duration_since(call.created));
+            m.agent_reply.observe(now.duration_since(call.created));
+        }
         let to = call.reply_to.clone();
         self.parts
             .extend(parts.into_iter().map(|p| (to.clone(), p)));
