@@ -35,8 +35,9 @@ pub enum Part {
 #[derive(Debug, Clone)]
 pub struct Chunker {
     buf: String,
-    /// Bytes of `buf` already looked at for a cut.
+    /// Bytes of `buf` already looked at for a cut, and the characters in them.
     scanned: usize,
+    scanned_chars: usize,
     min_chars: usize,
 }
 
@@ -45,6 +46,7 @@ impl Chunker {
         Chunker {
             buf: String::new(),
             scanned: 0,
+            scanned_chars: 0,
             min_chars: min_chars.max(1),
         }
     }
@@ -56,7 +58,7 @@ impl Chunker {
         while let Some(cut) = self.next_cut() {
             let rest = self.buf.split_off(cut);
             out.push(std::mem::replace(&mut self.buf, rest));
-            self.scanned = 0;
+            (self.scanned, self.scanned_chars) = (0, 0);
         }
         out
     }
@@ -64,16 +66,17 @@ impl Chunker {
     /// The reply ended: what is left, without trailing whitespace (`None` if nothing is).
     pub fn finish(&mut self) -> Option<String> {
         let rest = std::mem::take(&mut self.buf);
-        self.scanned = 0;
+        (self.scanned, self.scanned_chars) = (0, 0);
         let rest = rest.trim_end();
         (!rest.is_empty()).then(|| rest.to_string())
     }
 
     /// The first byte offset past `scanned` where a part of at least `min_chars` ends.
     fn next_cut(&mut self) -> Option<usize> {
-        let mut chars = 0;
-        for (i, c) in self.buf.char_indices() {
-            if i >= self.scanned && c.is_whitespace() && chars >= self.min_chars {
+        let new = self.buf[self.scanned..].char_indices();
+        for (n, (at, c)) in new.enumerate() {
+            let (i, chars) = (self.scanned + at, self.scanned_chars + n);
+            if c.is_whitespace() && chars >= self.min_chars {
                 let head = &self.buf[..i];
                 let ends_sentence = head
                     .trim_end_matches(CLOSERS)
@@ -82,8 +85,8 @@ impl Chunker {
                     return Some(i);
                 }
             }
-            chars += 1;
         }
+        self.scanned_chars += self.buf[self.scanned..].chars().count();
         self.scanned = self.buf.len();
         None
     }
