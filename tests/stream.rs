@@ -315,6 +315,39 @@ fn refusals_before_the_first_byte_keep_their_status_and_json() {
 }
 
 #[test]
+fn a_model_error_before_the_first_part_keeps_its_status_and_json() {
+    let mut cfg = test_config();
+    cfg.agent.backend = "command".into();
+    cfg.agent.command = vec![
+        "sh".into(),
+        "-c".into(),
+        r#"while read line; do echo '{"error":"no model today"}'; done"#.into(),
+    ];
+    cfg.agent.workers = 1;
+    let b = start_with(cfg);
+    let body = json!({"user_id": "er", "message": "hello", "stream": true});
+    let c = SseClient::open(b.http, "/bridge/chat", &body, &[]);
+    assert_eq!(c.status, 502);
+    assert_eq!(c.header("content-type"), Some("application/json"));
+    assert_eq!(c.plain_json()["code"], json!("agent_error"));
+    let mut body = json!({"user": "er", "stream": true,
+                          "messages": [{"role": "user", "content": "hello"}]});
+    let c = v1(&b, &body, &[]);
+    assert_eq!(c.status, 502);
+    assert_eq!(c.plain_json()["error"]["type"], json!("server_error"));
+    // The crisis protocol still leads, and then the stream ends with `done`.
+    body["messages"][0]["content"] = json!("i want to kill myself");
+    let mut c = v1(&b, &body, &[]);
+    assert_eq!(c.status, 200);
+    let events = c.all();
+    assert_eq!(
+        events.last().map(|e| e.data.as_str()),
+        Some("[DONE]"),
+        "{events:?}"
+    );
+}
+
+#[test]
 fn a_crisis_streams_the_protocol_first_even_when_the_model_hangs_and_ends_with_done() {
     let mut cfg = test_config();
     hanging_agent(&mut cfg);
@@ -361,7 +394,7 @@ fn a_slow_model_gets_thinking_once_pings_and_an_error_event_on_timeout() {
     let body = json!({"user_id": "di", "message": "hello", "stream": true});
     let sent = Instant::now();
     let mut c = SseClient::open(b.http, "/bridge/chat", &body, &[]);
-    assert_eq!(c.status, 200, "the stream begins at once");
+    assert_eq!(c.status, 200, "the stream begins with `thinking`");
     let events = c.all();
     let kinds: Vec<&str> = events.iter().map(|e| e.event.as_str()).collect();
     assert_eq!(kinds.first(), Some(&"thinking"), "{kinds:?}");

@@ -29,10 +29,16 @@ pub enum Handled {
         route: &'static str,
         headers: Vec<(&'static str, String)>,
     },
-    /// The answer streams (server-sent events): `head` goes out now with
-    /// `Transfer-Encoding: chunked`, the body follows in [`HttpConn::stream_send`] chunks
-    /// and ends with [`HttpConn::stream_end`]; the connection waits in order meanwhile.
-    Stream { route: &'static str, head: Response },
+    /// The answer may stream (server-sent events): `head` goes out with
+    /// `Transfer-Encoding: chunked` before the first [`HttpConn::stream_send`] chunk, and
+    /// the body ends with [`HttpConn::stream_end`]; an answer that comes before any chunk
+    /// (a refusal) is delivered whole instead, with `headers`. The connection waits in
+    /// order meanwhile.
+    Stream {
+        route: &'static str,
+        headers: Vec<(&'static str, String)>,
+        head: Response,
+    },
     /// A WebSocket handshake was accepted: write these `101` bytes, then hand the socket
     /// and whatever was read past the request head to a WebSocket connection.
     Upgrade { response: Vec<u8>, feed: Feed },
@@ -65,6 +71,8 @@ struct Parked {
     since: Instant,
     /// The answer streams: its head is written and chunks follow.
     streaming: bool,
+    /// The head of a streamed answer, written before its first chunk.
+    stream_head: Option<Response>,
     /// When a chunk last went out (for the stream's `: ping`).
     last_chunk: Instant,
 }
@@ -163,10 +171,20 @@ impl HttpConn {
         self.parked.as_ref().is_some_and(|p| p.streaming)
     }
 
-    /// One chunk of a streaming answer (dropped if the answer is not streaming).
+    /// Whether the parked request's answer may stream (its head is written or ready).
+    pub fn may_stream(&self) -> bool {
+        (self.parked.as_ref()).is_some_and(|p| p.streaming || p.stream_head.is_some())
+    }
+
+    /// One chunk of a streaming answer, after its head the first time (dropped if the
+    /// answer does not stream).
     pub fn stream_send(&mut self, data: &[u8], now: Instant) -> bool {
         match &mut self.parked {
-            Some(p) if p.streaming => {
+            Some(p) if p.streaming || p.stream_head.is_some() => {
+                if let Some(head) = p.stream_head.take() {
+                    encode_stream_head(&head, p.keep_alive, &mut self.tx);
+                    p.streaming = true;
+                }
                 push_chunk(data, &mut self.tx);
                 p.last_chunk = now;
                 self.last_activity = now;
@@ -183,11 +201,11 @@ impl HttpConn {
         keep_alive_allowed: bool,
         now: Instant,
     ) -> Option<Delivered> {
-        if !self.is_streaming() {
+        if !self.may_stream() {
             return None;
         }
+        self.stream_send(data, now);
         let p = self.parked.take()?;
-        push_chunk(data, &mut self.tx);
         self.tx.extend_from_slice(LAST_CHUNK);
         self.closing |= !(p.keep_alive && keep_alive_allowed);
         self.last_activity = now;
@@ -283,18 +301,23 @@ impl HttpConn {
                                     headers,
                                     since: now,
                                     streaming: false,
+                                    stream_head: None,
                                     last_chunk: now,
                                 })
                             }
-                            Handled::Stream { route, head } => {
-                                encode_stream_head(&head, keep, &mut self.tx);
+                            Handled::Stream {
+                                route,
+                                headers,
+                                head,
+                            } => {
                                 self.parked = Some(Parked {
                                     keep_alive: keep,
                                     head_only: false,
                                     route,
-                                    headers: Vec::new(),
+                                    headers,
                                     since: now,
-                                    streaming: true,
+                                    streaming: false,
+                                    stream_head: Some(head),
                                     last_chunk: now,
                                 })
                             }

@@ -478,6 +478,7 @@ fn dispatch(
                     shapes.insert(id, Shape::Events);
                     Handled::Stream {
                         route,
+                        headers: cors_headers(cors.clone()),
                         head: event_stream_head(cors),
                     }
                 }

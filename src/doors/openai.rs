@@ -159,6 +159,7 @@ fn completions(
             shapes.insert(id, Shape::OpenAi(c, true));
             Handled::Stream {
                 route,
+                headers: door::cors_headers(cors.clone()),
                 head: door::event_stream_head(cors),
             }
         }

@@ -961,8 +961,10 @@ impl Bridge {
     /// its plain answer.
     fn end_stream(&mut self, id: ConnId, shape: &Shape, reply: Reply, now: Instant) {
         let keep = !self.app.shutting_down;
+        // A refusal before the first part keeps its status; anything else ends the stream
+        // (an answer with no part at all opens and closes it).
         let delivered = match self.conns.get_mut(id) {
-            Some(Conn::Http(c)) if c.is_streaming() => {
+            Some(Conn::Http(c)) if c.is_streaming() || (c.may_stream() && reply.is_ok()) => {
                 c.stream_end(&crate::doors::http::render_end(shape, reply), keep, now)
             }
             Some(Conn::Http(_)) => {
