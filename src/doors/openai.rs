@@ -137,8 +137,9 @@ fn completions(
     input.stream = stream;
     input.system = system;
     let answer = app.begin_call(input, ReplyTo::Http(id), now, Instant::now());
+    // Unique within a run (a number of the hub's), and across runs (the time).
     let c = Completion {
-        id: format!("chatcmpl-{now:x}{:x}{:x}", id.idx, id.gen),
+        id: format!("chatcmpl-{now:x}-{}", app.calls.next_job_id()),
         created: now / 1000,
         model,
     };
