@@ -54,6 +54,7 @@ local DEFAULTS = {
     maxClients = 4,             -- listen role: simultaneous connections
     maxPendingChats = 64,       -- chats waiting for the agent's reply
     chatTimeoutS = 120,         -- a chat with no reply by then is given up
+    streamReplies = true,       -- ask for /timmy replies in parts: one chat line per part
     shareJournal = "auto",      -- "auto": follow CoreScripts config.shareJournal; or true/false
     allowConsole = false,       -- allow the `console` action: any console command on a player
                                 -- (off: a linked bridge could run anything; turn on knowingly)
@@ -1297,8 +1298,26 @@ local function runReply(msg)
     pendingChats[msg.id] = nil
     pendingCount = pendingCount - 1
     if not isOnline(pending.pid) or playerName(pending.pid) ~= pending.name then return end
+    if msg.type == "reply" and pending.streamed then return end -- its parts are on screen
     local text = msg.type == "reply" and msg.text or ("(no answer: " .. tostring(msg.error or msg.code) .. ")")
     if type(text) ~= "string" then return end
+    sendChat(pending.pid, "[" .. cfg.agentName .. "] " .. text)
+end
+
+-- A part of a streamed reply (`reply_part`), or `reply_thinking`: shown as it comes.
+local function runPart(msg)
+    local pending = msg.id ~= nil and pendingChats[msg.id]
+    if not pending then return end
+    pending.expires = now() + cfg.chatTimeoutS
+    if not isOnline(pending.pid) or playerName(pending.pid) ~= pending.name then return end
+    if msg.type == "reply_thinking" then
+        sendChat(pending.pid, "[" .. cfg.agentName .. "] is thinking...")
+        return
+    end
+    if type(msg.text) ~= "string" then return end
+    local text = msg.text:gsub("^%s+", "")
+    if text == "" then return end
+    pending.streamed = true
     sendChat(pending.pid, "[" .. cfg.agentName .. "] " .. text)
 end
 
@@ -1385,6 +1404,8 @@ handleLine = function(link, line)
         end
     elseif kind == "reply" then
         runReply(msg)
+    elseif kind == "reply_part" or kind == "reply_thinking" then
+        runPart(msg)
     elseif kind == "error" then
         if id ~= nil and pendingChats[id] then
             runReply(msg)
@@ -1473,7 +1494,7 @@ local function onSendMessage(_, pid, message)
     pendingCount = pendingCount + 1
     sendChat(pid, "[you to " .. cfg.agentName .. "] " .. text)
     send(link, { type = "chat", id = id, user_id = name, username = name, room = currentCell(pid),
-        message = text })
+        message = text, stream = cfg.streamReplies or nil })
     return swallow
 end
 

@@ -84,6 +84,8 @@ pub struct HttpConfig {
     pub cors_origins: Vec<String>,
     pub rate_limit_requests: u32,
     pub rate_limit_window_s: u64,
+    /// A `: ping` comment goes down an open event stream after this many quiet seconds.
+    pub sse_ping_s: u64,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -209,6 +211,12 @@ pub struct AgentConfig {
     pub crisis_model_check: bool,
     /// How long the crisis classification may take, in milliseconds.
     pub crisis_model_check_ms: u64,
+    /// A streamed reply's parts are at least this many characters (unless it ends).
+    pub stream_min_chars: usize,
+    /// A streamed reply with no part yet after this many milliseconds gets one `thinking`.
+    pub thinking_after_ms: u64,
+    /// Longest gap between two chunks of a streamed model answer (`agent_timeout` past it).
+    pub chunk_timeout_s: u64,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -421,6 +429,7 @@ impl Default for HttpConfig {
             cors_origins: Vec::new(),
             rate_limit_requests: 60,
             rate_limit_window_s: 60,
+            sse_ping_s: 15,
         }
     }
 }
@@ -485,6 +494,9 @@ impl Default for AgentConfig {
             crisis_file: String::new(),
             crisis_model_check: false,
             crisis_model_check_ms: 1500,
+            stream_min_chars: 60,
+            thinking_after_ms: 2000,
+            chunk_timeout_s: 15,
         }
     }
 }
@@ -675,7 +687,7 @@ impl Config {
         check_backend(&self.agent.backend)
             .map_err(|why| format!("config: `agent.backend`: {why}"))?;
 
-        let at_least: [(&str, u64, u64); 34] = [
+        let at_least: [(&str, u64, u64); 37] = [
             (
                 "federation.sync_interval_s",
                 self.federation.sync_interval_s,
@@ -705,6 +717,13 @@ impl Config {
             ("agent.workers", self.agent.workers as u64, 1),
             ("agent.queue", self.agent.queue as u64, 1),
             ("agent.timeout_s", self.agent.timeout_s, 1),
+            ("agent.chunk_timeout_s", self.agent.chunk_timeout_s, 1),
+            (
+                "agent.stream_min_chars",
+                self.agent.stream_min_chars as u64,
+                1,
+            ),
+            ("http.sse_ping_s", self.http.sse_ping_s, 1),
             (
                 "agent.crisis_model_check_ms",
                 self.agent.crisis_model_check_ms,

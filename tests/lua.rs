@@ -522,6 +522,47 @@ fn observe_returns_a_structured_perception() {
 
 #[test]
 #[ignore = "needs luajit and lua-socket"]
+fn a_streamed_timmy_reply_shows_one_chat_line_per_part_and_no_repeat() {
+    let mut cfg = listening_config("127.0.0.1:0");
+    cfg.agent.stream_min_chars = 1;
+    let bridge = start_with(cfg);
+    let port = format!("bridgePort={}", bridge.line.expect("line listener").port());
+    let mut game = Game::start(&[port.as_str()]);
+    wait_link_up(&bridge, "morrowind");
+    game.wait_log(0, "is up (we dialed)");
+    game.join("Alice", "Balmora, Temple");
+    let from = game.mark();
+    game.cmd("chat 0 /timmy hello");
+    // The builtin's reply, sentence by sentence: the last part ends it.
+    game.wait_call(from, "SendMessage", |a| {
+        a[0] == 0
+            && a[1]
+                .as_str()
+                .is_some_and(|s| s.starts_with("[Timmy] ") && s.contains("Balmora, Temple"))
+    });
+    // Let a (wrong) repeat of the whole reply arrive if it would.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let lines: Vec<String> = (game.since(from).iter())
+        .filter(|v| v["call"] == "SendMessage" && v["args"][0] == json!(0))
+        .filter_map(|v| v["args"][1].as_str().map(str::to_string))
+        .filter(|s| s.starts_with("[Timmy] "))
+        .collect();
+    assert!(lines.len() >= 3, "one line per part: {lines:?}");
+    assert!(lines[0].contains("The green LED pulses."), "{lines:?}");
+    assert!(
+        lines.iter().any(|l| l.contains("Hello, Alice")),
+        "{lines:?}"
+    );
+    assert!(
+        !lines
+            .iter()
+            .any(|l| l.contains("pulses.") && l.contains("Temple")),
+        "the whole reply is not repeated: {lines:?}"
+    );
+}
+
+#[test]
+#[ignore = "needs luajit and lua-socket"]
 fn a_players_chat_gets_the_agents_reply_on_their_screen() {
     let (mut game, _bridge) = connect_pair();
     game.join("Alice", "Balmora, Temple");

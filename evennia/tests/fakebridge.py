@@ -7,6 +7,15 @@ import unittest
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
+class EventStream:
+    """An answer of server-sent events: `events` is a list of (name, JSON value)."""
+
+    def __init__(self, events, comments=()):
+        lines = [f": {c}\n\n" for c in comments]
+        lines += [f"event: {name}\ndata: {json.dumps(value)}\n\n" for name, value in events]
+        self.body = "".join(lines).encode()
+
+
 class Handler(BaseHTTPRequestHandler):
     def log_message(self, *args):
         pass
@@ -15,9 +24,12 @@ class Handler(BaseHTTPRequestHandler):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         self.server.seen.append((self.path, dict(self.headers), body))
         status, answer = self.server.answers.pop(0)
+        kind = "application/json"
+        if isinstance(answer, EventStream):
+            kind, answer = "text/event-stream", answer.body
         data = answer if isinstance(answer, bytes) else json.dumps(answer).encode()
         self.send_response(status)
-        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Type", kind)
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         self.wfile.write(data)

@@ -3,7 +3,7 @@
 import socket
 import unittest
 
-from fakebridge import FakeBridgeTest
+from fakebridge import EventStream, FakeBridgeTest
 from worldbridge_evennia import chat
 
 
@@ -60,3 +60,40 @@ class PostChatTest(FakeBridgeTest):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class StreamedChatTest(FakeBridgeTest):
+    def test_parts_go_to_on_part_in_order_and_done_is_the_answer(self):
+        done = {"response": "One. Two.", "user": "Ann", "room": "Limbo",
+                "session_messages": 2, "crisis": False}
+        self.server.answers.append((200, EventStream(
+            [("thinking", {}), ("part", {"index": 0, "text": "One.", "crisis": False}),
+             ("part", {"index": 1, "text": " Two.", "crisis": False}), ("done", done)],
+            comments=["ping"])))
+        parts = []
+        answer = chat.post_chat(self.url, {"user_id": "g#1", "message": "hi"}, timeout=5,
+                                on_part=parts.append)
+        self.assertEqual(parts, ["One.", " Two."])
+        self.assertEqual(answer, done)
+        _, headers, body = self.server.seen[0]
+        self.assertEqual(body, {"user_id": "g#1", "message": "hi", "stream": True})
+        self.assertIn("text/event-stream", headers["Accept"])
+
+    def test_a_bridge_that_does_not_stream_answers_as_before(self):
+        self.server.answers.append((200, {"response": "Whole.", "user": "Ann"}))
+        parts = []
+        answer = chat.post_chat(self.url, {}, timeout=5, on_part=parts.append)
+        self.assertEqual((answer["response"], parts), ("Whole.", []))
+
+    def test_an_error_event_after_parts_is_a_chat_error(self):
+        self.server.answers.append((200, EventStream(
+            [("part", {"index": 0, "text": "Hm.", "crisis": False}),
+             ("error", {"error": "the agent did not answer within 30 s",
+                        "code": "agent_timeout"})])))
+        parts = []
+        with self.assertRaisesRegex(chat.ChatError, "did not answer within 30 s"):
+            chat.post_chat(self.url, {}, timeout=5, on_part=parts.append)
+        self.assertEqual(parts, ["Hm."])
+        self.server.answers.append((200, EventStream([("part", {"text": "cut"})])))
+        with self.assertRaisesRegex(chat.ChatError, "without an answer"):
+            chat.post_chat(self.url, {}, timeout=5, on_part=lambda t: None)

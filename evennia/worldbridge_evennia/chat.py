@@ -1,5 +1,10 @@
 """One `POST /bridge/chat` over urllib: the blocking half of `talk`, run in a thread.
 
+With `on_part`, the chat asks to stream (`"stream": true`): each `event: part` of the
+bridge's server-sent events is handed to `on_part(text)` as it arrives (from this
+thread), and the `done` event's JSON is the answer. A bridge that does not stream answers
+plain JSON, which is taken as before.
+
 Nothing here touches Evennia; the command reads what it needs from Evennia objects in
 the reactor thread and hands plain values to `post_chat`.
 """
@@ -31,11 +36,15 @@ def _error_sentence(status, body):
     return f"{sentence} (HTTP {status})"
 
 
-def post_json(url, path, payload, token, timeout, max_bytes, error, refusal):
+def post_json(url, path, payload, token, timeout, max_bytes, error, refusal, on_event=None):
     """POST `payload` as JSON to `{url}{path}`; the decoded answer, or `error(sentence)`
     raised for a refusal (`refusal(status, body)` words it), a timeout, an unreachable
-    bridge or an answer that is not JSON. Shared by `talk` and the travel exit."""
-    headers = {"Content-Type": "application/json", "Accept": "application/json"}
+    bridge or an answer that is not JSON. Shared by `talk` and the travel exit.
+
+    With `on_event`, an answer of server-sent events is read as it comes: each event goes
+    to `on_event(name, data)`, which returns the answer to end with (or None to go on)."""
+    accept = "text/event-stream, application/json" if on_event else "application/json"
+    headers = {"Content-Type": "application/json", "Accept": accept}
     if token:
         headers["Authorization"] = f"Bearer {token}"
     req = urllib.request.Request(
@@ -46,6 +55,9 @@ def post_json(url, path, payload, token, timeout, max_bytes, error, refusal):
     )
     try:
         with _OPENER.open(req, timeout=timeout) as resp:
+            kind = resp.headers.get("Content-Type", "")
+            if on_event and kind.startswith("text/event-stream"):
+                return _read_events(resp, max_bytes, on_event, error)
             body = resp.read(max_bytes)
     except urllib.error.HTTPError as e:
         raise error(refusal(e.code, e.read(4096))) from None
@@ -65,10 +77,53 @@ def post_json(url, path, payload, token, timeout, max_bytes, error, refusal):
         raise error("the bridge sent an answer that is not JSON") from None
 
 
-def post_chat(url, payload, token="", timeout=60.0):
-    """POST `payload` to `{url}/bridge/chat`; the bridge's JSON answer, or ChatError."""
+def _read_events(resp, max_bytes, on_event, error):
+    """Read `event:` / `data:` blocks until `on_event` returns an answer."""
+    name, data, read = "message", [], 0
+    for raw_line in resp:
+        read += len(raw_line)
+        if read > max_bytes:
+            raise error("the bridge's answer is too long")
+        line = raw_line.decode("utf-8", "replace").rstrip("\r\n")
+        if line.startswith(":"):
+            continue
+        if line.startswith("event:"):
+            name = line[6:].strip()
+        elif line.startswith("data:"):
+            data.append(line[5:].lstrip(" "))
+        elif line == "" and data:
+            try:
+                value = json.loads("\n".join(data))
+            except ValueError:
+                raise error("the bridge sent an event that is not JSON") from None
+            answer = on_event(name, value)
+            if answer is not None:
+                return answer
+            name, data = "message", []
+    raise error("the bridge ended the stream without an answer")
+
+
+def post_chat(url, payload, token="", timeout=60.0, on_part=None):
+    """POST `payload` to `{url}/bridge/chat`; the bridge's JSON answer, or ChatError.
+
+    With `on_part`, the reply streams: `on_part(text)` is called for each part."""
+    on_event = None
+    if on_part is not None:
+        payload = dict(payload, stream=True)
+
+        def on_event(name, data):
+            if name == "part" and isinstance(data, dict) and isinstance(data.get("text"), str):
+                on_part(data["text"])
+            elif name == "done":
+                return data
+            elif name == "error":
+                sentence = data.get("error") if isinstance(data, dict) else None
+                raise ChatError(sentence or "the agent failed to answer")
+            return None
+
     answer = post_json(
-        url, "/bridge/chat", payload, token, timeout, MAX_REPLY_BYTES, ChatError, _error_sentence
+        url, "/bridge/chat", payload, token, timeout, MAX_REPLY_BYTES, ChatError,
+        _error_sentence, on_event,
     )
     if not isinstance(answer, dict) or not isinstance(answer.get("response"), str):
         raise ChatError("the bridge sent an answer without a `response`")

@@ -4,7 +4,9 @@ an admin raises a world event (fire, rain…) in their room, shown here and sent
 The command reads the caller, their name and room in the reactor thread, does only the
 HTTP call in a thread (`deferToThread`), and shows the answer to the caller alone from the
 Deferred's callback, back in the reactor thread. After `WORLDBRIDGE_THINKING_AFTER`
-seconds without an answer the caller sees "Timmy is thinking…".
+seconds without an answer the caller sees "Timmy is thinking…". The reply streams: each
+part the bridge sends is shown as it arrives (one message per part, the crisis protocol
+first when it fires); a bridge that does not stream gives the whole reply at once.
 
 Add the cmdset to your CharacterCmdSet (`commands/default_cmdsets.py`):
 
@@ -28,19 +30,40 @@ from . import protocol as wire
 from . import world
 
 
-def ask(caller, payload, conf, clock=reactor, call_in_thread=threads.deferToThread):
-    """Send `payload` to the bridge and show the outcome to `caller` only.
+def ask(
+    caller,
+    payload,
+    conf,
+    clock=reactor,
+    call_in_thread=threads.deferToThread,
+    from_thread=reactor.callFromThread,
+):
+    """Send `payload` to the bridge and show the outcome to `caller` only: each streamed
+    part as it arrives, else the whole reply.
 
     Returns the Deferred (fired after the caller has been told)."""
     agent = raw(conf.agent_name)
     thinking = clock.callLater(conf.thinking_after_s, caller.msg, f"{agent} is thinking…")
+    shown = []
 
     def stop_thinking(outcome):
         if thinking.active():
             thinking.cancel()
         return outcome
 
+    def show_part(text):
+        stop_thinking(None)
+        if text.strip():
+            shown.append(text)
+            caller.msg(f"|c{agent}|n: {raw(text.strip())}")
+
+    def on_part(text):
+        # From the HTTP thread: shown in the reactor thread, before the final answer.
+        from_thread(show_part, text)
+
     def show_reply(answer):
+        if shown:
+            return
         caller.msg(f"|c{agent}|n: {raw(answer['response'])}")
 
     def show_error(failure):
@@ -50,7 +73,9 @@ def ask(caller, payload, conf, clock=reactor, call_in_thread=threads.deferToThre
             logger.log_trace(f"[worldbridge] talk failed: {failure.getErrorMessage()}")
             caller.msg(f"|r{agent} could not answer:|n an error in the game (see the server log)")
 
-    d = call_in_thread(chat.post_chat, conf.url, payload, conf.http_token, conf.timeout_s)
+    d = call_in_thread(
+        chat.post_chat, conf.url, payload, conf.http_token, conf.timeout_s, on_part
+    )
     d.addBoth(stop_thinking)
     d.addCallbacks(show_reply, show_error)
     return d

@@ -394,6 +394,8 @@ mod tests {
             crisis: false,
             timeout: Duration::from_secs(1),
             purpose: crate::agent::Purpose::Reply,
+            system: None,
+            stream: false,
         }
     }
 

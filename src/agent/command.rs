@@ -13,6 +13,9 @@
 //!   `messages` are a classifier prompt and the user's message, and the answer's `text`
 //!   should start with yes or no;
 //! - out (one line on the child's stdout): `{"text": "..."}` or `{"error": "..."}`.
+//!   A request with `"stream": true` (the caller takes the answer in parts) may first get
+//!   `{"type": "part", "text": "..."}` lines, each passed on as it comes; the final
+//!   `{"text"}` is still required (the whole answer). Parts are ignored otherwise.
 //!   Blank lines are ignored; a line is at most 1 MiB. stderr is inherited (the child's
 //!   logs go to ours).
 //!
@@ -71,10 +74,14 @@ struct WireRequest<'a> {
     crisis: bool,
     messages: Vec<super::Turn>,
     context: &'a WorldContext,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    stream: bool,
 }
 
 #[derive(Deserialize)]
 struct WireReply {
+    #[serde(rename = "type")]
+    kind: Option<String>,
     text: Option<String>,
     error: Option<String>,
 }
@@ -154,6 +161,24 @@ impl CommandBackend {
 
 impl Backend for CommandBackend {
     fn answer(&mut self, req: &AgentRequest) -> Result<String, AgentError> {
+        self.call(req, None)
+    }
+
+    fn answer_streaming(
+        &mut self,
+        req: &AgentRequest,
+        sink: &mut dyn FnMut(&str),
+    ) -> Result<String, AgentError> {
+        self.call(req, Some(sink))
+    }
+}
+
+impl CommandBackend {
+    fn call(
+        &mut self,
+        req: &AgentRequest,
+        mut sink: Option<&mut dyn FnMut(&str)>,
+    ) -> Result<String, AgentError> {
         let deadline = Instant::now() + req.timeout;
         // A child that died between calls is replaced before it is asked anything.
         if let Some(child) = &mut self.child {
@@ -178,6 +203,7 @@ impl Backend for CommandBackend {
             crisis: req.crisis,
             messages: prompt::messages(&self.persona, req),
             context: &req.context,
+            stream: sink.is_some(),
         };
         let mut line = serde_json::to_vec(&wire)
             .map_err(|e| AgentError::Backend(format!("cannot encode the request: {e}")))?;
@@ -241,6 +267,16 @@ impl Backend for CommandBackend {
                 }
             };
             return match serde_json::from_str::<WireReply>(&line) {
+                Ok(WireReply {
+                    kind: Some(kind),
+                    text,
+                    ..
+                }) if kind == "part" => {
+                    if let (Some(sink), Some(text)) = (sink.as_mut(), text) {
+                        sink(&text);
+                    }
+                    continue;
+                }
                 Ok(WireReply {
                     text: Some(text), ..
                 }) => Ok(text),
@@ -382,6 +418,8 @@ mod tests {
             crisis: false,
             timeout,
             purpose: crate::agent::Purpose::Reply,
+            system: None,
+            stream: false,
         }
     }
 
@@ -544,5 +582,43 @@ mod tests {
         if had_proc {
             assert!(!proc_dir.exists(), "pid {pid} still exists");
         }
+    }
+}
+
+#[cfg(test)]
+mod stream_tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn part_lines_go_to_the_sink_and_the_final_text_is_the_answer() {
+        let script = r#"read line; case "$line" in *'"stream":true'*) ;; *) echo '{"error":"no stream flag"}'; exit;; esac
+echo '{"type":"part","text":"One."}'; echo '{"type":"part","text":" Two."}'; echo '{"text":"One. Two."}'
+read line; echo '{"type":"part","text":"ignored"}'; echo '{"text":"plain"}'"#;
+        let argv = ["sh".to_string(), "-c".into(), script.into()];
+        let mut b = CommandBackend::new(&argv, "persona").expect("backend");
+        let mut req = AgentRequest {
+            job_id: 1,
+            user_id: "u".into(),
+            username: "u".into(),
+            history: Vec::new(),
+            message: "hi".into(),
+            context: WorldContext::default(),
+            crisis: false,
+            timeout: Duration::from_secs(10),
+            purpose: crate::agent::Purpose::Reply,
+            system: None,
+            stream: true,
+        };
+        let mut got = Vec::new();
+        let text = b.answer_streaming(&req, &mut |p| got.push(p.to_string()));
+        assert_eq!(text, Ok("One. Two.".into()));
+        assert_eq!(got, vec!["One.", " Two."]);
+        req.stream = false;
+        assert_eq!(
+            b.answer(&req),
+            Ok("plain".into()),
+            "parts are skipped unstreamed"
+        );
     }
 }

@@ -83,6 +83,12 @@ pub struct AgentRequest {
     pub timeout: Duration,
     /// A reply to the user, or the crisis classification (`agent.crisis_model_check`).
     pub purpose: Purpose,
+    /// Instructions the caller gave (an OpenAI-style `system` message), added to the
+    /// system prompt before the crisis protocol; `None` for the bridge's own requests.
+    pub system: Option<String>,
+    /// The caller takes the answer in parts: a backend that can stream hands each piece
+    /// to its sink as it comes ([`Backend::answer_streaming`]).
+    pub stream: bool,
 }
 
 /// What a request asks the model for.
@@ -121,10 +127,24 @@ pub struct AgentReply {
     pub result: Result<String, AgentError>,
     /// Wall time the backend took.
     pub elapsed: Duration,
+    /// A piece of a streamed answer (`result` is `Ok` with the new text); more follows,
+    /// and the final reply (with the whole text) ends it.
+    pub chunk: bool,
 }
 
 /// A backend turns one request into text. Each worker thread owns one instance, so a
 /// backend may keep state (a subprocess, an HTTP agent) without locks.
 pub trait Backend: Send {
     fn answer(&mut self, req: &AgentRequest) -> Result<String, AgentError>;
+
+    /// The answer, handing each piece to `sink` as it comes when the backend can stream
+    /// (the returned text is the whole answer). By default, one piece at the end.
+    fn answer_streaming(
+        &mut self,
+        req: &AgentRequest,
+        sink: &mut dyn FnMut(&str),
+    ) -> Result<String, AgentError> {
+        let _ = sink;
+        self.answer(req)
+    }
 }

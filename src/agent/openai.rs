@@ -14,6 +14,12 @@
 //! Other statuses, refused connections and unusable bodies fail at once with
 //! [`AgentError::Backend`]; running out of time is [`AgentError::Timeout`].
 //!
+//! Streamed (a request with `stream`), the body asks `"stream": true` and each
+//! `data: {"choices":[{"delta":{"content":…}}]}` event's text goes to the sink as it
+//! arrives, up to `data: [DONE]`; a server that ignores `stream` and answers one JSON
+//! completion is read as usual. Retries happen only before the first byte of an answer.
+//! The gap between two chunks is bounded by the loop (`agent.chunk_timeout_s`).
+//!
 //! ureq (blocking, no async runtime) fits a worker thread that owns its backend; its
 //! connection pool keeps one worker's calls on a warm connection.
 
@@ -87,7 +93,13 @@ impl OpenAi {
         })
     }
 
-    fn attempt(&self, body: &[u8], budget: Duration, key: Option<&str>) -> Attempt {
+    fn attempt(
+        &self,
+        body: &[u8],
+        budget: Duration,
+        key: Option<&str>,
+        sink: Option<&mut dyn FnMut(&str)>,
+    ) -> Attempt {
         let mut request = self
             .agent
             .post(&self.url)
@@ -95,7 +107,13 @@ impl OpenAi {
             .timeout_global(Some(budget))
             .build()
             .header("content-type", "application/json")
-            .header("accept", "application/json");
+            .header(
+                "accept",
+                match sink {
+                    Some(_) => "text/event-stream, application/json",
+                    None => "application/json",
+                },
+            );
         if let Some(key) = key {
             request = request.header("authorization", format!("Bearer {key}"));
         }
@@ -110,6 +128,20 @@ impl OpenAi {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u64>().ok())
             .map(Duration::from_secs);
+        let events = (response.headers().get("content-type"))
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("text/event-stream"));
+        if let (Some(sink), 200..=299, true) = (sink, status, events) {
+            let reader = response.body_mut().with_config().limit(BODY_LIMIT).reader();
+            return match read_events(io::BufReader::new(reader), sink) {
+                Ok(text) => Attempt::Answer(text),
+                Err(EventsError::Io(e)) if is_timeout(&e) => Attempt::Failed(AgentError::Timeout),
+                Err(e) => Attempt::Failed(AgentError::Backend(format!(
+                    "{} streamed an answer but {e}",
+                    self.url
+                ))),
+            };
+        }
         let text = match response
             .body_mut()
             .with_config()
@@ -158,13 +190,34 @@ impl OpenAi {
 
 impl Backend for OpenAi {
     fn answer(&mut self, req: &AgentRequest) -> Result<String, AgentError> {
+        self.call(req, None)
+    }
+
+    fn answer_streaming(
+        &mut self,
+        req: &AgentRequest,
+        sink: &mut dyn FnMut(&str),
+    ) -> Result<String, AgentError> {
+        self.call(req, Some(sink))
+    }
+}
+
+impl OpenAi {
+    fn call(
+        &mut self,
+        req: &AgentRequest,
+        mut sink: Option<&mut dyn FnMut(&str)>,
+    ) -> Result<String, AgentError> {
         let deadline = Instant::now() + req.timeout;
-        let body = serde_json::json!({
+        let mut body = serde_json::json!({
             "model": self.model,
             "messages": prompt::messages(&self.persona, req),
             "temperature": self.temperature,
             "max_tokens": self.max_tokens,
         });
+        if sink.is_some() {
+            body["stream"] = serde_json::Value::Bool(true);
+        }
         let body = serde_json::to_vec(&body)
             .map_err(|e| AgentError::Backend(format!("cannot encode the request: {e}")))?;
         let key = std::env::var(&self.api_key_env)
@@ -178,15 +231,17 @@ impl Backend for OpenAi {
                 return Err(AgentError::Timeout);
             }
             attempts += 1;
-            let (status, retry_after, excerpt) = match self.attempt(&body, budget, key.as_deref()) {
-                Attempt::Answer(text) => return Ok(text),
-                Attempt::Failed(e) => return Err(e),
-                Attempt::Retry {
-                    status,
-                    retry_after,
-                    excerpt,
-                } => (status, retry_after, excerpt),
-            };
+            let sink = sink.as_mut().map(|s| &mut **s as &mut dyn FnMut(&str));
+            let (status, retry_after, excerpt) =
+                match self.attempt(&body, budget, key.as_deref(), sink) {
+                    Attempt::Answer(text) => return Ok(text),
+                    Attempt::Failed(e) => return Err(e),
+                    Attempt::Retry {
+                        status,
+                        retry_after,
+                        excerpt,
+                    } => (status, retry_after, excerpt),
+                };
             let wait = retry_after.unwrap_or(backoff);
             let left = deadline.saturating_duration_since(Instant::now());
             if wait + MIN_ATTEMPT > left {
@@ -209,6 +264,67 @@ impl Backend for OpenAi {
             backoff = (backoff * 2).min(MAX_BACKOFF);
         }
     }
+}
+
+/// Why reading an event stream failed.
+#[derive(Debug)]
+enum EventsError {
+    Io(io::Error),
+    Bad(String),
+}
+
+impl std::fmt::Display for EventsError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            EventsError::Io(e) => write!(f, "reading it failed: {e}"),
+            EventsError::Bad(why) => f.write_str(why),
+        }
+    }
+}
+
+fn is_timeout(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::TimedOut || e.to_string().to_lowercase().contains("timeout")
+}
+
+/// Read `chat.completion.chunk` events up to `data: [DONE]` (or the end of the body),
+/// handing each `delta.content` to `sink`; the whole text, trimmed and non-empty.
+fn read_events(
+    reader: impl io::BufRead,
+    sink: &mut dyn FnMut(&str),
+) -> Result<String, EventsError> {
+    let mut whole = String::new();
+    for line in reader.lines() {
+        let line = line.map_err(EventsError::Io)?;
+        let Some(data) = line.strip_prefix("data:") else {
+            continue;
+        };
+        let data = data.trim();
+        if data == "[DONE]" {
+            break;
+        }
+        let v: serde_json::Value = serde_json::from_str(data).map_err(|e| {
+            EventsError::Bad(format!("an event is not JSON ({e}): {}", excerpt(data)))
+        })?;
+        if let Some(err) = v.get("error") {
+            return Err(EventsError::Bad(format!(
+                "the stream reported an error: {}",
+                excerpt(&err.to_string())
+            )));
+        }
+        let piece = v
+            .pointer("/choices/0/delta/content")
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or_default();
+        if !piece.is_empty() {
+            sink(piece);
+            whole.push_str(piece);
+        }
+    }
+    let whole = whole.trim();
+    if whole.is_empty() {
+        return Err(EventsError::Bad("the stream had no content".into()));
+    }
+    Ok(whole.to_string())
 }
 
 /// `choices[0].message.content` of a chat completion, trimmed and non-empty.
@@ -434,6 +550,8 @@ mod tests {
             crisis: false,
             timeout,
             purpose: crate::agent::Purpose::Reply,
+            system: None,
+            stream: false,
         }
     }
 
@@ -660,5 +778,50 @@ mod tests {
         assert_eq!(excerpt(""), "(empty body)");
         let long = "é".repeat(500);
         assert_eq!(excerpt(&long).chars().count(), EXCERPT_CHARS + 1);
+    }
+}
+
+#[cfg(test)]
+mod stream_tests {
+    use super::*;
+
+    fn events(body: &str) -> (Result<String, String>, Vec<String>) {
+        let mut got = Vec::new();
+        let r = read_events(io::Cursor::new(body.as_bytes()), &mut |p| {
+            got.push(p.to_string())
+        });
+        (r.map_err(|e| e.to_string()), got)
+    }
+
+    #[test]
+    fn chunk_events_go_to_the_sink_until_done() {
+        let chunk = |t: &str| {
+            format!(
+                "data: {}\n\n",
+                serde_json::json!({"choices": [{"delta": {"content": t}}]})
+            )
+        };
+        let body = format!(
+            ": comment\n\ndata: {}\n\n{}{}data: [DONE]\n\n{}",
+            serde_json::json!({"choices": [{"delta": {"role": "assistant"}}]}),
+            chunk("Hello"),
+            chunk(" there."),
+            chunk("ignored after DONE")
+        );
+        let (r, got) = events(&body);
+        assert_eq!(r, Ok("Hello there.".into()));
+        assert_eq!(got, vec!["Hello", " there."]);
+        // A body that ends without [DONE] still counts; no content is an error.
+        assert_eq!(events(&chunk("Hi")).0, Ok("Hi".into()));
+        assert!(events("data: [DONE]\n\n")
+            .0
+            .unwrap_err()
+            .contains("no content"));
+        assert!(events("data: {oops\n\n")
+            .0
+            .unwrap_err()
+            .contains("not JSON"));
+        let err = events("data: {\"error\": {\"message\": \"overloaded\"}}\n\n").0;
+        assert!(err.unwrap_err().contains("overloaded"));
     }
 }

@@ -204,6 +204,7 @@ impl Worker {
                 job_id: req.job_id,
                 result,
                 elapsed,
+                chunk: false,
             };
             if self.replies.send(reply).is_err() {
                 // The loop is gone: nobody will read another reply.
@@ -215,7 +216,24 @@ impl Worker {
 
     fn answer(&mut self, req: &AgentRequest) -> Result<String, AgentError> {
         let backend = &mut self.backend;
-        match catch_unwind(AssertUnwindSafe(|| backend.answer(req))) {
+        let (replies, wake) = (&self.replies, &self.wake);
+        // Each piece of a streamed answer goes to the loop at once.
+        let mut sink = |piece: &str| {
+            let chunk = AgentReply {
+                job_id: req.job_id,
+                result: Ok(piece.to_string()),
+                elapsed: Duration::ZERO,
+                chunk: true,
+            };
+            if replies.send(chunk).is_ok() {
+                wake();
+            }
+        };
+        let run = || match req.stream {
+            true => backend.answer_streaming(req, &mut sink),
+            false => backend.answer(req),
+        };
+        match catch_unwind(AssertUnwindSafe(run)) {
             Ok(result) => result,
             Err(payload) => {
                 let what = panic_message(payload.as_ref());
@@ -296,6 +314,8 @@ mod tests {
             crisis: false,
             timeout: Duration::from_secs(5),
             purpose: crate::agent::Purpose::Reply,
+            system: None,
+            stream: false,
         }
     }
 

@@ -72,6 +72,16 @@ pub fn system_prompt(persona: &str, req: &AgentRequest) -> String {
             game.world, game.summary
         ));
     }
+    if let Some(extra) = req
+        .system
+        .as_deref()
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+    {
+        out.push_str("\n## The caller's instructions\n");
+        out.push_str(extra);
+        out.push('\n');
+    }
     out.push_str("\n## Crisis protocol\n");
     out.push_str(CRISIS_INSTRUCTIONS);
     out.push('\n');
@@ -187,6 +197,8 @@ mod tests {
             crisis,
             timeout: Duration::from_secs(5),
             purpose: crate::agent::Purpose::Reply,
+            system: None,
+            stream: false,
         }
     }
 

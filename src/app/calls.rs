@@ -29,7 +29,13 @@ pub enum ReplyTo {
     Channel(crossbeam_channel::Sender<crate::app::outcome::Reply>),
     /// A message from a WebSocket feed: the agent's answer is spoken aloud as a `bark`
     /// in `room` (every feed hears it; with `workshop` the Workshop's browsers too).
-    Bark { room: String, workshop: bool },
+    /// A streamed answer's parts are `bark_part` frames with `reply_id` (the call's job),
+    /// which its final `bark` carries too.
+    Bark {
+        room: String,
+        workshop: bool,
+        reply_id: Option<u64>,
+    },
 }
 
 /// What kind of request made the call (it decides the response's shape).
@@ -59,6 +65,10 @@ pub struct Call {
     pub created: Instant,
     /// Waiting: until when it may wait for its turn. In flight: for the agent's answer.
     pub deadline: Instant,
+    /// The caller asked for the reply in parts (`None`: one answer at the end).
+    pub stream: Option<Box<crate::app::stream::Stream>>,
+    /// The caller's own instructions for the system prompt.
+    pub system: Option<String>,
 }
 
 #[derive(Debug, Default)]
@@ -160,15 +170,25 @@ impl Calls {
         out
     }
 
-    /// The earliest deadline, for the loop's poll timeout.
+    /// Every call, in flight or waiting (to send a streamed call's `thinking`).
+    pub fn each_mut(&mut self) -> impl Iterator<Item = &mut Call> {
+        (self.in_flight.values_mut()).chain(self.waiting.values_mut().flat_map(|q| q.iter_mut()))
+    }
+
+    /// The earliest deadline, for the loop's poll timeout (a streamed call's `thinking`
+    /// included).
     pub fn next_deadline(&self) -> Option<Instant> {
+        let thinking = (self.in_flight.values())
+            .chain(self.waiting.values().flat_map(|q| q.iter()))
+            .filter_map(|c| c.stream.as_ref().and_then(|s| s.thinking_deadline()))
+            .min();
         let a = self.in_flight.values().map(|c| c.deadline).min();
         let b = self
             .waiting
             .values()
             .filter_map(|q| q.front().map(|c| c.deadline))
             .min();
-        a.into_iter().chain(b).min()
+        a.into_iter().chain(b).chain(thinking).min()
     }
 }
 
@@ -190,6 +210,8 @@ mod tests {
             resources: false,
             created: deadline,
             deadline,
+            stream: None,
+            system: None,
         }
     }
 

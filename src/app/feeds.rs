@@ -8,6 +8,7 @@
 
 use crate::app::calls::{CallKind, ReplyTo};
 use crate::app::outcome::{Outcome, Reply};
+use crate::app::stream::Part;
 use crate::app::{Answer, App, CallInput};
 use crate::conn::ConnId;
 use crate::feeds::gateway::{self, error_frame, Frame};
@@ -130,7 +131,7 @@ impl App {
     }
 
     /// The agent answered a message from a feed: it speaks aloud in `room`.
-    pub fn bark_reply(&mut self, room: &str, workshop: bool, reply: Reply) {
+    pub fn bark_reply(&mut self, room: &str, workshop: bool, reply_id: Option<u64>, reply: Reply) {
         let text = match reply {
             Ok(Outcome::Chat(c)) => c.text,
             Ok(other) => {
@@ -146,14 +147,42 @@ impl App {
         // A bark event in the room: the gateway and the game hosting the room hear it
         // through the outbox.
         if self.world.ensure_room(room).is_ok() {
+            if let Some(id) = reply_id {
+                self.gateway.expect_bark(room, &text, id);
+            }
             self.world.bark(room, &text, now);
         }
         if workshop {
             let mut out = Vec::new();
             let mood = self.workshop_mood();
-            self.workshop.bark(&text, Some(&mood), &mut out);
+            self.workshop.bark(&text, Some(&mood), reply_id, &mut out);
             self.apply_workshop(out, now);
         }
+    }
+
+    /// A part of a streamed bark: a `bark_part` frame on the gateway (in its resumable
+    /// log) and, for a Workshop visitor's message, to the Workshop's browsers. The feeds
+    /// have no `thinking`.
+    pub fn bark_part(&mut self, room: &str, workshop: bool, reply_id: u64, part: &Part) {
+        let Part::Text { index, text, .. } = part else {
+            return;
+        };
+        let now = crate::world::time::now_ms();
+        let mut m = Map::new();
+        m.insert("type".into(), "bark_part".into());
+        m.insert("reply_id".into(), reply_id.into());
+        m.insert("index".into(), (*index).into());
+        m.insert("text".into(), text.as_str().into());
+        if workshop {
+            let mut out = Vec::new();
+            self.workshop.bark_part(m.clone(), &mut out);
+            self.apply_workshop(out, now);
+        }
+        m.insert("agentId".into(), self.cfg.gateway.agent_id.clone().into());
+        m.insert("room".into(), room.into());
+        let mut out = Vec::new();
+        self.gateway.publish(m, None, now, &mut out);
+        self.apply_gateway(out, now);
     }
 
     /// The agent's mood for a Workshop bark: the state file's `mood` when it is a
@@ -208,9 +237,11 @@ impl App {
                     conn,
                     visitor,
                     text,
+                    stream,
                 } => {
                     let user = format!("workshop:{visitor}");
-                    let sent = self.feed_chat(&user, &visitor, workshop::ROOM, &text, true, now_ms);
+                    let how = (true, stream);
+                    let sent = self.feed_chat(&user, &visitor, workshop::ROOM, &text, how, now_ms);
                     if let Err(why) = sent {
                         self.ws_out
                             .push(WsOut::Send(conn, error_frame("rate_limited", &why)));
@@ -269,7 +300,8 @@ impl App {
             .map(str::to_string)
             .or_else(|| self.world.occupant(&user).map(|o| o.room.clone()))
             .unwrap_or_else(|| DEFAULT_ROOM.to_string());
-        if let Err(why) = self.feed_chat(&user, from, &room, &text, false, now_ms) {
+        let stream = msg.get("stream") == Some(&Value::Bool(true));
+        if let Err(why) = self.feed_chat(&user, from, &room, &text, (false, stream), now_ms) {
             if let Some(conn) = self.gateway.conn_of(from) {
                 self.ws_out
                     .push(WsOut::Send(conn, error_frame("rate_limited", &why)));
@@ -285,7 +317,7 @@ impl App {
         username: &str,
         room: &str,
         text: &str,
-        workshop: bool,
+        (workshop, stream): (bool, bool),
         now_ms: u64,
     ) -> Result<(), String> {
         let max = self.cfg.rooms.message_max_bytes;
@@ -306,13 +338,17 @@ impl App {
             username: username.to_string(),
             room: room.clone(),
             message: text.to_string(),
+            stream,
+            system: None,
         };
         let to = ReplyTo::Bark {
             room: room.clone(),
             workshop,
+            reply_id: None,
         };
+        // A streamed bark comes later, after its parts.
         if let Answer::Now(reply) = self.begin_call(input, to, now_ms, Instant::now()) {
-            self.bark_reply(&room, workshop, reply);
+            self.bark_reply(&room, workshop, None, reply);
         }
         Ok(())
     }
@@ -390,7 +426,7 @@ mod tests {
             session_messages: 1,
             crisis: false,
         };
-        app.bark_reply(workshop::ROOM, true, Ok(Outcome::Chat(chat)));
+        app.bark_reply(workshop::ROOM, true, None, Ok(Outcome::Chat(chat)));
         let events = app.world.take_new_events();
         assert_eq!(events.len(), 1);
         assert_eq!(events[0].message.as_deref(), Some("Slowly."));
@@ -402,6 +438,7 @@ mod tests {
         app.bark_reply(
             workshop::ROOM,
             true,
+            None,
             Err(crate::app::outcome::Refusal::new("agent_timeout", "late")),
         );
         assert!(app.world.take_new_events().is_empty());

@@ -78,6 +78,14 @@ pub struct Metrics {
     pub agent_calls: BTreeMap<&'static str, u64>,
     pub agent_latency: Histogram,
     pub request_latency: Histogram,
+    /// Streamed replies: time from the call to its first part, and to the whole reply,
+    /// labelled with the backend (`agent.backend`).
+    #[serde(skip)]
+    pub agent_first_part: Histogram,
+    #[serde(skip)]
+    pub agent_reply: Histogram,
+    #[serde(skip)]
+    pub agent_backend: String,
     /// Crisis detections by category (`suicide`, `self_harm`, `hopelessness`,
     /// `desperation`, or `model_check` when only the model's classification found it).
     pub crisis_detections: BTreeMap<&'static str, u64>,
@@ -279,6 +287,13 @@ impl Metrics {
         o.push_str("# HELP worldbridge_agent_latency_seconds Time from submitting an agent call to its answer.\n# TYPE worldbridge_agent_latency_seconds histogram\n");
         self.agent_latency
             .render("worldbridge_agent_latency_seconds", "", &mut o);
+        let backend = format!("backend=\"{}\"", self.agent_backend);
+        o.push_str("# HELP worldbridge_agent_first_part_seconds Time from a streamed call to its first part.\n# TYPE worldbridge_agent_first_part_seconds histogram\n");
+        self.agent_first_part
+            .render("worldbridge_agent_first_part_seconds", &backend, &mut o);
+        o.push_str("# HELP worldbridge_agent_reply_seconds Time from a streamed call to its whole reply.\n# TYPE worldbridge_agent_reply_seconds histogram\n");
+        self.agent_reply
+            .render("worldbridge_agent_reply_seconds", &backend, &mut o);
         o.push_str("# HELP worldbridge_http_request_duration_seconds Time from a parsed request to its response.\n# TYPE worldbridge_http_request_duration_seconds histogram\n");
         self.request_latency
             .render("worldbridge_http_request_duration_seconds", "", &mut o);

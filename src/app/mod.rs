@@ -17,6 +17,7 @@ pub mod peer_sync;
 pub mod peering;
 pub mod reports;
 pub mod room_expiry;
+pub mod stream;
 pub mod travel;
 
 use crate::agent::builtin;
@@ -28,6 +29,7 @@ use crate::app::feeds::WsOut;
 use crate::app::links::Links;
 use crate::app::metrics::{Gauges, Metrics};
 use crate::app::outcome::{ChatReply, Outcome, Refusal, Reply};
+use crate::app::stream::{Part, Stream};
 use crate::config::Config;
 use crate::conn::ConnId;
 use crate::federation::sign::WorldKey;
@@ -91,6 +93,9 @@ pub struct App {
     pub shutting_down: bool,
     /// Answers ready for waiting connections; the loop drains it.
     pub ready: Vec<(ReplyTo, Reply)>,
+    /// Parts of streamed replies, in order, for where each request waits; the loop drains
+    /// it before `ready`, so a reply's parts go out before its final answer.
+    pub parts: Vec<(ReplyTo, Part)>,
     /// HTTP answers the door rendered and the loop holds, now durable (`None`) or failed
     /// (the refusal to send instead); the loop drains it.
     pub released: Vec<(ConnId, Option<Refusal>)>,
@@ -151,6 +156,10 @@ pub struct CallInput {
     pub username: String,
     pub room: String,
     pub message: String,
+    /// Send the reply in parts as they are ready ([`App::parts`]).
+    pub stream: bool,
+    /// The caller's own instructions for the system prompt (the OpenAI door's `system`).
+    pub system: Option<String>,
 }
 
 impl App {
@@ -225,7 +234,10 @@ impl App {
                 cfg.http.rate_limit_window_s,
             ),
             world,
-            metrics: Metrics::default(),
+            metrics: Metrics {
+                agent_backend: cfg.agent.backend.clone(),
+                ..Metrics::default()
+            },
             crisis,
             crisis_checks: HashMap::new(),
             calls: Calls::default(),
@@ -233,6 +245,7 @@ impl App {
             started: Instant::now(),
             shutting_down: false,
             ready: Vec::new(),
+            parts: Vec::new(),
             released: Vec::new(),
             connections_open: 0,
             ws_connections: 0,
@@ -246,6 +259,11 @@ impl App {
         };
         app.ensure_portal_rooms();
         Ok(app)
+    }
+
+    /// How long this bridge has been running.
+    pub fn uptime(&self) -> Duration {
+        self.started.elapsed()
     }
 
     pub fn attach_pool(&mut self, pool: AgentPool) {
@@ -530,7 +548,8 @@ impl App {
                 }
             }
         }
-        let call = Call {
+        let stream = input.stream;
+        let mut call = Call {
             job_id: self.calls.next_job_id(),
             kind: input.kind,
             reply_to,
@@ -542,6 +561,8 @@ impl App {
             resources,
             created: now,
             deadline: now + self.agent_timeout(),
+            stream: None,
+            system: input.system,
         };
         if let Some(user) = call.user_id.as_deref() {
             if self.calls.is_busy(user)
@@ -556,6 +577,9 @@ impl App {
                 )
                 .retry_after(1)));
             }
+        }
+        if stream {
+            self.open_stream(&mut call, now);
         }
         let check = self.wants_crisis_check(&call).then(|| {
             (
@@ -574,6 +598,11 @@ impl App {
             Answer::Later
         } else {
             match self.submit(call, now) {
+                // A streamed answer goes after its parts, through `ready`.
+                Some((to, Ok(outcome))) if stream => {
+                    self.answer(to, Ok(outcome));
+                    Answer::Later
+                }
                 Some((_, resp)) => Answer::Now(resp),
                 None => Answer::Later,
             }
@@ -617,6 +646,8 @@ impl App {
             crisis: false,
             timeout: limit,
             purpose: crate::agent::Purpose::CrisisCheck,
+            system: None,
+            stream: false,
         };
         if pool.try_submit(req).is_err() {
             log::debug!("crisis model check skipped for job {call_job}: the agent queue is full");
@@ -652,9 +683,18 @@ impl App {
             }
         }
         self.metrics.count_crisis("model_check");
+        let now = Instant::now();
         let pending = match self.calls.get_mut(check.call_job) {
             Some(call) => {
                 call.crisis = true;
+                // A streamed reply with nothing sent yet gets the protocol as part 0 now;
+                // one already under way gets it after the model's parts.
+                let lead = (call.stream.as_mut())
+                    .filter(|s| !s.started())
+                    .map(|s| s.lead(&crisis::crisis_reply(None), true, now));
+                if let Some(part) = lead {
+                    self.parts.push((call.reply_to.clone(), part));
+                }
                 true
             }
             None => false,
@@ -716,6 +756,8 @@ impl App {
             crisis: call.crisis,
             timeout: self.agent_timeout(),
             purpose: crate::agent::Purpose::Reply,
+            system: call.system.clone(),
+            stream: call.stream.is_some(),
         };
         call.deadline = now + self.agent_timeout();
         if self.cfg.agent.backend == "builtin" {
@@ -723,7 +765,7 @@ impl App {
             // so it runs here: a worker hop would cost more than the answer.
             let text = builtin::reply(&req);
             self.metrics.agent_latency.observe(now.elapsed());
-            let resp = self.complete(&call, Ok(text));
+            let resp = self.complete(&mut call, Ok(text));
             return Some((call.reply_to, resp));
         }
         let submitted = match &self.pool {
@@ -735,7 +777,7 @@ impl App {
             return None;
         }
         self.metrics.count_agent("rejected");
-        let resp = if let Some(text) = self.shape_reply(&call, None) {
+        let resp = if let Some(text) = self.shaped(&mut call, None) {
             self.finish_call(&call, text)
         } else {
             Err(Refusal::new(
@@ -776,11 +818,7 @@ impl App {
     /// The text a user gets: the crisis protocol leads when the detector fired on this
     /// message, and a flagged session keeps the 988 line.
     fn shape_reply(&self, call: &Call, agent_text: Option<String>) -> Option<String> {
-        let flagged = call
-            .user_id
-            .as_deref()
-            .and_then(|u| self.world.sessions.get(u))
-            .is_some_and(|s| s.crisis);
+        let flagged = self.flagged(call);
         match (call.crisis, agent_text) {
             (true, text) => Some(crisis::crisis_reply(text.as_deref())),
             (false, text) if call.resources => Some(crisis::resources_reply(text.as_deref())),
@@ -789,8 +827,106 @@ impl App {
         }
     }
 
+    /// A piece of a streamed answer: the parts it completed go out, and the call's
+    /// deadline becomes the next chunk's (`agent.chunk_timeout_s`), within the whole
+    /// reply's (`agent.timeout_s` from the submit).
+    fn on_chunk(&mut self, reply: AgentReply, now: Instant) {
+        let Ok(piece) = reply.result else { return };
+        let gap = Duration::from_secs(self.cfg.agent.chunk_timeout_s);
+        let Some(call) = self.calls.get_mut(reply.job_id) else {
+            return;
+        };
+        let Some(s) = call.stream.as_mut() else {
+            return;
+        };
+        s.upstream = true;
+        let whole_by = *s.whole_by.get_or_insert(call.deadline);
+        call.deadline = whole_by.min(now + gap);
+        let parts = s.model(&piece, now);
+        let to = call.reply_to.clone();
+        self.parts
+            .extend(parts.into_iter().map(|p| (to.clone(), p)));
+    }
+
+    /// Whether the call's session is flagged by the crisis protocol.
+    fn flagged(&self, call: &Call) -> bool {
+        call.user_id
+            .as_deref()
+            .and_then(|u| self.world.sessions.get(u))
+            .is_some_and(|s| s.crisis)
+    }
+
+    /// The text a user gets, whole ([`App::shape_reply`]) or, for a streamed call, as
+    /// its last parts: `None` when the agent gave nothing and no protocol text leads.
+    fn shaped(&mut self, call: &mut Call, agent_text: Option<String>) -> Option<String> {
+        if call.stream.is_none() {
+            return self.shape_reply(call, agent_text);
+        }
+        let flagged = self.flagged(call);
+        let s = call.stream.as_mut()?;
+        let now = Instant::now();
+        let ok = agent_text.is_some();
+        let mut parts = Vec::new();
+        if let Some(text) = agent_text.filter(|_| !s.upstream) {
+            parts.extend(s.model(&text, now));
+        }
+        if ok || s.lead || call.crisis {
+            parts.extend(s.flush(now));
+        }
+        if call.crisis && !s.crisis_sent {
+            parts.extend(s.late_crisis(&crisis::crisis_reply(None), now));
+        } else if ok && flagged && !s.lead {
+            let whole = crisis::keep_lifeline(&s.text);
+            let tail = whole.strip_prefix(s.text.as_str()).unwrap_or_default();
+            parts.extend(s.tail(tail.to_string(), now));
+        }
+        let text = (ok || s.lead || s.crisis_sent).then(|| s.text.clone());
+        if let Some(first) = s.first_part {
+            let m = &mut self.metrics;
+            m.agent_first_part
+                .observe(first.duration_since(call.created));
+            m.agent_reply.observe(now.duration_since(call.created));
+        }
+        let to = call.reply_to.clone();
+        self.parts
+            .extend(parts.into_iter().map(|p| (to.clone(), p)));
+        text
+    }
+
+    /// A streamed call begins: the protocol text (or the hotline numbers) goes out as
+    /// part 0 at once, before the model is asked.
+    fn open_stream(&mut self, call: &mut Call, now: Instant) {
+        let thinking = now + Duration::from_millis(self.cfg.agent.thinking_after_ms);
+        let mut s = Stream::new(self.cfg.agent.stream_min_chars, thinking);
+        let lead = match (call.crisis, call.resources) {
+            (true, _) => Some(s.lead(&crisis::crisis_reply(None), true, now)),
+            (false, true) => Some(s.lead(&crisis::resources_reply(None), false, now)),
+            _ => None,
+        };
+        if let ReplyTo::Bark { reply_id, .. } = &mut call.reply_to {
+            *reply_id = Some(call.job_id);
+        }
+        if let Some(part) = lead {
+            self.parts.push((call.reply_to.clone(), part));
+        }
+        call.stream = Some(Box::new(s));
+    }
+
+    /// `thinking`, once, for each streamed call with no part after
+    /// `agent.thinking_after_ms`.
+    fn send_thinking(&mut self, now: Instant) {
+        for call in self.calls.each_mut() {
+            if call.stream.as_mut().is_some_and(|s| s.thinking_due(now)) {
+                self.parts.push((call.reply_to.clone(), Part::Thinking));
+            }
+        }
+    }
+
     /// A worker answered.
     pub fn on_reply(&mut self, reply: AgentReply, now: Instant) {
+        if reply.chunk {
+            return self.on_chunk(reply, now);
+        }
         if let Some(check) = self.crisis_checks.remove(&reply.job_id) {
             self.on_crisis_check(check, reply.result);
             return;
@@ -805,17 +941,18 @@ impl App {
         self.metrics
             .agent_latency
             .observe(now.duration_since(call.created));
-        let resp = self.complete(&call, reply.result);
+        let mut call = call;
+        let resp = self.complete(&mut call, reply.result);
         self.start_next(call.user_id.as_deref(), now);
         self.answer(call.reply_to, resp);
     }
 
     /// The response for a call the agent answered (or failed).
-    fn complete(&mut self, call: &Call, result: Result<String, AgentError>) -> Reply {
+    fn complete(&mut self, call: &mut Call, result: Result<String, AgentError>) -> Reply {
         match result {
             Ok(text) => {
                 self.metrics.count_agent("ok");
-                let text = self.shape_reply(call, Some(text)).unwrap_or_default();
+                let text = self.shaped(call, Some(text)).unwrap_or_default();
                 self.finish_call(call, text)
             }
             Err(err) => {
@@ -833,8 +970,8 @@ impl App {
     }
 
     /// The answer for a call the agent failed (or that ran out of time).
-    fn failed_call(&mut self, call: &Call, timeout: bool) -> Reply {
-        match self.shape_reply(call, None) {
+    fn failed_call(&mut self, call: &mut Call, timeout: bool) -> Reply {
+        match self.shaped(call, None) {
             Some(text) => self.finish_call(call, text),
             None if timeout => Err(Refusal::new(
                 "agent_timeout",
@@ -870,14 +1007,15 @@ impl App {
             }
             live
         });
-        for call in self.calls.expire(now) {
+        self.send_thinking(now);
+        for mut call in self.calls.expire(now) {
             self.metrics.count_agent("timeout");
             log::warn!(
                 "agent call timed out job={} user={}",
                 call.job_id,
                 call.user_id.as_deref().unwrap_or("-")
             );
-            let resp = self.failed_call(&call, true);
+            let resp = self.failed_call(&mut call, true);
             self.start_next(call.user_id.as_deref(), now);
             self.answer(call.reply_to, resp);
         }
@@ -1063,5 +1201,116 @@ mod tests {
             "a good commit clears the error"
         );
         assert!(a.held.is_empty());
+    }
+}
+
+#[cfg(test)]
+mod stream_tests {
+    use super::*;
+    use crate::agent::Role;
+
+    fn chat(a: &mut App, user: &str, message: &str, stream: bool) -> (ChatReply, Vec<Part>) {
+        let input = CallInput {
+            kind: CallKind::Chat,
+            user_id: Some(user.into()),
+            username: user.into(),
+            room: "The Threshold".into(),
+            message: message.into(),
+            stream,
+            system: None,
+        };
+        let to = ReplyTo::Http(ConnId { idx: 1, gen: 0 });
+        let answer = a.begin_call(input, to, crate::world::time::now_ms(), Instant::now());
+        // Streamed, the answer waits in `ready` behind its parts.
+        let answer = match answer {
+            Answer::Later if stream => a.ready.pop().map(|(_, r)| r),
+            Answer::Now(r) if !stream => Some(r),
+            _ => None,
+        };
+        let Some(Ok(Outcome::Chat(reply))) = answer else {
+            panic!("the builtin agent answers at once");
+        };
+        let parts = a.parts.drain(..).map(|(_, p)| p).collect();
+        (reply, parts)
+    }
+
+    fn app(min_chars: usize) -> App {
+        let mut cfg = Config::default();
+        cfg.store.memory = true;
+        cfg.agent.stream_min_chars = min_chars;
+        App::new(cfg).expect("app")
+    }
+
+    fn texts(parts: &[Part]) -> Vec<(u32, String, bool)> {
+        parts
+            .iter()
+            .map(|p| match p {
+                Part::Text {
+                    index,
+                    text,
+                    crisis,
+                } => (*index, text.clone(), *crisis),
+                Part::Thinking => panic!("no thinking from the builtin agent"),
+            })
+            .collect()
+    }
+
+    fn last_assistant(a: &App, user: &str) -> String {
+        let s = a.world.sessions.get(user).expect("session");
+        let t = s.history.iter().rev().find(|t| t.role == Role::Assistant);
+        t.expect("a reply").content.clone()
+    }
+
+    #[test]
+    fn a_streamed_builtin_chat_is_its_sentences_and_the_stored_reply_their_concatenation() {
+        let (mut streamed, mut whole) = (app(1), app(1));
+        for message in ["hello there", "tell me about this place"] {
+            let (reply, parts) = chat(&mut streamed, "u1", message, true);
+            let (plain, none) = chat(&mut whole, "u1", message, false);
+            assert!(none.is_empty(), "no parts without stream");
+            let parts = texts(&parts);
+            assert!(
+                parts.len() >= 2,
+                "the builtin agent streams sentences: {parts:?}"
+            );
+            let indices: Vec<u32> = parts.iter().map(|p| p.0).collect();
+            assert_eq!(indices, (0..parts.len() as u32).collect::<Vec<_>>());
+            assert!(parts.iter().all(|p| !p.2), "no crisis");
+            let joined: String = parts.iter().map(|p| p.1.as_str()).collect();
+            assert_eq!(reply.text, joined);
+            assert_eq!(
+                last_assistant(&streamed, "u1"),
+                joined,
+                "stored = concatenation"
+            );
+            assert_eq!(plain.text, reply.text, "the same words as unstreamed");
+        }
+    }
+
+    #[test]
+    fn a_crisis_streams_the_protocol_as_part_0_and_a_flagged_session_keeps_988() {
+        let mut a = app(60);
+        let (reply, parts) = chat(&mut a, "u2", "i want to kill myself", true);
+        let parts = texts(&parts);
+        let protocol = crisis::crisis_reply(None);
+        assert_eq!(parts[0], (0, protocol.clone(), true));
+        assert!(parts[1..]
+            .iter()
+            .all(|p| !p.2 && p.1.starts_with(char::is_whitespace)));
+        let joined: String = parts.iter().map(|p| p.1.as_str()).collect();
+        assert_eq!(reply.text, joined);
+        assert!(reply.crisis);
+        let mut plain = app(60);
+        let (whole, _) = chat(&mut plain, "u2", "i want to kill myself", false);
+        assert_eq!(whole.text, reply.text, "the same text as unstreamed");
+
+        // The next message of the flagged session: the 988 line follows the reply.
+        let (next, parts) = chat(&mut a, "u2", "ok. tell me about the garden", true);
+        let (plain_next, _) = chat(&mut plain, "u2", "ok. tell me about the garden", false);
+        let joined: String = texts(&parts).iter().map(|p| p.1.as_str()).collect();
+        assert_eq!(next.text, joined);
+        assert_eq!(plain_next.text, next.text);
+        assert!(next.text.contains("988"));
+        assert_eq!(last_assistant(&a, "u2"), joined);
     }
 }

@@ -439,6 +439,35 @@ pub fn encode(resp: &Response, head_only: bool, keep_alive: bool, out: &mut Vec<
     }
 }
 
+/// The head of a streamed response (`Transfer-Encoding: chunked`, no length): the body
+/// follows as [`push_chunk`]s and ends with [`LAST_CHUNK`].
+pub fn encode_stream_head(resp: &Response, keep_alive: bool, out: &mut Vec<u8>) {
+    let mut head = Vec::with_capacity(256);
+    encode(resp, true, keep_alive, &mut head);
+    // The head without its length line: the chunks say how long the body is.
+    let text = String::from_utf8_lossy(&head);
+    for line in text.split_inclusive("\r\n") {
+        if line.eq_ignore_ascii_case("\r\n") {
+            out.extend_from_slice(b"Transfer-Encoding: chunked\r\n\r\n");
+        } else if !line.to_ascii_lowercase().starts_with("content-length:") {
+            out.extend_from_slice(line.as_bytes());
+        }
+    }
+}
+
+/// One chunk of a chunked body (nothing for empty data: an empty chunk ends the body).
+pub fn push_chunk(data: &[u8], out: &mut Vec<u8>) {
+    if data.is_empty() {
+        return;
+    }
+    out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+    out.extend_from_slice(data);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The end of a chunked body.
+pub const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
+
 /// Appends `n` in decimal without going through `fmt`.
 fn push_decimal(out: &mut Vec<u8>, mut n: usize) {
     let mut digits = [0u8; 20]; // usize::MAX has 20 digits

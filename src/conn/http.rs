@@ -7,7 +7,10 @@
 //! so a client that floods or stops reading cannot grow our memory.
 
 use super::{read_until_blocked, write_until_blocked, ConnId, Drive, Feed};
-use crate::codec::http::{decode, encode, HttpError, Limits, Method, Request, Response};
+use crate::codec::http::{
+    decode, encode, encode_stream_head, push_chunk, HttpError, Limits, Method, Request, Response,
+    LAST_CHUNK,
+};
 use bytes::BytesMut;
 use mio::net::TcpStream;
 use std::net::SocketAddr;
@@ -25,6 +28,16 @@ pub enum Handled {
     Park {
         route: &'static str,
         headers: Vec<(&'static str, String)>,
+    },
+    /// The answer may stream (server-sent events): `head` goes out with
+    /// `Transfer-Encoding: chunked` before the first [`HttpConn::stream_send`] chunk, and
+    /// the body ends with [`HttpConn::stream_end`]; an answer that comes before any chunk
+    /// (a refusal) is delivered whole instead, with `headers`. The connection waits in
+    /// order meanwhile.
+    Stream {
+        route: &'static str,
+        headers: Vec<(&'static str, String)>,
+        head: Response,
     },
     /// A WebSocket handshake was accepted: write these `101` bytes, then hand the socket
     /// and whatever was read past the request head to a WebSocket connection.
@@ -56,6 +69,12 @@ struct Parked {
     route: &'static str,
     headers: Vec<(&'static str, String)>,
     since: Instant,
+    /// The answer streams: its head is written and chunks follow.
+    streaming: bool,
+    /// The head of a streamed answer, written before its first chunk.
+    stream_head: Option<Response>,
+    /// When a chunk last went out (for the stream's `: ping`).
+    last_chunk: Instant,
 }
 
 /// What [`HttpConn::deliver`] delivered: the parked request's route and its age.
@@ -147,6 +166,61 @@ impl HttpConn {
         })
     }
 
+    /// Whether the parked request's answer is streaming (its head went out).
+    pub fn is_streaming(&self) -> bool {
+        self.parked.as_ref().is_some_and(|p| p.streaming)
+    }
+
+    /// Whether the parked request's answer may stream (its head is written or ready).
+    pub fn may_stream(&self) -> bool {
+        (self.parked.as_ref()).is_some_and(|p| p.streaming || p.stream_head.is_some())
+    }
+
+    /// One chunk of a streaming answer, after its head the first time (dropped if the
+    /// answer does not stream).
+    pub fn stream_send(&mut self, data: &[u8], now: Instant) -> bool {
+        match &mut self.parked {
+            Some(p) if p.streaming || p.stream_head.is_some() => {
+                if let Some(head) = p.stream_head.take() {
+                    encode_stream_head(&head, p.keep_alive, &mut self.tx);
+                    p.streaming = true;
+                }
+                push_chunk(data, &mut self.tx);
+                p.last_chunk = now;
+                self.last_activity = now;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The last chunk of a streaming answer, then the end of its body.
+    pub fn stream_end(
+        &mut self,
+        data: &[u8],
+        keep_alive_allowed: bool,
+        now: Instant,
+    ) -> Option<Delivered> {
+        if !self.may_stream() {
+            return None;
+        }
+        self.stream_send(data, now);
+        let p = self.parked.take()?;
+        self.tx.extend_from_slice(LAST_CHUNK);
+        self.closing |= !(p.keep_alive && keep_alive_allowed);
+        self.last_activity = now;
+        Some(Delivered {
+            route: p.route,
+            waited: now.duration_since(p.since),
+        })
+    }
+
+    /// Whether a streaming answer has been quiet for `every`.
+    pub fn ping_due(&self, now: Instant, every: Duration) -> bool {
+        (self.parked.as_ref())
+            .is_some_and(|p| p.streaming && now.duration_since(p.last_chunk) >= every)
+    }
+
     /// Which deadline, if any, has passed.
     pub fn expired(&self, now: Instant, head_timeout: Duration, idle: Duration) -> Option<Expiry> {
         if self.parked.is_some() || self.closing || self.upgrade.is_some() {
@@ -226,6 +300,25 @@ impl HttpConn {
                                     route,
                                     headers,
                                     since: now,
+                                    streaming: false,
+                                    stream_head: None,
+                                    last_chunk: now,
+                                })
+                            }
+                            Handled::Stream {
+                                route,
+                                headers,
+                                head,
+                            } => {
+                                self.parked = Some(Parked {
+                                    keep_alive: keep,
+                                    head_only: false,
+                                    route,
+                                    headers,
+                                    since: now,
+                                    streaming: false,
+                                    stream_head: Some(head),
+                                    last_chunk: now,
                                 })
                             }
                         }

@@ -47,6 +47,18 @@ impl Fields<'_> {
         }
     }
 
+    /// A boolean field, `None` when absent or null.
+    pub fn opt_bool(&self, name: &str) -> Result<Option<bool>, Refusal> {
+        match self.0.get(name) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::Bool(b)) => Ok(Some(*b)),
+            Some(other) => Err(Refusal::new(
+                "bad_field",
+                format!("`{name}` must be true or false, not {}", type_name(other)),
+            )),
+        }
+    }
+
     /// A string field that must be there.
     pub fn req(&self, name: &str) -> Result<String, Refusal> {
         self.opt(name)?

@@ -9,6 +9,7 @@
 use crate::app::calls::{CallKind, ReplyTo};
 use crate::app::games::acted;
 use crate::app::outcome::{Outcome, Refusal as HubRefusal, Reply};
+use crate::app::stream::Part;
 use crate::app::{Answer, App, CallInput};
 use crate::codec::ndjson::encode;
 use crate::conn::line::LineHandler;
@@ -565,6 +566,7 @@ impl App {
         let username = f.opt("username")?.unwrap_or_else(|| user.clone());
         check_name("username", &username)?;
         let message = self.line_message(f)?;
+        let stream = f.opt_bool("stream")?.unwrap_or(false);
         let room = match f.opt("room")? {
             Some(r) => self.world.ensure_room(&r)?,
             None => self
@@ -582,12 +584,15 @@ impl App {
             username,
             room,
             message,
+            stream,
+            system: None,
         };
         let reply_to = ReplyTo::Line {
             conn,
             id: id.clone(),
             user_id: user.clone(),
         };
+        // A streamed reply comes later, after its parts (an error may come now).
         if let Answer::Now(reply) = self.begin_call(input, reply_to, now_ms(), Instant::now()) {
             reply_line(id, &user, &reply, out);
         }
@@ -705,6 +710,24 @@ pub fn reply_line(id: &Value, user_id: &str, reply: &Reply, out: &mut Vec<u8>) {
             answer_line("ok", Some(id), json!({"user_id": user_id}), out)
         }
         Err(r) => error_line(Some(id), r.code, &r.message, out),
+    }
+}
+
+/// A part of a streamed `chat` reply: `reply_part` (with `index`, `text`, `crisis`) or
+/// `reply_thinking`, with the chat's `id`.
+pub fn part_line(id: &Value, part: &Part, out: &mut Vec<u8>) {
+    match part {
+        Part::Text {
+            index,
+            text,
+            crisis,
+        } => answer_line(
+            "reply_part",
+            Some(id),
+            json!({"index": index, "text": text, "crisis": crisis}),
+            out,
+        ),
+        Part::Thinking => answer_line("reply_thinking", Some(id), json!({}), out),
     }
 }
 

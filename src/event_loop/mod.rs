@@ -9,7 +9,8 @@ use crate::agent::pool::AgentPool;
 use crate::agent::{prompt, AgentReply};
 use crate::app::calls::ReplyTo;
 use crate::app::feeds::WsOut;
-use crate::app::outcome::Outcome;
+use crate::app::outcome::{Outcome, Reply};
+use crate::app::stream::Part;
 use crate::app::{Answer, App};
 use crate::codec::http::{Limits, Request, Response};
 use crate::config::Config;
@@ -20,7 +21,7 @@ use crate::conn::ws::{Inbound, Sent, Shared, WsConn, WsLimits};
 use crate::conn::{ConnId, Slab};
 use crate::conn::{Drive, Feed};
 use crate::doors::game::{LoopRequest, Target, Worlds};
-use crate::doors::http::HeldHttp;
+use crate::doors::http::{HeldHttp, Shape, Shapes};
 use crate::doors::line::{reply_line, request_line, LineRoutes};
 use crate::feeds::workshop::inbox::{Inbox, Written};
 use crate::feeds::workshop::watcher::{StateUpdate, StateWatcher};
@@ -192,6 +193,8 @@ pub struct Bridge {
     drain_until: Option<Instant>,
     /// HTTP answers the door rendered, waiting for their store batch.
     held_http: HeldHttp,
+    /// How parked HTTP answers are shown when not as plain JSON (event streams).
+    shapes: Shapes,
 }
 
 /// A connection accepted past its surface's cap: what was already sent is read and
@@ -227,11 +230,16 @@ fn refuse_over_cap(mut stream: TcpStream, kind: ListenerKind, key: &str, cap: us
 }
 
 /// The `HttpHandler` view of the app, for one connection's drive (and its peer's address).
-struct Routes<'a>(&'a mut App, &'a mut HeldHttp, std::net::IpAddr);
+struct Routes<'a>(
+    &'a mut App,
+    &'a mut HeldHttp,
+    &'a mut Shapes,
+    std::net::IpAddr,
+);
 
 impl HttpHandler for Routes<'_> {
     fn handle(&mut self, id: ConnId, req: Request) -> crate::conn::http::Handled {
-        crate::doors::http::handle(self.0, self.1, id, self.2, req)
+        crate::doors::http::handle(self.0, self.1, self.2, id, self.3, req)
     }
 
     fn rejected(&mut self, err: &crate::codec::http::HttpError) {
@@ -444,7 +452,7 @@ impl Bridge {
                 let peer = c.peer.ip();
                 Ok(c.drive(
                     id,
-                    &mut Routes(&mut self.app, &mut self.held_http, peer),
+                    &mut Routes(&mut self.app, &mut self.held_http, &mut self.shapes, peer),
                     &self.limits,
                     now,
                 ))
@@ -680,6 +688,7 @@ impl Bridge {
             return;
         };
         self.open.remove(conn.surface());
+        self.shapes.remove(&id);
         self.app.ws_connections = self.open.get(Surface::Ws);
         let _ = self.poll.registry().deregister(conn.sock());
         if let Conn::Line(c) = &conn {
@@ -851,6 +860,7 @@ impl Bridge {
             self.flush_line_out();
             self.queue_ws_out();
             if self.app.ready.is_empty()
+                && self.app.parts.is_empty()
                 && self.app.released.is_empty()
                 && self.app.line_out.is_empty()
                 && self.app.ws_out.is_empty()
@@ -862,8 +872,15 @@ impl Bridge {
     }
 
     fn deliver_answers(&mut self) {
-        while !self.app.ready.is_empty() || !self.app.released.is_empty() {
+        while !self.app.ready.is_empty()
+            || !self.app.released.is_empty()
+            || !self.app.parts.is_empty()
+        {
             let now = Instant::now();
+            // A reply's parts go before its final answer.
+            for (to, part) in std::mem::take(&mut self.app.parts) {
+                self.deliver_part(to, part, now);
+            }
             for (id, failed) in std::mem::take(&mut self.app.released) {
                 let held = self.held_http.remove(&id);
                 let resp = match (failed, held) {
@@ -893,13 +910,73 @@ impl Bridge {
                         let _ = tx.send(reply);
                         continue;
                     }
-                    ReplyTo::Bark { room, workshop } => {
-                        self.app.bark_reply(&room, workshop, reply);
+                    ReplyTo::Bark {
+                        room,
+                        workshop,
+                        reply_id,
+                    } => {
+                        self.app.bark_reply(&room, workshop, reply_id, reply);
                         continue;
                     }
                 };
+                if let Some(shape) = self.shapes.remove(&id) {
+                    self.end_stream(id, &shape, reply, now);
+                    continue;
+                }
                 self.deliver_http(id, crate::doors::http::render(reply), now);
             }
+        }
+    }
+
+    /// A part of a streamed reply, to where the request waits.
+    fn deliver_part(&mut self, to: ReplyTo, part: Part, now: Instant) {
+        match to {
+            ReplyTo::Http(id) => {
+                let Some(shape) = self.shapes.get(&id) else {
+                    return;
+                };
+                let bytes = crate::doors::http::render_part(shape, &part);
+                if let Some(Conn::Http(c)) = self.conns.get_mut(id) {
+                    if c.stream_send(&bytes, now) {
+                        self.drive(id);
+                    }
+                }
+            }
+            ReplyTo::Line { conn, id, .. } => {
+                let mut line = Vec::new();
+                crate::doors::line::part_line(&id, &part, &mut line);
+                self.app.line_out.push((conn, line));
+            }
+            ReplyTo::Bark {
+                room,
+                workshop,
+                reply_id: Some(reply_id),
+            } => self.app.bark_part(&room, workshop, reply_id, &part),
+            ReplyTo::LineRequest { .. } | ReplyTo::Channel(_) | ReplyTo::Bark { .. } => {}
+        }
+    }
+
+    /// The final answer of a streamed HTTP request: its last event, then the end of the
+    /// body. A request whose stream never began (a refusal before the first byte) gets
+    /// its plain answer.
+    fn end_stream(&mut self, id: ConnId, shape: &Shape, reply: Reply, now: Instant) {
+        let keep = !self.app.shutting_down;
+        // A refusal before the first part keeps its status; anything else ends the stream
+        // (an answer with no part at all opens and closes it).
+        let delivered = match self.conns.get_mut(id) {
+            Some(Conn::Http(c)) if c.is_streaming() || (c.may_stream() && reply.is_ok()) => {
+                c.stream_end(&crate::doors::http::render_end(shape, reply), keep, now)
+            }
+            Some(Conn::Http(_)) => {
+                let resp = crate::doors::http::render_plain(shape, reply);
+                return self.deliver_http(id, resp, now);
+            }
+            _ => None,
+        };
+        if let Some(d) = delivered {
+            self.app.metrics.count_request(d.route, 200);
+            self.app.metrics.request_latency.observe(d.waited);
+            self.drive(id);
         }
     }
 
@@ -935,9 +1012,15 @@ impl Bridge {
         let head = Duration::from_secs(self.app.cfg.http.header_timeout_s);
         let idle = Duration::from_secs(self.app.cfg.http.keepalive_idle_s);
         let beat = Duration::from_secs(self.app.cfg.line.heartbeat_s);
+        let ping = Duration::from_secs(self.app.cfg.http.sse_ping_s);
         for id in self.conns.ids() {
             match self.conns.get_mut(id) {
                 Some(Conn::Http(c)) => {
+                    if c.ping_due(now, ping) {
+                        c.stream_send(crate::doors::http::SSE_PING, now);
+                        self.drive(id);
+                        continue;
+                    }
                     let e = c.expired(now, head, idle);
                     if e == Some(Expiry::Header) {
                         c.time_out();

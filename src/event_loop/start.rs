@@ -281,6 +281,7 @@ impl Bridge {
             last_sweep: Instant::now(),
             drain_until: None,
             held_http: HeldHttp::new(),
+            shapes: Shapes::new(),
         })
     }
 

@@ -209,6 +209,9 @@ pub struct Gateway {
     /// History frames not yet handed to the store (kept only while one persists it).
     unsaved: Vec<StoredFrame>,
     track: bool,
+    /// Streamed barks about to be published from their room event: (room, text,
+    /// reply_id), so the final `bark` carries its parts' `reply_id`.
+    reply_ids: Vec<(String, String, u64)>,
 }
 
 /// `{"type":"error","code":…,"error":…}`.
@@ -234,6 +237,7 @@ impl Gateway {
             counts: GatewayCounts::default(),
             unsaved: Vec::new(),
             track: false,
+            reply_ids: Vec::new(),
             limits,
         }
     }
@@ -520,6 +524,15 @@ impl Gateway {
         self.trim_history(now_ms);
     }
 
+    /// A streamed bark is about to be spoken in `room`: its `bark` frame will carry
+    /// `reply_id` (the few not yet published are kept, the oldest dropped past 64).
+    pub fn expect_bark(&mut self, room: &str, text: &str, reply_id: u64) {
+        if self.reply_ids.len() >= 64 {
+            self.reply_ids.remove(0);
+        }
+        self.reply_ids.push((room.into(), text.into(), reply_id));
+    }
+
     /// The bridge's agent speaks: `bark` `{text, agentId, room}` to everyone (or, with
     /// `to`, only to that agent).
     pub fn publish_bark(
@@ -549,7 +562,20 @@ impl Gateway {
     pub fn publish_event(&mut self, ev: &Event, now_ms: u64, out: &mut Vec<Output>) {
         if ev.kind == EventKind::Bark {
             let text = ev.message.as_deref().unwrap_or_default();
-            return self.publish_bark(text, Some(&ev.room), None, now_ms, out);
+            let streamed = (self.reply_ids.iter())
+                .position(|(room, t, _)| *room == ev.room && t == text)
+                .map(|at| self.reply_ids.remove(at).2);
+            let Some(reply_id) = streamed else {
+                return self.publish_bark(text, Some(&ev.room), None, now_ms, out);
+            };
+            let mut m = Map::new();
+            m.insert("type".into(), "bark".into());
+            m.insert("text".into(), text.into());
+            m.insert("agentId".into(), self.limits.agent_id.clone().into());
+            m.insert("room".into(), ev.room.clone().into());
+            m.insert("reply_id".into(), reply_id.into());
+            m.insert("timestamp".into(), rfc3339(now_ms).into());
+            return self.publish(m, None, now_ms, out);
         }
         // Written straight from the event (no JSON tree on the way): every world event
         // passes here, so this is on the path of every say, move and chat.

@@ -61,6 +61,8 @@ pub enum Output {
         conn: ConnId,
         visitor: String,
         text: String,
+        /// The message asked for the answer in parts (`"stream": true`).
+        stream: bool,
     },
     /// Presence in [`ROOM`]: the first connection of this visitor entered...
     Enter {
@@ -268,14 +270,28 @@ impl Workshop {
     }
 
     /// The agent speaks to the Workshop.
-    pub fn bark(&mut self, text: &str, mood: Option<&str>, out: &mut Vec<Output>) {
+    pub fn bark(
+        &mut self,
+        text: &str,
+        mood: Option<&str>,
+        reply_id: Option<u64>,
+        out: &mut Vec<Output>,
+    ) {
         let mut m = Map::new();
         m.insert("type".into(), "bark".into());
         m.insert("text".into(), text.into());
         if let Some(mood) = mood {
             m.insert("mood".into(), mood.into());
         }
+        if let Some(id) = reply_id {
+            m.insert("reply_id".into(), id.into());
+        }
         self.broadcast(Frame::from(Value::Object(m).to_string()), out);
+    }
+
+    /// A part of a streamed bark (`bark_part`), to every browser.
+    pub fn bark_part(&mut self, frame: Map<String, Value>, out: &mut Vec<Output>) {
+        self.broadcast(Frame::from(Value::Object(frame).to_string()), out);
     }
 
     /// Heartbeat: ping everyone; close those silent a full interval after a ping.
@@ -332,6 +348,7 @@ impl Workshop {
             conn,
             visitor,
             text: text.clone(),
+            stream: msg.get("stream") == Some(&Value::Bool(true)),
         });
     }
 
@@ -546,7 +563,8 @@ mod tests {
                 Output::ForAgent {
                     conn: id(1),
                     visitor: "Alexander".into(),
-                    text: "How's the Tower coming?".into()
+                    text: "How's the Tower coming?".into(),
+                    stream: false,
                 }
             ]
         );
@@ -666,6 +684,7 @@ mod tests {
         w.bark(
             "Slowly. But the stones know where they go.",
             Some("contemplative"),
+            None,
             &mut out,
         );
         for c in [id(1), id(2)] {

@@ -4,9 +4,12 @@
 //! Errors are `{"error": "<sentence>", "code": "<snake_case>"}`; a client's mistake is a
 //! 4xx, never a 500.
 
+pub mod openai;
+
 use crate::app::calls::{CallKind, ReplyTo};
-use crate::app::outcome::{Outcome, Refusal, Reply};
+use crate::app::outcome::{ChatReply, Outcome, Refusal, Reply};
 use crate::app::reports;
+use crate::app::stream::Part;
 use crate::app::{Answer, App, CallInput};
 use crate::codec::http::{percent_decode, Method, Request, Response};
 use crate::codec::ws_handshake;
@@ -28,6 +31,21 @@ use std::time::Instant;
 /// HTTP answers this door rendered that wait for the store (the hub says when, through
 /// [`App::released`]); the loop keeps them, one per parked connection.
 pub type HeldHttp = HashMap<ConnId, Response>;
+
+/// How a parked request's answer is shown when it is not [`render`]'s JSON: the loop keeps
+/// one per connection that needs it, until the answer is delivered.
+#[derive(Debug, Clone)]
+pub enum Shape {
+    /// `POST /bridge/chat` with `stream`: server-sent events `part`, `thinking`, then
+    /// `done` (the chat JSON) or `error`.
+    Events,
+    /// `POST /v1/chat/completions`: a `chat.completion`, or with `stream` (true here)
+    /// `chat.completion.chunk` events ending `data: [DONE]`.
+    OpenAi(openai::Completion, bool),
+}
+
+/// The shapes of parked answers, by connection.
+pub type Shapes = HashMap<ConnId, Shape>;
 
 /// Every route and its method: the router matches paths against this table, metrics label
 /// requests by its patterns, and tests/docs.rs checks that docs/http-api.md lists each one.
@@ -55,6 +73,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("/bridge/sync", "POST"),
     ("/bridge/trust", "POST"),
     ("/bridge/travel", "POST"),
+    ("/v1/chat/completions", "POST"),
+    ("/v1/models", "GET"),
 ];
 
 /// The route pattern a path belongs to, and the room it names (still URL-encoded).
@@ -89,6 +109,7 @@ fn method_allowed(route: &str) -> &'static str {
 pub fn handle(
     app: &mut App,
     held: &mut HeldHttp,
+    shapes: &mut Shapes,
     id: ConnId,
     peer: IpAddr,
     req: Request,
@@ -128,11 +149,13 @@ pub fn handle(
         ),
         Some((route, room)) => {
             let changes = req.method == Method::Post;
-            match app.store_refusal().filter(|_| changes) {
+            // The OpenAI door answers in its own error shape, this refusal included.
+            let bridge = !route.starts_with("/v1/");
+            match app.store_refusal().filter(|_| changes && bridge) {
                 Some(refusal) => (route, Handled::Respond(refusal.into())),
                 None => (
                     route,
-                    dispatch(app, (id, peer), &req, route, room, cors.clone()),
+                    dispatch(app, shapes, (id, peer), &req, route, room, cors.clone()),
                 ),
             }
         }
@@ -331,6 +354,7 @@ fn cors_origin(app: &App, req: &Request) -> Option<String> {
 
 fn dispatch(
     app: &mut App,
+    shapes: &mut Shapes,
     (id, peer): (ConnId, IpAddr),
     req: &Request,
     route: &'static str,
@@ -369,8 +393,11 @@ fn dispatch(
             .with_header("Allow", format!("{allowed}, OPTIONS{}", head_of(allowed))),
         );
     }
-    if let Err(resp) = authorize(app, req, route) {
-        return Handled::Respond(resp);
+    if route.starts_with("/v1/") {
+        return openai::dispatch(app, shapes, (id, peer), req, route, cors);
+    }
+    if let Err(refusal) = authorize(app, req, route) {
+        return Handled::Respond(refusal.into());
     }
     let room = match room.map(|r| percent_decode(r, false)) {
         Some(None) => {
@@ -430,12 +457,25 @@ fn dispatch(
         }
         "/bridge/chat" | "/api/v1/generate" => {
             return match call(app, (id, peer), req, route, now) {
-                Ok(Answer::Now(reply)) => Handled::Respond(render(reply)),
                 Err(resp) => Handled::Respond(resp),
-                Ok(Answer::Later) => Handled::Park {
+                // Refused before the first byte: the usual status and JSON, even streamed.
+                Ok((Answer::Now(Err(refusal)), _)) => Handled::Respond(refusal.into()),
+                Ok((Answer::Now(reply), false)) => Handled::Respond(render(reply)),
+                Ok((Answer::Later, false)) => Handled::Park {
                     route,
                     headers: cors_headers(cors),
                 },
+                Ok((answer, true)) => {
+                    if let Answer::Now(reply) = answer {
+                        app.answer(ReplyTo::Http(id), reply);
+                    }
+                    shapes.insert(id, Shape::Events);
+                    Handled::Stream {
+                        route,
+                        headers: cors_headers(cors.clone()),
+                        head: event_stream_head(cors),
+                    }
+                }
             };
         }
         _ => Err(Response::error(404, "not_found", "no such route")),
@@ -444,7 +484,7 @@ fn dispatch(
 }
 
 /// The CORS headers a parked answer gets when it is delivered.
-fn cors_headers(cors: Option<String>) -> Vec<(&'static str, String)> {
+pub fn cors_headers(cors: Option<String>) -> Vec<(&'static str, String)> {
     cors.map(|o| {
         vec![
             ("Access-Control-Allow-Origin", o),
@@ -463,7 +503,7 @@ fn head_of(allowed: &str) -> &'static str {
 }
 
 /// With `http.token` set, every route but `/bridge/health` needs `Authorization: Bearer`.
-fn authorize(app: &App, req: &Request, route: &str) -> Result<(), Response> {
+pub fn authorize(app: &App, req: &Request, route: &str) -> Result<(), Refusal> {
     let token = &app.cfg.http.token;
     // The status page is static HTML; the data it fetches carries the token.
     // Peers authenticate with the pair's token instead (see `app::peering`).
@@ -477,40 +517,39 @@ fn authorize(app: &App, req: &Request, route: &str) -> Result<(), Response> {
         .header("authorization")
         .and_then(|h| h.strip_prefix("Bearer "))
     {
-        None => Err(Response::error(
-            401,
+        None => Err(Refusal::new(
             "unauthorized",
             "this bridge needs an API token: send Authorization: Bearer <token>",
-        )
-        .with_header("WWW-Authenticate", "Bearer")),
+        )),
         Some(t) if constant_time_eq(t.trim().as_bytes(), token.as_bytes()) => Ok(()),
-        Some(_) => Err(Response::error(403, "forbidden", "the API token is wrong")),
+        Some(_) => Err(Refusal::new("forbidden", "the API token is wrong")),
     }
 }
 
-fn world_error(e: WorldError) -> Response {
-    match e {
-        WorldError::UnknownRoom(_) => Response::error(404, "room_not_found", &e.to_string()),
-        WorldError::AlreadyThere(_) => Response::error(409, "already_in_room", &e.to_string()),
-        WorldError::Invalid(..) => Response::error(400, "bad_field", &e.to_string()),
-        WorldError::Limit(_) => Response::error(403, "limit_reached", &e.to_string()),
-    }
+fn world_error(e: WorldError) -> Refusal {
+    let code = match e {
+        WorldError::UnknownRoom(_) => "room_not_found",
+        WorldError::AlreadyThere(_) => "already_in_room",
+        WorldError::Invalid(..) => "bad_field",
+        WorldError::Limit(_) => "limit_reached",
+    };
+    Refusal::new(code, e.to_string())
 }
 
 /// The `message` field: not blank, within `rooms.message_max_bytes`.
-fn message(app: &App, f: &Fields) -> Result<String, Refusal> {
+pub fn message(app: &App, f: &Fields) -> Result<String, Refusal> {
     let max = app.cfg.rooms.message_max_bytes;
     f.text("message", max, "rooms.message_max_bytes")
 }
 
 /// Count one request of `user` against the rate limit.
-fn rate_limit(app: &mut App, user: &str, now: u64) -> Result<(), Response> {
+fn rate_limit(app: &mut App, user: &str, now: u64) -> Result<(), Refusal> {
     app.rate.check(user, now).map_err(|retry| {
         let why = format!(
             "too many requests from {user}: at most {} per {} s",
             app.cfg.http.rate_limit_requests, app.cfg.http.rate_limit_window_s
         );
-        app.rate_limited(why, retry).into()
+        app.rate_limited(why, retry)
     })
 }
 
@@ -726,9 +765,15 @@ fn call(
     req: &Request,
     route: &str,
     now: u64,
-) -> Result<Answer, Response> {
+) -> Result<(Answer, bool), Response> {
     let obj = fields::object(&req.body)?;
     let f = Fields(&obj);
+    // An explicit `stream` in the body wins over `Accept: text/event-stream`.
+    let stream = route == "/bridge/chat"
+        && match f.opt_bool("stream")? {
+            Some(b) => b,
+            None => (req.header("accept")).is_some_and(|a| a.contains("text/event-stream")),
+        };
     let input = if route == "/api/v1/generate" {
         let prompt = f.text("prompt", usize::MAX, "")?;
         let room = app
@@ -742,32 +787,50 @@ fn call(
             username: String::new(),
             room,
             message: prompt,
+            stream: false,
+            system: None,
         }
     } else {
         let user_id = f.name("user_id")?;
         let message = message(app, &f)?;
-        let username = f.opt("username")?.unwrap_or_else(|| user_id.clone());
-        check_name("username", &username).map_err(world_error)?;
-        let room = match f.opt("room")? {
-            Some(r) => r,
-            None => app
-                .world
-                .occupant(&user_id)
-                .map(|o| o.room.clone())
-                .unwrap_or_else(|| "The Threshold".into()),
-        };
-        rate_limit(app, &user_id, now)?;
-        app.limit_room_creation(peer, &room, now)?;
-        let room = app.world.ensure_room(&room).map_err(world_error)?;
-        CallInput {
-            kind: CallKind::Chat,
-            user_id: Some(user_id),
-            username,
-            room,
-            message,
-        }
+        let username = f.opt("username")?;
+        let room = f.opt("room")?;
+        chat_input(app, peer, (user_id, username, room), message, now)?
     };
-    Ok(app.begin_call(input, ReplyTo::Http(id), now, Instant::now()))
+    let input = CallInput { stream, ..input };
+    let answer = app.begin_call(input, ReplyTo::Http(id), now, Instant::now());
+    Ok((answer, stream))
+}
+
+/// A user's chat from its checked fields (`user_id`, `username`, `room`): the username
+/// checked, the rate limit counted, the room (the user's own, else The Threshold) made.
+pub fn chat_input(
+    app: &mut App,
+    peer: IpAddr,
+    (user_id, username, room): (String, Option<String>, Option<String>),
+    message: String,
+    now: u64,
+) -> Result<CallInput, Refusal> {
+    let username = username.unwrap_or_else(|| user_id.clone());
+    check_name("username", &username).map_err(world_error)?;
+    let room = match room {
+        Some(r) => r,
+        None => (app.world.occupant(&user_id))
+            .map(|o| o.room.clone())
+            .unwrap_or_else(|| "The Threshold".into()),
+    };
+    rate_limit(app, &user_id, now)?;
+    app.limit_room_creation(peer, &room, now)?;
+    let room = app.world.ensure_room(&room).map_err(world_error)?;
+    Ok(CallInput {
+        kind: CallKind::Chat,
+        user_id: Some(user_id),
+        username,
+        room,
+        message,
+        stream: false,
+        system: None,
+    })
 }
 
 /// The HTTP status for each refusal code the hub and this door give: the one table.
@@ -833,16 +896,7 @@ pub fn render(reply: Reply) -> Response {
         Err(r) => return r.into(),
     };
     match outcome {
-        Outcome::Chat(c) => Response::json(
-            200,
-            &json!({
-                "response": c.text,
-                "user": c.user,
-                "room": c.room,
-                "session_messages": c.session_messages,
-                "crisis": c.crisis,
-            }),
-        ),
+        Outcome::Chat(c) => Response::json(200, &chat_json(&c)),
         Outcome::Generate { text } => Response::json(200, &json!({"results": [{"text": text}]})),
         Outcome::Acted {
             world,
@@ -886,6 +940,84 @@ pub fn render(reply: Reply) -> Response {
                     "room": room, "message": message}),
         ),
         Outcome::Ok(v) => Response::json(200, &v),
+    }
+}
+
+/// The seed's chat answer.
+fn chat_json(c: &ChatReply) -> Value {
+    json!({
+        "response": c.text,
+        "user": c.user,
+        "room": c.room,
+        "session_messages": c.session_messages,
+        "crisis": c.crisis,
+    })
+}
+
+/// The head of an event stream (`200`, `text/event-stream`, never cached).
+pub fn event_stream_head(cors: Option<String>) -> Response {
+    let mut head = Response::new(200, "text/event-stream", Vec::new())
+        .with_header("Cache-Control", "no-cache")
+        .with_header("X-Accel-Buffering", "no");
+    head.headers.extend(cors_headers(cors));
+    head
+}
+
+/// One server-sent event.
+pub fn sse(event: &str, data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(event.len() + data.len() + 16);
+    out.extend_from_slice(b"event: ");
+    out.extend_from_slice(event.as_bytes());
+    out.extend_from_slice(b"\ndata: ");
+    out.extend_from_slice(data);
+    out.extend_from_slice(b"\n\n");
+    out
+}
+
+/// The comment that keeps an idle event stream open through proxies.
+pub const SSE_PING: &[u8] = b": ping\n\n";
+
+/// A part of a streamed answer as the bytes of its event.
+pub fn render_part(shape: &Shape, part: &Part) -> Vec<u8> {
+    match (shape, part) {
+        (Shape::OpenAi(c, _), part) => openai::render_part(c, part),
+        (Shape::Events, Part::Thinking) => sse("thinking", b"{}"),
+        (
+            Shape::Events,
+            Part::Text {
+                index,
+                text,
+                crisis,
+            },
+        ) => {
+            let data = json!({"index": index, "text": text, "crisis": crisis});
+            sse("part", data.to_string().as_bytes())
+        }
+    }
+}
+
+/// The final answer of a streamed request as the bytes of its last event: `done` with
+/// the chat JSON, or `error` with the refusal's JSON.
+pub fn render_end(shape: &Shape, reply: Reply) -> Vec<u8> {
+    match shape {
+        Shape::OpenAi(c, _) => openai::render_end(c, reply),
+        Shape::Events => match reply {
+            Ok(Outcome::Chat(c)) => sse("done", chat_json(&c).to_string().as_bytes()),
+            other => {
+                let resp = render(other);
+                let event = if resp.status < 400 { "done" } else { "error" };
+                sse(event, &resp.body)
+            }
+        },
+    }
+}
+
+/// The final answer of a request with a shape whose stream never began: a refusal
+/// before the first byte, or a non-streamed OpenAI completion.
+pub fn render_plain(shape: &Shape, reply: Reply) -> Response {
+    match shape {
+        Shape::Events => render(reply),
+        Shape::OpenAi(c, _) => openai::render(c, reply),
     }
 }
 
