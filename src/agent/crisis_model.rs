@@ -55,6 +55,11 @@ pub(crate) struct Evidence<'a> {
 /// Receives features as the pieces of their name (joined, they are the name in the file).
 pub(crate) trait Sink {
     fn add(&mut self, parts: &[&str]);
+
+    /// The `c:` features of one word as typed; the same as [`char_grams`] sends to `add`.
+    fn grams(&mut self, raw: &str) {
+        char_grams(raw, self);
+    }
 }
 
 /// Calls `sink` with every feature of `ev`, in a fixed order.
@@ -80,7 +85,7 @@ pub(crate) fn extract(ev: &Evidence<'_>, sink: &mut impl Sink) {
         clause.push(word);
         // A slang word read as several words has its letters counted once.
         if prev_raw.is_none_or(|p| !std::ptr::eq(p, raw)) {
-            char_grams(raw, sink);
+            sink.grams(raw);
         }
         prev = Some(word);
         prev_raw = Some(raw);
@@ -99,7 +104,7 @@ pub(crate) fn extract(ev: &Evidence<'_>, sink: &mut impl Sink) {
 }
 
 /// The 3-5 letter pieces of `<raw>` (ASCII words only: a piece must stay valid text).
-fn char_grams(raw: &str, sink: &mut impl Sink) {
+fn char_grams(raw: &str, sink: &mut (impl Sink + ?Sized)) {
     if !raw.is_ascii() || raw.is_empty() {
         return;
     }
@@ -121,17 +126,24 @@ fn char_grams(raw: &str, sink: &mut impl Sink) {
     }
 }
 
+const FNV_START: u64 = 0xcbf2_9ce4_8422_2325;
+
 /// FNV-1a over the concatenated parts: the key of a feature in the weight table.
 fn hash(parts: &[&str]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for p in parts {
-        for b in p.bytes() {
-            h ^= u64::from(b);
-            h = h.wrapping_mul(0x0100_0000_01b3);
-        }
+    parts.iter().fold(FNV_START, |h, p| fnv(h, p.as_bytes()))
+}
+
+fn fnv(mut h: u64, bytes: &[u8]) -> u64 {
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
     }
     h
 }
+
+/// Longest word whose letter pieces the scorer hashes in place (longer ones take the
+/// general path).
+const GRAM_BUF: usize = 48;
 
 /// The weights, in an open-addressing table keyed by the feature's hash.
 #[derive(Debug, Clone)]
@@ -155,6 +167,29 @@ impl Sink for Scorer<'_> {
     fn add(&mut self, parts: &[&str]) {
         self.n += 1;
         self.sum += self.model.weight(hash(parts));
+    }
+
+    /// The pieces of length 3, 4 and 5 starting at one place share their hash prefix, so
+    /// each start is hashed once and extended (the same keys as `char_grams`' names).
+    fn grams(&mut self, raw: &str) {
+        let len = raw.len();
+        if !raw.is_ascii() || len == 0 || len + 2 > GRAM_BUF {
+            return char_grams(raw, self);
+        }
+        let mut padded = [0u8; GRAM_BUF];
+        padded[0] = b'<';
+        padded[1..=len].copy_from_slice(raw.as_bytes());
+        padded[len + 1] = b'>';
+        let m = len + 2;
+        let start = fnv(FNV_START, b"c:");
+        for s in 0..m.saturating_sub(2) {
+            let mut h = fnv(start, &padded[s..s + 2]);
+            for e in s + 3..=(s + 5).min(m) {
+                h = fnv(h, &padded[e - 1..e]);
+                self.n += 1;
+                self.sum += self.model.weight(h);
+            }
+        }
     }
 }
 
@@ -198,7 +233,7 @@ impl Model {
         }
         let bias = bias.ok_or_else(|| format!("{name}: no `bias` line"))?;
         let threshold = threshold.ok_or_else(|| format!("{name}: no `threshold` line"))?;
-        let cap = (weights.len() * 2).next_power_of_two().max(16);
+        let cap = (weights.len() * 4 / 3 + 1).next_power_of_two().max(16);
         let mut model = Model {
             slots: vec![(0, 0.0); cap],
             mask: cap - 1,
@@ -724,6 +759,45 @@ mod tests {
         let broke = names("tired. pills");
         assert!(!broke.contains(&"b:tired pills".to_string()), "{broke:?}");
         assert!(names("the lag today").contains(&"s:none".to_string()));
+    }
+
+    #[test]
+    fn the_scorer_hashes_letter_pieces_as_training_names_them() {
+        struct Keys(Vec<u64>);
+        impl Sink for Keys {
+            fn add(&mut self, parts: &[&str]) {
+                self.0.push(hash(parts));
+            }
+        }
+        let mut model_text = String::from("bias\t0\nthreshold\t0.5\n");
+        for (i, w) in ["ab", "kms", "pills", "unaliving", "a"].iter().enumerate() {
+            let mut keys = Keys(Vec::new());
+            char_grams(w, &mut keys);
+            let mut names = Names(Vec::new());
+            char_grams(w, &mut names);
+            assert_eq!(keys.0.len(), names.0.len());
+            for n in &names.0 {
+                model_text.push_str(&format!("{n}\t{}\n", i + 1));
+            }
+        }
+        let m = Model::parse("m", &model_text).unwrap();
+        for w in ["ab", "kms", "pills", "unaliving", "a", "qqqq"] {
+            let (mut fast, mut slow) = (
+                Scorer {
+                    model: &m,
+                    sum: 0.0,
+                    n: 0,
+                },
+                Scorer {
+                    model: &m,
+                    sum: 0.0,
+                    n: 0,
+                },
+            );
+            fast.grams(w);
+            char_grams(w, &mut slow);
+            assert_eq!((fast.n, fast.sum), (slow.n, slow.sum), "{w}");
+        }
     }
 
     #[test]
