@@ -1726,6 +1726,80 @@ mod tests {
     }
 
     #[test]
+    fn the_model_adds_a_detection_the_rules_miss_and_says_so() {
+        let text = "placed the chair under the beam in the basement";
+        assert_eq!(CrisisDetector::rules_only().assess(text), Outcome::Nothing);
+        let model = Model::parse("m", "bias\t-3\nthreshold\t0.5\nw:beam\t60\n").unwrap();
+        let d = CrisisDetector::rules_only().with_model(model);
+        let Outcome::Crisis(s) = d.assess(text) else {
+            panic!("{:?}", d.explain(text));
+        };
+        assert_eq!((s.category, s.stage), (Suicide, Stage::Model));
+        let p: Option<f32> = s
+            .features
+            .last()
+            .and_then(|f| f.strip_prefix("model:"))
+            .and_then(|p| p.parse().ok());
+        assert!(p.is_some_and(|p| p >= 0.5), "{:?}", s.features);
+        // Without the word, the model stays below its threshold.
+        assert_eq!(
+            d.assess("placed the chair in the basement"),
+            Outcome::Nothing
+        );
+    }
+
+    #[test]
+    fn the_model_only_adds_and_needs_more_where_the_rules_saw_a_safe_context() {
+        let rules = Outcome::Crisis(Signal {
+            category: SelfHarm,
+            features: vec!["cut_self".into()],
+            score: 2.0,
+            stage: Stage::Rules,
+        });
+        let Outcome::Crisis(s) = CrisisDetector::combine(rules.clone(), false, 0.1, 0.5) else {
+            panic!("the rules' detection must stay");
+        };
+        assert_eq!(
+            (s.stage, s.features.clone()),
+            (
+                Stage::Rules,
+                vec!["cut_self".to_string(), "model:0.10".to_string()]
+            )
+        );
+        let Outcome::Crisis(s) = CrisisDetector::combine(rules, false, 0.7, 0.5) else {
+            panic!("the rules' detection must stay");
+        };
+        assert_eq!(s.stage, Stage::Both);
+        let fires = |o: Outcome, guarded: bool, p: f32| {
+            matches!(
+                CrisisDetector::combine(o, guarded, p, 0.5),
+                Outcome::Crisis(_)
+            )
+        };
+        assert!(fires(Outcome::Nothing, false, 0.6));
+        assert!(!fires(Outcome::Nothing, false, 0.4));
+        // A safe context, a negation or a hotline question: GUARDED_MIN, not the threshold.
+        assert!(!fires(Outcome::Nothing, true, 0.85));
+        assert!(fires(Outcome::Nothing, true, 0.95));
+        let hotline = || Outcome::Resources(vec!["hotline_number".into()]);
+        assert_eq!(
+            CrisisDetector::combine(hotline(), true, 0.85, 0.5),
+            hotline()
+        );
+        assert!(fires(hotline(), true, 0.95));
+    }
+
+    #[test]
+    fn a_negated_signal_guards_the_model() {
+        let d = CrisisDetector::rules_only();
+        let guarded = |t: &str| d.with_evidence(t, |_, (_, g)| g);
+        assert!(guarded("i would never kill myself"));
+        assert!(!guarded("i have the rope ready"));
+        assert!(guarded("kill the dragon in the game"));
+        assert!(guarded("is 988 open at night?"));
+    }
+
+    #[test]
     fn an_idiom_does_not_hide_a_real_signal_in_the_same_message() {
         let d = CrisisDetector::builtin();
         let text = "this traffic is killing me and I want to kill myself";
