@@ -309,7 +309,7 @@ pub const FOLDS: usize = 5;
 /// (beyond the rules' own false alarms) in cross-validation.
 pub const FP_BUDGET: f64 = 0.01;
 /// A feature must occur in at least this many training messages to get a weight.
-const MIN_DOCS: usize = 2;
+const MIN_DOCS: usize = 3;
 const EPOCHS: usize = 12;
 const LEARNING_RATE: f64 = 0.4;
 const L2: f64 = 1e-5;
