@@ -72,10 +72,11 @@ fn the_training_split_meets_the_targets() {
 }
 
 /// `train2.tsv`'s recall with the shipped model (trained on it) at the commit that added
-/// it: 88.5 % (1032/1166), rounded down. The classifier's threshold is chosen out of fold,
-/// so it does not fit its own training lines to 98 %; the honest figures are the
-/// cross-validated ones `worldbridge crisis-train` prints. A regression guard, not the goal.
-const TRAIN2_RECALL_FLOOR: f64 = 0.88;
+/// it: 88.0 % (1087/1235), rounded down with a point to spare. The classifier's threshold
+/// is chosen out of fold, so it does not fit its own training lines to 98 %; the honest
+/// figures are the cross-validated ones `worldbridge crisis-train` prints. A regression
+/// guard, not the goal.
+const TRAIN2_RECALL_FLOOR: f64 = 0.87;
 
 #[test]
 fn the_second_training_split_keeps_its_recall_and_the_rules_false_positives() {
