@@ -41,6 +41,13 @@ pub enum Command {
         /// `--rules FILE`: an extra rule file, as `agent.crisis_file` would add.
         rules: Option<PathBuf>,
     },
+    /// Train the crisis model and write its weights.
+    CrisisTrain {
+        /// TSV training files; empty means `fixtures/crisis/eval/train*.tsv`.
+        files: Vec<PathBuf>,
+        /// `--out FILE`; `None` means `fixtures/crisis/model.tsv`.
+        out: Option<PathBuf>,
+    },
     /// Print [`USAGE`].
     Help,
     /// Print the version.
@@ -57,6 +64,7 @@ USAGE:
     worldbridge export [--config FILE] [--data-dir DIR] [--out FILE]
     worldbridge import FILE [--config FILE] [--data-dir DIR] [--force]
     worldbridge crisis-eval [FILE]... [--rules FILE]
+    worldbridge crisis-train [FILE]... [--out FILE]
     worldbridge --help | --version
 
 COMMANDS:
@@ -71,6 +79,9 @@ COMMANDS:
                      recall, false positives, per-kind figures, every miss and false alarm,
                      and the cost per message. --rules FILE adds a rule file (the format
                      of agent.crisis_file).
+    crisis-train     Train the crisis detector's classifier on labelled TSV files (default:
+                     fixtures/crisis/eval/train*.tsv), print its cross-validated figures and
+                     write the weights to --out FILE (default: fixtures/crisis/model.tsv).
 
 FLAGS (each takes `--flag VALUE` or `--flag=VALUE`):
     --config FILE    Read settings from this TOML file (default: $WORLDBRIDGE_CONFIG, else none).
@@ -113,10 +124,12 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
         Some("export") => parse_export(&args[1..]),
         Some("import") => parse_import(&args[1..]),
         Some("crisis-eval") => parse_crisis_eval(&args[1..]),
+        Some("crisis-train") => parse_crisis_train(&args[1..]),
         Some("key") => parse_key(&args[1..]),
         Some(first) if first.starts_with('-') => parse_serve(args),
         Some(other) => Err(format!(
-            "unknown command '{other}': expected serve, export, import, key or crisis-eval"
+            "unknown command '{other}': expected serve, export, import, key, crisis-eval or \
+             crisis-train"
         )),
     }
 }
@@ -400,6 +413,25 @@ fn parse_crisis_eval(words: &[String]) -> Result<Command, String> {
     Ok(Command::CrisisEval { files, rules })
 }
 
+fn parse_crisis_train(words: &[String]) -> Result<Command, String> {
+    let (mut files, mut out) = (Vec::new(), None);
+    let mut words = Words::new(words);
+    while let Some(arg) = words.next_arg() {
+        match arg {
+            Arg::Positional(p) => files.push(PathBuf::from(p)),
+            Arg::Flag {
+                name: "--out",
+                inline,
+            } => {
+                let v = words.value("--out", inline, "the model file to write")?;
+                set_once(&mut out, "--out", PathBuf::from(v))?;
+            }
+            Arg::Flag { name, .. } => return common_flag(name, "crisis-train"),
+        }
+    }
+    Ok(Command::CrisisTrain { files, out })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -584,6 +616,26 @@ mod tests {
         assert_contains(&err("crisis-eval --rules"), "--rules needs a value");
         assert_contains(&err("crisis-eval --rules a --rules b"), "given twice");
         assert_contains(&err("crisis-eval --out x"), "unknown flag '--out'");
+    }
+
+    #[test]
+    fn crisis_train_takes_files_and_an_out_file() {
+        assert_eq!(
+            p("crisis-train"),
+            Ok(Command::CrisisTrain {
+                files: vec![],
+                out: None
+            })
+        );
+        assert_eq!(
+            p("crisis-train a.tsv --out=m.tsv"),
+            Ok(Command::CrisisTrain {
+                files: vec![PathBuf::from("a.tsv")],
+                out: Some(PathBuf::from("m.tsv"))
+            })
+        );
+        assert_contains(&err("crisis-train --out"), "--out needs a value");
+        assert_contains(&err("crisis-train --rules x"), "unknown flag '--rules'");
     }
 
     #[test]

@@ -45,6 +45,7 @@ fn main() -> ExitCode {
             }
         }
         Command::CrisisEval { files, rules } => report(crisis_eval(files, rules)),
+        Command::CrisisTrain { files, out } => report(crisis_train(files, out)),
         Command::Key { config, data_dir } => {
             report(store_config(config, data_dir).and_then(|cfg| {
                 let path = cfg
@@ -121,6 +122,28 @@ fn crisis_eval(files: Vec<PathBuf>, rules: Option<PathBuf>) -> Result<(), String
     let names: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
     println!("files: {}", names.join(", "));
     print!("{}", crisis_eval::evaluate(&detector, &cases, 20).render());
+    Ok(())
+}
+
+/// `worldbridge crisis-train`: trains on the files, writes the model, prints the
+/// cross-validated figures.
+fn crisis_train(files: Vec<PathBuf>, out: Option<PathBuf>) -> Result<(), String> {
+    use worldbridge::agent::{crisis::CrisisDetector, crisis_eval, crisis_model};
+    let files = if files.is_empty() {
+        crisis_eval::default_train_files()?
+    } else {
+        files
+    };
+    let (cases, sources) = crisis_model::load_training(&files)?;
+    let rules = CrisisDetector::rules_only();
+    let trained = crisis_model::train(&rules, &cases, &sources);
+    let out = out.unwrap_or_else(|| PathBuf::from("fixtures/crisis/model.tsv"));
+    write_file(&out, &trained.text)?;
+    println!("wrote {}", out.display());
+    print!(
+        "{}",
+        crisis_model::cross_validated_report(&rules, &cases, &trained)
+    );
     Ok(())
 }
 

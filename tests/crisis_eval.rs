@@ -1,6 +1,14 @@
 //! The crisis detector against the labelled corpus in `fixtures/crisis/eval/`: the training
-//! split (`train.tsv`, the rules are tuned on it) and the held-out split (`test.tsv`, written
+//! splits (`train.tsv`, the rules are tuned on it; `train2.tsv`, the classifier is trained on
+//! both, the rules were never tuned on it) and the held-out split (`test.tsv`, written
 //! separately by an author who never saw the detector, and never tuned on).
+//!
+//! `train2.tsv`'s hard negatives are beyond the rules: on it the rules alone give the
+//! protocol to about 5 % of the lines that are not crisis (idioms such as "i'd rather die
+//! than sing karaoke", suicide as a topic), and the classifier can only add detections. So
+//! that split is held to its measured recall (see `TRAIN2_RECALL_FLOOR`) and to the rules'
+//! own false positives plus the share the classifier may add (`crisis_model::FP_BUDGET`),
+//! not to 98 % and 2 %.
 //!
 //! The goal (issue 11) is recall >= 98 % on crisis lines and at most 2 % false positives
 //! (the full protocol) on ordinary and hotline-question lines, on messages the detector was
@@ -17,6 +25,7 @@
 use std::path::PathBuf;
 use worldbridge::agent::crisis::CrisisDetector;
 use worldbridge::agent::crisis_eval::{evaluate, load};
+use worldbridge::agent::crisis_model::{load_training, train, FP_BUDGET};
 
 const MIN_RECALL: f64 = 0.98;
 const MAX_FALSE_POSITIVES: f64 = 0.02;
@@ -60,6 +69,49 @@ fn meets(name: &str, min_recall: f64) {
 #[test]
 fn the_training_split_meets_the_targets() {
     meets_the_targets("train.tsv");
+}
+
+/// `train2.tsv`'s recall with the shipped model (trained on it) at the commit that added
+/// it: 88.0 % (1087/1235), rounded down with a point to spare. The classifier's threshold
+/// is chosen out of fold, so it does not fit its own training lines to 98 %; the honest
+/// figures are the cross-validated ones `worldbridge crisis-train` prints. A regression
+/// guard, not the goal.
+const TRAIN2_RECALL_FLOOR: f64 = 0.87;
+
+#[test]
+fn the_second_training_split_keeps_its_recall_and_the_rules_false_positives() {
+    let cases = load(&[eval_file("train2.tsv")]).unwrap_or_else(|e| panic!("{e}"));
+    assert!(cases.len() >= 2000, "train2.tsv: {} lines", cases.len());
+    let report = evaluate(&CrisisDetector::builtin(), &cases, 1);
+    let rules = evaluate(&CrisisDetector::rules_only(), &cases, 1);
+    assert!(
+        report.recall() >= TRAIN2_RECALL_FLOOR
+            && report.false_positive_rate() <= rules.false_positive_rate() + FP_BUDGET,
+        "train2.tsv: recall {:.1}% (need >= {:.0}%), false positives {:.1}% (the rules alone: \
+         {:.1}%)\n{}",
+        100.0 * report.recall(),
+        100.0 * TRAIN2_RECALL_FLOOR,
+        100.0 * report.false_positive_rate(),
+        100.0 * rules.false_positive_rate(),
+        report.render()
+    );
+}
+
+/// Nobody edits the weights by hand: the shipped file is exactly what `worldbridge
+/// crisis-train` makes of the shipped training files (and the rules they are read through).
+#[test]
+fn the_shipped_model_is_what_training_produces() {
+    let files = [eval_file("train.tsv"), eval_file("train2.tsv")];
+    let (cases, sources) = load_training(&files).unwrap_or_else(|e| panic!("{e}"));
+    let trained = train(&CrisisDetector::rules_only(), &cases, &sources);
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/crisis/model.tsv");
+    let shipped = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        trained.text == shipped,
+        "{} is not what training produces from train.tsv and train2.tsv: run `worldbridge \
+         crisis-train` from the source tree (it rewrites the file)",
+        path.display()
+    );
 }
 
 #[test]
@@ -107,6 +159,7 @@ fn the_cli_prints_the_figures_and_names_a_bad_line() {
         "false positives (none + resources lines given the protocol):",
         "resources answered with the numbers only:",
         "per kind:",
+        "stage that fired: crisis lines: rules ",
         "crisis    slang",
         "none      technical",
         "µs per message (mean)",

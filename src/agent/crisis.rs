@@ -7,8 +7,8 @@
 //! ([`keep_lifeline`]). When the message only asks about the hotlines themselves ("is 988
 //! open at night?"), the reply starts with [`RESOURCES_TEXT`] instead ([`resources_reply`]).
 //!
-//! Detection is a small scored rule engine over normalised tokens, not a phrase list and
-//! not a learned model, so it stays offline, deterministic and explainable:
+//! Detection has two stages, both offline and deterministic. The first is a small scored
+//! rule engine over normalised tokens, explainable rule by rule:
 //! 1. the text is split into words (lowercase, apostrophes straightened, contractions
 //!    expanded with or without the apostrophe, punctuation as clause breaks);
 //! 2. each word is looked up in the vocabulary of the rule files: exactly, then with
@@ -22,6 +22,14 @@
 //!    plan or a time marker adds) and the message is a crisis when the best rule plus the
 //!    adjustments reaches 1.0.
 //!
+//! The second ([`crisis_model`](super::crisis_model)) is a logistic-regression classifier
+//! over the same normalised words, their pairs, their letter pieces and the rules' matches,
+//! trained on the labelled files in `fixtures/crisis/eval/`: it catches wordings no rule
+//! was written for. A message is a crisis when the rules say so, or when the classifier's
+//! probability reaches its threshold (chosen by cross-validation) — a stricter one
+//! ([`GUARDED_MIN`]) when the rules saw a safe context (game, fiction, technical talk,
+//! news, a past third party) or a question about the hotlines.
+//!
 //! The rules live in `fixtures/crisis/*.txt` (format at the top of `lexicon.txt`), are
 //! compiled into the binary, and `agent.crisis_file` can extend them at start-up. A message
 //! costs one pass to normalise plus, per word, a look at the few patterns that can start at
@@ -29,6 +37,9 @@
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::Arc;
+
+use super::crisis_model::{Evidence, Model, GUARDED_MIN};
 
 /// FNV-1a: short words hash several times faster than with the default SipHash, and the
 /// keys are our own rule words, so flooding resistance buys nothing here.
@@ -110,7 +121,33 @@ impl Category {
 pub struct Signal {
     pub category: Category,
     pub features: Vec<String>,
+    /// The best rule's score with its adjustments (0 when no rule matched).
     pub score: f32,
+    /// Which stage fired.
+    pub stage: Stage,
+}
+
+/// Which stage of the detector found a crisis.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// The rules reached their threshold; the classifier did not (or there is none).
+    Rules,
+    /// The classifier alone.
+    Model,
+    /// Both.
+    Both,
+}
+
+impl Stage {
+    pub const ALL: [Stage; 3] = [Stage::Rules, Stage::Model, Stage::Both];
+
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Stage::Rules => "rules",
+            Stage::Model => "model",
+            Stage::Both => "both",
+        }
+    }
 }
 
 /// What a message calls for.
@@ -155,6 +192,8 @@ struct Tok {
     classes: u128,
     masked: bool,
     neg: bool,
+    /// The word as typed: a byte range of [`Analysis::raw`].
+    raw: (u32, u32),
 }
 
 impl Tok {
@@ -315,6 +354,22 @@ pub struct CrisisDetector {
     /// Word id → patterns (idioms only / everything else) whose first element accepts it.
     idiom_index: Vec<Vec<u32>>,
     main_index: Vec<Vec<u32>>,
+    /// Word id → the word.
+    words: Vec<String>,
+    /// The second stage; `None` for the rules alone.
+    model: Option<Arc<Model>>,
+}
+
+/// One message as the rule engine saw it.
+struct Analysis {
+    toks: Vec<Tok>,
+    /// The words as typed (runs of three or more of a letter squeezed), end to end.
+    raw: String,
+    /// The idioms that matched.
+    idioms: Vec<u32>,
+    hits: Vec<Hit>,
+    /// Whether a rule matched but a negation blocked it ("i would never kill myself").
+    negated: bool,
 }
 
 /// One parsed line of a rule file, before classes are known.
@@ -330,18 +385,31 @@ enum Directive<'a> {
 }
 
 impl CrisisDetector {
-    /// The rule files shipped in `fixtures/crisis/`, embedded with `include_str!`.
+    /// The rule files and the model shipped in `fixtures/crisis/`, embedded with
+    /// `include_str!`.
     pub fn builtin() -> CrisisDetector {
+        CrisisDetector::rules_only().with_model(Model::builtin())
+    }
+
+    /// The shipped rules without the model (what the model is trained over).
+    pub fn rules_only() -> CrisisDetector {
         // The files are part of the source tree and `builtin_files_parse` checks them, so
         // a failure here is a build defect, not bad input.
         CrisisDetector::from_files(BUILTIN_FILES).expect("fixtures/crisis rules are valid (tested)")
     }
 
-    /// The shipped rules extended by one more file in the same format (`agent.crisis_file`).
+    /// The shipped rules extended by one more file in the same format (`agent.crisis_file`),
+    /// with the shipped model.
     pub fn with_extra(name: &str, text: &str) -> Result<CrisisDetector, String> {
         let mut files = BUILTIN_FILES.to_vec();
         files.push((name, text));
-        CrisisDetector::from_files(&files)
+        Ok(CrisisDetector::from_files(&files)?.with_model(Model::builtin()))
+    }
+
+    /// This detector with `model` as its second stage.
+    pub fn with_model(mut self, model: Model) -> CrisisDetector {
+        self.model = Some(Arc::new(model));
+        self
     }
 
     /// Compiles `(name, text)` rule files, in order. Errors name the file and the 1-based
@@ -403,27 +471,168 @@ impl CrisisDetector {
 
     /// What `text` calls for: the protocol, the hotline numbers, or nothing.
     pub fn assess(&self, text: &str) -> Outcome {
-        self.score(&self.hits(text))
+        let a = self.analyse(text);
+        let rules = self.score(&a.hits);
+        let Some(model) = &self.model else {
+            return rules;
+        };
+        let guarded = self.guarded(&a, &rules);
+        let p = model.probability(&self.evidence(&a));
+        match CrisisDetector::combine(rules, guarded, p, model.threshold()) {
+            Outcome::Crisis(mut s) if s.stage == Stage::Model => {
+                // What the rules saw (below their threshold) still explains the log line.
+                let mut features: Vec<String> = a
+                    .hits
+                    .iter()
+                    .filter(|h| !matches!(self.patterns[h.pattern as usize].kind, Kind::Resources))
+                    .map(|h| self.feature(h.pattern))
+                    .collect();
+                features.append(&mut s.features);
+                s.features = features;
+                if let Some((score, category, _)) = self.best_rule(&a.hits) {
+                    s.category = category;
+                    s.score = score;
+                }
+                Outcome::Crisis(s)
+            }
+            other => other,
+        }
+    }
+
+    /// The rules' outcome combined with the classifier's probability `p` against its
+    /// threshold `t` (at least [`GUARDED_MIN`] when `guarded`). A crisis found by the
+    /// model alone is `Suicide`, the most urgent category, until `assess` fills in the
+    /// rules' best category.
+    pub(crate) fn combine(rules: Outcome, guarded: bool, p: f32, t: f32) -> Outcome {
+        let t = if guarded { t.max(GUARDED_MIN) } else { t };
+        let model = p >= t;
+        match rules {
+            Outcome::Crisis(mut s) => {
+                s.stage = if model { Stage::Both } else { Stage::Rules };
+                s.features.push(format!("model:{p:.2}"));
+                Outcome::Crisis(s)
+            }
+            _ if model => Outcome::Crisis(Signal {
+                category: Category::Suicide,
+                features: vec![format!("model:{p:.2}")],
+                score: 0.0,
+                stage: Stage::Model,
+            }),
+            other => other,
+        }
+    }
+
+    /// Whether the rules saw a context that is usually safe (a negative adjustment), a
+    /// negated signal, or a question about the hotlines: the model then needs
+    /// [`GUARDED_MIN`].
+    fn guarded(&self, a: &Analysis, rules: &Outcome) -> bool {
+        a.negated
+            || matches!(rules, Outcome::Resources(_))
+            || a.hits.iter().any(
+                |h| matches!(self.patterns[h.pattern as usize].kind, Kind::Adjust(w) if w < 0.0),
+            )
+    }
+
+    /// The classifier's probability for a message (0 without a model).
+    #[cfg(test)]
+    pub(crate) fn model_probability(&self, ev: &Evidence<'_>) -> f32 {
+        self.model.as_ref().map_or(0.0, |m| m.probability(ev))
+    }
+
+    /// Calls `f` with what the normaliser and the rules saw in `text`, the rules' outcome,
+    /// and whether the model needs [`GUARDED_MIN`] (for training and evaluation).
+    pub(crate) fn with_evidence<R>(
+        &self,
+        text: &str,
+        f: impl FnOnce(&Evidence<'_>, (Outcome, bool)) -> R,
+    ) -> R {
+        let a = self.analyse(text);
+        let rules = self.score(&a.hits);
+        let guarded = self.guarded(&a, &rules);
+        f(&self.evidence(&a), (rules, guarded))
+    }
+
+    fn evidence<'a>(&'a self, a: &'a Analysis) -> Evidence<'a> {
+        let words = a
+            .toks
+            .iter()
+            .map(|t| {
+                if t.id == BREAK {
+                    return None;
+                }
+                let raw = &a.raw[t.raw.0 as usize..t.raw.1 as usize];
+                let word = match self.words.get(t.id as usize) {
+                    Some(w) => w.as_str(),
+                    None => raw,
+                };
+                Some((word, raw))
+            })
+            .collect();
+        let mut matches: Vec<(&'static str, &str)> = a
+            .hits
+            .iter()
+            .map(|h| {
+                let pat = &self.patterns[h.pattern as usize];
+                let prefix = match pat.kind {
+                    Kind::Rule { .. } => "r:",
+                    Kind::Adjust(_) => "a:",
+                    Kind::Resources => "q:",
+                    Kind::Idiom => "i:",
+                };
+                (prefix, pat.name.as_str())
+            })
+            .collect();
+        matches.extend(
+            a.idioms
+                .iter()
+                .map(|&p| ("i:", self.patterns[p as usize].name.as_str())),
+        );
+        if a.negated {
+            matches.push(("s:", "negated"));
+        }
+        Evidence {
+            words,
+            matches,
+            best: self.best_rule(&a.hits).map(|(s, _, _)| s),
+        }
     }
 
     /// Every rule, adjustment and resources pattern that matched `text`, by name, with
-    /// the best crisis score (for `crisis-eval`'s report of misses and false alarms).
+    /// the best crisis score and, with a model, its probability (for `crisis-eval`'s
+    /// report of misses and false alarms).
     pub fn explain(&self, text: &str) -> (f32, Vec<String>) {
-        let hits = self.hits(text);
-        let best = self.best_rule(&hits).map_or(0.0, |(score, _, _)| score);
-        let names = hits.iter().map(|h| self.feature(h.pattern)).collect();
+        let a = self.analyse(text);
+        let best = self.best_rule(&a.hits).map_or(0.0, |(score, _, _)| score);
+        let mut names: Vec<String> = a.hits.iter().map(|h| self.feature(h.pattern)).collect();
+        if let Some(m) = &self.model {
+            names.push(format!("model:{:.2}", m.probability(&self.evidence(&a))));
+        }
         (best, names)
     }
 
-    /// Every pattern (not idioms) that matches `text`, at its first match that is not
-    /// negated.
-    fn hits(&self, text: &str) -> Vec<Hit> {
-        let mut toks = self.tokens(text);
-        self.mask_idioms(&mut toks);
-        let present = Present::new(&toks, self.classes_of.len());
+    /// The tokens of `text`, the idioms that mask some of them, and the patterns that
+    /// match.
+    fn analyse(&self, text: &str) -> Analysis {
+        let (mut toks, raw) = self.tokens(text);
+        let idioms = self.mask_idioms(&mut toks);
+        let (hits, negated) = self.hits(&toks);
+        Analysis {
+            toks,
+            raw,
+            idioms,
+            hits,
+            negated,
+        }
+    }
+
+    /// Every pattern (not idioms) that matches `toks`, at its first match that is not
+    /// negated, and whether some rule matched only where a negation blocked it.
+    fn hits(&self, toks: &[Tok]) -> (Vec<Hit>, bool) {
+        let present = Present::new(toks, self.classes_of.len());
         // Per pattern: 0 = not checked yet, 1 = possible, 2 = impossible or already hit.
         let mut state = vec![0u8; self.patterns.len()];
         let mut hits: Vec<Hit> = Vec::new();
+        let mut negated = false;
         for at in 0..toks.len() {
             let Some(candidates) = self.main_index.get(toks[at].id as usize) else {
                 continue;
@@ -439,10 +648,11 @@ impl CrisisDetector {
                     1 => {}
                     _ => continue,
                 }
-                let Some(end) = match_at(&pat.elems, &toks, at) else {
+                let Some(end) = match_at(&pat.elems, toks, at) else {
                     continue;
                 };
-                if matches!(pat.kind, Kind::Rule { .. }) && self.negated_before(&toks, at) {
+                if matches!(pat.kind, Kind::Rule { .. }) && self.negated_before(toks, at) {
+                    negated = true;
                     continue;
                 }
                 state[p as usize] = 2;
@@ -453,7 +663,12 @@ impl CrisisDetector {
                 });
             }
         }
-        hits
+        let negated = negated && !hits.iter().any(|h| self.is_rule(h));
+        (hits, negated)
+    }
+
+    fn is_rule(&self, h: &Hit) -> bool {
+        matches!(self.patterns[h.pattern as usize].kind, Kind::Rule { .. })
     }
 
     /// The best-scoring rule: its score (weight plus the adjustments within reach), its
@@ -508,6 +723,7 @@ impl CrisisDetector {
                     category,
                     features,
                     score,
+                    stage: Stage::Rules,
                 });
             }
         }
@@ -523,18 +739,24 @@ impl CrisisDetector {
         }
     }
 
-    /// The normalised tokens of `text`, looked up in the vocabulary.
-    fn tokens(&self, text: &str) -> Vec<Tok> {
+    /// The normalised tokens of `text`, looked up in the vocabulary, and the words as
+    /// typed that [`Tok::raw`] points into.
+    fn tokens(&self, text: &str) -> (Vec<Tok>, String) {
         let mut toks: Vec<Tok> = Vec::with_capacity(text.len() / 4 + 1);
-        let mut push = |id: u32, classes: u128| {
-            toks.push(Tok {
-                id,
-                classes,
-                masked: false,
-                neg: false,
-            })
-        };
+        let mut raw = String::with_capacity(text.len());
         for_each_word(text, |w| {
+            let start = raw.len() as u32;
+            squeeze_runs(w, &mut raw);
+            let span = (start, raw.len() as u32);
+            let mut push = |id: u32, classes: u128| {
+                toks.push(Tok {
+                    id,
+                    classes,
+                    masked: false,
+                    neg: false,
+                    raw: span,
+                })
+            };
             if w == "." {
                 push(BREAK, 0);
                 return;
@@ -556,7 +778,7 @@ impl CrisisDetector {
                 .is_some_and(|n| n.classes & self.neg_cancel != 0);
             toks[i].neg = toks[i].classes & self.neg != 0 && !cancelled;
         }
-        toks
+        (toks, raw)
     }
 
     fn lookup(&self, w: &str) -> Option<&Lex> {
@@ -620,10 +842,11 @@ impl CrisisDetector {
         None
     }
 
-    /// Masks every word covered by an idiom. Idioms match on the unmasked words, so
-    /// overlapping idioms all apply.
-    fn mask_idioms(&self, toks: &mut [Tok]) {
+    /// Masks every word covered by an idiom, and returns the idioms that matched. Idioms
+    /// match on the unmasked words, so overlapping idioms all apply.
+    fn mask_idioms(&self, toks: &mut [Tok]) -> Vec<u32> {
         let mut spans = Vec::new();
+        let mut idioms = Vec::new();
         for at in 0..toks.len() {
             let Some(candidates) = self.idiom_index.get(toks[at].id as usize) else {
                 continue;
@@ -631,6 +854,9 @@ impl CrisisDetector {
             for &p in candidates {
                 if let Some(end) = match_at(&self.patterns[p as usize].elems, toks, at) {
                     spans.push(at..end);
+                    if !idioms.contains(&p) {
+                        idioms.push(p);
+                    }
                 }
             }
         }
@@ -639,6 +865,7 @@ impl CrisisDetector {
                 t.masked = true;
             }
         }
+        idioms
     }
 
     /// A negation among the few words before `at`, looking back no further than a clause
@@ -733,6 +960,22 @@ fn match_end(rest: &[Elem], toks: &[Tok], at: usize) -> Option<usize> {
         None => match_at(rest, toks, at),
         Some(t) if t.id == BREAK => match_at(rest, toks, at + 1),
         Some(_) => None,
+    }
+}
+
+/// Appends `w` with runs of three or more of one character squeezed to one ("sooo" →
+/// "so", "good" stays): the word as typed, for the model's letter pieces.
+fn squeeze_runs(w: &str, out: &mut String) {
+    let mut chars = w.chars().peekable();
+    while let Some(c) = chars.next() {
+        let mut run = 1;
+        while chars.peek() == Some(&c) {
+            chars.next();
+            run += 1;
+        }
+        for _ in 0..if run >= 3 { 1 } else { run } {
+            out.push(c);
+        }
     }
 }
 
@@ -1036,6 +1279,7 @@ impl Builder {
                     classes,
                     masked: false,
                     neg: false,
+                    raw: (0, 0),
                 };
                 if pat.elems[0].accepts(&t) {
                     starts.push(p as u32);
@@ -1070,6 +1314,8 @@ impl Builder {
             idiom_index,
             main_index,
             vocab: self.vocab,
+            words: self.words,
+            model: None,
         }
     }
 }
@@ -1477,6 +1723,80 @@ mod tests {
         ] {
             assert_eq!(d.detect(text), None, "{text:?}: {:?}", d.explain(text));
         }
+    }
+
+    #[test]
+    fn the_model_adds_a_detection_the_rules_miss_and_says_so() {
+        let text = "placed the chair under the beam in the basement";
+        assert_eq!(CrisisDetector::rules_only().assess(text), Outcome::Nothing);
+        let model = Model::parse("m", "bias\t-3\nthreshold\t0.5\nw:beam\t60\n").unwrap();
+        let d = CrisisDetector::rules_only().with_model(model);
+        let Outcome::Crisis(s) = d.assess(text) else {
+            panic!("{:?}", d.explain(text));
+        };
+        assert_eq!((s.category, s.stage), (Suicide, Stage::Model));
+        let p: Option<f32> = s
+            .features
+            .last()
+            .and_then(|f| f.strip_prefix("model:"))
+            .and_then(|p| p.parse().ok());
+        assert!(p.is_some_and(|p| p >= 0.5), "{:?}", s.features);
+        // Without the word, the model stays below its threshold.
+        assert_eq!(
+            d.assess("placed the chair in the basement"),
+            Outcome::Nothing
+        );
+    }
+
+    #[test]
+    fn the_model_only_adds_and_needs_more_where_the_rules_saw_a_safe_context() {
+        let rules = Outcome::Crisis(Signal {
+            category: SelfHarm,
+            features: vec!["cut_self".into()],
+            score: 2.0,
+            stage: Stage::Rules,
+        });
+        let Outcome::Crisis(s) = CrisisDetector::combine(rules.clone(), false, 0.1, 0.5) else {
+            panic!("the rules' detection must stay");
+        };
+        assert_eq!(
+            (s.stage, s.features.clone()),
+            (
+                Stage::Rules,
+                vec!["cut_self".to_string(), "model:0.10".to_string()]
+            )
+        );
+        let Outcome::Crisis(s) = CrisisDetector::combine(rules, false, 0.7, 0.5) else {
+            panic!("the rules' detection must stay");
+        };
+        assert_eq!(s.stage, Stage::Both);
+        let fires = |o: Outcome, guarded: bool, p: f32| {
+            matches!(
+                CrisisDetector::combine(o, guarded, p, 0.5),
+                Outcome::Crisis(_)
+            )
+        };
+        assert!(fires(Outcome::Nothing, false, 0.6));
+        assert!(!fires(Outcome::Nothing, false, 0.4));
+        // A safe context, a negation or a hotline question: GUARDED_MIN, not the threshold.
+        assert!(!fires(Outcome::Nothing, true, 0.85));
+        assert!(fires(Outcome::Nothing, true, 0.95));
+        let hotline = || Outcome::Resources(vec!["hotline_number".into()]);
+        assert_eq!(
+            CrisisDetector::combine(hotline(), true, 0.85, 0.5),
+            hotline()
+        );
+        assert!(fires(hotline(), true, 0.95));
+    }
+
+    #[test]
+    fn a_negated_signal_guards_the_model() {
+        let d = CrisisDetector::rules_only();
+        let guarded = |t: &str| d.with_evidence(t, |_, (_, g)| g);
+        assert!(guarded("i would never kill myself"));
+        assert!(!guarded("i have the rope ready"));
+        assert!(guarded("kill the dragon in the game"));
+        assert!(guarded("is 988 open at night?"));
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! `worldbridge crisis-eval`: runs the crisis detector over labelled messages and reports
-//! recall, false alarms, the hotline-question outcome, every miss and false alarm, and the
-//! cost per message.
+//! recall, false alarms, the hotline-question outcome, which stage fired (rules, model,
+//! both), every miss and false alarm, and the cost per message. `worldbridge crisis-train`
+//! reuses the report for its cross-validated figures.
 //!
 //! Eval files are TSV: lines starting with `#` are comments, blank lines are ignored, and
 //! every other line is `label<TAB>kind<TAB>message`, where label is `crisis`, `none` or
@@ -9,7 +10,7 @@
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
-use super::crisis::{CrisisDetector, Outcome};
+use super::crisis::{CrisisDetector, Outcome, Stage};
 
 pub const CRISIS_KINDS: &[&str] = &[
     "plan_means",
@@ -133,6 +134,9 @@ pub struct Report {
     pub kinds: Vec<(Label, String, Tally)>,
     /// Misses and false alarms: case, and every pattern that matched with the score.
     pub errors: Vec<(Case, Vec<String>)>,
+    /// Which stage fired, in [`Stage::ALL`] order: on crisis lines, and on the others.
+    pub stages_crisis: [usize; 3],
+    pub stages_false: [usize; 3],
     pub mean_us: f64,
     pub p99_us: f64,
     pub us_per_200_chars: f64,
@@ -157,8 +161,34 @@ impl Report {
         )
     }
 
-    /// The report as printed by `worldbridge crisis-eval`.
+    /// The report as printed by `worldbridge crisis-eval`: the figures, then every miss
+    /// and false alarm.
     pub fn render(&self) -> String {
+        let mut o = self.render_figures();
+        if self.errors.is_empty() {
+            let _ = writeln!(o, "\nno misses, no false alarms");
+        }
+        for (case, features) in &self.errors {
+            let what = if case.label == Label::Crisis {
+                "MISS"
+            } else {
+                "FALSE ALARM"
+            };
+            let _ = writeln!(
+                o,
+                "{what} {} {}/{}: {:?} features={}",
+                case.origin,
+                case.label.as_str(),
+                case.kind,
+                case.message,
+                features.join(",")
+            );
+        }
+        o
+    }
+
+    /// The figures without the list of misses and false alarms.
+    pub fn render_figures(&self) -> String {
         let mut o = String::new();
         let pct = |n: usize, d: usize| 100.0 * rate(n, d, 0.0);
         let _ = writeln!(
@@ -185,6 +215,20 @@ impl Report {
             "resources answered with the numbers only: {}/{}; none lines given the numbers: {}",
             self.resources_answered, self.resources.total, self.none_got_numbers
         );
+        let stages = |n: &[usize; 3]| {
+            Stage::ALL
+                .iter()
+                .zip(n)
+                .map(|(s, n)| format!("{} {n}", s.as_str()))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let _ = writeln!(
+            o,
+            "stage that fired: crisis lines: {}; false alarms: {}",
+            stages(&self.stages_crisis),
+            stages(&self.stages_false)
+        );
         let _ = writeln!(o, "\nper kind:");
         for (label, kind, t) in &self.kinds {
             let (what, value) = match label {
@@ -204,25 +248,6 @@ impl Report {
             "\ncost: {:.2} µs per message (mean), {:.2} µs p99, {:.2} µs per 200 characters",
             self.mean_us, self.p99_us, self.us_per_200_chars
         );
-        if self.errors.is_empty() {
-            let _ = writeln!(o, "\nno misses, no false alarms");
-        }
-        for (case, features) in &self.errors {
-            let what = if case.label == Label::Crisis {
-                "MISS"
-            } else {
-                "FALSE ALARM"
-            };
-            let _ = writeln!(
-                o,
-                "{what} {} {}/{}: {:?} features={}",
-                case.origin,
-                case.label.as_str(),
-                case.kind,
-                case.message,
-                features.join(",")
-            );
-        }
         o
     }
 }
@@ -235,23 +260,50 @@ fn rate(n: usize, d: usize, empty: f64) -> f64 {
     }
 }
 
-/// Runs `detector` over `cases`; timing takes the best of `passes` runs per message.
+/// Runs `detector` over `cases`, timing each message `passes` times.
 pub fn evaluate(detector: &CrisisDetector, cases: &[Case], passes: usize) -> Report {
+    evaluate_by(
+        cases,
+        passes,
+        |_, text| detector.assess(text),
+        |_, text| {
+            let (score, mut features) = detector.explain(text);
+            features.push(format!("score={score:.2}"));
+            features
+        },
+    )
+}
+
+/// Tallies `cases` by what `assess(index, message)` says (timed `passes` times per
+/// message); `explain` lists what matched, for the misses and false alarms.
+pub fn evaluate_by(
+    cases: &[Case],
+    passes: usize,
+    assess: impl Fn(usize, &str) -> Outcome,
+    explain: impl Fn(usize, &str) -> Vec<String>,
+) -> Report {
     let mut r = Report::default();
     let mut times: Vec<Duration> = Vec::with_capacity(cases.len() * passes.max(1));
     let mut total = Duration::ZERO;
     let mut chars = 0usize;
-    for case in cases {
+    for (index, case) in cases.iter().enumerate() {
         let mut outcome = Outcome::Nothing;
         for _ in 0..passes.max(1) {
             let t = Instant::now();
-            outcome = std::hint::black_box(detector.assess(std::hint::black_box(&case.message)));
+            outcome = std::hint::black_box(assess(index, std::hint::black_box(&case.message)));
             let took = t.elapsed();
             times.push(took);
             total += took;
             chars += case.message.chars().count();
         }
         let protocol = matches!(outcome, Outcome::Crisis(_));
+        if let Outcome::Crisis(s) = &outcome {
+            let at = Stage::ALL.iter().position(|x| *x == s.stage).unwrap_or(0);
+            match case.label {
+                Label::Crisis => r.stages_crisis[at] += 1,
+                _ => r.stages_false[at] += 1,
+            }
+        }
         let wrong = match case.label {
             Label::Crisis => !protocol,
             Label::None | Label::Resources => protocol,
@@ -285,9 +337,7 @@ pub fn evaluate(detector: &CrisisDetector, cases: &[Case], passes: usize) -> Rep
         r.kinds[at].2.total += 1;
         r.kinds[at].2.wrong += usize::from(wrong);
         if wrong {
-            let (score, mut features) = detector.explain(&case.message);
-            features.push(format!("score={score:.2}"));
-            r.errors.push((case.clone(), features));
+            r.errors.push((case.clone(), explain(index, &case.message)));
         }
     }
     r.kinds
@@ -319,6 +369,23 @@ pub fn default_files() -> Result<Vec<std::path::PathBuf>, String> {
     files.sort();
     if files.is_empty() {
         return Err(format!("no .tsv files in {}", dir.display()));
+    }
+    Ok(files)
+}
+
+/// The files `crisis-train` reads when given none: `fixtures/crisis/eval/train*.tsv`
+/// under the current directory, sorted by name (never the held-out `test.tsv`).
+pub fn default_train_files() -> Result<Vec<std::path::PathBuf>, String> {
+    let files: Vec<_> = default_files()?
+        .into_iter()
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("train"))
+        })
+        .collect();
+    if files.is_empty() {
+        return Err("no train*.tsv files in fixtures/crisis/eval".to_string());
     }
     Ok(files)
 }

@@ -10,6 +10,7 @@ pub mod builtin;
 pub mod command;
 pub mod crisis;
 pub mod crisis_eval;
+pub mod crisis_model;
 pub mod openai;
 pub mod pool;
 pub mod prompt;
