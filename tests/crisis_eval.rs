@@ -1,7 +1,9 @@
 //! The crisis detector against the labelled corpus in `fixtures/crisis/eval/`: the training
 //! splits (`train.tsv`, the rules are tuned on it; `train2.tsv`, the classifier is trained on
-//! both, the rules were never tuned on it) and the held-out split (`test.tsv`, written
-//! separately by an author who never saw the detector, and never tuned on).
+//! both, the rules were never tuned on it) and the held-out splits (`test.tsv` and
+//! `test2.tsv`, each written separately by an author who never saw the detector, and never
+//! tuned on; `test2.tsv` was added after the classifier was trained, and nobody working on
+//! the detector has read it).
 //!
 //! `train2.tsv`'s hard negatives are beyond the rules: on it the rules alone give the
 //! protocol to about 5 % of the lines that are not crisis (idioms such as "i'd rather die
@@ -12,13 +14,16 @@
 //!
 //! The goal (issue 11) is recall >= 98 % on crisis lines and at most 2 % false positives
 //! (the full protocol) on ordinary and hotline-question lines, on messages the detector was
-//! never tuned on. The training split meets it by construction. The held-out split does not
-//! yet: at the commit that added it the detector caught 70.2 % (151/215) of its crisis
-//! lines, with 1.5 % false positives (docs/agent.md has the figures per kind). So this test
-//! holds the held-out split to its measured recall (a regression guard, not the goal) and to
-//! the false-positive target, and prints the whole report either way. Raising the floor is
-//! the open part of the issue; it must come from rules that generalise (tuned on new
-//! training lines), never from reading this split's misses.
+//! never tuned on. The training split meets it by construction. The held-out splits do not
+//! yet. `test.tsv`: the rules alone caught 70.2 % (151/215) with 1.5 % false positives; with
+//! the classifier 89.8 % (193/215), 1.5 %. `test2.tsv`: the rules alone 55.8 % (225/403),
+//! 2.9 % false positives; with the classifier 75.4 % (304/403), 2.9 % (the classifier added
+//! no false alarm; the rules' own are over the target). So these tests hold each held-out
+//! split to its measured recall (a regression guard, not the goal) and its false positives
+//! to the target (`test.tsv`) or to the rules' own plus the classifier's budget
+//! (`test2.tsv`), and print the whole report either way. Raising the floors is the open part
+//! of the issue; it must come from rules and training lines that generalise, never from
+//! reading these splits' misses.
 //!
 //! The held-out test fails when `test.tsv` is missing: a passing run must have measured it.
 
@@ -40,9 +45,13 @@ fn meets_the_targets(name: &str) {
     meets(name, MIN_RECALL);
 }
 
-/// The held-out split's recall at the commit that added it (151/215 = 70.2 %), rounded
-/// down to whole percent with a line to spare: see the file's header.
-const HELD_OUT_RECALL_FLOOR: f64 = 0.69;
+/// The held-out split's recall with the classifier (193/215 = 89.8 %), rounded down to
+/// whole percent with a line to spare.
+const HELD_OUT_RECALL_FLOOR: f64 = 0.89;
+
+/// The second held-out split's recall when it was added (304/403 = 75.4 %), rounded down
+/// to whole percent with a line to spare.
+const HELD_OUT2_RECALL_FLOOR: f64 = 0.75;
 
 fn meets(name: &str, min_recall: f64) {
     let path = eval_file(name);
@@ -120,6 +129,27 @@ fn the_held_out_split_keeps_its_measured_recall_and_the_false_positive_target() 
     let cases = load(&[eval_file("test.tsv")]).unwrap_or_else(|e| panic!("{e}"));
     let report = evaluate(&CrisisDetector::builtin(), &cases, 1);
     eprintln!("{}", report.render());
+}
+
+#[test]
+fn the_second_held_out_split_keeps_its_measured_recall_and_false_positives() {
+    let path = eval_file("test2.tsv");
+    assert!(path.exists(), "{} is missing", path.display());
+    let cases = load(std::slice::from_ref(&path)).unwrap_or_else(|e| panic!("{e}"));
+    let report = evaluate(&CrisisDetector::builtin(), &cases, 1);
+    let rules = evaluate(&CrisisDetector::rules_only(), &cases, 1);
+    eprintln!("{}", report.render());
+    assert!(report.crisis.total >= 300 && report.none.total >= 300);
+    assert!(
+        report.recall() >= HELD_OUT2_RECALL_FLOOR
+            && report.false_positive_rate() <= rules.false_positive_rate() + FP_BUDGET,
+        "test2.tsv: recall {:.1}% (need >= {:.0}%), false positives {:.1}% (the rules alone: \
+         {:.1}%)",
+        100.0 * report.recall(),
+        100.0 * HELD_OUT2_RECALL_FLOOR,
+        100.0 * report.false_positive_rate(),
+        100.0 * rules.false_positive_rate(),
+    );
 }
 
 #[test]
