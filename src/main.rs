@@ -128,21 +128,21 @@ fn crisis_eval(files: Vec<PathBuf>, rules: Option<PathBuf>) -> Result<(), String
 /// `worldbridge crisis-train`: trains on the files, writes the model, prints the
 /// cross-validated figures.
 fn crisis_train(files: Vec<PathBuf>, out: Option<PathBuf>) -> Result<(), String> {
-    use worldbridge::agent::{crisis::CrisisDetector, crisis_eval, crisis_model};
+    use worldbridge::agent::{crisis::CrisisDetector, crisis_eval, crisis_train as training};
     let files = if files.is_empty() {
         crisis_eval::default_train_files()?
     } else {
         files
     };
-    let (cases, sources) = crisis_model::load_training(&files)?;
+    let (cases, sources) = training::load_training(&files)?;
     let rules = CrisisDetector::rules_only();
-    let trained = crisis_model::train(&rules, &cases, &sources);
+    let trained = training::train(&rules, &cases, &sources);
     let out = out.unwrap_or_else(|| PathBuf::from("fixtures/crisis/model.tsv"));
     write_file(&out, &trained.text)?;
     println!("wrote {}", out.display());
     print!(
         "{}",
-        crisis_model::cross_validated_report(&rules, &cases, &trained)
+        training::cross_validated_report(&rules, &cases, &trained)
     );
     Ok(())
 }

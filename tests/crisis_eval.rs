@@ -9,7 +9,7 @@
 //! protocol to about 5 % of the lines that are not crisis (idioms such as "i'd rather die
 //! than sing karaoke", suicide as a topic), and the classifier can only add detections. So
 //! that split is held to its measured recall (see `TRAIN2_RECALL_FLOOR`) and to the rules'
-//! own false positives plus the share the classifier may add (`crisis_model::FP_BUDGET`),
+//! own false positives plus the share the classifier may add (`crisis_train::FP_BUDGET`),
 //! not to 98 % and 2 %.
 //!
 //! The goal (issue 11) is recall >= 98 % on crisis lines and at most 2 % false positives
@@ -30,7 +30,7 @@
 use std::path::PathBuf;
 use worldbridge::agent::crisis::CrisisDetector;
 use worldbridge::agent::crisis_eval::{evaluate, load};
-use worldbridge::agent::crisis_model::{load_training, train, FP_BUDGET};
+use worldbridge::agent::crisis_train::{load_training, train, FP_BUDGET};
 
 const MIN_RECALL: f64 = 0.98;
 const MAX_FALSE_POSITIVES: f64 = 0.02;

@@ -11,6 +11,7 @@ pub mod command;
 pub mod crisis;
 pub mod crisis_eval;
 pub mod crisis_model;
+pub mod crisis_train;
 pub mod openai;
 pub mod pool;
 pub mod prompt;
