@@ -180,6 +180,10 @@ fn config(backend: Backend) -> Config {
     cfg.rooms.occupants_max = 100_000;
     cfg.http.rate_limit_requests = 1_000_000;
     cfg.gateway.max_messages_per_s = 100_000;
+    // The Workshop client sends every message before it reads: its streamed barks
+    // (`bark_part` frames, then the `bark`) wait in its queue meanwhile.
+    cfg.gateway.max_queued_messages = 1_000_000;
+    cfg.gateway.max_queued_bytes = 1 << 30;
     // Every visitor message is also an inbox file; a busy disk must not turn the
     // protocol's answers into `inbox_unavailable` (tested on its own in tests/ws.rs).
     cfg.workshop.inbox_queue = 100_000;

@@ -774,10 +774,10 @@ fn gateway_and_workshop_barks_stream_as_bark_parts_with_one_reply_id() {
     let (_, again, again_id) = bark_parts(&replay);
     assert_eq!((again, again_id), (text, id));
 
-    // Without `stream`, the bark alone, as before.
+    // With `"stream": false`, the bark alone.
     ws_send(
         &mut alice,
-        &json!({"type": "chat_message", "target_id": "timmy", "text": "hi", "room": "The Tower"}),
+        &json!({"type": "chat_message", "target_id": "timmy", "text": "hi", "room": "The Tower", "stream": false}),
     );
     let frames = ws_until(&mut alice, "bark");
     assert!(

@@ -300,7 +300,9 @@ impl App {
             .map(str::to_string)
             .or_else(|| self.world.occupant(&user).map(|o| o.room.clone()))
             .unwrap_or_else(|| DEFAULT_ROOM.to_string());
-        let stream = msg.get("stream") == Some(&Value::Bool(true));
+        // Barks stream unless the message asks not to (`"stream": false`): a client that
+        // ignores `bark_part` still gets the whole `bark`.
+        let stream = msg.get("stream") != Some(&Value::Bool(false));
         if let Err(why) = self.feed_chat(&user, from, &room, &text, (false, stream), now_ms) {
             if let Some(conn) = self.gateway.conn_of(from) {
                 self.ws_out

@@ -61,7 +61,8 @@ pub enum Output {
         conn: ConnId,
         visitor: String,
         text: String,
-        /// The message asked for the answer in parts (`"stream": true`).
+        /// The answer goes out in parts (`bark_part`) before the `bark`, unless the message
+        /// said `"stream": false`.
         stream: bool,
     },
     /// Presence in [`ROOM`]: the first connection of this visitor entered...
@@ -348,7 +349,8 @@ impl Workshop {
             conn,
             visitor,
             text: text.clone(),
-            stream: msg.get("stream") == Some(&Value::Bool(true)),
+            // Streams unless the message says `"stream": false`.
+            stream: msg.get("stream") != Some(&Value::Bool(false)),
         });
     }
 
