@@ -566,7 +566,8 @@ mod tests {
                     conn: id(1),
                     visitor: "Alexander".into(),
                     text: "How's the Tower coming?".into(),
-                    stream: false,
+                    // Barks stream unless the message says `"stream": false`.
+                    stream: true,
                 }
             ]
         );
