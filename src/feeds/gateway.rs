@@ -393,19 +393,9 @@ impl Gateway {
                 return;
             }
         }
-        let mut msg = match serde_json::from_str::<Value>(text.as_str()) {
-            Ok(Value::Object(m)) => m,
-            Ok(_) => {
-                return self.refuse(conn, "bad_message", "a message must be a JSON object", out)
-            }
-            Err(e) => {
-                return self.refuse(
-                    conn,
-                    "bad_json",
-                    &format!("the message is not valid JSON: {e}"),
-                    out,
-                )
-            }
+        let mut msg = match super::frame_object(text.as_str()) {
+            Ok(m) => m,
+            Err((code, why)) => return self.refuse(conn, code, &why, out),
         };
         let kind = match msg.get("type") {
             Some(Value::String(t)) => t.clone(),

@@ -240,11 +240,9 @@ fn upgrade(app: &mut App, req: &Request, route: &str) -> Handled {
             ));
         }
     }
-    let given = req.query_param("token").or_else(|| {
-        req.header("authorization")
-            .and_then(|h| h.strip_prefix("Bearer "))
-            .map(|t| t.trim().to_string())
-    });
+    let given = req
+        .query_param("token")
+        .or_else(|| bearer(req).map(str::to_string));
     // An agent's own token (`[[gateway.agents]]`) also opens the gateway, bound to it.
     // Every entry is compared, so the time taken says nothing about which one matched.
     let bound = match (route, &given) {
@@ -513,15 +511,12 @@ pub fn authorize(app: &App, req: &Request, route: &str) -> Result<(), Refusal> {
     if token.is_empty() || route == "/bridge/health" || route == "/" || peer_route {
         return Ok(());
     }
-    match req
-        .header("authorization")
-        .and_then(|h| h.strip_prefix("Bearer "))
-    {
+    match bearer(req) {
         None => Err(Refusal::new(
             "unauthorized",
             "this bridge needs an API token: send Authorization: Bearer <token>",
         )),
-        Some(t) if constant_time_eq(t.trim().as_bytes(), token.as_bytes()) => Ok(()),
+        Some(t) if constant_time_eq(t.as_bytes(), token.as_bytes()) => Ok(()),
         Some(_) => Err(Refusal::new("forbidden", "the API token is wrong")),
     }
 }

@@ -196,19 +196,9 @@ impl Workshop {
             }
             Flooding::RefusedAgain => return,
         }
-        let msg = match serde_json::from_str::<Value>(text) {
-            Ok(Value::Object(m)) => m,
-            Ok(_) => {
-                return self.refuse(conn, "bad_message", "a message must be a JSON object", out)
-            }
-            Err(e) => {
-                return self.refuse(
-                    conn,
-                    "bad_json",
-                    &format!("the message is not valid JSON: {e}"),
-                    out,
-                )
-            }
+        let msg = match super::frame_object(text) {
+            Ok(m) => m,
+            Err((code, why)) => return self.refuse(conn, code, &why, out),
         };
         let kind = msg.get("type").and_then(Value::as_str).unwrap_or_default();
         match kind {
