@@ -32,6 +32,65 @@ pub struct Config {
     pub store: StoreConfig,
     pub federation: FederationConfig,
     pub websocket: WebsocketConfig,
+    /// `[cluster]`: several processes serve this world over Redis. Absent (the default):
+    /// one process, SQLite, no Redis.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterConfig>,
+}
+
+/// `[cluster]`: this process is one node of a world served by several, over one Redis.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// The Redis server every node of this world uses (`redis://host:port[/db]`).
+    pub redis_url: String,
+    /// This node's name in presence entries, metrics and logs; empty: host name + pid.
+    pub node_id: String,
+    /// A node that has not refreshed its liveness key for this long is dead.
+    pub node_ttl_s: u64,
+    /// Presence held by a node expires this long after its node stopped refreshing it.
+    pub presence_ttl_s: u64,
+    /// Most entries the world's Redis stream keeps (older ones are trimmed; a gateway
+    /// client that resumes from before them is told `resync_required`).
+    pub log_max: usize,
+    /// Longest one Redis command may take before the node counts Redis as down, in ms.
+    pub timeout_ms: u64,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            redis_url: "redis://127.0.0.1:6379".into(),
+            node_id: String::new(),
+            node_ttl_s: 10,
+            presence_ttl_s: 60,
+            log_max: 100_000,
+            timeout_ms: 1000,
+        }
+    }
+}
+
+impl ClusterConfig {
+    /// `node_id`, or the host name and pid when it is empty.
+    pub fn node_name(&self) -> String {
+        if !self.node_id.is_empty() {
+            return self.node_id.clone();
+        }
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .ok()
+            .map(|h| h.trim().to_string())
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "node".into());
+        let host: String = (host.chars())
+            .map(
+                |c| match c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-') {
+                    true => c,
+                    false => '-',
+                },
+            )
+            .collect();
+        format!("{host}-{}", std::process::id())
+    }
 }
 
 /// `[websocket]`: rules for WebSocket upgrades on every HTTP listener (both feeds).
@@ -403,6 +462,7 @@ impl Default for Config {
             world: "local".into(),
             allow_public_without_token: false,
             websocket: WebsocketConfig::default(),
+            cluster: None,
             http: HttpConfig::default(),
             line: LineConfig::default(),
             sessions: SessionsConfig::default(),
@@ -855,6 +915,49 @@ impl Config {
                     }
                 }
             }
+        }
+        if let Some(c) = &self.cluster {
+            c.validate(self)?;
+        }
+        Ok(())
+    }
+}
+
+impl ClusterConfig {
+    fn validate(&self, cfg: &Config) -> Result<(), String> {
+        let scheme_ok = self.redis_url.starts_with("redis://")
+            || self.redis_url.starts_with("unix://")
+            || self.redis_url.starts_with("redis+unix://");
+        if !scheme_ok {
+            return Err(format!(
+                "config: `cluster.redis_url` {:?} is not a Redis URL; write \
+                 redis://host:port (e.g. redis://127.0.0.1:6379)",
+                self.redis_url
+            ));
+        }
+        for (key, value, min) in [
+            ("cluster.node_ttl_s", self.node_ttl_s, 1),
+            ("cluster.presence_ttl_s", self.presence_ttl_s, 1),
+            ("cluster.log_max", self.log_max as u64, 100),
+            ("cluster.timeout_ms", self.timeout_ms, 10),
+        ] {
+            if value < min {
+                return Err(format!(
+                    "config: `{key}` must be at least {min} (it is {value})"
+                ));
+            }
+        }
+        if !self.node_id.is_empty() {
+            check_world_id(&self.node_id)
+                .map_err(|why| format!("config: `cluster.node_id`: {why}"))?;
+        }
+        // Not yet carried over Redis: refused rather than run on one node's view.
+        if !cfg.federation.peers.is_empty() {
+            return Err(
+                "config: `[cluster]` with `[[federation.peers]]` is not supported yet: \
+                 federation runs in single-process mode only (drop one of the two)"
+                    .into(),
+            );
         }
         Ok(())
     }
@@ -1764,6 +1867,53 @@ token = ""                               # the pair's shared secret, used both w
             ..args
         };
         assert_contains(&Config::load(&args, &no_env).unwrap_err(), "0.0.0.0:4004");
+    }
+
+    #[test]
+    fn cluster_is_off_by_default_and_its_keys_are_checked() {
+        assert_eq!(Config::default().cluster, None);
+        let c = Config::from_toml("[cluster]\nnode_id = \"a\"\n").unwrap();
+        let cluster = c.cluster.clone().unwrap();
+        assert_eq!(cluster.redis_url, "redis://127.0.0.1:6379");
+        assert_eq!((cluster.node_ttl_s, cluster.presence_ttl_s), (10, 60));
+        assert_eq!(cluster.node_name(), "a");
+        c.validate().unwrap();
+        let unnamed = ClusterConfig::default().node_name();
+        assert!(
+            unnamed.ends_with(&format!("-{}", std::process::id())),
+            "{unnamed}"
+        );
+        check_world_id(&unnamed).unwrap();
+        type Breaker = fn(&mut ClusterConfig);
+        let cases: [(Breaker, &str); 5] = [
+            (|c| c.redis_url = "http://x".into(), "`cluster.redis_url`"),
+            (
+                |c| c.node_ttl_s = 0,
+                "`cluster.node_ttl_s` must be at least 1",
+            ),
+            (
+                |c| c.presence_ttl_s = 0,
+                "`cluster.presence_ttl_s` must be at least 1",
+            ),
+            (|c| c.log_max = 10, "`cluster.log_max` must be at least 100"),
+            (|c| c.node_id = "a b".into(), "`cluster.node_id`"),
+        ];
+        for (breaker, said) in cases {
+            let mut c = Config::default();
+            let mut cluster = ClusterConfig::default();
+            breaker(&mut cluster);
+            c.cluster = Some(cluster);
+            let err = c.validate().unwrap_err();
+            assert!(err.contains(said), "{err} should name {said}");
+        }
+        let mut c = Config::from_toml(
+            "[cluster]\n[[federation.peers]]\nworld = \"p\"\nurl = \"http://127.0.0.1:1\"\n",
+        )
+        .unwrap();
+        let err = c.validate().unwrap_err();
+        assert!(err.contains("not supported yet"), "{err}");
+        c.cluster = None;
+        c.validate().unwrap();
     }
 
     #[test]

@@ -11,7 +11,18 @@ impl App {
     /// Send every new event of the world to every link that hears its room (a player
     /// of theirs is there, or they declared it), except the link it
     /// came from (`source`), and to the gateway's clients.
+    ///
+    /// In cluster mode the world's new events are the ones applied from the log; the
+    /// events a link just reported still wait for it, and are marked as that link's.
     pub fn route_events(&mut self, source: Option<ConnId>) {
+        if let Some(link) = source {
+            self.note_link_events(link);
+        }
+        self.fan_out(source);
+    }
+
+    /// The fan-out itself: the world's new events, to everyone but `source`.
+    pub(crate) fn fan_out(&mut self, source: Option<ConnId>) {
         let events = self.world.take_new_events();
         self.federate(&events);
         for ev in &events {

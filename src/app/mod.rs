@@ -6,6 +6,7 @@
 //! deliver to the connection that waits for them.
 
 pub mod calls;
+pub mod cluster;
 pub mod fan_out;
 pub mod fed_rooms;
 pub mod feeds;
@@ -98,7 +99,8 @@ pub struct App {
     pub parts: Vec<(ReplyTo, Part)>,
     /// HTTP answers the door rendered and the loop holds, now durable (`None`) or failed
     /// (the refusal to send instead); the loop drains it.
-    pub released: Vec<(ConnId, Option<Refusal>)>,
+    /// Renumbered: cluster mode's provisional event numbers in the answer become the log's.
+    pub released: Vec<(ConnId, Result<cluster::Renumber, Refusal>)>,
     /// Open connections (kept by the loop, read by health and metrics).
     pub connections_open: usize,
     /// Upgraded WebSocket connections open (kept by the loop; `websocket.max_connections`).
@@ -132,6 +134,8 @@ pub struct App {
     store_error: Option<String>,
     /// Federation with the configured peers (`None` without `[[federation.peers]]`).
     pub fed: Option<crate::app::peering::Peering>,
+    /// Cluster mode: the world's shared log in Redis (`None` without `[cluster]`).
+    pub cluster: Option<cluster::Cluster>,
 }
 
 /// An answer that waits until the store has made its change durable.
@@ -255,6 +259,7 @@ impl App {
             held: VecDeque::new(),
             next_batch: 1,
             store_error: None,
+            cluster: None,
             cfg,
         };
         app.ensure_portal_rooms();
@@ -319,12 +324,12 @@ impl App {
 
     /// Whether answers to state-changing requests must wait for the store.
     pub fn durable(&self) -> bool {
-        self.store.is_some()
+        self.store.is_some() || self.cluster.is_some()
     }
 
     /// Send an answer, or hold it until the changes made so far are durable.
     pub fn answer(&mut self, to: ReplyTo, reply: Reply) {
-        if self.store.is_some() && self.has_unsaved() {
+        if self.must_hold() {
             let batch = self.next_batch;
             self.held.push_back(Held {
                 batch,
@@ -338,7 +343,10 @@ impl App {
     /// Whether an answer given now must wait for the store (the changes made so far are
     /// not durable yet).
     pub fn must_hold(&self) -> bool {
-        self.store.is_some() && self.has_unsaved()
+        match &self.cluster {
+            Some(_) => self.world.has_unsequenced(),
+            None => self.store.is_some() && self.has_unsaved(),
+        }
     }
 
     /// Hold an HTTP answer the door rendered (the loop keeps it) until the changes made
@@ -362,6 +370,9 @@ impl App {
 
     /// Send the world's changes to the store as one batch (once per loop iteration).
     pub fn flush_store(&mut self) {
+        if self.cluster.is_some() {
+            return self.propose_events();
+        }
         let Some(store) = &self.store else {
             return;
         };
@@ -423,38 +434,66 @@ impl App {
                 self.store_error = Some(error.clone());
                 self.travel_failed(&ids);
                 let why = format!("the change could not be stored ({error}); try again");
-                let (failed, kept): (VecDeque<Held>, VecDeque<Held>) =
-                    std::mem::take(&mut self.held)
-                        .into_iter()
-                        .partition(|h| ids.contains(&h.batch));
-                self.held = kept;
-                for h in failed {
-                    self.release(h.answer, Some(&why));
+                self.fail_held(&ids, &why);
+            }
+        }
+    }
+
+    /// The answers held for these batches become 503 `store_unavailable`.
+    fn fail_held(&mut self, batches: &[u64], why: &str) {
+        let (failed, kept): (VecDeque<Held>, VecDeque<Held>) = std::mem::take(&mut self.held)
+            .into_iter()
+            .partition(|h| batches.contains(&h.batch));
+        self.held = kept;
+        for h in failed {
+            self.release(h.answer, Some(why));
+        }
+    }
+
+    fn release(&mut self, answer: HeldAnswer, failed: Option<&str>) {
+        match failed {
+            None => self.release_renumbered(answer, Vec::new()),
+            Some(why) => {
+                let refusal = Refusal::new("store_unavailable", why);
+                match answer {
+                    HeldAnswer::Reply(to, _) => self.ready.push((to, Err(refusal))),
+                    HeldAnswer::Http(conn) => self.released.push((conn, Err(refusal))),
+                    HeldAnswer::Line(conn, id, _) => self
+                        .ready
+                        .push((ReplyTo::LineRequest { conn, id }, Err(refusal))),
                 }
             }
         }
     }
 
-    fn release(&mut self, answer: HeldAnswer, failed: Option<&str>) {
-        match (answer, failed) {
-            (HeldAnswer::Reply(to, reply), None) => self.ready.push((to, reply)),
-            (HeldAnswer::Reply(to, _), Some(why)) => self
-                .ready
-                .push((to, Err(Refusal::new("store_unavailable", why)))),
-            (HeldAnswer::Http(conn), None) => self.released.push((conn, None)),
-            (HeldAnswer::Http(conn), Some(why)) => self
-                .released
-                .push((conn, Some(Refusal::new("store_unavailable", why)))),
-            (HeldAnswer::Line(conn, _, bytes), None) => self.line_out.push((conn, bytes)),
-            (HeldAnswer::Line(conn, id, _), Some(why)) => self.ready.push((
-                ReplyTo::LineRequest { conn, id },
-                Err(Refusal::new("store_unavailable", why)),
-            )),
+    /// Send a held answer, its provisional event numbers replaced by `fix`.
+    fn release_renumbered(&mut self, answer: HeldAnswer, fix: cluster::Renumber) {
+        match answer {
+            HeldAnswer::Reply(to, mut reply) => {
+                if let Ok(Outcome::Ok(v)) = &mut reply {
+                    cluster::renumber_value(v, &fix);
+                }
+                self.ready.push((to, reply));
+            }
+            HeldAnswer::Http(conn) => self.released.push((conn, Ok(fix))),
+            HeldAnswer::Line(conn, _, mut bytes) => {
+                cluster::renumber(&mut bytes, &fix);
+                self.line_out.push((conn, bytes));
+            }
         }
     }
 
     /// A state-changing request is refused while the store cannot write.
     pub fn store_refusal(&self) -> Option<Refusal> {
+        if let Some(why) = self.cluster_refusal() {
+            return Some(
+                Refusal::new(
+                    "store_unavailable",
+                    format!("the bridge cannot store changes right now ({why}); reads still work"),
+                )
+                .retry_after(1),
+            );
+        }
         self.store_error.as_ref().map(|e| {
             Refusal::new(
                 "store_unavailable",
@@ -1184,7 +1223,7 @@ mod tests {
         assert!(a.line_out.is_empty(), "the held ok line is not sent");
         // The HTTP answer the loop holds is released as a refusal too.
         assert!(
-            matches!(&a.released[..], [(c, Some(r))] if *c == conn(4) && r.code == "store_unavailable")
+            matches!(&a.released[..], [(c, Err(r))] if *c == conn(4) && r.code == "store_unavailable")
         );
         let refused = a.store_refusal().expect("writes are refused");
         assert_eq!(

@@ -17,6 +17,7 @@ pub fn metrics_text(app: &App, now: u64) -> String {
     if let Some(s) = &app.store {
         s.render_metrics(app.held.len(), &mut text);
     }
+    app.render_cluster_metrics(&mut text);
     text
 }
 
@@ -34,6 +35,12 @@ pub struct Health<'a> {
     peers: Vec<Value>,
     inbox: Value,
     public_key: String,
+    /// Why the status is `degraded` (cluster mode: Redis does not answer).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<String>,
+    /// Cluster mode: this node, whether Redis answers, the log's epoch and last seq.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cluster: Option<Value>,
 }
 
 /// Every game link: the configured dials (up, connecting or down, with their history)
@@ -77,8 +84,19 @@ fn links_json(app: &App) -> Vec<Value> {
 /// `GET /bridge/health`: alive, the world, the agent backend, links, peers, the inbox,
 /// this world's public key.
 pub fn health(app: &App, now: u64) -> Health<'_> {
+    let (cluster, reason) = match app.cluster_health() {
+        Some((c, reason)) => (Some(c), reason),
+        None => (None, None),
+    };
+    let status = match (app.shutting_down, &reason) {
+        (true, _) => "stopping",
+        (false, Some(_)) => "degraded",
+        (false, None) => "ok",
+    };
     Health {
-        status: if app.shutting_down { "stopping" } else { "ok" },
+        status,
+        reason,
+        cluster,
         active_sessions: app.world.sessions.len(),
         timestamp: rfc3339(now),
         world: &app.world.id,

@@ -129,7 +129,7 @@ impl LineHandler for LineRoutes<'_> {
         };
         app.route_events(Some(conn));
         // An answer to a change waits until the change is durable.
-        if app.durable() && app.world.has_changes() && out.len() > before {
+        if app.must_hold() && out.len() > before {
             let bytes = out.split_off(before);
             app.hold_line(conn, id.clone(), bytes);
         }

@@ -631,6 +631,13 @@ impl Bridge {
     /// The store's reports: durable answers go out, failed ones become 503s. Then this
     /// iteration's changes go to the store as one batch.
     fn drain_store(&mut self) {
+        let news: Vec<_> = match &self.app.cluster {
+            Some(c) => c.store.news.try_iter().collect(),
+            None => Vec::new(),
+        };
+        for n in news {
+            self.app.on_cluster(n);
+        }
         let events: Vec<_> = match &self.app.store {
             Some(s) => s.events.try_iter().collect(),
             None => return,
@@ -776,9 +783,12 @@ impl Bridge {
             for (id, failed) in std::mem::take(&mut self.app.released) {
                 let held = self.held_http.remove(&id);
                 let resp = match (failed, held) {
-                    (Some(refusal), _) => Response::from(refusal),
-                    (None, Some(resp)) => resp,
-                    (None, None) => continue,
+                    (Err(refusal), _) => Response::from(refusal),
+                    (Ok(fix), Some(mut resp)) => {
+                        crate::app::cluster::renumber(&mut resp.body, &fix);
+                        resp
+                    }
+                    (Ok(_), None) => continue,
                 };
                 self.deliver_http(id, resp, now);
             }
@@ -1009,6 +1019,16 @@ impl Bridge {
                 }
             }
         }
+        // The same for the cluster's log: held answers go out once applied.
+        if let Some(news) = self.app.cluster.as_ref().map(|c| c.store.news.clone()) {
+            let until = Instant::now() + Duration::from_secs(5);
+            while !self.app.held.is_empty() && Instant::now() < until {
+                if let Ok(n) = news.recv_timeout(Duration::from_millis(100)) {
+                    self.app.on_cluster(n);
+                    self.deliver_ready();
+                }
+            }
+        }
         let waiting: Vec<ConnId> = self.conns.ids();
         for id in waiting {
             if let Some(Conn::Http(c)) = self.conns.get_mut(id) {
@@ -1036,6 +1056,9 @@ impl Bridge {
         self.app.flush_store();
         if let Some(mut store) = self.app.store.take() {
             store.close();
+        }
+        if let Some(mut c) = self.app.cluster.take() {
+            c.store.close();
         }
         log::info!("stopped");
     }

@@ -31,6 +31,8 @@ pub enum StartError {
     App(#[from] AppError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error("{0}")]
+    Cluster(crate::store::cluster::ClusterError),
     #[error("cannot watch signals: {0}")]
     Signals(io::Error),
     /// The peers' sync threads.
@@ -113,9 +115,10 @@ fn log_setup(cfg: &Config) {
     );
     log::info!(
         "data directory: {}",
-        match cfg.store.memory {
-            true => "none (--memory: nothing is written to disk)".to_string(),
-            false => expand_home(&cfg.store.data_dir),
+        match (cfg.store.memory, &cfg.cluster) {
+            (_, Some(_)) => "none ([cluster]: the world is kept in Redis)".to_string(),
+            (true, None) => "none (--memory: nothing is written to disk)".to_string(),
+            (false, None) => expand_home(&cfg.store.data_dir),
         }
     );
 }
@@ -230,7 +233,30 @@ impl Bridge {
             app.attach_pool(pool);
         }
         app.inbox = Some(inbox);
-        if !app.cfg.store.memory {
+        if let Some(c) = app.cfg.cluster.clone() {
+            // A node of a cluster keeps the world in Redis, not in a data directory.
+            let w = waker.clone();
+            let wake = Arc::new(move || {
+                let _ = w.wake();
+            });
+            let settings = crate::store::cluster::ClusterSettings {
+                redis_url: c.redis_url.clone(),
+                world: app.cfg.world.clone(),
+                node: c.node_name(),
+                node_ttl: Duration::from_secs(c.node_ttl_s),
+                log_max: c.log_max,
+                timeout: Duration::from_millis(c.timeout_ms),
+            };
+            log::info!(
+                "cluster: node {} of world {} over {}",
+                settings.node,
+                settings.world,
+                settings.redis_url
+            );
+            let store = crate::store::cluster::ClusterStore::start(settings, wake)
+                .map_err(StartError::Cluster)?;
+            app.attach_cluster(store);
+        } else if !app.cfg.store.memory {
             let dir = std::path::PathBuf::from(crate::config::expand_home(&app.cfg.store.data_dir));
             let w = waker.clone();
             let wake = Arc::new(move || {

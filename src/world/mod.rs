@@ -6,6 +6,7 @@
 //! ([`World::take_new_events`]) for the transports that fan them out.
 
 pub mod expiry;
+pub mod logged;
 pub mod lookalike;
 pub mod protocol;
 pub mod ratelimit;
@@ -99,6 +100,9 @@ pub struct World {
     /// world (see [`World::track_changes`]).
     changes: state::Changes,
     track: bool,
+    /// Cluster mode: this world's events are numbered by the shared log, not here
+    /// ([`World::log_events`]).
+    logged: Option<logged::Logged>,
 }
 
 /// Check a name-like field: non-empty, at most [`NAME_MAX_BYTES`], no control characters.
@@ -136,6 +140,7 @@ impl World {
             outbox: Vec::new(),
             changes: state::Changes::default(),
             track: false,
+            logged: None,
         };
         for spec in world.rooms {
             w.file_rooms.insert(spec.name.clone());
@@ -260,7 +265,13 @@ impl World {
         message: Option<&str>,
         now_ms: u64,
     ) -> Event {
-        self.seq += 1;
+        let seq = match &mut self.logged {
+            Some(l) => l.provisional(),
+            None => {
+                self.seq += 1;
+                self.seq
+            }
+        };
         let ev = Event {
             kind,
             event: event.to_string(),
@@ -269,10 +280,15 @@ impl World {
             room: room.to_string(),
             message: message.map(str::to_string),
             timestamp: rfc3339(now_ms),
-            seq: self.seq,
+            seq,
             origin: origin.to_string(),
             ts_ms: now_ms,
         };
+        if let Some(l) = &mut self.logged {
+            // Into the rooms (and out to the transports) once the log has numbered it.
+            l.unsequenced.push(ev.clone());
+            return ev;
+        }
         if let Some(r) = self.rooms.get_mut(room) {
             r.push_event(ev.clone(), self.limits.events_max);
         }
@@ -566,6 +582,7 @@ impl World {
             .occupants
             .values()
             .filter(|o| now_ms.saturating_sub(o.last_active_ms) > limit && !busy(&o.user_id))
+            .filter(|o| !self.held_elsewhere(&o.user_id))
             .map(|o| o.user_id.clone())
             .collect();
         let leaves = idle.iter().filter_map(|u| self.remove(u, now_ms)).collect();

@@ -15,6 +15,8 @@
 //! Also here: opening (lock, pragmas, migrations), loading the [`Snapshot`] at start, and
 //! the export/import document of `worldbridge export` / `import`.
 
+pub mod cluster;
+
 use crate::federation::merge::Pruned;
 use crate::federation::travel::{Arrival, Departure};
 use crate::federation::wire::{FedEvent, TrustEntry};

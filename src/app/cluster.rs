@@ -1,0 +1,407 @@
+//! Cluster mode in the hub: this node's events go to the world's shared log, and every
+//! event of the log, this node's own included, comes back to be applied in log order.
+//!
+//! The flow of one `say` on node A: the world records it with a provisional number and
+//! the answer waits ([`App::must_hold`]); at the end of the loop iteration the new events
+//! go to Redis as one proposal (`store::cluster`); Redis numbers them; the reader thread
+//! of every node (A's too) hands the entries to its loop, which applies them
+//! ([`World::apply_logged`]) and fans them out to its own links, feeds and watchers. A's
+//! answer is released once A has applied its own events, so a read that follows it on
+//! A shows them, with the numbers they have everywhere (the answer's provisional numbers
+//! are replaced by the real ones, [`renumber`]).
+//!
+//! When Redis does not answer, changes are refused with 503 `store_unavailable` and
+//! health says `degraded`; reads keep serving what this node has. When Redis lost its
+//! data (a new epoch), this node forgets the old log's events and reads the new one.
+//!
+//! [`World::apply_logged`]: crate::world::World::apply_logged
+
+use crate::app::App;
+use crate::conn::ConnId;
+use crate::store::cluster::{ClusterStore, Entry, News, Proposal, Record};
+use crate::world::logged::is_provisional;
+use crate::world::room::Event;
+use std::collections::{BTreeMap, HashMap};
+
+/// Provisional numbers in an answer and the numbers the log gave them.
+pub type Renumber = Vec<(u64, u64)>;
+
+/// The hub's side of cluster mode.
+pub struct Cluster {
+    pub store: ClusterStore,
+    /// This node's id (`cluster.node_id`, or host name + pid).
+    pub node: String,
+    /// The last log entry applied here.
+    pub applied: u64,
+    /// The epoch of the log this node follows (`None` before the first entry).
+    pub epoch: Option<String>,
+    /// Why Redis does not answer, and since when (epoch ms); `None` while it does.
+    pub down: Option<(String, u64)>,
+    /// Whether Redis has answered since this node started.
+    pub seen_up: bool,
+    /// Batches proposed and not yet appended: their provisional numbers, in order.
+    proposed: BTreeMap<u64, Vec<u64>>,
+    /// Batches appended: the highest number they got and the renumbering of their events.
+    appended: BTreeMap<u64, (u64, Renumber)>,
+    /// Events a game link reported (by provisional, then real number): the log does not
+    /// echo them back to that link.
+    from_link: HashMap<u64, ConnId>,
+    /// Counters for `/metrics`.
+    pub appended_events: u64,
+    pub applied_events: u64,
+    pub resets: u64,
+    /// From the last applied entry's event to its application here, in ms.
+    pub lag_ms: u64,
+}
+
+impl Cluster {
+    pub fn new(store: ClusterStore) -> Cluster {
+        Cluster {
+            node: store.settings.node.clone(),
+            store,
+            applied: 0,
+            epoch: None,
+            down: None,
+            seen_up: false,
+            proposed: BTreeMap::new(),
+            appended: BTreeMap::new(),
+            from_link: HashMap::new(),
+            appended_events: 0,
+            applied_events: 0,
+            resets: 0,
+            lag_ms: 0,
+        }
+    }
+
+    /// Answers waiting for the log.
+    pub fn waiting(&self) -> usize {
+        self.proposed.len() + self.appended.len()
+    }
+}
+
+impl App {
+    /// Serve this world as one node of a cluster: events are numbered by the shared log.
+    pub fn attach_cluster(&mut self, store: ClusterStore) {
+        self.world.log_events();
+        self.cluster = Some(Cluster::new(store));
+    }
+
+    /// The events a game link just reported are its own: the log does not send them
+    /// back to it.
+    pub(crate) fn note_link_events(&mut self, link: ConnId) {
+        let Some(c) = &mut self.cluster else {
+            return;
+        };
+        for seq in self.world.unsequenced_seqs() {
+            c.from_link.entry(seq).or_insert(link);
+        }
+    }
+
+    /// This iteration's new events go to the log as one proposal.
+    pub(crate) fn propose_events(&mut self) {
+        let Some(c) = &mut self.cluster else {
+            return;
+        };
+        let events = self.world.take_unsequenced();
+        if events.is_empty() {
+            return;
+        }
+        let batch = self.next_batch;
+        self.next_batch += 1;
+        let mut records = Vec::with_capacity(events.len());
+        let mut provisional = Vec::with_capacity(events.len());
+        for mut ev in events {
+            // The entry's id is its number; the body's `seq` is left 0.
+            provisional.push(std::mem::take(&mut ev.seq));
+            records.push(Record {
+                ts_ms: ev.ts_ms,
+                body: serde_json::to_string(&ev).unwrap_or_default(),
+            });
+        }
+        c.proposed.insert(batch, provisional);
+        c.store.propose(Proposal { batch, records });
+    }
+
+    /// What the Redis threads reported.
+    pub fn on_cluster(&mut self, news: News) {
+        let now = crate::world::time::now_ms();
+        let Some(c) = &mut self.cluster else {
+            return;
+        };
+        match news {
+            News::Up => {
+                c.down = None;
+                c.seen_up = true;
+            }
+            News::Down { error } => {
+                if c.down.is_none() {
+                    c.down = Some((error, now));
+                }
+            }
+            News::Appended { batch, epoch, seqs } => {
+                let provisional = c.proposed.remove(&batch).unwrap_or_default();
+                let top = seqs.iter().copied().max().unwrap_or(0);
+                c.appended_events += seqs.len() as u64;
+                let renumber: Renumber = provisional.into_iter().zip(seqs).collect();
+                for (p, real) in &renumber {
+                    if let Some(link) = c.from_link.remove(p) {
+                        c.from_link.insert(*real, link);
+                    }
+                }
+                if c.epoch.as_ref().is_some_and(|e| *e != epoch) {
+                    log::info!("cluster: appended into epoch {epoch}; reading it follows");
+                }
+                c.appended.insert(batch, (top, renumber));
+            }
+            News::Failed { batches, error } => {
+                for b in &batches {
+                    if let Some(p) = c.proposed.remove(b) {
+                        for seq in p {
+                            c.from_link.remove(&seq);
+                        }
+                    }
+                }
+                let why = format!("the change could not be stored ({error}); try again");
+                self.fail_held(&batches, &why);
+            }
+            News::Entries(entries) => self.apply_entries(entries),
+            News::Reset { epoch } => {
+                c.resets += 1;
+                c.applied = 0;
+                c.epoch = epoch;
+                c.from_link.clear();
+                // Changes Redis accepted and then lost with its data are answered now:
+                // they were acknowledged by Redis; the new log starts without them.
+                for (top, _) in c.appended.values_mut() {
+                    *top = 0;
+                }
+                self.world.forget_logged_events();
+            }
+        }
+        self.release_logged();
+    }
+
+    /// Apply log entries in order (an entry seen before is skipped), fanning each out.
+    fn apply_entries(&mut self, entries: Vec<Entry>) {
+        for entry in entries {
+            let Some(c) = &mut self.cluster else {
+                return;
+            };
+            if entry.seq <= c.applied && c.epoch.as_deref() == Some(entry.epoch.as_str()) {
+                continue;
+            }
+            c.epoch = Some(entry.epoch.clone());
+            c.applied = entry.seq;
+            c.applied_events += 1;
+            c.lag_ms = crate::world::time::now_ms().saturating_sub(entry.ts_ms);
+            let mut ev: Event = match serde_json::from_str(&entry.body) {
+                Ok(ev) => ev,
+                Err(e) => {
+                    log::warn!("cluster: log entry {} is not an event: {e}", entry.seq);
+                    continue;
+                }
+            };
+            ev.seq = entry.seq;
+            ev.ts_ms = entry.ts_ms;
+            let elsewhere = entry.node != c.node;
+            let source = c.from_link.remove(&entry.seq);
+            if source.is_some() {
+                // What came before goes to every link; this one not back to its own.
+                self.fan_out(None);
+            }
+            self.world.apply_logged(ev, elsewhere);
+            if source.is_some() {
+                self.fan_out(source);
+            }
+        }
+        self.fan_out(None);
+    }
+
+    /// Release held answers whose events this node has applied, in order.
+    fn release_logged(&mut self) {
+        let Some(c) = &mut self.cluster else {
+            return;
+        };
+        let mut ready = Vec::new();
+        while let Some(h) = self.held.front() {
+            let done = match c.appended.get(&h.batch) {
+                _ if h.batch >= self.next_batch => false, // not proposed yet
+                Some((top, _)) => *top <= c.applied,
+                None => !c.proposed.contains_key(&h.batch),
+            };
+            if !done {
+                break;
+            }
+            if let Some(h) = self.held.pop_front() {
+                let fix = (c.appended.get(&h.batch))
+                    .map(|(_, r)| r.clone())
+                    .unwrap_or_default();
+                ready.push((h, fix));
+            }
+        }
+        // Batches before the first answer still held, and applied here, are done.
+        let first_held = self.held.front().map(|h| h.batch);
+        let applied = c.applied;
+        c.appended
+            .retain(|b, (top, _)| *top > applied || first_held.is_some_and(|f| *b >= f));
+        for (h, fix) in ready {
+            self.release_renumbered(h.answer, fix);
+        }
+    }
+
+    /// `cluster` in `/bridge/health`, and the reason health is `degraded`.
+    pub fn cluster_health(&self) -> Option<(serde_json::Value, Option<String>)> {
+        let c = self.cluster.as_ref()?;
+        let redis = match (&c.down, c.seen_up) {
+            (Some(_), _) => "down",
+            (None, true) => "up",
+            (None, false) => "connecting",
+        };
+        let mut v = serde_json::json!({
+            "node_id": c.node,
+            "redis": redis,
+            "epoch": c.epoch,
+            "seq": c.applied,
+        });
+        let reason = c.down.as_ref().map(|(why, since)| {
+            v["since"] = serde_json::json!(crate::world::time::rfc3339(*since));
+            why.clone()
+        });
+        Some((v, reason))
+    }
+
+    /// A change is refused while Redis does not answer.
+    pub(crate) fn cluster_refusal(&self) -> Option<String> {
+        let c = self.cluster.as_ref()?;
+        match (&c.down, c.seen_up) {
+            (Some((why, _)), _) => Some(why.clone()),
+            (None, false) => Some("this node has not reached Redis yet".into()),
+            (None, true) => None,
+        }
+    }
+
+    /// Cluster counters for `/metrics`, labelled with this node.
+    pub(crate) fn render_cluster_metrics(&self, o: &mut String) {
+        use std::fmt::Write as _;
+        let Some(c) = &self.cluster else {
+            return;
+        };
+        // Node ids are letters, digits, '_', '.' and '-' (`ClusterConfig::node_name`).
+        let node = &c.node;
+        let up = u8::from(c.down.is_none() && c.seen_up);
+        let _ = write!(
+            o,
+            "# HELP worldbridge_cluster_redis_up Whether this node reaches Redis.\n\
+             # TYPE worldbridge_cluster_redis_up gauge\n\
+             worldbridge_cluster_redis_up{{node=\"{node}\"}} {up}\n\
+             # HELP worldbridge_cluster_log_seq The last log entry this node applied.\n\
+             # TYPE worldbridge_cluster_log_seq gauge\n\
+             worldbridge_cluster_log_seq{{node=\"{node}\"}} {}\n\
+             # HELP worldbridge_cluster_appended_events_total Events this node appended to the log.\n\
+             # TYPE worldbridge_cluster_appended_events_total counter\n\
+             worldbridge_cluster_appended_events_total{{node=\"{node}\"}} {}\n\
+             # HELP worldbridge_cluster_applied_events_total Log entries this node applied.\n\
+             # TYPE worldbridge_cluster_applied_events_total counter\n\
+             worldbridge_cluster_applied_events_total{{node=\"{node}\"}} {}\n\
+             # HELP worldbridge_cluster_log_lag_ms How long the last applied entry took from its event to this node.\n\
+             # TYPE worldbridge_cluster_log_lag_ms gauge\n\
+             worldbridge_cluster_log_lag_ms{{node=\"{node}\"}} {}\n\
+             # HELP worldbridge_cluster_log_resets_total Times the log was lost (a new epoch).\n\
+             # TYPE worldbridge_cluster_log_resets_total counter\n\
+             worldbridge_cluster_log_resets_total{{node=\"{node}\"}} {}\n\
+             # HELP worldbridge_cluster_waiting_answers Answers waiting for the log.\n\
+             # TYPE worldbridge_cluster_waiting_answers gauge\n\
+             worldbridge_cluster_waiting_answers{{node=\"{node}\"}} {}\n",
+            c.applied,
+            c.appended_events,
+            c.applied_events,
+            c.lag_ms,
+            c.resets,
+            c.waiting(),
+        );
+    }
+}
+
+/// Replace the provisional event numbers in an answer's JSON text by the log's. Only a
+/// `"seq":` key followed by a provisional number is touched: a provisional number is
+/// never a real one, and a key's quotes are never inside a JSON string unescaped.
+pub fn renumber(json: &mut Vec<u8>, fix: &Renumber) {
+    if fix.is_empty() {
+        return;
+    }
+    const KEY: &[u8] = b"\"seq\":";
+    let mut out = Vec::with_capacity(json.len());
+    let mut i = 0;
+    while i < json.len() {
+        if json[i..].starts_with(KEY) {
+            out.extend_from_slice(KEY);
+            i += KEY.len();
+            let start = i;
+            while i < json.len() && json[i].is_ascii_digit() {
+                i += 1;
+            }
+            let number = std::str::from_utf8(&json[start..i])
+                .ok()
+                .and_then(|s| s.parse::<u64>().ok());
+            match number
+                .filter(|n| is_provisional(*n))
+                .and_then(|n| fix.iter().find(|(p, _)| *p == n))
+            {
+                Some((_, real)) => out.extend_from_slice(real.to_string().as_bytes()),
+                None => out.extend_from_slice(&json[start..i]),
+            }
+        } else {
+            out.push(json[i]);
+            i += 1;
+        }
+    }
+    *json = out;
+}
+
+/// [`renumber`] for an answer still held as a JSON value.
+pub fn renumber_value(v: &mut serde_json::Value, fix: &Renumber) {
+    match v {
+        serde_json::Value::Object(map) => {
+            for (k, item) in map.iter_mut() {
+                let provisional = item.as_u64().filter(|n| k == "seq" && is_provisional(*n));
+                match provisional.and_then(|n| fix.iter().find(|(p, _)| *p == n)) {
+                    Some((_, real)) => *item = serde_json::json!(real),
+                    None => renumber_value(item, fix),
+                }
+            }
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(|i| renumber_value(i, fix)),
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::world::logged::PROVISIONAL_BASE;
+
+    #[test]
+    fn renumbering_touches_only_provisional_seq_keys() {
+        let p = PROVISIONAL_BASE + 1;
+        let text = format!(
+            r#"{{"ok":true,"event":{{"message":"\"seq\":{p}","seq":{p}}},"n":{p},"old":{{"seq":3}}}}"#
+        );
+        let mut bytes = text.into_bytes();
+        renumber(&mut bytes, &vec![(p, 42)]);
+        let out = String::from_utf8(bytes).unwrap();
+        assert_eq!(
+            out,
+            format!(
+                r#"{{"ok":true,"event":{{"message":"\"seq\":{p}","seq":42}},"n":{p},"old":{{"seq":3}}}}"#
+            )
+        );
+        let mut v: serde_json::Value = serde_json::from_str(&format!(
+            r#"{{"events":[{{"seq":{p}}},{{"seq":5}}],"seq_count":{p}}}"#
+        ))
+        .unwrap();
+        renumber_value(&mut v, &vec![(p, 9)]);
+        assert_eq!(v["events"][0]["seq"], 9);
+        assert_eq!(v["events"][1]["seq"], 5);
+        assert_eq!(v["seq_count"], p);
+    }
+}

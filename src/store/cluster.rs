@@ -1,0 +1,532 @@
+//! Cluster mode's store: one Redis shared by every node of a world, reached from two
+//! threads of this node so the loop never waits on it.
+//!
+//! - The **writer** appends what the loop proposes: each loop iteration's new events are
+//!   one [`Proposal`]; proposals that queued while the last append ran go to Redis
+//!   together, as one script call (group commit). The script numbers every event with the
+//!   world-wide `seq` (`INCR`) and adds it to the world's stream under the id `<seq>-0`,
+//!   atomically, so the order of the stream is the order of the numbers. It also keeps
+//!   this node's liveness key fresh and pings, so the loop learns within about a second
+//!   that Redis went away or came back.
+//! - The **reader** follows the stream (`XREAD BLOCK`) from the start, and hands every
+//!   entry to the loop in order, its own node's included: the loop applies events only
+//!   from here, so every node applies the same events in the same order.
+//!
+//! Keys, all under `wb:{<world>}:` (one Redis Cluster hash slot per world): `seq` (the
+//! last number given), `epoch` (made with the first append into an empty Redis: when
+//! Redis loses its data, the next append starts a new epoch, a new stream and numbers
+//! from 1), `log` (the stream: fields `epoch`, `node`, `t` (epoch ms), `e` (the event's
+//! JSON)), `node:<id>` (liveness, expiring after `cluster.node_ttl_s`).
+//!
+//! Nothing here knows the world: events travel as JSON text.
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use redis::streams::{StreamId, StreamReadReply};
+use redis::{Client, Connection, Script, Value};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// Numbers and appends events. KEYS: seq, epoch, log. ARGV: the stream's MAXLEN, the
+/// node id, then (epoch ms, event JSON) pairs. Returns {epoch, {seq, …}}.
+const APPEND: &str = r"
+local epoch = redis.call('GET', KEYS[2])
+if not epoch then
+  local t = redis.call('TIME')
+  epoch = t[1] .. string.format('%06d', tonumber(t[2]))
+  redis.call('DEL', KEYS[1], KEYS[3])
+  redis.call('SET', KEYS[2], epoch)
+end
+local seqs = {}
+for i = 3, #ARGV, 2 do
+  local seq = redis.call('INCR', KEYS[1])
+  redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[1], seq .. '-0',
+             'epoch', epoch, 'node', ARGV[2], 't', ARGV[i], 'e', ARGV[i + 1])
+  seqs[#seqs + 1] = seq
+end
+return {epoch, seqs}
+";
+
+/// How often the writer checks that Redis answers while it has nothing to append.
+const PING_EVERY: Duration = Duration::from_millis(250);
+/// How long the reader waits in one `XREAD BLOCK` (then it checks the epoch).
+const BLOCK_MS: u64 = 1000;
+/// Most entries one read hands the loop.
+const READ_COUNT: usize = 1000;
+/// Pause before connecting again after Redis failed.
+const RETRY_AFTER: Duration = Duration::from_millis(200);
+
+/// What a node needs to reach the world's Redis (from `[cluster]`).
+#[derive(Debug, Clone)]
+pub struct ClusterSettings {
+    pub redis_url: String,
+    pub world: String,
+    pub node: String,
+    pub node_ttl: Duration,
+    pub log_max: usize,
+    pub timeout: Duration,
+}
+
+/// The Redis keys of one world.
+#[derive(Debug, Clone)]
+pub struct Keys {
+    pub seq: String,
+    pub epoch: String,
+    pub log: String,
+    prefix: String,
+}
+
+impl Keys {
+    pub fn new(world: &str) -> Keys {
+        let prefix = format!("wb:{{{world}}}:");
+        Keys {
+            seq: format!("{prefix}seq"),
+            epoch: format!("{prefix}epoch"),
+            log: format!("{prefix}log"),
+            prefix,
+        }
+    }
+
+    /// A node's liveness key.
+    pub fn node(&self, node: &str) -> String {
+        format!("{}node:{node}", self.prefix)
+    }
+}
+
+/// One event to append: when it happened and its JSON.
+#[derive(Debug, Clone)]
+pub struct Record {
+    pub ts_ms: u64,
+    pub body: String,
+}
+
+/// The new events of one loop iteration (`batch` is the loop's batch id).
+#[derive(Debug, Clone)]
+pub struct Proposal {
+    pub batch: u64,
+    pub records: Vec<Record>,
+}
+
+/// One entry of the world's log.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Entry {
+    pub seq: u64,
+    pub epoch: String,
+    /// The node that appended it.
+    pub node: String,
+    pub ts_ms: u64,
+    /// The event's JSON.
+    pub body: String,
+}
+
+/// What the Redis threads tell the loop.
+#[derive(Debug, Clone, PartialEq)]
+pub enum News {
+    /// A batch is in the log: its events got these numbers, in order.
+    Appended {
+        batch: u64,
+        epoch: String,
+        seqs: Vec<u64>,
+    },
+    /// These batches are not in the log: Redis refused them or could not be reached.
+    Failed { batches: Vec<u64>, error: String },
+    /// Entries of the log, in order.
+    Entries(Vec<Entry>),
+    /// The log this node was reading is gone (Redis lost its data): what the node holds
+    /// of it is void; entries of the new log (`epoch`, if any yet) follow from the start.
+    Reset { epoch: Option<String> },
+    /// Redis answers again.
+    Up,
+    /// Redis does not answer (the error, as a sentence).
+    Down { error: String },
+}
+
+/// This node's handle on the Redis threads.
+pub struct ClusterStore {
+    pub settings: ClusterSettings,
+    tx: Option<Sender<Proposal>>,
+    /// What the threads report; the loop drains it.
+    pub news: Receiver<News>,
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+/// Why the cluster store could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error("cluster.redis_url {url:?}: {source}")]
+    Url {
+        url: String,
+        source: redis::RedisError,
+    },
+    #[error("cannot start the cluster's Redis threads: {0}")]
+    Thread(std::io::Error),
+}
+
+impl ClusterStore {
+    /// Start the writer and the reader; `wake` wakes the loop after each report.
+    pub fn start(
+        settings: ClusterSettings,
+        wake: Arc<dyn Fn() + Send + Sync>,
+    ) -> Result<ClusterStore, ClusterError> {
+        let client =
+            Client::open(settings.redis_url.as_str()).map_err(|source| ClusterError::Url {
+                url: settings.redis_url.clone(),
+                source,
+            })?;
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let (news_tx, news) = crossbeam_channel::unbounded();
+        let stop = Arc::new(AtomicBool::new(false));
+        let report = Reporter { tx: news_tx, wake };
+        let mut writer = Writer {
+            link: Link::new(client.clone(), settings.timeout, settings.timeout),
+            keys: Keys::new(&settings.world),
+            settings: settings.clone(),
+            script: Script::new(APPEND),
+            report: report.clone(),
+            up: None,
+        };
+        let mut reader = Reader {
+            link: Link::new(
+                client,
+                settings.timeout,
+                settings.timeout + Duration::from_millis(BLOCK_MS),
+            ),
+            keys: Keys::new(&settings.world),
+            report,
+            last: "0-0".into(),
+            epoch: None,
+            stop: stop.clone(),
+        };
+        let w = std::thread::Builder::new()
+            .name("cluster-writer".into())
+            .spawn(move || writer.run(rx))
+            .map_err(ClusterError::Thread)?;
+        let r = std::thread::Builder::new()
+            .name("cluster-reader".into())
+            .spawn(move || reader.run())
+            .map_err(ClusterError::Thread)?;
+        Ok(ClusterStore {
+            settings,
+            tx: Some(tx),
+            news,
+            stop,
+            threads: vec![w, r],
+        })
+    }
+
+    /// Hand a batch of new events to the writer.
+    pub fn propose(&self, proposal: Proposal) {
+        if let Some(tx) = &self.tx {
+            let _ = tx.send(proposal);
+        }
+    }
+
+    /// Finish the appends already proposed, then stop both threads.
+    pub fn close(&mut self) {
+        self.tx = None;
+        self.stop.store(true, Ordering::SeqCst);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for ClusterStore {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+#[derive(Clone)]
+struct Reporter {
+    tx: Sender<News>,
+    wake: Arc<dyn Fn() + Send + Sync>,
+}
+
+impl Reporter {
+    fn send(&self, news: News) {
+        let _ = self.tx.send(news);
+        (self.wake)();
+    }
+}
+
+/// One connection to Redis, made again after any failure.
+struct Link {
+    client: Client,
+    con: Option<Connection>,
+    connect_timeout: Duration,
+    read_timeout: Duration,
+}
+
+impl Link {
+    fn new(client: Client, connect_timeout: Duration, read_timeout: Duration) -> Link {
+        Link {
+            client,
+            con: None,
+            connect_timeout,
+            read_timeout,
+        }
+    }
+
+    fn get(&mut self) -> redis::RedisResult<&mut Connection> {
+        if self.con.is_none() {
+            let con = self
+                .client
+                .get_connection_with_timeout(self.connect_timeout)?;
+            con.set_read_timeout(Some(self.read_timeout))?;
+            con.set_write_timeout(Some(self.connect_timeout))?;
+            self.con = Some(con);
+        }
+        match &mut self.con {
+            Some(c) => Ok(c),
+            None => unreachable!("connected just above"),
+        }
+    }
+
+    /// Run `f` on the connection; any error drops it (the next call connects again).
+    fn run<T>(
+        &mut self,
+        f: impl FnOnce(&mut Connection) -> redis::RedisResult<T>,
+    ) -> Result<T, String> {
+        let result = self.get().and_then(f);
+        result.map_err(|e| {
+            self.con = None;
+            describe(&e)
+        })
+    }
+}
+
+/// A Redis error as a sentence for health and logs.
+fn describe(e: &redis::RedisError) -> String {
+    if e.is_timeout() {
+        format!("Redis did not answer in time ({e})")
+    } else if e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() {
+        format!("Redis is unreachable ({e})")
+    } else {
+        format!("Redis refused ({e})")
+    }
+}
+
+struct Writer {
+    link: Link,
+    keys: Keys,
+    settings: ClusterSettings,
+    script: Script,
+    report: Reporter,
+    /// Whether Redis answered last time (`None` before the first try).
+    up: Option<bool>,
+}
+
+impl Writer {
+    fn run(&mut self, rx: Receiver<Proposal>) {
+        let beat_every = self.settings.node_ttl / 2;
+        let mut last_beat: Option<Instant> = None;
+        loop {
+            match rx.recv_timeout(PING_EVERY) {
+                Ok(first) => {
+                    let mut group = vec![first];
+                    group.extend(rx.try_iter());
+                    self.append(group);
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+            let beat_due = last_beat.is_none_or(|t| t.elapsed() >= beat_every);
+            let result = if beat_due {
+                let key = self.keys.node(&self.settings.node);
+                let ttl_ms = self.settings.node_ttl.as_millis() as u64;
+                let now = crate::world::time::now_ms();
+                self.link.run(|c| {
+                    redis::cmd("SET")
+                        .arg(&key)
+                        .arg(now)
+                        .arg("PX")
+                        .arg(ttl_ms.max(1))
+                        .query::<()>(c)
+                })
+            } else {
+                self.link
+                    .run(|c| redis::cmd("PING").query::<String>(c).map(drop))
+            };
+            if result.is_ok() && beat_due {
+                last_beat = Some(Instant::now());
+            }
+            self.note(result.err());
+        }
+        // Stopping: this node's liveness key goes, so the others need not wait for it.
+        let key = self.keys.node(&self.settings.node);
+        let _ = self
+            .link
+            .run(|c| redis::cmd("DEL").arg(&key).query::<i64>(c));
+    }
+
+    /// Append a group of proposals with one script call.
+    fn append(&mut self, group: Vec<Proposal>) {
+        let mut invocation = self.script.prepare_invoke();
+        invocation
+            .key(&self.keys.seq)
+            .key(&self.keys.epoch)
+            .key(&self.keys.log)
+            .arg(self.settings.log_max)
+            .arg(&self.settings.node);
+        for r in group.iter().flat_map(|p| &p.records) {
+            invocation.arg(r.ts_ms).arg(&r.body);
+        }
+        let answer = self
+            .link
+            .run(|c| invocation.invoke::<(String, Vec<u64>)>(c));
+        match answer {
+            Ok((epoch, seqs)) => {
+                let mut seqs = seqs.into_iter();
+                for p in group {
+                    let mine: Vec<u64> = seqs.by_ref().take(p.records.len()).collect();
+                    self.report.send(News::Appended {
+                        batch: p.batch,
+                        epoch: epoch.clone(),
+                        seqs: mine,
+                    });
+                }
+                self.note(None);
+            }
+            Err(error) => {
+                log::warn!("cluster: append failed: {error}");
+                self.note(Some(error.clone()));
+                self.report.send(News::Failed {
+                    batches: group.iter().map(|p| p.batch).collect(),
+                    error,
+                });
+            }
+        }
+    }
+
+    /// Tell the loop when Redis stops or starts answering.
+    fn note(&mut self, error: Option<String>) {
+        match (error, self.up) {
+            (None, Some(true)) => {}
+            (None, _) => {
+                self.up = Some(true);
+                log::info!("cluster: Redis answers ({})", self.settings.redis_url);
+                self.report.send(News::Up);
+            }
+            (Some(_), Some(false)) => {}
+            (Some(error), _) => {
+                self.up = Some(false);
+                log::warn!("cluster: {error}");
+                self.report.send(News::Down { error });
+            }
+        }
+    }
+}
+
+struct Reader {
+    link: Link,
+    keys: Keys,
+    report: Reporter,
+    /// The id of the last entry handed to the loop.
+    last: String,
+    /// The epoch of the entries read so far (`None` before the first).
+    epoch: Option<String>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Reader {
+    fn run(&mut self) {
+        let mut failing = false;
+        while !self.stop.load(Ordering::SeqCst) {
+            match self.round() {
+                Ok(()) => failing = false,
+                Err(e) => {
+                    if !failing {
+                        log::warn!("cluster: reading the log: {e}");
+                    }
+                    failing = true;
+                    std::thread::sleep(RETRY_AFTER);
+                }
+            }
+        }
+    }
+
+    /// Check the epoch, then read what follows the last entry (waiting up to a second).
+    fn round(&mut self) -> Result<(), String> {
+        let key = self.keys.epoch.clone();
+        let current: Option<String> = self.link.run(|c| redis::cmd("GET").arg(&key).query(c))?;
+        if self.epoch.is_some() && current != self.epoch {
+            self.restart(current);
+            return Ok(());
+        }
+        let (log, last) = (self.keys.log.clone(), self.last.clone());
+        let reply: Option<StreamReadReply> = self.link.run(|c| {
+            redis::cmd("XREAD")
+                .arg("COUNT")
+                .arg(READ_COUNT)
+                .arg("BLOCK")
+                .arg(BLOCK_MS)
+                .arg("STREAMS")
+                .arg(&log)
+                .arg(&last)
+                .query(c)
+        })?;
+        let ids = reply.into_iter().flat_map(|r| r.keys).flat_map(|k| k.ids);
+        let mut entries = Vec::new();
+        for id in ids {
+            let entry = parse_entry(&id)?;
+            match &self.epoch {
+                Some(e) if *e != entry.epoch => {
+                    // The log was replaced between the epoch check and this read.
+                    self.restart(Some(entry.epoch));
+                    return Ok(());
+                }
+                Some(_) => {}
+                None => self.epoch = Some(entry.epoch.clone()),
+            }
+            self.last = id.id.clone();
+            entries.push(entry);
+        }
+        if !entries.is_empty() {
+            self.report.send(News::Entries(entries));
+        }
+        Ok(())
+    }
+
+    /// The log was lost: say so, and read the new one from its start.
+    fn restart(&mut self, epoch: Option<String>) {
+        log::warn!(
+            "cluster: the log of epoch {:?} is gone (Redis lost its data); now {:?}",
+            self.epoch,
+            epoch
+        );
+        self.epoch = None;
+        self.last = "0-0".into();
+        self.report.send(News::Reset { epoch });
+    }
+}
+
+/// An entry as the reader hands it on; a malformed one is an error (someone else wrote
+/// into this world's keys).
+fn parse_entry(id: &StreamId) -> Result<Entry, String> {
+    let text = |field: &str| -> Result<String, String> {
+        match id.map.get(field) {
+            Some(Value::BulkString(b)) => String::from_utf8(b.clone())
+                .map_err(|_| format!("log entry {}: `{field}` is not UTF-8", id.id)),
+            Some(Value::SimpleString(s)) => Ok(s.clone()),
+            _ => Err(format!("log entry {}: no `{field}`", id.id)),
+        }
+    };
+    let number = |field: &str| -> Result<u64, String> {
+        text(field)?
+            .parse()
+            .map_err(|_| format!("log entry {}: `{field}` is not a number", id.id))
+    };
+    let seq = (id.id.split('-').next())
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| format!("log entry {}: the id is not <seq>-0", id.id))?;
+    Ok(Entry {
+        seq,
+        epoch: text("epoch")?,
+        node: text("node")?,
+        ts_ms: number("t")?,
+        body: text("e")?,
+    })
+}

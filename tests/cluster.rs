@@ -1,0 +1,338 @@
+//! Cluster mode against a real `redis-server` (Debian's package; `.ci/run` installs it):
+//! two bridges with the same `world` and `redis_url` serve one world. Each test starts its
+//! own Redis on a free loopback port with its data in a temp directory.
+
+mod common;
+
+use common::*;
+use serde_json::{json, Value};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use worldbridge::config::{ClusterConfig, Config};
+
+/// A `redis-server` of this test: killed when dropped.
+struct Redis {
+    port: u16,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl Redis {
+    /// A new server with an empty data directory (AOF on, fsync at every write).
+    fn start() -> Redis {
+        let dir = scratch_dir("redis");
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut r = Redis {
+            port: free_port(),
+            dir,
+            child: None,
+        };
+        r.restart();
+        r
+    }
+
+    /// Start the server again on the same port and data directory.
+    fn restart(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--dir", &self.dir.display().to_string()])
+            .args([
+                "--save",
+                "",
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server runs (apt-get install redis-server)");
+        self.child = Some(child);
+        eventually(Duration::from_secs(10), "redis-server answers PING", || {
+            self.ping()
+        });
+    }
+
+    /// Kill the server (its data stays in the directory).
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Kill the server and throw its data away: the next start is an empty Redis.
+    fn wipe(&mut self) {
+        self.kill();
+        std::fs::remove_dir_all(&self.dir).unwrap();
+        std::fs::create_dir_all(&self.dir).unwrap();
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    fn ping(&self) -> bool {
+        let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) else {
+            return false;
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
+        let mut buf = [0u8; 7];
+        s.write_all(b"PING\r\n").is_ok() && s.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n"
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A node of world `w` on this Redis.
+fn node_config(redis: &Redis, node: &str) -> Config {
+    let mut cfg = test_config();
+    cfg.world = "w".into();
+    cfg.rooms.events_max = 1000;
+    cfg.cluster = Some(ClusterConfig {
+        redis_url: redis.url(),
+        node_id: node.into(),
+        node_ttl_s: 2,
+        presence_ttl_s: 4,
+        ..ClusterConfig::default()
+    });
+    cfg
+}
+
+fn node(redis: &Redis, name: &str) -> TestBridge {
+    let b = start_with(node_config(redis, name));
+    eventually(Duration::from_secs(10), "the node reaches Redis", || {
+        get(b.http, "/bridge/health")["cluster"]["redis"] == "up"
+    });
+    b
+}
+
+fn say(addr: SocketAddr, user: &str, room: &str, message: &str) -> common::Resp {
+    post(
+        addr,
+        "/bridge/say",
+        &json!({"user_id": user, "username": user, "room": room, "message": message}),
+    )
+}
+
+fn events(addr: SocketAddr, room: &str) -> Vec<Value> {
+    let path = format!("/bridge/room/{}/events", room.replace(' ', "%20"));
+    let v = get(addr, &path);
+    v["events"].as_array().cloned().unwrap_or_default()
+}
+
+fn seqs(events: &[Value]) -> Vec<u64> {
+    events.iter().filter_map(|e| e["seq"].as_u64()).collect()
+}
+
+#[test]
+#[ignore = "needs redis-server"]
+fn a_say_on_one_node_is_seen_on_the_other_with_the_same_seq() {
+    let redis = Redis::start();
+    let a = node(&redis, "a");
+    let b = node(&redis, "b");
+    let r = say(a.http, "una", "The Threshold", "hello from a");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let said = r.json();
+    let seq = said["event"]["seq"].as_u64().unwrap();
+    assert!(
+        seq < 1 << 52,
+        "the answer shows the log's number, not a provisional one"
+    );
+    // Read your own write: on A at once.
+    let on_a = events(a.http, "The Threshold");
+    assert_eq!(on_a.last().unwrap()["seq"], seq);
+    assert_eq!(on_a.last().unwrap()["message"], "hello from a");
+    // B has it too, with the same number, and Una is present there.
+    eventually(Duration::from_secs(5), "B shows the say", || {
+        events(b.http, "The Threshold")
+            .iter()
+            .any(|e| e["seq"] == seq && e["message"] == "hello from a")
+    });
+    let players = get(b.http, "/bridge/room/The%20Threshold/players");
+    assert!(players.to_string().contains("una"), "{players}");
+    // `?after=` gives the same answer on both nodes.
+    let path = format!("/bridge/room/The%20Threshold/events?after={}", seq - 1);
+    assert_eq!(get(a.http, &path), get(b.http, &path));
+    let health = get(b.http, "/bridge/health");
+    assert_eq!(health["status"], "ok", "{health}");
+    assert_eq!(health["cluster"]["node_id"], "b");
+    assert_eq!(health["cluster"]["seq"], seq);
+    let metrics = call(b.http, "GET", "/metrics", None).text();
+    assert!(
+        metrics.contains("worldbridge_cluster_log_seq{node=\"b\"}"),
+        "{metrics}"
+    );
+}
+
+#[test]
+#[ignore = "needs redis-server"]
+fn says_on_both_nodes_at_once_get_one_order_everywhere() {
+    let redis = Redis::start();
+    let a = node(&redis, "a");
+    let b = node(&redis, "b");
+    let (ha, hb) = (a.http, b.http);
+    let speak = |addr: SocketAddr, who: &'static str| {
+        std::thread::spawn(move || {
+            for i in 0..40 {
+                let r = say(addr, who, "The Garden", &format!("{who} {i}"));
+                assert_eq!(r.status, 200, "{}", r.text());
+            }
+        })
+    };
+    let (ta, tb) = (speak(ha, "ann"), speak(hb, "bob"));
+    ta.join().unwrap();
+    tb.join().unwrap();
+    let count = |addr| {
+        events(addr, "The Garden")
+            .iter()
+            .filter(|e| e["type"] == "say")
+            .count()
+    };
+    eventually(
+        Duration::from_secs(5),
+        "both nodes have all 80 says",
+        || count(ha) == 80 && count(hb) == 80,
+    );
+    let (ea, eb) = (events(ha, "The Garden"), events(hb, "The Garden"));
+    assert_eq!(ea, eb, "the same events, the same numbers, the same order");
+    let s = seqs(&ea);
+    assert!(s.windows(2).all(|w| w[0] < w[1]), "{s:?}");
+    // Each speaker's says keep their own order.
+    for who in ["ann", "bob"] {
+        let mine: Vec<String> = (ea.iter())
+            .filter(|e| e["type"] == "say" && e["user_id"] == who)
+            .map(|e| e["message"].as_str().unwrap().to_string())
+            .collect();
+        let want: Vec<String> = (0..40).map(|i| format!("{who} {i}")).collect();
+        assert_eq!(mine, want);
+    }
+}
+
+#[test]
+#[ignore = "needs redis-server"]
+fn with_redis_down_changes_get_503_reads_work_and_nothing_is_lost_after() {
+    let mut redis = Redis::start();
+    let a = node(&redis, "a");
+    let b = node(&redis, "b");
+    assert_eq!(say(a.http, "una", "The Tower", "before").status, 200);
+    redis.kill();
+    let down_at = Instant::now();
+    // Within about a second every change is refused with 503, and health says why.
+    eventually(Duration::from_secs(3), "a say is refused", || {
+        let r = say(a.http, "una", "The Tower", "during");
+        if r.status == 200 {
+            panic!("a change was acknowledged with Redis down: {}", r.text());
+        }
+        r.status == 503 && r.json()["code"] == "store_unavailable"
+    });
+    assert!(down_at.elapsed() < Duration::from_secs(3));
+    let health = get(a.http, "/bridge/health");
+    assert_eq!(health["status"], "degraded", "{health}");
+    assert_eq!(health["cluster"]["redis"], "down");
+    assert!(
+        health["reason"].as_str().unwrap().contains("Redis"),
+        "{health}"
+    );
+    assert!(health["cluster"]["since"].is_string());
+    // Reads still serve what the node has.
+    assert_eq!(events(b.http, "The Tower").len(), 2, "enter and the say");
+    std::thread::sleep(Duration::from_secs(2));
+    redis.restart();
+    let back = Instant::now();
+    eventually(Duration::from_secs(3), "health is ok again", || {
+        get(a.http, "/bridge/health")["status"] == "ok"
+            && get(b.http, "/bridge/health")["status"] == "ok"
+    });
+    assert!(back.elapsed() < Duration::from_secs(3));
+    let r = say(b.http, "vic", "The Tower", "after");
+    assert_eq!(r.status, 200, "{}", r.text());
+    for addr in [a.http, b.http] {
+        eventually(
+            Duration::from_secs(5),
+            "both nodes have the new say",
+            || {
+                events(addr, "The Tower")
+                    .iter()
+                    .any(|e| e["message"] == "after")
+            },
+        );
+        let evs = events(addr, "The Tower");
+        let said: Vec<&str> = (evs.iter()).filter_map(|e| e["message"].as_str()).collect();
+        assert_eq!(said, ["before", "after"], "nothing refused was written");
+        let s = seqs(&evs);
+        assert!(s.windows(2).all(|w| w[0] < w[1]), "no number twice: {s:?}");
+    }
+}
+
+#[test]
+#[ignore = "needs redis-server"]
+fn redis_restarted_empty_starts_a_new_epoch() {
+    let mut redis = Redis::start();
+    let a = node(&redis, "a");
+    let b = node(&redis, "b");
+    assert_eq!(say(a.http, "una", "The Threshold", "old").status, 200);
+    eventually(Duration::from_secs(5), "B has the old say", || {
+        events(b.http, "The Threshold").len() == 2
+    });
+    let old_epoch = get(b.http, "/bridge/health")["cluster"]["epoch"].clone();
+    assert!(old_epoch.is_string(), "{old_epoch}");
+    redis.wipe();
+    redis.restart();
+    // The nodes see the log is gone and forget its events.
+    eventually(Duration::from_secs(5), "B forgets the lost log", || {
+        events(b.http, "The Threshold").is_empty()
+    });
+    eventually(Duration::from_secs(5), "A can write again", || {
+        say(a.http, "una", "The Threshold", "new").status == 200
+    });
+    eventually(Duration::from_secs(5), "B has the new say", || {
+        events(b.http, "The Threshold")
+            .iter()
+            .any(|e| e["message"] == "new")
+    });
+    let evs = events(b.http, "The Threshold");
+    assert_eq!(seqs(&evs)[0], 1, "numbers start again: {evs:?}");
+    let epoch = get(b.http, "/bridge/health")["cluster"]["epoch"].clone();
+    assert!(
+        epoch.is_string() && epoch != old_epoch,
+        "{old_epoch} → {epoch}"
+    );
+    assert_eq!(events(a.http, "The Threshold"), evs);
+}
+
+#[test]
+fn a_node_that_cannot_reach_redis_refuses_changes_and_says_why() {
+    // Nothing listens on this port: no Redis needed for this one.
+    let mut cfg = test_config();
+    cfg.cluster = Some(ClusterConfig {
+        redis_url: format!("redis://127.0.0.1:{}", free_port()),
+        node_id: "lonely".into(),
+        ..ClusterConfig::default()
+    });
+    let b = start_with(cfg);
+    eventually(Duration::from_secs(5), "health says degraded", || {
+        get(b.http, "/bridge/health")["status"] == "degraded"
+    });
+    let health = get(b.http, "/bridge/health");
+    assert_eq!(health["cluster"]["redis"], "down", "{health}");
+    assert!(
+        health["reason"].as_str().unwrap().contains("unreachable"),
+        "{health}"
+    );
+    let r = say(b.http, "una", "The Threshold", "hello");
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert_eq!(r.json()["code"], "store_unavailable");
+    assert_eq!(r.header("retry-after"), Some("1"));
+    // Reads work.
+    assert_eq!(call(b.http, "GET", "/bridge/rooms", None).status, 200);
+}
