@@ -4,6 +4,7 @@
 
 mod common;
 
+use common::ws::*;
 use common::*;
 use serde_json::{json, Value};
 use std::io::{Read, Write};
@@ -335,4 +336,191 @@ fn a_node_that_cannot_reach_redis_refuses_changes_and_says_why() {
     assert_eq!(r.header("retry-after"), Some("1"));
     // Reads work.
     assert_eq!(call(b.http, "GET", "/bridge/rooms", None).status, 200);
+}
+
+// ---- the Matrix gateway across nodes ----
+
+fn gateway_node(redis: &Redis, name: &str) -> TestBridge {
+    let mut cfg = node_config(redis, name);
+    cfg.gateway.max_messages_per_s = 100_000;
+    cfg.http.rate_limit_requests = 100_000;
+    let b = start_with(cfg);
+    eventually(Duration::from_secs(10), "the node reaches Redis", || {
+        get(b.http, "/bridge/health")["cluster"]["redis"] == "up"
+    });
+    b
+}
+
+/// Every text frame that arrives within `t`.
+fn frames_for(ws: &mut Ws, t: Duration) -> Vec<Value> {
+    let deadline = Instant::now() + t;
+    let mut got = Vec::new();
+    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+        match try_next(ws, left) {
+            Some(v) => got.push(v),
+            None => break,
+        }
+    }
+    got
+}
+
+/// Frames until one of `kind` from `from` arrives.
+fn next_from(ws: &mut Ws, kind: &str, from: &str) -> Value {
+    loop {
+        let v = next(ws);
+        if v["type"] == kind && v["from"] == from {
+            return v;
+        }
+    }
+}
+
+#[test]
+#[ignore = "needs redis-server"]
+fn a_gateway_broadcast_on_one_node_reaches_every_client_once() {
+    let redis = Redis::start();
+    let a = gateway_node(&redis, "a");
+    let b = gateway_node(&redis, "b");
+    let (mut alice, _) = agent(a.http, "alice", "agent");
+    let (mut bob, _) = agent(b.http, "bob", "agent");
+    let joined = next_of(&mut alice, "agent_joined");
+    assert_eq!(joined["agentId"], "bob", "A hears of B's agent: {joined}");
+    eventually(Duration::from_secs(5), "B knows alice", || {
+        get(b.http, "/api/gateway/status")["count"] == 2
+    });
+    let (mut carol, ack) = agent(b.http, "carol", "client");
+    let listed: Vec<&str> = (ack["agents"].as_array().unwrap().iter())
+        .filter_map(|a| a["agentId"].as_str())
+        .collect();
+    assert!(listed.contains(&"alice"), "agents of every node: {ack}");
+    send(&mut bob, &json!({"type": "chat", "text": "hello all"}));
+    let at_alice = next_from(&mut alice, "chat", "bob");
+    let at_carol = next_from(&mut carol, "chat", "bob");
+    assert_eq!(at_alice["text"], "hello all");
+    assert_eq!(at_alice, at_carol, "the same frame on both nodes");
+    assert!(at_alice["gateway_seq"].as_u64().is_some());
+    assert!(at_alice["epoch"].is_string(), "{at_alice}");
+    // Once: nothing more of it on either node, and not back to bob.
+    send(&mut bob, &json!({"type": "chat", "text": "second"}));
+    assert_eq!(next_from(&mut alice, "chat", "bob")["text"], "second");
+    assert_eq!(next_from(&mut carol, "chat", "bob")["text"], "second");
+    let echoed = frames_for(&mut bob, Duration::from_millis(300));
+    assert!(!echoed.iter().any(|v| v["type"] == "chat"), "{echoed:?}");
+    // Directed: to an agent on the other node, and only to it.
+    send(
+        &mut alice,
+        &json!({"type": "dm", "target_id": "carol", "text": "psst"}),
+    );
+    let dm = next_of(&mut carol, "dm");
+    assert_eq!(
+        (dm["from"].as_str(), dm["text"].as_str()),
+        (Some("alice"), Some("psst"))
+    );
+    let elsewhere = frames_for(&mut bob, Duration::from_millis(300));
+    assert!(
+        !elsewhere.iter().any(|v| v["type"] == "dm"),
+        "{elsewhere:?}"
+    );
+    send(&mut alice, &json!({"type": "dm", "target_id": "nobody"}));
+    assert_eq!(next_of(&mut alice, "error")["code"], "unknown_target");
+    // Every node lists every agent, with its node.
+    for addr in [a.http, b.http] {
+        let status = get(addr, "/api/gateway/status");
+        let nodes: Vec<(String, String)> = (status["agents"].as_array().unwrap().iter())
+            .map(|a| {
+                let s = |k: &str| a[k].as_str().unwrap_or("").to_string();
+                (s("agentId"), s("node"))
+            })
+            .collect();
+        let want = [("alice", "a"), ("bob", "b"), ("carol", "b")]
+            .map(|(x, y)| (x.to_string(), y.to_string()));
+        assert_eq!(nodes, want, "{status}");
+    }
+}
+
+#[test]
+#[ignore = "needs redis-server"]
+fn an_agent_id_taken_on_another_node_replaces_the_old_connection() {
+    let redis = Redis::start();
+    let a = gateway_node(&redis, "a");
+    let b = gateway_node(&redis, "b");
+    let (mut old, _) = agent(a.http, "bob", "agent");
+    let (mut watcher, _) = agent(a.http, "watcher", "watcher");
+    let (_new, _) = agent(b.http, "bob", "agent");
+    let (code, reason) = close_of(&mut old);
+    assert_eq!(code, 1000);
+    assert!(
+        reason.contains("replaced") && reason.contains("bob"),
+        "{reason}"
+    );
+    eventually(Duration::from_secs(5), "A lists bob on node b", || {
+        let status = get(a.http, "/api/gateway/status");
+        (status["agents"].as_array().unwrap().iter())
+            .any(|x| x["agentId"] == "bob" && x["node"] == "b")
+    });
+    // The watcher hears bob join twice (on A, then on B) and never leave.
+    let heard = frames_for(&mut watcher, Duration::from_millis(500));
+    let bob: Vec<&str> = (heard.iter())
+        .filter(|v| v["agentId"] == "bob")
+        .filter_map(|v| v["type"].as_str())
+        .collect();
+    assert!(!bob.contains(&"agent_left"), "{heard:?}");
+    assert!(bob.contains(&"agent_joined"), "{heard:?}");
+}
+
+#[test]
+#[ignore = "needs redis-server"]
+fn a_gateway_client_resumes_on_the_other_node_and_misses_nothing() {
+    let redis = Redis::start();
+    let a = gateway_node(&redis, "a");
+    let b = gateway_node(&redis, "b");
+    let (mut alice, _) = agent(a.http, "alice", "agent");
+    let (mut bob, _) = agent(b.http, "bob", "agent");
+    send(&mut bob, &json!({"type": "chat", "text": "one"}));
+    let seen = next_from(&mut alice, "chat", "bob");
+    let (since, epoch) = (seen["gateway_seq"].as_u64().unwrap(), seen["epoch"].clone());
+    drop(alice);
+    // While alice is away: a broadcast, a say on A, another broadcast.
+    let (mut obs, _) = agent(a.http, "obs", "watcher");
+    send(&mut bob, &json!({"type": "chat", "text": "two"}));
+    assert_eq!(next_from(&mut obs, "chat", "bob")["text"], "two");
+    assert_eq!(
+        say(a.http, "una", "The Threshold", "while away").status,
+        200
+    );
+    send(&mut bob, &json!({"type": "chat", "text": "three"}));
+    eventually(Duration::from_secs(5), "A has everything", || {
+        get(a.http, "/api/gateway/status")["gateway_seq"]
+            == get(b.http, "/api/gateway/status")["gateway_seq"]
+            && get(a.http, "/bridge/health")["cluster"]["seq"].as_u64() > Some(since + 3)
+    });
+    let path = format!("/ws/matrix?since={since}&epoch={}", epoch.as_str().unwrap());
+    let (mut back, _) = agent_at(b.http, &path, "alice", "agent");
+    let mut missed = Vec::new();
+    while missed.len() < 3 {
+        let v = next(&mut back);
+        if v["type"] == "chat" || v["type"] == "say" {
+            missed.push(v);
+        }
+    }
+    let texts: Vec<&str> = (missed.iter())
+        .map(|v| v["text"].as_str().or(v["message"].as_str()).unwrap())
+        .collect();
+    assert_eq!(texts, ["two", "while away", "three"]);
+    let seqs: Vec<u64> = missed
+        .iter()
+        .map(|v| v["gateway_seq"].as_u64().unwrap())
+        .collect();
+    assert!(
+        seqs.windows(2).all(|w| w[0] < w[1]) && seqs[0] > since,
+        "{seqs:?}"
+    );
+    // The same resume point from another epoch is refused.
+    let (mut stale, _) = agent_at(
+        b.http,
+        &format!("/ws/matrix?since={since}&epoch=1"),
+        "old",
+        "agent",
+    );
+    let r = next_of(&mut stale, "resync_required");
+    assert!(r["error"].as_str().unwrap().contains("epoch"), "{r}");
 }

@@ -4,109 +4,13 @@
 
 mod common;
 
+use common::ws::*;
 use common::{call, eventually, get, post, scratch_dir, start_with, test_config, TestBridge};
 use serde_json::{json, Value};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
-use tungstenite::stream::MaybeTlsStream;
-use tungstenite::{Message, WebSocket};
+use tungstenite::Message;
 use worldbridge::config::Config;
-
-type Ws = WebSocket<MaybeTlsStream<TcpStream>>;
-
-fn connect(addr: SocketAddr, path: &str) -> Ws {
-    let (ws, resp) = tungstenite::connect(format!("ws://{addr}{path}")).expect("ws connect");
-    assert_eq!(resp.status(), 101);
-    set_timeout(&ws, Duration::from_secs(10));
-    ws
-}
-
-fn set_timeout(ws: &Ws, t: Duration) {
-    if let MaybeTlsStream::Plain(s) = ws.get_ref() {
-        s.set_read_timeout(Some(t)).unwrap();
-    }
-}
-
-fn send(ws: &mut Ws, v: &Value) {
-    ws.send(Message::text(v.to_string())).expect("send");
-}
-
-/// The next JSON text frame (pings are answered by tungstenite as we read), within 10 s.
-fn next(ws: &mut Ws) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        assert!(Instant::now() < deadline, "no text frame within 10 s");
-        match ws.read().expect("a frame") {
-            Message::Text(t) => return serde_json::from_str(t.as_str()).expect("JSON"),
-            Message::Close(f) => panic!("closed: {f:?}"),
-            _ => continue,
-        }
-    }
-}
-
-/// Frames until one of `kind` arrives; returns it.
-fn next_of(ws: &mut Ws, kind: &str) -> Value {
-    loop {
-        let v = next(ws);
-        if v["type"] == kind {
-            return v;
-        }
-    }
-}
-
-/// Nothing but pings arrives within `t`.
-fn silent_for(ws: &mut Ws, t: Duration) {
-    let deadline = Instant::now() + t;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            break;
-        }
-        set_timeout(ws, left);
-        match ws.read() {
-            Ok(Message::Text(m)) => panic!("expected nothing, got {m}"),
-            Ok(_) => continue,
-            Err(tungstenite::Error::Io(e))
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) =>
-            {
-                break
-            }
-            Err(e) => panic!("read failed: {e}"),
-        }
-    }
-    set_timeout(ws, Duration::from_secs(10));
-}
-
-/// Read until the server closes; the close frame's code and reason.
-fn close_of(ws: &mut Ws) -> (u16, String) {
-    loop {
-        match ws.read() {
-            Ok(Message::Close(Some(f))) => return (u16::from(f.code), f.reason.to_string()),
-            Ok(Message::Close(None)) => return (1005, String::new()),
-            Ok(_) => continue,
-            Err(e) => panic!("no close frame: {e}"),
-        }
-    }
-}
-
-/// Connect to the gateway and register; returns the client and its `agent_registered`.
-fn agent(addr: SocketAddr, id: &str, role: &str) -> (Ws, Value) {
-    agent_at(addr, "/ws/matrix", id, role)
-}
-
-fn agent_at(addr: SocketAddr, path: &str, id: &str, role: &str) -> (Ws, Value) {
-    let mut ws = connect(addr, path);
-    send(
-        &mut ws,
-        &json!({"type": "agent_register", "agentId": id, "role": role}),
-    );
-    let ack = next(&mut ws);
-    assert_eq!(ack["type"], "agent_registered", "{ack}");
-    (ws, ack)
-}
 
 fn gateway_config() -> Config {
     let mut cfg = test_config();
@@ -449,6 +353,10 @@ fn bad_handshakes_get_json_errors() {
     assert_eq!(r.header("Sec-WebSocket-Version"), Some("13"));
     let r = call(b.http, "GET", "/ws/matrix?since=abc", None);
     assert_eq!(r.status, 400, "{}", r.text());
+    assert_eq!(r.json()["code"], "bad_since");
+    let r = call(b.http, "GET", "/ws/matrix?since=3&epoch=yesterday", None);
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert_eq!(r.json()["code"], "bad_epoch");
 }
 
 #[test]

@@ -18,7 +18,10 @@
 
 use crate::app::App;
 use crate::conn::ConnId;
-use crate::store::cluster::{ClusterStore, Entry, News, Proposal, Record};
+use crate::feeds::gateway::logged::LogFrame;
+use crate::store::cluster::{
+    ClusterStore, Entry, News, Proposal, Record, KIND_EVENT, KIND_GATEWAY,
+};
 use crate::world::logged::is_provisional;
 use crate::world::room::Event;
 use std::collections::{BTreeMap, HashMap};
@@ -83,6 +86,7 @@ impl App {
     /// Serve this world as one node of a cluster: events are numbered by the shared log.
     pub fn attach_cluster(&mut self, store: ClusterStore) {
         self.world.log_events();
+        self.gateway.log_frames(&store.settings.node);
         self.cluster = Some(Cluster::new(store));
     }
 
@@ -97,13 +101,14 @@ impl App {
         }
     }
 
-    /// This iteration's new events go to the log as one proposal.
+    /// This iteration's new events and gateway frames go to the log as one proposal.
     pub(crate) fn propose_events(&mut self) {
         let Some(c) = &mut self.cluster else {
             return;
         };
         let events = self.world.take_unsequenced();
-        if events.is_empty() {
+        let frames = self.gateway.take_proposals();
+        if events.is_empty() && frames.is_empty() {
             return;
         }
         let batch = self.next_batch;
@@ -114,8 +119,19 @@ impl App {
             // The entry's id is its number; the body's `seq` is left 0.
             provisional.push(std::mem::take(&mut ev.seq));
             records.push(Record {
+                kind: KIND_EVENT,
                 ts_ms: ev.ts_ms,
                 body: serde_json::to_string(&ev).unwrap_or_default(),
+            });
+        }
+        let now = crate::world::time::now_ms();
+        for f in frames {
+            // Frames have no answer waiting on their numbers.
+            provisional.push(0);
+            records.push(Record {
+                kind: KIND_GATEWAY,
+                ts_ms: now,
+                body: serde_json::to_string(&f).unwrap_or_default(),
             });
         }
         c.proposed.insert(batch, provisional);
@@ -175,7 +191,11 @@ impl App {
                 for (top, _) in c.appended.values_mut() {
                     *top = 0;
                 }
+                let epoch = c.epoch.clone();
                 self.world.forget_logged_events();
+                let mut out = Vec::new();
+                self.gateway.log_reset(epoch.as_deref(), &mut out);
+                self.apply_gateway(out, now);
             }
         }
         self.release_logged();
@@ -190,10 +210,32 @@ impl App {
             if entry.seq <= c.applied && c.epoch.as_deref() == Some(entry.epoch.as_str()) {
                 continue;
             }
-            c.epoch = Some(entry.epoch.clone());
+            if c.epoch.as_deref() != Some(entry.epoch.as_str()) {
+                c.epoch = Some(entry.epoch.clone());
+                self.gateway.set_log_epoch(Some(&entry.epoch));
+            }
+            let Some(c) = &mut self.cluster else {
+                return;
+            };
             c.applied = entry.seq;
             c.applied_events += 1;
             c.lag_ms = crate::world::time::now_ms().saturating_sub(entry.ts_ms);
+            let elsewhere = entry.node != c.node;
+            let source = c.from_link.remove(&entry.seq);
+            if entry.kind == KIND_GATEWAY {
+                // The world's events before it go out first: frames keep log order.
+                self.fan_out(None);
+                match serde_json::from_str::<LogFrame>(&entry.body) {
+                    Ok(frame) => {
+                        let now = crate::world::time::now_ms();
+                        let mut out = Vec::new();
+                        (self.gateway).apply_logged(frame, entry.seq, &entry.node, now, &mut out);
+                        self.apply_gateway(out, now);
+                    }
+                    Err(e) => log::warn!("cluster: log entry {} is not a frame: {e}", entry.seq),
+                }
+                continue;
+            }
             let mut ev: Event = match serde_json::from_str(&entry.body) {
                 Ok(ev) => ev,
                 Err(e) => {
@@ -203,8 +245,6 @@ impl App {
             };
             ev.seq = entry.seq;
             ev.ts_ms = entry.ts_ms;
-            let elsewhere = entry.node != c.node;
-            let source = c.from_link.remove(&entry.seq);
             if source.is_some() {
                 // What came before goes to every link; this one not back to its own.
                 self.fan_out(None);

@@ -147,10 +147,7 @@ impl App {
         // A bark event in the room: the gateway and the game hosting the room hear it
         // through the outbox.
         if self.world.ensure_room(room).is_ok() {
-            if let Some(id) = reply_id {
-                self.gateway.expect_bark(room, &text, id);
-            }
-            self.world.bark(room, &text, now);
+            self.bark_in_room(room, &text, reply_id, now);
         }
         if workshop {
             let mut out = Vec::new();
@@ -158,6 +155,26 @@ impl App {
             self.workshop.bark(&text, Some(&mood), reply_id, &mut out);
             self.apply_workshop(out, now);
         }
+    }
+
+    /// The agent barks in `room`: a bark event there (the links hosting the room hear it
+    /// through the outbox) and a `bark` frame on the gateway, with the `reply_id` of its
+    /// parts when it was streamed. In cluster mode the frame goes into the log beside
+    /// the event, since only this node knows its `reply_id`.
+    pub(crate) fn bark_in_room(
+        &mut self,
+        room: &str,
+        text: &str,
+        reply_id: Option<u64>,
+        now: u64,
+    ) -> Option<crate::world::room::Event> {
+        let event = self.world.bark(room, text, now)?;
+        if self.cluster.is_some() {
+            self.gateway.propose_bark(&event.room, text, reply_id, now);
+        } else if let Some(id) = reply_id {
+            self.gateway.expect_bark(&event.room, text, id);
+        }
+        Some(event)
     }
 
     /// A part of a streamed bark: a `bark_part` frame on the gateway (in its resumable
@@ -194,7 +211,7 @@ impl App {
         }
     }
 
-    fn apply_gateway(&mut self, out: Vec<gateway::Output>, now_ms: u64) {
+    pub(crate) fn apply_gateway(&mut self, out: Vec<gateway::Output>, now_ms: u64) {
         for o in out {
             match o {
                 gateway::Output::Send(c, f) => self.ws_out.push(WsOut::Send(c, f)),

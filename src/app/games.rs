@@ -161,7 +161,7 @@ impl App {
         }
         self.send_to_link(link, &msg);
         self.route_events(None);
-        let event = room.and_then(|r| self.world.bark(&r, text, now_ms()));
+        let event = room.and_then(|r| self.bark_in_room(&r, text, None, now_ms()));
         // The link already has the words as `speak`; the bark goes to everyone else.
         self.route_events(Some(link));
         let world = self.link_world(link);

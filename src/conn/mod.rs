@@ -22,10 +22,12 @@ pub enum Drive {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Feed {
     /// `/ws/matrix`: the seed-004 gateway; `since` is the `?since=` resume point, `bound`
-    /// the `gateway.agents` entry whose token the upgrade presented.
+    /// the `gateway.agents` entry whose token the upgrade presented, `epoch` the
+    /// `?epoch=` of a cluster's log that `since` is from.
     Gateway {
         since: Option<u64>,
         bound: Option<usize>,
+        epoch: Option<u64>,
     },
     /// `/` and `/ws/workshop`: the seed-002 state feed.
     Workshop,

@@ -508,7 +508,16 @@ impl Bridge {
         );
         let now_ms = crate::world::time::now_ms();
         match feed {
-            Feed::Gateway { since, bound } => self.app.gateway_open(id, since, bound, now_ms),
+            Feed::Gateway {
+                since,
+                bound,
+                epoch,
+            } => {
+                self.app.gateway_open(id, since, bound, now_ms);
+                if let Some(e) = epoch {
+                    self.app.gateway.resume_epoch(id, e.to_string());
+                }
+            }
             Feed::Workshop => self.app.workshop_open(id, now_ms),
         }
         self.drive_ws(id);

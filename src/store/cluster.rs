@@ -15,8 +15,9 @@
 //! Keys, all under `wb:{<world>}:` (one Redis Cluster hash slot per world): `seq` (the
 //! last number given), `epoch` (made with the first append into an empty Redis: when
 //! Redis loses its data, the next append starts a new epoch, a new stream and numbers
-//! from 1), `log` (the stream: fields `epoch`, `node`, `t` (epoch ms), `e` (the event's
-//! JSON)), `node:<id>` (liveness, expiring after `cluster.node_ttl_s`).
+//! from 1), `log` (the stream: fields `epoch`, `node`, `k` (the kind: [`KIND_EVENT`] or
+//! [`KIND_GATEWAY`]), `t` (epoch ms), `e` (the JSON)), `node:<id>` (liveness, expiring
+//! after `cluster.node_ttl_s`).
 //!
 //! Nothing here knows the world: events travel as JSON text.
 
@@ -28,8 +29,8 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-/// Numbers and appends events. KEYS: seq, epoch, log. ARGV: the stream's MAXLEN, the
-/// node id, then (epoch ms, event JSON) pairs. Returns {epoch, {seq, …}}.
+/// Numbers and appends entries. KEYS: seq, epoch, log. ARGV: the stream's MAXLEN, the
+/// node id, then (kind, epoch ms, JSON) triples. Returns {epoch, {seq, …}}.
 const APPEND: &str = r"
 local epoch = redis.call('GET', KEYS[2])
 if not epoch then
@@ -39,10 +40,10 @@ if not epoch then
   redis.call('SET', KEYS[2], epoch)
 end
 local seqs = {}
-for i = 3, #ARGV, 2 do
+for i = 3, #ARGV, 3 do
   local seq = redis.call('INCR', KEYS[1])
-  redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[1], seq .. '-0',
-             'epoch', epoch, 'node', ARGV[2], 't', ARGV[i], 'e', ARGV[i + 1])
+  redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[1], seq .. '-0', 'epoch', epoch,
+             'node', ARGV[2], 'k', ARGV[i], 't', ARGV[i + 1], 'e', ARGV[i + 2])
   seqs[#seqs + 1] = seq
 end
 return {epoch, seqs}
@@ -94,9 +95,16 @@ impl Keys {
     }
 }
 
-/// One event to append: when it happened and its JSON.
+/// An entry that is a world event (say, presence, world event, bark).
+pub const KIND_EVENT: &str = "event";
+/// An entry that is a frame of the Matrix gateway (a client's broadcast or directed
+/// message, the bridge's publications, agents joining and leaving).
+pub const KIND_GATEWAY: &str = "gateway";
+
+/// One entry to append: what kind, when it happened and its JSON.
 #[derive(Debug, Clone)]
 pub struct Record {
+    pub kind: &'static str,
     pub ts_ms: u64,
     pub body: String,
 }
@@ -115,6 +123,8 @@ pub struct Entry {
     pub epoch: String,
     /// The node that appended it.
     pub node: String,
+    /// [`KIND_EVENT`] or [`KIND_GATEWAY`].
+    pub kind: String,
     pub ts_ms: u64,
     /// The event's JSON.
     pub body: String,
@@ -372,7 +382,7 @@ impl Writer {
             .arg(self.settings.log_max)
             .arg(&self.settings.node);
         for r in group.iter().flat_map(|p| &p.records) {
-            invocation.arg(r.ts_ms).arg(&r.body);
+            invocation.arg(r.kind).arg(r.ts_ms).arg(&r.body);
         }
         let answer = self
             .link
@@ -526,6 +536,7 @@ fn parse_entry(id: &StreamId) -> Result<Entry, String> {
         seq,
         epoch: text("epoch")?,
         node: text("node")?,
+        kind: text("k")?,
         ts_ms: number("t")?,
         body: text("e")?,
     })

@@ -2,6 +2,8 @@
 //! client over a raw socket that shows exactly what a real client would see.
 #![allow(dead_code)]
 
+pub mod ws;
+
 use serde_json::Value;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};

@@ -267,20 +267,26 @@ fn upgrade(app: &mut App, req: &Request, route: &str) -> Handled {
         }
     }
     let feed = if route == "/ws/matrix" {
-        let since = match req.query_param("since") {
-            None => None,
-            Some(s) => match s.parse::<u64>() {
-                Ok(n) => Some(n),
-                Err(_) => {
-                    return Handled::Respond(Response::error(
-                        400,
-                        "bad_since",
-                        &format!("`since` must be a gateway_seq number, not {s:?}"),
-                    ))
-                }
-            },
+        let number = |name: &str, code: &'static str, what: &str| match req.query_param(name) {
+            None => Ok(None),
+            Some(s) => s.parse::<u64>().map(Some).map_err(|_| {
+                let why = format!("`{name}` must be {what}, not {s:?}");
+                Handled::Respond(Response::error(400, code, &why))
+            }),
         };
-        Feed::Gateway { since, bound }
+        let since = match number("since", "bad_since", "a gateway_seq number") {
+            Ok(n) => n,
+            Err(refused) => return refused,
+        };
+        let epoch = match number("epoch", "bad_epoch", "the number frames carry as `epoch`") {
+            Ok(n) => n,
+            Err(refused) => return refused,
+        };
+        Feed::Gateway {
+            since,
+            bound,
+            epoch,
+        }
     } else {
         Feed::Workshop
     };

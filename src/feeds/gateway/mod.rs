@@ -28,6 +28,10 @@
 //!   (`gateway.history_max` frames, `gateway.history_max_age_s`): a client that reconnects
 //!   with `?since=<gateway_seq>` gets what it missed, or `resync_required` when the
 //!   history no longer reaches back that far.
+//! - Cluster mode ([`logged`]): frames go through the world's shared log and are
+//!   delivered from it on every node, numbered by it.
+
+pub mod logged;
 
 use super::heartbeat::{Flood, Flooding, Heartbeat};
 use crate::conn::ConnId;
@@ -140,6 +144,8 @@ struct Client {
     last_seen_ms: u64,
     /// `?since=` from the upgrade request: replay after registering.
     since: Option<u64>,
+    /// `?epoch=` from the upgrade request (cluster mode): the log `since` belongs to.
+    epoch: Option<String>,
     /// The `gateway.agents` entry whose token this connection presented.
     bound: Option<usize>,
     reg: Option<Registration>,
@@ -212,6 +218,50 @@ pub struct Gateway {
     /// Streamed barks about to be published from their room event: (room, text,
     /// reply_id), so the final `bark` carries its parts' `reply_id`.
     reply_ids: Vec<(String, String, u64)>,
+    /// Cluster mode: frames go through the world's shared log ([`logged`]).
+    logged: Option<logged::Logged>,
+}
+
+/// [`Gateway::stamp`] with a given number (and, in cluster mode, the log's epoch).
+fn stamp_as(
+    s: &str,
+    msg: &mut Map<String, Value>,
+    from: &str,
+    seq: u64,
+    epoch: Option<&str>,
+) -> Frame {
+    // A JSON object's first non-blank character is `{`.
+    let open = s.find('{');
+    match open {
+        Some(at) if !msg.contains_key("gateway_seq") && !msg.contains_key("from") => {
+            let rest = &s[at + 1..];
+            let empty = rest.trim_start().starts_with('}');
+            let from = Value::from(from).to_string();
+            let mut stamped = String::with_capacity(s.len() + 32 + from.len());
+            stamped.push('{');
+            stamped.push_str("\"gateway_seq\":");
+            stamped.push_str(&seq.to_string());
+            if let Some(e) = epoch {
+                stamped.push_str(",\"epoch\":");
+                stamped.push_str(&Value::from(e).to_string());
+            }
+            stamped.push_str(",\"from\":");
+            stamped.push_str(&from);
+            if !empty {
+                stamped.push(',');
+            }
+            stamped.push_str(rest);
+            Frame::from(stamped)
+        }
+        _ => {
+            msg.insert("gateway_seq".into(), seq.into());
+            if let Some(e) = epoch {
+                msg.insert("epoch".into(), e.into());
+            }
+            msg.insert("from".into(), from.into());
+            Frame::from(Value::Object(msg.clone()).to_string())
+        }
+    }
 }
 
 /// `{"type":"error","code":…,"error":…}`.
@@ -238,6 +288,7 @@ impl Gateway {
             unsaved: Vec::new(),
             track: false,
             reply_ids: Vec::new(),
+            logged: None,
             limits,
         }
     }
@@ -334,6 +385,7 @@ impl Gateway {
                 connected_ms: now_ms,
                 last_seen_ms: now_ms,
                 since,
+                epoch: None,
                 bound,
                 reg: None,
                 messages_in: 0,
@@ -344,6 +396,13 @@ impl Gateway {
             },
         );
         self.heartbeat.add(conn, now_ms);
+    }
+
+    /// `?epoch=` of the upgrade request: the cluster log's epoch its `since` is from.
+    pub fn resume_epoch(&mut self, conn: ConnId, epoch: String) {
+        if let Some(c) = self.clients.get_mut(&conn) {
+            c.epoch = Some(epoch);
+        }
     }
 
     /// Any frame arrived on `conn` (including a pong).
@@ -458,6 +517,9 @@ impl Gateway {
                 });
             }
             Some(t) => {
+                if self.logged.is_some() && self.known_anywhere(&t) {
+                    return self.propose(&reg.agent_id, Some(t), text.as_str());
+                }
                 let Some(&to) = self.agents.get(&t) else {
                     return self.refuse(
                         conn,
@@ -471,9 +533,13 @@ impl Gateway {
                 self.deliver(to, frame, out);
             }
             None => {
-                let frame = self.stamp(text, &mut msg, &reg.agent_id);
-                self.remember(&reg.agent_id, None, frame.clone(), now_ms);
-                self.broadcast(Some(conn), frame, out);
+                if self.logged.is_some() {
+                    self.propose(&reg.agent_id, None, text.as_str());
+                } else {
+                    let frame = self.stamp(text, &mut msg, &reg.agent_id);
+                    self.remember(&reg.agent_id, None, frame.clone(), now_ms);
+                    self.broadcast(Some(conn), frame, out);
+                }
                 if FOR_AGENT_BROADCAST.contains(&kind.as_str()) {
                     out.push(Output::ForAgent {
                         from: reg.agent_id,
@@ -550,6 +616,11 @@ impl Gateway {
     /// A world event (presence, say, event, bark) under its own `type`. The world's own
     /// sequence number travels as `event_seq`; `gateway_seq` is the hub's.
     pub fn publish_event(&mut self, ev: &Event, now_ms: u64, out: &mut Vec<Output>) {
+        if ev.kind == EventKind::Bark && self.logged.is_some() {
+            // Cluster mode: the node that barked puts the `bark` frame into the log
+            // itself ([`Gateway::propose_bark`]), with its `reply_id`.
+            return;
+        }
         if ev.kind == EventKind::Bark {
             let text = ev.message.as_deref().unwrap_or_default();
             let streamed = (self.reply_ids.iter())
@@ -583,9 +654,16 @@ impl Gateway {
             origin: &'a str,
             event_seq: u64,
             gateway_seq: u64,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            epoch: Option<&'a str>,
             from: &'a str,
         }
-        self.seq += 1;
+        // Cluster mode: the event's number in the log is its frame's number too.
+        match &self.logged {
+            Some(_) => self.seq = self.seq.max(ev.seq),
+            None => self.seq += 1,
+        }
+        let epoch = self.logged.as_ref().and_then(|l| l.epoch.as_deref());
         let frame = serde_json::to_string(&Published {
             kind: ev.kind,
             event: &ev.event,
@@ -597,6 +675,7 @@ impl Gateway {
             origin: &ev.origin,
             event_seq: ev.seq,
             gateway_seq: self.seq,
+            epoch,
             from: &self.limits.agent_id,
         });
         let Ok(frame) = frame else {
@@ -615,6 +694,11 @@ impl Gateway {
         now_ms: u64,
         out: &mut Vec<Output>,
     ) {
+        if self.logged.is_some() {
+            let me = self.limits.agent_id.clone();
+            let text = Value::Object(msg).to_string();
+            return self.propose(&me, to.map(str::to_string), &text);
+        }
         self.seq += 1;
         let me = self.limits.agent_id.clone();
         msg.insert("gateway_seq".into(), self.seq.into());
@@ -652,6 +736,9 @@ impl Gateway {
             .filter_map(|c| self.clients.get(c)?.reg.as_ref())
             .map(|r| (r.agent_id.as_str(), r.role.as_str()))
             .collect();
+        if let Some(l) = &self.logged {
+            list.extend((l.remote.iter()).map(|(id, r)| (id.as_str(), r.role.as_str())));
+        }
         list.sort_unstable();
         list
     }
@@ -667,24 +754,34 @@ impl Gateway {
             })
             .collect();
         agents.sort_by(|a, b| a.0.cmp(b.0));
-        let mut by_role: Map<String, Value> = Map::new();
-        for (_, _, r) in &agents {
-            let n = by_role.get(&r.role).and_then(Value::as_u64).unwrap_or(0);
-            by_role.insert(r.role.clone(), (n + 1).into());
-        }
-        let list: Vec<Value> = agents
+        let node = self.log_node();
+        let mut list: Vec<(String, Value)> = agents
             .iter()
             .map(|(id, c, r)| {
-                json!({
+                let mut v = json!({
                     "agentId": id,
                     "role": r.role,
                     "connected_at": rfc3339(c.connected_ms),
                     "last_seen": rfc3339(c.last_seen_ms),
                     "messages_in": c.messages_in,
                     "messages_out": c.messages_out(self.broadcasts),
-                })
+                });
+                if let Some(n) = node {
+                    v["node"] = n.into();
+                }
+                (id.to_string(), v)
             })
             .collect();
+        // Cluster mode: the agents of the other nodes too, with their node.
+        list.extend(self.remote_status());
+        list.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut by_role: Map<String, Value> = Map::new();
+        for (_, v) in &list {
+            let role = v["role"].as_str().unwrap_or("agent").to_string();
+            let n = by_role.get(&role).and_then(Value::as_u64).unwrap_or(0);
+            by_role.insert(role, (n + 1).into());
+        }
+        let list: Vec<Value> = list.into_iter().map(|(_, v)| v).collect();
         let c = &self.counts;
         json!({
             "status": "ok",
@@ -774,7 +871,10 @@ impl Gateway {
                 }
             }
         }
-        if let Some(held) = self.keys.get(&key).filter(|held| **held != agent_id) {
+        let taken = (self.keys.get(&key).cloned())
+            .or_else(|| self.remote_with_key(&key).map(str::to_string))
+            .filter(|held| *held != agent_id);
+        if let Some(held) = taken {
             let why = format!("{agent_id:?} looks like {held:?}, who is connected; pick another");
             return self.refuse(conn, "agent_id_taken", &why, out);
         }
@@ -795,6 +895,7 @@ impl Gateway {
             }
         }
         let since = since.or(client.since.take());
+        let epoch = client.epoch.take();
         let reg = Registration {
             agent_id: agent_id.clone(),
             role,
@@ -838,13 +939,20 @@ impl Gateway {
         });
         self.send_to(conn, Frame::from(ack.to_string()), out);
         if let Some(since) = since {
-            self.replay(conn, &reg.agent_id, since, out);
+            self.replay(conn, &reg.agent_id, since, epoch.as_deref(), out);
         }
         self.lifecycle("agent_joined", &reg, now_ms, out);
     }
 
     /// What `agent` missed since `since`, or `resync_required`.
-    fn replay(&mut self, conn: ConnId, agent: &str, since: u64, out: &mut Vec<Output>) {
+    fn replay(
+        &mut self,
+        conn: ConnId,
+        agent: &str,
+        since: u64,
+        epoch: Option<&str>,
+        out: &mut Vec<Output>,
+    ) {
         let oldest = self.history.front().map(|e| e.seq);
         // The history reaches back far enough when its first frame is the one right
         // after `since` or earlier; with an empty history only "nothing missed" works.
@@ -852,20 +960,27 @@ impl Gateway {
             Some(first) => first <= since.saturating_add(1) && since <= self.seq,
             None => since == self.seq,
         };
-        if !covered {
+        // Cluster mode: a `since` of another epoch's log means nothing in this one.
+        let other_epoch = epoch.is_some() && epoch != self.log_epoch();
+        if !covered || other_epoch {
             self.counts.resyncs += 1;
-            let why = if since > self.seq {
+            let why = if other_epoch {
+                "your gateway_seq is from another epoch of the cluster's log"
+            } else if since > self.seq {
                 "the gateway restarted: its sequence is behind yours"
             } else {
                 "the history no longer reaches back that far"
             };
-            let frame = json!({
+            let mut frame = json!({
                 "type": "resync_required",
                 "since": since,
                 "oldest": oldest,
                 "gateway_seq": self.seq,
                 "error": why,
             });
+            if let Some(e) = self.log_epoch() {
+                frame["epoch"] = e.into();
+            }
             return self.send_to(conn, Frame::from(frame.to_string()), out);
         }
         let missed: Vec<Frame> = self
@@ -882,6 +997,9 @@ impl Gateway {
 
     /// `agent_joined` / `agent_left` to every other registered client.
     fn lifecycle(&mut self, kind: &str, reg: &Registration, now_ms: u64, out: &mut Vec<Output>) {
+        if self.logged.is_some() {
+            return self.propose_lifecycle(kind, reg, now_ms);
+        }
         self.seq += 1;
         let frame = Frame::from(
             json!({
@@ -906,33 +1024,7 @@ impl Gateway {
     /// write).
     fn stamp(&mut self, text: &Frame, msg: &mut Map<String, Value>, from: &str) -> Frame {
         self.seq += 1;
-        let seq = self.seq;
-        let s = text.as_str();
-        // A JSON object's first non-blank character is `{`.
-        let open = s.find('{');
-        match open {
-            Some(at) if !msg.contains_key("gateway_seq") && !msg.contains_key("from") => {
-                let rest = &s[at + 1..];
-                let empty = rest.trim_start().starts_with('}');
-                let from = Value::from(from).to_string();
-                let mut stamped = String::with_capacity(s.len() + 32 + from.len());
-                stamped.push('{');
-                stamped.push_str("\"gateway_seq\":");
-                stamped.push_str(&seq.to_string());
-                stamped.push_str(",\"from\":");
-                stamped.push_str(&from);
-                if !empty {
-                    stamped.push(',');
-                }
-                stamped.push_str(rest);
-                Frame::from(stamped)
-            }
-            _ => {
-                msg.insert("gateway_seq".into(), seq.into());
-                msg.insert("from".into(), from.into());
-                Frame::from(Value::Object(msg.clone()).to_string())
-            }
-        }
+        stamp_as(text.as_str(), msg, from, self.seq, None)
     }
 
     fn remember(&mut self, from: &str, target: Option<String>, frame: Frame, now_ms: u64) {
