@@ -48,7 +48,8 @@ pub struct ClusterConfig {
     pub node_id: String,
     /// A node that has not refreshed its liveness key for this long is dead.
     pub node_ttl_s: u64,
-    /// Presence held by a node expires this long after its node stopped refreshing it.
+    /// A dead node's presence is gone within this long of its death (it is found after
+    /// `node_ttl_s`; the rest bounds a clean-up that itself fails over to another node).
     pub presence_ttl_s: u64,
     /// Most entries the world's Redis stream keeps (older ones are trimmed; a gateway
     /// client that resumes from before them is told `resync_required`).
@@ -946,6 +947,13 @@ impl ClusterConfig {
                     "config: `{key}` must be at least {min} (it is {value})"
                 ));
             }
+        }
+        if self.presence_ttl_s <= self.node_ttl_s {
+            return Err(format!(
+                "config: `cluster.presence_ttl_s` ({}) must be more than `cluster.node_ttl_s` \
+                 ({}): a dead node is only found after node_ttl_s",
+                self.presence_ttl_s, self.node_ttl_s
+            ));
         }
         if !self.node_id.is_empty() {
             check_world_id(&self.node_id)
@@ -1885,7 +1893,7 @@ token = ""                               # the pair's shared secret, used both w
         );
         check_world_id(&unnamed).unwrap();
         type Breaker = fn(&mut ClusterConfig);
-        let cases: [(Breaker, &str); 5] = [
+        let cases: [(Breaker, &str); 6] = [
             (|c| c.redis_url = "http://x".into(), "`cluster.redis_url`"),
             (
                 |c| c.node_ttl_s = 0,
@@ -1897,6 +1905,10 @@ token = ""                               # the pair's shared secret, used both w
             ),
             (|c| c.log_max = 10, "`cluster.log_max` must be at least 100"),
             (|c| c.node_id = "a b".into(), "`cluster.node_id`"),
+            (
+                |c| c.presence_ttl_s = 10,
+                "must be more than `cluster.node_ttl_s`",
+            ),
         ];
         for (breaker, said) in cases {
             let mut c = Config::default();

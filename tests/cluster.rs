@@ -524,3 +524,69 @@ fn a_gateway_client_resumes_on_the_other_node_and_misses_nothing() {
     let r = next_of(&mut stale, "resync_required");
     assert!(r["error"].as_str().unwrap().contains("epoch"), "{r}");
 }
+
+// ---- a node that dies ----
+
+/// A node as its own process (so it can be killed with -9); its HTTP address.
+fn node_process(redis: &Redis, name: &str) -> (std::process::Child, SocketAddr) {
+    let config = format!(
+        "world = \"w\"\n[http]\nlisten = [\"127.0.0.1:0\"]\nrate_limit_requests = 100000\n\
+         [line]\nlisten = []\n[gateway]\nmax_messages_per_s = 100000\n\
+         [cluster]\nredis_url = \"{}\"\nnode_id = \"{name}\"\nnode_ttl_s = 2\npresence_ttl_s = 4\n",
+        redis.url()
+    );
+    let path = temp_file(&format!("node-{name}-{}.toml", redis.port), &config);
+    let (child, addr, _log) = spawn(bin().arg("--config").arg(&path).arg("--memory"));
+    eventually(Duration::from_secs(10), "the node reaches Redis", || {
+        get(addr, "/bridge/health")["cluster"]["redis"] == "up"
+    });
+    (child, addr)
+}
+
+#[test]
+#[ignore = "needs redis-server"]
+fn a_killed_nodes_users_and_agents_leave_and_its_client_resumes_elsewhere() {
+    let redis = Redis::start();
+    let a = gateway_node(&redis, "a");
+    let (mut b, b_http) = node_process(&redis, "b");
+    let (mut watcher, _) = agent(a.http, "watcher", "watcher");
+    let (mut bob, _) = agent(b_http, "bob", "agent");
+    assert_eq!(say(b_http, "vic", "The Garden", "hi from b").status, 200);
+    let players = |addr| get(addr, "/bridge/room/The%20Garden/players").to_string();
+    eventually(Duration::from_secs(5), "A sees B's user and agent", || {
+        players(a.http).contains("vic") && get(a.http, "/api/gateway/status")["count"] == 2
+    });
+    send(&mut watcher, &json!({"type": "chat", "text": "before"}));
+    let seen = next_from(&mut bob, "chat", "watcher");
+    let (since, epoch) = (seen["gateway_seq"].as_u64().unwrap(), seen["epoch"].clone());
+    b.kill().unwrap();
+    b.wait().unwrap();
+    let killed = Instant::now();
+    send(
+        &mut watcher,
+        &json!({"type": "chat", "text": "while b is down"}),
+    );
+    // node_ttl_s = 2: the dead node is found and cleaned up after within about that.
+    let left = next_of(&mut watcher, "agent_left");
+    assert_eq!(
+        (left["agentId"].as_str(), left["node"].as_str()),
+        (Some("bob"), Some("b"))
+    );
+    let detected = killed.elapsed();
+    assert!(
+        detected < Duration::from_millis(3500),
+        "found after {detected:?}"
+    );
+    eventually(Duration::from_secs(2), "vic has left The Garden", || {
+        !players(a.http).contains("vic")
+    });
+    let status = get(a.http, "/api/gateway/status");
+    assert_eq!(status["count"], 1, "{status}");
+    // bob's client resumes on A and misses nothing.
+    drop(bob);
+    let path = format!("/ws/matrix?since={since}&epoch={}", epoch.as_str().unwrap());
+    let (mut back, _) = agent_at(a.http, &path, "bob", "agent");
+    let missed = next_from(&mut back, "chat", "watcher");
+    assert_eq!(missed["text"], "while b is down");
+    assert!(missed["gateway_seq"].as_u64().unwrap() > since);
+}

@@ -55,6 +55,9 @@ pub struct Cluster {
     pub resets: u64,
     /// From the last applied entry's event to its application here, in ms.
     pub lag_ms: u64,
+    /// Dead nodes cleaned up after in this iteration (they leave the set once logged).
+    forget: Vec<String>,
+    pub nodes_reaped: u64,
 }
 
 impl Cluster {
@@ -73,6 +76,8 @@ impl Cluster {
             applied_events: 0,
             resets: 0,
             lag_ms: 0,
+            forget: Vec::new(),
+            nodes_reaped: 0,
         }
     }
 
@@ -85,7 +90,7 @@ impl Cluster {
 impl App {
     /// Serve this world as one node of a cluster: events are numbered by the shared log.
     pub fn attach_cluster(&mut self, store: ClusterStore) {
-        self.world.log_events();
+        self.world.log_events(&store.settings.node);
         self.gateway.log_frames(&store.settings.node);
         self.cluster = Some(Cluster::new(store));
     }
@@ -108,7 +113,7 @@ impl App {
         };
         let events = self.world.take_unsequenced();
         let frames = self.gateway.take_proposals();
-        if events.is_empty() && frames.is_empty() {
+        if events.is_empty() && frames.is_empty() && c.forget.is_empty() {
             return;
         }
         let batch = self.next_batch;
@@ -135,7 +140,12 @@ impl App {
             });
         }
         c.proposed.insert(batch, provisional);
-        c.store.propose(Proposal { batch, records });
+        let forget = std::mem::take(&mut c.forget);
+        c.store.propose(Proposal {
+            batch,
+            records,
+            forget,
+        });
     }
 
     /// What the Redis threads reported.
@@ -148,6 +158,20 @@ impl App {
             News::Up => {
                 c.down = None;
                 c.seen_up = true;
+            }
+            News::NodeDead { node } => {
+                c.nodes_reaped += 1;
+                c.forget.push(node.clone());
+                // Its users leave and its agents are gone: for every node, through the log.
+                let users = self.world.held_by(&node);
+                log::info!(
+                    "cluster: node {node} is gone: {} present users leave, its agents too",
+                    users.len()
+                );
+                for u in users {
+                    self.world.remove(&u, now);
+                }
+                self.gateway.node_gone(&node, now);
             }
             News::Down { error } => {
                 if c.down.is_none() {
@@ -220,7 +244,6 @@ impl App {
             c.applied = entry.seq;
             c.applied_events += 1;
             c.lag_ms = crate::world::time::now_ms().saturating_sub(entry.ts_ms);
-            let elsewhere = entry.node != c.node;
             let source = c.from_link.remove(&entry.seq);
             if entry.kind == KIND_GATEWAY {
                 // The world's events before it go out first: frames keep log order.
@@ -249,7 +272,7 @@ impl App {
                 // What came before goes to every link; this one not back to its own.
                 self.fan_out(None);
             }
-            self.world.apply_logged(ev, elsewhere);
+            self.world.apply_logged(ev, &entry.node);
             if source.is_some() {
                 self.fan_out(source);
             }
@@ -349,6 +372,9 @@ impl App {
              # HELP worldbridge_cluster_log_resets_total Times the log was lost (a new epoch).\n\
              # TYPE worldbridge_cluster_log_resets_total counter\n\
              worldbridge_cluster_log_resets_total{{node=\"{node}\"}} {}\n\
+             # HELP worldbridge_cluster_nodes_reaped_total Dead nodes this node cleaned up after.\n\
+             # TYPE worldbridge_cluster_nodes_reaped_total counter\n\
+             worldbridge_cluster_nodes_reaped_total{{node=\"{node}\"}} {}\n\
              # HELP worldbridge_cluster_waiting_answers Answers waiting for the log.\n\
              # TYPE worldbridge_cluster_waiting_answers gauge\n\
              worldbridge_cluster_waiting_answers{{node=\"{node}\"}} {}\n",
@@ -357,6 +383,7 @@ impl App {
             c.applied_events,
             c.lag_ms,
             c.resets,
+            c.nodes_reaped,
             c.waiting(),
         );
     }

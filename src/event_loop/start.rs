@@ -244,6 +244,7 @@ impl Bridge {
                 world: app.cfg.world.clone(),
                 node: c.node_name(),
                 node_ttl: Duration::from_secs(c.node_ttl_s),
+                presence_ttl: Duration::from_secs(c.presence_ttl_s),
                 log_max: c.log_max,
                 timeout: Duration::from_millis(c.timeout_ms),
             };

@@ -17,7 +17,15 @@
 //! Redis loses its data, the next append starts a new epoch, a new stream and numbers
 //! from 1), `log` (the stream: fields `epoch`, `node`, `k` (the kind: [`KIND_EVENT`] or
 //! [`KIND_GATEWAY`]), `t` (epoch ms), `e` (the JSON)), `node:<id>` (liveness, expiring
-//! after `cluster.node_ttl_s`).
+//! after `cluster.node_ttl_s`), `nodes` (the set of node ids that have run), `reap:<id>`
+//! (a lock: the node cleaning up after a dead one).
+//!
+//! Dead nodes: the writer checks every 250 ms which nodes of the set have lost their
+//! liveness key; for each, the one node that takes its `reap:` lock reports
+//! [`News::NodeDead`], and the loop proposes the dead node's `leave`s and `agent_left`s
+//! with [`Proposal::forget`] naming it: once they are in the log, the writer takes the
+//! node out of the set. If the cleaning node dies first, its lock expires and another
+//! node cleans up.
 //!
 //! Nothing here knows the world: events travel as JSON text.
 
@@ -65,6 +73,8 @@ pub struct ClusterSettings {
     pub world: String,
     pub node: String,
     pub node_ttl: Duration,
+    /// A dead node's presence is gone within this (the clean-up lock's bound).
+    pub presence_ttl: Duration,
     pub log_max: usize,
     pub timeout: Duration,
 }
@@ -93,6 +103,16 @@ impl Keys {
     pub fn node(&self, node: &str) -> String {
         format!("{}node:{node}", self.prefix)
     }
+
+    /// The set of the world's nodes.
+    pub fn nodes(&self) -> String {
+        format!("{}nodes", self.prefix)
+    }
+
+    /// The lock of the node cleaning up after `node`.
+    pub fn reap(&self, node: &str) -> String {
+        format!("{}reap:{node}", self.prefix)
+    }
 }
 
 /// An entry that is a world event (say, presence, world event, bark).
@@ -110,10 +130,12 @@ pub struct Record {
 }
 
 /// The new events of one loop iteration (`batch` is the loop's batch id).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Proposal {
     pub batch: u64,
     pub records: Vec<Record>,
+    /// Dead nodes whose clean-up these records are: once appended, they leave the set.
+    pub forget: Vec<String>,
 }
 
 /// One entry of the world's log.
@@ -146,6 +168,9 @@ pub enum News {
     /// The log this node was reading is gone (Redis lost its data): what the node holds
     /// of it is void; entries of the new log (`epoch`, if any yet) follow from the start.
     Reset { epoch: Option<String> },
+    /// `node` stopped refreshing its liveness key, and this node took the lock to clean
+    /// up after it.
+    NodeDead { node: String },
     /// Redis answers again.
     Up,
     /// Redis does not answer (the error, as a sentence).
@@ -344,25 +369,12 @@ impl Writer {
                 Err(RecvTimeoutError::Disconnected) => break,
             }
             let beat_due = last_beat.is_none_or(|t| t.elapsed() >= beat_every);
-            let result = if beat_due {
-                let key = self.keys.node(&self.settings.node);
-                let ttl_ms = self.settings.node_ttl.as_millis() as u64;
-                let now = crate::world::time::now_ms();
-                self.link.run(|c| {
-                    redis::cmd("SET")
-                        .arg(&key)
-                        .arg(now)
-                        .arg("PX")
-                        .arg(ttl_ms.max(1))
-                        .query::<()>(c)
-                })
-            } else {
-                self.link
-                    .run(|c| redis::cmd("PING").query::<String>(c).map(drop))
+            let result = match beat_due {
+                true => self.beat().map(|()| last_beat = Some(Instant::now())),
+                false => Ok(()),
             };
-            if result.is_ok() && beat_due {
-                last_beat = Some(Instant::now());
-            }
+            // Which nodes are gone (this also tells whether Redis answers).
+            let result = result.and_then(|()| self.find_dead());
             self.note(result.err());
         }
         // Stopping: this node's liveness key goes, so the others need not wait for it.
@@ -370,6 +382,77 @@ impl Writer {
         let _ = self
             .link
             .run(|c| redis::cmd("DEL").arg(&key).query::<i64>(c));
+    }
+
+    /// Refresh this node's liveness key (and its place in the set of nodes).
+    fn beat(&mut self) -> Result<(), String> {
+        let key = self.keys.node(&self.settings.node);
+        let nodes = self.keys.nodes();
+        let ttl_ms = (self.settings.node_ttl.as_millis() as u64).max(1);
+        let now = crate::world::time::now_ms();
+        let node = self.settings.node.clone();
+        self.link.run(|c| {
+            redis::pipe()
+                .cmd("SET")
+                .arg(&key)
+                .arg(now)
+                .arg("PX")
+                .arg(ttl_ms)
+                .ignore()
+                .cmd("SADD")
+                .arg(&nodes)
+                .arg(&node)
+                .ignore()
+                .query::<()>(c)
+        })
+    }
+
+    /// Nodes of the set whose liveness key is gone: for each whose clean-up lock this
+    /// node takes, [`News::NodeDead`].
+    fn find_dead(&mut self) -> Result<(), String> {
+        let nodes_key = self.keys.nodes();
+        let members: Vec<String> = self
+            .link
+            .run(|c| redis::cmd("SMEMBERS").arg(&nodes_key).query(c))?;
+        let others: Vec<String> = (members.into_iter())
+            .filter(|n| *n != self.settings.node)
+            .collect();
+        if others.is_empty() {
+            return Ok(());
+        }
+        let keys: Vec<String> = others.iter().map(|n| self.keys.node(n)).collect();
+        let alive: Vec<bool> = self.link.run(|c| {
+            let mut p = redis::pipe();
+            for k in &keys {
+                p.cmd("EXISTS").arg(k);
+            }
+            p.query(c)
+        })?;
+        // If this node dies while cleaning up, another takes over when the lock expires:
+        // the dead node's presence is still gone within `presence_ttl_s` of its death.
+        let lock = self
+            .settings
+            .presence_ttl
+            .saturating_sub(self.settings.node_ttl);
+        let lock_ms = (lock.as_millis() as u64).max(1000);
+        for (node, _) in others.into_iter().zip(alive).filter(|(_, a)| !a) {
+            let lock = self.keys.reap(&node);
+            let me = self.settings.node.clone();
+            let took: Option<String> = self.link.run(|c| {
+                redis::cmd("SET")
+                    .arg(&lock)
+                    .arg(&me)
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(lock_ms)
+                    .query(c)
+            })?;
+            if took.is_some() {
+                log::warn!("cluster: node {node} is gone; cleaning up after it");
+                self.report.send(News::NodeDead { node });
+            }
+        }
+        Ok(())
     }
 
     /// Append a group of proposals with one script call.
@@ -389,6 +472,27 @@ impl Writer {
             .run(|c| invocation.invoke::<(String, Vec<u64>)>(c));
         match answer {
             Ok((epoch, seqs)) => {
+                let forget: Vec<String> = group.iter().flat_map(|p| p.forget.clone()).collect();
+                if !forget.is_empty() {
+                    // Their clean-up is in the log: they leave the set of nodes.
+                    let (nodes, locks) =
+                        (self.keys.nodes(), forget.iter().map(|n| self.keys.reap(n)));
+                    let locks: Vec<String> = locks.collect();
+                    let gone = self.link.run(|c| {
+                        redis::pipe()
+                            .cmd("SREM")
+                            .arg(&nodes)
+                            .arg(&forget)
+                            .ignore()
+                            .cmd("DEL")
+                            .arg(&locks)
+                            .ignore()
+                            .query::<()>(c)
+                    });
+                    if let Err(e) = gone {
+                        log::warn!("cluster: could not take {forget:?} out of the nodes: {e}");
+                    }
+                }
                 let mut seqs = seqs.into_iter();
                 for p in group {
                     let mine: Vec<u64> = seqs.by_ref().take(p.records.len()).collect();

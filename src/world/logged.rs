@@ -13,7 +13,7 @@
 
 use super::room::{Event, EventKind};
 use super::{Occupant, World};
-use std::collections::HashSet;
+use std::collections::HashMap;
 
 /// Provisional event numbers start here: far above any real `seq`, and still exact in a
 /// JavaScript number (2^52), so an answer that shows one can be renumbered safely.
@@ -25,9 +25,12 @@ pub struct Logged {
     next: u64,
     /// Events made here that the log has not numbered yet, in the order they were made.
     pub(super) unsequenced: Vec<Event>,
-    /// Users whose last presence or say came from another node: that node keeps their
-    /// presence alive and ends it, so this one does not expire them.
-    elsewhere: HashSet<String>,
+    /// This node's id.
+    node: String,
+    /// The node each present user's last presence or say came through: that node keeps
+    /// their presence alive and ends it (another node does not expire them), and when it
+    /// dies, the node that cleans up after it ends it ([`World::held_by`]).
+    held_by: HashMap<String, String>,
 }
 
 impl Logged {
@@ -43,9 +46,11 @@ pub fn is_provisional(seq: u64) -> bool {
 }
 
 impl World {
-    /// From now on the shared log numbers this world's events (cluster mode).
-    pub fn log_events(&mut self) {
-        self.logged.get_or_insert_with(Logged::default);
+    /// From now on the shared log numbers this world's events (cluster mode); `node` is
+    /// this node's id.
+    pub fn log_events(&mut self, node: &str) {
+        let l = self.logged.get_or_insert_with(Logged::default);
+        l.node = node.to_string();
     }
 
     /// Whether the shared log numbers this world's events.
@@ -77,15 +82,26 @@ impl World {
 
     /// Whether another node holds `user_id`'s presence (cluster mode).
     pub fn held_elsewhere(&self, user_id: &str) -> bool {
-        self.logged
-            .as_ref()
-            .is_some_and(|l| l.elsewhere.contains(user_id))
+        (self.logged.as_ref()).is_some_and(|l| l.held_by.get(user_id).is_some_and(|n| *n != l.node))
     }
 
-    /// One event of the log, in log order. `elsewhere`: another node made it. A room
+    /// The users present whose presence came through `node` last (sorted).
+    pub fn held_by(&self, node: &str) -> Vec<String> {
+        let Some(l) = &self.logged else {
+            return Vec::new();
+        };
+        let mut users: Vec<String> = (l.held_by.iter())
+            .filter(|(u, n)| *n == node && self.occupants.contains_key(*u))
+            .map(|(u, _)| u.clone())
+            .collect();
+        users.sort();
+        users
+    }
+
+    /// One event of the log, in log order, appended by `node`. A room
     /// this node has not heard of is made (another node's client named it); past
     /// `rooms.max` the event is still passed on, only not kept in a room here.
-    pub fn apply_logged(&mut self, ev: Event, elsewhere: bool) {
+    pub fn apply_logged(&mut self, ev: Event, node: &str) {
         self.seq = self.seq.max(ev.seq);
         let room = match self.resolve(&ev.room) {
             Some(r) => Some(r.to_string()),
@@ -102,9 +118,9 @@ impl World {
         };
         let moves = matches!(ev.kind, EventKind::Presence | EventKind::Say);
         if let (Some(l), true) = (&mut self.logged, moves) {
-            match elsewhere {
-                true => l.elsewhere.insert(ev.user_id.clone()),
-                false => l.elsewhere.remove(&ev.user_id),
+            match (ev.kind, ev.event.as_str()) {
+                (EventKind::Presence, "leave") => l.held_by.remove(&ev.user_id),
+                _ => l.held_by.insert(ev.user_id.clone(), node.to_string()),
             };
         }
         match (ev.kind, ev.event.as_str()) {
@@ -204,7 +220,7 @@ mod tests {
                 occupants_max: 100,
             },
         );
-        w.log_events();
+        w.log_events("a");
         w
     }
 
@@ -231,7 +247,7 @@ mod tests {
         let proposed = w.take_unsequenced();
         assert_eq!(proposed.len(), 2, "enter, then the say");
         for e in numbered(proposed, 41) {
-            w.apply_logged(e, false);
+            w.apply_logged(e, "a");
         }
         let seqs: Vec<u64> = (w.events("The Threshold", None, None).unwrap().iter())
             .map(|e| e.seq)
@@ -247,12 +263,15 @@ mod tests {
         let mut b = world();
         a.say("u1", "Una", "Back Room", "psst", 10).unwrap();
         for e in numbered(a.take_unsequenced(), 1) {
-            a.apply_logged(e.clone(), false);
-            b.apply_logged(e, true);
+            a.apply_logged(e.clone(), "a");
+            b.apply_logged(e, "a");
         }
         assert_eq!(b.occupant("u1").map(|o| o.room.as_str()), Some("Back Room"));
         assert_eq!(b.events("Back Room", None, None).unwrap().len(), 2);
+        b.log_events("b");
         assert!(b.held_elsewhere("u1") && !a.held_elsewhere("u1"));
+        assert_eq!(b.held_by("a"), ["u1"]);
+        assert!(b.held_by("b").is_empty());
         // B does not expire a user another node holds; A does.
         let (_, leaves) = b.expire(1_000_000, &|_| false);
         assert!(leaves.is_empty());
@@ -270,15 +289,15 @@ mod tests {
                     seq: 1,
                     ..presence("enter", "The Threshold")
                 },
-                false,
+                "a",
             );
         }
         a.move_user("u1", None, "The Tower", 20).unwrap();
         b.move_user("u1", None, "The Garden", 21).unwrap();
         let log = numbered([a.take_unsequenced(), b.take_unsequenced()].concat(), 2);
         for e in &log {
-            a.apply_logged(e.clone(), false);
-            b.apply_logged(e.clone(), false);
+            a.apply_logged(e.clone(), "a");
+            b.apply_logged(e.clone(), "a");
         }
         for w in [&a, &b] {
             assert_eq!(
@@ -295,7 +314,7 @@ mod tests {
         let mut w = world();
         w.say("u1", "Una", "The Threshold", "hello", 10).unwrap();
         for e in numbered(w.take_unsequenced(), 7) {
-            w.apply_logged(e, false);
+            w.apply_logged(e, "a");
         }
         w.forget_logged_events();
         assert_eq!(w.last_seq(), 0);

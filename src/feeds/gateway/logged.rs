@@ -173,8 +173,11 @@ impl Gateway {
                 self.joined_on(agent, role, node, out);
             }
             "agent_left" => {
+                // A dead node's agents are announced gone by the node cleaning up after
+                // it, naming the dead node.
+                let from = msg.get("node").and_then(Value::as_str).unwrap_or(node);
                 if let Some(l) = &mut self.logged {
-                    if l.remote.get(agent).is_some_and(|r| r.node == node) {
+                    if l.remote.get(agent).is_some_and(|r| r.node == from) {
                         l.remote.remove(agent);
                     }
                 }
@@ -239,6 +242,30 @@ impl Gateway {
             code: CLOSE_REPLACED,
             reason: format!("replaced by a new connection for agentId {agent} on node {node}"),
         });
+    }
+
+    /// `node` is dead: each agent still registered there leaves (an `agent_left` naming
+    /// the node, through the log). Agents that registered on another node since stay.
+    pub fn node_gone(&mut self, node: &str, now_ms: u64) {
+        let Some(l) = &self.logged else {
+            return;
+        };
+        let mut gone: Vec<(String, String)> = (l.remote.iter())
+            .filter(|(_, r)| r.node == node)
+            .map(|(id, r)| (id.clone(), r.role.clone()))
+            .collect();
+        gone.sort();
+        for (agent, role) in gone {
+            let text = json!({
+                "type": "agent_left",
+                "agentId": agent,
+                "role": role,
+                "timestamp": rfc3339(now_ms),
+                "node": node,
+            })
+            .to_string();
+            self.propose(&agent, None, &text);
+        }
     }
 
     /// The log was lost (Redis restarted empty): the history goes, the numbers start
