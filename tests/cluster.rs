@@ -529,10 +529,15 @@ fn a_gateway_client_resumes_on_the_other_node_and_misses_nothing() {
 
 /// A node as its own process (so it can be killed with -9); its HTTP address.
 fn node_process(redis: &Redis, name: &str) -> (std::process::Child, SocketAddr) {
+    node_process_with(redis, name, "")
+}
+
+/// [`node_process`] with more config (TOML tables after the node's own).
+fn node_process_with(redis: &Redis, name: &str, more: &str) -> (std::process::Child, SocketAddr) {
     let config = format!(
         "world = \"w\"\n[http]\nlisten = [\"127.0.0.1:0\"]\nrate_limit_requests = 100000\n\
          [line]\nlisten = []\n[gateway]\nmax_messages_per_s = 100000\n\
-         [cluster]\nredis_url = \"{}\"\nnode_id = \"{name}\"\nnode_ttl_s = 2\npresence_ttl_s = 4\n",
+         [cluster]\nredis_url = \"{}\"\nnode_id = \"{name}\"\nnode_ttl_s = 2\npresence_ttl_s = 4\n{more}",
         redis.url()
     );
     let path = temp_file(&format!("node-{name}-{}.toml", redis.port), &config);
@@ -589,4 +594,130 @@ fn a_killed_nodes_users_and_agents_leave_and_its_client_resumes_elsewhere() {
     let missed = next_from(&mut back, "chat", "watcher");
     assert_eq!(missed["text"], "while b is down");
     assert!(missed["gateway_seq"].as_u64().unwrap() > since);
+}
+
+// ---- conversations with the agent across nodes ----
+
+/// An agent that takes `secs` to answer each message.
+const SLOW_AGENT: &str = "while read line; do sleep 1; echo '{\"text\":\"A slow reply.\"}'; done";
+
+fn slow_agent(cfg: &mut Config) {
+    cfg.agent.backend = "command".into();
+    cfg.agent.command = vec!["sh".into(), "-c".into(), SLOW_AGENT.into()];
+    cfg.agent.timeout_s = 2;
+}
+
+fn chat(addr: SocketAddr, user: &str, message: &str) -> common::Resp {
+    post(
+        addr,
+        "/bridge/chat",
+        &json!({"user_id": user, "username": user, "room": "The Threshold", "message": message}),
+    )
+}
+
+#[test]
+#[ignore = "needs redis-server"]
+fn a_conversation_goes_on_from_node_to_node() {
+    let redis = Redis::start();
+    let a = node(&redis, "a");
+    let b = node(&redis, "b");
+    let first = chat(a.http, "una", "hello");
+    assert_eq!(first.status, 200, "{}", first.text());
+    assert_eq!(first.json()["session_messages"], 2);
+    let second = chat(b.http, "una", "again");
+    assert_eq!(second.status, 200, "{}", second.text());
+    assert_eq!(
+        second.json()["session_messages"],
+        4,
+        "B goes on with A's history"
+    );
+    let third = chat(a.http, "una", "and back");
+    assert_eq!(third.json()["session_messages"], 6);
+    // A crisis on B keeps the 988 line in A's next reply.
+    let crisis = chat(b.http, "una", "i want to kill myself");
+    assert_eq!(crisis.json()["crisis"], true, "{}", crisis.text());
+    let after = chat(a.http, "una", "ok");
+    assert_eq!(
+        after.json()["crisis"],
+        true,
+        "the flag travels with the session"
+    );
+    assert!(after.json()["response"].as_str().unwrap().contains("988"));
+}
+
+#[test]
+#[ignore = "needs redis-server"]
+fn one_call_at_a_time_per_user_across_nodes() {
+    let redis = Redis::start();
+    let mut ca = node_config(&redis, "a");
+    slow_agent(&mut ca);
+    let mut cb = node_config(&redis, "b");
+    slow_agent(&mut cb);
+    let (a, b) = (start_with(ca), start_with(cb));
+    for n in [&a, &b] {
+        eventually(Duration::from_secs(10), "the node reaches Redis", || {
+            get(n.http, "/bridge/health")["cluster"]["redis"] == "up"
+        });
+    }
+    let started = Instant::now();
+    let on_a = {
+        let addr = a.http;
+        std::thread::spawn(move || (chat(addr, "una", "one"), started.elapsed()))
+    };
+    std::thread::sleep(Duration::from_millis(200));
+    let on_b = chat(b.http, "una", "two");
+    let b_took = started.elapsed();
+    let (on_a, a_took) = on_a.join().unwrap();
+    assert_eq!(
+        (on_a.status, on_b.status),
+        (200, 200),
+        "{} {}",
+        on_a.text(),
+        on_b.text()
+    );
+    // B waited for A's call (one second each) and went on with its history.
+    assert!(
+        b_took >= a_took + Duration::from_millis(800),
+        "A {a_took:?}, B {b_took:?}"
+    );
+    assert_eq!(on_a.json()["session_messages"], 2);
+    assert_eq!(on_b.json()["session_messages"], 4);
+}
+
+#[test]
+#[ignore = "needs redis-server"]
+fn the_owner_killed_mid_call_the_next_chat_elsewhere_goes_on_with_the_history() {
+    let redis = Redis::start();
+    let slow = format!(
+        "[agent]\nbackend = \"command\"\ncommand = [\"sh\", \"-c\", {:?}]\ntimeout_s = 2\n",
+        SLOW_AGENT
+    );
+    let (mut b, b_http) = node_process_with(&redis, "b", &slow);
+    let mut ca = node_config(&redis, "a");
+    slow_agent(&mut ca);
+    let a = start_with(ca);
+    eventually(Duration::from_secs(10), "A reaches Redis", || {
+        get(a.http, "/bridge/health")["cluster"]["redis"] == "up"
+    });
+    let first = chat(b_http, "una", "hello");
+    assert_eq!(first.json()["session_messages"], 2, "{}", first.text());
+    // A second call on B is under way (B holds the lease) when B dies.
+    let lost = std::thread::spawn(move || {
+        let _ = std::panic::catch_unwind(|| chat(b_http, "una", "never answered"));
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    b.kill().unwrap();
+    b.wait().unwrap();
+    let killed = Instant::now();
+    // A waits for B's lease to run out (agent.timeout_s + 1 s), then answers with the
+    // history B stored: never refused because of the hand-over.
+    let next = chat(a.http, "una", "are you there?");
+    assert_eq!(next.status, 200, "{}", next.text());
+    assert_eq!(next.json()["session_messages"], 4, "{}", next.text());
+    assert!(
+        killed.elapsed() < Duration::from_secs(6),
+        "{:?}",
+        killed.elapsed()
+    );
+    let _ = lost.join();
 }

@@ -16,6 +16,7 @@
 //!
 //! [`World::apply_logged`]: crate::world::World::apply_logged
 
+use crate::app::calls::{Call, CallKind};
 use crate::app::App;
 use crate::conn::ConnId;
 use crate::feeds::gateway::logged::LogFrame;
@@ -24,7 +25,8 @@ use crate::store::cluster::{
 };
 use crate::world::logged::is_provisional;
 use crate::world::room::Event;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::time::{Duration, Instant};
 
 /// Provisional numbers in an answer and the numbers the log gave them.
 pub type Renumber = Vec<(u64, u64)>;
@@ -57,6 +59,14 @@ pub struct Cluster {
     pub lag_ms: u64,
     /// Dead nodes cleaned up after in this iteration (they leave the set once logged).
     forget: Vec<String>,
+    /// Users whose session lease this node holds (it talks to the agent for them).
+    leases: HashSet<String>,
+    /// Users whose lease this node waits for, and the call that waits for it.
+    awaiting: HashMap<String, u64>,
+    /// Sessions to store with the next proposal (their calls finished here).
+    session_writes: BTreeSet<String>,
+    /// Leases to give back with the next proposal.
+    releases: Vec<String>,
     pub nodes_reaped: u64,
 }
 
@@ -78,6 +88,10 @@ impl Cluster {
             lag_ms: 0,
             forget: Vec::new(),
             nodes_reaped: 0,
+            leases: HashSet::new(),
+            awaiting: HashMap::new(),
+            session_writes: BTreeSet::new(),
+            releases: Vec::new(),
         }
     }
 
@@ -113,9 +127,17 @@ impl App {
         };
         let events = self.world.take_unsequenced();
         let frames = self.gateway.take_proposals();
-        if events.is_empty() && frames.is_empty() && c.forget.is_empty() {
+        let quiet = c.session_writes.is_empty() && c.releases.is_empty() && c.forget.is_empty();
+        if events.is_empty() && frames.is_empty() && quiet {
             return;
         }
+        let sessions: Vec<(String, String)> = (std::mem::take(&mut c.session_writes).into_iter())
+            .filter_map(|u| {
+                let json = serde_json::to_string(self.world.sessions.get(&u)?).ok()?;
+                Some((u, json))
+            })
+            .collect();
+        let release = std::mem::take(&mut c.releases);
         let batch = self.next_batch;
         self.next_batch += 1;
         let mut records = Vec::with_capacity(events.len());
@@ -145,6 +167,8 @@ impl App {
             batch,
             records,
             forget,
+            sessions,
+            release,
         });
     }
 
@@ -173,6 +197,7 @@ impl App {
                 }
                 self.gateway.node_gone(&node, now);
             }
+            News::Leased { user, session } => self.leased(user, session),
             News::Down { error } => {
                 if c.down.is_none() {
                     c.down = Some((error, now));
@@ -223,6 +248,86 @@ impl App {
             }
         }
         self.release_logged();
+    }
+
+    /// Whether this call must wait for its user's session lease before the agent is
+    /// asked (cluster mode: another node may be talking to the agent for them, or have
+    /// been last; the lease brings the stored conversation).
+    pub(crate) fn needs_lease(&self, call: &Call) -> bool {
+        let Some(c) = &self.cluster else {
+            return false;
+        };
+        call.kind == CallKind::Chat
+            && (call.user_id.as_deref()).is_some_and(|u| !c.leases.contains(u))
+    }
+
+    /// The call waits (in flight, so the user's next messages queue behind it) until
+    /// this node holds the user's lease.
+    pub(crate) fn await_lease(&mut self, mut call: Call) {
+        let (Some(c), Some(user)) = (&mut self.cluster, call.user_id.clone()) else {
+            return;
+        };
+        // It may wait for the call another node has under way (`agent.timeout_s`), or
+        // for a dead holder's lease to run out (`node_ttl_s`); the agent's own time
+        // starts when the lease comes.
+        let node_ttl = c.store.settings.node_ttl;
+        call.deadline = call.created + node_ttl + Duration::from_secs(self.cfg.agent.timeout_s);
+        c.awaiting.insert(user.clone(), call.job_id);
+        c.store.lease(&user);
+        self.calls.start(call);
+    }
+
+    /// The lease came: the stored conversation is taken up, and the call goes on.
+    fn leased(&mut self, user: String, stored: Option<String>) {
+        let now = Instant::now();
+        let Some(c) = &mut self.cluster else {
+            return;
+        };
+        let waiting = c.awaiting.remove(&user);
+        c.leases.insert(user.clone());
+        let stored = stored.and_then(|json| match serde_json::from_str(&json) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                log::warn!("cluster: the stored session of {user:?} does not read: {e}");
+                None
+            }
+        });
+        if let Some(s) = stored {
+            self.world.sessions.take_stored(s);
+        }
+        match waiting.and_then(|job| self.calls.finish(job)) {
+            Some(call) => {
+                if let Some((to, resp)) = self.submit_call(call, now) {
+                    self.start_next(Some(&user), now);
+                    self.answer(to, resp);
+                }
+            }
+            // The call timed out meanwhile: the next one goes, or the lease goes back.
+            None => self.start_next(Some(&user), now),
+        }
+    }
+
+    /// A call of `user` finished here: their session is stored with the next proposal.
+    pub(crate) fn session_changed(&mut self, user: &str) {
+        if let Some(c) = &mut self.cluster {
+            c.session_writes.insert(user.to_string());
+        }
+    }
+
+    /// `user` has no call left here: the lease goes back (with the session stored).
+    pub(crate) fn release_lease(&mut self, user: &str) {
+        if let Some(c) = &mut self.cluster {
+            if c.leases.remove(user) {
+                c.releases.push(user.to_string());
+            }
+        }
+    }
+
+    /// Whether a session waits to be stored (an answer given now waits with it).
+    pub(crate) fn sessions_unsaved(&self) -> bool {
+        self.cluster
+            .as_ref()
+            .is_some_and(|c| !c.session_writes.is_empty())
     }
 
     /// Apply log entries in order (an entry seen before is skipped), fanning each out.

@@ -344,7 +344,7 @@ impl App {
     /// not durable yet).
     pub fn must_hold(&self) -> bool {
         match &self.cluster {
-            Some(_) => self.world.has_unsequenced(),
+            Some(_) => self.world.has_unsequenced() || self.sessions_unsaved(),
             None => self.store.is_some() && self.has_unsaved(),
         }
     }
@@ -635,6 +635,9 @@ impl App {
         {
             self.calls.enqueue(call);
             Answer::Later
+        } else if self.needs_lease(&call) {
+            self.await_lease(call);
+            Answer::Later
         } else {
             match self.submit(call, now) {
                 // A streamed answer goes after its parts, through `ready`.
@@ -756,6 +759,11 @@ impl App {
         );
     }
 
+    /// [`App::submit`] for the hub's other files.
+    pub(crate) fn submit_call(&mut self, call: Call, now: Instant) -> Option<(ReplyTo, Reply)> {
+        self.submit(call, now)
+    }
+
     /// Hand a call to the pool. If it cannot take it, the answer is returned at once.
     fn submit(&mut self, mut call: Call, now: Instant) -> Option<(ReplyTo, Reply)> {
         // The builtin persona only asks whether there was an earlier exchange; the other
@@ -838,6 +846,7 @@ impl App {
                 self.world
                     .sessions
                     .record(user, &call.message, &text, now_ms);
+                self.session_changed(user);
                 let (messages, flagged) = self
                     .world
                     .sessions
@@ -1026,11 +1035,13 @@ impl App {
         }
     }
 
-    fn start_next(&mut self, user: Option<&str>, now: Instant) {
+    pub(crate) fn start_next(&mut self, user: Option<&str>, now: Instant) {
         if let Some(next) = user.and_then(|u| self.calls.next_for(u)) {
             if let Some((to, resp)) = self.submit(next, now) {
                 self.answer(to, resp);
             }
+        } else if let Some(u) = user.filter(|u| !self.calls.is_busy(u)) {
+            self.release_lease(u);
         }
     }
 

@@ -245,6 +245,7 @@ impl Bridge {
                 node: c.node_name(),
                 node_ttl: Duration::from_secs(c.node_ttl_s),
                 presence_ttl: Duration::from_secs(c.presence_ttl_s),
+                session_ttl: Duration::from_secs(app.cfg.sessions.idle_timeout_s),
                 log_max: c.log_max,
                 timeout: Duration::from_millis(c.timeout_ms),
             };

@@ -27,6 +27,11 @@
 //! node out of the set. If the cleaning node dies first, its lock expires and another
 //! node cleans up.
 //!
+//! Sessions: a node talks to the agent for a user only while it holds the user's lease
+//! `lease:<user>` (taken with [`Request::Lease`], waiting while another node holds it);
+//! with the lease it gets the stored session `session:<user>`, and when the call is done
+//! the session is stored and the lease given back with the next append.
+//!
 //! Nothing here knows the world: events travel as JSON text.
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
@@ -57,6 +62,42 @@ end
 return {epoch, seqs}
 ";
 
+/// Takes a user's session lease for this node (free, or already ours) and returns the
+/// stored session. KEYS: the lease, the session. ARGV: this node, the lease in ms.
+/// Returns {1, session JSON or ""} when taken, {0, ""} when another node holds it.
+const ACQUIRE: &str = r"
+local holder = redis.call('GET', KEYS[1])
+if holder and holder ~= ARGV[1] then
+  return {0, ''}
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+local session = redis.call('GET', KEYS[2])
+if not session then session = '' end
+return {1, session}
+";
+
+/// Renews the leases this node holds (while their calls are under way). KEYS: the
+/// leases. ARGV: this node, the lease in ms.
+const RENEW: &str = r"
+for i = 1, #KEYS do
+  if redis.call('GET', KEYS[i]) == ARGV[1] then
+    redis.call('PEXPIRE', KEYS[i], ARGV[2])
+  end
+end
+return 0
+";
+
+/// Gives a lease back if this node holds it. KEYS: the lease. ARGV: this node.
+const RELEASE: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+";
+
+/// How often a lease another node holds is asked for again.
+const LEASE_RETRY: Duration = Duration::from_millis(25);
+
 /// How often the writer checks that Redis answers while it has nothing to append.
 const PING_EVERY: Duration = Duration::from_millis(250);
 /// How long the reader waits in one `XREAD BLOCK` (then it checks the epoch).
@@ -77,6 +118,11 @@ pub struct ClusterSettings {
     pub presence_ttl: Duration,
     pub log_max: usize,
     pub timeout: Duration,
+    /// How long a session lease lasts unrenewed (`node_ttl_s`; the holder renews it with
+    /// its liveness key): when the node that holds it dies, another can take it after
+    /// this.
+    /// How long a stored session lives unwritten (`sessions.idle_timeout_s`).
+    pub session_ttl: Duration,
 }
 
 /// The Redis keys of one world.
@@ -97,6 +143,16 @@ impl Keys {
             log: format!("{prefix}log"),
             prefix,
         }
+    }
+
+    /// A user's session (its JSON; it expires after `sessions.idle_timeout_s` unwritten).
+    pub fn session(&self, user: &str) -> String {
+        format!("{}session:{user}", self.prefix)
+    }
+
+    /// The lease of the node that talks to the agent for a user now.
+    pub fn lease(&self, user: &str) -> String {
+        format!("{}lease:{user}", self.prefix)
     }
 
     /// A node's liveness key.
@@ -136,6 +192,19 @@ pub struct Proposal {
     pub records: Vec<Record>,
     /// Dead nodes whose clean-up these records are: once appended, they leave the set.
     pub forget: Vec<String>,
+    /// Sessions to store (user, JSON), written with the records.
+    pub sessions: Vec<(String, String)>,
+    /// Session leases this node gives back once the sessions are stored.
+    pub release: Vec<String>,
+}
+
+/// What the loop asks of the writer.
+#[derive(Debug, Clone)]
+pub enum Request {
+    Propose(Proposal),
+    /// Take `user`'s session lease (waiting while another node holds it), then report
+    /// [`News::Leased`] with the stored session.
+    Lease(String),
 }
 
 /// One entry of the world's log.
@@ -171,6 +240,12 @@ pub enum News {
     /// `node` stopped refreshing its liveness key, and this node took the lock to clean
     /// up after it.
     NodeDead { node: String },
+    /// This node now holds `user`'s session lease; `session` is the stored session's
+    /// JSON (`None`: there is none).
+    Leased {
+        user: String,
+        session: Option<String>,
+    },
     /// Redis answers again.
     Up,
     /// Redis does not answer (the error, as a sentence).
@@ -180,7 +255,7 @@ pub enum News {
 /// This node's handle on the Redis threads.
 pub struct ClusterStore {
     pub settings: ClusterSettings,
-    tx: Option<Sender<Proposal>>,
+    tx: Option<Sender<Request>>,
     /// What the threads report; the loop drains it.
     pub news: Receiver<News>,
     stop: Arc<AtomicBool>,
@@ -219,8 +294,13 @@ impl ClusterStore {
             keys: Keys::new(&settings.world),
             settings: settings.clone(),
             script: Script::new(APPEND),
+            acquire: Script::new(ACQUIRE),
+            renew: Script::new(RENEW),
+            release: Script::new(RELEASE),
+            held: Default::default(),
             report: report.clone(),
             up: None,
+            leases: Vec::new(),
         };
         let mut reader = Reader {
             link: Link::new(
@@ -254,7 +334,14 @@ impl ClusterStore {
     /// Hand a batch of new events to the writer.
     pub fn propose(&self, proposal: Proposal) {
         if let Some(tx) = &self.tx {
-            let _ = tx.send(proposal);
+            let _ = tx.send(Request::Propose(proposal));
+        }
+    }
+
+    /// Ask for `user`'s session lease ([`News::Leased`] when this node has it).
+    pub fn lease(&self, user: &str) {
+        if let Some(tx) = &self.tx {
+            let _ = tx.send(Request::Lease(user.to_string()));
         }
     }
 
@@ -349,25 +436,52 @@ struct Writer {
     keys: Keys,
     settings: ClusterSettings,
     script: Script,
+    acquire: Script,
+    renew: Script,
+    release: Script,
+    /// Users whose session lease this node holds (renewed with the liveness key).
+    held: std::collections::HashSet<String>,
     report: Reporter,
     /// Whether Redis answered last time (`None` before the first try).
     up: Option<bool>,
+    /// Users whose session lease this node waits for.
+    leases: Vec<String>,
 }
 
 impl Writer {
-    fn run(&mut self, rx: Receiver<Proposal>) {
+    fn run(&mut self, rx: Receiver<Request>) {
         let beat_every = self.settings.node_ttl / 2;
         let mut last_beat: Option<Instant> = None;
+        let mut last_check = Instant::now();
         loop {
-            match rx.recv_timeout(PING_EVERY) {
+            let wait = match self.leases.is_empty() {
+                true => PING_EVERY,
+                false => LEASE_RETRY,
+            };
+            let mut group = Vec::new();
+            match rx.recv_timeout(wait) {
                 Ok(first) => {
-                    let mut group = vec![first];
-                    group.extend(rx.try_iter());
-                    self.append(group);
+                    for r in std::iter::once(first).chain(rx.try_iter()) {
+                        match r {
+                            Request::Propose(p) => group.push(p),
+                            Request::Lease(user) => self.leases.push(user),
+                        }
+                    }
                 }
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => break,
             }
+            if !group.is_empty() {
+                self.append(group);
+            }
+            if !self.leases.is_empty() {
+                let result = self.take_leases();
+                self.note(result.err());
+            }
+            if last_check.elapsed() < PING_EVERY {
+                continue;
+            }
+            last_check = Instant::now();
             let beat_due = last_beat.is_none_or(|t| t.elapsed() >= beat_every);
             let result = match beat_due {
                 true => self.beat().map(|()| last_beat = Some(Instant::now())),
@@ -384,6 +498,42 @@ impl Writer {
             .run(|c| redis::cmd("DEL").arg(&key).query::<i64>(c));
     }
 
+    /// Ask for the leases this node waits for; report those it gets.
+    fn take_leases(&mut self) -> Result<(), String> {
+        let ttl_ms = (self.settings.node_ttl.as_millis() as u64).max(1);
+        let mut waiting = Vec::new();
+        for user in std::mem::take(&mut self.leases) {
+            let (lease, session) = (self.keys.lease(&user), self.keys.session(&user));
+            let node = self.settings.node.clone();
+            let acquire = &self.acquire;
+            let got = self.link.run(|c| {
+                acquire
+                    .key(&lease)
+                    .key(&session)
+                    .arg(&node)
+                    .arg(ttl_ms)
+                    .invoke::<(i64, String)>(c)
+            });
+            match got {
+                Ok((1, stored)) => {
+                    self.held.insert(user.clone());
+                    self.report.send(News::Leased {
+                        user,
+                        session: Some(stored).filter(|s| !s.is_empty()),
+                    })
+                }
+                Ok(_) => waiting.push(user),
+                Err(e) => {
+                    waiting.push(user);
+                    self.leases.extend(waiting);
+                    return Err(e);
+                }
+            }
+        }
+        self.leases = waiting;
+        Ok(())
+    }
+
     /// Refresh this node's liveness key (and its place in the set of nodes).
     fn beat(&mut self) -> Result<(), String> {
         let key = self.keys.node(&self.settings.node);
@@ -391,6 +541,17 @@ impl Writer {
         let ttl_ms = (self.settings.node_ttl.as_millis() as u64).max(1);
         let now = crate::world::time::now_ms();
         let node = self.settings.node.clone();
+        let leases: Vec<String> = self.held.iter().map(|u| self.keys.lease(u)).collect();
+        if !leases.is_empty() {
+            let renew = &self.renew;
+            self.link.run(|c| {
+                let mut call = renew.prepare_invoke();
+                for k in &leases {
+                    call.key(k);
+                }
+                call.arg(&node).arg(ttl_ms).invoke::<i64>(c)
+            })?;
+        }
         self.link.run(|c| {
             redis::pipe()
                 .cmd("SET")
@@ -467,9 +628,43 @@ impl Writer {
         for r in group.iter().flat_map(|p| &p.records) {
             invocation.arg(r.kind).arg(r.ts_ms).arg(&r.body);
         }
-        let answer = self
-            .link
-            .run(|c| invocation.invoke::<(String, Vec<u64>)>(c));
+        let sessions: Vec<(String, &String)> = (group.iter())
+            .flat_map(|p| &p.sessions)
+            .map(|(u, json)| (self.keys.session(u), json))
+            .collect();
+        let releases: Vec<String> = (group.iter())
+            .flat_map(|p| &p.release)
+            .map(|u| self.keys.lease(u))
+            .collect();
+        let session_ms = (self.settings.session_ttl.as_millis() as u64).max(1);
+        let (release, node) = (&self.release, self.settings.node.clone());
+        let answer = self.link.run(|c| {
+            let appended = invocation.invoke::<(String, Vec<u64>)>(c)?;
+            // The sessions of the calls these records answer, then their leases back.
+            if !sessions.is_empty() {
+                let mut p = redis::pipe();
+                for (key, json) in &sessions {
+                    p.cmd("SET")
+                        .arg(key)
+                        .arg(*json)
+                        .arg("PX")
+                        .arg(session_ms)
+                        .ignore();
+                }
+                p.query::<()>(c)?;
+            }
+            for key in &releases {
+                release.key(key).arg(&node).invoke::<i64>(c)?;
+            }
+            Ok(appended)
+        });
+        if answer.is_ok() {
+            for p in &group {
+                for u in &p.release {
+                    self.held.remove(u);
+                }
+            }
+        }
         match answer {
             Ok((epoch, seqs)) => {
                 let forget: Vec<String> = group.iter().flat_map(|p| p.forget.clone()).collect();

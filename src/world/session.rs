@@ -192,6 +192,26 @@ impl Sessions {
         evicted
     }
 
+    /// The stored copy of a session, from the node that last talked to the agent for
+    /// this user (cluster mode), replaces the conversation held here; the crisis flag
+    /// stays set if either copy has it.
+    pub fn take_stored(&mut self, stored: Session) {
+        let max = self.limits.history_max;
+        self.mark(&stored.user_id);
+        match self.map.get_mut(&stored.user_id) {
+            Some(s) => {
+                let skip = stored.history.len().saturating_sub(max);
+                s.history = stored.history.into_iter().skip(skip).collect();
+                s.messages = stored.messages;
+                s.crisis |= stored.crisis;
+                s.created_ms = s.created_ms.min(stored.created_ms);
+            }
+            None => {
+                self.map.insert(stored.user_id.clone(), stored);
+            }
+        }
+    }
+
     /// Record one exchange: the user's message and the agent's reply.
     pub fn record(&mut self, user_id: &str, message: &str, reply: &str, now_ms: u64) {
         let max = self.limits.history_max;
