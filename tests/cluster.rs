@@ -721,3 +721,144 @@ fn the_owner_killed_mid_call_the_next_chat_elsewhere_goes_on_with_the_history() 
     );
     let _ = lost.join();
 }
+
+// ---- an append whose answer never comes ----
+
+/// What the proxy does to the next append it sees (a script call naming the node's
+/// last-append mark).
+#[derive(Clone, Copy, PartialEq)]
+enum Trick {
+    /// Pass everything.
+    None,
+    /// Pass the append to Redis, then cut the connection before its answer.
+    DropAnswer,
+    /// Cut the connection without passing the append on.
+    DropRequest,
+}
+
+/// A TCP proxy in front of Redis that misbehaves on purpose, once per arming.
+struct FlakyProxy {
+    port: u16,
+    trick: std::sync::Arc<std::sync::Mutex<Trick>>,
+}
+
+impl FlakyProxy {
+    fn start(redis: &Redis) -> FlakyProxy {
+        use std::net::{Shutdown, TcpListener};
+        use std::sync::{Arc, Mutex};
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let trick = Arc::new(Mutex::new(Trick::None));
+        let (t, upstream) = (trick.clone(), redis.port);
+        std::thread::spawn(move || {
+            for client in listener.incoming().map_while(Result::ok) {
+                let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) else {
+                    continue;
+                };
+                let (mut c_in, mut s_out) =
+                    (client.try_clone().unwrap(), server.try_clone().unwrap());
+                let (mut s_in, mut c_out) = (server, client);
+                let t = t.clone();
+                // Set once this connection is to lose what Redis answers from now on.
+                let mute = Arc::new(std::sync::atomic::AtomicBool::new(false));
+                let muted = mute.clone();
+                std::thread::spawn(move || {
+                    let mut buf = vec![0u8; 65536];
+                    while let Ok(n) = c_in.read(&mut buf) {
+                        if n == 0 {
+                            break;
+                        }
+                        let chunk = &buf[..n];
+                        let append = chunk.windows(7).any(|w| w == b":last:a");
+                        let trick = std::mem::replace(&mut *t.lock().unwrap(), Trick::None);
+                        match (append, trick) {
+                            (true, Trick::DropAnswer) => {
+                                mute.store(true, std::sync::atomic::Ordering::SeqCst);
+                                let _ = s_out.write_all(chunk);
+                                std::thread::sleep(Duration::from_millis(200));
+                            }
+                            (true, Trick::DropRequest) => {}
+                            (_, other) => {
+                                *t.lock().unwrap() = other;
+                                if s_out.write_all(chunk).is_err() {
+                                    break;
+                                }
+                                continue;
+                            }
+                        }
+                        let _ = c_in.shutdown(Shutdown::Both);
+                        let _ = s_out.shutdown(Shutdown::Both);
+                        break;
+                    }
+                });
+                std::thread::spawn(move || {
+                    let mut buf = vec![0u8; 65536];
+                    while let Ok(n) = s_in.read(&mut buf) {
+                        let lose = muted.load(std::sync::atomic::Ordering::SeqCst);
+                        if n == 0 || lose || c_out.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                    let _ = c_out.shutdown(Shutdown::Both);
+                });
+            }
+        });
+        FlakyProxy { port, trick }
+    }
+
+    fn arm(&self, trick: Trick) {
+        *self.trick.lock().unwrap() = trick;
+    }
+}
+
+#[test]
+#[ignore = "needs redis-server"]
+fn an_append_whose_answer_is_lost_is_answered_by_what_redis_holds() {
+    let redis = Redis::start();
+    let proxy = FlakyProxy::start(&redis);
+    let mut ca = node_config(&redis, "a");
+    if let Some(c) = &mut ca.cluster {
+        c.redis_url = format!("redis://127.0.0.1:{}", proxy.port);
+    }
+    let a = start_with(ca);
+    let b = node(&redis, "b");
+    eventually(Duration::from_secs(10), "A reaches Redis", || {
+        get(a.http, "/bridge/health")["cluster"]["redis"] == "up"
+    });
+    let said = |addr, text: &str| -> usize {
+        (events(addr, "The Tower").iter())
+            .filter(|e| e["message"] == text)
+            .count()
+    };
+    // A first say loads the append script (EVALSHA needs no retry after it).
+    assert_eq!(say(a.http, "una", "The Tower", "first").status, 200);
+    // Redis appended it, the answer was lost: the say is acknowledged, once.
+    proxy.arm(Trick::DropAnswer);
+    let r = say(a.http, "una", "The Tower", "written");
+    assert_eq!(
+        r.status,
+        200,
+        "it is in the log, so it is acknowledged: {}",
+        r.text()
+    );
+    eventually(Duration::from_secs(5), "B has it", || {
+        said(b.http, "written") == 1
+    });
+    assert_eq!(said(a.http, "written"), 1);
+    // The append never reached Redis: refused, and never shown anywhere.
+    eventually(Duration::from_secs(5), "A is up again", || {
+        get(a.http, "/bridge/health")["status"] == "ok"
+    });
+    proxy.arm(Trick::DropRequest);
+    let r = say(a.http, "una", "The Tower", "lost");
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert_eq!(r.json()["code"], "store_unavailable");
+    eventually(Duration::from_secs(5), "A is up again", || {
+        get(a.http, "/bridge/health")["status"] == "ok"
+    });
+    assert_eq!(say(a.http, "una", "The Tower", "after").status, 200);
+    eventually(Duration::from_secs(5), "B has the next say", || {
+        said(b.http, "after") == 1
+    });
+    assert_eq!((said(a.http, "lost"), said(b.http, "lost")), (0, 0));
+}

@@ -218,7 +218,11 @@ impl App {
                 }
                 c.appended.insert(batch, (top, renumber));
             }
-            News::Failed { batches, error } => {
+            News::Failed {
+                batches,
+                error,
+                unknown,
+            } => {
                 for b in &batches {
                     if let Some(p) = c.proposed.remove(b) {
                         for seq in p {
@@ -226,8 +230,16 @@ impl App {
                         }
                     }
                 }
-                let why = format!("the change could not be stored ({error}); try again");
-                self.fail_held(&batches, &why);
+                if unknown {
+                    let why = format!(
+                        "{error}: the change may or may not have been stored; \
+                         look before trying again"
+                    );
+                    self.fail_held_as(&batches, "store_unknown", &why);
+                } else {
+                    let why = format!("the change could not be stored ({error}); try again");
+                    self.fail_held(&batches, &why);
+                }
             }
             News::Entries(entries) => self.apply_entries(entries),
             News::Reset { epoch } => {

@@ -441,20 +441,25 @@ impl App {
 
     /// The answers held for these batches become 503 `store_unavailable`.
     fn fail_held(&mut self, batches: &[u64], why: &str) {
+        self.fail_held_as(batches, "store_unavailable", why);
+    }
+
+    /// The answers held for these batches become refusals with `code`.
+    fn fail_held_as(&mut self, batches: &[u64], code: &'static str, why: &str) {
         let (failed, kept): (VecDeque<Held>, VecDeque<Held>) = std::mem::take(&mut self.held)
             .into_iter()
             .partition(|h| batches.contains(&h.batch));
         self.held = kept;
         for h in failed {
-            self.release(h.answer, Some(why));
+            self.release(h.answer, Some((code, why)));
         }
     }
 
-    fn release(&mut self, answer: HeldAnswer, failed: Option<&str>) {
+    fn release(&mut self, answer: HeldAnswer, failed: Option<(&'static str, &str)>) {
         match failed {
             None => self.release_renumbered(answer, Vec::new()),
-            Some(why) => {
-                let refusal = Refusal::new("store_unavailable", why);
+            Some((code, why)) => {
+                let refusal = Refusal::new(code, why);
                 match answer {
                     HeldAnswer::Reply(to, _) => self.ready.push((to, Err(refusal))),
                     HeldAnswer::Http(conn) => self.released.push((conn, Err(refusal))),

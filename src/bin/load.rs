@@ -12,6 +12,9 @@ use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+#[path = "load/cluster.rs"]
+mod cluster;
+
 const USAGE: &str = "worldbridge-load [--scenario health|chat|idle|say|line|fanout|newusers|crowd|all] [--connections N]
                   [--seconds S] [--idle N] [--interval-ms MS] [--depth N] [--addr ADDR] [--line-addr ADDR]
 
@@ -27,6 +30,10 @@ const USAGE: &str = "worldbridge-load [--scenario health|chat|idle|say|line|fano
            request (the per-surface state issue): req/s of each as a share of health's, RSS
   crowd    POST /bridge/chat (new user each time) into an empty room, then into a room where a
            game link reports 10,000 players present
+  cluster  cluster mode against the single process, in one run (needs redis-server on PATH):
+           a say on node A seen by a WebSocket client on node B (p50/p99), the gateway fan-out
+           with N clients (default 2000) split over two nodes, and POST /bridge/say on node A
+           with Redis at appendfsync always and everysec
   all      all of them but fanout, newusers and crowd (the docs/benchmarks.md figures)
   --interval-ms  pace each connection: send at most one request per MS (default 0: back to back)
   --addr   drive an already running bridge instead of starting one (no RSS figures then)
@@ -471,12 +478,26 @@ fn rss_kib(pid: u32) -> u64 {
 /// returns its HTTP and line-protocol addresses. `data_dir`: durable, in that directory
 /// (else `--memory`).
 fn spawn_bridge(data_dir: Option<&std::path::Path>) -> (Child, SocketAddr, SocketAddr) {
+    spawn_bridge_with(data_dir, "")
+}
+
+/// [`spawn_bridge`] with more config: a `[cluster]` table, say.
+fn spawn_bridge_with(
+    data_dir: Option<&std::path::Path>,
+    more: &str,
+) -> (Child, SocketAddr, SocketAddr) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static N: AtomicUsize = AtomicUsize::new(0);
     let exe = std::env::current_exe().expect("exe");
     let bin = exe.with_file_name("worldbridge");
-    let cfg = std::env::temp_dir().join(format!("worldbridge-bench-{}.toml", std::process::id()));
+    let cfg = std::env::temp_dir().join(format!(
+        "worldbridge-bench-{}-{}.toml",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    ));
     std::fs::write(
         &cfg,
-        "[http]\nlisten = [\"127.0.0.1:0\"]\nrate_limit_requests = 1000000000\nmax_connections = 19000\n[line]\nlisten = [\"127.0.0.1:0\"]\n[sessions]\nmax = 100\n[rooms]\noccupants_max = 100000\n[gateway]\nmax_messages_per_s = 1000000\n[websocket]\nmax_connections = 19000\n",
+        format!("world = \"bench\"\n[http]\nlisten = [\"127.0.0.1:0\"]\nrate_limit_requests = 1000000000\nmax_connections = 19000\n[line]\nlisten = [\"127.0.0.1:0\"]\n[sessions]\nmax = 100\n[rooms]\noccupants_max = 100000\n[gateway]\nmax_messages_per_s = 1000000\n[websocket]\nmax_connections = 19000\n{more}"),
     )
     .expect("bench config");
     let mut cmd = Command::new(&bin);
@@ -592,6 +613,19 @@ fn main() {
     if scenario == "crowd" {
         let line = line_addr.expect("crowd needs the bridge's line listener (--line-addr)");
         crowd(addr, line, conns.unwrap_or(50), secs, &rss);
+    }
+    if scenario == "cluster" {
+        if let Some(c) = &mut child {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let every = if interval.is_zero() {
+            Duration::from_millis(10)
+        } else {
+            interval
+        };
+        cluster::bench(conns.unwrap_or(2000), secs, every);
+        return;
     }
     if scenario == "fanout" {
         let n = conns.unwrap_or(5000);
@@ -881,6 +915,29 @@ impl Fleet {
 }
 
 fn fanout(addr: SocketAddr, n: usize, secs: f64, every: Duration, rss: &dyn Fn() -> u64) {
+    fanout_over(&[addr], n, secs, every, rss);
+}
+
+/// What one fan-out run measured, per node the clients were on.
+struct FanoutFigures {
+    /// Deliveries per second to the clients of each address.
+    per_node: Vec<f64>,
+    p50_us: u64,
+    p99_us: u64,
+    delivered: u64,
+    expected: u64,
+}
+
+/// The gateway fan-out with the `n` clients spread over `addrs` (round robin) and the
+/// sender on the first.
+fn fanout_over(
+    addrs: &[SocketAddr],
+    n: usize,
+    secs: f64,
+    every: Duration,
+    rss: &dyn Fn() -> u64,
+) -> FanoutFigures {
+    let addr = addrs[0];
     let mut fleet = Fleet::new(n + 1);
     let start = fleet.start;
     let rss_before = rss();
@@ -890,7 +947,8 @@ fn fanout(addr: SocketAddr, n: usize, secs: f64, every: Duration, rss: &dyn Fn()
     // First every connection upgrades, unregistered: the memory of a WebSocket
     // connection itself.
     for i in 0..n {
-        fleet.clients.push(ws_connect(addr, &fleet.poll, i, ""));
+        let at = addrs[i % addrs.len()];
+        fleet.clients.push(ws_connect(at, &fleet.poll, i, ""));
         ws_flush(fleet.clients.last_mut().unwrap());
         if i % 100 == 99 {
             fleet.pump(Duration::ZERO);
@@ -991,4 +1049,20 @@ fn fanout(addr: SocketAddr, n: usize, secs: f64, every: Duration, rss: &dyn Fn()
         delivered as f64 / reads.max(1) as f64,
         rss()
     );
+    let per_node = (0..addrs.len())
+        .map(|k| {
+            let mine: u64 = (fleet.clients[..n].iter().enumerate())
+                .filter(|(i, _)| i % addrs.len() == k)
+                .map(|(_, c)| c.ticks)
+                .sum();
+            mine as f64 / elapsed
+        })
+        .collect();
+    FanoutFigures {
+        per_node,
+        p50_us: percentile(&fleet.lat_us, 0.50),
+        p99_us: percentile(&fleet.lat_us, 0.99),
+        delivered,
+        expected,
+    }
 }

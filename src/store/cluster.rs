@@ -42,8 +42,10 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-/// Numbers and appends entries. KEYS: seq, epoch, log. ARGV: the stream's MAXLEN, the
-/// node id, then (kind, epoch ms, JSON) triples. Returns {epoch, {seq, …}}.
+/// Numbers and appends entries. KEYS: seq, epoch, log, this node's last-append mark.
+/// ARGV: the stream's MAXLEN, the node id, the group's last batch id, then (kind, epoch
+/// ms, JSON) triples. Returns {epoch, {seq, …}}. The mark (`<run>/<batch> <epoch> <seq,…>`)
+/// lets the node learn, after a reply it never got, whether this append happened.
 const APPEND: &str = r"
 local epoch = redis.call('GET', KEYS[2])
 if not epoch then
@@ -53,12 +55,14 @@ if not epoch then
   redis.call('SET', KEYS[2], epoch)
 end
 local seqs = {}
-for i = 3, #ARGV, 3 do
+for i = 4, #ARGV, 3 do
   local seq = redis.call('INCR', KEYS[1])
   redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[1], seq .. '-0', 'epoch', epoch,
              'node', ARGV[2], 'k', ARGV[i], 't', ARGV[i + 1], 'e', ARGV[i + 2])
   seqs[#seqs + 1] = seq
 end
+redis.call('SET', KEYS[4], ARGV[3] .. ' ' .. epoch .. ' ' .. table.concat(seqs, ','),
+           'PX', 86400000)
 return {epoch, seqs}
 ";
 
@@ -155,6 +159,11 @@ impl Keys {
         format!("{}lease:{user}", self.prefix)
     }
 
+    /// What a node's last append was (batch, epoch, numbers).
+    pub fn mark(&self, node: &str) -> String {
+        format!("{}last:{node}", self.prefix)
+    }
+
     /// A node's liveness key.
     pub fn node(&self, node: &str) -> String {
         format!("{}node:{node}", self.prefix)
@@ -231,7 +240,13 @@ pub enum News {
         seqs: Vec<u64>,
     },
     /// These batches are not in the log: Redis refused them or could not be reached.
-    Failed { batches: Vec<u64>, error: String },
+    /// `unknown`: Redis stopped answering while they were being written, and has not
+    /// said since whether they were (within `cluster.timeout_ms`): they may be.
+    Failed {
+        batches: Vec<u64>,
+        error: String,
+        unknown: bool,
+    },
     /// Entries of the log, in order.
     Entries(Vec<Entry>),
     /// The log this node was reading is gone (Redis lost its data): what the node holds
@@ -301,6 +316,9 @@ impl ClusterStore {
             report: report.clone(),
             up: None,
             leases: Vec::new(),
+            unsure: None,
+            queued: Vec::new(),
+            run_id: run_id(),
         };
         let mut reader = Reader {
             link: Link::new(
@@ -420,6 +438,23 @@ impl Link {
     }
 }
 
+/// An append that got no answer.
+struct Unsure {
+    group: Vec<Proposal>,
+    since: Instant,
+    /// The loop was told it may or may not have happened.
+    told: bool,
+}
+
+/// A number for this run of the process (nanoseconds since the epoch at start, mixed
+/// with the pid): two runs of one node id do not share one.
+fn run_id() -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    nanos ^ (u64::from(std::process::id()) << 40)
+}
+
 /// A Redis error as a sentence for health and logs.
 fn describe(e: &redis::RedisError) -> String {
     if e.is_timeout() {
@@ -446,6 +481,15 @@ struct Writer {
     up: Option<bool>,
     /// Users whose session lease this node waits for.
     leases: Vec<String>,
+    /// A group whose append got no answer (the connection broke, or Redis took too
+    /// long): whether it happened is asked of Redis before anything else is appended,
+    /// so a change answered 503 is one that was not appended.
+    unsure: Option<Unsure>,
+    /// Proposals that arrived while `unsure` was unresolved.
+    queued: Vec<Proposal>,
+    /// This run of the node, in the last-append mark (a restarted node counts batches
+    /// from 1 again).
+    run_id: u64,
 }
 
 impl Writer {
@@ -471,8 +515,20 @@ impl Writer {
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => break,
             }
+            if self.unsure.is_some() {
+                self.queued.append(&mut group);
+                self.resolve();
+                self.tell_unsure();
+            }
+            if self.unsure.is_none() && !self.queued.is_empty() {
+                group.splice(0..0, std::mem::take(&mut self.queued));
+            }
             if !group.is_empty() {
-                self.append(group);
+                if self.unsure.is_some() {
+                    self.queued = group;
+                } else {
+                    self.append(group);
+                }
             }
             if !self.leases.is_empty() {
                 let result = self.take_leases();
@@ -618,29 +674,113 @@ impl Writer {
 
     /// Append a group of proposals with one script call.
     fn append(&mut self, group: Vec<Proposal>) {
+        // Connected first: a failure here means nothing was sent.
+        if let Err(e) = self.link.get() {
+            self.link.con = None;
+            let error = describe(&e);
+            log::warn!("cluster: append failed: {error}");
+            self.note(Some(error.clone()));
+            return self.report.send(News::Failed {
+                batches: group.iter().map(|p| p.batch).collect(),
+                error,
+                unknown: false,
+            });
+        }
+        let last = group.last().map_or(0, |p| p.batch);
+        let mark = self.keys.mark(&self.settings.node);
         let mut invocation = self.script.prepare_invoke();
         invocation
             .key(&self.keys.seq)
             .key(&self.keys.epoch)
             .key(&self.keys.log)
+            .key(&mark)
             .arg(self.settings.log_max)
-            .arg(&self.settings.node);
+            .arg(&self.settings.node)
+            .arg(format!("{}/{last}", self.run_id));
         for r in group.iter().flat_map(|p| &p.records) {
             invocation.arg(r.kind).arg(r.ts_ms).arg(&r.body);
         }
+        let mut unsure = false;
+        let answer = self.link.run(|c| {
+            invocation
+                .invoke::<(String, Vec<u64>)>(c)
+                .inspect_err(|e| unsure = e.is_io_error() || e.is_timeout())
+        });
+        match answer {
+            Ok((epoch, seqs)) => self.appended(group, epoch, seqs),
+            Err(error) if unsure => {
+                log::warn!("cluster: no answer to an append ({error}): asking Redis whether it happened before anything else");
+                self.note(Some(error));
+                self.unsure = Some(Unsure {
+                    group,
+                    since: Instant::now(),
+                    told: false,
+                });
+            }
+            Err(error) => {
+                log::warn!("cluster: append failed: {error}");
+                self.note(Some(error.clone()));
+                self.report.send(News::Failed {
+                    batches: group.iter().map(|p| p.batch).collect(),
+                    error,
+                    unknown: false,
+                });
+            }
+        }
+    }
+
+    /// A group is in the log: the dead nodes it cleaned up after leave the set, and
+    /// each proposal's numbers go to the loop.
+    fn appended(&mut self, group: Vec<Proposal>, epoch: String, seqs: Vec<u64>) {
+        self.store_sessions(&group);
+        let forget: Vec<String> = group.iter().flat_map(|p| p.forget.clone()).collect();
+        if !forget.is_empty() {
+            // Their clean-up is in the log: they leave the set of nodes.
+            let (nodes, locks) = (self.keys.nodes(), forget.iter().map(|n| self.keys.reap(n)));
+            let locks: Vec<String> = locks.collect();
+            let gone = self.link.run(|c| {
+                redis::pipe()
+                    .cmd("SREM")
+                    .arg(&nodes)
+                    .arg(&forget)
+                    .ignore()
+                    .cmd("DEL")
+                    .arg(&locks)
+                    .ignore()
+                    .query::<()>(c)
+            });
+            if let Err(e) = gone {
+                log::warn!("cluster: could not take {forget:?} out of the nodes: {e}");
+            }
+        }
+        let mut seqs = seqs.into_iter();
+        for p in group {
+            let mine: Vec<u64> = seqs.by_ref().take(p.records.len()).collect();
+            self.report.send(News::Appended {
+                batch: p.batch,
+                epoch: epoch.clone(),
+                seqs: mine,
+            });
+        }
+        self.note(None);
+    }
+
+    /// The sessions of the calls an appended group answers are stored, then their
+    /// leases given back. If Redis fails here the records stand; the lease runs out by
+    /// itself (`node_ttl_s`), and the conversation goes on from the last stored turn.
+    fn store_sessions(&mut self, group: &[Proposal]) {
         let sessions: Vec<(String, &String)> = (group.iter())
             .flat_map(|p| &p.sessions)
             .map(|(u, json)| (self.keys.session(u), json))
             .collect();
-        let releases: Vec<String> = (group.iter())
-            .flat_map(|p| &p.release)
-            .map(|u| self.keys.lease(u))
-            .collect();
+        let users: Vec<&String> = group.iter().flat_map(|p| &p.release).collect();
+        if sessions.is_empty() && users.is_empty() {
+            return;
+        }
+        let releases: Vec<String> = users.iter().map(|u| self.keys.lease(u)).collect();
         let session_ms = (self.settings.session_ttl.as_millis() as u64).max(1);
         let (release, node) = (&self.release, self.settings.node.clone());
-        let answer = self.link.run(|c| {
-            let appended = invocation.invoke::<(String, Vec<u64>)>(c)?;
-            // The sessions of the calls these records answer, then their leases back.
+        let stored = self.link.run(|c| {
             if !sessions.is_empty() {
                 let mut p = redis::pipe();
                 for (key, json) in &sessions {
@@ -656,56 +796,80 @@ impl Writer {
             for key in &releases {
                 release.key(key).arg(&node).invoke::<i64>(c)?;
             }
-            Ok(appended)
+            Ok(())
         });
-        if answer.is_ok() {
-            for p in &group {
-                for u in &p.release {
-                    self.held.remove(u);
-                }
-            }
+        for u in users {
+            self.held.remove(u);
         }
-        match answer {
-            Ok((epoch, seqs)) => {
-                let forget: Vec<String> = group.iter().flat_map(|p| p.forget.clone()).collect();
-                if !forget.is_empty() {
-                    // Their clean-up is in the log: they leave the set of nodes.
-                    let (nodes, locks) =
-                        (self.keys.nodes(), forget.iter().map(|n| self.keys.reap(n)));
-                    let locks: Vec<String> = locks.collect();
-                    let gone = self.link.run(|c| {
-                        redis::pipe()
-                            .cmd("SREM")
-                            .arg(&nodes)
-                            .arg(&forget)
-                            .ignore()
-                            .cmd("DEL")
-                            .arg(&locks)
-                            .ignore()
-                            .query::<()>(c)
-                    });
-                    if let Err(e) = gone {
-                        log::warn!("cluster: could not take {forget:?} out of the nodes: {e}");
-                    }
-                }
-                let mut seqs = seqs.into_iter();
-                for p in group {
-                    let mine: Vec<u64> = seqs.by_ref().take(p.records.len()).collect();
-                    self.report.send(News::Appended {
-                        batch: p.batch,
-                        epoch: epoch.clone(),
-                        seqs: mine,
-                    });
-                }
-                self.note(None);
+        if let Err(e) = stored {
+            log::warn!("cluster: sessions not stored after an append: {e}");
+        }
+    }
+
+    /// An append still unresolved after `cluster.timeout_ms`: the loop answers its
+    /// changes that they may or may not have been stored (never 503: that means not).
+    fn tell_unsure(&mut self) {
+        let timeout = self.settings.timeout;
+        let Some(u) = self
+            .unsure
+            .as_mut()
+            .filter(|u| !u.told && u.since.elapsed() >= timeout)
+        else {
+            return;
+        };
+        u.told = true;
+        let batches = u.group.iter().map(|p| p.batch).collect();
+        self.report.send(News::Failed {
+            batches,
+            error: "Redis stopped answering while the change was being written".into(),
+            unknown: true,
+        });
+    }
+
+    /// After an append that got no answer: did it happen? Redis keeps this node's last
+    /// append; until Redis answers, nothing else is appended.
+    fn resolve(&mut self) {
+        let Some(unsure) = self.unsure.take() else {
+            return;
+        };
+        let group = &unsure.group;
+        let mark = self.keys.mark(&self.settings.node);
+        let got: Result<Option<String>, String> =
+            self.link.run(|c| redis::cmd("GET").arg(&mark).query(c));
+        let last = group.last().map_or(0, |p| p.batch);
+        match got {
+            Err(e) => {
+                self.note(Some(e));
+                self.unsure = Some(unsure);
             }
-            Err(error) => {
-                log::warn!("cluster: append failed: {error}");
-                self.note(Some(error.clone()));
-                self.report.send(News::Failed {
-                    batches: group.iter().map(|p| p.batch).collect(),
-                    error,
-                });
+            Ok(mark) => {
+                self.note(None);
+                let mut parts = mark.as_deref().unwrap_or("").splitn(3, ' ');
+                let batch = parts.next();
+                let epoch = parts.next().unwrap_or("").to_string();
+                let seqs: Vec<u64> = (parts.next().unwrap_or("").split(','))
+                    .filter_map(|n| n.parse().ok())
+                    .collect();
+                let happened = batch == Some(format!("{}/{last}", self.run_id).as_str());
+                log::info!(
+                    "cluster: the append without an answer (batch {last}) {}",
+                    if happened {
+                        "did happen"
+                    } else {
+                        "did not happen"
+                    }
+                );
+                match (happened, unsure.told) {
+                    (true, false) => self.appended(unsure.group, epoch, seqs),
+                    // Told already: its entries come through the reader as any other.
+                    (true, true) => self.store_sessions(&unsure.group),
+                    (false, false) => self.report.send(News::Failed {
+                        batches: group.iter().map(|p| p.batch).collect(),
+                        error: "Redis did not answer the write".into(),
+                        unknown: false,
+                    }),
+                    (false, true) => {}
+                }
             }
         }
     }

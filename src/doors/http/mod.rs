@@ -855,7 +855,7 @@ pub fn status_of(code: &str) -> u16 {
         | "shutting_down"
         | "store_unavailable"
         | "too_many_connections" => 503,
-        "agent_timeout" | "game_timeout" => 504,
+        "agent_timeout" | "game_timeout" | "store_unknown" => 504,
         _ => 500,
     }
 }
