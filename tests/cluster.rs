@@ -445,7 +445,14 @@ fn an_agent_id_taken_on_another_node_replaces_the_old_connection() {
     let b = gateway_node(&redis, "b");
     let (mut old, _) = agent(a.http, "bob", "agent");
     let (mut watcher, _) = agent(a.http, "watcher", "watcher");
-    let (_new, _) = agent(b.http, "bob", "agent");
+    eventually(Duration::from_secs(5), "B knows bob is on A", || {
+        get(b.http, "/api/gateway/status")["count"] == 2
+    });
+    let (_new, ack) = agent(b.http, "bob", "agent");
+    let bobs = (ack["agents"].as_array().unwrap().iter())
+        .filter(|a| a["agentId"] == "bob")
+        .count();
+    assert_eq!(bobs, 1, "listed once, here: {ack}");
     let (code, reason) = close_of(&mut old);
     assert_eq!(code, 1000);
     assert!(
@@ -861,4 +868,70 @@ fn an_append_whose_answer_is_lost_is_answered_by_what_redis_holds() {
         said(b.http, "after") == 1
     });
     assert_eq!((said(a.http, "lost"), said(b.http, "lost")), (0, 0));
+}
+
+#[test]
+fn a_nodes_data_directory_is_its_own() {
+    // No Redis needed: the lock is taken before Redis is reached.
+    let dir = scratch_dir("cluster-lock");
+    let config = |name: &str| {
+        let mut cfg = test_config();
+        cfg.store.memory = false;
+        cfg.store.data_dir = dir.display().to_string();
+        cfg.cluster = Some(ClusterConfig {
+            redis_url: format!("redis://127.0.0.1:{}", free_port()),
+            node_id: name.into(),
+            ..ClusterConfig::default()
+        });
+        cfg
+    };
+    let first = worldbridge::event_loop::Bridge::new(config("a")).expect("the first node starts");
+    let second = worldbridge::event_loop::Bridge::new(config("b"));
+    let err = second
+        .err()
+        .expect("a second node on the same directory is refused")
+        .to_string();
+    assert!(err.contains("already using the data directory"), "{err}");
+    drop(first);
+    let files: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        !files.iter().any(|f| f.starts_with("world.db")),
+        "no SQLite in cluster mode: {files:?}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+#[ignore = "needs redis-server"]
+fn a_room_a_game_describes_on_one_node_is_described_on_every_node() {
+    let redis = Redis::start();
+    let mut ca = node_config(&redis, "a");
+    ca.line.listen = vec!["127.0.0.1:0".parse().unwrap()];
+    let a = start_with(ca);
+    let b = node(&redis, "b");
+    eventually(Duration::from_secs(10), "A reaches Redis", || {
+        get(a.http, "/bridge/health")["cluster"]["redis"] == "up"
+    });
+    let mut g = LineClient::connect(a.line.unwrap());
+    g.hello("mud", "generic");
+    g.send(
+        &json!({"type": "room", "id": 1, "name": "Limbo", "desc": "A grey void.",
+                   "exits": {"north": "Hall"}}),
+    );
+    let (ok, _) = g.recv_type("ok");
+    assert_eq!(ok["room"], "Limbo");
+    // Answered once in the log: B describes it the same way.
+    eventually(Duration::from_secs(5), "B describes Limbo", || {
+        call(b.http, "GET", "/bridge/world/Limbo", None).status == 200
+    });
+    let (on_a, on_b) = (
+        get(a.http, "/bridge/world/Limbo"),
+        get(b.http, "/bridge/world/Limbo"),
+    );
+    assert_eq!(on_b["data"]["desc_base"], "A grey void.");
+    assert_eq!(on_b["data"]["exits"], json!({"north": "Hall"}));
+    assert_eq!(on_a["data"], on_b["data"]);
 }

@@ -21,7 +21,7 @@ use crate::app::App;
 use crate::conn::ConnId;
 use crate::feeds::gateway::logged::LogFrame;
 use crate::store::cluster::{
-    ClusterStore, Entry, News, Proposal, Record, KIND_EVENT, KIND_GATEWAY,
+    ClusterStore, Entry, News, Proposal, Record, KIND_EVENT, KIND_GATEWAY, KIND_ROOM,
 };
 use crate::world::logged::is_provisional;
 use crate::world::room::Event;
@@ -67,7 +67,11 @@ pub struct Cluster {
     session_writes: BTreeSet<String>,
     /// Leases to give back with the next proposal.
     releases: Vec<String>,
+    /// Rooms a game link described here, for the other nodes (their specs' JSON).
+    rooms: Vec<String>,
     pub nodes_reaped: u64,
+    /// The lock of this node's data directory.
+    data_lock: Option<std::fs::File>,
 }
 
 impl Cluster {
@@ -88,10 +92,12 @@ impl Cluster {
             lag_ms: 0,
             forget: Vec::new(),
             nodes_reaped: 0,
+            data_lock: None,
             leases: HashSet::new(),
             awaiting: HashMap::new(),
             session_writes: BTreeSet::new(),
             releases: Vec::new(),
+            rooms: Vec::new(),
         }
     }
 
@@ -103,10 +109,13 @@ impl Cluster {
 
 impl App {
     /// Serve this world as one node of a cluster: events are numbered by the shared log.
-    pub fn attach_cluster(&mut self, store: ClusterStore) {
+    /// `lock`: the node's data directory, held while it runs (`None` with `--memory`).
+    pub fn attach_cluster(&mut self, store: ClusterStore, lock: Option<std::fs::File>) {
         self.world.log_events(&store.settings.node);
         self.gateway.log_frames(&store.settings.node);
-        self.cluster = Some(Cluster::new(store));
+        let mut c = Cluster::new(store);
+        c.data_lock = lock;
+        self.cluster = Some(c);
     }
 
     /// The events a game link just reported are its own: the log does not send them
@@ -127,7 +136,10 @@ impl App {
         };
         let events = self.world.take_unsequenced();
         let frames = self.gateway.take_proposals();
-        let quiet = c.session_writes.is_empty() && c.releases.is_empty() && c.forget.is_empty();
+        let quiet = c.session_writes.is_empty()
+            && c.releases.is_empty()
+            && c.forget.is_empty()
+            && c.rooms.is_empty();
         if events.is_empty() && frames.is_empty() && quiet {
             return;
         }
@@ -152,6 +164,14 @@ impl App {
             });
         }
         let now = crate::world::time::now_ms();
+        for spec in std::mem::take(&mut c.rooms) {
+            provisional.push(0);
+            records.push(Record {
+                kind: KIND_ROOM,
+                ts_ms: now,
+                body: spec,
+            });
+        }
         for f in frames {
             // Frames have no answer waiting on their numbers.
             provisional.push(0);
@@ -335,11 +355,25 @@ impl App {
         }
     }
 
-    /// Whether a session waits to be stored (an answer given now waits with it).
-    pub(crate) fn sessions_unsaved(&self) -> bool {
-        self.cluster
-            .as_ref()
-            .is_some_and(|c| !c.session_writes.is_empty())
+    /// Whether a session or a room waits to be stored (an answer given now waits with
+    /// it).
+    pub(crate) fn cluster_unsaved(&self) -> bool {
+        (self.cluster.as_ref()).is_some_and(|c| !c.session_writes.is_empty() || !c.rooms.is_empty())
+    }
+
+    /// A game link described the room `name` here: the other nodes get its description
+    /// through the log.
+    pub(crate) fn room_described(&mut self, name: &str) {
+        let Some(c) = &mut self.cluster else {
+            return;
+        };
+        let spec = self
+            .world
+            .room(name)
+            .map(|r| serde_json::to_string(&r.spec));
+        if let Some(Ok(json)) = spec {
+            c.rooms.push(json);
+        }
     }
 
     /// Apply log entries in order (an entry seen before is skipped), fanning each out.
@@ -362,6 +396,23 @@ impl App {
             c.applied_events += 1;
             c.lag_ms = crate::world::time::now_ms().saturating_sub(entry.ts_ms);
             let source = c.from_link.remove(&entry.seq);
+            if entry.kind == KIND_ROOM {
+                // The node that wrote it has it already.
+                if entry.node != c.node {
+                    match serde_json::from_str(&entry.body) {
+                        Ok(spec) => {
+                            if let Err(e) = self.world.set_room(spec) {
+                                log::warn!(
+                                    "cluster: room of log entry {} not kept: {e}",
+                                    entry.seq
+                                );
+                            }
+                        }
+                        Err(e) => log::warn!("cluster: log entry {} is not a room: {e}", entry.seq),
+                    }
+                }
+                continue;
+            }
             if entry.kind == KIND_GATEWAY {
                 // The world's events before it go out first: frames keep log order.
                 self.fan_out(None);

@@ -344,7 +344,7 @@ impl App {
     /// not durable yet).
     pub fn must_hold(&self) -> bool {
         match &self.cluster {
-            Some(_) => self.world.has_unsequenced() || self.sessions_unsaved(),
+            Some(_) => self.world.has_unsequenced() || self.cluster_unsaved(),
             None => self.store.is_some() && self.has_unsaved(),
         }
     }

@@ -342,6 +342,7 @@ impl App {
                     }
                 }
                 let name = self.world.set_room(spec)?;
+                self.room_described(&name);
                 self.links.declare(conn, &name);
                 if id.is_some() {
                     answer_line("ok", id, json!({"room": name}), out);

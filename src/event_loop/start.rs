@@ -116,7 +116,11 @@ fn log_setup(cfg: &Config) {
     log::info!(
         "data directory: {}",
         match (cfg.store.memory, &cfg.cluster) {
-            (_, Some(_)) => "none ([cluster]: the world is kept in Redis)".to_string(),
+            (true, Some(_)) => "none ([cluster]: the world is kept in Redis)".to_string(),
+            (false, Some(_)) => format!(
+                "{} (its lock only: [cluster] keeps the world in Redis)",
+                expand_home(&cfg.store.data_dir)
+            ),
             (true, None) => "none (--memory: nothing is written to disk)".to_string(),
             (false, None) => expand_home(&cfg.store.data_dir),
         }
@@ -255,9 +259,17 @@ impl Bridge {
                 settings.world,
                 settings.redis_url
             );
+            // The data directory is this node's alone: its lock (and its world key).
+            let lock = match app.cfg.store.memory {
+                true => None,
+                false => {
+                    let dir = crate::config::expand_home(&app.cfg.store.data_dir);
+                    Some(crate::store::lock_data_dir(std::path::Path::new(&dir))?)
+                }
+            };
             let store = crate::store::cluster::ClusterStore::start(settings, wake)
                 .map_err(StartError::Cluster)?;
-            app.attach_cluster(store);
+            app.attach_cluster(store, lock);
         } else if !app.cfg.store.memory {
             let dir = std::path::PathBuf::from(crate::config::expand_home(&app.cfg.store.data_dir));
             let w = waker.clone();

@@ -15,8 +15,8 @@
 //! Keys, all under `wb:{<world>}:` (one Redis Cluster hash slot per world): `seq` (the
 //! last number given), `epoch` (made with the first append into an empty Redis: when
 //! Redis loses its data, the next append starts a new epoch, a new stream and numbers
-//! from 1), `log` (the stream: fields `epoch`, `node`, `k` (the kind: [`KIND_EVENT`] or
-//! [`KIND_GATEWAY`]), `t` (epoch ms), `e` (the JSON)), `node:<id>` (liveness, expiring
+//! from 1), `log` (the stream: fields `epoch`, `node`, `k` (the kind: [`KIND_EVENT`],
+//! [`KIND_GATEWAY`] or [`KIND_ROOM`]), `t` (epoch ms), `e` (the JSON)), `node:<id>` (liveness, expiring
 //! after `cluster.node_ttl_s`), `nodes` (the set of node ids that have run), `reap:<id>`
 //! (a lock: the node cleaning up after a dead one).
 //!
@@ -186,6 +186,9 @@ pub const KIND_EVENT: &str = "event";
 /// message, the bridge's publications, agents joining and leaving).
 pub const KIND_GATEWAY: &str = "gateway";
 
+/// An entry that is a room's description as a game link reported it (its `RoomSpec`).
+pub const KIND_ROOM: &str = "room";
+
 /// One entry to append: what kind, when it happened and its JSON.
 #[derive(Debug, Clone)]
 pub struct Record {
@@ -223,7 +226,7 @@ pub struct Entry {
     pub epoch: String,
     /// The node that appended it.
     pub node: String,
-    /// [`KIND_EVENT`] or [`KIND_GATEWAY`].
+    /// [`KIND_EVENT`], [`KIND_GATEWAY`] or [`KIND_ROOM`].
     pub kind: String,
     pub ts_ms: u64,
     /// The event's JSON.

@@ -303,6 +303,13 @@ fn create_dir(dir: &Path) -> Result<(), StoreError> {
     })
 }
 
+/// Make the data directory if need be and take its lock (cluster mode: a node's data
+/// directory holds only its lock, and the world key).
+pub fn lock_data_dir(dir: &Path) -> Result<File, StoreError> {
+    create_dir(dir)?;
+    lock(dir)
+}
+
 /// Take the data directory's lock file, or say who has it.
 fn lock(dir: &Path) -> Result<File, StoreError> {
     let path = dir.join("worldbridge.lock");

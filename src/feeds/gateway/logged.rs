@@ -296,6 +296,7 @@ impl Gateway {
             return Vec::new();
         };
         (l.remote.iter())
+            .filter(|(id, _)| !self.agents.contains_key(*id))
             .map(|(id, r)| {
                 let v = json!({"agentId": id, "role": r.role, "node": r.node});
                 (id.clone(), v)

@@ -737,7 +737,9 @@ impl Gateway {
             .map(|r| (r.agent_id.as_str(), r.role.as_str()))
             .collect();
         if let Some(l) = &self.logged {
-            list.extend((l.remote.iter()).map(|(id, r)| (id.as_str(), r.role.as_str())));
+            // An id registered here and (until the log says otherwise) elsewhere is here.
+            let elsewhere = (l.remote.iter()).filter(|(id, _)| !self.agents.contains_key(*id));
+            list.extend(elsewhere.map(|(id, r)| (id.as_str(), r.role.as_str())));
         }
         list.sort_unstable();
         list
