@@ -20,12 +20,15 @@
 //! yet. `test.tsv`: the rules alone caught 70.2 % (151/215) with 1.5 % false positives; with
 //! the classifier 89.8 % (193/215), 1.5 %. `test2.tsv`: the rules alone 55.8 % (225/403),
 //! 2.9 % false positives; with the classifier 75.4 % (304/403), 2.9 % (the classifier added
-//! no false alarm; the rules' own are over the target). So these tests hold each held-out
-//! split to its measured recall (a regression guard, not the goal) and its false positives
-//! to the target (`test.tsv`) or to the rules' own plus the classifier's budget
-//! (`test2.tsv`), and print the whole report either way. Raising the floors is the open part
-//! of the issue; it must come from rules and training lines that generalise, never from
-//! reading these splits' misses.
+//! no false alarm; the rules' own are over the target). With `train3.tsv`, the veto and the
+//! rules' new idioms (measured once, after the model was final, by this test's aggregate
+//! figures only): `test.tsv` 94.9 % (204/215), 1.0 % (2/199); `test2.tsv` 85.1 %
+//! (343/403), 2.6 % (9/350; 8 of them the rules' alone, 1 the classifier's). So these tests
+//! hold each held-out split to its measured recall (a regression guard, not the goal) and
+//! its false positives to the target (`test.tsv`) or to the rules' own plus the
+//! classifier's budget (`test2.tsv`), and print the whole report either way. Raising the
+//! floors is the open part of the issue; it must come from rules and training lines that
+//! generalise, never from reading these splits' misses.
 //!
 //! The held-out test fails when `test.tsv` is missing: a passing run must have measured it.
 
@@ -47,13 +50,13 @@ fn meets_the_targets(name: &str) {
     meets(name, MIN_RECALL);
 }
 
-/// The held-out split's recall with the classifier (193/215 = 89.8 %), rounded down to
-/// whole percent with a line to spare.
-const HELD_OUT_RECALL_FLOOR: f64 = 0.89;
+/// The held-out split's recall with the classifier (193/215 = 89.8 % when it was added,
+/// 204/215 = 94.9 % with `train3.tsv`), rounded down to whole percent with a line to spare.
+const HELD_OUT_RECALL_FLOOR: f64 = 0.94;
 
-/// The second held-out split's recall when it was added (304/403 = 75.4 %), rounded down
-/// to whole percent with a line to spare.
-const HELD_OUT2_RECALL_FLOOR: f64 = 0.75;
+/// The second held-out split's recall (304/403 = 75.4 % when it was added, 343/403 =
+/// 85.1 % with `train3.tsv`), rounded down to whole percent with lines to spare.
+const HELD_OUT2_RECALL_FLOOR: f64 = 0.84;
 
 fn meets(name: &str, min_recall: f64) {
     let path = eval_file(name);
