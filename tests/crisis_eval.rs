@@ -1,16 +1,18 @@
 //! The crisis detector against the labelled corpus in `fixtures/crisis/eval/`: the training
-//! splits (`train.tsv`, the rules are tuned on it; `train2.tsv`, the classifier is trained on
-//! both, the rules were never tuned on it) and the held-out splits (`test.tsv` and
+//! splits (`train.tsv`, the rules are tuned on it; `train2.tsv` and `train3.tsv`, the
+//! classifier is trained on all three, the rules were never tuned on them) and the held-out
+//! splits (`test.tsv` and
 //! `test2.tsv`, each written separately by an author who never saw the detector, and never
 //! tuned on; `test2.tsv` was added after the classifier was trained, and nobody working on
 //! the detector has read it).
 //!
-//! `train2.tsv`'s hard negatives are beyond the rules: on it the rules alone give the
-//! protocol to about 5 % of the lines that are not crisis (idioms such as "i'd rather die
-//! than sing karaoke", suicide as a topic), and the classifier can only add detections. So
-//! that split is held to its measured recall (see `TRAIN2_RECALL_FLOOR`) and to the rules'
-//! own false positives plus the share the classifier may add (`crisis_train::FP_BUDGET`),
-//! not to 98 % and 2 %.
+//! `train2.tsv`'s and `train3.tsv`'s hard negatives are beyond the rules: on them the rules
+//! alone give the protocol to about 6 % and 7 % of the lines that are not crisis (idioms
+//! such as "i'd rather die than sing karaoke", suicide as a topic, near pairs such as "the
+//! pills are in my bag, my allergy pills"), and the classifier overrules the rules only
+//! when it is all but sure (its veto). So those splits are held to their measured recall
+//! (`TRAIN2_RECALL_FLOOR`, `TRAIN3_RECALL_FLOOR`) and to the rules' own false positives
+//! plus the share the classifier may add (`crisis_train::FP_BUDGET`), not to 98 % and 2 %.
 //!
 //! The goal (issue 11) is recall >= 98 % on crisis lines and at most 2 % false positives
 //! (the full protocol) on ordinary and hotline-question lines, on messages the detector was
@@ -18,12 +20,15 @@
 //! yet. `test.tsv`: the rules alone caught 70.2 % (151/215) with 1.5 % false positives; with
 //! the classifier 89.8 % (193/215), 1.5 %. `test2.tsv`: the rules alone 55.8 % (225/403),
 //! 2.9 % false positives; with the classifier 75.4 % (304/403), 2.9 % (the classifier added
-//! no false alarm; the rules' own are over the target). So these tests hold each held-out
-//! split to its measured recall (a regression guard, not the goal) and its false positives
-//! to the target (`test.tsv`) or to the rules' own plus the classifier's budget
-//! (`test2.tsv`), and print the whole report either way. Raising the floors is the open part
-//! of the issue; it must come from rules and training lines that generalise, never from
-//! reading these splits' misses.
+//! no false alarm; the rules' own are over the target). With `train3.tsv`, the veto and the
+//! rules' new idioms (measured once, after the model was final, by this test's aggregate
+//! figures only): `test.tsv` 94.9 % (204/215), 1.0 % (2/199); `test2.tsv` 85.1 %
+//! (343/403), 2.6 % (9/350; 8 of them the rules' alone, 1 the classifier's). So these tests
+//! hold each held-out split to its measured recall (a regression guard, not the goal) and
+//! its false positives to the target (`test.tsv`) or to the rules' own plus the
+//! classifier's budget (`test2.tsv`), and print the whole report either way. Raising the
+//! floors is the open part of the issue; it must come from rules and training lines that
+//! generalise, never from reading these splits' misses.
 //!
 //! The held-out test fails when `test.tsv` is missing: a passing run must have measured it.
 
@@ -45,13 +50,13 @@ fn meets_the_targets(name: &str) {
     meets(name, MIN_RECALL);
 }
 
-/// The held-out split's recall with the classifier (193/215 = 89.8 %), rounded down to
-/// whole percent with a line to spare.
-const HELD_OUT_RECALL_FLOOR: f64 = 0.89;
+/// The held-out split's recall with the classifier (193/215 = 89.8 % when it was added,
+/// 204/215 = 94.9 % with `train3.tsv`), rounded down to whole percent with a line to spare.
+const HELD_OUT_RECALL_FLOOR: f64 = 0.94;
 
-/// The second held-out split's recall when it was added (304/403 = 75.4 %), rounded down
-/// to whole percent with a line to spare.
-const HELD_OUT2_RECALL_FLOOR: f64 = 0.75;
+/// The second held-out split's recall (304/403 = 75.4 % when it was added, 343/403 =
+/// 85.1 % with `train3.tsv`), rounded down to whole percent with lines to spare.
+const HELD_OUT2_RECALL_FLOOR: f64 = 0.84;
 
 fn meets(name: &str, min_recall: f64) {
     let path = eval_file(name);
@@ -80,45 +85,67 @@ fn the_training_split_meets_the_targets() {
     meets_the_targets("train.tsv");
 }
 
-/// `train2.tsv`'s recall with the shipped model (trained on it) at the commit that added
-/// it: 88.0 % (1087/1235), rounded down with a point to spare. The classifier's threshold
+/// `train2.tsv`'s recall with the shipped model (trained on it): 88.0 % (1087/1235) at the
+/// commit that added it, 94.1 % (1162/1235) once `train3.tsv` joined the training files and
+/// the model got its veto; rounded down with a point to spare. The classifier's threshold
 /// is chosen out of fold, so it does not fit its own training lines to 98 %; the honest
 /// figures are the cross-validated ones `worldbridge crisis-train` prints. A regression
 /// guard, not the goal.
-const TRAIN2_RECALL_FLOOR: f64 = 0.87;
+const TRAIN2_RECALL_FLOOR: f64 = 0.93;
 
-#[test]
-fn the_second_training_split_keeps_its_recall_and_the_rules_false_positives() {
-    let cases = load(&[eval_file("train2.tsv")]).unwrap_or_else(|e| panic!("{e}"));
-    assert!(cases.len() >= 2000, "train2.tsv: {} lines", cases.len());
+/// `train3.tsv`'s recall with the shipped model (trained on it) at the commit that added
+/// it: 88.3 % (1973/2234), rounded down with a point to spare. Its negatives are harder
+/// still (near pairs of its crisis lines), so it too is held to the rules' own false
+/// positives plus the classifier's budget. A regression guard, not the goal.
+const TRAIN3_RECALL_FLOOR: f64 = 0.87;
+
+/// A training split the rules were not tuned on keeps `floor` recall with the shipped
+/// model, and its false positives stay within the rules' own plus `FP_BUDGET`.
+fn keeps_its_recall_and_the_rules_false_positives(name: &str, min_lines: usize, floor: f64) {
+    let cases = load(&[eval_file(name)]).unwrap_or_else(|e| panic!("{e}"));
+    assert!(cases.len() >= min_lines, "{name}: {} lines", cases.len());
     let report = evaluate(&CrisisDetector::builtin(), &cases, 1);
     let rules = evaluate(&CrisisDetector::rules_only(), &cases, 1);
     assert!(
-        report.recall() >= TRAIN2_RECALL_FLOOR
+        report.recall() >= floor
             && report.false_positive_rate() <= rules.false_positive_rate() + FP_BUDGET,
-        "train2.tsv: recall {:.1}% (need >= {:.0}%), false positives {:.1}% (the rules alone: \
+        "{name}: recall {:.1}% (need >= {:.0}%), false positives {:.1}% (the rules alone: \
          {:.1}%)\n{}",
         100.0 * report.recall(),
-        100.0 * TRAIN2_RECALL_FLOOR,
+        100.0 * floor,
         100.0 * report.false_positive_rate(),
         100.0 * rules.false_positive_rate(),
         report.render()
     );
 }
 
+#[test]
+fn the_second_training_split_keeps_its_recall_and_the_rules_false_positives() {
+    keeps_its_recall_and_the_rules_false_positives("train2.tsv", 2000, TRAIN2_RECALL_FLOOR);
+}
+
+#[test]
+fn the_third_training_split_keeps_its_recall_and_the_rules_false_positives() {
+    keeps_its_recall_and_the_rules_false_positives("train3.tsv", 3000, TRAIN3_RECALL_FLOOR);
+}
+
 /// Nobody edits the weights by hand: the shipped file is exactly what `worldbridge
 /// crisis-train` makes of the shipped training files (and the rules they are read through).
 #[test]
 fn the_shipped_model_is_what_training_produces() {
-    let files = [eval_file("train.tsv"), eval_file("train2.tsv")];
+    let files = [
+        eval_file("train.tsv"),
+        eval_file("train2.tsv"),
+        eval_file("train3.tsv"),
+    ];
     let (cases, sources) = load_training(&files).unwrap_or_else(|e| panic!("{e}"));
     let trained = train(&CrisisDetector::rules_only(), &cases, &sources);
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/crisis/model.tsv");
     let shipped = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{e}"));
     assert!(
         trained.text == shipped,
-        "{} is not what training produces from train.tsv and train2.tsv: run `worldbridge \
-         crisis-train` from the source tree (it rewrites the file)",
+        "{} is not what training produces from train.tsv, train2.tsv and train3.tsv: run \
+         `worldbridge crisis-train` from the source tree (it rewrites the file)",
         path.display()
     );
 }

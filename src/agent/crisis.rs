@@ -28,7 +28,11 @@
 //! was written for. A message is a crisis when the rules say so, or when the classifier's
 //! probability reaches its threshold (chosen by cross-validation) — a stricter one
 //! ([`GUARDED_MIN`]) when the rules saw a safe context (game, fiction, technical talk,
-//! news, a past third party) or a question about the hotlines.
+//! news, a past third party) or a question about the hotlines. The classifier overrules
+//! the rules only when it is all but sure a message is not a crisis (its probability
+//! under the model's `veto`, at most 5 %, chosen so that out of fold no crisis line of
+//! the training files is lost): "i nearly killed myself laughing", "enable kms for the
+//! intel graphics".
 //!
 //! The rules live in `fixtures/crisis/*.txt` (format at the top of `lexicon.txt`), are
 //! compiled into the binary, and `agent.crisis_file` can extend them at start-up. A message
@@ -39,7 +43,7 @@ use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 
-use super::crisis_model::{Evidence, Model, GUARDED_MIN};
+use super::crisis_model::{vetoable, Evidence, Model, GUARDED_MIN};
 
 /// FNV-1a: short words hash several times faster than with the default SipHash, and the
 /// keys are our own rule words, so flooding resistance buys nothing here.
@@ -477,8 +481,10 @@ impl CrisisDetector {
             return rules;
         };
         let guarded = self.guarded(&a, &rules);
-        let p = model.probability(&self.evidence(&a));
-        match CrisisDetector::combine(rules, guarded, p, model.threshold()) {
+        let ev = self.evidence(&a);
+        let p = model.probability(&ev);
+        let veto = if vetoable(&ev) { model.veto() } else { 0.0 };
+        match CrisisDetector::combine(rules, guarded, p, model.threshold(), veto) {
             Outcome::Crisis(mut s) if s.stage == Stage::Model => {
                 // What the rules saw (below their threshold) still explains the log line.
                 let mut features: Vec<String> = a
@@ -502,11 +508,13 @@ impl CrisisDetector {
     /// The rules' outcome combined with the classifier's probability `p` against its
     /// threshold `t` (at least [`GUARDED_MIN`] when `guarded`). A crisis found by the
     /// model alone is `Suicide`, the most urgent category, until `assess` fills in the
-    /// rules' best category.
-    pub(crate) fn combine(rules: Outcome, guarded: bool, p: f32, t: f32) -> Outcome {
+    /// rules' best category. A crisis found by the rules stands unless `p` is below
+    /// `veto` (the model all but sure it is not one: "i nearly killed myself laughing").
+    pub(crate) fn combine(rules: Outcome, guarded: bool, p: f32, t: f32, veto: f32) -> Outcome {
         let t = if guarded { t.max(GUARDED_MIN) } else { t };
         let model = p >= t;
         match rules {
+            Outcome::Crisis(_) if p < veto => Outcome::Nothing,
             Outcome::Crisis(mut s) => {
                 s.stage = if model { Stage::Both } else { Stage::Rules };
                 s.features.push(format!("model:{p:.2}"));
@@ -523,10 +531,11 @@ impl CrisisDetector {
     }
 
     /// Whether the rules saw a context that is usually safe (a negative adjustment), a
-    /// negated signal, or a question about the hotlines: the model then needs
-    /// [`GUARDED_MIN`].
+    /// figure of speech (an idiom: "i cut myself shaving"), a negated signal, or a
+    /// question about the hotlines: the model then needs [`GUARDED_MIN`].
     fn guarded(&self, a: &Analysis, rules: &Outcome) -> bool {
         a.negated
+            || !a.idioms.is_empty()
             || matches!(rules, Outcome::Resources(_))
             || a.hits.iter().any(
                 |h| matches!(self.patterns[h.pattern as usize].kind, Kind::Adjust(w) if w < 0.0),
@@ -1749,14 +1758,15 @@ mod tests {
     }
 
     #[test]
-    fn the_model_only_adds_and_needs_more_where_the_rules_saw_a_safe_context() {
+    fn the_model_adds_needs_more_in_a_safe_context_and_vetoes_only_when_all_but_sure() {
         let rules = Outcome::Crisis(Signal {
             category: SelfHarm,
             features: vec!["cut_self".into()],
             score: 2.0,
             stage: Stage::Rules,
         });
-        let Outcome::Crisis(s) = CrisisDetector::combine(rules.clone(), false, 0.1, 0.5) else {
+        let Outcome::Crisis(s) = CrisisDetector::combine(rules.clone(), false, 0.1, 0.5, 0.0)
+        else {
             panic!("the rules' detection must stay");
         };
         assert_eq!(
@@ -1766,13 +1776,14 @@ mod tests {
                 vec!["cut_self".to_string(), "model:0.10".to_string()]
             )
         );
-        let Outcome::Crisis(s) = CrisisDetector::combine(rules, false, 0.7, 0.5) else {
+        let Outcome::Crisis(s) = CrisisDetector::combine(rules.clone(), false, 0.7, 0.5, 0.0)
+        else {
             panic!("the rules' detection must stay");
         };
         assert_eq!(s.stage, Stage::Both);
         let fires = |o: Outcome, guarded: bool, p: f32| {
             matches!(
-                CrisisDetector::combine(o, guarded, p, 0.5),
+                CrisisDetector::combine(o, guarded, p, 0.5, 0.0),
                 Outcome::Crisis(_)
             )
         };
@@ -1783,10 +1794,22 @@ mod tests {
         assert!(fires(Outcome::Nothing, true, 0.95));
         let hotline = || Outcome::Resources(vec!["hotline_number".into()]);
         assert_eq!(
-            CrisisDetector::combine(hotline(), true, 0.85, 0.5),
+            CrisisDetector::combine(hotline(), true, 0.85, 0.5, 0.0),
             hotline()
         );
         assert!(fires(hotline(), true, 0.95));
+        // The veto: the rules' detection falls only when the model is all but sure.
+        assert_eq!(
+            CrisisDetector::combine(rules.clone(), false, 0.01, 0.5, 0.02),
+            Outcome::Nothing
+        );
+        let Outcome::Crisis(s) = CrisisDetector::combine(rules.clone(), false, 0.03, 0.5, 0.02)
+        else {
+            panic!("above the veto the rules' detection stays");
+        };
+        assert_eq!(s.stage, Stage::Rules);
+        // The veto never removes what the model itself would add.
+        assert!(fires(Outcome::Nothing, false, 0.6));
     }
 
     #[test]

@@ -11,11 +11,17 @@
 //! - `c:GRAM` — the 3, 4 and 5 letter pieces of each word as typed (padded with `<` `>`,
 //!   runs of three or more of one letter squeezed), so a typo still shares most pieces;
 //! - `r:RULE`, `a:ADJUSTMENT`, `q:RESOURCES`, `i:IDIOM` — the rule engine's matches, and
-//!   `s:BUCKET` — its best score, bucketed.
+//!   `s:BUCKET` — its best score, bucketed;
+//! - `n:WORD` — a word at most three words after a negation in its clause ("i would
+//!   never hurt myself"), and `l:BUCKET` — the message's length in words, bucketed (a
+//!   one-word "sure" is not scored like a sentence).
 //!
 //! A message's score is `bias + (sum of its features' weights, each counted as often as it
 //! occurs) / sqrt(number of features)`, and its probability the logistic of that. The
-//! weights live in `fixtures/crisis/model.tsv` (format at its top), are compiled into the
+//! model can also overrule the rules, but only when it is all but sure: a crisis the rules
+//! found stands unless the probability is below the file's `veto` (at most [`MAX_VETO`]),
+//! and only in a message of at most [`VETO_MAX_WORDS`] words.
+//! The weights live in `fixtures/crisis/model.tsv` (format at its top), are compiled into the
 //! binary, and are regenerated from the training files by [`super::crisis_train::train`]: fixed fold assignment,
 //! fixed shuffles from a fixed seed, so the same files give the same bytes.
 
@@ -34,6 +40,21 @@ pub(super) const SKIP_REACH: usize = 3;
 /// negated signal ("i would never kill myself") or a hotline question needs at least this
 /// probability before the model alone fires.
 pub const GUARDED_MIN: f32 = 0.9;
+
+/// The largest veto a model file may carry: the model overrules the rules only when it is
+/// at least 95 % sure a message is not a crisis.
+pub const MAX_VETO: f32 = 0.05;
+
+/// The longest message (in words) the veto applies to: the training lines it was chosen on
+/// are shorter, and over a long message the model's average of many unrelated words says
+/// little about the one sentence a rule caught.
+pub const VETO_MAX_WORDS: usize = 40;
+
+/// Whether the model's veto may apply to the message behind `ev` (at most
+/// [`VETO_MAX_WORDS`] words).
+pub(crate) fn vetoable(ev: &Evidence<'_>) -> bool {
+    ev.words.iter().flatten().count() <= VETO_MAX_WORDS
+}
 
 /// What the rule engine and the normaliser saw in a message: what feature extraction reads.
 pub(crate) struct Evidence<'a> {
@@ -60,14 +81,26 @@ pub(crate) fn extract(ev: &Evidence<'_>, sink: &mut impl Sink) {
     let mut prev: Option<&str> = None;
     let mut prev_raw: Option<&str> = None;
     let mut clause: Vec<&str> = Vec::new();
+    // Words left in the reach of the last negation of this clause.
+    let mut negated = 0;
+    let mut count = 0usize;
     for w in &ev.words {
         let Some((word, raw)) = *w else {
             clause.clear();
             prev = None;
             prev_raw = None;
+            negated = 0;
             continue;
         };
+        count += 1;
         sink.add(&["w:", word]);
+        if negated > 0 {
+            sink.add(&["n:", word]);
+            negated -= 1;
+        }
+        if NEGATIONS.contains(&word) {
+            negated = NEG_REACH;
+        }
         if let Some(p) = prev {
             sink.add(&["b:", p, " ", word]);
         }
@@ -94,7 +127,21 @@ pub(crate) fn extract(ev: &Evidence<'_>, sink: &mut impl Sink) {
         Some(_) => "fire",
     };
     sink.add(&["s:", bucket]);
+    let length = match count {
+        0..=1 => "1",
+        2 => "2",
+        3..=4 => "3-4",
+        5..=8 => "5-8",
+        9..=16 => "9-16",
+        _ => "17+",
+    };
+    sink.add(&["l:", length]);
 }
+
+/// Words that negate what follows them in a clause (after contractions are expanded).
+const NEGATIONS: &[&str] = &["not", "never", "no", "nor", "without"];
+/// How many words after a negation get an `n:` feature.
+const NEG_REACH: usize = 3;
 
 /// The 3-5 letter pieces of `<raw>` (ASCII words only: a piece must stay valid text).
 pub(super) fn char_grams(raw: &str, sink: &mut (impl Sink + ?Sized)) {
@@ -146,6 +193,7 @@ pub struct Model {
     mask: usize,
     bias: f32,
     threshold: f32,
+    veto: f32,
     features: usize,
 }
 
@@ -196,7 +244,7 @@ impl Model {
 
     /// Reads a model file. Errors name the file and the 1-based line.
     pub fn parse(name: &str, text: &str) -> Result<Model, String> {
-        let (mut bias, mut threshold) = (None, None);
+        let (mut bias, mut threshold, mut veto) = (None, None, 0.0);
         let mut weights = Vec::new();
         for (no, line) in text.lines().enumerate() {
             if line.trim().is_empty() || line.starts_with('#') {
@@ -216,10 +264,12 @@ impl Model {
                 "bias" => bias = Some(value),
                 "threshold" if (0.0..=1.0).contains(&value) => threshold = Some(value),
                 "threshold" => return Err(format!("{origin}: the threshold must be 0 to 1")),
+                "veto" if (0.0..=MAX_VETO).contains(&value) => veto = value,
+                "veto" => return Err(format!("{origin}: the veto must be 0 to {MAX_VETO}")),
                 k if k.len() > 2 && k.as_bytes()[1] == b':' => weights.push((hash(&[k]), value)),
                 k => {
                     return Err(format!(
-                        "{origin}: {k:?} is not `bias`, `threshold` or a feature `x:name`"
+                        "{origin}: {k:?} is not `bias`, `threshold`, `veto` or a feature `x:name`"
                     ))
                 }
             }
@@ -232,6 +282,7 @@ impl Model {
             mask: cap - 1,
             bias,
             threshold,
+            veto,
             features: weights.len(),
         };
         for (h, w) in weights {
@@ -281,6 +332,13 @@ impl Model {
     /// cross-validation on the training files).
     pub fn threshold(&self) -> f32 {
         self.threshold
+    }
+
+    /// The probability below which the model overrules the rules: a message the rules
+    /// found a crisis is not one when the model is this sure it is not (0: never; chosen by
+    /// cross-validation so that no crisis line of the training files is lost).
+    pub fn veto(&self) -> f32 {
+        self.veto
     }
 
     /// How many features have a weight.
