@@ -30,6 +30,13 @@
 //! floors is the open part of the issue; it must come from rules and training lines that
 //! generalise, never from reading these splits' misses.
 //!
+//! `test3.tsv`, the third held-out split, was written by a third author (blind to the
+//! detector, its data and the other splits) and added after the model with `train3.tsv`
+//! was final: 87.8 % (389/443), 2.2 % (8/369) false positives, measured once (the detector
+//! before `train3.tsv` and the veto: 80.4 %, 2.7 %).
+//!
+//! These tests print a held-out split's figures only, never its misses.
+//!
 //! The held-out test fails when `test.tsv` is missing: a passing run must have measured it.
 
 use std::path::PathBuf;
@@ -76,8 +83,18 @@ fn meets(name: &str, min_recall: f64) {
         100.0 * min_recall,
         100.0 * report.false_positive_rate(),
         100.0 * MAX_FALSE_POSITIVES,
-        report.render()
+        shown(name, &report)
     );
+}
+
+/// What a failing or chatty test prints of a report: a held-out split's figures only
+/// (its misses are never shown to anyone working on the detector), a training split's
+/// misses too.
+fn shown(name: &str, report: &worldbridge::agent::crisis_eval::Report) -> String {
+    match name.starts_with("test") {
+        true => report.render_figures(),
+        false => report.render(),
+    }
 }
 
 #[test]
@@ -155,28 +172,43 @@ fn the_held_out_split_keeps_its_measured_recall_and_the_false_positive_target() 
     meets("test.tsv", HELD_OUT_RECALL_FLOOR);
     let cases = load(&[eval_file("test.tsv")]).unwrap_or_else(|e| panic!("{e}"));
     let report = evaluate(&CrisisDetector::builtin(), &cases, 1);
-    eprintln!("{}", report.render());
+    eprintln!("{}", report.render_figures());
 }
 
-#[test]
-fn the_second_held_out_split_keeps_its_measured_recall_and_false_positives() {
-    let path = eval_file("test2.tsv");
+/// A held-out split written by its own author keeps its measured recall, and its false
+/// positives stay within the rules' own plus the classifier's budget.
+fn held_out_keeps(name: &str, floor: f64) {
+    let path = eval_file(name);
     assert!(path.exists(), "{} is missing", path.display());
     let cases = load(std::slice::from_ref(&path)).unwrap_or_else(|e| panic!("{e}"));
     let report = evaluate(&CrisisDetector::builtin(), &cases, 1);
     let rules = evaluate(&CrisisDetector::rules_only(), &cases, 1);
-    eprintln!("{}", report.render());
+    eprintln!("{}", report.render_figures());
     assert!(report.crisis.total >= 300 && report.none.total >= 300);
     assert!(
-        report.recall() >= HELD_OUT2_RECALL_FLOOR
+        report.recall() >= floor
             && report.false_positive_rate() <= rules.false_positive_rate() + FP_BUDGET,
-        "test2.tsv: recall {:.1}% (need >= {:.0}%), false positives {:.1}% (the rules alone: \
+        "{name}: recall {:.1}% (need >= {:.0}%), false positives {:.1}% (the rules alone: \
          {:.1}%)",
         100.0 * report.recall(),
-        100.0 * HELD_OUT2_RECALL_FLOOR,
+        100.0 * floor,
         100.0 * report.false_positive_rate(),
         100.0 * rules.false_positive_rate(),
     );
+}
+
+#[test]
+fn the_second_held_out_split_keeps_its_measured_recall_and_false_positives() {
+    held_out_keeps("test2.tsv", HELD_OUT2_RECALL_FLOOR);
+}
+
+/// The third held-out split's recall (389/443 = 87.8 %, measured once when it was added,
+/// after the model with `train3.tsv` was final), rounded down to whole percent.
+const HELD_OUT3_RECALL_FLOOR: f64 = 0.87;
+
+#[test]
+fn the_third_held_out_split_keeps_its_measured_recall_and_false_positives() {
+    held_out_keeps("test3.tsv", HELD_OUT3_RECALL_FLOOR);
 }
 
 #[test]
