@@ -65,7 +65,10 @@ fn main() -> ExitCode {
             data_dir,
             out,
         } => report(store_config(config, data_dir).and_then(|cfg| {
-            let doc = store::export(&data_path(&cfg)).map_err(|e| e.to_string())?;
+            let doc = match cfg.cluster.is_some() {
+                true => export_cluster(cfg)?,
+                false => store::export(&data_path(&cfg)).map_err(|e| e.to_string())?,
+            };
             let text = serde_json::to_string_pretty(&doc).map_err(|e| e.to_string())? + "\n";
             match out {
                 Some(path) => write_file(&path, &text),
@@ -83,6 +86,9 @@ fn main() -> ExitCode {
         } => report(store_config(config, data_dir).and_then(|cfg| {
             let text = std::fs::read_to_string(&file)
                 .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+            if cfg.cluster.is_some() {
+                return import_cluster(&cfg, &text, force);
+            }
             let dir = data_path(&cfg);
             let snap = store::import(&dir, &text, force)
                 .map_err(|e| e.to_string())?
@@ -157,6 +163,42 @@ fn store_config(config: Option<PathBuf>, data_dir: Option<String>) -> Result<Con
     };
     let env = |k: &str| std::env::var(k).ok();
     Config::load(&args, &env)
+}
+
+/// `worldbridge export` with `[cluster]`: the world as its Redis holds it.
+fn export_cluster(cfg: Config) -> Result<store::Export, String> {
+    use worldbridge::store::cluster::{dump, ClusterSettings};
+    let s = ClusterSettings::from_config(&cfg).ok_or("no [cluster] in the config")?;
+    let dump = dump(&s.redis_url, &s.world, s.timeout)?;
+    let app = worldbridge::app::App::new(cfg).map_err(|e| e.to_string())?;
+    Ok(store::Export {
+        format: store::EXPORT_FORMAT.into(),
+        version: store::EXPORT_VERSION,
+        bridge_version: env!("CARGO_PKG_VERSION").into(),
+        state: app.exported(dump),
+    })
+}
+
+/// `worldbridge import` with `[cluster]`: the document's rooms, events and sessions into
+/// the world's Redis.
+fn import_cluster(cfg: &Config, text: &str, force: bool) -> Result<(), String> {
+    use worldbridge::store::cluster::{load, ClusterSettings};
+    let s = ClusterSettings::from_config(cfg).ok_or("no [cluster] in the config")?;
+    let doc = store::read_export(text).map_err(|e| e.to_string())?;
+    if doc.state.snapshot.world != cfg.world {
+        return Err(format!(
+            "the export is of the world {:?}, this config's is {:?}",
+            doc.state.snapshot.world, cfg.world
+        ));
+    }
+    let (records, sessions) = worldbridge::app::cluster::import_records(&doc.state);
+    let n = sessions.len();
+    let appended = load(&s, records, sessions, force)?;
+    eprintln!(
+        "worldbridge: imported the world {:?} into {} ({appended} log entries, {n} sessions)",
+        cfg.world, s.redis_url
+    );
+    Ok(())
 }
 
 fn data_path(cfg: &Config) -> PathBuf {

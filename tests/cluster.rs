@@ -935,3 +935,68 @@ fn a_room_a_game_describes_on_one_node_is_described_on_every_node() {
     assert_eq!(on_b["data"]["exits"], json!({"north": "Hall"}));
     assert_eq!(on_a["data"], on_b["data"]);
 }
+
+#[test]
+#[ignore = "needs redis-server"]
+fn export_and_import_read_and_write_the_worlds_redis() {
+    let mut redis = Redis::start();
+    let a = node(&redis, "a");
+    assert_eq!(say(a.http, "una", "The Garden", "one").status, 200);
+    assert_eq!(say(a.http, "una", "The Garden", "two").status, 200);
+    assert_eq!(chat(a.http, "vic", "hello").json()["session_messages"], 2);
+    drop(a);
+    let config = temp_file(
+        &format!("export-{}.toml", redis.port),
+        &format!(
+            "world = \"w\"\n[cluster]\nredis_url = \"{}\"\n",
+            redis.url()
+        ),
+    );
+    // `worldbridge <words> --config <config>`: its output, and whether it succeeded.
+    let run = |words: &[&std::path::Path]| {
+        let out = bin()
+            .args(words)
+            .arg("--config")
+            .arg(&config)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        (out.status.success(), out.stdout, err)
+    };
+    let (ok, stdout, err) = run(&["export".as_ref()]);
+    assert!(ok, "{err}");
+    let doc: Value = serde_json::from_slice(&stdout).unwrap();
+    assert_eq!(doc["format"], "worldbridge-export");
+    assert_eq!(doc["world"], "w");
+    let said: Vec<&str> = (doc["events"].as_array().unwrap().iter())
+        .filter_map(|e| e["message"].as_str())
+        .collect();
+    assert_eq!(said, ["one", "two"]);
+    assert_eq!(doc["sessions"][0]["user_id"], "vic");
+    let file = temp_file(&format!("export-{}.json", redis.port), &doc.to_string());
+    // Into a Redis that holds the world already: refused without --force.
+    let (ok, _, err) = run(&["import".as_ref(), file.as_path()]);
+    assert!(!ok && err.contains("--force"), "{err}");
+    // Into an empty Redis: the events (numbered anew) and the conversation are back.
+    redis.wipe();
+    redis.restart();
+    let (ok, _, err) = run(&["import".as_ref(), file.as_path()]);
+    assert!(ok, "{err}");
+    let b = node(&redis, "b");
+    eventually(Duration::from_secs(5), "B has the imported says", || {
+        let evs = events(b.http, "The Garden");
+        (evs.iter()).filter(|e| e["type"] == "say").count() == 2
+    });
+    assert_eq!(
+        chat(b.http, "vic", "back again").json()["session_messages"],
+        4
+    );
+    // Another world's export is refused.
+    let other = temp_file(
+        &format!("other-{}.json", redis.port),
+        &doc.to_string()
+            .replace("\"world\":\"w\"", "\"world\":\"x\""),
+    );
+    let (ok, _, err) = run(&["import".as_ref(), "--force".as_ref(), other.as_path()]);
+    assert!(!ok && err.contains("of the world \"x\""), "{err}");
+}

@@ -21,7 +21,7 @@ use crate::app::App;
 use crate::conn::ConnId;
 use crate::feeds::gateway::logged::LogFrame;
 use crate::store::cluster::{
-    ClusterStore, Entry, News, Proposal, Record, KIND_EVENT, KIND_GATEWAY, KIND_ROOM,
+    ClusterStore, Dump, Entry, News, Proposal, Record, KIND_EVENT, KIND_GATEWAY, KIND_ROOM,
 };
 use crate::world::logged::is_provisional;
 use crate::world::room::Event;
@@ -396,56 +396,93 @@ impl App {
             c.applied_events += 1;
             c.lag_ms = crate::world::time::now_ms().saturating_sub(entry.ts_ms);
             let source = c.from_link.remove(&entry.seq);
-            if entry.kind == KIND_ROOM {
-                // The node that wrote it has it already.
-                if entry.node != c.node {
-                    match serde_json::from_str(&entry.body) {
-                        Ok(spec) => {
-                            if let Err(e) = self.world.set_room(spec) {
-                                log::warn!(
-                                    "cluster: room of log entry {} not kept: {e}",
-                                    entry.seq
-                                );
-                            }
-                        }
-                        Err(e) => log::warn!("cluster: log entry {} is not a room: {e}", entry.seq),
-                    }
-                }
-                continue;
-            }
-            if entry.kind == KIND_GATEWAY {
-                // The world's events before it go out first: frames keep log order.
-                self.fan_out(None);
-                match serde_json::from_str::<LogFrame>(&entry.body) {
-                    Ok(frame) => {
-                        let now = crate::world::time::now_ms();
-                        let mut out = Vec::new();
-                        (self.gateway).apply_logged(frame, entry.seq, &entry.node, now, &mut out);
-                        self.apply_gateway(out, now);
-                    }
-                    Err(e) => log::warn!("cluster: log entry {} is not a frame: {e}", entry.seq),
-                }
-                continue;
-            }
-            let mut ev: Event = match serde_json::from_str(&entry.body) {
-                Ok(ev) => ev,
-                Err(e) => {
-                    log::warn!("cluster: log entry {} is not an event: {e}", entry.seq);
-                    continue;
-                }
-            };
-            ev.seq = entry.seq;
-            ev.ts_ms = entry.ts_ms;
-            if source.is_some() {
-                // What came before goes to every link; this one not back to its own.
-                self.fan_out(None);
-            }
-            self.world.apply_logged(ev, &entry.node);
-            if source.is_some() {
-                self.fan_out(source);
-            }
+            // A room this node described, it has already.
+            let mine = entry.node == c.node;
+            self.apply_entry(entry, source, mine);
         }
         self.fan_out(None);
+    }
+
+    /// One log entry into the world or the gateway, fanned out in log order (`source`:
+    /// the link it came from, which does not hear it again).
+    fn apply_entry(&mut self, entry: Entry, source: Option<ConnId>, mine: bool) {
+        if entry.kind == KIND_ROOM {
+            if !mine {
+                match serde_json::from_str(&entry.body) {
+                    Ok(spec) => {
+                        if let Err(e) = self.world.set_room(spec) {
+                            log::warn!("cluster: room of log entry {} not kept: {e}", entry.seq);
+                        }
+                    }
+                    Err(e) => log::warn!("cluster: log entry {} is not a room: {e}", entry.seq),
+                }
+            }
+            return;
+        }
+        if entry.kind == KIND_GATEWAY {
+            // The world's events before it go out first: frames keep log order.
+            self.fan_out(None);
+            match serde_json::from_str::<LogFrame>(&entry.body) {
+                Ok(frame) => {
+                    let now = crate::world::time::now_ms();
+                    let mut out = Vec::new();
+                    (self.gateway).apply_logged(frame, entry.seq, &entry.node, now, &mut out);
+                    self.apply_gateway(out, now);
+                }
+                Err(e) => log::warn!("cluster: log entry {} is not a frame: {e}", entry.seq),
+            }
+            return;
+        }
+        let mut ev: Event = match serde_json::from_str(&entry.body) {
+            Ok(ev) => ev,
+            Err(e) => {
+                log::warn!("cluster: log entry {} is not an event: {e}", entry.seq);
+                return;
+            }
+        };
+        ev.seq = entry.seq;
+        ev.ts_ms = entry.ts_ms;
+        if source.is_some() {
+            // What came before goes to every link; this one not back to its own.
+            self.fan_out(None);
+        }
+        self.world.apply_logged(ev, &entry.node);
+        if source.is_some() {
+            self.fan_out(source);
+        }
+    }
+
+    /// The world as a cluster's Redis holds it (`worldbridge export` with a cluster
+    /// config): the log replayed into this fresh hub, the stored sessions taken up, and
+    /// the whole as the export document's state. Presence is what the log says last.
+    pub fn exported(mut self, dump: Dump) -> crate::store::Stored {
+        self.world.log_events("export");
+        self.gateway.log_frames("export");
+        self.gateway.track_changes();
+        for entry in dump.entries {
+            self.gateway.set_log_epoch(Some(&entry.epoch));
+            self.apply_entry(entry, None, false);
+        }
+        self.fan_out(None);
+        for json in dump.sessions {
+            match serde_json::from_str(&json) {
+                Ok(s) => self.world.sessions.take_stored(s),
+                Err(e) => log::warn!("export: a stored session does not read: {e}"),
+            }
+        }
+        let mut gateway = self.gateway.take_unsaved();
+        let keep = gateway.len().saturating_sub(self.cfg.gateway.history_max);
+        gateway.drain(..keep);
+        crate::store::Stored {
+            snapshot: self.world.snapshot(),
+            gateway_seq: self.gateway.seq(),
+            gateway,
+            fed_events: Vec::new(),
+            fed_pruned: Vec::new(),
+            fed_trust: Vec::new(),
+            fed_departures: Vec::new(),
+            fed_arrivals: Vec::new(),
+        }
     }
 
     /// Release held answers whose events this node has applied, in order.
@@ -608,6 +645,43 @@ pub fn renumber_value(v: &mut serde_json::Value, fix: &Renumber) {
         serde_json::Value::Array(items) => items.iter_mut().for_each(|i| renumber_value(i, fix)),
         _ => {}
     }
+}
+
+/// An export document as log records and stored sessions (`worldbridge import` with a
+/// cluster config): every room's description, then the events in their order (numbered
+/// anew by the log), and the sessions. Presence is not carried: it is what the log says,
+/// and people enter again with their next request. The gateway's resume history is not
+/// either: the import starts a new epoch, so resuming clients get `resync_required`.
+pub fn import_records(state: &crate::store::Stored) -> (Vec<Record>, Vec<(String, String)>) {
+    let now = crate::world::time::now_ms();
+    let snap = &state.snapshot;
+    let mut records = Vec::with_capacity(snap.rooms.len() + snap.events.len());
+    for room in &snap.rooms {
+        if let Ok(body) = serde_json::to_string(&room.spec) {
+            records.push(Record {
+                kind: KIND_ROOM,
+                ts_ms: now,
+                body,
+            });
+        }
+    }
+    let mut events = snap.events.clone();
+    events.sort_by_key(|e| e.seq);
+    for mut ev in events {
+        ev.seq = 0;
+        let ts_ms = crate::world::time::parse_rfc3339(&ev.timestamp).unwrap_or(now);
+        if let Ok(body) = serde_json::to_string(&ev) {
+            records.push(Record {
+                kind: KIND_EVENT,
+                ts_ms,
+                body,
+            });
+        }
+    }
+    let sessions = (snap.sessions.iter())
+        .filter_map(|s| Some((s.user_id.clone(), serde_json::to_string(s).ok()?)))
+        .collect();
+    (records, sessions)
 }
 
 #[cfg(test)]

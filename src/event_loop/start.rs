@@ -237,22 +237,14 @@ impl Bridge {
             app.attach_pool(pool);
         }
         app.inbox = Some(inbox);
-        if let Some(c) = app.cfg.cluster.clone() {
+        if app.cfg.cluster.is_some() {
             // A node of a cluster keeps the world in Redis, not in a data directory.
             let w = waker.clone();
             let wake = Arc::new(move || {
                 let _ = w.wake();
             });
-            let settings = crate::store::cluster::ClusterSettings {
-                redis_url: c.redis_url.clone(),
-                world: app.cfg.world.clone(),
-                node: c.node_name(),
-                node_ttl: Duration::from_secs(c.node_ttl_s),
-                presence_ttl: Duration::from_secs(c.presence_ttl_s),
-                session_ttl: Duration::from_secs(app.cfg.sessions.idle_timeout_s),
-                log_max: c.log_max,
-                timeout: Duration::from_millis(c.timeout_ms),
-            };
+            let settings = crate::store::cluster::ClusterSettings::from_config(&app.cfg)
+                .unwrap_or_else(|| unreachable!("[cluster] is in the config"));
             log::info!(
                 "cluster: node {} of world {} over {}",
                 settings.node,

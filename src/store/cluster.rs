@@ -129,6 +129,23 @@ pub struct ClusterSettings {
     pub session_ttl: Duration,
 }
 
+impl ClusterSettings {
+    /// The settings of `[cluster]` (`None` without it).
+    pub fn from_config(cfg: &crate::config::Config) -> Option<ClusterSettings> {
+        let c = cfg.cluster.as_ref()?;
+        Some(ClusterSettings {
+            redis_url: c.redis_url.clone(),
+            world: cfg.world.clone(),
+            node: c.node_name(),
+            node_ttl: Duration::from_secs(c.node_ttl_s),
+            presence_ttl: Duration::from_secs(c.presence_ttl_s),
+            log_max: c.log_max,
+            timeout: Duration::from_millis(c.timeout_ms),
+            session_ttl: Duration::from_secs(cfg.sessions.idle_timeout_s),
+        })
+    }
+}
+
 /// The Redis keys of one world.
 #[derive(Debug, Clone)]
 pub struct Keys {
@@ -1006,4 +1023,127 @@ fn parse_entry(id: &StreamId) -> Result<Entry, String> {
         ts_ms: number("t")?,
         body: text("e")?,
     })
+}
+
+/// Everything a world's Redis holds, read at once (`worldbridge export` with a cluster
+/// config): the log's entries in order and the stored sessions' JSON.
+#[derive(Debug, Default)]
+pub struct Dump {
+    pub entries: Vec<Entry>,
+    pub sessions: Vec<String>,
+}
+
+/// One connection for the export and import commands (no threads: they run alone).
+fn connect(url: &str, timeout: Duration) -> Result<Connection, String> {
+    let client = Client::open(url).map_err(|e| format!("cluster.redis_url {url:?}: {e}"))?;
+    let con = (client.get_connection_with_timeout(timeout))
+        .map_err(|e| format!("{} at {url}", describe(&e)))?;
+    con.set_read_timeout(Some(timeout * 10))
+        .and_then(|()| con.set_write_timeout(Some(timeout * 10)))
+        .map_err(|e| describe(&e))?;
+    Ok(con)
+}
+
+/// Read a world's log and sessions.
+pub fn dump(url: &str, world: &str, timeout: Duration) -> Result<Dump, String> {
+    let mut con = connect(url, timeout)?;
+    let keys = Keys::new(world);
+    let mut dump = Dump::default();
+    let mut from = "-".to_string();
+    loop {
+        let page: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+            .arg(&keys.log)
+            .arg(&from)
+            .arg("+")
+            .arg("COUNT")
+            .arg(READ_COUNT)
+            .query(&mut con)
+            .map_err(|e| describe(&e))?;
+        let n = page.ids.len();
+        for id in &page.ids {
+            dump.entries.push(parse_entry(id)?);
+            from = format!("({}", id.id);
+        }
+        if n < READ_COUNT {
+            break;
+        }
+    }
+    let pattern = format!("{}session:*", keys.prefix);
+    let names: Vec<String> = redis::cmd("KEYS")
+        .arg(&pattern)
+        .query(&mut con)
+        .map_err(|e| describe(&e))?;
+    for name in names {
+        let json: Option<String> = redis::cmd("GET")
+            .arg(&name)
+            .query(&mut con)
+            .map_err(|e| describe(&e))?;
+        dump.sessions.extend(json);
+    }
+    Ok(dump)
+}
+
+/// Load records and sessions into a world's Redis (`worldbridge import` with a cluster
+/// config). A world whose log is not empty is refused unless `force`, which deletes every
+/// key of the world first. Returns how many entries were appended.
+pub fn load(
+    settings: &ClusterSettings,
+    records: Vec<Record>,
+    sessions: Vec<(String, String)>,
+    force: bool,
+) -> Result<usize, String> {
+    let mut con = connect(&settings.redis_url, settings.timeout)?;
+    let keys = Keys::new(&settings.world);
+    let held: u64 = redis::cmd("XLEN")
+        .arg(&keys.log)
+        .query(&mut con)
+        .map_err(|e| describe(&e))?;
+    if held > 0 && !force {
+        return Err(format!(
+            "the world {:?} in {} already holds {held} log entries; import with --force to \
+             replace them (every node of the world should be stopped first)",
+            settings.world, settings.redis_url
+        ));
+    }
+    if force {
+        let all: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{}*", keys.prefix))
+            .query(&mut con)
+            .map_err(|e| describe(&e))?;
+        if !all.is_empty() {
+            redis::cmd("DEL")
+                .arg(&all)
+                .query::<()>(&mut con)
+                .map_err(|e| describe(&e))?;
+        }
+    }
+    let script = Script::new(APPEND);
+    let mark = keys.mark(&settings.node);
+    let mut appended = 0;
+    for (i, chunk) in records.chunks(500).enumerate() {
+        let mut call = script.prepare_invoke();
+        call.key(&keys.seq)
+            .key(&keys.epoch)
+            .key(&keys.log)
+            .key(&mark)
+            .arg(settings.log_max)
+            .arg(&settings.node)
+            .arg(format!("import/{i}"));
+        for r in chunk {
+            call.arg(r.kind).arg(r.ts_ms).arg(&r.body);
+        }
+        let (_, seqs): (String, Vec<u64>) = call.invoke(&mut con).map_err(|e| describe(&e))?;
+        appended += seqs.len();
+    }
+    let ttl_ms = (settings.session_ttl.as_millis() as u64).max(1);
+    for (user, json) in sessions {
+        redis::cmd("SET")
+            .arg(keys.session(&user))
+            .arg(json)
+            .arg("PX")
+            .arg(ttl_ms)
+            .query::<()>(&mut con)
+            .map_err(|e| describe(&e))?;
+    }
+    Ok(appended)
 }

@@ -911,9 +911,9 @@ pub fn export(dir: &Path) -> Result<Export, StoreError> {
     })
 }
 
-/// Load an export document into a data directory (refusing a newer major version, and a
-/// directory that already holds a world unless `force`).
-pub fn import(dir: &Path, text: &str, force: bool) -> Result<Stored, StoreError> {
+/// Read an export document: its format, a version this build reads, and no field it
+/// does not know.
+pub fn read_export(text: &str) -> Result<Export, StoreError> {
     let head: serde_json::Value = serde_json::from_str(text).map_err(StoreError::NotJson)?;
     if head["format"] != EXPORT_FORMAT {
         return Err(StoreError::NotAnExport {
@@ -931,7 +931,13 @@ pub fn import(dir: &Path, text: &str, force: bool) -> Result<Stored, StoreError>
     {
         return Err(StoreError::UnknownField(unknown.clone()));
     }
-    let doc: Export = serde_json::from_value(head).map_err(StoreError::BadExport)?;
+    serde_json::from_value(head).map_err(StoreError::BadExport)
+}
+
+/// Load an export document into a data directory (refusing a newer major version, and a
+/// directory that already holds a world unless `force`).
+pub fn import(dir: &Path, text: &str, force: bool) -> Result<Stored, StoreError> {
+    let doc = read_export(text)?;
     create_dir(dir)?;
     let _lock = lock(dir)?;
     let mut conn = open_db(dir)?;
