@@ -687,7 +687,105 @@ pub fn import_records(state: &crate::store::Stored) -> (Vec<Record>, Vec<(String
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::cluster::ClusterSettings;
     use crate::world::logged::PROVISIONAL_BASE;
+
+    /// A hub in cluster mode whose Redis threads reach nothing: the test plays their part,
+    /// handing it news by hand.
+    fn node(name: &str) -> App {
+        let mut cfg = crate::config::Config::default();
+        cfg.store.memory = true;
+        cfg.world = "w".into();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .unwrap();
+        cfg.cluster = Some(crate::config::ClusterConfig {
+            redis_url: format!("redis://127.0.0.1:{port}"),
+            node_id: name.into(),
+            ..Default::default()
+        });
+        let settings = ClusterSettings::from_config(&cfg).unwrap();
+        let mut app = App::new(cfg).unwrap();
+        let store = ClusterStore::start(settings, std::sync::Arc::new(|| {})).unwrap();
+        app.attach_cluster(store, None);
+        app.on_cluster(News::Up);
+        app
+    }
+
+    /// What the log holds for these proposed events, numbered from `first`, by `node`.
+    fn entries(events: &[Event], first: u64, node: &str) -> Vec<Entry> {
+        (events.iter().zip(first..))
+            .map(|(ev, seq)| Entry {
+                seq,
+                epoch: "1".into(),
+                node: node.into(),
+                kind: KIND_EVENT.into(),
+                ts_ms: ev.ts_ms,
+                body: serde_json::to_string(ev).unwrap(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn an_answer_waits_until_its_events_are_appended_and_applied_here() {
+        let mut a = node("a");
+        let conn = ConnId { idx: 7, gen: 0 };
+        let said = a.world.say("una", "Una", "The Garden", "hi", 10).unwrap();
+        assert!(a.must_hold(), "a change in cluster mode waits for the log");
+        a.hold_http(conn);
+        let proposed = [said.moved.clone(), vec![said.event.clone()]].concat();
+        a.flush_store();
+        // Appended, not yet read back: still held.
+        a.on_cluster(News::Appended {
+            batch: 1,
+            epoch: "1".into(),
+            seqs: vec![41, 42],
+        });
+        assert!(a.released.is_empty());
+        // Read back: released, with the log's numbers for the provisional ones.
+        a.on_cluster(News::Entries(entries(&proposed, 41, "a")));
+        let fix = match a.released.as_slice() {
+            [(c, Ok(fix))] if *c == conn => fix.clone(),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(fix, vec![(proposed[0].seq, 41), (proposed[1].seq, 42)]);
+        let seqs: Vec<u64> = (a.world.events("The Garden", None, None).unwrap().iter())
+            .map(|e| e.seq)
+            .collect();
+        assert_eq!(seqs, [41, 42]);
+        // An entry seen again (a reader that reconnected) is not applied twice.
+        a.on_cluster(News::Entries(entries(&proposed, 41, "a")));
+        assert_eq!(a.world.events("The Garden", None, None).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn a_failed_append_is_refused_and_an_unknown_one_says_so() {
+        let mut a = node("a");
+        for (batch, unknown, code) in [(1, false, "store_unavailable"), (2, true, "store_unknown")]
+        {
+            a.world.say("una", "Una", "The Garden", "hi", 10).unwrap();
+            a.hold_http(ConnId { idx: 1, gen: 0 });
+            a.flush_store();
+            a.on_cluster(News::Failed {
+                batches: vec![batch],
+                error: "Redis is unreachable".into(),
+                unknown,
+            });
+            match a.released.pop() {
+                Some((_, Err(r))) => assert_eq!(r.code, code),
+                other => panic!("{other:?}"),
+            }
+        }
+        // Redis down: changes are refused up front, health says why.
+        a.on_cluster(News::Down {
+            error: "Redis is unreachable (connection refused)".into(),
+        });
+        assert_eq!(a.store_refusal().map(|r| r.code), Some("store_unavailable"));
+        let (health, reason) = a.cluster_health().unwrap();
+        assert_eq!(health["redis"], "down");
+        assert!(reason.unwrap().contains("unreachable"));
+    }
 
     #[test]
     fn renumbering_touches_only_provisional_seq_keys() {
