@@ -36,6 +36,9 @@
 //! was final: 87.8 % (389/443), 2.2 % (8/369) false positives, measured once (the detector
 //! before `train3.tsv` and the veto: 80.4 %, 2.7 %).
 //!
+//! `test4.tsv`, by a fourth blind author, added after the model with `train4.tsv` was
+//! final: 90.6 % (396/437), 2.2 % (8/360, all the rules' alone), measured once.
+//!
 //! These tests print a held-out split's figures only, never its misses.
 //!
 //! The held-out test fails when `test.tsv` is missing: a passing run must have measured it.
@@ -59,12 +62,14 @@ fn meets_the_targets(name: &str) {
 }
 
 /// The held-out split's recall with the classifier (193/215 = 89.8 % when it was added,
-/// 204/215 = 94.9 % with `train3.tsv`), rounded down to whole percent with a line to spare.
+/// 204/215 = 94.9 % with `train3.tsv`, 205/215 = 95.3 % with `train4.tsv`), rounded down
+/// to whole percent with a line to spare.
 const HELD_OUT_RECALL_FLOOR: f64 = 0.94;
 
 /// The second held-out split's recall (304/403 = 75.4 % when it was added, 343/403 =
-/// 85.1 % with `train3.tsv`), rounded down to whole percent with lines to spare.
-const HELD_OUT2_RECALL_FLOOR: f64 = 0.84;
+/// 85.1 % with `train3.tsv`, 355/403 = 88.1 % with `train4.tsv`), rounded down to whole
+/// percent with lines to spare.
+const HELD_OUT2_RECALL_FLOOR: f64 = 0.87;
 
 fn meets(name: &str, min_recall: f64) {
     let path = eval_file(name);
@@ -216,12 +221,22 @@ fn the_second_held_out_split_keeps_its_measured_recall_and_false_positives() {
 }
 
 /// The third held-out split's recall (389/443 = 87.8 %, measured once when it was added,
-/// after the model with `train3.tsv` was final), rounded down to whole percent.
-const HELD_OUT3_RECALL_FLOOR: f64 = 0.87;
+/// after the model with `train3.tsv` was final; 402/443 = 90.7 % with `train4.tsv`),
+/// rounded down to whole percent with lines to spare.
+const HELD_OUT3_RECALL_FLOOR: f64 = 0.89;
 
 #[test]
 fn the_third_held_out_split_keeps_its_measured_recall_and_false_positives() {
     held_out_keeps("test3.tsv", HELD_OUT3_RECALL_FLOOR);
+}
+
+/// The fourth held-out split's recall (396/437 = 90.6 %, measured once when it was added,
+/// after the model with `train4.tsv` was final), rounded down with lines to spare.
+const HELD_OUT4_RECALL_FLOOR: f64 = 0.89;
+
+#[test]
+fn the_fourth_held_out_split_keeps_its_measured_recall_and_false_positives() {
+    held_out_keeps("test4.tsv", HELD_OUT4_RECALL_FLOOR);
 }
 
 #[test]
@@ -268,6 +283,19 @@ fn the_cli_prints_the_figures_and_names_a_bad_line() {
     ] {
         assert!(text.contains(needle), "{needle:?} missing from:\n{text}");
     }
+    // A held-out split: the figures, never the misses.
+    let out = std::process::Command::new(bin)
+        .args(["crisis-eval"])
+        .arg(eval_file("test.tsv"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("recall (crisis lines given the protocol):"),
+        "{text}"
+    );
+    assert!(text.contains("the misses are not listed"), "{text}");
+    assert!(!text.contains("MISS"), "a held-out miss was printed");
     let dir = std::env::temp_dir().join(format!("worldbridge-crisis-cli-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let bad = dir.join("bad.tsv");
