@@ -168,6 +168,9 @@ fn a_say_on_one_node_is_seen_on_the_other_with_the_same_seq() {
     assert_eq!(health["status"], "ok", "{health}");
     assert_eq!(health["cluster"]["node_id"], "b");
     assert_eq!(health["cluster"]["seq"], seq);
+    eventually(Duration::from_secs(3), "health lists both nodes", || {
+        get(b.http, "/bridge/health")["cluster"]["nodes"] == json!(["a", "b"])
+    });
     let metrics = call(b.http, "GET", "/metrics", None).text();
     assert!(
         metrics.contains("worldbridge_cluster_log_seq{node=\"b\"}"),
@@ -594,6 +597,10 @@ fn a_killed_nodes_users_and_agents_leave_and_its_client_resumes_elsewhere() {
     });
     let status = get(a.http, "/api/gateway/status");
     assert_eq!(status["count"], 1, "{status}");
+    assert_eq!(
+        get(a.http, "/bridge/health")["cluster"]["nodes"],
+        json!(["a"])
+    );
     // bob's client resumes on A and misses nothing.
     drop(bob);
     let path = format!("/ws/matrix?since={since}&epoch={}", epoch.as_str().unwrap());

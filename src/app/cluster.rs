@@ -57,6 +57,8 @@ pub struct Cluster {
     pub resets: u64,
     /// From the last applied entry's event to its application here, in ms.
     pub lag_ms: u64,
+    /// The nodes alive, as Redis last said (this one included).
+    pub nodes: Vec<String>,
     /// Dead nodes cleaned up after in this iteration (they leave the set once logged).
     forget: Vec<String>,
     /// Users whose session lease this node holds (it talks to the agent for them).
@@ -90,6 +92,7 @@ impl Cluster {
             applied_events: 0,
             resets: 0,
             lag_ms: 0,
+            nodes: Vec::new(),
             forget: Vec::new(),
             nodes_reaped: 0,
             data_lock: None,
@@ -218,6 +221,7 @@ impl App {
                 self.gateway.node_gone(&node, now);
             }
             News::Leased { user, session } => self.leased(user, session),
+            News::Nodes(nodes) => c.nodes = nodes,
             News::Down { error } => {
                 if c.down.is_none() {
                     c.down = Some((error, now));
@@ -530,6 +534,8 @@ impl App {
             "redis": redis,
             "epoch": c.epoch,
             "seq": c.applied,
+            "lag_ms": c.lag_ms,
+            "nodes": c.nodes,
         });
         let reason = c.down.as_ref().map(|(why, since)| {
             v["since"] = serde_json::json!(crate::world::time::rfc3339(*since));

@@ -281,6 +281,8 @@ pub enum News {
         user: String,
         session: Option<String>,
     },
+    /// The nodes alive now (their liveness keys exist), this one included, sorted.
+    Nodes(Vec<String>),
     /// Redis answers again.
     Up,
     /// Redis does not answer (the error, as a sentence).
@@ -333,6 +335,7 @@ impl ClusterStore {
             renew: Script::new(RENEW),
             release: Script::new(RELEASE),
             held: Default::default(),
+            live: Vec::new(),
             report: report.clone(),
             up: None,
             leases: Vec::new(),
@@ -496,6 +499,8 @@ struct Writer {
     release: Script,
     /// Users whose session lease this node holds (renewed with the liveness key).
     held: std::collections::HashSet<String>,
+    /// The live nodes last reported.
+    live: Vec<String>,
     report: Reporter,
     /// Whether Redis answered last time (`None` before the first try).
     up: Option<bool>,
@@ -654,17 +659,27 @@ impl Writer {
         let others: Vec<String> = (members.into_iter())
             .filter(|n| *n != self.settings.node)
             .collect();
-        if others.is_empty() {
-            return Ok(());
-        }
         let keys: Vec<String> = others.iter().map(|n| self.keys.node(n)).collect();
-        let alive: Vec<bool> = self.link.run(|c| {
-            let mut p = redis::pipe();
-            for k in &keys {
-                p.cmd("EXISTS").arg(k);
-            }
-            p.query(c)
-        })?;
+        let alive: Vec<bool> = match keys.is_empty() {
+            true => Vec::new(),
+            false => self.link.run(|c| {
+                let mut p = redis::pipe();
+                for k in &keys {
+                    p.cmd("EXISTS").arg(k);
+                }
+                p.query(c)
+            })?,
+        };
+        let mut live: Vec<String> = (others.iter().zip(&alive))
+            .filter(|(_, a)| **a)
+            .map(|(n, _)| n.clone())
+            .chain([self.settings.node.clone()])
+            .collect();
+        live.sort();
+        if live != self.live {
+            self.live = live.clone();
+            self.report.send(News::Nodes(live));
+        }
         // If this node dies while cleaning up, another takes over when the lock expires:
         // the dead node's presence is still gone within `presence_ttl_s` of its death.
         let lock = self
