@@ -39,6 +39,9 @@
 //! `test4.tsv`, by a fourth blind author, added after the model with `train4.tsv` was
 //! final: 90.6 % (396/437), 2.2 % (8/360, all the rules' alone), measured once.
 //!
+//! `test5.tsv`, by a fifth blind author, measured once with the same model: 91.3 %
+//! (401/439), 3.6 % (13/360; 11 the rules' alone).
+//!
 //! These tests print a held-out split's figures only, never its misses.
 //!
 //! The held-out test fails when `test.tsv` is missing: a passing run must have measured it.
@@ -237,6 +240,16 @@ const HELD_OUT4_RECALL_FLOOR: f64 = 0.89;
 #[test]
 fn the_fourth_held_out_split_keeps_its_measured_recall_and_false_positives() {
     held_out_keeps("test4.tsv", HELD_OUT4_RECALL_FLOOR);
+}
+
+/// The fifth held-out split's recall (401/439 = 91.3 %, measured once when it was added),
+/// rounded down with lines to spare. Its false positives (3.6 %, 11 of the 13 the rules'
+/// alone) are over the 2 % target.
+const HELD_OUT5_RECALL_FLOOR: f64 = 0.90;
+
+#[test]
+fn the_fifth_held_out_split_keeps_its_measured_recall_and_false_positives() {
+    held_out_keeps("test5.tsv", HELD_OUT5_RECALL_FLOOR);
 }
 
 #[test]
