@@ -1059,6 +1059,31 @@ fn connect(url: &str, timeout: Duration) -> Result<Connection, String> {
     Ok(con)
 }
 
+/// The keys matching `pattern`, with `SCAN` (a `KEYS` would stop Redis for every node
+/// while it walks the whole keyspace).
+fn scan(con: &mut Connection, pattern: &str) -> Result<Vec<String>, String> {
+    let mut found = Vec::new();
+    let mut cursor = 0u64;
+    loop {
+        let (next, page): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(pattern)
+            .arg("COUNT")
+            .arg(READ_COUNT)
+            .query(con)
+            .map_err(|e| describe(&e))?;
+        found.extend(page);
+        if next == 0 {
+            break;
+        }
+        cursor = next;
+    }
+    found.sort();
+    found.dedup();
+    Ok(found)
+}
+
 /// Read a world's log and sessions.
 pub fn dump(url: &str, world: &str, timeout: Duration) -> Result<Dump, String> {
     let mut con = connect(url, timeout)?;
@@ -1083,11 +1108,7 @@ pub fn dump(url: &str, world: &str, timeout: Duration) -> Result<Dump, String> {
             break;
         }
     }
-    let pattern = format!("{}session:*", keys.prefix);
-    let names: Vec<String> = redis::cmd("KEYS")
-        .arg(&pattern)
-        .query(&mut con)
-        .map_err(|e| describe(&e))?;
+    let names = scan(&mut con, &format!("{}session:*", keys.prefix))?;
     for name in names {
         let json: Option<String> = redis::cmd("GET")
             .arg(&name)
@@ -1121,10 +1142,7 @@ pub fn load(
         ));
     }
     if force {
-        let all: Vec<String> = redis::cmd("KEYS")
-            .arg(format!("{}*", keys.prefix))
-            .query(&mut con)
-            .map_err(|e| describe(&e))?;
+        let all = scan(&mut con, &format!("{}*", keys.prefix))?;
         if !all.is_empty() {
             redis::cmd("DEL")
                 .arg(&all)
