@@ -110,11 +110,21 @@ fn node_config(redis: &Redis, node: &str) -> Config {
 }
 
 fn node(redis: &Redis, name: &str) -> TestBridge {
-    let b = start_with(node_config(redis, name));
-    eventually(Duration::from_secs(10), "the node reaches Redis", || {
-        get(b.http, "/bridge/health")["cluster"]["redis"] == "up"
-    });
+    start_node(node_config(redis, name))
+}
+
+/// Start a node with this config, once it reaches Redis.
+fn start_node(cfg: Config) -> TestBridge {
+    let b = start_with(cfg);
+    reaches_redis(b.http);
     b
+}
+
+/// Wait until the node at `http` says Redis answers.
+fn reaches_redis(http: SocketAddr) {
+    eventually(Duration::from_secs(10), "the node reaches Redis", || {
+        get(http, "/bridge/health")["cluster"]["redis"] == "up"
+    });
 }
 
 fn say(addr: SocketAddr, user: &str, room: &str, message: &str) -> common::Resp {
@@ -347,11 +357,7 @@ fn gateway_node(redis: &Redis, name: &str) -> TestBridge {
     let mut cfg = node_config(redis, name);
     cfg.gateway.max_messages_per_s = 100_000;
     cfg.http.rate_limit_requests = 100_000;
-    let b = start_with(cfg);
-    eventually(Duration::from_secs(10), "the node reaches Redis", || {
-        get(b.http, "/bridge/health")["cluster"]["redis"] == "up"
-    });
-    b
+    start_node(cfg)
 }
 
 /// Every text frame that arrives within `t`.
@@ -552,9 +558,7 @@ fn node_process_with(redis: &Redis, name: &str, more: &str) -> (std::process::Ch
     );
     let path = temp_file(&format!("node-{name}-{}.toml", redis.port), &config);
     let (child, addr, _log) = spawn(bin().arg("--config").arg(&path).arg("--memory"));
-    eventually(Duration::from_secs(10), "the node reaches Redis", || {
-        get(addr, "/bridge/health")["cluster"]["redis"] == "up"
-    });
+    reaches_redis(addr);
     (child, addr)
 }
 
@@ -667,12 +671,7 @@ fn one_call_at_a_time_per_user_across_nodes() {
     slow_agent(&mut ca);
     let mut cb = node_config(&redis, "b");
     slow_agent(&mut cb);
-    let (a, b) = (start_with(ca), start_with(cb));
-    for n in [&a, &b] {
-        eventually(Duration::from_secs(10), "the node reaches Redis", || {
-            get(n.http, "/bridge/health")["cluster"]["redis"] == "up"
-        });
-    }
+    let (a, b) = (start_node(ca), start_node(cb));
     let started = Instant::now();
     let on_a = {
         let addr = a.http;
@@ -709,10 +708,7 @@ fn the_owner_killed_mid_call_the_next_chat_elsewhere_goes_on_with_the_history() 
     let (mut b, b_http) = node_process_with(&redis, "b", &slow);
     let mut ca = node_config(&redis, "a");
     slow_agent(&mut ca);
-    let a = start_with(ca);
-    eventually(Duration::from_secs(10), "A reaches Redis", || {
-        get(a.http, "/bridge/health")["cluster"]["redis"] == "up"
-    });
+    let a = start_node(ca);
     let first = chat(b_http, "una", "hello");
     assert_eq!(first.json()["session_messages"], 2, "{}", first.text());
     // A second call on B is under way (B holds the lease) when B dies.
@@ -834,11 +830,8 @@ fn an_append_whose_answer_is_lost_is_answered_by_what_redis_holds() {
     if let Some(c) = &mut ca.cluster {
         c.redis_url = format!("redis://127.0.0.1:{}", proxy.port);
     }
-    let a = start_with(ca);
+    let a = start_node(ca);
     let b = node(&redis, "b");
-    eventually(Duration::from_secs(10), "A reaches Redis", || {
-        get(a.http, "/bridge/health")["cluster"]["redis"] == "up"
-    });
     let said = |addr, text: &str| -> usize {
         (events(addr, "The Tower").iter())
             .filter(|e| e["message"] == text)
@@ -917,11 +910,8 @@ fn a_room_a_game_describes_on_one_node_is_described_on_every_node() {
     let redis = Redis::start();
     let mut ca = node_config(&redis, "a");
     ca.line.listen = vec!["127.0.0.1:0".parse().unwrap()];
-    let a = start_with(ca);
+    let a = start_node(ca);
     let b = node(&redis, "b");
-    eventually(Duration::from_secs(10), "A reaches Redis", || {
-        get(a.http, "/bridge/health")["cluster"]["redis"] == "up"
-    });
     let mut g = LineClient::connect(a.line.unwrap());
     g.hello("mud", "generic");
     g.send(

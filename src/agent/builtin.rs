@@ -37,7 +37,11 @@ impl Builtin {
 }
 
 impl Backend for Builtin {
-    fn answer(&mut self, req: &AgentRequest) -> Result<String, AgentError> {
+    fn reply(
+        &mut self,
+        req: &AgentRequest,
+        _sink: Option<&mut dyn FnMut(&str)>,
+    ) -> Result<String, AgentError> {
         Ok(reply(req))
     }
 }

@@ -160,21 +160,7 @@ impl CommandBackend {
 }
 
 impl Backend for CommandBackend {
-    fn answer(&mut self, req: &AgentRequest) -> Result<String, AgentError> {
-        self.call(req, None)
-    }
-
-    fn answer_streaming(
-        &mut self,
-        req: &AgentRequest,
-        sink: &mut dyn FnMut(&str),
-    ) -> Result<String, AgentError> {
-        self.call(req, Some(sink))
-    }
-}
-
-impl CommandBackend {
-    fn call(
+    fn reply(
         &mut self,
         req: &AgentRequest,
         mut sink: Option<&mut dyn FnMut(&str)>,
@@ -611,7 +597,7 @@ read line; echo '{"type":"part","text":"ignored"}'; echo '{"text":"plain"}'"#;
             stream: true,
         };
         let mut got = Vec::new();
-        let text = b.answer_streaming(&req, &mut |p| got.push(p.to_string()));
+        let text = b.reply(&req, Some(&mut |p| got.push(p.to_string())));
         assert_eq!(text, Ok("One. Two.".into()));
         assert_eq!(got, vec!["One.", " Two."]);
         req.stream = false;

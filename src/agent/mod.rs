@@ -89,7 +89,7 @@ pub struct AgentRequest {
     /// system prompt before the crisis protocol; `None` for the bridge's own requests.
     pub system: Option<String>,
     /// The caller takes the answer in parts: a backend that can stream hands each piece
-    /// to its sink as it comes ([`Backend::answer_streaming`]).
+    /// to its sink as it comes ([`Backend::reply`]).
     pub stream: bool,
 }
 
@@ -137,16 +137,17 @@ pub struct AgentReply {
 /// A backend turns one request into text. Each worker thread owns one instance, so a
 /// backend may keep state (a subprocess, an HTTP agent) without locks.
 pub trait Backend: Send {
-    fn answer(&mut self, req: &AgentRequest) -> Result<String, AgentError>;
-
-    /// The answer, handing each piece to `sink` as it comes when the backend can stream
-    /// (the returned text is the whole answer). By default, one piece at the end.
-    fn answer_streaming(
+    /// The answer to `req`. With a `sink`, a backend that can stream hands it each piece
+    /// as it comes (the returned text is still the whole answer); one that cannot ignores
+    /// the sink, and the caller sends the whole answer as one piece.
+    fn reply(
         &mut self,
         req: &AgentRequest,
-        sink: &mut dyn FnMut(&str),
-    ) -> Result<String, AgentError> {
-        let _ = sink;
-        self.answer(req)
+        sink: Option<&mut dyn FnMut(&str)>,
+    ) -> Result<String, AgentError>;
+
+    /// The whole answer at once.
+    fn answer(&mut self, req: &AgentRequest) -> Result<String, AgentError> {
+        self.reply(req, None)
     }
 }

@@ -189,21 +189,7 @@ impl OpenAi {
 }
 
 impl Backend for OpenAi {
-    fn answer(&mut self, req: &AgentRequest) -> Result<String, AgentError> {
-        self.call(req, None)
-    }
-
-    fn answer_streaming(
-        &mut self,
-        req: &AgentRequest,
-        sink: &mut dyn FnMut(&str),
-    ) -> Result<String, AgentError> {
-        self.call(req, Some(sink))
-    }
-}
-
-impl OpenAi {
-    fn call(
+    fn reply(
         &mut self,
         req: &AgentRequest,
         mut sink: Option<&mut dyn FnMut(&str)>,

@@ -229,9 +229,12 @@ impl Worker {
                 wake();
             }
         };
-        let run = || match req.stream {
-            true => backend.answer_streaming(req, &mut sink),
-            false => backend.answer(req),
+        let run = || {
+            let sink: Option<&mut dyn FnMut(&str)> = match req.stream {
+                true => Some(&mut sink),
+                false => None,
+            };
+            backend.reply(req, sink)
         };
         match catch_unwind(AssertUnwindSafe(run)) {
             Ok(result) => result,
@@ -336,7 +339,11 @@ mod tests {
     }
 
     impl Backend for Gated {
-        fn answer(&mut self, req: &AgentRequest) -> Result<String, AgentError> {
+        fn reply(
+            &mut self,
+            req: &AgentRequest,
+            _sink: Option<&mut dyn FnMut(&str)>,
+        ) -> Result<String, AgentError> {
             let _ = self.started.send(req.job_id);
             let _ = self.gate.recv_timeout(Duration::from_secs(10));
             Ok(format!("done {}", req.job_id))
@@ -498,7 +505,11 @@ mod tests {
     struct Fragile;
 
     impl Backend for Fragile {
-        fn answer(&mut self, req: &AgentRequest) -> Result<String, AgentError> {
+        fn reply(
+            &mut self,
+            req: &AgentRequest,
+            _sink: Option<&mut dyn FnMut(&str)>,
+        ) -> Result<String, AgentError> {
             if req.message == "boom" {
                 panic!("boom went the backend");
             }

@@ -333,7 +333,7 @@ impl App {
         }
         match waiting.and_then(|job| self.calls.finish(job)) {
             Some(call) => {
-                if let Some((to, resp)) = self.submit_call(call, now) {
+                if let Some((to, resp)) = self.submit(call, now) {
                     self.start_next(Some(&user), now);
                     self.answer(to, resp);
                 }
@@ -562,41 +562,64 @@ impl App {
         };
         // Node ids are letters, digits, '_', '.' and '-' (`ClusterConfig::node_name`).
         let node = &c.node;
-        let up = u8::from(c.down.is_none() && c.seen_up);
-        let _ = write!(
-            o,
-            "# HELP worldbridge_cluster_redis_up Whether this node reaches Redis.\n\
-             # TYPE worldbridge_cluster_redis_up gauge\n\
-             worldbridge_cluster_redis_up{{node=\"{node}\"}} {up}\n\
-             # HELP worldbridge_cluster_log_seq The last log entry this node applied.\n\
-             # TYPE worldbridge_cluster_log_seq gauge\n\
-             worldbridge_cluster_log_seq{{node=\"{node}\"}} {}\n\
-             # HELP worldbridge_cluster_appended_events_total Events this node appended to the log.\n\
-             # TYPE worldbridge_cluster_appended_events_total counter\n\
-             worldbridge_cluster_appended_events_total{{node=\"{node}\"}} {}\n\
-             # HELP worldbridge_cluster_applied_events_total Log entries this node applied.\n\
-             # TYPE worldbridge_cluster_applied_events_total counter\n\
-             worldbridge_cluster_applied_events_total{{node=\"{node}\"}} {}\n\
-             # HELP worldbridge_cluster_log_lag_ms How long the last applied entry took from its event to this node.\n\
-             # TYPE worldbridge_cluster_log_lag_ms gauge\n\
-             worldbridge_cluster_log_lag_ms{{node=\"{node}\"}} {}\n\
-             # HELP worldbridge_cluster_log_resets_total Times the log was lost (a new epoch).\n\
-             # TYPE worldbridge_cluster_log_resets_total counter\n\
-             worldbridge_cluster_log_resets_total{{node=\"{node}\"}} {}\n\
-             # HELP worldbridge_cluster_nodes_reaped_total Dead nodes this node cleaned up after.\n\
-             # TYPE worldbridge_cluster_nodes_reaped_total counter\n\
-             worldbridge_cluster_nodes_reaped_total{{node=\"{node}\"}} {}\n\
-             # HELP worldbridge_cluster_waiting_answers Answers waiting for the log.\n\
-             # TYPE worldbridge_cluster_waiting_answers gauge\n\
-             worldbridge_cluster_waiting_answers{{node=\"{node}\"}} {}\n",
-            c.applied,
-            c.appended_events,
-            c.applied_events,
-            c.lag_ms,
-            c.resets,
-            c.nodes_reaped,
-            c.waiting(),
-        );
+        let series: [(&str, &str, &str, u64); 8] = [
+            (
+                "redis_up",
+                "gauge",
+                "Whether this node reaches Redis.",
+                u64::from(c.down.is_none() && c.seen_up),
+            ),
+            (
+                "log_seq",
+                "gauge",
+                "The last log entry this node applied.",
+                c.applied,
+            ),
+            (
+                "appended_events_total",
+                "counter",
+                "Events this node appended to the log.",
+                c.appended_events,
+            ),
+            (
+                "applied_events_total",
+                "counter",
+                "Log entries this node applied.",
+                c.applied_events,
+            ),
+            (
+                "log_lag_ms",
+                "gauge",
+                "How long the last applied entry took from its event to this node.",
+                c.lag_ms,
+            ),
+            (
+                "log_resets_total",
+                "counter",
+                "Times the log was lost (a new epoch).",
+                c.resets,
+            ),
+            (
+                "nodes_reaped_total",
+                "counter",
+                "Dead nodes this node cleaned up after.",
+                c.nodes_reaped,
+            ),
+            (
+                "waiting_answers",
+                "gauge",
+                "Answers waiting for the log.",
+                c.waiting() as u64,
+            ),
+        ];
+        for (name, kind, help, value) in series {
+            let _ = write!(
+                o,
+                "# HELP worldbridge_cluster_{name} {help}\n\
+                 # TYPE worldbridge_cluster_{name} {kind}\n\
+                 worldbridge_cluster_{name}{{node=\"{node}\"}} {value}\n"
+            );
+        }
     }
 }
 

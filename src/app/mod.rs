@@ -322,11 +322,6 @@ impl App {
         self.next_batch
     }
 
-    /// Whether answers to state-changing requests must wait for the store.
-    pub fn durable(&self) -> bool {
-        self.store.is_some() || self.cluster.is_some()
-    }
-
     /// Send an answer, or hold it until the changes made so far are durable.
     pub fn answer(&mut self, to: ReplyTo, reply: Reply) {
         if self.must_hold() {
@@ -764,11 +759,6 @@ impl App {
         );
     }
 
-    /// [`App::submit`] for the hub's other files.
-    pub(crate) fn submit_call(&mut self, call: Call, now: Instant) -> Option<(ReplyTo, Reply)> {
-        self.submit(call, now)
-    }
-
     /// Hand a call to the pool. If it cannot take it, the answer is returned at once.
     fn submit(&mut self, mut call: Call, now: Instant) -> Option<(ReplyTo, Reply)> {
         // The builtin persona only asks whether there was an earlier exchange; the other
@@ -1040,7 +1030,7 @@ impl App {
         }
     }
 
-    pub(crate) fn start_next(&mut self, user: Option<&str>, now: Instant) {
+    fn start_next(&mut self, user: Option<&str>, now: Instant) {
         if let Some(next) = user.and_then(|u| self.calls.next_for(u)) {
             if let Some((to, resp)) = self.submit(next, now) {
                 self.answer(to, resp);

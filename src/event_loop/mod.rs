@@ -553,7 +553,9 @@ impl Bridge {
         }
         // As for HTTP and line requests: what the frames did (a visitor entering, a
         // gateway say) goes out now, ahead of any reply a worker sends back later.
-        self.app.route_events(None);
+        if !inbound.texts.is_empty() {
+            self.app.route_events(None);
+        }
         match outcome {
             Drive::Close => self.close(id, None),
             _ if again => self.ws_again.push(id),

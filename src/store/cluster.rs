@@ -99,6 +99,29 @@ end
 return 0
 ";
 
+/// One call of [`APPEND`] for `records`, by this node; `marker` goes into the node's
+/// last-append mark (the run and batch it answers for).
+fn append_call<'a, 'r>(
+    script: &'a Script,
+    keys: &Keys,
+    settings: &ClusterSettings,
+    marker: String,
+    records: impl Iterator<Item = &'r Record>,
+) -> redis::ScriptInvocation<'a> {
+    let mut call = script.prepare_invoke();
+    call.key(&keys.seq)
+        .key(&keys.epoch)
+        .key(&keys.log)
+        .key(keys.mark(&settings.node))
+        .arg(settings.log_max)
+        .arg(&settings.node)
+        .arg(marker);
+    for r in records {
+        call.arg(r.kind).arg(r.ts_ms).arg(&r.body);
+    }
+    call
+}
+
 /// How often a lease another node holds is asked for again.
 const LEASE_RETRY: Duration = Duration::from_millis(25);
 
@@ -722,19 +745,9 @@ impl Writer {
             });
         }
         let last = group.last().map_or(0, |p| p.batch);
-        let mark = self.keys.mark(&self.settings.node);
-        let mut invocation = self.script.prepare_invoke();
-        invocation
-            .key(&self.keys.seq)
-            .key(&self.keys.epoch)
-            .key(&self.keys.log)
-            .key(&mark)
-            .arg(self.settings.log_max)
-            .arg(&self.settings.node)
-            .arg(format!("{}/{last}", self.run_id));
-        for r in group.iter().flat_map(|p| &p.records) {
-            invocation.arg(r.kind).arg(r.ts_ms).arg(&r.body);
-        }
+        let records = group.iter().flat_map(|p| &p.records);
+        let marker = format!("{}/{last}", self.run_id);
+        let invocation = append_call(&self.script, &self.keys, &self.settings, marker, records);
         let mut unsure = false;
         let answer = self.link.run(|c| {
             invocation
@@ -1151,20 +1164,15 @@ pub fn load(
         }
     }
     let script = Script::new(APPEND);
-    let mark = keys.mark(&settings.node);
     let mut appended = 0;
     for (i, chunk) in records.chunks(500).enumerate() {
-        let mut call = script.prepare_invoke();
-        call.key(&keys.seq)
-            .key(&keys.epoch)
-            .key(&keys.log)
-            .key(&mark)
-            .arg(settings.log_max)
-            .arg(&settings.node)
-            .arg(format!("import/{i}"));
-        for r in chunk {
-            call.arg(r.kind).arg(r.ts_ms).arg(&r.body);
-        }
+        let call = append_call(
+            &script,
+            &keys,
+            settings,
+            format!("import/{i}"),
+            chunk.iter(),
+        );
         let (_, seqs): (String, Vec<u64>) = call.invoke(&mut con).map_err(|e| describe(&e))?;
         appended += seqs.len();
     }

@@ -53,11 +53,6 @@ impl World {
         l.node = node.to_string();
     }
 
-    /// Whether the shared log numbers this world's events.
-    pub fn is_logged(&self) -> bool {
-        self.logged.is_some()
-    }
-
     /// The events made here since the last call, with provisional numbers, for the log.
     pub fn take_unsequenced(&mut self) -> Vec<Event> {
         match &mut self.logged {
@@ -103,11 +98,7 @@ impl World {
     /// `rooms.max` the event is still passed on, only not kept in a room here.
     pub fn apply_logged(&mut self, ev: Event, node: &str) {
         self.seq = self.seq.max(ev.seq);
-        let room = match self.resolve(&ev.room) {
-            Some(r) => Some(r.to_string()),
-            None => self.make_room(&ev.room),
-        };
-        let Some(room) = room else {
+        let Some(room) = self.ensure_room(&ev.room).ok() else {
             log::warn!(
                 "log: event {} in {:?} not kept here: `rooms.max` is reached",
                 ev.seq,
@@ -149,10 +140,6 @@ impl World {
             r.event_lines.clear();
         }
         self.seq = 0;
-    }
-
-    fn make_room(&mut self, name: &str) -> Option<String> {
-        self.ensure_room(name).ok()
     }
 
     /// `user_id` is in `room` (canonical), as a logged `enter` says: no event is made.
