@@ -959,11 +959,13 @@ impl ClusterConfig {
             check_world_id(&self.node_id)
                 .map_err(|why| format!("config: `cluster.node_id`: {why}"))?;
         }
-        // Not yet carried over Redis: refused rather than run on one node's view.
-        if !cfg.federation.peers.is_empty() {
+        // Federation runs on one elected node at a time, signing as the world: every
+        // node must hold the same world key.
+        if !cfg.federation.peers.is_empty() && cfg.federation.key_file.trim().is_empty() {
             return Err(
-                "config: `[cluster]` with `[[federation.peers]]` is not supported yet: \
-                 federation runs in single-process mode only (drop one of the two)"
+                "config: `[cluster]` with `[[federation.peers]]` needs `federation.key_file`: \
+                 whichever node runs federation signs as the world, so every node must read \
+                 the same key file (create it once with `worldbridge key --config FILE`)"
                     .into(),
             );
         }
@@ -1923,8 +1925,11 @@ token = ""                               # the pair's shared secret, used both w
         )
         .unwrap();
         let err = c.validate().unwrap_err();
-        assert!(err.contains("not supported yet"), "{err}");
+        assert!(err.contains("federation.key_file"), "{err}");
+        c.federation.key_file = "/etc/worldbridge/world.key".into();
+        c.validate().unwrap();
         c.cluster = None;
+        c.federation.key_file.clear();
         c.validate().unwrap();
     }
 

@@ -203,9 +203,9 @@ fn import_cluster(cfg: &Config, text: &str, force: bool) -> Result<(), String> {
             doc.state.snapshot.world, cfg.world
         ));
     }
-    let (records, sessions) = worldbridge::app::cluster::import_records(&doc.state);
+    let (records, sessions, fed) = worldbridge::app::cluster::import_records(&doc.state);
     let n = sessions.len();
-    let appended = load(&s, records, sessions, force)?;
+    let appended = load(&s, records, sessions, fed, force)?;
     eprintln!(
         "worldbridge: imported the world {:?} into {} ({appended} log entries, {n} sessions)",
         cfg.world, s.redis_url

@@ -997,3 +997,260 @@ fn export_and_import_read_and_write_the_worlds_redis() {
     let (ok, _, err) = run(&["import".as_ref(), "--force".as_ref(), other.as_path()]);
     assert!(!ok && err.contains("of the world \"x\""), "{err}");
 }
+
+// ---- federation on one elected node ----
+
+/// The federation tables of a cluster node of world `w` peering with `p` on `p_port`.
+fn fed_tables(key_file: &std::path::Path, p_port: u16) -> String {
+    format!(
+        "[federation]\nkey_file = \"{}\"\nsync_interval_s = 1\ntimeout_ms = 1000\n\
+         portal_rooms = [\"The Bridge\"]\n\
+         [[federation.peers]]\nworld = \"p\"\nurl = \"http://127.0.0.1:{p_port}\"\ntoken = \"pw\"\n",
+        key_file.display()
+    )
+}
+
+/// The messages said in The Bridge on `addr` that came from world `origin`, in order.
+fn bridge_says(addr: SocketAddr, origin: &str) -> Vec<String> {
+    (events(addr, "The Bridge").iter())
+        .filter(|e| e["origin"] == origin && e["type"] == "say")
+        .filter_map(|e| e["message"].as_str().map(String::from))
+        .collect()
+}
+
+/// `cluster.federation` of a node's health.
+fn fed_role(addr: SocketAddr) -> Value {
+    get(addr, "/bridge/health")["cluster"]["federation"].clone()
+}
+
+/// A GET with a federation token.
+fn as_peer(addr: SocketAddr, path: &str, token: &str) -> common::Resp {
+    let auth = format!("Bearer {token}");
+    let mut c = Client::connect(addr);
+    c.send_raw(&request_bytes(
+        "GET",
+        path,
+        None,
+        &[("Authorization", &auth)],
+    ));
+    c.read_response(false).expect("an answer")
+}
+
+#[test]
+#[ignore = "needs redis-server"]
+fn federation_runs_on_one_node_and_moves_to_another_when_it_dies() {
+    let redis = Redis::start();
+    let dir = scratch_dir("cluster-fed");
+    std::fs::create_dir_all(&dir).unwrap();
+    let key_file = dir.join("world.key");
+    let (a_port, p_port) = (free_port(), free_port());
+    // Peer world p, a single process, knows w at node a's address.
+    let p_cfg = fed_config(
+        "p",
+        p_port,
+        &dir.join("p"),
+        vec![fed_peer("w", a_port, "pw")],
+    );
+    let p = start_with(p_cfg);
+    // Node a (a process, to be killed) takes federation first; b follows.
+    let config = format!(
+        "world = \"w\"\n[http]\nlisten = [\"127.0.0.1:{a_port}\"]\nrate_limit_requests = 100000\n\
+         [line]\nlisten = []\n\
+         [cluster]\nredis_url = \"{}\"\nnode_id = \"a\"\nnode_ttl_s = 2\npresence_ttl_s = 4\n{}",
+        redis.url(),
+        fed_tables(&key_file, p_port)
+    );
+    let path = temp_file(&format!("fed-node-a-{}.toml", redis.port), &config);
+    let (mut a, a_http, _log) = spawn(bin().arg("--config").arg(&path).arg("--memory"));
+    reaches_redis(a_http);
+    eventually(Duration::from_secs(10), "node a runs federation", || {
+        fed_role(a_http)["here"] == true
+    });
+    let mut b_cfg = node_config(&redis, "b");
+    b_cfg.federation.key_file = key_file.display().to_string();
+    b_cfg.federation.sync_interval_s = 1;
+    b_cfg.federation.timeout_ms = 1000;
+    b_cfg.federation.portal_rooms = vec!["The Bridge".into()];
+    b_cfg.federation.peers = vec![fed_peer("p", p_port, "pw")];
+    let b = start_node(b_cfg);
+    eventually(Duration::from_secs(5), "b knows a runs federation", || {
+        fed_role(b.http) == json!({"leader": "a", "here": false})
+    });
+    // Both nodes sign as the one world.
+    let key = get(a_http, "/bridge/health")["public_key"].clone();
+    assert_eq!(get(b.http, "/bridge/health")["public_key"], key);
+    // b refuses federation's routes, naming a; a wrong token is still refused first.
+    assert_eq!(
+        call(a_http, "GET", "/bridge/federation/leader", None).status,
+        200
+    );
+    let on_b = call(b.http, "GET", "/bridge/federation/leader", None);
+    assert_eq!(on_b.status, 503, "{}", on_b.text());
+    assert!(on_b.text().contains("node a"), "{}", on_b.text());
+    assert_eq!(as_peer(b.http, "/bridge/state", "nope").status, 401);
+    let right = as_peer(b.http, "/bridge/state", "pw");
+    assert_eq!(
+        (right.status, right.json()["code"].clone()),
+        (503, json!("not_leader"))
+    );
+    let trust = post(
+        b.http,
+        "/bridge/trust",
+        &json!({"subject": "pat@p", "score": 0.5}),
+    );
+    assert_eq!(
+        (trust.status, trust.json()["code"].clone()),
+        (503, json!("not_leader"))
+    );
+    assert_eq!(
+        get(b.http, "/bridge/health")["peers"][0]["state"],
+        "elsewhere"
+    );
+
+    // A say on b (which does not run federation) reaches p; p's reaches both nodes.
+    assert_eq!(say(b.http, "bea", "The Bridge", "one from b").status, 200);
+    assert_eq!(say(p.http, "pat", "The Bridge", "one from p").status, 200);
+    eventually(Duration::from_secs(10), "b's say reaches p", || {
+        bridge_says(p.http, "w") == ["one from b"]
+    });
+    eventually(
+        Duration::from_secs(10),
+        "p's say reaches both nodes",
+        || bridge_says(a_http, "p") == ["one from p"] && bridge_says(b.http, "p") == ["one from p"],
+    );
+    // Travel is run by a too: pat comes over from p, and is present on both nodes.
+    let travel = |addr, user: &str, to: &str| {
+        post(
+            addr,
+            "/bridge/travel",
+            &json!({"user_id": user, "to_world": to}),
+        )
+    };
+    let refused = travel(b.http, "bea", "p");
+    assert_eq!(
+        (refused.status, refused.json()["code"].clone()),
+        (503, json!("not_leader"))
+    );
+    let came = travel(p.http, "pat", "w");
+    assert_eq!(came.status, 200, "{}", came.text());
+    let players = |addr| get(addr, "/bridge/room/The%20Bridge/players").to_string();
+    eventually(Duration::from_secs(10), "pat is on both nodes", || {
+        players(a_http).contains("pat") && players(b.http).contains("pat")
+    });
+
+    // a dies; a say on b before b takes over is federated once b has.
+    a.kill().unwrap();
+    a.wait().unwrap();
+    assert_eq!(say(b.http, "bea", "The Bridge", "two from b").status, 200);
+    eventually(Duration::from_secs(10), "b runs federation", || {
+        fed_role(b.http) == json!({"leader": "b", "here": true})
+    });
+    assert_eq!(
+        call(b.http, "GET", "/bridge/federation/leader", None).status,
+        200
+    );
+    assert_eq!(say(b.http, "bea", "The Bridge", "three from b").status, 200);
+    assert_eq!(say(p.http, "pat", "The Bridge", "two from p").status, 200);
+    eventually(
+        Duration::from_secs(10),
+        "b's says reach p, once each",
+        || bridge_says(p.http, "w") == ["one from b", "two from b", "three from b"],
+    );
+    eventually(Duration::from_secs(10), "p's new say reaches b", || {
+        bridge_says(b.http, "p") == ["one from p", "two from p"]
+    });
+    // w's own federated events are numbered 1, 2, 3 across the change of node.
+    let doc = as_peer(b.http, "/bridge/state", "pw").json();
+    let own: Vec<u64> = (doc["events"].as_array().unwrap().iter())
+        .filter(|e| e["origin"] == "w")
+        .filter_map(|e| e["seq"].as_u64())
+        .collect();
+    assert_eq!(own, [1, 2, 3], "{doc}");
+    let trust = post(
+        b.http,
+        "/bridge/trust",
+        &json!({"subject": "pat@p", "score": 0.5}),
+    );
+    assert_eq!(trust.status, 200, "{}", trust.text());
+    assert_eq!(trust.json()["trust"]["seq"], 4);
+    // b runs travel now: bea goes to p, once.
+    let went = travel(b.http, "bea", "p");
+    assert_eq!(went.status, 200, "{}", went.text());
+    eventually(Duration::from_secs(5), "bea is on p and has left w", || {
+        players(p.http).contains("bea") && !players(b.http).contains("bea")
+    });
+    drop(b);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// One Redis command over a raw connection; the reply's first line.
+fn redis_cmd(redis: &Redis, args: &[&str]) -> String {
+    let mut s = TcpStream::connect(("127.0.0.1", redis.port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let mut cmd = format!("*{}\r\n", args.len());
+    for a in args {
+        cmd.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+    }
+    s.write_all(cmd.as_bytes()).unwrap();
+    let mut buf = [0u8; 512];
+    let n = s.read(&mut buf).unwrap();
+    String::from_utf8_lossy(&buf[..n])
+        .lines()
+        .next()
+        .unwrap_or("")
+        .to_string()
+}
+
+#[test]
+#[ignore = "needs redis-server"]
+fn a_node_whose_federation_lease_was_taken_writes_no_federation_state() {
+    let redis = Redis::start();
+    let dir = scratch_dir("cluster-fed-lease");
+    std::fs::create_dir_all(&dir).unwrap();
+    let (a_port, p_port) = (free_port(), free_port());
+    let p = start_with(fed_config(
+        "p",
+        p_port,
+        &dir.join("p"),
+        vec![fed_peer("w", a_port, "pw")],
+    ));
+    let mut cfg = node_config(&redis, "a");
+    cfg.http.listen = vec![format!("127.0.0.1:{a_port}").parse().unwrap()];
+    cfg.federation.key_file = dir.join("world.key").display().to_string();
+    cfg.federation.sync_interval_s = 1;
+    cfg.federation.portal_rooms = vec!["The Bridge".into()];
+    cfg.federation.peers = vec![fed_peer("p", p_port, "pw")];
+    let a = start_node(cfg);
+    eventually(Duration::from_secs(10), "a runs federation", || {
+        fed_role(a.http)["here"] == true
+    });
+    // Another holder appears (a partition healed the wrong way, an operator's mistake):
+    // a's next federation write is refused by Redis, and a stops running federation.
+    let lease = "wb:{w}:fed:leader";
+    assert_eq!(
+        redis_cmd(&redis, &["SET", lease, "z", "PX", "60000"]),
+        "+OK"
+    );
+    assert_eq!(
+        say(a.http, "ann", "The Bridge", "while z holds it").status,
+        200
+    );
+    eventually(Duration::from_secs(5), "a knows z runs federation", || {
+        fed_role(a.http) == json!({"leader": "z", "here": false})
+    });
+    assert_eq!(redis_cmd(&redis, &["ZCARD", "wb:{w}:fed:ev:w"]), ":0");
+    let refused = call(a.http, "GET", "/bridge/federation/leader", None);
+    assert_eq!(refused.status, 503);
+    assert!(refused.text().contains("node z"), "{}", refused.text());
+    // The lease is free again: a takes it, reloads, and federates the say once.
+    assert_eq!(redis_cmd(&redis, &["DEL", lease]), ":1");
+    eventually(Duration::from_secs(5), "a runs federation again", || {
+        fed_role(a.http)["here"] == true
+    });
+    eventually(Duration::from_secs(10), "the say reaches p", || {
+        bridge_says(p.http, "w") == ["while z holds it"]
+    });
+    assert_eq!(redis_cmd(&redis, &["ZCARD", "wb:{w}:fed:ev:w"]), ":1");
+    drop(a);
+    let _ = std::fs::remove_dir_all(&dir);
+}

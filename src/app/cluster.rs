@@ -17,11 +17,13 @@
 //! [`World::apply_logged`]: crate::world::World::apply_logged
 
 use crate::app::calls::{Call, CallKind};
+use crate::app::cluster_fed::{parse_all, FedRole};
 use crate::app::App;
 use crate::conn::ConnId;
 use crate::feeds::gateway::logged::LogFrame;
 use crate::store::cluster::{
-    ClusterStore, Dump, Entry, News, Proposal, Record, KIND_EVENT, KIND_GATEWAY, KIND_ROOM,
+    ClusterStore, Dump, Entry, News, Proposal, Record, KIND_EVENT, KIND_FED_EVENT, KIND_GATEWAY,
+    KIND_ROOM,
 };
 use crate::world::logged::is_provisional;
 use crate::world::room::Event;
@@ -74,6 +76,8 @@ pub struct Cluster {
     pub nodes_reaped: u64,
     /// The lock of this node's data directory.
     data_lock: Option<std::fs::File>,
+    /// Whether this node runs federation, and what it keeps for when it does.
+    pub fed: FedRole,
 }
 
 impl Cluster {
@@ -101,6 +105,7 @@ impl Cluster {
             session_writes: BTreeSet::new(),
             releases: Vec::new(),
             rooms: Vec::new(),
+            fed: FedRole::default(),
         }
     }
 
@@ -142,7 +147,8 @@ impl App {
         let quiet = c.session_writes.is_empty()
             && c.releases.is_empty()
             && c.forget.is_empty()
-            && c.rooms.is_empty();
+            && c.rooms.is_empty()
+            && !self.fed.as_ref().is_some_and(|f| f.has_rows());
         if events.is_empty() && frames.is_empty() && quiet {
             return;
         }
@@ -155,13 +161,19 @@ impl App {
         let release = std::mem::take(&mut c.releases);
         let batch = self.next_batch;
         self.next_batch += 1;
+        let fed = self.take_fed_ops(batch);
+        let Some(c) = &mut self.cluster else {
+            return;
+        };
         let mut records = Vec::with_capacity(events.len());
         let mut provisional = Vec::with_capacity(events.len());
         for mut ev in events {
             // The entry's id is its number; the body's `seq` is left 0.
-            provisional.push(std::mem::take(&mut ev.seq));
+            let seq = std::mem::take(&mut ev.seq);
+            let scoped = self.fed.as_mut().is_some_and(|f| f.take_scope(seq));
+            provisional.push(seq);
             records.push(Record {
-                kind: KIND_EVENT,
+                kind: if scoped { KIND_FED_EVENT } else { KIND_EVENT },
                 ts_ms: ev.ts_ms,
                 body: serde_json::to_string(&ev).unwrap_or_default(),
             });
@@ -192,6 +204,7 @@ impl App {
             forget,
             sessions,
             release,
+            fed,
         });
     }
 
@@ -222,6 +235,7 @@ impl App {
             }
             News::Leased { user, session } => self.leased(user, session),
             News::Nodes(nodes) => c.nodes = nodes,
+            News::Federation { leader, state } => self.on_fed_news(leader, state),
             News::Down { error } => {
                 if c.down.is_none() {
                     c.down = Some((error, now));
@@ -241,6 +255,7 @@ impl App {
                     log::info!("cluster: appended into epoch {epoch}; reading it follows");
                 }
                 c.appended.insert(batch, (top, renumber));
+                self.fed_appended(batch);
             }
             News::Failed {
                 batches,
@@ -254,6 +269,7 @@ impl App {
                         }
                     }
                 }
+                self.fed_failed(&batches);
                 if unknown {
                     let why = format!(
                         "{error}: the change may or may not have been stored; \
@@ -363,6 +379,7 @@ impl App {
     /// it).
     pub(crate) fn cluster_unsaved(&self) -> bool {
         (self.cluster.as_ref()).is_some_and(|c| !c.session_writes.is_empty() || !c.rooms.is_empty())
+            || self.fed.as_ref().is_some_and(|f| f.has_rows())
     }
 
     /// A game link described the room `name` here: the other nodes get its description
@@ -446,6 +463,11 @@ impl App {
         };
         ev.seq = entry.seq;
         ev.ts_ms = entry.ts_ms;
+        if entry.kind == KIND_FED_EVENT {
+            if let Some(f) = &mut self.fed {
+                f.mark_scoped(entry.seq);
+            }
+        }
         if source.is_some() {
             // What came before goes to every link; this one not back to its own.
             self.fan_out(None);
@@ -463,6 +485,7 @@ impl App {
         self.world.log_events("export");
         self.gateway.log_frames("export");
         self.gateway.track_changes();
+        let fed = dump.fed;
         for entry in dump.entries {
             self.gateway.set_log_epoch(Some(&entry.epoch));
             self.apply_entry(entry, None, false);
@@ -481,11 +504,13 @@ impl App {
             snapshot: self.world.snapshot(),
             gateway_seq: self.gateway.seq(),
             gateway,
-            fed_events: Vec::new(),
-            fed_pruned: Vec::new(),
-            fed_trust: Vec::new(),
-            fed_departures: Vec::new(),
-            fed_arrivals: Vec::new(),
+            fed_events: parse_all("event", &fed.events),
+            fed_pruned: (fed.pruned.into_iter())
+                .map(|(origin, upto)| crate::federation::merge::Pruned { origin, upto })
+                .collect(),
+            fed_trust: parse_all("trust entry", &fed.trust),
+            fed_departures: parse_all("departure", &fed.departures),
+            fed_arrivals: parse_all("arrival", &fed.arrivals),
         }
     }
 
@@ -537,6 +562,9 @@ impl App {
             "lag_ms": c.lag_ms,
             "nodes": c.nodes,
         });
+        if self.fed.is_some() {
+            v["federation"] = serde_json::json!({"leader": c.fed.leader, "here": c.fed.running});
+        }
         let reason = c.down.as_ref().map(|(why, since)| {
             v["since"] = serde_json::json!(crate::world::time::rfc3339(*since));
             why.clone()
@@ -676,12 +704,12 @@ pub fn renumber_value(v: &mut serde_json::Value, fix: &Renumber) {
     }
 }
 
-/// An export document as log records and stored sessions (`worldbridge import` with a
-/// cluster config): every room's description, then the events in their order (numbered
+/// An export document as log records, stored sessions and federation's rows
+/// (`worldbridge import` with a cluster config): every room's description, then the events in their order (numbered
 /// anew by the log), and the sessions. Presence is not carried: it is what the log says,
 /// and people enter again with their next request. The gateway's resume history is not
 /// either: the import starts a new epoch, so resuming clients get `resync_required`.
-pub fn import_records(state: &crate::store::Stored) -> (Vec<Record>, Vec<(String, String)>) {
+pub fn import_records(state: &crate::store::Stored) -> Imported {
     let now = crate::world::time::now_ms();
     let snap = &state.snapshot;
     let mut records = Vec::with_capacity(snap.rooms.len() + snap.events.len());
@@ -710,8 +738,20 @@ pub fn import_records(state: &crate::store::Stored) -> (Vec<Record>, Vec<(String
     let sessions = (snap.sessions.iter())
         .filter_map(|s| Some((s.user_id.clone(), serde_json::to_string(s).ok()?)))
         .collect();
-    (records, sessions)
+    (
+        records,
+        sessions,
+        crate::app::cluster_fed::fed_ops_of(state),
+    )
 }
+
+/// What an export document becomes in a cluster's Redis: log records, stored sessions
+/// (user, JSON) and federation's rows.
+pub type Imported = (
+    Vec<Record>,
+    Vec<(String, String)>,
+    Vec<crate::store::cluster::fed::FedOp>,
+);
 
 #[cfg(test)]
 mod tests {

@@ -7,6 +7,7 @@
 
 pub mod calls;
 pub mod cluster;
+pub mod cluster_fed;
 pub mod fan_out;
 pub mod fed_rooms;
 pub mod feeds;

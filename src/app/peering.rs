@@ -162,6 +162,40 @@ impl Peering {
         }
     }
 
+    /// Whether the event this node made with number `seq` (provisional, in cluster
+    /// mode) is of federation scope: its log entry says so.
+    pub(crate) fn take_scope(&mut self, seq: u64) -> bool {
+        self.scoped.remove(&seq)
+    }
+
+    /// The log entry `seq` is an event of federation scope.
+    pub(crate) fn mark_scoped(&mut self, seq: u64) {
+        self.scoped.insert(seq);
+    }
+
+    /// A local event that federates gets its federated seq; its row is kept for the
+    /// store (`keeps_rows`), else it is served at once.
+    pub(crate) fn record_local(
+        &mut self,
+        ev: &Event,
+        in_portal: bool,
+        scope: Scope,
+        keeps_rows: bool,
+    ) {
+        let Some(fe) = self.core.local_event(ev, in_portal, scope) else {
+            return;
+        };
+        log::debug!("federation: {} {}/{} out", ev.room, fe.origin, fe.seq);
+        self.counts.own += 1;
+        let seq = fe.seq;
+        if keeps_rows {
+            self.rows.push(Row::FedEvent(fe));
+            self.own_upto = Some(seq);
+        } else {
+            self.core.stored(seq);
+        }
+    }
+
     /// The store loaded these at start.
     pub fn restore(
         &mut self,
@@ -205,10 +239,18 @@ impl App {
 
     /// New local events (as routed to links and the gateway): those that federate go to
     /// the core and the store.
+    ///
+    /// In cluster mode only the node that runs federation records them (those past the
+    /// log entry federated through already); every node keeps the last ones that would
+    /// federate, for the day it takes over ([`App::remember_outgoing`]).
     pub fn federate(&mut self, events: &[Event]) {
+        let (active, through) = self.fed_running();
+        let clustered = self.cluster.is_some();
+        let keeps_rows = self.fed_keeps_rows();
         let Some(f) = &mut self.fed else {
             return;
         };
+        let mut outgoing = Vec::new();
         for ev in events {
             let in_portal = self
                 .world
@@ -219,19 +261,17 @@ impl App {
             } else {
                 Scope::World
             };
-            if let Some(fe) = f.core.local_event(ev, in_portal, scope) {
-                log::debug!("federation: {} {}/{} out", ev.room, fe.origin, fe.seq);
-                f.counts.own += 1;
-                let seq = fe.seq;
-                if self.store.is_some() {
-                    f.rows.push(Row::FedEvent(fe));
-                    f.own_upto = Some(seq);
-                } else {
-                    f.core.stored(seq);
-                }
+            if clustered && f.core.federates(ev, in_portal, scope) {
+                outgoing.push((ev.clone(), in_portal, scope));
+            }
+            if active && ev.seq > through {
+                f.record_local(ev, in_portal, scope, keeps_rows);
             }
         }
-        f.scoped.clear();
+        if !clustered {
+            f.scoped.clear();
+        }
+        self.remember_outgoing(outgoing);
     }
 
     /// `POST /bridge/trust`: this world sets a subject's trust; it reaches every world.
@@ -241,7 +281,7 @@ impl App {
         score: f64,
         now_ms: u64,
     ) -> Result<Value, TrustRefused> {
-        let durable = self.store.is_some();
+        let durable = self.fed_keeps_rows();
         let Some(f) = &mut self.fed else {
             return Err(TrustRefused::Invalid(WireError::Trust(
                 "federation is not configured ([[federation.peers]])".into(),
@@ -286,7 +326,7 @@ impl App {
         doc: &Delta,
         now_ms: u64,
     ) -> Result<Applied, WireError> {
-        let durable = self.store.is_some();
+        let durable = self.fed_keeps_rows();
         let Some(f) = &mut self.fed else {
             return Err(WireError::Document("federation is not configured".into()));
         };
@@ -314,6 +354,9 @@ impl App {
 
     /// Each `sync_interval_s`, every peer not still busy gets its job.
     pub fn fed_tick(&mut self, now: Instant) {
+        if !self.fed_running().0 {
+            return;
+        }
         self.retry_unshown(crate::world::time::now_ms());
         let due = self.fed.as_ref().is_some_and(|f| {
             f.last_round
@@ -324,6 +367,7 @@ impl App {
         }
         self.travel_tick(crate::world::time::now_ms());
         let presence = self.own_presence();
+        let keeps_rows = self.fed_keeps_rows();
         let Some(f) = &mut self.fed else {
             return;
         };
@@ -332,7 +376,7 @@ impl App {
         let pruned = f.core.prune();
         if !pruned.is_empty() {
             log::debug!("federation: pruned {pruned:?}");
-            if self.store.is_some() {
+            if keeps_rows {
                 f.rows.extend(pruned.into_iter().map(Row::FedPruned));
             }
         }
@@ -357,6 +401,11 @@ impl App {
 
     /// A peer's thread finished its job.
     pub fn on_peer_outcome(&mut self, o: Outcome, now_ms: u64) {
+        if !self.fed_running().0 {
+            // This node stopped running federation meanwhile: the one that runs it now
+            // asks again.
+            return;
+        }
         let mut errors = o.errors;
         for doc in &o.pulled {
             if let Err(e) = self.fed_apply(&o.peer, doc, now_ms) {
@@ -420,6 +469,14 @@ impl App {
         let Some(f) = &self.fed else {
             return Vec::new();
         };
+        if !self.fed_running().0 {
+            // Another node of the cluster runs federation: it knows how the peers are.
+            let leader = self.cluster.as_ref().and_then(|c| c.fed.leader.clone());
+            let peers = f.core.peers().iter();
+            return peers
+                .map(|p| json!({"world": p.world, "url": p.url, "state": "elsewhere", "served_by": leader}))
+                .collect();
+        }
         f.core
             .peers()
             .iter()
@@ -531,7 +588,10 @@ impl App {
             ));
         };
         match given.and_then(|t| f.core.peer_by_token(t)) {
-            Some(p) => Ok(p.world.clone()),
+            Some(p) => match self.fed_refusal() {
+                Some(r) => Err(r),
+                None => Ok(p.world.clone()),
+            },
             None => {
                 let why = if given.is_some() { "a wrong" } else { "no" };
                 log::warn!("federation: {route} refused: {why} peer token");

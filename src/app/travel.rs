@@ -64,6 +64,9 @@ impl App {
         reply_to: ReplyTo,
         now_ms: u64,
     ) -> Result<(), Refusal> {
+        if let Some(r) = self.fed_refusal() {
+            return Err(r);
+        }
         let Some(o) = self.world.occupant(user_id).cloned() else {
             return Err(Refusal::new(
                 "not_here",
@@ -189,7 +192,9 @@ impl App {
 
     /// Queue `row` for the store; `Some(row)` if what follows must wait for it.
     fn defer_after(&mut self, row: Row) -> Option<Row> {
-        self.store.as_ref()?;
+        if !self.fed_keeps_rows() {
+            return None;
+        }
         let f = self.fed.as_mut()?;
         f.rows.push(row.clone());
         Some(row)
@@ -361,7 +366,7 @@ impl App {
         let occupied = user.is_some_and(|u| {
             self.world.occupant(&u).is_some() || self.world.sessions.get(&u).is_some()
         });
-        let durable = self.store.is_some();
+        let durable = self.fed_keeps_rows();
         let Some(f) = &mut self.fed else {
             return Value::Null;
         };

@@ -522,6 +522,12 @@ impl Federation {
         }
     }
 
+    /// Whether a local event federates (a say in a portal room, a world event of scope
+    /// federation, born here).
+    pub fn federates(&self, ev: &Event, in_portal: bool, scope: Scope) -> bool {
+        portal::outgoing(&self.world, ev, in_portal, scope).is_some()
+    }
+
     /// A local event: if it federates (a say in a portal room, a world event of scope
     /// federation, born here), the federated event to store.
     pub fn local_event(&mut self, ev: &Event, in_portal: bool, scope: Scope) -> Option<FedEvent> {

@@ -73,6 +73,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("/bridge/sync", "POST"),
     ("/bridge/trust", "POST"),
     ("/bridge/travel", "POST"),
+    ("/bridge/federation/leader", "GET"),
     ("/v1/chat/completions", "POST"),
     ("/v1/models", "GET"),
 ];
@@ -436,6 +437,10 @@ fn dispatch(
         "/bridge/state" => bridge_state(app, req),
         "/bridge/sync" => bridge_sync(app, req, now),
         "/bridge/trust" => trust(app, req, now),
+        "/bridge/federation/leader" => app
+            .fed_leader()
+            .map(|v| Response::json(200, &v))
+            .map_err(Response::from),
         "/bridge/travel" => {
             return match bridge_travel(app, id, req, now) {
                 Ok(Some(resp)) | Err(resp) => Handled::Respond(resp),
@@ -514,7 +519,8 @@ pub fn authorize(app: &App, req: &Request, route: &str) -> Result<(), Refusal> {
     // `/bridge/travel` serves both: its handler checks the token its body's kind needs.
     let peer_route =
         route == "/bridge/state" || route == "/bridge/sync" || route == "/bridge/travel";
-    if token.is_empty() || route == "/bridge/health" || route == "/" || peer_route {
+    let open_route = route == "/bridge/health" || route == "/bridge/federation/leader";
+    if token.is_empty() || open_route || route == "/" || peer_route {
         return Ok(());
     }
     match bearer(req) {
@@ -639,6 +645,9 @@ fn trust(app: &mut App, req: &Request, now: u64) -> Result<Response, Response> {
         .get("score")
         .and_then(Value::as_f64)
         .ok_or_else(|| Response::error(400, "missing_field", "`score` must be a number"))?;
+    if let Some(r) = app.fed_refusal() {
+        return Err(r.into());
+    }
     let answer = app
         .set_trust(&subject, score, now)
         .map_err(|e| match (&app.fed, &e) {
@@ -853,6 +862,7 @@ pub fn status_of(code: &str) -> u16 {
         "agent_busy"
         | "link_down"
         | "shutting_down"
+        | "not_leader"
         | "store_unavailable"
         | "too_many_connections" => 503,
         "agent_timeout" | "game_timeout" | "store_unknown" => 504,

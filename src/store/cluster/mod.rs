@@ -42,11 +42,21 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-/// Numbers and appends entries. KEYS: seq, epoch, log, this node's last-append mark.
-/// ARGV: the stream's MAXLEN, the node id, the group's last batch id, then (kind, epoch
-/// ms, JSON) triples. Returns {epoch, {seq, …}}. The mark (`<run>/<batch> <epoch> <seq,…>`)
-/// lets the node learn, after a reply it never got, whether this append happened.
-const APPEND: &str = r"
+pub mod fed;
+use fed::{FedOp, FedState};
+
+/// Numbers and appends entries. KEYS: seq, epoch, log, this node's last-append mark, the
+/// federation lease. ARGV: the stream's MAXLEN, the node id, the group's last batch id,
+/// the number of federation-op arguments, those ([`fed::FedOp`]s, four each), then
+/// (kind, epoch ms, JSON) triples. Returns {epoch, {seq, …}}; with federation ops from a
+/// node that no longer holds the lease, the error `NOTLEADER` and nothing written. The
+/// mark (`<run>/<batch> <epoch> <seq,…>`) lets the node learn, after a reply it never
+/// got, whether this append happened.
+const APPEND_HEAD: &str = r"
+local nfed = tonumber(ARGV[4])
+if nfed > 0 and redis.call('GET', KEYS[5]) ~= ARGV[2] then
+  return redis.error_reply('NOTLEADER this node no longer holds the federation lease')
+end
 local epoch = redis.call('GET', KEYS[2])
 if not epoch then
   local t = redis.call('TIME')
@@ -55,7 +65,7 @@ if not epoch then
   redis.call('SET', KEYS[2], epoch)
 end
 local seqs = {}
-for i = 4, #ARGV, 3 do
+for i = 5 + nfed, #ARGV, 3 do
   local seq = redis.call('INCR', KEYS[1])
   redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[1], seq .. '-0', 'epoch', epoch,
              'node', ARGV[2], 'k', ARGV[i], 't', ARGV[i + 1], 'e', ARGV[i + 2])
@@ -63,8 +73,20 @@ for i = 4, #ARGV, 3 do
 end
 redis.call('SET', KEYS[4], ARGV[3] .. ' ' .. epoch .. ' ' .. table.concat(seqs, ','),
            'PX', 86400000)
+";
+
+/// The end of the append script.
+const APPEND_TAIL: &str = r"
 return {epoch, seqs}
 ";
+
+/// The whole append script: numbering and appending, federation's rows, the answer.
+fn append_script() -> Script {
+    Script::new(&format!(
+        "{APPEND_HEAD}\nlocal p = string.sub(KEYS[5], 1, -7)\nlocal first, last = 5, 4 + nfed\n{}{APPEND_TAIL}",
+        fed::APPLY_OPS
+    ))
+}
 
 /// Takes a user's session lease for this node (free, or already ours) and returns the
 /// stored session. KEYS: the lease, the session. ARGV: this node, the lease in ms.
@@ -99,23 +121,29 @@ end
 return 0
 ";
 
-/// One call of [`APPEND`] for `records`, by this node; `marker` goes into the node's
-/// last-append mark (the run and batch it answers for).
+/// One call of the append script for `records` and federation's `ops`, by this node;
+/// `marker` goes into the node's last-append mark (the run and batch it answers for).
 fn append_call<'a, 'r>(
     script: &'a Script,
     keys: &Keys,
     settings: &ClusterSettings,
     marker: String,
     records: impl Iterator<Item = &'r Record>,
+    ops: &[&FedOp],
 ) -> redis::ScriptInvocation<'a> {
     let mut call = script.prepare_invoke();
     call.key(&keys.seq)
         .key(&keys.epoch)
         .key(&keys.log)
         .key(keys.mark(&settings.node))
+        .key(keys.fed("leader"))
         .arg(settings.log_max)
         .arg(&settings.node)
-        .arg(marker);
+        .arg(marker)
+        .arg(ops.len() * 4);
+    for op in ops {
+        call.arg(op.op).arg(&op.key).arg(op.num).arg(&op.json);
+    }
     for r in records {
         call.arg(r.kind).arg(r.ts_ms).arg(&r.body);
     }
@@ -150,6 +178,9 @@ pub struct ClusterSettings {
     /// this.
     /// How long a stored session lives unwritten (`sessions.idle_timeout_s`).
     pub session_ttl: Duration,
+    /// Whether this world federates (`[[federation.peers]]`): the nodes then elect the
+    /// one that runs federation.
+    pub federation: bool,
 }
 
 impl ClusterSettings {
@@ -165,6 +196,7 @@ impl ClusterSettings {
             log_max: c.log_max,
             timeout: Duration::from_millis(c.timeout_ms),
             session_ttl: Duration::from_secs(cfg.sessions.idle_timeout_s),
+            federation: !cfg.federation.peers.is_empty(),
         })
     }
 }
@@ -218,6 +250,11 @@ impl Keys {
     pub fn reap(&self, node: &str) -> String {
         format!("{}reap:{node}", self.prefix)
     }
+
+    /// A key of federation's state (`fed:<name>`; see [`fed`]).
+    pub fn fed(&self, name: &str) -> String {
+        format!("{}fed:{name}", self.prefix)
+    }
 }
 
 /// An entry that is a world event (say, presence, world event, bark).
@@ -225,6 +262,10 @@ pub const KIND_EVENT: &str = "event";
 /// An entry that is a frame of the Matrix gateway (a client's broadcast or directed
 /// message, the bridge's publications, agents joining and leaving).
 pub const KIND_GATEWAY: &str = "gateway";
+
+/// An entry that is a world event of federation scope (a world event sent with
+/// `"scope": "federation"`, or of a kind in `federation.event_kinds`): it federates.
+pub const KIND_FED_EVENT: &str = "fevent";
 
 /// An entry that is a room's description as a game link reported it (its `RoomSpec`).
 pub const KIND_ROOM: &str = "room";
@@ -248,6 +289,8 @@ pub struct Proposal {
     pub sessions: Vec<(String, String)>,
     /// Session leases this node gives back once the sessions are stored.
     pub release: Vec<String>,
+    /// Federation's rows to store with the records (only while this node runs it).
+    pub fed: Vec<FedOp>,
 }
 
 /// What the loop asks of the writer.
@@ -306,6 +349,13 @@ pub enum News {
     },
     /// The nodes alive now (their liveness keys exist), this one included, sorted.
     Nodes(Vec<String>),
+    /// Who runs federation now (`None`: nobody, or unknown since this node lost the
+    /// lease). `state`: this node has just taken the lease (or must start again from
+    /// what Redis holds), and this is federation's stored state.
+    Federation {
+        leader: Option<String>,
+        state: Option<Box<FedState>>,
+    },
     /// Redis answers again.
     Up,
     /// Redis does not answer (the error, as a sentence).
@@ -353,7 +403,9 @@ impl ClusterStore {
             link: Link::new(client.clone(), settings.timeout, settings.timeout),
             keys: Keys::new(&settings.world),
             settings: settings.clone(),
-            script: Script::new(APPEND),
+            script: append_script(),
+            leader: Script::new(fed::LEADER),
+            leading: Leading::default(),
             acquire: Script::new(ACQUIRE),
             renew: Script::new(RENEW),
             release: Script::new(RELEASE),
@@ -512,11 +564,25 @@ fn describe(e: &redis::RedisError) -> String {
     }
 }
 
+/// What the writer knows of the federation lease.
+#[derive(Debug, Default)]
+struct Leading {
+    /// This node holds it, and has handed the loop the stored state.
+    loaded: bool,
+    /// This node holds it (as of the last beat or append).
+    holds: bool,
+    /// The holder last reported to the loop.
+    told: Option<String>,
+}
+
 struct Writer {
     link: Link,
     keys: Keys,
     settings: ClusterSettings,
     script: Script,
+    /// Takes or renews the federation lease.
+    leader: Script,
+    leading: Leading,
     acquire: Script,
     renew: Script,
     release: Script,
@@ -595,11 +661,19 @@ impl Writer {
             let result = result.and_then(|()| self.find_dead());
             self.note(result.err());
         }
-        // Stopping: this node's liveness key goes, so the others need not wait for it.
+        // Stopping: this node's liveness key goes, so the others need not wait for it,
+        // and so does the federation lease if it holds it (another node takes over now).
         let key = self.keys.node(&self.settings.node);
         let _ = self
             .link
             .run(|c| redis::cmd("DEL").arg(&key).query::<i64>(c));
+        if self.leading.holds {
+            let (lease, node, release) =
+                (self.keys.fed("leader"), &self.settings.node, &self.release);
+            let _ = self
+                .link
+                .run(|c| release.key(&lease).arg(node).invoke::<i64>(c));
+        }
     }
 
     /// Ask for the leases this node waits for; report those it gets.
@@ -669,7 +743,71 @@ impl Writer {
                 .arg(&node)
                 .ignore()
                 .query::<()>(c)
-        })
+        })?;
+        match self.settings.federation {
+            true => self.lead(ttl_ms),
+            false => Ok(()),
+        }
+    }
+
+    /// Take or renew the federation lease; tell the loop who holds it, and, when this
+    /// node has just taken it (or must start again), federation's stored state.
+    fn lead(&mut self, ttl_ms: u64) -> Result<(), String> {
+        let (lease, node) = (self.keys.fed("leader"), self.settings.node.clone());
+        let leader = &self.leader;
+        let (code, holder): (i64, String) = self
+            .link
+            .run(|c| leader.key(&lease).arg(&node).arg(ttl_ms).invoke(c))?;
+        self.leading.holds = code > 0;
+        if code == 2 {
+            // Just taken (perhaps again, after Redis lost its data): start from Redis.
+            self.leading.loaded = false;
+        }
+        if code > 0 && !self.leading.loaded {
+            let keys = self.keys.clone();
+            let state = self.link.run(|c| fed::read_state(c, &keys))?;
+            log::info!(
+                "cluster: this node runs federation now ({} stored events, {} trust entries)",
+                state.events.len(),
+                state.trust.len()
+            );
+            self.leading.loaded = true;
+            self.leading.told = Some(holder.clone());
+            self.report.send(News::Federation {
+                leader: Some(holder),
+                state: Some(Box::new(state)),
+            });
+        } else if self.leading.told.as_deref() != Some(holder.as_str()) {
+            if code == 0 {
+                self.leading.loaded = false;
+                log::info!("cluster: node {holder} runs federation");
+            }
+            self.leading.told = Some(holder.clone());
+            self.report.send(News::Federation {
+                leader: Some(holder),
+                state: None,
+            });
+        }
+        Ok(())
+    }
+
+    /// A group with federation ops was not written, or may not have been: the loop
+    /// starts federation again from what Redis holds (at the next beat, if this node
+    /// still holds the lease).
+    fn fed_unsure(&mut self, group: &[Proposal], lost_lease: bool) {
+        if group.iter().all(|p| p.fed.is_empty()) && !lost_lease {
+            return;
+        }
+        self.leading.loaded = false;
+        if lost_lease {
+            log::warn!("cluster: this node no longer holds the federation lease");
+            self.leading.holds = false;
+            self.leading.told = None;
+            self.report.send(News::Federation {
+                leader: None,
+                state: None,
+            });
+        }
     }
 
     /// Nodes of the set whose liveness key is gone: for each whose clean-up lock this
@@ -738,6 +876,7 @@ impl Writer {
             let error = describe(&e);
             log::warn!("cluster: append failed: {error}");
             self.note(Some(error.clone()));
+            self.fed_unsure(&group, false);
             return self.report.send(News::Failed {
                 batches: group.iter().map(|p| p.batch).collect(),
                 error,
@@ -746,8 +885,16 @@ impl Writer {
         }
         let last = group.last().map_or(0, |p| p.batch);
         let records = group.iter().flat_map(|p| &p.records);
+        let ops: Vec<&FedOp> = group.iter().flat_map(|p| &p.fed).collect();
         let marker = format!("{}/{last}", self.run_id);
-        let invocation = append_call(&self.script, &self.keys, &self.settings, marker, records);
+        let invocation = append_call(
+            &self.script,
+            &self.keys,
+            &self.settings,
+            marker,
+            records,
+            &ops,
+        );
         let mut unsure = false;
         let answer = self.link.run(|c| {
             invocation
@@ -765,9 +912,19 @@ impl Writer {
                     told: false,
                 });
             }
+            Err(error) if error.contains("NOTLEADER") => {
+                // Redis answered: it is up; this node's federation is not.
+                self.fed_unsure(&group, true);
+                self.report.send(News::Failed {
+                    batches: group.iter().map(|p| p.batch).collect(),
+                    error: "this node no longer runs federation".into(),
+                    unknown: false,
+                });
+            }
             Err(error) => {
                 log::warn!("cluster: append failed: {error}");
                 self.note(Some(error.clone()));
+                self.fed_unsure(&group, false);
                 self.report.send(News::Failed {
                     batches: group.iter().map(|p| p.batch).collect(),
                     error,
@@ -867,6 +1024,9 @@ impl Writer {
         };
         u.told = true;
         let batches = u.group.iter().map(|p| p.batch).collect();
+        if u.group.iter().any(|p| !p.fed.is_empty()) {
+            self.leading.loaded = false;
+        }
         self.report.send(News::Failed {
             batches,
             error: "Redis stopped answering while the change was being written".into(),
@@ -911,12 +1071,15 @@ impl Writer {
                     (true, false) => self.appended(unsure.group, epoch, seqs),
                     // Told already: its entries come through the reader as any other.
                     (true, true) => self.store_sessions(&unsure.group),
-                    (false, false) => self.report.send(News::Failed {
-                        batches: group.iter().map(|p| p.batch).collect(),
-                        error: "Redis did not answer the write".into(),
-                        unknown: false,
-                    }),
-                    (false, true) => {}
+                    (false, false) => {
+                        self.fed_unsure(&unsure.group, false);
+                        self.report.send(News::Failed {
+                            batches: group.iter().map(|p| p.batch).collect(),
+                            error: "Redis did not answer the write".into(),
+                            unknown: false,
+                        })
+                    }
+                    (false, true) => self.fed_unsure(&unsure.group, false),
                 }
             }
         }
@@ -1059,6 +1222,8 @@ fn parse_entry(id: &StreamId) -> Result<Entry, String> {
 pub struct Dump {
     pub entries: Vec<Entry>,
     pub sessions: Vec<String>,
+    /// Federation's stored state (empty when the world does not federate).
+    pub fed: FedState,
 }
 
 /// One connection for the export and import commands (no threads: they run alone).
@@ -1129,6 +1294,7 @@ pub fn dump(url: &str, world: &str, timeout: Duration) -> Result<Dump, String> {
             .map_err(|e| describe(&e))?;
         dump.sessions.extend(json);
     }
+    dump.fed = fed::read_state(&mut con, &keys).map_err(|e| describe(&e))?;
     Ok(dump)
 }
 
@@ -1139,6 +1305,7 @@ pub fn load(
     settings: &ClusterSettings,
     records: Vec<Record>,
     sessions: Vec<(String, String)>,
+    mut fed: Vec<FedOp>,
     force: bool,
 ) -> Result<usize, String> {
     let mut con = connect(&settings.redis_url, settings.timeout)?;
@@ -1163,7 +1330,7 @@ pub fn load(
                 .map_err(|e| describe(&e))?;
         }
     }
-    let script = Script::new(APPEND);
+    let script = append_script();
     let mut appended = 0;
     for (i, chunk) in records.chunks(500).enumerate() {
         let call = append_call(
@@ -1172,9 +1339,29 @@ pub fn load(
             settings,
             format!("import/{i}"),
             chunk.iter(),
+            &[],
         );
         let (_, seqs): (String, Vec<u64>) = call.invoke(&mut con).map_err(|e| describe(&e))?;
         appended += seqs.len();
+    }
+    if !fed.is_empty() {
+        // The imported events are federated already: a node taking federation over
+        // starts after them.
+        let top: u64 = redis::cmd("GET")
+            .arg(&keys.seq)
+            .query::<Option<u64>>(&mut con)
+            .map_err(|e| describe(&e))?
+            .unwrap_or(0);
+        fed.push(FedOp::new("at", "", top, String::new()));
+        let script = fed::import_script();
+        for chunk in fed.chunks(500) {
+            let mut call = script.prepare_invoke();
+            call.key(keys.fed("leader"));
+            for op in chunk {
+                call.arg(op.op).arg(&op.key).arg(op.num).arg(&op.json);
+            }
+            call.invoke::<()>(&mut con).map_err(|e| describe(&e))?;
+        }
     }
     let ttl_ms = (settings.session_ttl.as_millis() as u64).max(1);
     for (user, json) in sessions {
