@@ -661,6 +661,24 @@ fn a_conversation_goes_on_from_node_to_node() {
         "the flag travels with the session"
     );
     assert!(after.json()["response"].as_str().unwrap().contains("988"));
+    // Every node lists every node's sessions, as Redis holds them.
+    let vic = chat(b.http, "vic", "good morning");
+    assert_eq!(
+        (vic.status, vic.json()["crisis"].clone()),
+        (200, json!(false)),
+        "{}",
+        vic.text()
+    );
+    for node in [a.http, b.http] {
+        let list = get(node, "/bridge/sessions");
+        let users: Vec<(&str, u64, bool)> = (list["sessions"].as_array().unwrap().iter())
+            .map(|s| {
+                let user = s["user_id"].as_str().unwrap();
+                (user, s["messages"].as_u64().unwrap(), s["crisis"] == true)
+            })
+            .collect();
+        assert_eq!(users, [("vic", 2, false), ("una", 10, true)], "{list}");
+    }
 }
 
 #[test]

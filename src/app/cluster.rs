@@ -78,6 +78,9 @@ pub struct Cluster {
     data_lock: Option<std::fs::File>,
     /// Whether this node runs federation, and what it keeps for when it does.
     pub fed: FedRole,
+    /// `GET /bridge/sessions` requests waiting for Redis's list, by ticket.
+    session_asks: HashMap<u64, crate::app::calls::ReplyTo>,
+    next_ticket: u64,
 }
 
 impl Cluster {
@@ -106,6 +109,8 @@ impl Cluster {
             releases: Vec::new(),
             rooms: Vec::new(),
             fed: FedRole::default(),
+            session_asks: HashMap::new(),
+            next_ticket: 0,
         }
     }
 
@@ -234,6 +239,7 @@ impl App {
                 self.gateway.node_gone(&node, now);
             }
             News::Leased { user, session } => self.leased(user, session),
+            News::Sessions { ticket, sessions } => self.sessions_read(ticket, sessions),
             News::Nodes(nodes) => c.nodes = nodes,
             News::Federation { leader, state } => self.on_fed_news(leader, state),
             News::Down { error } => {
@@ -357,6 +363,55 @@ impl App {
             // The call timed out meanwhile: the next one goes, or the lease goes back.
             None => self.start_next(Some(&user), now),
         }
+    }
+
+    /// `GET /bridge/sessions` in cluster mode: every node's sessions are in Redis, so the
+    /// answer comes once the writer has read them (`false`: not in cluster mode, answer
+    /// from this process).
+    pub fn ask_sessions(&mut self, to: crate::app::calls::ReplyTo) -> bool {
+        let Some(c) = &mut self.cluster else {
+            return false;
+        };
+        c.next_ticket += 1;
+        c.session_asks.insert(c.next_ticket, to);
+        c.store.sessions(c.next_ticket);
+        true
+    }
+
+    /// Redis's sessions, merged with this node's own (the more recently active copy of
+    /// each user's wins: a call under way here is not stored yet).
+    fn sessions_read(&mut self, ticket: u64, read: Result<Vec<String>, String>) {
+        let Some(to) = self
+            .cluster
+            .as_mut()
+            .and_then(|c| c.session_asks.remove(&ticket))
+        else {
+            return;
+        };
+        let stored: Vec<crate::world::session::Session> = match read {
+            Ok(list) => list
+                .iter()
+                .filter_map(|j| serde_json::from_str(j).ok())
+                .collect(),
+            Err(e) => {
+                let why = format!("the sessions cannot be read from Redis ({e})");
+                let refusal = crate::app::outcome::Refusal::new("store_unavailable", why);
+                return self.answer(to, Err(refusal.retry_after(1)));
+            }
+        };
+        let mut by_user: HashMap<&str, &crate::world::session::Session> = HashMap::new();
+        for s in stored.iter().chain(self.world.sessions.list()) {
+            let newer = by_user
+                .get(s.user_id.as_str())
+                .is_none_or(|held| held.last_active_ms < s.last_active_ms);
+            if newer {
+                by_user.insert(&s.user_id, s);
+            }
+        }
+        let mut list: Vec<&crate::world::session::Session> = by_user.into_values().collect();
+        list.sort_by(|a, b| (b.last_active_ms, &a.user_id).cmp(&(a.last_active_ms, &b.user_id)));
+        let answer = crate::app::reports::sessions_json(list);
+        self.answer(to, Ok(crate::app::outcome::Outcome::Ok(answer)));
     }
 
     /// A call of `user` finished here: their session is stored with the next proposal.

@@ -117,10 +117,12 @@ pub fn health(app: &App, now: u64) -> Health<'_> {
 
 /// `GET /bridge/sessions`.
 pub fn sessions(app: &App) -> Value {
-    let list: Vec<Value> = app
-        .world
-        .sessions
-        .list()
+    sessions_json(app.world.sessions.list())
+}
+
+/// The sessions' list as `GET /bridge/sessions` answers it (most recently active first).
+pub fn sessions_json(list: Vec<&crate::world::session::Session>) -> Value {
+    let list: Vec<Value> = list
         .into_iter()
         .map(|s| {
             json!({

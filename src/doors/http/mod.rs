@@ -425,7 +425,15 @@ fn dispatch(
             reports::metrics_text(app, now).into_bytes(),
         )),
         "/bridge/health" => Ok(Response::json(200, &reports::health(app, now))),
-        "/bridge/sessions" => Ok(Response::json(200, &reports::sessions(app))),
+        "/bridge/sessions" => {
+            if app.ask_sessions(ReplyTo::Http(id)) {
+                return Handled::Park {
+                    route,
+                    headers: cors_headers(cors),
+                };
+            }
+            Ok(Response::json(200, &reports::sessions(app)))
+        }
         "/bridge/rooms" => Ok(Response::json(200, &reports::rooms(app))),
         "/bridge/stats" => Ok(Response::json(200, &reports::stats(app))),
         "/bridge/world/:room" => world_room(app, room.as_deref().unwrap_or_default()),

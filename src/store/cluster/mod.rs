@@ -300,6 +300,8 @@ pub enum Request {
     /// Take `user`'s session lease (waiting while another node holds it), then report
     /// [`News::Leased`] with the stored session.
     Lease(String),
+    /// Read every stored session, then report [`News::Sessions`] with this ticket.
+    Sessions(u64),
 }
 
 /// One entry of the world's log.
@@ -341,6 +343,12 @@ pub enum News {
     /// `node` stopped refreshing its liveness key, and this node took the lock to clean
     /// up after it.
     NodeDead { node: String },
+    /// Every stored session's JSON (`GET /bridge/sessions`), for the request with this
+    /// ticket; or why Redis could not say.
+    Sessions {
+        ticket: u64,
+        sessions: Result<Vec<String>, String>,
+    },
     /// This node now holds `user`'s session lease; `session` is the stored session's
     /// JSON (`None`: there is none).
     Leased {
@@ -451,6 +459,13 @@ impl ClusterStore {
     pub fn propose(&self, proposal: Proposal) {
         if let Some(tx) = &self.tx {
             let _ = tx.send(Request::Propose(proposal));
+        }
+    }
+
+    /// Ask for every stored session ([`News::Sessions`] with `ticket`).
+    pub fn sessions(&self, ticket: u64) {
+        if let Some(tx) = &self.tx {
+            let _ = tx.send(Request::Sessions(ticket));
         }
     }
 
@@ -623,6 +638,11 @@ impl Writer {
                         match r {
                             Request::Propose(p) => group.push(p),
                             Request::Lease(user) => self.leases.push(user),
+                            Request::Sessions(ticket) => {
+                                let keys = self.keys.clone();
+                                let sessions = self.link.run(|c| stored_sessions(c, &keys));
+                                self.report.send(News::Sessions { ticket, sessions });
+                            }
                         }
                     }
                 }
@@ -1262,6 +1282,34 @@ fn scan(con: &mut Connection, pattern: &str) -> Result<Vec<String>, String> {
     Ok(found)
 }
 
+/// Every stored session's JSON (`SCAN` for their keys, then `MGET` in pages).
+fn stored_sessions(con: &mut Connection, keys: &Keys) -> redis::RedisResult<Vec<String>> {
+    let mut names = Vec::new();
+    let mut cursor = 0u64;
+    loop {
+        let (next, page): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(format!("{}session:*", keys.prefix))
+            .arg("COUNT")
+            .arg(READ_COUNT)
+            .query(con)?;
+        names.extend(page);
+        if next == 0 {
+            break;
+        }
+        cursor = next;
+    }
+    names.sort();
+    names.dedup();
+    let mut found = Vec::with_capacity(names.len());
+    for page in names.chunks(READ_COUNT) {
+        let values: Vec<Option<String>> = redis::cmd("MGET").arg(page).query(con)?;
+        found.extend(values.into_iter().flatten());
+    }
+    Ok(found)
+}
+
 /// Read a world's log and sessions.
 pub fn dump(url: &str, world: &str, timeout: Duration) -> Result<Dump, String> {
     let mut con = connect(url, timeout)?;
@@ -1286,14 +1334,7 @@ pub fn dump(url: &str, world: &str, timeout: Duration) -> Result<Dump, String> {
             break;
         }
     }
-    let names = scan(&mut con, &format!("{}session:*", keys.prefix))?;
-    for name in names {
-        let json: Option<String> = redis::cmd("GET")
-            .arg(&name)
-            .query(&mut con)
-            .map_err(|e| describe(&e))?;
-        dump.sessions.extend(json);
-    }
+    dump.sessions = stored_sessions(&mut con, &keys).map_err(|e| describe(&e))?;
     dump.fed = fed::read_state(&mut con, &keys).map_err(|e| describe(&e))?;
     Ok(dump)
 }
