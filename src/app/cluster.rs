@@ -866,10 +866,10 @@ mod tests {
             epoch: "1".into(),
             seqs: vec![41, 42],
         });
-        assert!(a.released.is_empty());
+        assert!(a.out.released.is_empty());
         // Read back: released, with the log's numbers for the provisional ones.
         a.on_cluster(News::Entries(entries(&proposed, 41, "a")));
-        let fix = match a.released.as_slice() {
+        let fix = match a.out.released.as_slice() {
             [(c, Ok(fix))] if *c == conn => fix.clone(),
             other => panic!("{other:?}"),
         };
@@ -896,7 +896,7 @@ mod tests {
                 error: "Redis is unreachable".into(),
                 unknown,
             });
-            match a.released.pop() {
+            match a.out.released.pop() {
                 Some((_, Err(r))) => assert_eq!(r.code, code),
                 other => panic!("{other:?}"),
             }

@@ -36,7 +36,7 @@ impl App {
                 if line.is_empty() {
                     encode(ev, &mut line);
                 }
-                self.line_out.push((link, line.clone()));
+                self.out.lines.push((link, line.clone()));
             }
         }
         // The same events, to every gateway client (and so the status page).

@@ -214,16 +214,16 @@ impl App {
     pub(crate) fn apply_gateway(&mut self, out: Vec<gateway::Output>, now_ms: u64) {
         for o in out {
             match o {
-                gateway::Output::Send(c, f) => self.ws_out.push(WsOut::Send(c, f)),
+                gateway::Output::Send(c, f) => self.out.frames.push(WsOut::Send(c, f)),
                 gateway::Output::Broadcast { except, frame } => {
-                    self.ws_out.push(WsOut::Broadcast(except, frame))
+                    self.out.frames.push(WsOut::Broadcast(except, frame))
                 }
-                gateway::Output::Member(c) => self.ws_out.push(WsOut::Join(c)),
+                gateway::Output::Member(c) => self.out.frames.push(WsOut::Join(c)),
                 gateway::Output::Close { conn, code, reason } => {
                     log::info!("conn={} gateway closes it: {code} {reason}", conn.idx);
-                    self.ws_out.push(WsOut::Close(conn, code, reason))
+                    self.out.frames.push(WsOut::Close(conn, code, reason))
                 }
-                gateway::Output::Ping(c) => self.ws_out.push(WsOut::Ping(c)),
+                gateway::Output::Ping(c) => self.out.frames.push(WsOut::Ping(c)),
                 gateway::Output::ForAgent { from, msg, .. } => {
                     self.gateway_for_agent(&from, &msg, now_ms)
                 }
@@ -234,12 +234,12 @@ impl App {
     fn apply_workshop(&mut self, out: Vec<workshop::Output>, now_ms: u64) {
         for o in out {
             match o {
-                workshop::Output::Send(c, f) => self.ws_out.push(WsOut::Send(c, f)),
+                workshop::Output::Send(c, f) => self.out.frames.push(WsOut::Send(c, f)),
                 workshop::Output::Close { conn, code, reason } => {
                     log::info!("conn={} workshop closes it: {code} {reason}", conn.idx);
-                    self.ws_out.push(WsOut::Close(conn, code, reason))
+                    self.out.frames.push(WsOut::Close(conn, code, reason))
                 }
-                workshop::Output::Ping(c) => self.ws_out.push(WsOut::Ping(c)),
+                workshop::Output::Ping(c) => self.out.frames.push(WsOut::Ping(c)),
                 workshop::Output::Inbox { conn, msg } => {
                     let taken = self.inbox.as_ref().is_some_and(|i| i.submit(conn, msg));
                     if !taken {
@@ -260,7 +260,8 @@ impl App {
                     let how = (true, stream);
                     let sent = self.feed_chat(&user, &visitor, workshop::ROOM, &text, how, now_ms);
                     if let Err(why) = sent {
-                        self.ws_out
+                        self.out
+                            .frames
                             .push(WsOut::Send(conn, error_frame("rate_limited", &why)));
                     }
                 }
@@ -293,7 +294,8 @@ impl App {
     fn inbox_failed(&mut self, conn: ConnId, why: &str, now_ms: u64) {
         self.metrics.inbox_dropped += 1;
         let text = format!("your message could not be saved in the Workshop inbox: {why}");
-        self.ws_out
+        self.out
+            .frames
             .push(WsOut::Send(conn, error_frame("inbox_unavailable", &text)));
         if self.inbox_trouble.is_none() {
             self.inbox_trouble = Some((why.to_string(), now_ms));
@@ -322,7 +324,8 @@ impl App {
         let stream = msg.get("stream") != Some(&Value::Bool(false));
         if let Err(why) = self.feed_chat(&user, from, &room, &text, (false, stream), now_ms) {
             if let Some(conn) = self.gateway.conn_of(from) {
-                self.ws_out
+                self.out
+                    .frames
                     .push(WsOut::Send(conn, error_frame("rate_limited", &why)));
             }
         }
@@ -449,11 +452,11 @@ mod tests {
         let events = app.world.take_new_events();
         assert_eq!(events.len(), 1);
         assert_eq!(events[0].message.as_deref(), Some("Slowly."));
-        assert!(app.ws_out.iter().any(
+        assert!(app.out.frames.iter().any(
             |o| matches!(o, WsOut::Send(c, f) if *c == conn && f.as_str().contains("Slowly."))
         ));
         // A failed call barks nothing.
-        app.ws_out.clear();
+        app.out.frames.clear();
         app.bark_reply(
             workshop::ROOM,
             true,
@@ -461,6 +464,6 @@ mod tests {
             Err(crate::app::outcome::Refusal::new("agent_timeout", "late")),
         );
         assert!(app.world.take_new_events().is_empty());
-        assert!(app.ws_out.is_empty());
+        assert!(app.out.frames.is_empty());
     }
 }

@@ -31,7 +31,7 @@ impl App {
     fn send_to_link(&mut self, link: ConnId, msg: &Value) {
         let mut line = Vec::with_capacity(256);
         encode(msg, &mut line);
-        self.line_out.push((link, line));
+        self.out.lines.push((link, line));
     }
 
     /// The link of `world`, or 503 naming it.

@@ -14,6 +14,7 @@ pub mod feeds;
 pub mod games;
 pub mod links;
 pub mod metrics;
+pub mod outbox;
 pub mod outcome;
 pub mod peer_sync;
 pub mod peering;
@@ -27,9 +28,9 @@ use crate::agent::crisis::{self, CrisisDetector, Outcome as Assessment};
 use crate::agent::pool::AgentPool;
 use crate::agent::{AgentError, AgentReply, AgentRequest};
 use crate::app::calls::{Call, CallKind, Calls, ReplyTo};
-use crate::app::feeds::WsOut;
 use crate::app::links::Links;
 use crate::app::metrics::{Gauges, Metrics};
+use crate::app::outbox::Outbox;
 use crate::app::outcome::{ChatReply, Outcome, Refusal, Reply};
 use crate::app::stream::{Part, Stream};
 use crate::config::Config;
@@ -83,41 +84,30 @@ pub struct App {
     pub cfg: Config,
     pub world: World,
     pub metrics: Metrics,
-    pub rate: RateLimit,
+    rate: RateLimit,
     /// Room expiry's clock and the per-address room creation limit.
     room_sweep: crate::app::room_expiry::RoomSweep,
     crisis: CrisisDetector,
     /// Crisis classifications asked of the model (`agent.crisis_model_check`), by job id.
     crisis_checks: HashMap<u64, CrisisCheck>,
-    pub calls: Calls,
-    pub pool: Option<AgentPool>,
+    calls: Calls,
+    pool: Option<AgentPool>,
     started: Instant,
     pub shutting_down: bool,
-    /// Answers ready for waiting connections; the loop drains it.
-    pub ready: Vec<(ReplyTo, Reply)>,
-    /// Parts of streamed replies, in order, for where each request waits; the loop drains
-    /// it before `ready`, so a reply's parts go out before its final answer.
-    pub parts: Vec<(ReplyTo, Part)>,
-    /// HTTP answers the door rendered and the loop holds, now durable (`None`) or failed
-    /// (the refusal to send instead); the loop drains it.
-    /// Renumbered: cluster mode's provisional event numbers in the answer become the log's.
-    pub released: Vec<(ConnId, Result<cluster::Renumber, Refusal>)>,
+    /// Everything the hub has to send; the loop drains it.
+    pub out: Outbox,
     /// Open connections (kept by the loop, read by health and metrics).
-    pub connections_open: usize,
+    connections_open: usize,
     /// Upgraded WebSocket connections open (kept by the loop; `websocket.max_connections`).
     pub ws_connections: usize,
     /// Game links, their rooms, dials and the requests waiting for games.
     pub links: Links,
-    /// Lines for link connections (relayed events, requests); the loop writes them.
-    pub line_out: Vec<(ConnId, Vec<u8>)>,
     /// The Matrix gateway hub (`/ws/matrix`).
     pub gateway: Gateway,
     /// The Workshop state feed (`/`, `/ws/workshop`).
-    pub workshop: Workshop,
-    /// Frames, closes and pings for WebSocket connections; the loop carries them out.
-    pub ws_out: Vec<WsOut>,
+    workshop: Workshop,
     /// The Workshop inbox writer (a thread; attached by the loop, absent in unit tests).
-    pub inbox: Option<Inbox>,
+    inbox: Option<Inbox>,
     /// Why the inbox last failed and since when (epoch ms); cleared by the next write
     /// that succeeds. Shown in `/bridge/health`.
     inbox_trouble: Option<(String, u64)>,
@@ -127,7 +117,7 @@ pub struct App {
     /// The durable store (`None` with `--memory`).
     pub store: Option<Store>,
     /// Answers waiting for their batch to be durable, oldest first.
-    pub held: VecDeque<Held>,
+    held: VecDeque<Held>,
     /// The id the next batch sent to the store will have; answers held in this loop
     /// iteration wait for it.
     next_batch: u64,
@@ -229,7 +219,6 @@ impl App {
             fed,
             gateway,
             workshop,
-            ws_out: Vec::new(),
             inbox: None,
             inbox_trouble: None,
             world_key,
@@ -249,13 +238,10 @@ impl App {
             pool: None,
             started: Instant::now(),
             shutting_down: false,
-            ready: Vec::new(),
-            parts: Vec::new(),
-            released: Vec::new(),
+            out: Outbox::default(),
             connections_open: 0,
             ws_connections: 0,
             links: Links::new(&cfg.line.dial, Instant::now(), crate::world::time::now_ms()),
-            line_out: Vec::new(),
             store: None,
             held: VecDeque::new(),
             next_batch: 1,
@@ -270,6 +256,46 @@ impl App {
     /// How long this bridge has been running.
     pub fn uptime(&self) -> Duration {
         self.started.elapsed()
+    }
+
+    /// The agent's worker pool, taken to be shut down (the loop does, on stop).
+    pub fn take_pool(&mut self) -> Option<AgentPool> {
+        self.pool.take()
+    }
+
+    /// The Workshop inbox writer (a thread the loop starts).
+    pub fn attach_inbox(&mut self, inbox: Inbox) {
+        self.inbox = Some(inbox);
+    }
+
+    /// The Workshop inbox writer, taken to be shut down.
+    pub fn take_inbox(&mut self) -> Option<Inbox> {
+        self.inbox.take()
+    }
+
+    /// Whether answers still wait for the store.
+    pub fn has_held(&self) -> bool {
+        !self.held.is_empty()
+    }
+
+    /// The loop's count of open connections (for health and metrics).
+    pub fn set_connections_open(&mut self, n: usize) {
+        self.connections_open = n;
+    }
+
+    /// When the next agent call's deadline falls, if any.
+    pub fn next_call_deadline(&self) -> Option<Instant> {
+        self.calls.next_deadline()
+    }
+
+    /// A fresh job id (the OpenAI door names its completions with it).
+    pub fn next_job_id(&mut self) -> u64 {
+        self.calls.next_job_id()
+    }
+
+    /// A user's request against `http.rate_limit_requests`: `Err` is the seconds to wait.
+    pub fn rate_check(&mut self, user: &str, now_ms: u64) -> Result<(), u64> {
+        self.rate.check(user, now_ms)
     }
 
     pub fn attach_pool(&mut self, pool: AgentPool) {
@@ -332,7 +358,7 @@ impl App {
                 answer: HeldAnswer::Reply(to, reply),
             });
         } else {
-            self.ready.push((to, reply));
+            self.out.answers.push((to, reply));
         }
     }
 
@@ -457,10 +483,11 @@ impl App {
             Some((code, why)) => {
                 let refusal = Refusal::new(code, why);
                 match answer {
-                    HeldAnswer::Reply(to, _) => self.ready.push((to, Err(refusal))),
-                    HeldAnswer::Http(conn) => self.released.push((conn, Err(refusal))),
+                    HeldAnswer::Reply(to, _) => self.out.answers.push((to, Err(refusal))),
+                    HeldAnswer::Http(conn) => self.out.released.push((conn, Err(refusal))),
                     HeldAnswer::Line(conn, id, _) => self
-                        .ready
+                        .out
+                        .answers
                         .push((ReplyTo::LineRequest { conn, id }, Err(refusal))),
                 }
             }
@@ -474,12 +501,12 @@ impl App {
                 if let Ok(Outcome::Ok(v)) = &mut reply {
                     cluster::renumber_value(v, &fix);
                 }
-                self.ready.push((to, reply));
+                self.out.answers.push((to, reply));
             }
-            HeldAnswer::Http(conn) => self.released.push((conn, Ok(fix))),
+            HeldAnswer::Http(conn) => self.out.released.push((conn, Ok(fix))),
             HeldAnswer::Line(conn, _, mut bytes) => {
                 cluster::renumber(&mut bytes, &fix);
-                self.line_out.push((conn, bytes));
+                self.out.lines.push((conn, bytes));
             }
         }
     }
@@ -736,7 +763,7 @@ impl App {
                     .filter(|s| !s.started())
                     .map(|s| s.lead(&crisis::crisis_reply(None), true, now));
                 if let Some(part) = lead {
-                    self.parts.push((call.reply_to.clone(), part));
+                    self.out.parts.push((call.reply_to.clone(), part));
                 }
                 true
             }
@@ -888,7 +915,8 @@ impl App {
         call.deadline = whole_by.min(now + gap);
         let parts = s.model(&piece, now);
         let to = call.reply_to.clone();
-        self.parts
+        self.out
+            .parts
             .extend(parts.into_iter().map(|p| (to.clone(), p)));
     }
 
@@ -932,7 +960,8 @@ impl App {
             m.agent_reply.observe(now.duration_since(call.created));
         }
         let to = call.reply_to.clone();
-        self.parts
+        self.out
+            .parts
             .extend(parts.into_iter().map(|p| (to.clone(), p)));
         text
     }
@@ -951,7 +980,7 @@ impl App {
             *reply_id = Some(call.job_id);
         }
         if let Some(part) = lead {
-            self.parts.push((call.reply_to.clone(), part));
+            self.out.parts.push((call.reply_to.clone(), part));
         }
         call.stream = Some(Box::new(s));
     }
@@ -961,7 +990,7 @@ impl App {
     fn send_thinking(&mut self, now: Instant) {
         for call in self.calls.each_mut() {
             if call.stream.as_mut().is_some_and(|s| s.thinking_due(now)) {
-                self.parts.push((call.reply_to.clone(), Part::Thinking));
+                self.out.parts.push((call.reply_to.clone(), Part::Thinking));
             }
         }
     }
@@ -1218,30 +1247,30 @@ mod tests {
             error: "disk I/O error".into(),
         });
         // The chat answer and the line's `ok` become refusals; the door renders them.
-        assert_eq!(a.ready.len(), 2);
-        let refusal = a.ready[0].1.as_ref().expect_err("refused");
+        assert_eq!(a.out.answers.len(), 2);
+        let refusal = a.out.answers[0].1.as_ref().expect_err("refused");
         assert_eq!(refusal.code, "store_unavailable");
         assert!(refusal.message.contains("disk I/O error"));
         assert!(
-            matches!(&a.ready[1], (ReplyTo::LineRequest { conn: c, id: Some(id) }, Err(r))
+            matches!(&a.out.answers[1], (ReplyTo::LineRequest { conn: c, id: Some(id) }, Err(r))
                 if *c == conn(2) && *id == serde_json::json!(7) && r.code == "store_unavailable"),
             "the line gets an error for its id"
         );
-        assert!(a.line_out.is_empty(), "the held ok line is not sent");
+        assert!(a.out.lines.is_empty(), "the held ok line is not sent");
         // The HTTP answer the loop holds is released as a refusal too.
         assert!(
-            matches!(&a.released[..], [(c, Err(r))] if *c == conn(4) && r.code == "store_unavailable")
+            matches!(&a.out.released[..], [(c, Err(r))] if *c == conn(4) && r.code == "store_unavailable")
         );
         let refused = a.store_refusal().expect("writes are refused");
         assert_eq!(
             (refused.code, refused.retry_after),
             ("store_unavailable", Some(1))
         );
-        a.ready.clear();
-        a.released.clear();
+        a.out.answers.clear();
+        a.out.released.clear();
         a.on_store(StoreEvent::Durable { upto: 2 });
-        assert_eq!(a.ready.len(), 1, "the later batch went through");
-        assert!(a.ready[0].1.is_ok());
+        assert_eq!(a.out.answers.len(), 1, "the later batch went through");
+        assert!(a.out.answers[0].1.is_ok());
         assert!(
             a.store_refusal().is_none(),
             "a good commit clears the error"
@@ -1269,14 +1298,14 @@ mod stream_tests {
         let answer = a.begin_call(input, to, crate::world::time::now_ms(), Instant::now());
         // Streamed, the answer waits in `ready` behind its parts.
         let answer = match answer {
-            Answer::Later if stream => a.ready.pop().map(|(_, r)| r),
+            Answer::Later if stream => a.out.answers.pop().map(|(_, r)| r),
             Answer::Now(r) if !stream => Some(r),
             _ => None,
         };
         let Some(Ok(Outcome::Chat(reply))) = answer else {
             panic!("the builtin agent answers at once");
         };
-        let parts = a.parts.drain(..).map(|(_, p)| p).collect();
+        let parts = a.out.parts.drain(..).map(|(_, p)| p).collect();
         (reply, parts)
     }
 

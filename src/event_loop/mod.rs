@@ -316,14 +316,15 @@ impl Bridge {
     }
 
     fn poll_timeout(&self) -> Duration {
-        if !self.ws_again.is_empty() || !self.ws_write.is_empty() || !self.app.ws_out.is_empty() {
+        if !self.ws_again.is_empty() || !self.ws_write.is_empty() || !self.app.out.frames.is_empty()
+        {
             // Input is waiting that no new edge will announce, or a fan-out is half
             // written.
             return Duration::ZERO;
         }
         let sweep = SWEEP_EVERY.saturating_sub(self.last_sweep.elapsed());
         let next = [
-            self.app.calls.next_deadline(),
+            self.app.next_call_deadline(),
             self.app.links.next_deadline(),
         ]
         .into_iter()
@@ -410,7 +411,7 @@ impl Bridge {
         self.app.ws_connections = self.open.get(Surface::Ws);
         self.conns.insert(conn);
         self.app.metrics.connections_accepted += 1;
-        self.app.connections_open = self.conns.len();
+        self.app.set_connections_open(self.conns.len());
         log::trace!("conn={} peer={peer} open", id.idx);
         Some(id)
     }
@@ -636,7 +637,7 @@ impl Bridge {
             log::trace!("conn={} peer={} closed", id.idx, conn.peer());
         }
         self.app.metrics.connections_closed += 1;
-        self.app.connections_open = self.conns.len();
+        self.app.set_connections_open(self.conns.len());
     }
 
     /// The store's reports: durable answers go out, failed ones become 503s. Then this
@@ -709,7 +710,7 @@ impl Bridge {
     /// cannot take them is not reading: it is dropped as a slow consumer.
     fn flush_line_out(&mut self) {
         self.app.route_events(None);
-        let batch = std::mem::take(&mut self.app.line_out);
+        let batch = std::mem::take(&mut self.app.out.lines);
         let mut touched = Vec::new();
         for (id, bytes) in batch {
             let ok = match self.conns.get_mut(id) {
@@ -769,12 +770,7 @@ impl Bridge {
             self.deliver_answers();
             self.flush_line_out();
             self.queue_ws_out();
-            if self.app.ready.is_empty()
-                && self.app.parts.is_empty()
-                && self.app.released.is_empty()
-                && self.app.line_out.is_empty()
-                && self.app.ws_out.is_empty()
-            {
+            if self.app.out.is_empty() {
                 break;
             }
         }
@@ -782,16 +778,16 @@ impl Bridge {
     }
 
     fn deliver_answers(&mut self) {
-        while !self.app.ready.is_empty()
-            || !self.app.released.is_empty()
-            || !self.app.parts.is_empty()
+        while !self.app.out.answers.is_empty()
+            || !self.app.out.released.is_empty()
+            || !self.app.out.parts.is_empty()
         {
             let now = Instant::now();
             // A reply's parts go before its final answer.
-            for (to, part) in std::mem::take(&mut self.app.parts) {
+            for (to, part) in std::mem::take(&mut self.app.out.parts) {
                 self.deliver_part(to, part, now);
             }
-            for (id, failed) in std::mem::take(&mut self.app.released) {
+            for (id, failed) in std::mem::take(&mut self.app.out.released) {
                 let held = self.held_http.remove(&id);
                 let resp = match (failed, held) {
                     (Err(refusal), _) => Response::from(refusal),
@@ -803,20 +799,20 @@ impl Bridge {
                 };
                 self.deliver_http(id, resp, now);
             }
-            let batch = std::mem::take(&mut self.app.ready);
+            let batch = std::mem::take(&mut self.app.out.answers);
             for (to, reply) in batch {
                 let id = match to {
                     ReplyTo::Http(id) => id,
                     ReplyTo::Line { conn, id, user_id } => {
                         let mut line = Vec::new();
                         reply_line(&id, &user_id, &reply, &mut line);
-                        self.app.line_out.push((conn, line));
+                        self.app.out.lines.push((conn, line));
                         continue;
                     }
                     ReplyTo::LineRequest { conn, id } => {
                         let mut line = Vec::new();
                         request_line(id.as_ref(), &reply, &mut line);
-                        self.app.line_out.push((conn, line));
+                        self.app.out.lines.push((conn, line));
                         continue;
                     }
                     ReplyTo::Channel(tx) => {
@@ -858,7 +854,7 @@ impl Bridge {
             ReplyTo::Line { conn, id, .. } => {
                 let mut line = Vec::new();
                 crate::doors::line::part_line(&id, &part, &mut line);
-                self.app.line_out.push((conn, line));
+                self.app.out.lines.push((conn, line));
             }
             ReplyTo::Bark {
                 room,
@@ -1023,7 +1019,7 @@ impl Bridge {
         self.app.flush_store();
         if let Some(events) = self.app.store.as_ref().map(|s| s.events.clone()) {
             let until = Instant::now() + Duration::from_secs(5);
-            while !self.app.held.is_empty() && Instant::now() < until {
+            while self.app.has_held() && Instant::now() < until {
                 if let Ok(ev) = events.recv_timeout(Duration::from_millis(100)) {
                     self.app.on_store(ev);
                     self.deliver_ready();
@@ -1033,7 +1029,7 @@ impl Bridge {
         // The same for the cluster's log: held answers go out once applied.
         if let Some(news) = self.app.cluster.as_ref().map(|c| c.store.news.clone()) {
             let until = Instant::now() + Duration::from_secs(5);
-            while !self.app.held.is_empty() && Instant::now() < until {
+            while self.app.has_held() && Instant::now() < until {
                 if let Ok(n) = news.recv_timeout(Duration::from_millis(100)) {
                     self.app.on_cluster(n);
                     self.deliver_ready();
@@ -1054,14 +1050,14 @@ impl Bridge {
             }
             self.close(id, Some("the bridge is stopping"));
         }
-        if let Some(pool) = self.app.pool.take() {
+        if let Some(pool) = self.app.take_pool() {
             pool.shutdown(Duration::from_secs(2));
         }
         if let Some(w) = self.watcher.take() {
             w.stop();
         }
         // Visitor messages already taken are written before the process goes.
-        if let Some(inbox) = self.app.inbox.take() {
+        if let Some(inbox) = self.app.take_inbox() {
             inbox.finish();
         }
         self.app.flush_store();

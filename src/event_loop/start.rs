@@ -236,7 +236,7 @@ impl Bridge {
         if let Some(pool) = pool {
             app.attach_pool(pool);
         }
-        app.inbox = Some(inbox);
+        app.attach_inbox(inbox);
         if app.cfg.cluster.is_some() {
             // A node of a cluster keeps the world in Redis, not in a data directory.
             let w = waker.clone();

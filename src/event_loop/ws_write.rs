@@ -9,7 +9,7 @@ impl Bridge {
     /// Hand the feeds' frames, closes and pings to their connections; each connection
     /// given something joins the write queue once (see [`Bridge::write_ws_slice`]).
     pub(super) fn queue_ws_out(&mut self) {
-        let batch = std::mem::take(&mut self.app.ws_out);
+        let batch = std::mem::take(&mut self.app.out.frames);
         for out in batch {
             match out {
                 WsOut::Broadcast(except, frame) => {

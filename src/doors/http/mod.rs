@@ -559,7 +559,7 @@ pub fn message(app: &App, f: &Fields) -> Result<String, Refusal> {
 
 /// Count one request of `user` against the rate limit.
 fn rate_limit(app: &mut App, user: &str, now: u64) -> Result<(), Refusal> {
-    app.rate.check(user, now).map_err(|retry| {
+    app.rate_check(user, now).map_err(|retry| {
         let why = format!(
             "too many requests from {user}: at most {} per {} s",
             app.cfg.http.rate_limit_requests, app.cfg.http.rate_limit_window_s

@@ -139,7 +139,7 @@ fn completions(
     let answer = app.begin_call(input, ReplyTo::Http(id), now, Instant::now());
     // Unique within a run (a number of the hub's), and across runs (the time).
     let c = Completion {
-        id: format!("chatcmpl-{now:x}-{}", app.calls.next_job_id()),
+        id: format!("chatcmpl-{now:x}-{}", app.next_job_id()),
         created: now / 1000,
         model,
     };
