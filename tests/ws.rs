@@ -538,10 +538,17 @@ fn a_member_that_stops_reading_broadcasts_is_closed_and_the_shared_log_stays_sma
     // log once its kernel buffers are full, and only the log's scan can find it.
     const MESSAGES: usize = 300;
     let (b, mut slow, readers, mut sender) = one_slow_among(256 * 1024, 3);
+    // How many ticks each reader has read: the sender keeps at most one tick ahead of
+    // the slowest reader, so the readers keep up however loaded the machine is, while the
+    // one that never reads falls behind all the same.
+    let progress: Vec<_> = (0..readers.len())
+        .map(|_| std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0)))
+        .collect();
     let threads: Vec<_> = readers
         .into_iter()
+        .zip(progress.clone())
         .enumerate()
-        .map(|(i, mut ws)| {
+        .map(|(i, (mut ws, read))| {
             std::thread::spawn(move || {
                 let mut got = 0;
                 while got < MESSAGES {
@@ -549,6 +556,7 @@ fn a_member_that_stops_reading_broadcasts_is_closed_and_the_shared_log_stays_sma
                     if m["type"] == "tick" {
                         assert_eq!(m["n"], got, "reader {i} got them in order");
                         got += 1;
+                        read.store(got, std::sync::atomic::Ordering::SeqCst);
                     }
                 }
             })
@@ -557,9 +565,12 @@ fn a_member_that_stops_reading_broadcasts_is_closed_and_the_shared_log_stays_sma
     let pad = "p".repeat(50_000);
     for n in 0..MESSAGES {
         send(&mut sender, &json!({"type": "tick", "n": n, "pad": pad}));
-        // 3 ms: readers of a debug build on a loaded 2-core machine keep up (at 1 ms
-        // they were closed as slow consumers in a CI run beside a benchmark).
-        std::thread::sleep(Duration::from_millis(3));
+        let read = |p: &std::sync::Arc<std::sync::atomic::AtomicUsize>| {
+            p.load(std::sync::atomic::Ordering::SeqCst)
+        };
+        eventually(Duration::from_secs(10), "the readers keep up", || {
+            progress.iter().all(|p| read(p) + 1 >= n)
+        });
     }
     for t in threads {
         t.join().unwrap();
