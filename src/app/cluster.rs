@@ -30,8 +30,7 @@ use crate::world::room::Event;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-/// Provisional numbers in an answer and the numbers the log gave them.
-pub type Renumber = Vec<(u64, u64)>;
+pub use crate::app::outbox::Renumber;
 
 /// The hub's side of cluster mode.
 pub struct Cluster {

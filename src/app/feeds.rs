@@ -16,17 +16,7 @@ use crate::feeds::workshop::{self, inbox::Written, watcher::StateUpdate};
 use serde_json::{Map, Value};
 use std::time::Instant;
 
-/// What the loop does to a WebSocket connection.
-#[derive(Debug, Clone, PartialEq)]
-pub enum WsOut {
-    Send(ConnId, Frame),
-    /// To every gateway member but `except` (through the loop's shared log).
-    Broadcast(Option<ConnId>, Frame),
-    /// The connection joins the gateway's broadcasts.
-    Join(ConnId),
-    Close(ConnId, u16, String),
-    Ping(ConnId),
-}
+pub use crate::app::outbox::WsOut;
 
 /// The room the agent answers gateway messages in when they name none.
 const DEFAULT_ROOM: &str = "The Threshold";

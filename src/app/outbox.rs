@@ -8,11 +8,25 @@
 //! one fan-out pass.
 
 use crate::app::calls::ReplyTo;
-use crate::app::cluster::Renumber;
-use crate::app::feeds::WsOut;
 use crate::app::outcome::{Refusal, Reply};
 use crate::app::stream::Part;
 use crate::conn::ConnId;
+use crate::feeds::gateway::Frame;
+
+/// Provisional numbers in an answer and the numbers the log gave them (cluster mode).
+pub type Renumber = Vec<(u64, u64)>;
+
+/// What the loop does to a WebSocket connection.
+#[derive(Debug, Clone, PartialEq)]
+pub enum WsOut {
+    Send(ConnId, Frame),
+    /// To every gateway member but `except` (through the loop's shared log).
+    Broadcast(Option<ConnId>, Frame),
+    /// The connection joins the gateway's broadcasts.
+    Join(ConnId),
+    Close(ConnId, u16, String),
+    Ping(ConnId),
+}
 
 /// What the hub has to send, by kind.
 #[derive(Debug, Default)]
