@@ -388,12 +388,26 @@ pub fn spawn(cmd: &mut Command) -> (Child, SocketAddr, mpsc::Receiver<String>) {
     (child, addr, rx)
 }
 
+/// A loopback port free now, for a bridge that must be configured with its port before
+/// it starts (a peer's URL). Taken below Linux's ephemeral range (32768–60999), where the
+/// outgoing connections of every test (a federation sync, a client) take theirs: a port
+/// from `bind(0)` could be taken by one of those before the bridge binds it.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let seed = u64::from(std::process::id()).wrapping_mul(0x9e37_79b9_7f4a_7c15)
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+    for _ in 0..1000 {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let x = (seed ^ n.wrapping_mul(0xbf58_476d_1ce4_e5b9)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        let port = 20_000 + (x >> 33) % 12_000;
+        if TcpListener::bind(("127.0.0.1", port as u16)).is_ok() {
+            return port as u16;
+        }
+    }
+    panic!("no free loopback port in 20000..32000")
 }
 
 /// Wait until `f` holds, or fail after `limit`.
