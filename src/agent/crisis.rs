@@ -1832,6 +1832,47 @@ mod tests {
     }
 
     #[test]
+    fn the_rules_distance_a_resolved_past_a_topic_and_everyday_idioms() {
+        // The rules alone: the classifier can veto a rule only when it is all but sure.
+        let d = CrisisDetector::rules_only();
+        let safe = [
+            "my sister tried to overdose when she was 16, she's 25 now and in a good place",
+            "my ex used to say he wanted to die but that was years ago",
+            "my cousin died by suicide back in 2015, we still miss him",
+            "my friend said goodbye at the airport",
+            "what does kms mean",
+            "how do i help a friend who might be suicidal",
+            "the form asked whether i have thoughts of suicide, i checked no",
+            "i'm freezing to death in this office",
+            "this is the hill i will die on",
+            "i tried to kill the spider but it escaped",
+            "i'm thinking about ending my lease",
+            "i hurt myself skateboarding, my knee is bleeding",
+            "my friend is on the roof fixing the gutter",
+        ];
+        assert_crisis(&d, &safe, false);
+    }
+
+    #[test]
+    fn a_third_party_in_danger_now_fires_and_a_first_person_past_attempt_is_not_distanced() {
+        let d = CrisisDetector::rules_only();
+        let crisis = [
+            "my friend says she wants to kill herself, what do i do",
+            "my friend is on the bridge right now and not answering her phone",
+            "my girlfriend took like 20 tylenol, what do i do",
+            "he's holding a knife to his wrist",
+            "i tried to kill myself years ago and the thoughts are back",
+            "i tried to hang myself when i was 15, im 19 now and its back",
+        ];
+        assert_crisis(&d, &crisis, true);
+        // The danger marker alone, or a third party with a means and no sign of danger
+        // now, is not enough.
+        let (score, features) = d.explain("my friend is on the bridge");
+        assert!(score < THRESHOLD, "{features:?}");
+        assert!(features.contains(&"third_risk".to_string()), "{features:?}");
+    }
+
+    #[test]
     fn the_model_adds_a_detection_the_rules_miss_and_says_so() {
         let text = "placed the chair under the beam in the basement";
         assert_eq!(CrisisDetector::rules_only().assess(text), Outcome::Nothing);
