@@ -1,19 +1,20 @@
 //! The crisis detector against the labelled corpus in `fixtures/crisis/eval/`: the training
-//! splits (`train.tsv`, the rules are tuned on it; `train2.tsv`, `train3.tsv` and
-//! `train4.tsv`, the classifier is trained on all four, the rules were never tuned on them)
+//! splits (`train.tsv`, the rules are tuned on it; `train2.tsv` to `train5.tsv`, the
+//! classifier is trained on all five; the rules were not tuned on them until the round that
+//! added `train5.tsv`, which read the rules' errors on all five)
 //! and the held-out splits (`test.tsv` and `test2.tsv`, each written separately by an
 //! author who never saw the detector, and never tuned on; `test2.tsv` was added after the
 //! classifier was trained, and nobody working on the detector has read it).
 //!
-//! `train2.tsv`'s, `train3.tsv`'s and `train4.tsv`'s hard negatives are beyond the rules: on
-//! them the rules alone give the protocol to about 6 %, 7 % and 12 % of the lines that are
-//! not crisis (idioms such as "i'd rather die than sing karaoke", suicide as a topic, near
-//! pairs such as "the pills are in my bag, my allergy pills" or "my friend has a rope in
-//! her closet for climbing"), and the classifier overrules the rules only when it is all
-//! but sure (its veto). So those splits are held to their measured recall
-//! (`TRAIN2_RECALL_FLOOR`, `TRAIN3_RECALL_FLOOR`, `TRAIN4_RECALL_FLOOR`) and to the rules'
-//! own false positives plus the share the classifier may add (`crisis_train::FP_BUDGET`),
-//! not to 98 % and 2 %.
+//! `train2.tsv`'s to `train5.tsv`'s hard negatives are beyond the rules: on them the rules
+//! alone give the protocol to about 4 %, 4 %, 6 % and 3 % of the lines that are not crisis
+//! (6 %, 7 %, 12 % and 9 % before that round): idioms such as "i'd rather die than sing
+//! karaoke", suicide as a topic, near pairs such as "the pills are in my bag, my allergy
+//! pills" or "my friend has a rope in her closet for climbing"; and the classifier
+//! overrules the rules only when it is all but sure (its veto). So those splits are held
+//! to their measured recall (`TRAIN2_RECALL_FLOOR` to `TRAIN5_RECALL_FLOOR`) and to the
+//! rules' own false positives plus the share the classifier may add
+//! (`crisis_train::FP_BUDGET`), not to 98 % and 2 %.
 //!
 //! The goal (issue 11) is recall >= 98 % on crisis lines and at most 2 % false positives
 //! (the full protocol) on ordinary and hotline-question lines, on messages the detector was
@@ -131,6 +132,13 @@ const TRAIN3_RECALL_FLOOR: f64 = 0.87;
 /// friend at risk now beside a friend who is fine now). A regression guard, not the goal.
 const TRAIN4_RECALL_FLOOR: f64 = 0.91;
 
+/// `train5.tsv`'s recall with the shipped model (trained on it) at the commit that added
+/// it: 97.4 % (451/463), rounded down with a point to spare. Hand-written hard negatives
+/// (idioms, other people's past, topics) and the weakest crisis kinds (third person,
+/// joking, self-harm, past attempts, burden, preparations). A regression guard, not the
+/// goal.
+const TRAIN5_RECALL_FLOOR: f64 = 0.96;
+
 /// A training split the rules were not tuned on keeps `floor` recall with the shipped
 /// model, and its false positives stay within the rules' own plus `FP_BUDGET`.
 fn keeps_its_recall_and_the_rules_false_positives(name: &str, min_lines: usize, floor: f64) {
@@ -166,6 +174,11 @@ fn the_fourth_training_split_keeps_its_recall_and_the_rules_false_positives() {
     keeps_its_recall_and_the_rules_false_positives("train4.tsv", 2500, TRAIN4_RECALL_FLOOR);
 }
 
+#[test]
+fn the_fifth_training_split_keeps_its_recall_and_the_rules_false_positives() {
+    keeps_its_recall_and_the_rules_false_positives("train5.tsv", 900, TRAIN5_RECALL_FLOOR);
+}
+
 /// Nobody edits the weights by hand: the shipped file is exactly what `worldbridge
 /// crisis-train` makes of the shipped training files (and the rules they are read through).
 #[test]
@@ -175,6 +188,7 @@ fn the_shipped_model_is_what_training_produces() {
         eval_file("train2.tsv"),
         eval_file("train3.tsv"),
         eval_file("train4.tsv"),
+        eval_file("train5.tsv"),
     ];
     let (cases, sources) = load_training(&files).unwrap_or_else(|e| panic!("{e}"));
     let trained = train(&CrisisDetector::rules_only(), &cases, &sources);
@@ -182,7 +196,7 @@ fn the_shipped_model_is_what_training_produces() {
     let shipped = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{e}"));
     assert!(
         trained.text == shipped,
-        "{} is not what training produces from train.tsv to train4.tsv: run \
+        "{} is not what training produces from train.tsv to train5.tsv: run \
          `worldbridge crisis-train` from the source tree (it rewrites the file)",
         path.display()
     );

@@ -260,14 +260,27 @@ struct Pattern {
     kind: Kind,
     name: String,
     elems: Vec<Elem>,
-    /// One entry per element every match must use: the words and classes that can fill
-    /// it. A message without a word for one of them cannot match (checked before matching).
-    needs: Vec<(Vec<u32>, u128)>,
+    /// One entry per element every match must use: what can fill it. A message without
+    /// the words for one of them cannot match (checked before matching).
+    needs: Vec<Need>,
+}
+
+/// What a mandatory pattern element needs in a message (see [`Present::allows`]).
+#[derive(Debug, Clone)]
+enum Need {
+    /// One of these words, or a word of one of these classes. The words as a sparse
+    /// bitset over word ids (a 64-id block and its bits), so a long alternative is a few
+    /// AND operations with [`Present`]'s bitset, not a search per word.
+    Any(Vec<(u32, u64)>, u128),
+    /// Every word of at least one of these sequences (each word a literal id, or classes):
+    /// `for_my_boat|for_the_tent` needs "for", "my" and "boat", or "for", "the" and "tent",
+    /// not just a "for".
+    AllOfOne(Vec<Vec<(u32, u128)>>),
 }
 
 impl Pattern {
     fn new(kind: Kind, name: String, elems: Vec<Elem>) -> Pattern {
-        let needs = elems
+        let mut needs = elems
             .iter()
             .filter_map(|e| match e {
                 Elem::Alt {
@@ -275,20 +288,18 @@ impl Pattern {
                     classes,
                     optional: false,
                     or_end: false,
-                } => Some((words.clone(), *classes)),
+                } => Some(Need::Any(blocks(words), *classes)),
                 Elem::Phrases {
                     options,
                     optional: false,
                     or_end: false,
-                } => Some(options.iter().fold((Vec::new(), 0), |(mut ws, cs), o| {
-                    if o[0].1 == 0 {
-                        ws.push(o[0].0);
-                    }
-                    (ws, cs | o[0].1)
-                })),
+                } => Some(Need::AllOfOne(options.clone())),
                 _ => None,
             })
-            .collect();
+            .collect::<Vec<_>>();
+        // Most messages lack a pattern's rarest word: check the cheapest, most selective
+        // needs first (a class is in most messages; a few literal words are in few).
+        needs.sort_by_key(Need::cost);
         Pattern {
             kind,
             name,
@@ -296,6 +307,32 @@ impl Pattern {
             needs,
         }
     }
+}
+
+impl Need {
+    /// An estimate of how long the check takes and how likely it is to pass: the order
+    /// in which [`Present::allows`] checks a pattern's needs.
+    fn cost(&self) -> usize {
+        match self {
+            Need::Any(blocks, 0) => blocks.len(),
+            Need::Any(blocks, _) => 64 + blocks.len(),
+            Need::AllOfOne(options) => options.iter().map(Vec::len).sum(),
+        }
+    }
+}
+
+/// `words` as a sparse bitset: (id / 64, the bits of the ids in that block), by block.
+fn blocks(words: &[u32]) -> Vec<(u32, u64)> {
+    let mut out: Vec<(u32, u64)> = Vec::new();
+    for &w in words {
+        let (block, bit) = (w / 64, 1u64 << (w % 64));
+        match out.iter_mut().find(|(b, _)| *b == block) {
+            Some((_, bits)) => *bits |= bit,
+            None => out.push((block, bit)),
+        }
+    }
+    out.sort_unstable();
+    out
 }
 
 /// Which vocabulary words and classes occur in a message.
@@ -323,11 +360,25 @@ impl Present {
             .is_some_and(|w| w & (1 << (id % 64)) != 0)
     }
 
-    /// Whether every element `pat` must use has a word in the message.
+    /// Whether every element `pat` must use has its words in the message (masked words
+    /// are not in it, and no pattern matches them either).
     fn allows(&self, pat: &Pattern) -> bool {
-        pat.needs
-            .iter()
-            .all(|(ws, cs)| cs & self.classes != 0 || ws.iter().any(|&w| self.has(w)))
+        let one = |&(w, cs): &(u32, u128)| {
+            if cs != 0 {
+                cs & self.classes != 0
+            } else {
+                self.has(w)
+            }
+        };
+        pat.needs.iter().all(|need| match need {
+            Need::Any(blocks, cs) => {
+                cs & self.classes != 0
+                    || blocks
+                        .iter()
+                        .any(|&(b, bits)| self.words.get(b as usize).is_some_and(|w| w & bits != 0))
+            }
+            Need::AllOfOne(options) => options.iter().any(|o| o.iter().all(one)),
+        })
     }
 }
 
@@ -1732,6 +1783,93 @@ mod tests {
         ] {
             assert_eq!(d.detect(text), None, "{text:?}: {:?}", d.explain(text));
         }
+    }
+
+    /// Asserts that `d` flags each of `texts` as a crisis (`crisis`) or not.
+    fn assert_crisis(d: &CrisisDetector, texts: &[&str], crisis: bool) {
+        for text in texts {
+            assert_eq!(
+                d.detect(text).is_some(),
+                crisis,
+                "{text:?}: {:?}",
+                d.explain(text)
+            );
+        }
+    }
+
+    #[test]
+    fn a_pattern_is_tried_only_when_the_words_of_one_whole_alternative_are_there() {
+        assert_eq!(blocks(&[1, 64, 65, 3]), vec![(0, 0b1010), (1, 0b11)]);
+        // A long alternative spans several 64-word blocks; a sequence alternative needs
+        // all of its words, not just the first.
+        let many: Vec<String> = (0..70).map(|i| format!("w{i}")).collect();
+        let text = format!(
+            "class X: alpha beta\nrule suicide 2 seq: X ~2 for_my_boat|for_the_tent\n\
+             rule suicide 2 many: {} ~1 end\n",
+            many.join("|")
+        );
+        let d = CrisisDetector::from_files(&[("t", &text)]).unwrap();
+        assert_crisis(
+            &d,
+            &[
+                "alpha x for the tent",
+                "beta for my boat",
+                "w3 end",
+                "w65 end",
+            ],
+            true,
+        );
+        assert_crisis(
+            &d,
+            &[
+                "alpha for the boat",
+                "alpha for tent the",
+                "w65 start",
+                "end w3",
+            ],
+            false,
+        );
+    }
+
+    #[test]
+    fn the_rules_distance_a_resolved_past_a_topic_and_everyday_idioms() {
+        // The rules alone: the classifier can veto a rule only when it is all but sure.
+        let d = CrisisDetector::rules_only();
+        let safe = [
+            "my sister tried to overdose when she was 16, she's 25 now and in a good place",
+            "my ex used to say he wanted to die but that was years ago",
+            "my cousin died by suicide back in 2015, we still miss him",
+            "my friend said goodbye at the airport",
+            "what does kms mean",
+            "how do i help a friend who might be suicidal",
+            "the form asked whether i have thoughts of suicide, i checked no",
+            "i'm freezing to death in this office",
+            "this is the hill i will die on",
+            "i tried to kill the spider but it escaped",
+            "i'm thinking about ending my lease",
+            "i hurt myself skateboarding, my knee is bleeding",
+            "my friend is on the roof fixing the gutter",
+        ];
+        assert_crisis(&d, &safe, false);
+    }
+
+    #[test]
+    fn a_third_party_in_danger_now_fires_and_a_first_person_past_attempt_is_not_distanced() {
+        let d = CrisisDetector::rules_only();
+        let crisis = [
+            "my friend says she wants to kill herself, what do i do",
+            "my friend is on the bridge right now and not answering her phone",
+            "my girlfriend took like 20 tylenol, what do i do",
+            "he's holding a knife to his wrist",
+            "i tried to kill myself years ago and the thoughts are back",
+            "i tried to hang myself when i was 15, im 19 now and its back",
+        ];
+        assert_crisis(&d, &crisis, true);
+        // The danger marker alone, or a third party with a means and no sign of danger
+        // now, is not enough.
+        let (score, features) = d.explain("my friend is on the bridge");
+        assert!(score < THRESHOLD, "{features:?}");
+        assert!(features.contains(&"third_risk".to_string()), "{features:?}");
     }
 
     #[test]
