@@ -1,7 +1,8 @@
 //! The crisis detector against the labelled corpus in `fixtures/crisis/eval/`: the training
-//! splits (`train.tsv`, the rules are tuned on it; `train2.tsv` to `train5.tsv`, the
-//! classifier is trained on all five; the rules were not tuned on them until the round that
-//! added `train5.tsv`, which read the rules' errors on all five)
+//! splits (`train.tsv`, the rules are tuned on it; `train2.tsv` to `train6.tsv`, the
+//! classifier is trained on all six; the rules were not tuned on them until the round that
+//! added `train5.tsv`, which read the rules' errors on all five; `train6.tsv` is short
+//! messages, for the classifier)
 //! and the held-out splits (`test.tsv` and `test2.tsv`, each written separately by an
 //! author who never saw the detector, and never tuned on; `test2.tsv` was added after the
 //! classifier was trained, and nobody working on the detector has read it).
@@ -179,6 +180,41 @@ fn the_fifth_training_split_keeps_its_recall_and_the_rules_false_positives() {
     keeps_its_recall_and_the_rules_false_positives("train5.tsv", 900, TRAIN5_RECALL_FLOOR);
 }
 
+/// `train6.tsv` (short messages: greetings, names and single letters, chat shorthand,
+/// and short crisis lines) with the shipped model, trained on it: recall at least 95 %
+/// (98.3 %, 57/58, in sample when it was added). A regression guard, not the goal.
+const TRAIN6_RECALL_FLOOR: f64 = 0.95;
+
+#[test]
+fn the_sixth_training_split_keeps_its_recall_and_the_rules_false_positives() {
+    keeps_its_recall_and_the_rules_false_positives("train6.tsv", 300, TRAIN6_RECALL_FLOOR);
+}
+
+/// Short greetings are not a crisis: the classifier alone once gave the protocol to
+/// "hi from b" (0.85), "b" (0.90) and "hey it's b" (0.96), its weights for a lone letter
+/// and for a three-to-four-word message deciding (train6.tsv fixed it).
+#[test]
+fn short_greetings_and_names_get_no_protocol() {
+    let detector = CrisisDetector::builtin();
+    for text in [
+        "hi from b",
+        "b",
+        "hey it's b",
+        "good morning from node b",
+        "b here, whats up",
+        "plan b",
+        "fr fr",
+        "i'm b",
+    ] {
+        let (score, features) = detector.explain(text);
+        assert!(
+            detector.detect(text).is_none(),
+            "{text:?} got the protocol: {score:.2} {features:?}"
+        );
+    }
+    assert!(detector.detect("kms").is_some() && detector.detect("i want to die").is_some());
+}
+
 /// Nobody edits the weights by hand: the shipped file is exactly what `worldbridge
 /// crisis-train` makes of the shipped training files (and the rules they are read through).
 #[test]
@@ -189,6 +225,7 @@ fn the_shipped_model_is_what_training_produces() {
         eval_file("train3.tsv"),
         eval_file("train4.tsv"),
         eval_file("train5.tsv"),
+        eval_file("train6.tsv"),
     ];
     let (cases, sources) = load_training(&files).unwrap_or_else(|e| panic!("{e}"));
     let trained = train(&CrisisDetector::rules_only(), &cases, &sources);
@@ -196,7 +233,7 @@ fn the_shipped_model_is_what_training_produces() {
     let shipped = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{e}"));
     assert!(
         trained.text == shipped,
-        "{} is not what training produces from train.tsv to train5.tsv: run \
+        "{} is not what training produces from train.tsv to train6.tsv: run \
          `worldbridge crisis-train` from the source tree (it rewrites the file)",
         path.display()
     );
@@ -264,6 +301,16 @@ const HELD_OUT5_RECALL_FLOOR: f64 = 0.90;
 #[test]
 fn the_fifth_held_out_split_keeps_its_measured_recall_and_false_positives() {
     held_out_keeps("test5.tsv", HELD_OUT5_RECALL_FLOOR);
+}
+
+/// The sixth held-out split's recall (425/451 = 94.2 % with the shipped model, measured
+/// three times in all, figures only: see the file's header), rounded down with lines to
+/// spare. Its false positives: 1.8 % (7/396).
+const HELD_OUT6_RECALL_FLOOR: f64 = 0.93;
+
+#[test]
+fn the_sixth_held_out_split_keeps_its_measured_recall_and_false_positives() {
+    held_out_keeps("test6.tsv", HELD_OUT6_RECALL_FLOOR);
 }
 
 #[test]
