@@ -1,8 +1,12 @@
 //! The crisis detector against the labelled corpus in `fixtures/crisis/eval/`: the training
-//! splits (`train.tsv`, the rules are tuned on it; `train2.tsv` to `train6.tsv`, the
-//! classifier is trained on all six; the rules were not tuned on them until the round that
+//! splits (`train.tsv`, the rules are tuned on it; `train2.tsv` to `train7.tsv`, the
+//! classifier is trained on all seven; the rules were not tuned on them until the round that
 //! added `train5.tsv`, which read the rules' errors on all five; `train6.tsv` is short
-//! messages, for the classifier)
+//! messages, for the classifier; `train7.tsv` is preparations, plans and means, past
+//! attempts with the danger now, passive ideation, hopelessness and burden said without a
+//! crisis word, with near-pair negatives, and came with three rule-file changes on first-
+//! person past attempts: an attempt told as recovered history is distanced, a relapse
+//! marker adds back)
 //! and the held-out splits (`test.tsv` and `test2.tsv`, each written separately by an
 //! author who never saw the detector, and never tuned on; `test2.tsv` was added after the
 //! classifier was trained, and nobody working on the detector has read it).
@@ -190,6 +194,20 @@ fn the_sixth_training_split_keeps_its_recall_and_the_rules_false_positives() {
     keeps_its_recall_and_the_rules_false_positives("train6.tsv", 300, TRAIN6_RECALL_FLOOR);
 }
 
+/// `train7.tsv` (hand-written: preparations, plans and means, past attempts with the danger
+/// now, passive ideation, hopelessness, burden, without a crisis word; near-pair negatives:
+/// moving house, a pet rehomed for allergies, a will made with a lawyer, a stocked medicine
+/// cabinet, a high viewpoint, goodbyes to a guild or a job, an attempt told as recovered
+/// history) with the shipped model, trained on it: recall at least 92 % (93.0 %, 441/474,
+/// in sample when it was added). Its false positives in sample (15.0 %, 23/153) are all the
+/// rules' own: its negatives are near pairs on purpose. A regression guard, not the goal.
+const TRAIN7_RECALL_FLOOR: f64 = 0.92;
+
+#[test]
+fn the_seventh_training_split_keeps_its_recall_and_the_rules_false_positives() {
+    keeps_its_recall_and_the_rules_false_positives("train7.tsv", 600, TRAIN7_RECALL_FLOOR);
+}
+
 /// Short greetings are not a crisis: the classifier alone once gave the protocol to
 /// "hi from b" (0.85), "b" (0.90) and "hey it's b" (0.96), its weights for a lone letter
 /// and for a three-to-four-word message deciding (train6.tsv fixed it).
@@ -226,6 +244,7 @@ fn the_shipped_model_is_what_training_produces() {
         eval_file("train4.tsv"),
         eval_file("train5.tsv"),
         eval_file("train6.tsv"),
+        eval_file("train7.tsv"),
     ];
     let (cases, sources) = load_training(&files).unwrap_or_else(|e| panic!("{e}"));
     let trained = train(&CrisisDetector::rules_only(), &cases, &sources);
@@ -233,7 +252,7 @@ fn the_shipped_model_is_what_training_produces() {
     let shipped = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{e}"));
     assert!(
         trained.text == shipped,
-        "{} is not what training produces from train.tsv to train6.tsv: run \
+        "{} is not what training produces from train.tsv to train7.tsv: run \
          `worldbridge crisis-train` from the source tree (it rewrites the file)",
         path.display()
     );

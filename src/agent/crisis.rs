@@ -1873,6 +1873,24 @@ mod tests {
     }
 
     #[test]
+    fn a_first_person_attempt_told_as_recovered_history_is_distanced_unless_it_is_back() {
+        let d = CrisisDetector::rules_only();
+        let safe = [
+            "i tried to kill myself at 17 and i am in a good place, married with a dog",
+            "i survived my attempt and i am so glad i stayed",
+            "my attempt at the cake today was a disaster",
+        ];
+        assert_crisis(&d, &safe, false);
+        let crisis = [
+            "i tried to kill myself at 17 and the feelings are coming back",
+            "i tried to kill myself at 17, i was doing so much better but the thoughts are back",
+            "survived my attempt in may and im not ok",
+            "the anniversary of my attempt and i am not okay",
+        ];
+        assert_crisis(&d, &crisis, true);
+    }
+
+    #[test]
     fn the_model_adds_a_detection_the_rules_miss_and_says_so() {
         let text = "placed the chair under the beam in the basement";
         assert_eq!(CrisisDetector::rules_only().assess(text), Outcome::Nothing);
