@@ -322,14 +322,24 @@ fn the_fifth_held_out_split_keeps_its_measured_recall_and_false_positives() {
     held_out_keeps("test5.tsv", HELD_OUT5_RECALL_FLOOR);
 }
 
-/// The sixth held-out split's recall (425/451 = 94.2 % with the shipped model, measured
-/// three times in all, figures only: see the file's header), rounded down with lines to
-/// spare. Its false positives: 1.8 % (7/396).
+/// The sixth held-out split's recall (94.2 % to 95.1 % over the four models measured on
+/// it, figures only: see the file's header; 429/451 with the shipped one), rounded down
+/// with lines to spare. Its false positives: 2.0 % (8/396).
 const HELD_OUT6_RECALL_FLOOR: f64 = 0.93;
 
 #[test]
 fn the_sixth_held_out_split_keeps_its_measured_recall_and_false_positives() {
     held_out_keeps("test6.tsv", HELD_OUT6_RECALL_FLOOR);
+}
+
+/// The seventh held-out split's recall (402/440 = 91.4 %, measured once, when it was
+/// added, with the model trained on `train.tsv` to `train7.tsv`), rounded down with lines
+/// to spare. Its false positives: 2.1 % (8/390).
+const HELD_OUT7_RECALL_FLOOR: f64 = 0.90;
+
+#[test]
+fn the_seventh_held_out_split_keeps_its_measured_recall_and_false_positives() {
+    held_out_keeps("test7.tsv", HELD_OUT7_RECALL_FLOOR);
 }
 
 #[test]
