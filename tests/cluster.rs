@@ -1124,6 +1124,9 @@ fn federation_runs_on_one_node_and_moves_to_another_when_it_dies() {
         get(b.http, "/bridge/health")["peers"][0]["state"],
         "elsewhere"
     );
+    let metrics = |addr| call(addr, "GET", "/metrics", None).text();
+    assert!(metrics(a_http).contains("worldbridge_cluster_federation_here{node=\"a\"} 1"));
+    assert!(metrics(b.http).contains("worldbridge_cluster_federation_here{node=\"b\"} 0"));
 
     // A say on b (which does not run federation) reaches p; p's reaches both nodes.
     assert_eq!(say(b.http, "bea", "The Bridge", "one from b").status, 200);

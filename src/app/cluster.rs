@@ -644,7 +644,7 @@ impl App {
         };
         // Node ids are letters, digits, '_', '.' and '-' (`ClusterConfig::node_name`).
         let node = &c.node;
-        let series: [(&str, &str, &str, u64); 8] = [
+        let series: [(&str, &str, &str, u64); 9] = [
             (
                 "redis_up",
                 "gauge",
@@ -692,6 +692,12 @@ impl App {
                 "gauge",
                 "Answers waiting for the log.",
                 c.waiting() as u64,
+            ),
+            (
+                "federation_here",
+                "gauge",
+                "Whether this node runs the world's federation (it holds the lease).",
+                u64::from(c.fed.running),
             ),
         ];
         for (name, kind, help, value) in series {
