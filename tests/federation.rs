@@ -300,6 +300,11 @@ fn federation_routes_are_refused_without_federation_or_with_a_bad_document() {
     let plain = start_with(test_config());
     let r = as_peer(plain.http, "GET", "/bridge/state", Some("x"));
     assert_eq!(r.status, 404, "{}", r.text());
+    let r = as_peer(plain.http, "GET", "/bridge/federation/leader", None);
+    assert_eq!(
+        (r.status, r.json()["code"].clone()),
+        (404, json!("federation_off"))
+    );
 
     let mut cfg = common::line_config();
     cfg.world = "a".into();
@@ -336,6 +341,10 @@ fn federation_routes_are_refused_without_federation_or_with_a_bad_document() {
     );
     let r = as_peer(a.http, "POST", "/bridge/sync", Some("ab"));
     assert_eq!(r.status, 400, "{}", r.text());
+    // A single process runs its own federation: the leader route answers 200, no node.
+    let r = as_peer(a.http, "GET", "/bridge/federation/leader", None);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json(), json!({"world": "a", "node": null}));
 }
 
 #[test]
