@@ -1,12 +1,17 @@
 //! The crisis detector against the labelled corpus in `fixtures/crisis/eval/`: the training
-//! splits (`train.tsv`, the rules are tuned on it; `train2.tsv` to `train7.tsv`, the
-//! classifier is trained on all seven; the rules were not tuned on them until the round that
+//! splits (`train.tsv`, the rules are tuned on it; `train2.tsv` to `train8.tsv`, the
+//! classifier is trained on all eight; the rules were not tuned on them until the round that
 //! added `train5.tsv`, which read the rules' errors on all five; `train6.tsv` is short
 //! messages, for the classifier; `train7.tsv` is preparations, plans and means, past
 //! attempts with the danger now, passive ideation, hopelessness and burden said without a
 //! crisis word, with near-pair negatives, and came with three rule-file changes on first-
 //! person past attempts: an attempt told as recovered history is distanced, a relapse
-//! marker adds back)
+//! marker adds back; `train8.tsv` is dark joking, past attempts with the danger now,
+//! burden and plans and means, with idioms said lightly and light dark humour as hard
+//! negatives, and came with idiom guards for the rules' own false alarms on idioms ("kill
+//! me now, my mom signed me up for piano", "i'd rather die than sit through another
+//! meeting") and three rules ("cant wait to die lol", "my plan for the weekend: not
+//! exist", "is 40 benadryl enough to die"))
 //! and the held-out splits (`test.tsv` and `test2.tsv`, each written separately by an
 //! author who never saw the detector, and never tuned on; `test2.tsv` was added after the
 //! classifier was trained, and nobody working on the detector has read it).
@@ -208,6 +213,18 @@ fn the_seventh_training_split_keeps_its_recall_and_the_rules_false_positives() {
     keeps_its_recall_and_the_rules_false_positives("train7.tsv", 600, TRAIN7_RECALL_FLOOR);
 }
 
+/// `train8.tsv` (hand-written: dark joking that still says the writer wants to die, past
+/// attempts with the danger now, burden, plans and means; hard negatives: idioms said
+/// lightly and light dark humour about game deaths) with the shipped model, trained on it:
+/// recall at least 97 % (98.1 %, 407/415, in sample when it was added; its false
+/// positives 1.4 %, 5/361). A regression guard, not the goal.
+const TRAIN8_RECALL_FLOOR: f64 = 0.97;
+
+#[test]
+fn the_eighth_training_split_keeps_its_recall_and_the_rules_false_positives() {
+    keeps_its_recall_and_the_rules_false_positives("train8.tsv", 700, TRAIN8_RECALL_FLOOR);
+}
+
 /// Short greetings are not a crisis: the classifier alone once gave the protocol to
 /// "hi from b" (0.85), "b" (0.90) and "hey it's b" (0.96), its weights for a lone letter
 /// and for a three-to-four-word message deciding (train6.tsv fixed it).
@@ -245,6 +262,7 @@ fn the_shipped_model_is_what_training_produces() {
         eval_file("train5.tsv"),
         eval_file("train6.tsv"),
         eval_file("train7.tsv"),
+        eval_file("train8.tsv"),
     ];
     let (cases, sources) = load_training(&files).unwrap_or_else(|e| panic!("{e}"));
     let trained = train(&CrisisDetector::rules_only(), &cases, &sources);
@@ -252,7 +270,7 @@ fn the_shipped_model_is_what_training_produces() {
     let shipped = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{e}"));
     assert!(
         trained.text == shipped,
-        "{} is not what training produces from train.tsv to train7.tsv: run \
+        "{} is not what training produces from train.tsv to train8.tsv: run \
          `worldbridge crisis-train` from the source tree (it rewrites the file)",
         path.display()
     );
