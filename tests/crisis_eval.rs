@@ -360,6 +360,37 @@ fn the_seventh_held_out_split_keeps_its_measured_recall_and_false_positives() {
     held_out_keeps("test7.tsv", HELD_OUT7_RECALL_FLOOR);
 }
 
+/// The eighth held-out split's recall (418/440 = 95.0 %, measured when it was added, with
+/// the model trained on `train.tsv` to `train8.tsv`), rounded down with lines to spare. Its
+/// false positives: 1.5 % (6/390).
+const HELD_OUT8_RECALL_FLOOR: f64 = 0.94;
+
+#[test]
+fn the_eighth_held_out_split_keeps_its_measured_recall_and_false_positives() {
+    held_out_keeps("test8.tsv", HELD_OUT8_RECALL_FLOOR);
+}
+
+/// Words of recovery do not hide a wish said now: the writer's own recovered history is
+/// distanced (`self_recovered`), but "but i still…", "but tonight…" add back (`still_now`).
+#[test]
+fn recovery_words_do_not_hide_a_wish_now() {
+    let detector = CrisisDetector::builtin();
+    for text in [
+        "im doing so much better but i still want to kill myself",
+        "i am stable on meds but tonight i am going to end it",
+        "i was in a good place for a while but i want to die now",
+        "people think im doing well but i want to kill myself",
+    ] {
+        let (score, features) = detector.explain(text);
+        assert!(
+            detector.detect(text).is_some(),
+            "{text:?} got no protocol: {score:.2} {features:?}"
+        );
+    }
+    let history = "i tried to kill myself when i was 16, im 34 now and so glad i stayed";
+    assert!(detector.detect(history).is_none(), "{history:?}");
+}
+
 #[test]
 fn a_malformed_eval_file_is_an_error_naming_the_line() {
     let dir = std::env::temp_dir().join(format!("worldbridge-crisis-eval-{}", std::process::id()));
