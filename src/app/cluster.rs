@@ -27,10 +27,11 @@ use crate::store::cluster::{
 };
 use crate::world::logged::is_provisional;
 use crate::world::room::Event;
+use crate::world::session::Session;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-pub use crate::app::outbox::Renumber;
+use crate::app::outbox::Renumber;
 
 /// The hub's side of cluster mode.
 pub struct Cluster {
@@ -387,7 +388,7 @@ impl App {
         else {
             return;
         };
-        let stored: Vec<crate::world::session::Session> = match read {
+        let stored: Vec<Session> = match read {
             Ok(list) => list
                 .iter()
                 .filter_map(|j| serde_json::from_str(j).ok())
@@ -398,7 +399,7 @@ impl App {
                 return self.answer(to, Err(refusal.retry_after(1)));
             }
         };
-        let mut by_user: HashMap<&str, &crate::world::session::Session> = HashMap::new();
+        let mut by_user: HashMap<&str, &Session> = HashMap::new();
         for s in stored.iter().chain(self.world.sessions.list()) {
             let newer = by_user
                 .get(s.user_id.as_str())
@@ -407,7 +408,7 @@ impl App {
                 by_user.insert(&s.user_id, s);
             }
         }
-        let mut list: Vec<&crate::world::session::Session> = by_user.into_values().collect();
+        let mut list: Vec<&Session> = by_user.into_values().collect();
         list.sort_by(|a, b| (b.last_active_ms, &a.user_id).cmp(&(a.last_active_ms, &b.user_id)));
         let answer = crate::app::reports::sessions_json(list);
         self.answer(to, Ok(crate::app::outcome::Outcome::Ok(answer)));

@@ -16,7 +16,7 @@ use crate::feeds::workshop::{self, inbox::Written, watcher::StateUpdate};
 use serde_json::{Map, Value};
 use std::time::Instant;
 
-pub use crate::app::outbox::WsOut;
+use crate::app::outbox::WsOut;
 
 /// The room the agent answers gateway messages in when they name none.
 const DEFAULT_ROOM: &str = "The Threshold";

@@ -495,7 +495,7 @@ impl App {
     }
 
     /// Send a held answer, its provisional event numbers replaced by `fix`.
-    fn release_renumbered(&mut self, answer: HeldAnswer, fix: cluster::Renumber) {
+    fn release_renumbered(&mut self, answer: HeldAnswer, fix: outbox::Renumber) {
         match answer {
             HeldAnswer::Reply(to, mut reply) => {
                 if let Ok(Outcome::Ok(v)) = &mut reply {

@@ -174,16 +174,16 @@ impl Peering {
     }
 
     /// A local event that federates gets its federated seq; its row is kept for the
-    /// store (`keeps_rows`), else it is served at once.
+    /// store (`keeps_rows`), else it is served at once. Returns whether it federates.
     pub(crate) fn record_local(
         &mut self,
         ev: &Event,
         in_portal: bool,
         scope: Scope,
         keeps_rows: bool,
-    ) {
+    ) -> bool {
         let Some(fe) = self.core.local_event(ev, in_portal, scope) else {
-            return;
+            return false;
         };
         log::debug!("federation: {} {}/{} out", ev.room, fe.origin, fe.seq);
         self.counts.own += 1;
@@ -194,6 +194,7 @@ impl Peering {
         } else {
             self.core.stored(seq);
         }
+        true
     }
 
     /// The store loaded these at start.
@@ -261,11 +262,12 @@ impl App {
             } else {
                 Scope::World
             };
-            if clustered && f.core.federates(ev, in_portal, scope) {
+            let federated = match active && ev.seq > through {
+                true => f.record_local(ev, in_portal, scope, keeps_rows),
+                false => clustered && f.core.federates(ev, in_portal, scope),
+            };
+            if clustered && federated {
                 outgoing.push((ev.clone(), in_portal, scope));
-            }
-            if active && ev.seq > through {
-                f.record_local(ev, in_portal, scope, keeps_rows);
             }
         }
         if !clustered {

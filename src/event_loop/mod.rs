@@ -8,7 +8,7 @@
 use crate::agent::pool::AgentPool;
 use crate::agent::{prompt, AgentReply};
 use crate::app::calls::ReplyTo;
-use crate::app::feeds::WsOut;
+use crate::app::outbox::WsOut;
 use crate::app::outcome::{Outcome, Reply};
 use crate::app::stream::Part;
 use crate::app::{Answer, App};

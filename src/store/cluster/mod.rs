@@ -632,17 +632,14 @@ impl Writer {
                 false => LEASE_RETRY,
             };
             let mut group = Vec::new();
+            let mut session_lists = Vec::new();
             match rx.recv_timeout(wait) {
                 Ok(first) => {
                     for r in std::iter::once(first).chain(rx.try_iter()) {
                         match r {
                             Request::Propose(p) => group.push(p),
                             Request::Lease(user) => self.leases.push(user),
-                            Request::Sessions(ticket) => {
-                                let keys = self.keys.clone();
-                                let sessions = self.link.run(|c| stored_sessions(c, &keys));
-                                self.report.send(News::Sessions { ticket, sessions });
-                            }
+                            Request::Sessions(ticket) => session_lists.push(ticket),
                         }
                     }
                 }
@@ -667,6 +664,12 @@ impl Writer {
             if !self.leases.is_empty() {
                 let result = self.take_leases();
                 self.note(result.err());
+            }
+            // After the appends: a listing's SCAN never delays a group commit.
+            for ticket in session_lists {
+                let keys = self.keys.clone();
+                let sessions = self.link.run(|c| stored_sessions(c, &keys));
+                self.report.send(News::Sessions { ticket, sessions });
             }
             if last_check.elapsed() < PING_EVERY {
                 continue;
@@ -1259,7 +1262,7 @@ fn connect(url: &str, timeout: Duration) -> Result<Connection, String> {
 
 /// The keys matching `pattern`, with `SCAN` (a `KEYS` would stop Redis for every node
 /// while it walks the whole keyspace).
-fn scan(con: &mut Connection, pattern: &str) -> Result<Vec<String>, String> {
+fn scan(con: &mut Connection, pattern: &str) -> redis::RedisResult<Vec<String>> {
     let mut found = Vec::new();
     let mut cursor = 0u64;
     loop {
@@ -1269,8 +1272,7 @@ fn scan(con: &mut Connection, pattern: &str) -> Result<Vec<String>, String> {
             .arg(pattern)
             .arg("COUNT")
             .arg(READ_COUNT)
-            .query(con)
-            .map_err(|e| describe(&e))?;
+            .query(con)?;
         found.extend(page);
         if next == 0 {
             break;
@@ -1284,24 +1286,7 @@ fn scan(con: &mut Connection, pattern: &str) -> Result<Vec<String>, String> {
 
 /// Every stored session's JSON (`SCAN` for their keys, then `MGET` in pages).
 fn stored_sessions(con: &mut Connection, keys: &Keys) -> redis::RedisResult<Vec<String>> {
-    let mut names = Vec::new();
-    let mut cursor = 0u64;
-    loop {
-        let (next, page): (u64, Vec<String>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(format!("{}session:*", keys.prefix))
-            .arg("COUNT")
-            .arg(READ_COUNT)
-            .query(con)?;
-        names.extend(page);
-        if next == 0 {
-            break;
-        }
-        cursor = next;
-    }
-    names.sort();
-    names.dedup();
+    let names = scan(con, &format!("{}session:*", keys.prefix))?;
     let mut found = Vec::with_capacity(names.len());
     for page in names.chunks(READ_COUNT) {
         let values: Vec<Option<String>> = redis::cmd("MGET").arg(page).query(con)?;
@@ -1363,7 +1348,7 @@ pub fn load(
         ));
     }
     if force {
-        let all = scan(&mut con, &format!("{}*", keys.prefix))?;
+        let all = scan(&mut con, &format!("{}*", keys.prefix)).map_err(|e| describe(&e))?;
         if !all.is_empty() {
             redis::cmd("DEL")
                 .arg(&all)
