@@ -360,6 +360,10 @@ pub struct FederationConfig {
     /// How far ahead of this bridge's clock a peer's `timestamp` or `updated_at` may lie
     /// (seconds); further: the event is refused (`clock_skew`). Old is always fine.
     pub max_clock_skew_s: u64,
+    /// Most travels one peer may have waiting here (offers not yet committed or
+    /// aborted, and aborted ones remembered against late copies); more offers are
+    /// refused `too_many_travels`. Bounds what a hostile peer can make this world hold.
+    pub travels_pending_max: usize,
     pub peers: Vec<PeerConfig>,
     /// Worlds that are not direct peers but whose signed events peers may relay here.
     pub worlds: Vec<WorldConfig>,
@@ -616,6 +620,7 @@ impl Default for FederationConfig {
                 .map(String::from)
                 .to_vec(),
             max_clock_skew_s: 300,
+            travels_pending_max: 64,
             peers: Vec::new(),
             worlds: Vec::new(),
         }

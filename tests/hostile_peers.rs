@@ -374,6 +374,99 @@ fn a_peer_cannot_move_a_local_user_or_commit_what_it_never_offered() {
     );
 }
 
+#[test]
+fn a_flood_of_distinct_offers_stops_at_the_cap_and_other_peers_still_travel() {
+    let (da, db, dc) = (
+        scratch_dir("offers-a"),
+        scratch_dir("offers-b"),
+        scratch_dir("offers-c"),
+    );
+    let ((kb, pkb), (kc, pkc)) = (key_in(&db), key_in(&dc));
+    let mut cfg = config(
+        "a",
+        free_port(),
+        &da,
+        vec![
+            peer("b", free_port(), "ab", &pkb),
+            peer("c", free_port(), "ac", &pkc),
+        ],
+    );
+    cfg.federation.travels_pending_max = 5;
+    let a = start_with(cfg);
+    let code = |v: &Value| v["code"].as_str().map(str::to_string);
+    let mut refused = 0;
+    for n in 1..=40 {
+        let r = travel(
+            a.http,
+            "ab",
+            &kb,
+            TravelMsg::Offer(offer(&format!("b-{n}-1"), "b", &format!("u{n}"), "hi")),
+        );
+        if n <= 5 {
+            assert_eq!(r["type"], "accepted", "offer {n}: {r}");
+        } else {
+            assert_eq!(
+                code(&r).as_deref(),
+                Some("too_many_travels"),
+                "offer {n}: {r}"
+            );
+            refused += 1;
+        }
+    }
+    // Aborts of travels never offered: answered, nothing kept (a late offer is still
+    // refused by the cap, not taken).
+    for n in 100..120 {
+        let r = travel(
+            a.http,
+            "ab",
+            &kb,
+            TravelMsg::Abort {
+                travel_id: format!("b-{n}-1"),
+                sig: None,
+            },
+        );
+        assert_eq!(r["type"], "done", "{r}");
+    }
+    assert_eq!(
+        metric(
+            a.http,
+            "worldbridge_federation_refused_total{peer=\"b\",reason=\"too_many_travels\"}"
+        ),
+        Some(refused)
+    );
+    // C is not held up by B's flood: its traveller arrives.
+    let r = travel(
+        a.http,
+        "ac",
+        &kc,
+        TravelMsg::Offer(offer("c-1-1", "c", "zed", "hi")),
+    );
+    assert_eq!(r["type"], "accepted", "{r}");
+    let r = travel(
+        a.http,
+        "ac",
+        &kc,
+        TravelMsg::Commit(offer("c-1-1", "c", "zed", "hi")),
+    );
+    assert_eq!(r["type"], "done", "{r}");
+    eventually(WAIT, "zed arrives", || session(a.http, "zed").is_some());
+    // B commits one of its held travels: that frees a place for one more offer.
+    let r = travel(
+        a.http,
+        "ab",
+        &kb,
+        TravelMsg::Commit(offer("b-1-1", "b", "u1", "hi")),
+    );
+    assert_eq!(r["type"], "done", "{r}");
+    let r = travel(
+        a.http,
+        "ab",
+        &kb,
+        TravelMsg::Offer(offer("b-41-1", "b", "u41", "hi")),
+    );
+    assert_eq!(r["type"], "accepted", "{r}");
+}
+
 fn trust(origin: &str, seq: u64, score: f64, updated_at: u64, timestamp_ms: u64) -> FedEvent {
     FedEvent {
         kind: Kind::Trust,

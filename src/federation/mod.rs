@@ -356,7 +356,7 @@ impl Federation {
             trust: Trust::new(),
             presence: RemotePresence::new(interval_ms),
             departures: Departures::new(world, (2 * interval_ms).max(TRAVEL_TIMEOUT_MIN_MS)),
-            arrivals: Arrivals::new(world),
+            arrivals: Arrivals::new(world, cfg.travels_pending_max),
             last_seq: 0,
             unstored: VecDeque::new(),
             peer_have: BTreeMap::new(),

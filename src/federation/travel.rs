@@ -359,14 +359,18 @@ pub const ALREADY_HERE: &str = "already_here";
 pub const NO_OFFER: &str = "no_offer";
 /// An abort after the character arrived.
 pub const ARRIVED: &str = "arrived";
+/// An offer from a peer that already has `federation.travels_pending_max` travels
+/// waiting here (held offers, and aborts remembered against late copies).
+pub const TOO_MANY_TRAVELS: &str = "too_many_travels";
 /// Every travel refusal code (counted like the event refusal reasons).
-pub const REFUSAL_CODES: [&str; 6] = [
+pub const REFUSAL_CODES: [&str; 7] = [
     NOT_YOURS,
     BAD_TRAVEL,
     CALLED_OFF,
     ALREADY_HERE,
     NO_OFFER,
     ARRIVED,
+    TOO_MANY_TRAVELS,
 ];
 
 /// The world a travel id (`<world>-<ms>-<n>`) belongs to; world ids may contain `-`,
@@ -448,14 +452,27 @@ pub struct Here<'a> {
 pub struct Arrivals {
     world: String,
     records: BTreeMap<String, Arrival>,
+    /// Most rows one peer may have here that are not an arrival (held offers, and
+    /// called-off travels kept against late copies): a hostile peer's flood of distinct
+    /// offers or aborts stops there instead of growing the table and the store.
+    pending_max: usize,
 }
 
 impl Arrivals {
-    pub fn new(world: &str) -> Arrivals {
+    pub fn new(world: &str, pending_max: usize) -> Arrivals {
         Arrivals {
             world: world.to_string(),
             records: BTreeMap::new(),
+            pending_max: pending_max.max(1),
         }
+    }
+
+    /// Rows from `from` that are not an arrival.
+    fn pending_from(&self, from: &str) -> usize {
+        self.records
+            .values()
+            .filter(|a| a.from == from && !matches!(a.stay, Stay::Arrived { .. }))
+            .count()
     }
 
     pub fn restore(&mut self, rows: Vec<Arrival>) {
@@ -538,6 +555,16 @@ impl Arrivals {
                 vec![refused(CALLED_OFF, "this travel was called off".into())]
             }
             (TravelMsg::Offer(o), None) => {
+                if self.pending_from(from) >= self.pending_max {
+                    return vec![refused(
+                        TOO_MANY_TRAVELS,
+                        format!(
+                            "{from} already has {} travels waiting here; \
+                             commit or abort them first",
+                            self.pending_max
+                        ),
+                    )];
+                }
                 if here.occupied {
                     let row = self.save(&id, from, Stay::CalledOff, now_ms);
                     return vec![
@@ -602,6 +629,11 @@ impl Arrivals {
                 vec![refused(ARRIVED, "the character has already arrived".into())]
             }
             (TravelMsg::Abort { .. }, Some(Stay::CalledOff)) => {
+                vec![Landing::Reply(TravelReply::Done { travel_id: id })]
+            }
+            (TravelMsg::Abort { .. }, None) if self.pending_from(from) >= self.pending_max => {
+                // Nothing was promised; past the cap no row is kept against a late
+                // copy of the offer (which would find the cap anyway).
                 vec![Landing::Reply(TravelReply::Done { travel_id: id })]
             }
             (TravelMsg::Abort { .. }, _) => {

@@ -39,7 +39,7 @@ impl Sim {
             origin: Departures::new("mac", TIMEOUT),
             origin_rows: BTreeMap::new(),
             origin_present: [ALICE.to_string()].into(),
-            dest: Arrivals::new("vps"),
+            dest: Arrivals::new("vps", 64),
             dest_rows: BTreeMap::new(),
             dest_present: BTreeSet::new(),
             to_dest: VecDeque::new(),
@@ -143,7 +143,7 @@ impl Sim {
     }
 
     fn restart_dest(&mut self) {
-        self.dest = Arrivals::new("vps");
+        self.dest = Arrivals::new("vps", 64);
         self.dest
             .restore(self.dest_rows.values().cloned().collect());
         let landings = self.dest.recover();
@@ -372,7 +372,7 @@ fn a_traveller_whose_name_is_taken_there_is_refused() {
 
 #[test]
 fn a_peer_cannot_speak_for_another_world() {
-    let mut dest = Arrivals::new("vps");
+    let mut dest = Arrivals::new("vps", 64);
     let mut sim = Sim::new();
     sim.begin().expect("begins");
     let msg = sim.to_dest.pop_front().expect("offer");
@@ -676,7 +676,7 @@ fn placed(landings: &[Landing]) -> Option<&Offer> {
 
 #[test]
 fn a_commit_moves_only_the_character_offered_and_never_over_someone_here() {
-    let mut dest = Arrivals::new("vps");
+    let mut dest = Arrivals::new("vps", 64);
     let free = Here {
         room: "Gate",
         occupied: false,
@@ -724,4 +724,57 @@ fn a_commit_moves_only_the_character_offered_and_never_over_someone_here() {
         l.last(),
         Some(Landing::Reply(TravelReply::Done { .. }))
     ));
+}
+
+#[test]
+fn a_peer_cannot_fill_the_travel_table_with_offers_or_aborts() {
+    let mut dest = Arrivals::new("vps", 3);
+    let free = Here {
+        room: "Gate",
+        occupied: false,
+    };
+    let offer = |n: u64| TravelMsg::Offer(offer_of(&format!("mac-{n}-1"), "hi"));
+    for n in 1..=3 {
+        let l = dest.on_msg("mac", &offer(n), free, n);
+        assert_eq!(code_of(&l), None, "offer {n} held");
+    }
+    // The fourth distinct offer is refused and leaves nothing behind.
+    let l = dest.on_msg("mac", &offer(4), free, 4);
+    assert_eq!(code_of(&l).as_deref(), Some(TOO_MANY_TRAVELS));
+    assert!(dest.get("mac-4-1").is_none());
+    // A re-sent offer already held is still answered as before.
+    let l = dest.on_msg("mac", &offer(1), free, 5);
+    assert!(matches!(
+        l.last(),
+        Some(Landing::Reply(TravelReply::Accepted {
+            duplicate: true,
+            ..
+        }))
+    ));
+    // Aborts of travels never offered are answered, but keep no row past the cap.
+    let abort = TravelMsg::Abort {
+        travel_id: "mac-9-1".into(),
+        sig: None,
+    };
+    let l = dest.on_msg("mac", &abort, free, 6);
+    assert!(matches!(
+        l.last(),
+        Some(Landing::Reply(TravelReply::Done { .. }))
+    ));
+    assert!(dest.get("mac-9-1").is_none());
+    // Another peer has its own allowance.
+    let mut bez = offer_of("bez-1-1", "hi");
+    bez.from = "bez".into();
+    let l = dest.on_msg("bez", &TravelMsg::Offer(bez), free, 7);
+    assert_eq!(code_of(&l), None);
+    // Committing one frees a place: arrivals do not count.
+    let l = dest.on_msg(
+        "mac",
+        &TravelMsg::Commit(offer_of("mac-1-1", "hi")),
+        free,
+        8,
+    );
+    assert!(placed(&l).is_some());
+    let l = dest.on_msg("mac", &offer(4), free, 9);
+    assert_eq!(code_of(&l), None);
 }
