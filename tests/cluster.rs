@@ -681,14 +681,21 @@ fn a_conversation_goes_on_from_node_to_node() {
     }
 }
 
+/// A slow agent whose replies name the node it runs on.
+fn slow_agent_of(cfg: &mut Config, node: &str) {
+    slow_agent(cfg);
+    let script = SLOW_AGENT.replace("A slow reply.", &format!("A slow reply from {node}."));
+    cfg.agent.command = vec!["sh".into(), "-c".into(), script];
+}
+
 #[test]
 #[ignore = "needs redis-server"]
 fn one_call_at_a_time_per_user_across_nodes() {
     let redis = Redis::start();
     let mut ca = node_config(&redis, "a");
-    slow_agent(&mut ca);
+    slow_agent_of(&mut ca, "a");
     let mut cb = node_config(&redis, "b");
-    slow_agent(&mut cb);
+    slow_agent_of(&mut cb, "b");
     let (a, b) = (start_node(ca), start_node(cb));
     let started = Instant::now();
     let on_a = {
@@ -713,22 +720,162 @@ fn one_call_at_a_time_per_user_across_nodes() {
     );
     assert_eq!(on_a.json()["session_messages"], 2);
     assert_eq!(on_b.json()["session_messages"], 4);
+    // B's chat went to A, which owned the session, and came back through B.
+    assert!(
+        on_b.json()["response"]
+            .as_str()
+            .unwrap()
+            .contains("from a."),
+        "{}",
+        on_b.text()
+    );
+    assert_eq!(
+        metric(
+            b.http,
+            "worldbridge_cluster_chats_forwarded_total{node=\"b\"}"
+        ),
+        Some(1)
+    );
+    assert_eq!(
+        metric(a.http, "worldbridge_cluster_chats_served_total{node=\"a\"}"),
+        Some(1)
+    );
+}
+
+/// A streamed chat over raw HTTP: the SSE events (name, data) as they come, each with
+/// when it came, until `done` or `error`.
+fn sse_chat(addr: SocketAddr, user: &str, message: &str) -> Vec<(String, Value, Duration)> {
+    let body = json!({"user_id": user, "username": user, "room": "The Threshold",
+                      "message": message, "stream": true})
+    .to_string();
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    let started = Instant::now();
+    write!(
+        s,
+        "POST /bridge/chat HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let (mut seen, mut events, mut buf) = (String::new(), Vec::new(), [0u8; 4096]);
+    loop {
+        let n = s.read(&mut buf).unwrap_or(0);
+        if n == 0 {
+            return events;
+        }
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+        while let Some(end) = seen.find("\n\n") {
+            let block: String = seen.drain(..end + 2).collect();
+            let name = block.lines().find_map(|l| l.strip_prefix("event: "));
+            let data = block.lines().find_map(|l| l.strip_prefix("data: "));
+            if let (Some(name), Some(data)) = (name, data) {
+                let v = serde_json::from_str(data).unwrap_or(Value::Null);
+                events.push((name.to_string(), v, started.elapsed()));
+                if name == "done" || name == "error" {
+                    return events;
+                }
+            }
+        }
+    }
+}
+
+#[test]
+#[ignore = "needs redis-server"]
+fn a_chat_on_another_node_goes_to_the_owner_and_the_protocol_does_not_wait_for_it() {
+    let redis = Redis::start();
+    let mut ca = node_config(&redis, "a");
+    slow_agent_of(&mut ca, "a");
+    let mut cb = node_config(&redis, "b");
+    slow_agent_of(&mut cb, "b");
+    let (a, b) = (start_node(ca), start_node(cb));
+    // A talks to the agent for una (one second): A owns her session meanwhile.
+    let on_a = {
+        let addr = a.http;
+        std::thread::spawn(move || chat(addr, "una", "one"))
+    };
+    std::thread::sleep(Duration::from_millis(200));
+    // A crisis streamed on B: the protocol text is B's to send at once; the rest is
+    // A's reply, after A's call in flight, through B.
+    let events = sse_chat(b.http, "una", "i want to kill myself");
+    let on_a = on_a.join().unwrap();
+    assert_eq!(on_a.status, 200, "{}", on_a.text());
+    let (first, _, first_at) = &events[0];
+    assert_eq!(first, "part", "{events:?}");
+    assert_eq!(events[0].1["crisis"], true, "{events:?}");
+    assert!(
+        *first_at < Duration::from_millis(500),
+        "part 0 after {first_at:?}"
+    );
+    let (last, done, done_at) = events.last().unwrap();
+    eprintln!("streamed on b, owner a: part 0 after {first_at:?}, done after {done_at:?}");
+    assert_eq!(last, "done", "{events:?}");
+    assert!(
+        *done_at >= Duration::from_millis(1500),
+        "done after {done_at:?}"
+    );
+    let parts: Vec<&Value> = (events.iter())
+        .filter(|(n, _, _)| n == "part")
+        .map(|(_, v, _)| v)
+        .collect();
+    let indexes: Vec<u64> = parts.iter().map(|p| p["index"].as_u64().unwrap()).collect();
+    assert_eq!(
+        indexes,
+        (0..parts.len() as u64).collect::<Vec<_>>(),
+        "{events:?}"
+    );
+    assert_eq!(
+        parts.iter().filter(|p| p["crisis"] == true).count(),
+        1,
+        "the protocol text once: {events:?}"
+    );
+    let whole: String = parts.iter().map(|p| p["text"].as_str().unwrap()).collect();
+    let response = done["response"].as_str().unwrap();
+    assert_eq!(whole, response, "the parts make the reply");
+    assert!(
+        response.contains("988") && response.contains("from a."),
+        "{response}"
+    );
+    assert_eq!(
+        (done["session_messages"].as_u64(), done["crisis"].as_bool()),
+        (Some(4), Some(true))
+    );
+    // The session A stored holds both exchanges and the flag; B's next chat (A idle now)
+    // runs on B with that history.
+    let next = chat(b.http, "una", "still here");
+    assert_eq!(next.status, 200, "{}", next.text());
+    let next = next.json();
+    assert_eq!(
+        (next["session_messages"].as_u64(), next["crisis"].as_bool()),
+        (Some(6), Some(true))
+    );
+    assert!(
+        next["response"].as_str().unwrap().contains("from b."),
+        "{next}"
+    );
+}
+
+/// Node b as a process (to be killed), node a in this one, both with slow agents (a's
+/// replies name it); una's first exchange done on b.
+fn una_on_process_b_then_node_a(redis: &Redis) -> (Child, SocketAddr, TestBridge) {
+    let slow = format!(
+        "[agent]\nbackend = \"command\"\ncommand = [\"sh\", \"-c\", {:?}]\ntimeout_s = 2\n",
+        SLOW_AGENT
+    );
+    let (b, b_http) = node_process_with(redis, "b", &slow);
+    let mut ca = node_config(redis, "a");
+    slow_agent_of(&mut ca, "a");
+    let a = start_node(ca);
+    let first = chat(b_http, "una", "hello");
+    assert_eq!(first.json()["session_messages"], 2, "{}", first.text());
+    (b, b_http, a)
 }
 
 #[test]
 #[ignore = "needs redis-server"]
 fn the_owner_killed_mid_call_the_next_chat_elsewhere_goes_on_with_the_history() {
     let redis = Redis::start();
-    let slow = format!(
-        "[agent]\nbackend = \"command\"\ncommand = [\"sh\", \"-c\", {:?}]\ntimeout_s = 2\n",
-        SLOW_AGENT
-    );
-    let (mut b, b_http) = node_process_with(&redis, "b", &slow);
-    let mut ca = node_config(&redis, "a");
-    slow_agent(&mut ca);
-    let a = start_node(ca);
-    let first = chat(b_http, "una", "hello");
-    assert_eq!(first.json()["session_messages"], 2, "{}", first.text());
+    let (mut b, b_http, a) = una_on_process_b_then_node_a(&redis);
     // A second call on B is under way (B holds the lease) when B dies.
     let lost = std::thread::spawn(move || {
         let _ = std::panic::catch_unwind(|| chat(b_http, "una", "never answered"));
@@ -747,6 +894,48 @@ fn the_owner_killed_mid_call_the_next_chat_elsewhere_goes_on_with_the_history() 
         "{:?}",
         killed.elapsed()
     );
+    let _ = lost.join();
+}
+
+#[test]
+#[ignore = "needs redis-server"]
+fn a_chat_forwarded_to_an_owner_that_dies_is_answered_here_with_the_history() {
+    let redis = Redis::start();
+    let (mut b, b_http, a) = una_on_process_b_then_node_a(&redis);
+    // B is talking to the agent for una (it owns her session) ...
+    let lost = std::thread::spawn(move || {
+        let _ = std::panic::catch_unwind(|| chat(b_http, "una", "never answered"));
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    // ... when her chat on A arrives: it goes to B, which dies before answering it.
+    let on_a = {
+        let addr = a.http;
+        std::thread::spawn(move || (chat(addr, "una", "are you there?"), Instant::now()))
+    };
+    eventually(Duration::from_secs(2), "A forwards the chat to B", || {
+        metric(
+            a.http,
+            "worldbridge_cluster_chats_forwarded_total{node=\"a\"}",
+        ) == Some(1)
+    });
+    b.kill().unwrap();
+    b.wait().unwrap();
+    let killed = Instant::now();
+    // A sees B gone (`node_ttl_s`), waits for B's lease to run out, and answers itself
+    // with the history B stored: never refused because of the hand-over.
+    let (next, answered) = on_a.join().unwrap();
+    assert_eq!(next.status, 200, "{}", next.text());
+    assert_eq!(next.json()["session_messages"], 4, "{}", next.text());
+    assert!(
+        next.json()["response"]
+            .as_str()
+            .unwrap()
+            .contains("from a."),
+        "{}",
+        next.text()
+    );
+    let took = answered.duration_since(killed);
+    assert!(took < Duration::from_secs(6), "{took:?}");
     let _ = lost.join();
 }
 

@@ -7,8 +7,8 @@
 mod common;
 
 use common::{
-    bin, eventually, fed_config as config, free_port, get, request_bytes, scratch_dir, spawn,
-    start_with, temp_file, Client, Resp, TestBridge,
+    bin, eventually, fed_config as config, free_port, get, metric, request_bytes, scratch_dir,
+    spawn, start_with, temp_file, Client, Resp, TestBridge,
 };
 use serde_json::{json, Value};
 use std::net::SocketAddr;
@@ -112,15 +112,6 @@ fn said(b: SocketAddr, origin: &str) -> Vec<String> {
         .filter(|e| e["origin"] == origin)
         .filter_map(|e| e["message"].as_str().map(str::to_string))
         .collect()
-}
-
-fn metric(addr: SocketAddr, line_start: &str) -> Option<u64> {
-    let r = common::call(addr, "GET", "/metrics", None);
-    r.text()
-        .lines()
-        .find(|l| l.starts_with(line_start))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|n| n.parse().ok())
 }
 
 #[test]

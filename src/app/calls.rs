@@ -36,6 +36,9 @@ pub enum ReplyTo {
         workshop: bool,
         reply_id: Option<u64>,
     },
+    /// A chat another node forwarded here (cluster mode: this node owns the user's
+    /// session); its parts and answer go back to that node, for its call `id`.
+    Remote { node: String, id: u64 },
 }
 
 /// What kind of request made the call (it decides the response's shape).

@@ -66,7 +66,12 @@ pub struct Cluster {
     /// Users whose session lease this node holds (it talks to the agent for them).
     leases: HashSet<String>,
     /// Users whose lease this node waits for, and the call that waits for it.
-    awaiting: HashMap<String, u64>,
+    pub(crate) awaiting: HashMap<String, u64>,
+    /// Calls of this node that the node owning their user's session runs, by job.
+    pub(crate) forwarded: HashMap<u64, crate::app::forward::Forwarded>,
+    /// Chats this node forwarded to the owner node, and chats it ran for another node.
+    pub forwarded_out: u64,
+    pub forwarded_in: u64,
     /// Sessions to store with the next proposal (their calls finished here).
     session_writes: BTreeSet<String>,
     /// Leases to give back with the next proposal.
@@ -105,6 +110,9 @@ impl Cluster {
             data_lock: None,
             leases: HashSet::new(),
             awaiting: HashMap::new(),
+            forwarded: HashMap::new(),
+            forwarded_out: 0,
+            forwarded_in: 0,
             session_writes: BTreeSet::new(),
             releases: Vec::new(),
             rooms: Vec::new(),
@@ -239,8 +247,15 @@ impl App {
                 self.gateway.node_gone(&node, now);
             }
             News::Leased { user, session } => self.leased(user, session),
+            News::Owned { user, node } => self.forward_to(user, node),
+            News::Inbox(messages) => self.on_inbox(messages),
             News::Sessions { ticket, sessions } => self.sessions_read(ticket, sessions),
-            News::Nodes(nodes) => c.nodes = nodes,
+            News::Nodes(nodes) => {
+                self.forwards_lost(&nodes);
+                if let Some(c) = &mut self.cluster {
+                    c.nodes = nodes;
+                }
+            }
             News::Federation { leader, state } => self.on_fed_news(leader, state),
             News::Down { error } => {
                 if c.down.is_none() {
@@ -320,8 +335,10 @@ impl App {
     }
 
     /// The call waits (in flight, so the user's next messages queue behind it) until
-    /// this node holds the user's lease.
+    /// this node holds the user's lease, or, when a live node holds it, goes to that
+    /// node ([`App::forward_to`]; not a call another node forwarded here).
     pub(crate) fn await_lease(&mut self, mut call: Call) {
+        let forward = !matches!(call.reply_to, crate::app::calls::ReplyTo::Remote { .. });
         let (Some(c), Some(user)) = (&mut self.cluster, call.user_id.clone()) else {
             return;
         };
@@ -331,7 +348,7 @@ impl App {
         let node_ttl = c.store.settings.node_ttl;
         call.deadline = call.created + node_ttl + Duration::from_secs(self.cfg.agent.timeout_s);
         c.awaiting.insert(user.clone(), call.job_id);
-        c.store.lease(&user);
+        c.store.lease(&user, forward);
         self.calls.start(call);
     }
 
@@ -645,7 +662,19 @@ impl App {
         };
         // Node ids are letters, digits, '_', '.' and '-' (`ClusterConfig::node_name`).
         let node = &c.node;
-        let series: [(&str, &str, &str, u64); 9] = [
+        let series: [(&str, &str, &str, u64); 11] = [
+            (
+                "chats_forwarded_total",
+                "counter",
+                "Chats that arrived here and went to the node owning the user's session.",
+                c.forwarded_out,
+            ),
+            (
+                "chats_served_total",
+                "counter",
+                "Chats another node forwarded here (this node owned the user's session).",
+                c.forwarded_in,
+            ),
             (
                 "redis_up",
                 "gauge",

@@ -11,6 +11,7 @@ pub mod cluster_fed;
 pub mod fan_out;
 pub mod fed_rooms;
 pub mod feeds;
+pub mod forward;
 pub mod games;
 pub mod links;
 pub mod metrics;
@@ -616,7 +617,7 @@ impl App {
             }
         }
         let stream = input.stream;
-        let mut call = Call {
+        let call = Call {
             job_id: self.calls.next_job_id(),
             kind: input.kind,
             reply_to,
@@ -631,6 +632,13 @@ impl App {
             stream: None,
             system: input.system,
         };
+        self.dispatch(call, stream, now)
+    }
+
+    /// A call goes to a worker (or the builtin persona), or waits behind the user's
+    /// call in flight, or for the user's session lease (cluster mode); with `stream`,
+    /// its parts go out as they are ready.
+    pub(crate) fn dispatch(&mut self, mut call: Call, stream: bool, now: Instant) -> Answer {
         if let Some(user) = call.user_id.as_deref() {
             if self.calls.is_busy(user)
                 && self.calls.waiting_for(user) >= self.cfg.agent.per_user_queue
@@ -751,6 +759,14 @@ impl App {
                 log::debug!("crisis model check user={user}: the answer was neither yes nor no");
                 return;
             }
+        }
+        // A call another node runs now is that node's to shape (it checks the message
+        // with its own model too): this node's reading must not cut into its parts.
+        if (self.cluster.as_ref()).is_some_and(|c| c.forwarded.contains_key(&check.call_job)) {
+            log::debug!(
+                "crisis model check user={user}: the call went to its owner node, which checks it"
+            );
+            return;
         }
         self.metrics.count_crisis("model_check");
         let now = Instant::now();
@@ -1062,6 +1078,10 @@ impl App {
 
     fn start_next(&mut self, user: Option<&str>, now: Instant) {
         if let Some(next) = user.and_then(|u| self.calls.next_for(u)) {
+            // After a call another node ran, this node does not hold the lease.
+            if self.needs_lease(&next) {
+                return self.await_lease(next);
+            }
             if let Some((to, resp)) = self.submit(next, now) {
                 self.answer(to, resp);
             }

@@ -209,6 +209,25 @@ impl Stream {
         vec![self.part(text, false, now)]
     }
 
+    /// A part the node that owns the user's session sent for this call (cluster mode):
+    /// passed on unless this node already sent that index itself (its own lead, part 0,
+    /// which the owner sends too).
+    pub fn relayed(
+        &mut self,
+        index: u32,
+        text: String,
+        crisis: bool,
+        now: Instant,
+    ) -> Option<Part> {
+        if index < self.next_index {
+            return None;
+        }
+        self.crisis_sent |= crisis;
+        self.model_began = true;
+        self.next_index = index;
+        Some(self.part(text, crisis, now))
+    }
+
     /// Whether `thinking` is due now (at most once, and never after a part).
     pub fn thinking_due(&mut self, now: Instant) -> bool {
         match self.thinking_at {

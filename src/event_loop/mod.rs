@@ -827,6 +827,10 @@ impl Bridge {
                         self.app.bark_reply(&room, workshop, reply_id, reply);
                         continue;
                     }
+                    ReplyTo::Remote { node, id } => {
+                        self.app.reply_to_node(&node, id, reply);
+                        continue;
+                    }
                 };
                 if let Some(shape) = self.shapes.remove(&id) {
                     self.end_stream(id, &shape, reply, now);
@@ -861,6 +865,7 @@ impl Bridge {
                 workshop,
                 reply_id: Some(reply_id),
             } => self.app.bark_part(&room, workshop, reply_id, &part),
+            ReplyTo::Remote { node, id } => self.app.part_to_node(&node, id, part),
             ReplyTo::LineRequest { .. } | ReplyTo::Channel(_) | ReplyTo::Bark { .. } => {}
         }
     }

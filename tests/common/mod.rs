@@ -447,3 +447,14 @@ pub fn fed_config(world: &str, port: u16, dir: &std::path::Path, peers: Vec<Peer
     cfg.federation.peers = peers;
     cfg
 }
+
+/// The value of the `/metrics` line that starts with `line_start` (a name with its
+/// labels), if there is one.
+pub fn metric(addr: SocketAddr, line_start: &str) -> Option<u64> {
+    let r = call(addr, "GET", "/metrics", None);
+    r.text()
+        .lines()
+        .find(|l| l.starts_with(line_start))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+}

@@ -30,12 +30,15 @@
 //! Sessions: a node talks to the agent for a user only while it holds the user's lease
 //! `lease:<user>` (taken with [`Request::Lease`], waiting while another node holds it);
 //! with the lease it gets the stored session `session:<user>`, and when the call is done
-//! the session is stored and the lease given back with the next append.
+//! the session is stored and the lease given back with the next append. A chat that
+//! arrives while a live node holds the lease is forwarded to it ([`News::Owned`]): nodes
+//! send each other messages through `inbox:<node>` streams ([`Request::Send`]), which the
+//! reader follows beside the log ([`News::Inbox`]).
 //!
 //! Nothing here knows the world: events travel as JSON text.
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
-use redis::streams::{StreamId, StreamReadReply};
+use redis::streams::{StreamId, StreamRangeReply, StreamReadReply};
 use redis::{Client, Connection, Script, Value};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -89,17 +92,19 @@ fn append_script() -> Script {
 }
 
 /// Takes a user's session lease for this node (free, or already ours) and returns the
-/// stored session. KEYS: the lease, the session. ARGV: this node, the lease in ms.
-/// Returns {1, session JSON or ""} when taken, {0, ""} when another node holds it.
+/// stored session. KEYS: the lease, the session. ARGV: this node, the lease in ms, the
+/// liveness keys' prefix. Returns {1, session JSON or "", 0} when taken; {0, holder, 1}
+/// when another node holds it and is alive (its liveness key exists), {0, holder, 0}
+/// when its holder is gone (the lease runs out within `node_ttl_s`).
 const ACQUIRE: &str = r"
 local holder = redis.call('GET', KEYS[1])
 if holder and holder ~= ARGV[1] then
-  return {0, ''}
+  return {0, holder, redis.call('EXISTS', ARGV[3] .. holder)}
 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 local session = redis.call('GET', KEYS[2])
 if not session then session = '' end
-return {1, session}
+return {1, session, 0}
 ";
 
 /// Renews the leases this node holds (while their calls are under way). KEYS: the
@@ -149,6 +154,9 @@ fn append_call<'a, 'r>(
     }
     call
 }
+
+/// How long a node's inbox lives after its last message.
+const INBOX_TTL_MS: u64 = 3_600_000;
 
 /// How often a lease another node holds is asked for again.
 const LEASE_RETRY: Duration = Duration::from_millis(25);
@@ -241,6 +249,12 @@ impl Keys {
         format!("{}node:{node}", self.prefix)
     }
 
+    /// A node's inbox: the stream other nodes send it forwarded chats and their answers
+    /// through (see `app::forward`).
+    pub fn inbox(&self, node: &str) -> String {
+        format!("{}inbox:{node}", self.prefix)
+    }
+
     /// The set of the world's nodes.
     pub fn nodes(&self) -> String {
         format!("{}nodes", self.prefix)
@@ -298,8 +312,17 @@ pub struct Proposal {
 pub enum Request {
     Propose(Proposal),
     /// Take `user`'s session lease (waiting while another node holds it), then report
-    /// [`News::Leased`] with the stored session.
-    Lease(String),
+    /// [`News::Leased`] with the stored session. With `forward`, a lease held by a live
+    /// node is reported ([`News::Owned`]) instead of waited for.
+    Lease {
+        user: String,
+        forward: bool,
+    },
+    /// Add a message to `node`'s inbox.
+    Send {
+        node: String,
+        body: String,
+    },
     /// Read every stored session, then report [`News::Sessions`] with this ticket.
     Sessions(u64),
 }
@@ -349,6 +372,11 @@ pub enum News {
         ticket: u64,
         sessions: Result<Vec<String>, String>,
     },
+    /// `node`, alive, holds `user`'s session lease (a lease asked for with `forward`):
+    /// the call goes to it.
+    Owned { user: String, node: String },
+    /// Messages from this node's inbox, in order.
+    Inbox(Vec<String>),
     /// This node now holds `user`'s session lease; `session` is the stored session's
     /// JSON (`None`: there is none).
     Leased {
@@ -433,6 +461,8 @@ impl ClusterStore {
                 settings.timeout + Duration::from_millis(BLOCK_MS),
             ),
             keys: Keys::new(&settings.world),
+            inbox: Keys::new(&settings.world).inbox(&settings.node),
+            inbox_last: None,
             report,
             last: "0-0".into(),
             epoch: None,
@@ -469,10 +499,24 @@ impl ClusterStore {
         }
     }
 
-    /// Ask for `user`'s session lease ([`News::Leased`] when this node has it).
-    pub fn lease(&self, user: &str) {
+    /// Ask for `user`'s session lease ([`News::Leased`] when this node has it; with
+    /// `forward`, [`News::Owned`] when a live node holds it).
+    pub fn lease(&self, user: &str, forward: bool) {
         if let Some(tx) = &self.tx {
-            let _ = tx.send(Request::Lease(user.to_string()));
+            let _ = tx.send(Request::Lease {
+                user: user.to_string(),
+                forward,
+            });
+        }
+    }
+
+    /// Send `body` to `node`'s inbox.
+    pub fn send_to(&self, node: &str, body: String) {
+        if let Some(tx) = &self.tx {
+            let _ = tx.send(Request::Send {
+                node: node.to_string(),
+                body,
+            });
         }
     }
 
@@ -608,8 +652,9 @@ struct Writer {
     report: Reporter,
     /// Whether Redis answered last time (`None` before the first try).
     up: Option<bool>,
-    /// Users whose session lease this node waits for.
-    leases: Vec<String>,
+    /// Users whose session lease this node waits for (and whether a live holder is
+    /// reported instead).
+    leases: Vec<(String, bool)>,
     /// A group whose append got no answer (the connection broke, or Redis took too
     /// long): whether it happened is asked of Redis before anything else is appended,
     /// so a change answered 503 is one that was not appended.
@@ -633,12 +678,14 @@ impl Writer {
             };
             let mut group = Vec::new();
             let mut session_lists = Vec::new();
+            let mut sends = Vec::new();
             match rx.recv_timeout(wait) {
                 Ok(first) => {
                     for r in std::iter::once(first).chain(rx.try_iter()) {
                         match r {
                             Request::Propose(p) => group.push(p),
-                            Request::Lease(user) => self.leases.push(user),
+                            Request::Lease { user, forward } => self.leases.push((user, forward)),
+                            Request::Send { node, body } => sends.push((node, body)),
                             Request::Sessions(ticket) => session_lists.push(ticket),
                         }
                     }
@@ -660,6 +707,10 @@ impl Writer {
                 } else {
                     self.append(group);
                 }
+            }
+            if !sends.is_empty() {
+                let result = self.send_all(sends);
+                self.note(result.err());
             }
             if !self.leases.is_empty() {
                 let result = self.take_leases();
@@ -699,11 +750,39 @@ impl Writer {
         }
     }
 
-    /// Ask for the leases this node waits for; report those it gets.
+    /// Add messages to other nodes' inboxes, in order, in one pipeline. An inbox is
+    /// capped (`cluster.log_max`) and expires an hour after its last message, so a dead
+    /// node's leaves nothing for long.
+    fn send_all(&mut self, sends: Vec<(String, String)>) -> Result<(), String> {
+        let mut p = redis::pipe();
+        for (node, body) in &sends {
+            let inbox = self.keys.inbox(node);
+            p.cmd("XADD")
+                .arg(&inbox)
+                .arg("MAXLEN")
+                .arg("~")
+                .arg(self.settings.log_max)
+                .arg("*")
+                .arg("m")
+                .arg(body)
+                .ignore();
+            p.cmd("PEXPIRE").arg(&inbox).arg(INBOX_TTL_MS).ignore();
+        }
+        let result = self.link.run(|c| p.query::<()>(c));
+        if let Err(e) = &result {
+            // The waiting side's deadline answers for what was lost.
+            log::warn!("cluster: {} messages to other nodes lost: {e}", sends.len());
+        }
+        result
+    }
+
+    /// Ask for the leases this node waits for; report those it gets (and, for those
+    /// asked with `forward`, the live node that holds them).
     fn take_leases(&mut self) -> Result<(), String> {
         let ttl_ms = (self.settings.node_ttl.as_millis() as u64).max(1);
+        let alive_prefix = self.keys.node("");
         let mut waiting = Vec::new();
-        for user in std::mem::take(&mut self.leases) {
+        for (user, forward) in std::mem::take(&mut self.leases) {
             let (lease, session) = (self.keys.lease(&user), self.keys.session(&user));
             let node = self.settings.node.clone();
             let acquire = &self.acquire;
@@ -713,19 +792,23 @@ impl Writer {
                     .key(&session)
                     .arg(&node)
                     .arg(ttl_ms)
-                    .invoke::<(i64, String)>(c)
+                    .arg(&alive_prefix)
+                    .invoke::<(i64, String, i64)>(c)
             });
             match got {
-                Ok((1, stored)) => {
+                Ok((1, stored, _)) => {
                     self.held.insert(user.clone());
                     self.report.send(News::Leased {
                         user,
                         session: Some(stored).filter(|s| !s.is_empty()),
                     })
                 }
-                Ok(_) => waiting.push(user),
+                Ok((_, holder, 1)) if forward => {
+                    self.report.send(News::Owned { user, node: holder })
+                }
+                Ok(_) => waiting.push((user, forward)),
                 Err(e) => {
-                    waiting.push(user);
+                    waiting.push((user, forward));
                     self.leases.extend(waiting);
                     return Err(e);
                 }
@@ -1130,6 +1213,10 @@ impl Writer {
 struct Reader {
     link: Link,
     keys: Keys,
+    /// This node's inbox, and the id of its last message read (`None` before the first
+    /// read: what a former run of this node id left there is skipped).
+    inbox: String,
+    inbox_last: Option<String>,
     report: Reporter,
     /// The id of the last entry handed to the loop.
     last: String,
@@ -1163,6 +1250,24 @@ impl Reader {
             self.restart(current);
             return Ok(());
         }
+        let inbox = self.inbox.clone();
+        let inbox_last = match &self.inbox_last {
+            Some(id) => id.clone(),
+            None => {
+                let newest: StreamRangeReply = self.link.run(|c| {
+                    redis::cmd("XREVRANGE")
+                        .arg(&inbox)
+                        .arg("+")
+                        .arg("-")
+                        .arg("COUNT")
+                        .arg(1)
+                        .query(c)
+                })?;
+                let id = (newest.ids.first()).map_or_else(|| "0-0".to_string(), |m| m.id.clone());
+                self.inbox_last = Some(id.clone());
+                id
+            }
+        };
         let (log, last) = (self.keys.log.clone(), self.last.clone());
         let reply: Option<StreamReadReply> = self.link.run(|c| {
             redis::cmd("XREAD")
@@ -1172,10 +1277,31 @@ impl Reader {
                 .arg(BLOCK_MS)
                 .arg("STREAMS")
                 .arg(&log)
+                .arg(&inbox)
                 .arg(&last)
+                .arg(&inbox_last)
                 .query(c)
         })?;
-        let ids = reply.into_iter().flat_map(|r| r.keys).flat_map(|k| k.ids);
+        let mut ids = Vec::new();
+        let mut messages = Vec::new();
+        for k in reply.into_iter().flat_map(|r| r.keys) {
+            if k.key != inbox {
+                ids.extend(k.ids);
+                continue;
+            }
+            for m in k.ids {
+                match m.map.get("m") {
+                    Some(Value::BulkString(b)) => {
+                        messages.push(String::from_utf8_lossy(b).into_owned())
+                    }
+                    _ => log::warn!("cluster: inbox message {} has no `m`; skipped", m.id),
+                }
+                self.inbox_last = Some(m.id);
+            }
+        }
+        if !messages.is_empty() {
+            self.report.send(News::Inbox(messages));
+        }
         let mut entries = Vec::new();
         for id in ids {
             let entry = parse_entry(&id)?;

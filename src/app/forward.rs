@@ -1,0 +1,420 @@
+//! Cluster mode: a chat for a user whose session another node owns is forwarded to that
+//! node and answered through the node it arrived at.
+//!
+//! One node owns a user's session at a time: the one holding the user's lease in Redis,
+//! taken for a call and renewed while the user has calls under way there. A chat that
+//! arrives at node B while node A (alive) holds the lease is not run on B: B runs the
+//! crisis detector (so the protocol text, streamed, goes out at once as part 0), then
+//! sends the chat to A's inbox as an [`Msg::Ask`]. A queues it behind the user's call
+//! in flight there, as if it had come to A (one call in flight per user, 429
+//! `too_many_waiting` past the queue), and sends back the reply's parts and its end
+//! ([`Msg::Done`] or [`Msg::Refused`]) once the session it wrote is stored; B hands
+//! them to the request that waits, whatever door it came through. If A dies first
+//! (its liveness key is gone), B asks for the lease again, now waiting for it, and runs
+//! the call itself with the history A stored.
+//!
+//! Socket-free: messages go through the cluster store (`store::cluster`, a Redis stream
+//! per node), as JSON.
+
+use crate::app::calls::{Call, CallKind, ReplyTo};
+use crate::app::outcome::{ChatReply, Outcome, Refusal, Reply};
+use crate::app::stream::Part;
+use crate::app::{Answer, App};
+use serde::{Deserialize, Serialize};
+use std::time::{Duration, Instant};
+
+/// One message between two nodes about a forwarded chat; `id` is the job id of the call
+/// on the node the chat arrived at.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Msg {
+    /// A chat for the owner to run (`from`: the node to answer).
+    Ask {
+        id: u64,
+        from: String,
+        user_id: String,
+        username: String,
+        room: String,
+        message: String,
+        /// The receiving node's crisis detector fired (or the message asks about the
+        /// hotlines): the owner shapes the reply by this, not by its own reading.
+        crisis: bool,
+        resources: bool,
+        stream: bool,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        system: Option<String>,
+    },
+    /// A part of the streamed reply.
+    Part {
+        id: u64,
+        index: u32,
+        text: String,
+        crisis: bool,
+    },
+    /// The reply, once the session that holds it is stored.
+    Done {
+        id: u64,
+        text: String,
+        user: String,
+        room: String,
+        session_messages: u64,
+        crisis: bool,
+    },
+    /// The owner refused the chat or could not answer it.
+    Refused {
+        id: u64,
+        code: String,
+        message: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        retry_after: Option<u64>,
+    },
+}
+
+/// The codes an owner may refuse a forwarded chat with; any other reads as
+/// `agent_error` with its sentence kept.
+const CODES: [&str; 6] = [
+    "too_many_waiting",
+    "agent_busy",
+    "agent_timeout",
+    "agent_error",
+    "store_unavailable",
+    "store_unknown",
+];
+
+/// A call of this node that another node runs.
+#[derive(Debug, Clone)]
+pub struct Forwarded {
+    pub node: String,
+    pub user: String,
+}
+
+impl Msg {
+    /// The refusal this message carries, with a code this bridge knows.
+    fn refusal(code: &str, message: String, retry_after: Option<u64>) -> Refusal {
+        let known = CODES.iter().find(|c| **c == code).copied();
+        let mut r = Refusal::new(known.unwrap_or("agent_error"), message);
+        r.retry_after = retry_after;
+        r
+    }
+}
+
+impl App {
+    /// How long a forwarded call may wait for its answer: the owner's queue and call
+    /// (`agent.timeout_s`), or, if the owner dies, its lease running out and the call
+    /// here.
+    fn forward_deadline(&self, now: Instant) -> Instant {
+        let ttl = (self.cluster.as_ref()).map_or(Duration::ZERO, |c| c.store.settings.node_ttl);
+        now + ttl + 2 * self.agent_timeout()
+    }
+
+    /// `node`, alive, holds `user`'s lease: the call that waited for it goes there.
+    pub(crate) fn forward_to(&mut self, user: String, node: String) {
+        let now = Instant::now();
+        let deadline = self.forward_deadline(now);
+        let Some(c) = &mut self.cluster else {
+            return;
+        };
+        let Some(job) = c.awaiting.remove(&user) else {
+            return;
+        };
+        let Some(call) = self.calls.get_mut(job) else {
+            // It timed out meanwhile: the next one goes.
+            return self.start_next(Some(&user), now);
+        };
+        call.deadline = deadline;
+        let ask = Msg::Ask {
+            id: job,
+            from: c.node.clone(),
+            user_id: user.clone(),
+            username: call.username.clone(),
+            room: call.room.clone(),
+            message: call.message.clone(),
+            crisis: call.crisis,
+            resources: call.resources,
+            stream: call.stream.is_some(),
+            system: call.system.clone(),
+        };
+        log::debug!(
+            "cluster: chat of {user} (job {job}) forwarded to {node}, which holds the session"
+        );
+        c.forwarded_out += 1;
+        if let Ok(body) = serde_json::to_string(&ask) {
+            c.store.send_to(&node, body);
+        }
+        c.forwarded.insert(job, Forwarded { node, user });
+    }
+
+    /// Messages from other nodes.
+    pub(crate) fn on_inbox(&mut self, messages: Vec<String>) {
+        for m in messages {
+            match serde_json::from_str::<Msg>(&m) {
+                Ok(msg) => self.on_msg(msg),
+                Err(e) => {
+                    log::warn!("cluster: a message from another node does not read ({e}); skipped")
+                }
+            }
+        }
+    }
+
+    fn on_msg(&mut self, msg: Msg) {
+        let now = Instant::now();
+        match msg {
+            Msg::Ask {
+                id,
+                from,
+                user_id,
+                username,
+                room,
+                message,
+                crisis,
+                resources,
+                stream,
+                system,
+            } => {
+                let now_ms = crate::world::time::now_ms();
+                self.touch_session(&user_id, &username, &room, now_ms);
+                if crisis {
+                    if let Some(s) = self.world.sessions.get_mut(&user_id) {
+                        s.crisis = true;
+                    }
+                }
+                let reply_to = ReplyTo::Remote { node: from, id };
+                let call = Call {
+                    job_id: self.calls.next_job_id(),
+                    kind: CallKind::Chat,
+                    reply_to: reply_to.clone(),
+                    user_id: Some(user_id),
+                    username,
+                    room,
+                    message,
+                    crisis,
+                    resources,
+                    created: now,
+                    deadline: now + self.agent_timeout(),
+                    stream: None,
+                    system,
+                };
+                if let Some(c) = &mut self.cluster {
+                    c.forwarded_in += 1;
+                }
+                if let Answer::Now(reply) = self.dispatch(call, stream, now) {
+                    self.answer(reply_to, reply);
+                }
+            }
+            Msg::Part {
+                id,
+                index,
+                text,
+                crisis,
+            } => {
+                let Some(call) = self.forwarded_call(id) else {
+                    return;
+                };
+                let to = call.reply_to.clone();
+                let part = (call.stream.as_mut()).and_then(|s| s.relayed(index, text, crisis, now));
+                if let Some(part) = part {
+                    self.out.parts.push((to, part));
+                }
+            }
+            Msg::Done {
+                id,
+                text,
+                user,
+                room,
+                session_messages,
+                crisis,
+            } => {
+                let reply = Ok(Outcome::Chat(ChatReply {
+                    text,
+                    user,
+                    room,
+                    session_messages,
+                    crisis,
+                }));
+                self.forward_ended(id, reply, now);
+            }
+            Msg::Refused {
+                id,
+                code,
+                message,
+                retry_after,
+            } => {
+                let refusal = Msg::refusal(&code, message, retry_after);
+                self.forward_ended(id, Err(refusal), now);
+            }
+        }
+    }
+
+    /// The call of `id` if it is still forwarded (not timed out, not taken back).
+    fn forwarded_call(&mut self, id: u64) -> Option<&mut Call> {
+        let c = self.cluster.as_mut()?;
+        if !c.forwarded.contains_key(&id) {
+            return None;
+        }
+        let call = self.calls.get_mut(id);
+        if call.is_none() {
+            c.forwarded.remove(&id);
+        }
+        call
+    }
+
+    /// The owner answered a forwarded call: the request here gets it, and the user's
+    /// next call goes.
+    fn forward_ended(&mut self, id: u64, reply: Reply, now: Instant) {
+        let Some(f) = self.cluster.as_mut().and_then(|c| c.forwarded.remove(&id)) else {
+            return;
+        };
+        let Some(call) = self.calls.finish(id) else {
+            return;
+        };
+        if let Ok(Outcome::Chat(r)) = &reply {
+            if let Some(s) = self.world.sessions.get_mut(&f.user) {
+                s.crisis |= r.crisis;
+            }
+        }
+        self.start_next(Some(&f.user), now);
+        self.answer(call.reply_to, reply);
+    }
+
+    /// The nodes alive changed: calls forwarded to a node that is gone wait for its
+    /// lease to run out and are run here, with the history it stored.
+    pub(crate) fn forwards_lost(&mut self, alive: &[String]) {
+        let now = Instant::now();
+        let deadline = self.forward_deadline(now);
+        let Some(c) = &mut self.cluster else {
+            return;
+        };
+        let lost: Vec<u64> = (c.forwarded.iter())
+            .filter(|(_, f)| !alive.contains(&f.node))
+            .map(|(job, _)| *job)
+            .collect();
+        for job in lost {
+            let Some(f) = c.forwarded.remove(&job) else {
+                continue;
+            };
+            let Some(call) = self.calls.get_mut(job) else {
+                continue;
+            };
+            log::warn!(
+                "cluster: node {} is gone with the chat of {} (job {job}); it runs here once the session's lease is free",
+                f.node, f.user
+            );
+            call.deadline = deadline;
+            c.awaiting.insert(f.user.clone(), job);
+            c.store.lease(&f.user, false);
+        }
+    }
+
+    /// A part for a call another node forwarded here: to that node (`thinking` is that
+    /// node's own to send).
+    pub(crate) fn part_to_node(&mut self, node: &str, id: u64, part: Part) {
+        let Part::Text {
+            index,
+            text,
+            crisis,
+        } = part
+        else {
+            return;
+        };
+        self.send_msg(
+            node,
+            &Msg::Part {
+                id,
+                index,
+                text,
+                crisis,
+            },
+        );
+    }
+
+    /// The answer for a call another node forwarded here: to that node.
+    pub(crate) fn reply_to_node(&mut self, node: &str, id: u64, reply: Reply) {
+        let msg = match reply {
+            Ok(Outcome::Chat(r)) => Msg::Done {
+                id,
+                text: r.text,
+                user: r.user,
+                room: r.room,
+                session_messages: r.session_messages,
+                crisis: r.crisis,
+            },
+            Ok(_) => Msg::Refused {
+                id,
+                code: "agent_error".into(),
+                message: "the owner node answered something other than a chat".into(),
+                retry_after: None,
+            },
+            Err(r) => Msg::Refused {
+                id,
+                code: r.code.to_string(),
+                message: r.message,
+                retry_after: r.retry_after,
+            },
+        };
+        self.send_msg(node, &msg);
+    }
+
+    fn send_msg(&mut self, node: &str, msg: &Msg) {
+        let Some(c) = &self.cluster else {
+            return;
+        };
+        if let Ok(body) = serde_json::to_string(msg) {
+            c.store.send_to(node, body);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_read_back_as_written() {
+        let all = [
+            Msg::Ask {
+                id: 7,
+                from: "b".into(),
+                user_id: "una".into(),
+                username: "Una".into(),
+                room: "The Threshold".into(),
+                message: "hello".into(),
+                crisis: true,
+                resources: false,
+                stream: true,
+                system: Some("be brief".into()),
+            },
+            Msg::Part {
+                id: 7,
+                index: 1,
+                text: " Hi.".into(),
+                crisis: false,
+            },
+            Msg::Done {
+                id: 7,
+                text: "Hi.".into(),
+                user: "Una".into(),
+                room: "The Threshold".into(),
+                session_messages: 4,
+                crisis: true,
+            },
+            Msg::Refused {
+                id: 7,
+                code: "too_many_waiting".into(),
+                message: "wait".into(),
+                retry_after: Some(1),
+            },
+        ];
+        for m in all {
+            let text = serde_json::to_string(&m).unwrap();
+            assert_eq!(serde_json::from_str::<Msg>(&text).unwrap(), m, "{text}");
+        }
+    }
+
+    #[test]
+    fn a_refusal_keeps_a_known_code_and_reads_others_as_agent_error() {
+        let r = Msg::refusal("too_many_waiting", "wait".into(), Some(1));
+        assert_eq!((r.code, r.retry_after), ("too_many_waiting", Some(1)));
+        let r = Msg::refusal("made_up", "odd".into(), None);
+        assert_eq!((r.code, r.message.as_str()), ("agent_error", "odd"));
+    }
+}
