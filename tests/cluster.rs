@@ -1113,6 +1113,114 @@ fn a_nodes_data_directory_is_its_own() {
 
 #[test]
 #[ignore = "needs redis-server"]
+fn a_game_linked_to_one_node_is_acted_on_observed_and_spoken_to_from_another() {
+    let redis = Redis::start();
+    let mut ca = node_config(&redis, "a");
+    ca.line.listen = vec!["127.0.0.1:0".parse().unwrap()];
+    ca.line.request_timeout_s = 1;
+    let a = start_node(ca);
+    let b = node(&redis, "b");
+    // Before any link: B has no world called mud.
+    let r = call(b.http, "GET", "/bridge/observe/mud", None);
+    assert_eq!(
+        (r.status, r.json()["code"].clone()),
+        (503, json!("link_down"))
+    );
+    let mut g = LineClient::connect(a.line.unwrap());
+    g.hello("mud", "generic");
+    // B learns from the log that A holds mud's link: its observe goes to A, which has
+    // no perception yet.
+    eventually(Duration::from_secs(5), "B routes mud to A", || {
+        call(b.http, "GET", "/bridge/observe/mud", None).json()["code"] == "no_perception"
+    });
+    // An act on B reaches the game on A, and the game's result answers it on B.
+    let asker = std::thread::spawn({
+        let addr = b.http;
+        move || {
+            post(
+                addr,
+                "/bridge/act",
+                &json!({"world": "mud", "player": "una", "action": "message",
+                        "args": {"text": "hi from b"}}),
+            )
+        }
+    });
+    let (act, _) = g.recv_type("act");
+    assert_eq!(
+        (act["action"].clone(), act["player"].clone()),
+        (json!("message"), json!("una"))
+    );
+    assert_eq!(act["args"]["text"], "hi from b");
+    g.send(&json!({"type": "result", "id": act["id"], "ok": true, "data": {"shown": 1}}));
+    let r = asker.join().unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        r.json(),
+        json!({"ok": true, "world": "mud", "action": "message", "result": {"shown": 1}})
+    );
+    // A fresh observe on B: the game's perception, through A.
+    let asker = std::thread::spawn({
+        let addr = b.http;
+        move || call(addr, "GET", "/bridge/observe/mud?fresh=1", None)
+    });
+    let (ask, _) = g.recv_type("observe");
+    g.send(
+        &json!({"type": "perception", "id": ask["id"], "protocol_version": "1.0",
+                   "player": "una", "cell": "Limbo", "game_hour": 13.5}),
+    );
+    let r = asker.join().unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        (r.json()["world"].clone(), r.json()["fresh"].clone()),
+        (json!("mud"), json!(true))
+    );
+    assert_eq!(r.json()["perception"]["cell"], "Limbo", "{}", r.text());
+    // And the cached one, from A's copy.
+    let r = call(b.http, "GET", "/bridge/observe/mud", None);
+    assert_eq!(
+        (r.status, r.json()["perception"]["cell"].clone()),
+        (200, json!("Limbo"))
+    );
+    // Speak on B: the game on A hears it.
+    let r = post(
+        b.http,
+        "/bridge/speak",
+        &json!({"world": "mud", "user_id": "una", "text": "hello from b"}),
+    );
+    assert_eq!(
+        (r.status, r.json()["world"].clone()),
+        (200, json!("mud")),
+        "{}",
+        r.text()
+    );
+    let (spoken, _) = g.recv_type("speak");
+    assert_eq!(
+        (spoken["text"].clone(), spoken["user_id"].clone()),
+        (json!("hello from b"), json!("una"))
+    );
+    // A game that never answers: A's own deadline answers B (504).
+    let r = post(
+        b.http,
+        "/bridge/act",
+        &json!({"world": "mud", "action": "message", "args": {"text": "anyone?"}}),
+    );
+    assert_eq!(
+        (r.status, r.json()["code"].clone()),
+        (504, json!("game_timeout")),
+        "{}",
+        r.text()
+    );
+    // The link goes: B hears it from the log and refuses at once.
+    drop(g);
+    eventually(Duration::from_secs(5), "B hears mud's link is gone", || {
+        let r = call(b.http, "GET", "/bridge/observe/mud?fresh=1", None);
+        r.status == 503 && r.json()["code"] == "link_down"
+    });
+    drop(a);
+}
+
+#[test]
+#[ignore = "needs redis-server"]
 fn a_room_a_game_describes_on_one_node_is_described_on_every_node() {
     let redis = Redis::start();
     let mut ca = node_config(&redis, "a");

@@ -23,7 +23,7 @@ use crate::conn::ConnId;
 use crate::feeds::gateway::logged::LogFrame;
 use crate::store::cluster::{
     ClusterStore, Dump, Entry, News, Proposal, Record, KIND_EVENT, KIND_FED_EVENT, KIND_GATEWAY,
-    KIND_ROOM,
+    KIND_LINK, KIND_ROOM,
 };
 use crate::world::logged::is_provisional;
 use crate::world::room::Event;
@@ -72,6 +72,8 @@ pub struct Cluster {
     /// Chats this node forwarded to the owner node, and chats it ran for another node.
     pub forwarded_out: u64,
     pub forwarded_in: u64,
+    /// Which node holds each world's game link, and requests sent to them.
+    pub(crate) links: crate::app::cluster_links::LinkMap,
     /// Sessions to store with the next proposal (their calls finished here).
     session_writes: BTreeSet<String>,
     /// Leases to give back with the next proposal.
@@ -113,6 +115,7 @@ impl Cluster {
             forwarded: HashMap::new(),
             forwarded_out: 0,
             forwarded_in: 0,
+            links: Default::default(),
             session_writes: BTreeSet::new(),
             releases: Vec::new(),
             rooms: Vec::new(),
@@ -152,12 +155,17 @@ impl App {
 
     /// This iteration's new events and gateway frames go to the log as one proposal.
     pub(crate) fn propose_events(&mut self) {
+        if self.cluster.is_none() {
+            return;
+        }
+        let events = self.world.take_unsequenced();
+        let frames = self.gateway.take_proposals();
+        let links = self.link_records();
         let Some(c) = &mut self.cluster else {
             return;
         };
-        let events = self.world.take_unsequenced();
-        let frames = self.gateway.take_proposals();
-        let quiet = c.session_writes.is_empty()
+        let quiet = links.is_empty()
+            && c.session_writes.is_empty()
             && c.releases.is_empty()
             && c.forget.is_empty()
             && c.rooms.is_empty()
@@ -199,6 +207,10 @@ impl App {
                 ts_ms: now,
                 body: spec,
             });
+        }
+        for r in links {
+            provisional.push(0);
+            records.push(r);
         }
         for f in frames {
             // Frames have no answer waiting on their numbers.
@@ -245,6 +257,7 @@ impl App {
                     self.world.remove(&u, now);
                 }
                 self.gateway.node_gone(&node, now);
+                self.links_gone_with(&node);
             }
             News::Leased { user, session } => self.leased(user, session),
             News::Owned { user, node } => self.forward_to(user, node),
@@ -252,6 +265,7 @@ impl App {
             News::Sessions { ticket, sessions } => self.sessions_read(ticket, sessions),
             News::Nodes(nodes) => {
                 self.forwards_lost(&nodes);
+                self.link_nodes(&nodes);
                 if let Some(c) = &mut self.cluster {
                     c.nodes = nodes;
                 }
@@ -511,6 +525,9 @@ impl App {
                 }
             }
             return;
+        }
+        if entry.kind == KIND_LINK {
+            return self.apply_link(entry.seq, &entry.body);
         }
         if entry.kind == KIND_GATEWAY {
             // The world's events before it go out first: frames keep log order.

@@ -13,6 +13,11 @@
 //! (its liveness key is gone), B asks for the lease again, now waiting for it, and runs
 //! the call itself with the history A stored.
 //!
+//! The same channel carries the bridge's own requests to games (`act`, `observe`,
+//! `speak`) for a world whose link is connected to another node ([`Msg::Game`], see
+//! `app::cluster_links`), answered with [`Msg::Acted`], [`Msg::Observed`],
+//! [`Msg::Answered`] or [`Msg::Refused`].
+//!
 //! Socket-free: messages go through the cluster store (`store::cluster`, a Redis stream
 //! per node), as JSON.
 
@@ -20,6 +25,7 @@ use crate::app::calls::{Call, CallKind, ReplyTo};
 use crate::app::outcome::{ChatReply, Outcome, Refusal, Reply};
 use crate::app::stream::Part;
 use crate::app::{Answer, App};
+use crate::world::protocol::{ActionResult, GameCommand, Perception};
 use serde::{Deserialize, Serialize};
 use std::time::{Duration, Instant};
 
@@ -60,7 +66,31 @@ pub enum Msg {
         session_messages: u64,
         crisis: bool,
     },
-    /// The owner refused the chat or could not answer it.
+    /// A request for the game `world`, whose link is connected to the receiving node.
+    Game {
+        id: u64,
+        from: String,
+        world: String,
+        ask: GameAsk,
+    },
+    /// A game's answer to an `act` (`Outcome::Acted`).
+    Acted {
+        id: u64,
+        world: String,
+        action: String,
+        result: ActionResult,
+    },
+    /// A game's perception (`Outcome::Observed`).
+    Observed {
+        id: u64,
+        world: String,
+        age_ms: u64,
+        fresh: bool,
+        perception: Box<Perception>,
+    },
+    /// Any other answer, as its JSON document (`Outcome::Ok`: a `speak`).
+    Answered { id: u64, value: serde_json::Value },
+    /// The owner refused the chat (or the link's node the request) or could not answer.
     Refused {
         id: u64,
         code: String,
@@ -70,15 +100,45 @@ pub enum Msg {
     },
 }
 
-/// The codes an owner may refuse a forwarded chat with; any other reads as
-/// `agent_error` with its sentence kept.
-const CODES: [&str; 6] = [
+/// What the bridge asks of a game on another node.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum GameAsk {
+    Act {
+        action: String,
+        args: serde_json::Value,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        player: Option<String>,
+    },
+    Observe {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        player: Option<String>,
+        fresh: bool,
+    },
+    Speak {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        room: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        user_id: Option<String>,
+        text: String,
+    },
+}
+
+/// The codes another node may refuse a forwarded chat or game request with; any other
+/// reads as `agent_error` with its sentence kept.
+const CODES: [&str; 12] = [
     "too_many_waiting",
     "agent_busy",
     "agent_timeout",
     "agent_error",
     "store_unavailable",
     "store_unknown",
+    "link_down",
+    "game_timeout",
+    "game_error",
+    "no_perception",
+    "bad_action",
+    "missing_field",
 ];
 
 /// A call of this node that another node runs.
@@ -240,8 +300,83 @@ impl App {
                 retry_after,
             } => {
                 let refusal = Msg::refusal(&code, message, retry_after);
-                self.forward_ended(id, Err(refusal), now);
+                self.remote_answered(id, Err(refusal), now);
             }
+            Msg::Game {
+                id,
+                from,
+                world,
+                ask,
+            } => self.serve_game(id, from, &world, ask),
+            Msg::Acted {
+                id,
+                world,
+                action,
+                result,
+            } => {
+                let outcome = Outcome::Acted {
+                    world,
+                    action,
+                    result,
+                };
+                self.remote_answered(id, Ok(outcome), now);
+            }
+            Msg::Observed {
+                id,
+                world,
+                age_ms,
+                fresh,
+                perception,
+            } => {
+                let outcome = Outcome::Observed {
+                    world,
+                    age_ms,
+                    fresh,
+                    perception,
+                };
+                self.remote_answered(id, Ok(outcome), now);
+            }
+            Msg::Answered { id, value } => self.remote_answered(id, Ok(Outcome::Ok(value)), now),
+        }
+    }
+
+    /// The end of something this node sent elsewhere: a forwarded chat, or a request to
+    /// a game on another node.
+    fn remote_answered(&mut self, id: u64, reply: Reply, now: Instant) {
+        let chat = (self.cluster.as_ref()).is_some_and(|c| c.forwarded.contains_key(&id));
+        match chat {
+            true => self.forward_ended(id, reply, now),
+            false => self.game_answered(id, reply),
+        }
+    }
+
+    /// A request for a game whose link is on this node, from `from`: carried out as if
+    /// it came here, answered to `from`.
+    fn serve_game(&mut self, id: u64, from: String, world: &str, ask: GameAsk) {
+        let to = ReplyTo::Remote { node: from, id };
+        let answer = match ask {
+            GameAsk::Act {
+                action,
+                args,
+                player,
+            } => match GameCommand::parse(&action, &args) {
+                Ok(cmd) => self.act(world, player.as_deref(), &cmd, to.clone()),
+                Err(e) => Answer::Now(Err(Refusal::new("bad_action", e))),
+            },
+            GameAsk::Observe { player, fresh } => {
+                self.observe(world, player.as_deref(), fresh, to.clone())
+            }
+            GameAsk::Speak {
+                room,
+                user_id,
+                text,
+            } => Answer::Now(
+                self.speak(Some(world), room.as_deref(), user_id.as_deref(), &text)
+                    .map(Outcome::Ok),
+            ),
+        };
+        if let Answer::Now(reply) = answer {
+            self.answer(to, reply);
         }
     }
 
@@ -327,7 +462,7 @@ impl App {
         );
     }
 
-    /// The answer for a call another node forwarded here: to that node.
+    /// The answer for a call or game request another node forwarded here: to that node.
     pub(crate) fn reply_to_node(&mut self, node: &str, id: u64, reply: Reply) {
         let msg = match reply {
             Ok(Outcome::Chat(r)) => Msg::Done {
@@ -338,10 +473,33 @@ impl App {
                 session_messages: r.session_messages,
                 crisis: r.crisis,
             },
-            Ok(_) => Msg::Refused {
+            Ok(Outcome::Acted {
+                world,
+                action,
+                result,
+            }) => Msg::Acted {
+                id,
+                world,
+                action,
+                result,
+            },
+            Ok(Outcome::Observed {
+                world,
+                age_ms,
+                fresh,
+                perception,
+            }) => Msg::Observed {
+                id,
+                world,
+                age_ms,
+                fresh,
+                perception,
+            },
+            Ok(Outcome::Ok(value)) => Msg::Answered { id, value },
+            Ok(Outcome::Generate { .. } | Outcome::Travelled { .. }) => Msg::Refused {
                 id,
                 code: "agent_error".into(),
-                message: "the owner node answered something other than a chat".into(),
+                message: "the other node answered something this request cannot carry".into(),
                 retry_after: None,
             },
             Err(r) => Msg::Refused {
@@ -354,7 +512,7 @@ impl App {
         self.send_msg(node, &msg);
     }
 
-    fn send_msg(&mut self, node: &str, msg: &Msg) {
+    pub(crate) fn send_msg(&mut self, node: &str, msg: &Msg) {
         let Some(c) = &self.cluster else {
             return;
         };

@@ -4,6 +4,7 @@
 //! did not answer in time); and what happens when a link goes away.
 
 use crate::app::calls::ReplyTo;
+use crate::app::forward::GameAsk;
 use crate::app::links::{Asked, Pending};
 use crate::app::outcome::{Outcome, Refusal};
 use crate::app::{Answer, App};
@@ -52,7 +53,8 @@ impl App {
         })
     }
 
-    /// Ask `world` to carry out `cmd`; the answer comes later (or 503 now).
+    /// Ask `world` to carry out `cmd`; the answer comes later (or 503 now). In cluster
+    /// mode a world whose link is on another node is asked through that node.
     pub fn act(
         &mut self,
         world: &str,
@@ -62,7 +64,15 @@ impl App {
     ) -> Answer {
         let link = match self.link_for(world) {
             Ok(l) => l,
-            Err(r) => return Answer::Now(Err(r)),
+            Err(r) => {
+                let ask = GameAsk::Act {
+                    action: cmd.action().to_string(),
+                    args: cmd.args(),
+                    player: player.map(str::to_string),
+                };
+                let elsewhere = self.game_elsewhere(world, ask, &reply_to);
+                return elsewhere.unwrap_or(Answer::Now(Err(r)));
+            }
         };
         let asked = Asked::Act {
             action: cmd.action().to_string(),
@@ -88,6 +98,20 @@ impl App {
         fresh: bool,
         reply_to: ReplyTo,
     ) -> Answer {
+        let here = self.link_for(world);
+        if let Err(r) = &here {
+            // The link may be on another node (cluster mode): it has the perception.
+            let ask = GameAsk::Observe {
+                player: player.map(str::to_string),
+                fresh,
+            };
+            if let Some(answer) = self.game_elsewhere(world, ask, &reply_to) {
+                return answer;
+            }
+            if fresh || self.links.perception(world).is_none() {
+                return Answer::Now(Err(r.clone()));
+            }
+        }
         if !fresh {
             return Answer::Now(match self.links.perception(world) {
                 Some(seen) => Ok(Outcome::Observed {
@@ -96,16 +120,13 @@ impl App {
                     fresh: false,
                     perception: Box::new(seen.perception.clone()),
                 }),
-                None => match self.link_for(world) {
-                    Ok(_) => Err(Refusal::new(
-                        "no_perception",
-                        format!("{world} has sent no perception yet; ask with ?fresh=1"),
-                    )),
-                    Err(r) => Err(r),
-                },
+                None => Err(Refusal::new(
+                    "no_perception",
+                    format!("{world} has sent no perception yet; ask with ?fresh=1"),
+                )),
             });
         }
-        let link = match self.link_for(world) {
+        let link = match here {
             Ok(l) => l,
             Err(r) => return Answer::Now(Err(r)),
         };
@@ -124,6 +145,29 @@ impl App {
         }
         self.send_to_link(link, &msg);
         Answer::Later
+    }
+
+    /// [`App::speak`], or, for a `world` whose link is on another node (cluster mode),
+    /// through that node.
+    pub fn speak_anywhere(
+        &mut self,
+        world: Option<&str>,
+        room: Option<&str>,
+        user_id: Option<&str>,
+        text: &str,
+        reply_to: ReplyTo,
+    ) -> Answer {
+        if let Some(w) = world.filter(|w| self.link_for(w).is_err()) {
+            let ask = GameAsk::Speak {
+                room: room.map(str::to_string),
+                user_id: user_id.map(str::to_string),
+                text: text.to_string(),
+            };
+            if let Some(answer) = self.game_elsewhere(w, ask, &reply_to) {
+                return answer;
+            }
+        }
+        Answer::Now(self.speak(world, room, user_id, text).map(Outcome::Ok))
     }
 
     /// The agent speaks in a game: to one player (`user_id`), a room, or everyone. The

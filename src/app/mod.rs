@@ -8,6 +8,7 @@
 pub mod calls;
 pub mod cluster;
 pub mod cluster_fed;
+pub mod cluster_links;
 pub mod fan_out;
 pub mod fed_rooms;
 pub mod feeds;
@@ -1125,6 +1126,7 @@ impl App {
         self.rate.prune(now_ms);
         self.expire_rooms(now_ms);
         self.expire_game_requests(now);
+        self.expire_remote_games(now);
         self.route_events(None);
         self.fed_tick(now);
     }

@@ -9,7 +9,7 @@ use crate::agent::pool::AgentPool;
 use crate::agent::{prompt, AgentReply};
 use crate::app::calls::ReplyTo;
 use crate::app::outbox::WsOut;
-use crate::app::outcome::{Outcome, Reply};
+use crate::app::outcome::Reply;
 use crate::app::stream::Part;
 use crate::app::{Answer, App};
 use crate::codec::http::{Limits, Request, Response};
@@ -693,11 +693,9 @@ impl Bridge {
                         Target::Room(r) => (Some(r.as_str()), None),
                         Target::Player(p) => (None, Some(p.as_str())),
                     };
-                    let reply_now = self
-                        .app
-                        .speak(Some(&world), room, user, &text)
-                        .map(Outcome::Ok);
-                    (Answer::Now(reply_now), reply)
+                    let to = ReplyTo::Channel(reply.clone());
+                    let answer = self.app.speak_anywhere(Some(&world), room, user, &text, to);
+                    (answer, reply)
                 }
             };
             if let Answer::Now(now) = answer {

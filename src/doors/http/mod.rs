@@ -441,7 +441,6 @@ fn dispatch(
         "/bridge/room/:room/events" => events(app, req, room.as_deref().unwrap_or_default()),
         "/bridge/say" => say(app, req, peer, now),
         "/bridge/move" => move_user(app, req, now),
-        "/bridge/speak" => speak(app, req),
         "/bridge/state" => bridge_state(app, req),
         "/bridge/sync" => bridge_sync(app, req, now),
         "/bridge/trust" => trust(app, req, now),
@@ -458,9 +457,10 @@ fn dispatch(
                 },
             };
         }
-        "/bridge/act" | "/bridge/observe/:world" => {
+        "/bridge/act" | "/bridge/observe/:world" | "/bridge/speak" => {
             let answer = match route {
                 "/bridge/act" => act(app, id, req),
+                "/bridge/speak" => speak(app, id, req),
                 _ => observe(app, id, req, room.as_deref().unwrap_or_default()),
             };
             return match answer {
@@ -765,15 +765,21 @@ fn observe(app: &mut App, id: ConnId, req: &Request, world: &str) -> Result<Answ
 
 /// `POST /bridge/speak` `{world?, room?, user_id?, text}`: the agent says something in
 /// a game.
-fn speak(app: &mut App, req: &Request) -> Result<Response, Response> {
+fn speak(app: &mut App, id: ConnId, req: &Request) -> Result<Answer, Response> {
     let obj = fields::object(&req.body)?;
     let f = Fields(&obj);
     let text = f.text("text", usize::MAX, "")?;
     let world = f.opt("world")?;
     let room = f.opt("room")?;
     let user = f.opt("user_id")?;
-    let v = app.speak(world.as_deref(), room.as_deref(), user.as_deref(), &text)?;
-    Ok(Response::json(200, &v))
+    let to = ReplyTo::Http(id);
+    Ok(app.speak_anywhere(
+        world.as_deref(),
+        room.as_deref(),
+        user.as_deref(),
+        &text,
+        to,
+    ))
 }
 
 /// `POST /bridge/chat` and `POST /api/v1/generate`: both go to the agent.

@@ -16,7 +16,7 @@
 //! last number given), `epoch` (made with the first append into an empty Redis: when
 //! Redis loses its data, the next append starts a new epoch, a new stream and numbers
 //! from 1), `log` (the stream: fields `epoch`, `node`, `k` (the kind: [`KIND_EVENT`],
-//! [`KIND_GATEWAY`] or [`KIND_ROOM`]), `t` (epoch ms), `e` (the JSON)), `node:<id>` (liveness, expiring
+//! [`KIND_GATEWAY`], [`KIND_ROOM`] or [`KIND_LINK`]), `t` (epoch ms), `e` (the JSON)), `node:<id>` (liveness, expiring
 //! after `cluster.node_ttl_s`), `nodes` (the set of node ids that have run), `reap:<id>`
 //! (a lock: the node cleaning up after a dead one).
 //!
@@ -283,6 +283,10 @@ pub const KIND_FED_EVENT: &str = "fevent";
 
 /// An entry that is a room's description as a game link reported it (its `RoomSpec`).
 pub const KIND_ROOM: &str = "room";
+
+/// An entry that says a node now holds (or no longer holds) a world's game link
+/// (`{"world", "node", "up"}`): every node knows where to send that world's requests.
+pub const KIND_LINK: &str = "link";
 
 /// One entry to append: what kind, when it happened and its JSON.
 #[derive(Debug, Clone)]
