@@ -1444,14 +1444,28 @@ fn federation_runs_on_one_node_and_moves_to_another_when_it_dies() {
             &json!({"user_id": user, "to_world": to}),
         )
     };
-    let refused = travel(b.http, "bea", "p");
+    // A travel asked of b goes to a, which runs it, and is answered on b.
+    assert_eq!(say(b.http, "cal", "The Threshold", "off to p").status, 200);
+    let threshold = |addr| get(addr, "/bridge/room/The%20Threshold/players").to_string();
+    assert!(threshold(b.http).contains("cal"));
+    let went = travel(b.http, "cal", "p");
+    assert_eq!(went.status, 200, "{}", went.text());
     assert_eq!(
-        (refused.status, refused.json()["code"].clone()),
-        (503, json!("not_leader"))
+        (went.json()["user_id"].clone(), went.json()["world"].clone()),
+        (json!("cal"), json!("p"))
+    );
+    let players = |addr| get(addr, "/bridge/room/The%20Bridge/players").to_string();
+    eventually(
+        Duration::from_secs(10),
+        "cal is on p and has left w",
+        || {
+            players(p.http).contains("cal")
+                && !threshold(a_http).contains("cal")
+                && !threshold(b.http).contains("cal")
+        },
     );
     let came = travel(p.http, "pat", "w");
     assert_eq!(came.status, 200, "{}", came.text());
-    let players = |addr| get(addr, "/bridge/room/The%20Bridge/players").to_string();
     eventually(Duration::from_secs(10), "pat is on both nodes", || {
         players(a_http).contains("pat") && players(b.http).contains("pat")
     });

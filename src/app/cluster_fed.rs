@@ -25,16 +25,20 @@
 //! the running node, written only under its lease; the node that takes over settles
 //! every stored travel as a restarted single process does.
 
+use crate::app::calls::ReplyTo;
+use crate::app::forward::Msg;
 use crate::app::outcome::Refusal;
 use crate::app::peering::Peering;
 use crate::app::App;
 use crate::federation::merge::Pruned;
 use crate::federation::portal::Scope;
+use crate::federation::TRAVEL_TIMEOUT_MIN_MS;
 use crate::store::cluster::fed::{FedOp, FedState};
 use crate::store::Row;
 use crate::world::room::Event;
 use serde::de::DeserializeOwned;
 use std::collections::{BTreeSet, VecDeque};
+use std::time::Duration;
 
 /// What this node knows of federation in its cluster.
 #[derive(Debug, Default)]
@@ -112,6 +116,31 @@ impl App {
     /// rather than counted durable at once (`--memory`).
     pub(crate) fn fed_keeps_rows(&self) -> bool {
         self.store.is_some() || self.cluster.is_some()
+    }
+
+    /// A user's travel on a node that does not run federation goes to the node that
+    /// does (`false`: none does now, or the request came from another node).
+    pub(crate) fn travel_elsewhere(
+        &mut self,
+        user_id: &str,
+        to_world: &str,
+        reply_to: &ReplyTo,
+    ) -> bool {
+        let Some(leader) = (self.cluster.as_ref()).and_then(|c| c.fed.leader.clone()) else {
+            return false;
+        };
+        // The travel is decided within this (then it is refused), and answered after.
+        let interval = Duration::from_secs(self.cfg.federation.sync_interval_s);
+        let decided = (2 * interval).max(Duration::from_millis(TRAVEL_TIMEOUT_MIN_MS));
+        let (user, to) = (user_id.to_string(), to_world.to_string());
+        let about = format!("the travel of {user_id} to {to_world}");
+        let asked = self.ask_node(&leader, &about, decided, reply_to, |id, from| Msg::Travel {
+            id,
+            from,
+            user_id: user,
+            to_world: to,
+        });
+        asked.is_some()
     }
 
     /// The refusal of a federation, trust or travel request on a node of a cluster that

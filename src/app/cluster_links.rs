@@ -174,36 +174,47 @@ impl App {
         ask: GameAsk,
         reply_to: &ReplyTo,
     ) -> Option<Answer> {
+        let node = self.cluster.as_ref()?.links.holder(world)?.to_string();
+        let within = self.game_timeout();
+        let w = world.to_string();
+        self.ask_node(&node, world, within, reply_to, move |id, from| Msg::Game {
+            id,
+            from,
+            world: w,
+            ask,
+        })
+    }
+
+    /// Send what `msg` makes (from the request's id and this node's) to `node` if it is
+    /// another live node, and keep `reply_to` for its answer for `within` (plus
+    /// `node_ttl_s`). `about` names what was asked, for the refusals.
+    pub(crate) fn ask_node(
+        &mut self,
+        node: &str,
+        about: &str,
+        within: std::time::Duration,
+        reply_to: &ReplyTo,
+        msg: impl FnOnce(u64, String) -> Msg,
+    ) -> Option<Answer> {
         if matches!(reply_to, ReplyTo::Remote { .. }) {
             return None;
         }
-        let deadline = Instant::now() + self.game_timeout();
         let id = self.calls.next_job_id();
         let c = self.cluster.as_mut()?;
-        let node = c.links.holder(world)?.to_string();
-        if node == c.node || !c.nodes.contains(&node) {
+        if node == c.node || !c.nodes.iter().any(|n| n == node) {
             return None;
         }
-        let from = c.node.clone();
         c.links.asks.insert(
             id,
             RemoteGame {
-                node: node.clone(),
-                world: world.to_string(),
+                node: node.to_string(),
+                world: about.to_string(),
                 reply_to: reply_to.clone(),
-                deadline: deadline + c.store.settings.node_ttl,
+                deadline: Instant::now() + within + c.store.settings.node_ttl,
             },
         );
-        let world = world.to_string();
-        self.send_msg(
-            &node,
-            &Msg::Game {
-                id,
-                from,
-                world,
-                ask,
-            },
-        );
+        let msg = msg(id, c.node.clone());
+        self.send_msg(node, &msg);
         Some(Answer::Later)
     }
 

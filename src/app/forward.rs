@@ -88,6 +88,22 @@ pub enum Msg {
         fresh: bool,
         perception: Box<Perception>,
     },
+    /// A user's travel to another world, for the node that runs federation.
+    Travel {
+        id: u64,
+        from: String,
+        user_id: String,
+        to_world: String,
+    },
+    /// The travel is done (`Outcome::Travelled`).
+    Travelled {
+        id: u64,
+        user_id: String,
+        world: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        room: Option<String>,
+        message: String,
+    },
     /// Any other answer, as its JSON document (`Outcome::Ok`: a `speak`).
     Answered { id: u64, value: serde_json::Value },
     /// The owner refused the chat (or the link's node the request) or could not answer.
@@ -126,7 +142,11 @@ pub enum GameAsk {
 
 /// The codes another node may refuse a forwarded chat or game request with; any other
 /// reads as `agent_error` with its sentence kept.
-const CODES: [&str; 12] = [
+const CODES: [&str; 16] = [
+    "travel_refused",
+    "not_here",
+    "not_leader",
+    "federation_off",
     "too_many_waiting",
     "agent_busy",
     "agent_timeout",
@@ -337,6 +357,33 @@ impl App {
                 self.remote_answered(id, Ok(outcome), now);
             }
             Msg::Answered { id, value } => self.remote_answered(id, Ok(Outcome::Ok(value)), now),
+            Msg::Travel {
+                id,
+                from,
+                user_id,
+                to_world,
+            } => {
+                let to = ReplyTo::Remote { node: from, id };
+                let now_ms = crate::world::time::now_ms();
+                if let Err(r) = self.travel_request(&user_id, &to_world, to.clone(), now_ms) {
+                    self.answer(to, Err(r));
+                }
+            }
+            Msg::Travelled {
+                id,
+                user_id,
+                world,
+                room,
+                message,
+            } => {
+                let outcome = Outcome::Travelled {
+                    user_id,
+                    world,
+                    room,
+                    message,
+                };
+                self.remote_answered(id, Ok(outcome), now);
+            }
         }
     }
 
@@ -496,7 +543,19 @@ impl App {
                 perception,
             },
             Ok(Outcome::Ok(value)) => Msg::Answered { id, value },
-            Ok(Outcome::Generate { .. } | Outcome::Travelled { .. }) => Msg::Refused {
+            Ok(Outcome::Travelled {
+                user_id,
+                world,
+                room,
+                message,
+            }) => Msg::Travelled {
+                id,
+                user_id,
+                world,
+                room,
+                message,
+            },
+            Ok(Outcome::Generate { .. }) => Msg::Refused {
                 id,
                 code: "agent_error".into(),
                 message: "the other node answered something this request cannot carry".into(),

@@ -65,7 +65,12 @@ impl App {
         now_ms: u64,
     ) -> Result<(), Refusal> {
         if let Some(r) = self.fed_refusal() {
-            return Err(r);
+            // Cluster mode: the node that runs federation carries it out, and the answer
+            // comes back here.
+            return match self.travel_elsewhere(user_id, to_world, &reply_to) {
+                true => Ok(()),
+                false => Err(r),
+            };
         }
         let Some(o) = self.world.occupant(user_id).cloned() else {
             return Err(Refusal::new(
