@@ -1445,7 +1445,8 @@ fn federation_runs_on_one_node_and_moves_to_another_when_it_dies() {
         )
     };
     // A travel asked of b goes to a, which runs it, and is answered on b.
-    assert_eq!(say(b.http, "cal", "The Threshold", "off to p").status, 200);
+    // cal talks to the agent on b (b stores the conversation), then asks b to travel.
+    assert_eq!(chat(b.http, "cal", "off to p soon").status, 200);
     let threshold = |addr| get(addr, "/bridge/room/The%20Threshold/players").to_string();
     assert!(threshold(b.http).contains("cal"));
     let went = travel(b.http, "cal", "p");
@@ -1464,6 +1465,18 @@ fn federation_runs_on_one_node_and_moves_to_another_when_it_dies() {
                 && !threshold(b.http).contains("cal")
         },
     );
+    // The conversation went along (a read it from Redis), and w keeps none of it.
+    let sessions = |addr| get(addr, "/bridge/sessions")["sessions"].clone();
+    let on_p = sessions(p.http);
+    let cal = (on_p.as_array().unwrap().iter()).find(|s| s["user_id"] == "cal");
+    assert_eq!(cal.map(|s| s["messages"].clone()), Some(json!(2)), "{on_p}");
+    for node in [a_http, b.http] {
+        let list = sessions(node);
+        assert!(
+            !(list.as_array().unwrap().iter()).any(|s| s["user_id"] == "cal"),
+            "{list}"
+        );
+    }
     let came = travel(p.http, "pat", "w");
     assert_eq!(came.status, 200, "{}", came.text());
     eventually(Duration::from_secs(10), "pat is on both nodes", || {

@@ -76,6 +76,10 @@ pub struct Cluster {
     pub(crate) links: crate::app::cluster_links::LinkMap,
     /// Sessions to store with the next proposal (their calls finished here).
     session_writes: BTreeSet<String>,
+    /// Sessions to delete with the next proposal (their users travelled away).
+    session_deletes: Vec<String>,
+    /// Travels waiting for their user's lease (the stored conversation travels along).
+    pub(crate) travels_waiting: HashMap<String, (String, crate::app::calls::ReplyTo)>,
     /// Leases to give back with the next proposal.
     releases: Vec<String>,
     /// Rooms a game link described here, for the other nodes (their specs' JSON).
@@ -117,6 +121,8 @@ impl Cluster {
             forwarded_in: 0,
             links: Default::default(),
             session_writes: BTreeSet::new(),
+            session_deletes: Vec::new(),
+            travels_waiting: HashMap::new(),
             releases: Vec::new(),
             rooms: Vec::new(),
             fed: FedRole::default(),
@@ -166,6 +172,7 @@ impl App {
         };
         let quiet = links.is_empty()
             && c.session_writes.is_empty()
+            && c.session_deletes.is_empty()
             && c.releases.is_empty()
             && c.forget.is_empty()
             && c.rooms.is_empty()
@@ -180,6 +187,7 @@ impl App {
             })
             .collect();
         let release = std::mem::take(&mut c.releases);
+        let forget_sessions = std::mem::take(&mut c.session_deletes);
         let batch = self.next_batch;
         self.next_batch += 1;
         let fed = self.take_fed_ops(batch);
@@ -228,6 +236,7 @@ impl App {
             records,
             forget,
             sessions,
+            forget_sessions,
             release,
             fed,
         });
@@ -381,8 +390,18 @@ impl App {
                 None
             }
         });
-        if let Some(s) = stored {
-            self.world.sessions.take_stored(s);
+        match stored {
+            Some(s) => self.world.sessions.take_stored(s),
+            None => self.world.sessions.forget_history(&user),
+        }
+        // A travel that waited for the conversation goes now (and gives the lease back
+        // below when no chat waits for it).
+        let travel = (self.cluster.as_mut()).and_then(|c| c.travels_waiting.remove(&user));
+        if let Some((to_world, reply_to)) = travel {
+            let now_ms = crate::world::time::now_ms();
+            if let Err(r) = self.travel_request(&user, &to_world, reply_to.clone(), now_ms) {
+                self.answer(reply_to, Err(r));
+            }
         }
         match waiting.and_then(|job| self.calls.finish(job)) {
             Some(call) => {
@@ -430,8 +449,13 @@ impl App {
                 return self.answer(to, Err(refusal.retry_after(1)));
             }
         };
+        // This node's own copies count only for the calls under way here (the others may
+        // be stale: the user went on elsewhere, or travelled away).
+        let leases = self.cluster.as_ref().map(|c| &c.leases);
+        let here = (self.world.sessions.list().into_iter())
+            .filter(|s| leases.is_some_and(|l| l.contains(&s.user_id)));
         let mut by_user: HashMap<&str, &Session> = HashMap::new();
-        for s in stored.iter().chain(self.world.sessions.list()) {
+        for s in stored.iter().chain(here) {
             let newer = by_user
                 .get(s.user_id.as_str())
                 .is_none_or(|held| held.last_active_ms < s.last_active_ms);
@@ -450,6 +474,36 @@ impl App {
         if let Some(c) = &mut self.cluster {
             c.session_writes.insert(user.to_string());
         }
+    }
+
+    /// `user` left this world for another: their stored session goes with the next
+    /// proposal.
+    pub(crate) fn session_gone(&mut self, user: &str) {
+        if let Some(c) = &mut self.cluster {
+            c.session_writes.remove(user);
+            c.session_deletes.push(user.to_string());
+        }
+    }
+
+    /// Cluster mode: a travel needs the user's stored conversation, which comes with the
+    /// user's lease. `false`: this node holds it (or there is no cluster); `true`: the
+    /// travel waits for it ([`App::leased`] carries it on).
+    pub(crate) fn travel_needs_lease(
+        &mut self,
+        user: &str,
+        to_world: &str,
+        reply_to: &crate::app::calls::ReplyTo,
+    ) -> bool {
+        let Some(c) = &mut self.cluster else {
+            return false;
+        };
+        if c.leases.contains(user) {
+            return false;
+        }
+        c.travels_waiting
+            .insert(user.to_string(), (to_world.to_string(), reply_to.clone()));
+        c.store.lease(user, false);
+        true
     }
 
     /// `user` has no call left here: the lease goes back (with the session stored).

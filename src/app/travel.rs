@@ -78,6 +78,9 @@ impl App {
                 format!("{user_id} is not in this world ({})", self.cfg.world),
             ));
         };
+        if self.travel_needs_lease(user_id, to_world, &reply_to) {
+            return Ok(());
+        }
         let history: Vec<_> = self
             .world
             .sessions
@@ -132,6 +135,7 @@ impl App {
                 Step::Remove { user_id } => {
                     let gone = self.world.remove(&user_id, now_ms);
                     self.world.sessions.remove(&user_id);
+                    self.session_gone(&user_id);
                     if gone.is_some() {
                         log::info!("travel: {user_id} left this world");
                     }
@@ -182,6 +186,8 @@ impl App {
                     );
                     self.world
                         .place(&offer.user_id, &offer.username, &room, now_ms);
+                    // Cluster mode: the conversation it brought is every node's.
+                    self.session_changed(&offer.user_id);
                     log::info!(
                         "travel: {} arrived from {} in {room}",
                         offer.user_id,

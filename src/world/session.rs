@@ -212,6 +212,17 @@ impl Sessions {
         }
     }
 
+    /// Cluster mode: the world holds no stored conversation for `user_id` (it expired, the
+    /// user travelled away, Redis lost it), so what this node kept of it is stale: its
+    /// history goes (the crisis flag stays).
+    pub fn forget_history(&mut self, user_id: &str) {
+        if let Some(s) = self.map.get_mut(user_id) {
+            s.history.clear();
+            s.messages = 0;
+            self.mark(user_id);
+        }
+    }
+
     /// Record one exchange: the user's message and the agent's reply.
     pub fn record(&mut self, user_id: &str, message: &str, reply: &str, now_ms: u64) {
         let max = self.limits.history_max;

@@ -305,6 +305,8 @@ pub struct Proposal {
     pub forget: Vec<String>,
     /// Sessions to store (user, JSON), written with the records.
     pub sessions: Vec<(String, String)>,
+    /// Sessions to delete (their users left the world for another).
+    pub forget_sessions: Vec<String>,
     /// Session leases this node gives back once the sessions are stored.
     pub release: Vec<String>,
     /// Federation's rows to store with the records (only while this node runs it).
@@ -1089,14 +1091,18 @@ impl Writer {
             .map(|(u, json)| (self.keys.session(u), json))
             .collect();
         let users: Vec<&String> = group.iter().flat_map(|p| &p.release).collect();
-        if sessions.is_empty() && users.is_empty() {
+        let gone: Vec<String> = (group.iter())
+            .flat_map(|p| &p.forget_sessions)
+            .map(|u| self.keys.session(u))
+            .collect();
+        if sessions.is_empty() && users.is_empty() && gone.is_empty() {
             return;
         }
         let releases: Vec<String> = users.iter().map(|u| self.keys.lease(u)).collect();
         let session_ms = (self.settings.session_ttl.as_millis() as u64).max(1);
         let (release, node) = (&self.release, self.settings.node.clone());
         let stored = self.link.run(|c| {
-            if !sessions.is_empty() {
+            if !sessions.is_empty() || !gone.is_empty() {
                 let mut p = redis::pipe();
                 for (key, json) in &sessions {
                     p.cmd("SET")
@@ -1105,6 +1111,9 @@ impl Writer {
                         .arg("PX")
                         .arg(session_ms)
                         .ignore();
+                }
+                for key in &gone {
+                    p.cmd("DEL").arg(key).ignore();
                 }
                 p.query::<()>(c)?;
             }
