@@ -378,7 +378,7 @@ fn dispatch(
                 )
                 .with_header(
                     "Access-Control-Allow-Headers",
-                    "Content-Type, Authorization",
+                    "Content-Type, Authorization, X-Worldbridge-User, X-Worldbridge-Room",
                 )
                 .with_header("Access-Control-Max-Age", "600");
         }
