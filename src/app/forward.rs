@@ -620,6 +620,61 @@ mod tests {
                 message: "wait".into(),
                 retry_after: Some(1),
             },
+            Msg::Game {
+                id: 8,
+                from: "b".into(),
+                world: "mud".into(),
+                ask: GameAsk::Act {
+                    action: "message".into(),
+                    args: serde_json::json!({"text": "hi"}),
+                    player: Some("una".into()),
+                },
+            },
+            Msg::Game {
+                id: 9,
+                from: "b".into(),
+                world: "mud".into(),
+                ask: GameAsk::Speak {
+                    room: None,
+                    user_id: Some("una".into()),
+                    text: "hello".into(),
+                },
+            },
+            Msg::Acted {
+                id: 8,
+                world: "mud".into(),
+                action: "message".into(),
+                result: ActionResult {
+                    ok: false,
+                    data: None,
+                    code: Some("no_player".into()),
+                    error: Some("nobody".into()),
+                },
+            },
+            Msg::Observed {
+                id: 10,
+                world: "mud".into(),
+                age_ms: 5,
+                fresh: true,
+                perception: Box::default(),
+            },
+            Msg::Answered {
+                id: 9,
+                value: serde_json::json!({"ok": true}),
+            },
+            Msg::Travel {
+                id: 11,
+                from: "b".into(),
+                user_id: "cal".into(),
+                to_world: "p".into(),
+            },
+            Msg::Travelled {
+                id: 11,
+                user_id: "cal".into(),
+                world: "p".into(),
+                room: Some("The Bridge".into()),
+                message: "Cal left for p".into(),
+            },
         ];
         for m in all {
             let text = serde_json::to_string(&m).unwrap();
