@@ -1,6 +1,6 @@
 //! The crisis detector against the labelled corpus in `fixtures/crisis/eval/`: the training
-//! splits (`train.tsv`, the rules are tuned on it; `train2.tsv` to `train8.tsv`, the
-//! classifier is trained on all eight; the rules were not tuned on them until the round that
+//! splits (`train.tsv`, the rules are tuned on it; `train2.tsv` to `train9.tsv`, the
+//! classifier is trained on all nine; the rules were not tuned on them until the round that
 //! added `train5.tsv`, which read the rules' errors on all five; `train6.tsv` is short
 //! messages, for the classifier; `train7.tsv` is preparations, plans and means, past
 //! attempts with the danger now, passive ideation, hopelessness and burden said without a
@@ -11,7 +11,14 @@
 //! negatives, and came with idiom guards for the rules' own false alarms on idioms ("kill
 //! me now, my mom signed me up for piano", "i'd rather die than sit through another
 //! meeting") and three rules ("cant wait to die lol", "my plan for the weekend: not
-//! exist", "is 40 benadryl enough to die"))
+//! exist", "is 40 benadryl enough to die"); `train9.tsv` is past attempts with the danger
+//! now (actual, interrupted, aborted), self-harm in many wordings, burden and plans and
+//! means without a death word, with hard negatives (an attempt or self-harm told as
+//! recovered history, self-harm as a topic, game bleeding and burning, kitchen and craft
+//! cuts and burns, idioms), and came with rules for them and for recovered history told
+//! with a clause break ("i tried to kill myself when i was 16. im 34 now and doing
+//! great"): the writer's age now or the years since, together with a sign of being well
+//! now, distance a past attempt; either alone does not)
 //! and the held-out splits (`test.tsv` and `test2.tsv`, each written separately by an
 //! author who never saw the detector, and never tuned on; `test2.tsv` was added after the
 //! classifier was trained, and nobody working on the detector has read it).
@@ -225,6 +232,21 @@ fn the_eighth_training_split_keeps_its_recall_and_the_rules_false_positives() {
     keeps_its_recall_and_the_rules_false_positives("train8.tsv", 700, TRAIN8_RECALL_FLOOR);
 }
 
+/// `train9.tsv` (hand-written: past attempts with the danger now, actual, interrupted and
+/// aborted; self-harm in many wordings; burden and plans and means without a death word;
+/// hard negatives: an attempt or self-harm told as recovered history, self-harm as a topic,
+/// game bleeding and burning, kitchen and craft cuts and burns, idioms) with the shipped
+/// model, trained on it: recall at least 94 % (94.8 %, 329/347, in sample when it was
+/// added; its false positives 3.1 %, 7/225, the rules alone 3.6 %). The model shipped
+/// before it, never trained on it, caught 80.1 % with 26.2 % false positives. A regression
+/// guard, not the goal.
+const TRAIN9_RECALL_FLOOR: f64 = 0.94;
+
+#[test]
+fn the_ninth_training_split_keeps_its_recall_and_the_rules_false_positives() {
+    keeps_its_recall_and_the_rules_false_positives("train9.tsv", 500, TRAIN9_RECALL_FLOOR);
+}
+
 /// Short greetings are not a crisis: the classifier alone once gave the protocol to
 /// "hi from b" (0.85), "b" (0.90) and "hey it's b" (0.96), its weights for a lone letter
 /// and for a three-to-four-word message deciding (train6.tsv fixed it).
@@ -263,6 +285,7 @@ fn the_shipped_model_is_what_training_produces() {
         eval_file("train6.tsv"),
         eval_file("train7.tsv"),
         eval_file("train8.tsv"),
+        eval_file("train9.tsv"),
     ];
     let (cases, sources) = load_training(&files).unwrap_or_else(|e| panic!("{e}"));
     let trained = train(&CrisisDetector::rules_only(), &cases, &sources);
@@ -270,7 +293,7 @@ fn the_shipped_model_is_what_training_produces() {
     let shipped = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{e}"));
     assert!(
         trained.text == shipped,
-        "{} is not what training produces from train.tsv to train8.tsv: run \
+        "{} is not what training produces from train.tsv to train9.tsv: run \
          `worldbridge crisis-train` from the source tree (it rewrites the file)",
         path.display()
     );
@@ -389,6 +412,39 @@ fn recovery_words_do_not_hide_a_wish_now() {
     }
     let history = "i tried to kill myself when i was 16, im 34 now and so glad i stayed";
     assert!(detector.detect(history).is_none(), "{history:?}");
+}
+
+/// A past attempt told as recovered history, across a clause break, is not a crisis now:
+/// the writer's age now or the years since (`self_long_ago`) together with a sign of being
+/// well now (`self_well_now`). Either alone is not enough, and a sign that the danger is
+/// now adds back, so a past attempt with the thoughts back still fires.
+#[test]
+fn recovered_history_is_distanced_but_an_attempt_with_the_danger_now_fires() {
+    let detector = CrisisDetector::builtin();
+    for text in [
+        "i tried to kill myself when i was 16. im 34 now and doing great, happy to talk about it",
+        "i self harmed as a teen. now im 29 and doing great",
+    ] {
+        let (score, features) = detector.explain(text);
+        assert!(
+            detector.detect(text).is_none(),
+            "{text:?} got the protocol: {score:.2} {features:?}"
+        );
+    }
+    for text in [
+        "i tried when i was 16 and im thinking about it again",
+        "i tried to kill myself when i was 16. im 34 now and the thoughts are back",
+        "i tried to kill myself years ago and now i want to again",
+        "i tried to kill myself years ago and i am doing great but i want to die",
+        "i was going to jump on saturday but the cops showed up",
+        "i told the nurse i fell but i did it myself",
+    ] {
+        let (score, features) = detector.explain(text);
+        assert!(
+            detector.detect(text).is_some(),
+            "{text:?} got no protocol: {score:.2} {features:?}"
+        );
+    }
 }
 
 #[test]

@@ -280,23 +280,41 @@ enum Need {
 
 impl Pattern {
     fn new(kind: Kind, name: String, elems: Vec<Elem>) -> Pattern {
-        let mut needs = elems
-            .iter()
-            .filter_map(|e| match e {
+        let mut needs = Vec::new();
+        for e in &elems {
+            match e {
                 Elem::Alt {
                     words,
                     classes,
                     optional: false,
                     or_end: false,
-                } => Some(Need::Any(blocks(words), *classes)),
+                } => needs.push(Need::Any(blocks(words), *classes)),
                 Elem::Phrases {
                     options,
                     optional: false,
                     or_end: false,
-                } => Some(Need::AllOfOne(options.clone())),
-                _ => None,
-            })
-            .collect::<Vec<_>>();
+                } => {
+                    // Every option needs each of its literal words (or a word of its
+                    // class): one of them per option, as a bitset, rules out a long list
+                    // of phrases in a few AND operations, before the check of every word
+                    // of every phrase. The one with the highest id: words are numbered
+                    // in file order and the lexicon's common words come first, so it is
+                    // most often the option's rarest word.
+                    let (mut keys, mut key_classes) = (Vec::new(), 0u128);
+                    for o in options {
+                        match o.iter().filter(|(_, cs)| *cs == 0).max_by_key(|(w, _)| *w) {
+                            Some(&(w, _)) => keys.push(w),
+                            None => key_classes |= o.iter().fold(0, |acc, (_, cs)| acc | cs),
+                        }
+                    }
+                    if options.len() > 1 {
+                        needs.push(Need::Any(blocks(&keys), key_classes));
+                    }
+                    needs.push(Need::AllOfOne(options.clone()));
+                }
+                _ => {}
+            }
+        }
         // Most messages lack a pattern's rarest word: check the cheapest, most selective
         // needs first (a class is in most messages; a few literal words are in few).
         needs.sort_by_key(Need::cost);
@@ -1826,6 +1844,40 @@ mod tests {
                 "alpha for tent the",
                 "w65 start",
                 "end w3",
+            ],
+            false,
+        );
+        // A long list of sequences is ruled out by one word of each first (the one with
+        // the highest id), then every word of one of them must be there, in order; an
+        // option that is a class is ruled out by its class.
+        let phrases: Vec<String> = (0..70).map(|i| format!("p{i}_q{i}")).collect();
+        let text = format!(
+            "class X: alpha beta\nclass Y: gamma\n\
+             rule suicide 2 phr: go_on_quietly|X_again|Y|{} ~1 done\n",
+            phrases.join("|")
+        );
+        let d = CrisisDetector::from_files(&[("t", &text)]).unwrap();
+        assert_crisis(
+            &d,
+            &[
+                "go on quietly done",
+                "alpha again done",
+                "gamma done",
+                "p3 q3 done",
+                "p65 q65 done",
+            ],
+            true,
+        );
+        assert_crisis(
+            &d,
+            &[
+                "go on done",
+                "quietly done",
+                "again done",
+                "beta done",
+                "p65 done",
+                "q65 done",
+                "q3 p3 done",
             ],
             false,
         );
