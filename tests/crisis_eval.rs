@@ -1,6 +1,6 @@
 //! The crisis detector against the labelled corpus in `fixtures/crisis/eval/`: the training
-//! splits (`train.tsv`, the rules are tuned on it; `train2.tsv` to `train9.tsv`, the
-//! classifier is trained on all nine; the rules were not tuned on them until the round that
+//! splits (`train.tsv`, the rules are tuned on it; `train2.tsv` to `train10.tsv`, the
+//! classifier is trained on all ten; the rules were not tuned on them until the round that
 //! added `train5.tsv`, which read the rules' errors on all five; `train6.tsv` is short
 //! messages, for the classifier; `train7.tsv` is preparations, plans and means, past
 //! attempts with the danger now, passive ideation, hopelessness and burden said without a
@@ -18,7 +18,9 @@
 //! cuts and burns, idioms), and came with rules for them and for recovered history told
 //! with a clause break ("i tried to kill myself when i was 16. im 34 now and doing
 //! great"): the writer's age now or the years since, together with a sign of being well
-//! now, distance a past attempt; either alone does not)
+//! now, distance a past attempt; either alone does not; `train10.tsv` is someone else at
+//! risk now, dark joking that means it, preparations with real possessions, with game
+//! farewells, game-mechanic deaths and suicide as a topic as hard negatives, data only)
 //! and the held-out splits (`test.tsv` and `test2.tsv`, each written separately by an
 //! author who never saw the detector, and never tuned on; `test2.tsv` was added after the
 //! classifier was trained, and nobody working on the detector has read it).
@@ -59,6 +61,10 @@
 //!
 //! `test5.tsv`, by a fifth blind author, measured once with the same model: 91.3 %
 //! (401/439), 3.6 % (13/360; 11 the rules' alone).
+//!
+//! `test6.tsv` to `test9.tsv`, by four more blind authors, each measured with the model of
+//! its day (their headers say how); `test9.tsv` (87.0 % / 3.6 % when written, 88.6 % /
+//! 3.1 % with `train9.tsv` and `train10.tsv` in) has the hardest game and topic negatives.
 //!
 //! These tests print a held-out split's figures only, never its misses.
 //!
@@ -247,6 +253,21 @@ fn the_ninth_training_split_keeps_its_recall_and_the_rules_false_positives() {
     keeps_its_recall_and_the_rules_false_positives("train9.tsv", 500, TRAIN9_RECALL_FLOOR);
 }
 
+/// `train10.tsv` (hand-written: someone else at risk now, dark joking that means it,
+/// past attempts, preparations with real possessions, plans and means, burden; hard
+/// negatives: quitting a game and giving its items away, farewells in role-play and
+/// stories, deaths and self-damage as game mechanics, suicide and self-harm as a topic,
+/// recovered history) with the shipped model, trained on it: recall at least 95 % (95.6 %,
+/// 306/320, in sample when it was added; its false positives 1.8 %, 6/333). The model
+/// shipped before it, never trained on it, caught 85.6 % with 3.0 % false positives. A
+/// regression guard, not the goal.
+const TRAIN10_RECALL_FLOOR: f64 = 0.95;
+
+#[test]
+fn the_tenth_training_split_keeps_its_recall_and_the_rules_false_positives() {
+    keeps_its_recall_and_the_rules_false_positives("train10.tsv", 500, TRAIN10_RECALL_FLOOR);
+}
+
 /// Short greetings are not a crisis: the classifier alone once gave the protocol to
 /// "hi from b" (0.85), "b" (0.90) and "hey it's b" (0.96), its weights for a lone letter
 /// and for a three-to-four-word message deciding (train6.tsv fixed it).
@@ -286,6 +307,7 @@ fn the_shipped_model_is_what_training_produces() {
         eval_file("train7.tsv"),
         eval_file("train8.tsv"),
         eval_file("train9.tsv"),
+        eval_file("train10.tsv"),
     ];
     let (cases, sources) = load_training(&files).unwrap_or_else(|e| panic!("{e}"));
     let trained = train(&CrisisDetector::rules_only(), &cases, &sources);
@@ -293,7 +315,7 @@ fn the_shipped_model_is_what_training_produces() {
     let shipped = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{e}"));
     assert!(
         trained.text == shipped,
-        "{} is not what training produces from train.tsv to train9.tsv: run \
+        "{} is not what training produces from train.tsv to train10.tsv: run \
          `worldbridge crisis-train` from the source tree (it rewrites the file)",
         path.display()
     );
@@ -391,6 +413,17 @@ const HELD_OUT8_RECALL_FLOOR: f64 = 0.94;
 #[test]
 fn the_eighth_held_out_split_keeps_its_measured_recall_and_false_positives() {
     held_out_keeps("test8.tsv", HELD_OUT8_RECALL_FLOOR);
+}
+
+/// The ninth held-out split's recall (390/440 = 88.6 %, measured once with the model trained
+/// on `train.tsv` to `train10.tsv` and the ninth round's rules; 87.0 % with the detector
+/// shipped when it was written), rounded down with lines to spare. Its false positives:
+/// 3.1 % (12/390), over the 2 % goal: its game and topic negatives are the hardest yet.
+const HELD_OUT9_RECALL_FLOOR: f64 = 0.87;
+
+#[test]
+fn the_ninth_held_out_split_keeps_its_measured_recall_and_false_positives() {
+    held_out_keeps("test9.tsv", HELD_OUT9_RECALL_FLOOR);
 }
 
 /// Words of recovery do not hide a wish said now: the writer's own recovered history is

@@ -353,7 +353,8 @@ pub fn evaluate_by(
 }
 
 /// The files `crisis-eval` reads when given none: `fixtures/crisis/eval/*.tsv` under the
-/// current directory, sorted by name.
+/// current directory, sorted by name with numbers in their order (`train.tsv`,
+/// `train2.tsv`, …, `train9.tsv`, `train10.tsv`).
 pub fn default_files() -> Result<Vec<std::path::PathBuf>, String> {
     let dir = std::path::Path::new("fixtures/crisis/eval");
     let entries = std::fs::read_dir(dir).map_err(|e| {
@@ -366,11 +367,20 @@ pub fn default_files() -> Result<Vec<std::path::PathBuf>, String> {
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|x| x == "tsv"))
         .collect();
-    files.sort();
+    files.sort_by_key(|p| numbered(p));
     if files.is_empty() {
         return Err(format!("no .tsv files in {}", dir.display()));
     }
     Ok(files)
+}
+
+/// A file's name without its digits, and the number they make (1 without any): the
+/// order of `train.tsv`, `train2.tsv`, …, `train10.tsv`.
+fn numbered(p: &std::path::Path) -> (String, u64) {
+    let name = p.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+    let digits: String = name.chars().filter(char::is_ascii_digit).collect();
+    let rest: String = name.chars().filter(|c| !c.is_ascii_digit()).collect();
+    (rest, digits.parse().unwrap_or(1))
 }
 
 /// The files `crisis-train` reads when given none: `fixtures/crisis/eval/train*.tsv`
@@ -399,4 +409,36 @@ pub fn load(files: &[std::path::PathBuf]) -> Result<Vec<Case>, String> {
         cases.extend(parse(&f.display().to_string(), &text)?);
     }
     Ok(cases)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::numbered;
+    use std::path::PathBuf;
+
+    #[test]
+    fn files_sort_with_their_numbers_in_order() {
+        let mut files: Vec<PathBuf> = [
+            "train10.tsv",
+            "train2.tsv",
+            "test.tsv",
+            "train.tsv",
+            "test9.tsv",
+        ]
+        .iter()
+        .map(PathBuf::from)
+        .collect();
+        files.sort_by_key(|p| numbered(p));
+        let names: Vec<_> = files.iter().map(|p| p.display().to_string()).collect();
+        assert_eq!(
+            names,
+            [
+                "test.tsv",
+                "test9.tsv",
+                "train.tsv",
+                "train2.tsv",
+                "train10.tsv"
+            ]
+        );
+    }
 }
