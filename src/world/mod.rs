@@ -249,7 +249,7 @@ impl World {
         now_ms: u64,
     ) -> Event {
         let origin = self.id.clone();
-        self.emit_from(&origin, kind, event, user, room, message, now_ms)
+        self.emit_from(origin, kind, event, user, room, message, now_ms)
     }
 
     /// Record a new event that happened in `origin` (this world, or a peer's event shown
@@ -257,7 +257,7 @@ impl World {
     #[allow(clippy::too_many_arguments)]
     fn emit_from(
         &mut self,
-        origin: &str,
+        origin: String,
         kind: EventKind,
         event: &str,
         user: (&str, &str),
@@ -281,7 +281,7 @@ impl World {
             message: message.map(str::to_string),
             timestamp: rfc3339(now_ms),
             seq,
-            origin: origin.to_string(),
+            origin,
             ts_ms: now_ms,
         };
         if let Some(l) = &mut self.logged {
@@ -453,8 +453,9 @@ impl World {
         room: &str,
         speaker: &'a str,
     ) -> impl Iterator<Item = &'a Occupant> {
-        self.players(room)
-            .into_iter()
+        (self.rooms.get(room).into_iter())
+            .flat_map(|r| r.occupants.iter())
+            .filter_map(|u| self.occupants.get(u))
             .filter(move |o| o.user_id != speaker)
     }
 
@@ -492,7 +493,7 @@ impl World {
     pub fn show_remote(&mut self, shown: &Relayed, now_ms: u64) -> Option<Event> {
         let room = self.resolve(&shown.room)?.to_string();
         Some(self.emit_from(
-            &shown.origin,
+            shown.origin.clone(),
             shown.kind,
             &shown.event,
             (&shown.user_id, &shown.username),
@@ -603,16 +604,22 @@ impl World {
 
 /// An event as one short line for the agent's context.
 pub fn describe_event(e: &Event) -> String {
+    // Every event of a room is described as it happens: joined by hand, not `format!`.
+    let join = |a: &str, b: &str, c: &str| {
+        let mut line = String::with_capacity(a.len() + b.len() + c.len());
+        line.push_str(a);
+        line.push_str(b);
+        line.push_str(c);
+        line
+    };
     match (e.kind, e.event.as_str()) {
-        (EventKind::Presence, "enter") => format!("{} entered", e.username),
-        (EventKind::Presence, "leave") => format!("{} left", e.username),
-        (EventKind::Say, _) | (EventKind::Bark, _) => format!(
-            "{} said: {}",
-            e.username,
-            e.message.as_deref().unwrap_or("")
-        ),
+        (EventKind::Presence, "enter") => join(&e.username, " entered", ""),
+        (EventKind::Presence, "leave") => join(&e.username, " left", ""),
+        (EventKind::Say, _) | (EventKind::Bark, _) => {
+            join(&e.username, " said: ", e.message.as_deref().unwrap_or(""))
+        }
         _ => match &e.message {
-            Some(m) => format!("{}: {m}", e.event),
+            Some(m) => join(&e.event, ": ", m),
             None => e.event.clone(),
         },
     }
