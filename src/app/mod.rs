@@ -808,6 +808,11 @@ impl App {
         // The builtin persona only asks whether there was an earlier exchange; the other
         // backends get the whole capped history.
         let keep = if self.pool.is_none() { 2 } else { usize::MAX };
+        // Nor does it recount more than its last few events.
+        let recent = match self.pool {
+            None => self.cfg.agent.context_events.min(builtin::NEWS_MAX),
+            Some(_) => self.cfg.agent.context_events,
+        };
         let (history, context) = match &call.user_id {
             Some(u) => (
                 self.world
@@ -818,14 +823,9 @@ impl App {
                         s.history.iter().skip(skip).cloned().collect()
                     })
                     .unwrap_or_default(),
-                self.world
-                    .context(u, &call.room, self.cfg.agent.context_events),
+                self.world.context(u, &call.room, recent),
             ),
-            None => (
-                Vec::new(),
-                self.world
-                    .context("", &call.room, self.cfg.agent.context_events),
-            ),
+            None => (Vec::new(), self.world.context("", &call.room, recent)),
         };
         let mut context = context;
         context.game = self

@@ -11,7 +11,7 @@ use crate::app::outcome::{ChatReply, Outcome, Refusal, Reply};
 use crate::app::reports;
 use crate::app::stream::Part;
 use crate::app::{Answer, App, CallInput};
-use crate::codec::http::{percent_decode, Method, Request, Response};
+use crate::codec::http::{percent_decode, push_json_str, Method, Request, Response};
 use crate::codec::ws_handshake;
 use crate::conn::http::Handled;
 use crate::conn::ConnId;
@@ -683,34 +683,32 @@ fn say(app: &mut App, req: &Request, peer: IpAddr, now: u64) -> Result<Response,
         .map_err(world_error)?;
     // Present through HTTP: the session bounds it (sessions.max), and its end is a leave.
     app.touch_session(&user_id, &username, &said.event.room, now);
-    // Borrowed all the way: a crowded room's recipient list is the bulk of this answer.
-    #[derive(Serialize)]
-    struct Recipient<'a> {
-        user_id: &'a str,
-        username: &'a str,
+    // Written by hand, straight from the room: a crowded room's recipient list is the
+    // bulk of this answer, and every say writes one. The bytes are serde_json's.
+    let room = &said.event.room;
+    let mut body = Vec::with_capacity(256 + 48 * app.world.occupant_count(room));
+    body.extend_from_slice(b"{\"ok\":true,\"event\":");
+    if let Err(e) = serde_json::to_writer(&mut body, &said.event) {
+        log::error!("a say's event failed to serialize: {e}");
+        return Err(Response::error(
+            500,
+            "internal_error",
+            "the response could not be encoded",
+        ));
     }
-    #[derive(Serialize)]
-    struct SayAnswer<'a> {
-        ok: bool,
-        event: &'a Event,
-        recipients: Vec<Recipient<'a>>,
+    body.extend_from_slice(b",\"recipients\":[");
+    for (i, o) in app.world.recipients(room, &user_id).enumerate() {
+        if i > 0 {
+            body.push(b',');
+        }
+        body.extend_from_slice(b"{\"user_id\":");
+        push_json_str(&mut body, &o.user_id);
+        body.extend_from_slice(b",\"username\":");
+        push_json_str(&mut body, &o.username);
+        body.push(b'}');
     }
-    let recipients = app
-        .world
-        .recipients(&said.event.room, &user_id)
-        .map(|o| Recipient {
-            user_id: &o.user_id,
-            username: &o.username,
-        })
-        .collect();
-    Ok(Response::json(
-        200,
-        &SayAnswer {
-            ok: true,
-            event: &said.event,
-            recipients,
-        },
-    ))
+    body.extend_from_slice(b"]}");
+    Ok(Response::new(200, "application/json", body))
 }
 
 fn move_user(app: &mut App, req: &Request, now: u64) -> Result<Response, Response> {
@@ -915,7 +913,10 @@ pub fn render(reply: Reply) -> Response {
         Err(r) => return r.into(),
     };
     match outcome {
-        Outcome::Chat(c) => Response::json(200, &chat_json(&c)),
+        Outcome::Chat(c) => {
+            let size = 128 + c.text.len() + c.user.len() + c.room.len();
+            Response::json_sized(200, &chat_json(&c), size)
+        }
         Outcome::Generate { text } => Response::json(200, &json!({"results": [{"text": text}]})),
         Outcome::Acted {
             world,
@@ -963,14 +964,25 @@ pub fn render(reply: Reply) -> Response {
 }
 
 /// The seed's chat answer.
-fn chat_json(c: &ChatReply) -> Value {
-    json!({
-        "response": c.text,
-        "user": c.user,
-        "room": c.room,
-        "session_messages": c.session_messages,
-        "crisis": c.crisis,
-    })
+/// A chat's answer `{response, user, room, session_messages, crisis}`, written straight
+/// from the reply (no JSON tree on the way: every chat passes here).
+#[derive(Serialize)]
+struct ChatAnswer<'a> {
+    response: &'a str,
+    user: &'a str,
+    room: &'a str,
+    session_messages: u64,
+    crisis: bool,
+}
+
+fn chat_json(c: &ChatReply) -> ChatAnswer<'_> {
+    ChatAnswer {
+        response: &c.text,
+        user: &c.user,
+        room: &c.room,
+        session_messages: c.session_messages,
+        crisis: c.crisis,
+    }
 }
 
 /// The head of an event stream (`200`, `text/event-stream`, never cached).
@@ -1021,7 +1033,10 @@ pub fn render_end(shape: &Shape, reply: Reply) -> Vec<u8> {
     match shape {
         Shape::OpenAi(c, _) => openai::render_end(c, reply),
         Shape::Events => match reply {
-            Ok(Outcome::Chat(c)) => sse("done", chat_json(&c).to_string().as_bytes()),
+            Ok(Outcome::Chat(c)) => sse(
+                "done",
+                &serde_json::to_vec(&chat_json(&c)).unwrap_or_default(),
+            ),
             other => {
                 let resp = render(other);
                 let event = if resp.status < 400 { "done" } else { "error" };
