@@ -569,7 +569,7 @@ impl App {
     pub fn session_ended(&mut self, user: &str, now_ms: u64) {
         let held = self.links.has_player(user) || user.starts_with("workshop:");
         if !held {
-            self.world.remove(user, now_ms);
+            self.world.leave(user, now_ms);
         }
     }
 
@@ -608,7 +608,7 @@ impl App {
             Assessment::Nothing => (false, false),
         };
         if let Some(user) = &input.user_id {
-            self.world.place(user, &input.username, &input.room, now_ms);
+            self.world.enter(user, &input.username, &input.room, now_ms);
             self.touch_session(user, &input.username, &input.room, now_ms);
             if crisis {
                 if let Some(s) = self.world.sessions.get_mut(user) {
