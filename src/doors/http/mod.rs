@@ -16,7 +16,7 @@ use crate::codec::ws_handshake;
 use crate::conn::http::Handled;
 use crate::conn::ConnId;
 use crate::conn::Feed;
-use crate::doors::fields::{self, constant_time_eq, Fields};
+use crate::doors::fields::{self, checked_name, constant_time_eq, owned, Fields, Talk};
 use crate::federation::wire::{Cursor, Delta, TravelMsg};
 use crate::world::protocol::GameCommand;
 use crate::world::room::Event;
@@ -553,8 +553,13 @@ fn world_error(e: WorldError) -> Refusal {
 
 /// The `message` field: not blank, within `rooms.message_max_bytes`.
 pub fn message(app: &App, f: &Fields) -> Result<String, Refusal> {
+    checked_message(app, f.opt("message")?)
+}
+
+/// [`message`]'s checks on the field's value (`None`: absent or null).
+fn checked_message(app: &App, v: Option<String>) -> Result<String, Refusal> {
     let max = app.cfg.rooms.message_max_bytes;
-    f.text("message", max, "rooms.message_max_bytes")
+    fields::checked_text("message", v, max, "rooms.message_max_bytes")
 }
 
 /// Count one request of `user` against the rate limit.
@@ -669,12 +674,25 @@ fn trust(app: &mut App, req: &Request, now: u64) -> Result<Response, Response> {
 }
 
 fn say(app: &mut App, req: &Request, peer: IpAddr, now: u64) -> Result<Response, Response> {
-    let obj = fields::object(&req.body)?;
-    let f = Fields(&obj);
-    let user_id = f.name("user_id")?;
-    let message = message(app, &f)?;
-    let room = f.name("room")?;
-    let username = f.opt("username")?.unwrap_or_else(|| user_id.clone());
+    let (user_id, message, room, username) = match Talk::read(&req.body) {
+        Some(t) => (
+            checked_name("user_id", owned(t.user_id))?,
+            checked_message(app, owned(t.message))?,
+            checked_name("room", owned(t.room))?,
+            owned(t.username),
+        ),
+        None => {
+            let obj = fields::object(&req.body)?;
+            let f = Fields(&obj);
+            (
+                f.name("user_id")?,
+                message(app, &f)?,
+                f.name("room")?,
+                f.opt("username")?,
+            )
+        }
+    };
+    let username = username.unwrap_or_else(|| user_id.clone());
     rate_limit(app, &user_id, now)?;
     app.limit_room_creation(peer, &room, now)?;
     let said = app
@@ -686,7 +704,24 @@ fn say(app: &mut App, req: &Request, peer: IpAddr, now: u64) -> Result<Response,
     // Written by hand, straight from the room: a crowded room's recipient list is the
     // bulk of this answer, and every say writes one. The bytes are serde_json's.
     let room = &said.event.room;
-    let mut body = Vec::with_capacity(256 + 48 * app.world.occupant_count(room));
+    // Its size, closely: a buffer much larger than the answer costs a slower allocation.
+    let ev = &said.event;
+    let event_len = [
+        &ev.event,
+        &ev.user_id,
+        &ev.username,
+        &ev.room,
+        &ev.timestamp,
+    ]
+    .iter()
+    .map(|s| s.len())
+    .sum::<usize>()
+        + ev.message.as_ref().map_or(0, |m| m.len() + 12)
+        + ev.origin.len();
+    let recipients_len: usize = (app.world.recipients(room, &user_id))
+        .map(|h| 29 + h.user_id.len() + h.username.len())
+        .sum();
+    let mut body = Vec::with_capacity(160 + event_len + recipients_len);
     body.extend_from_slice(b"{\"ok\":true,\"event\":");
     if let Err(e) = serde_json::to_writer(&mut body, &said.event) {
         log::error!("a say's event failed to serialize: {e}");
@@ -782,14 +817,26 @@ fn call(
     route: &str,
     now: u64,
 ) -> Result<(Answer, bool), Response> {
+    // An explicit `stream` in the body wins over `Accept: text/event-stream`.
+    let streamed = |asked: Option<bool>| match asked {
+        Some(b) => b,
+        None => (req.header("accept")).is_some_and(|a| a.contains("text/event-stream")),
+    };
+    // A chat's body, read straight into its fields when it can be (see `Talk`).
+    let talk = (route == "/bridge/chat").then(|| Talk::read(&req.body));
+    if let Some(t) = talk.flatten() {
+        let stream = streamed(t.stream);
+        let user_id = checked_name("user_id", owned(t.user_id))?;
+        let message = checked_message(app, owned(t.message))?;
+        let found = (user_id, owned(t.username), owned(t.room));
+        let input = chat_input(app, peer, found, message, now)?;
+        let input = CallInput { stream, ..input };
+        let answer = app.begin_call(input, ReplyTo::Http(id), now, Instant::now());
+        return Ok((answer, stream));
+    }
     let obj = fields::object(&req.body)?;
     let f = Fields(&obj);
-    // An explicit `stream` in the body wins over `Accept: text/event-stream`.
-    let stream = route == "/bridge/chat"
-        && match f.opt_bool("stream")? {
-            Some(b) => b,
-            None => (req.header("accept")).is_some_and(|a| a.contains("text/event-stream")),
-        };
+    let stream = route == "/bridge/chat" && streamed(f.opt_bool("stream")?);
     let input = if route == "/api/v1/generate" {
         let prompt = f.text("prompt", usize::MAX, "")?;
         let room = app
