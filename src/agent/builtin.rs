@@ -303,7 +303,7 @@ fn look(req: &AgentRequest) -> String {
 }
 
 /// How many events the builtin recounts; the prompt-based backends get all of them.
-const NEWS_MAX: usize = 5;
+pub const NEWS_MAX: usize = 5;
 
 fn news(req: &AgentRequest) -> String {
     let events = &req.context.recent_events;

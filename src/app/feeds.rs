@@ -30,6 +30,7 @@ impl App {
             .world
             .rooms()
             .flat_map(|r| r.occupants.iter())
+            .map(|h| &h.user_id)
             .filter(|u| u.starts_with("workshop:") || u.starts_with("gateway:"))
             .cloned()
             .collect();

@@ -570,7 +570,7 @@ impl App {
     pub fn session_ended(&mut self, user: &str, now_ms: u64) {
         let held = self.links.has_player(user) || user.starts_with("workshop:");
         if !held {
-            self.world.remove(user, now_ms);
+            self.world.leave(user, now_ms);
         }
     }
 
@@ -609,7 +609,7 @@ impl App {
             Assessment::Nothing => (false, false),
         };
         if let Some(user) = &input.user_id {
-            self.world.place(user, &input.username, &input.room, now_ms);
+            self.world.enter(user, &input.username, &input.room, now_ms);
             self.touch_session(user, &input.username, &input.room, now_ms);
             if crisis {
                 if let Some(s) = self.world.sessions.get_mut(user) {
@@ -809,6 +809,11 @@ impl App {
         // The builtin persona only asks whether there was an earlier exchange; the other
         // backends get the whole capped history.
         let keep = if self.pool.is_none() { 2 } else { usize::MAX };
+        // Nor does it recount more than its last few events.
+        let recent = match self.pool {
+            None => self.cfg.agent.context_events.min(builtin::NEWS_MAX),
+            Some(_) => self.cfg.agent.context_events,
+        };
         let (history, context) = match &call.user_id {
             Some(u) => (
                 self.world
@@ -819,14 +824,9 @@ impl App {
                         s.history.iter().skip(skip).cloned().collect()
                     })
                     .unwrap_or_default(),
-                self.world
-                    .context(u, &call.room, self.cfg.agent.context_events),
+                self.world.context(u, &call.room, recent),
             ),
-            None => (
-                Vec::new(),
-                self.world
-                    .context("", &call.room, self.cfg.agent.context_events),
-            ),
+            None => (Vec::new(), self.world.context("", &call.room, recent)),
         };
         let mut context = context;
         context.game = self

@@ -357,11 +357,23 @@ impl Response {
     pub fn json(status: u16, value: &impl Serialize) -> Response {
         match serde_json::to_vec(value) {
             Ok(body) => Response::new(status, "application/json", body),
-            Err(e) => {
-                log::error!("response body failed to serialize: {e}");
-                Response::error(500, "internal_error", "the response could not be encoded")
-            }
+            Err(e) => Response::unencodable(e),
         }
+    }
+
+    /// [`Response::json`] written into a buffer of `size` bytes to start with: for a hot
+    /// answer whose size the handler can tell, it saves the buffer's regrowths.
+    pub fn json_sized(status: u16, value: &impl Serialize, size: usize) -> Response {
+        let mut body = Vec::with_capacity(size);
+        match serde_json::to_writer(&mut body, value) {
+            Ok(()) => Response::new(status, "application/json", body),
+            Err(e) => Response::unencodable(e),
+        }
+    }
+
+    fn unencodable(e: serde_json::Error) -> Response {
+        log::error!("response body failed to serialize: {e}");
+        Response::error(500, "internal_error", "the response could not be encoded")
     }
 
     /// `{"error": message, "code": code}` with the given status.
@@ -467,6 +479,20 @@ pub fn push_chunk(data: &[u8], out: &mut Vec<u8>) {
 
 /// The end of a chunked body.
 pub const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
+
+/// Appends `s` as a JSON string, byte for byte what `serde_json` writes (for answers
+/// written by hand on a hot path): a string with nothing to escape is copied as is.
+pub fn push_json_str(out: &mut Vec<u8>, s: &str) {
+    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        out.reserve(s.len() + 2);
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+    } else if serde_json::to_writer(&mut *out, s).is_err() {
+        // Writing a string into a Vec cannot fail; the fallback only keeps this total.
+        out.extend_from_slice(b"\"\"");
+    }
+}
 
 /// Appends `n` in decimal without going through `fmt`.
 fn push_decimal(out: &mut Vec<u8>, mut n: usize) {
@@ -1199,6 +1225,24 @@ mod tests {
                 *want,
                 "{input:?} plus_as_space={plus}"
             );
+        }
+    }
+
+    #[test]
+    fn push_json_str_writes_what_serde_json_writes() {
+        for s in [
+            "",
+            "plain",
+            "Ünïcödé ✓ 🎉",
+            "quote \" and backslash \\",
+            "line\nbreak\ttab\r\u{8}\u{c}",
+            "\u{0}\u{1f}\u{7f}",
+            "</script>",
+        ] {
+            let mut out = b"x".to_vec();
+            push_json_str(&mut out, s);
+            let want = format!("x{}", serde_json::to_string(s).unwrap());
+            assert_eq!(String::from_utf8(out).unwrap(), want, "{s:?}");
         }
     }
 

@@ -120,10 +120,15 @@ impl FanoutLog {
             self.base += 1;
             self.base_bytes = e.end_bytes;
         }
-        if self.entries.capacity() > 64 && self.entries.len() < self.entries.capacity() / 4 {
-            self.entries.shrink_to(self.entries.len().max(64));
+        // What comes in between two scans is kept without regrowing: shrinking below
+        // that only to grow again cost a reallocation or three per scan, and a scan is
+        // due every max_messages / 4 broadcasts (every say and chat makes some).
+        let between = (max_messages / 4).max(1);
+        let floor = between.next_power_of_two().max(64);
+        if self.entries.capacity() > 2 * floor && self.entries.len() < self.entries.capacity() / 4 {
+            self.entries.shrink_to(self.entries.len().max(floor));
         }
-        self.next_scan = self.head() + (max_messages / 4).max(1) as u64;
+        self.next_scan = self.head() + between as u64;
         self.scanned_bytes = self.bytes_through_head();
     }
 }

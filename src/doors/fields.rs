@@ -9,6 +9,7 @@
 use crate::app::outcome::Refusal;
 use crate::world::check_name;
 use serde_json::{Map, Value};
+use std::borrow::Cow;
 
 /// A request body as a JSON object.
 pub fn object(body: &[u8]) -> Result<Map<String, Value>, Refusal> {
@@ -61,16 +62,13 @@ impl Fields<'_> {
 
     /// A string field that must be there.
     pub fn req(&self, name: &str) -> Result<String, Refusal> {
-        self.opt(name)?
-            .ok_or_else(|| Refusal::new("missing_field", format!("`{name}` is required")))
+        required(name, self.opt(name)?)
     }
 
     /// A name-like field (user ids, rooms, worlds): required, non-empty, bounded, no
     /// control characters.
     pub fn name(&self, name: &'static str) -> Result<String, Refusal> {
-        let v = self.req(name)?;
-        check_name(name, &v).map_err(|e| Refusal::new("bad_field", e.to_string()))?;
-        Ok(v)
+        checked_name(name, self.opt(name)?)
     }
 
     /// An optional name-like field.
@@ -87,21 +85,79 @@ impl Fields<'_> {
     /// Free text (a message, a prompt): required, not blank, at most `max` bytes
     /// (`what` names the limit for the refusal, e.g. `rooms.message_max_bytes`).
     pub fn text(&self, name: &str, max: usize, what: &str) -> Result<String, Refusal> {
-        let v = self.req(name)?;
-        if v.trim().is_empty() {
-            return Err(Refusal::new(
-                "bad_field",
-                format!("`{name}` must not be empty"),
-            ));
-        }
-        if v.len() > max {
-            return Err(Refusal::new(
-                "message_too_long",
-                format!("`{name}` is {} bytes; the most is {max} ({what})", v.len()),
-            ));
-        }
-        Ok(v)
+        checked_text(name, self.opt(name)?, max, what)
     }
+}
+
+/// The value of a field that must be there.
+fn required(name: &str, v: Option<String>) -> Result<String, Refusal> {
+    v.ok_or_else(|| Refusal::new("missing_field", format!("`{name}` is required")))
+}
+
+/// [`Fields::name`]'s checks on a field's value (`None`: absent or null).
+pub fn checked_name(name: &'static str, v: Option<String>) -> Result<String, Refusal> {
+    let v = required(name, v)?;
+    check_name(name, &v).map_err(|e| Refusal::new("bad_field", e.to_string()))?;
+    Ok(v)
+}
+
+/// [`Fields::text`]'s checks on a field's value (`None`: absent or null).
+pub fn checked_text(
+    name: &str,
+    v: Option<String>,
+    max: usize,
+    what: &str,
+) -> Result<String, Refusal> {
+    let v = required(name, v)?;
+    if v.trim().is_empty() {
+        return Err(Refusal::new(
+            "bad_field",
+            format!("`{name}` must not be empty"),
+        ));
+    }
+    if v.len() > max {
+        return Err(Refusal::new(
+            "message_too_long",
+            format!("`{name}` is {} bytes; the most is {max} ({what})", v.len()),
+        ));
+    }
+    Ok(v)
+}
+
+/// The body of a say or a chat read straight into its fields, borrowed where they hold
+/// no escapes: every say and chat is read, and a JSON map of it cost more than the rest
+/// of reading it. `None` for anything but an object whose fields of these names are
+/// strings, booleans (`stream`) or null, each once (a number for `user_id`, a duplicate,
+/// bad JSON): the caller then reads the body with [`object`] and [`Fields`], whose
+/// refusals it gives. Other fields are ignored, as [`Fields`] ignores them.
+#[derive(serde::Deserialize)]
+pub struct Talk<'a> {
+    #[serde(borrow, default)]
+    pub user_id: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    pub username: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    pub message: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    pub room: Option<Cow<'a, str>>,
+    #[serde(default)]
+    pub stream: Option<bool>,
+}
+
+impl<'a> Talk<'a> {
+    pub fn read(body: &'a [u8]) -> Option<Talk<'a>> {
+        // Only an object: serde would also read these fields from an array.
+        let first = body.iter().find(|b| !b" \t\r\n".contains(b));
+        if first != Some(&b'{') {
+            return None;
+        }
+        serde_json::from_slice(body).ok()
+    }
+}
+
+/// A borrowed field's value, owned.
+pub fn owned(v: Option<Cow<'_, str>>) -> Option<String> {
+    v.map(Cow::into_owned)
 }
 
 /// How a JSON value's type is named in a refusal.
@@ -197,6 +253,49 @@ mod tests {
         let r = object(b"{").unwrap_err();
         assert!(r.message.starts_with("the body is not valid JSON: "), "{r}");
         assert_eq!(object(br#"{"a":1}"#).unwrap()["a"], json!(1));
+    }
+
+    #[test]
+    fn a_talk_is_read_only_when_fields_would_read_the_same_values() {
+        // Read straight: the same values Fields reads.
+        for body in [
+            r#"{"user_id":"u1","username":"Ü \"q\"","message":"hi","room":"The Garden"}"#,
+            r#" {"user_id":"u1","message":"hi","room":null,"stream":true,"extra":[1,{"a":2}]}"#,
+            r#"{"message":"no user"}"#,
+        ] {
+            let t = Talk::read(body.as_bytes()).expect(body);
+            let obj = object(body.as_bytes()).unwrap();
+            let f = Fields(&obj);
+            for (name, got) in [
+                ("user_id", &t.user_id),
+                ("username", &t.username),
+                ("message", &t.message),
+                ("room", &t.room),
+            ] {
+                assert_eq!(owned(got.clone()), f.opt(name).unwrap(), "{body} {name}");
+            }
+            assert_eq!(t.stream, f.opt_bool("stream").unwrap(), "{body}");
+        }
+        // Left to Fields (and its refusals): not an object, a number for user_id, a
+        // mistyped field, a duplicate, bad JSON, an empty body.
+        for body in [
+            r#"["u1","U","hi","The Garden"]"#,
+            r#"{"user_id":42,"message":"hi"}"#,
+            r#"{"user_id":"u1","stream":"yes"}"#,
+            r#"{"user_id":"u1","user_id":"u2"}"#,
+            r#"{"user_id":"u1""#,
+            "",
+        ] {
+            assert!(Talk::read(body.as_bytes()).is_none(), "{body}");
+        }
+        // The same refusals as Fields for what Talk reads.
+        let r = checked_name("user_id", None).unwrap_err();
+        assert_eq!(
+            (r.code, r.message.as_str()),
+            ("missing_field", "`user_id` is required")
+        );
+        let r = checked_text("message", Some("  ".into()), 10, "x").unwrap_err();
+        assert_eq!(r.code, "bad_field");
     }
 
     #[test]

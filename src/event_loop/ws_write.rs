@@ -9,8 +9,8 @@ impl Bridge {
     /// Hand the feeds' frames, closes and pings to their connections; each connection
     /// given something joins the write queue once (see [`Bridge::write_ws_slice`]).
     pub(super) fn queue_ws_out(&mut self) {
-        let batch = std::mem::take(&mut self.app.out.frames);
-        for out in batch {
+        let mut batch = std::mem::take(&mut self.app.out.frames);
+        for out in batch.drain(..) {
             match out {
                 WsOut::Broadcast(except, frame) => {
                     self.fanout.push(frame, except);
@@ -51,6 +51,12 @@ impl Bridge {
                     }
                 }
             }
+        }
+        // The emptied queue goes back with its capacity (unless a burst grew it past
+        // 4096): every say and chat queues a broadcast (see `Gateway::publish_event`),
+        // and a queue grown anew on every turn of the loop cost more than that.
+        if self.app.out.frames.is_empty() && batch.capacity() <= 4096 {
+            self.app.out.frames = batch;
         }
         if self.fanout.scan_due(self.ws_limits.max_queued_bytes) {
             self.scan_fanout();

@@ -147,11 +147,14 @@ impl World {
         let before = self.occupants.get(user_id).map(|o| o.room.clone());
         if before.as_deref() != Some(room) {
             if let Some(r) = before.and_then(|b| self.rooms.get_mut(&b)) {
-                r.occupants.retain(|u| u != user_id);
+                r.occupants.retain(|h| h.user_id != user_id);
             }
             if let Some(r) = self.rooms.get_mut(room) {
                 r.note_visitor(username);
-                r.occupants.push(user_id.to_string());
+                r.occupants.push(super::room::Here {
+                    user_id: user_id.to_string(),
+                    username: username.to_string(),
+                });
             }
         }
         let o = self
@@ -168,8 +171,11 @@ impl World {
             o.room = room.to_string();
             o.entered_ms = ts_ms;
         }
-        o.username = username.to_string();
         o.last_active_ms = o.last_active_ms.max(ts_ms);
+        if o.username != username {
+            o.username = username.to_string();
+            self.rename_in_room(user_id, username, room);
+        }
     }
 
     /// A logged `leave` of `room`: the user goes, unless they are elsewhere by now.
@@ -177,7 +183,7 @@ impl World {
         if self.occupants.get(user_id).is_some_and(|o| o.room == room) {
             self.occupants.remove(user_id);
             if let Some(r) = self.rooms.get_mut(room) {
-                r.occupants.retain(|u| u != user_id);
+                r.occupants.retain(|h| h.user_id != user_id);
             }
         }
     }

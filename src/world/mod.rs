@@ -17,7 +17,7 @@ pub mod time;
 
 use crate::agent::WorldContext;
 use crate::world::time::rfc3339;
-use room::{Event, EventKind, Relayed, Room, RoomSpec, WorldFile};
+use room::{Event, EventKind, Here, Relayed, Room, RoomSpec, WorldFile};
 use session::{SessionLimits, Sessions};
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -225,7 +225,7 @@ impl World {
         self.rooms.get(room).map_or_else(Vec::new, |r| {
             r.occupants
                 .iter()
-                .filter_map(|u| self.occupants.get(u))
+                .filter_map(|h| self.occupants.get(&h.user_id))
                 .collect()
         })
     }
@@ -249,15 +249,38 @@ impl World {
         now_ms: u64,
     ) -> Event {
         let origin = self.id.clone();
-        self.emit_from(&origin, kind, event, user, room, message, now_ms)
+        let ev = self.new_event(origin, kind, event, user, room, message, now_ms);
+        self.record(ev.clone());
+        ev
     }
 
-    /// Record a new event that happened in `origin` (this world, or a peer's event shown
-    /// here): local `seq`, the origin kept so it never federates again from here.
-    #[allow(clippy::too_many_arguments)]
-    fn emit_from(
+    /// A presence event (`enter`, `leave`) of `who` in `room`, given back only when
+    /// `give` says so: a new user's enter and an evicted session's leave happen on every
+    /// request of a stream of strangers, and most callers drop them.
+    fn presence(
         &mut self,
-        origin: &str,
+        event: &str,
+        who: (&str, &str),
+        room: &str,
+        now_ms: u64,
+        give: bool,
+    ) -> Option<Event> {
+        let origin = self.id.clone();
+        let ev = self.new_event(origin, EventKind::Presence, event, who, room, None, now_ms);
+        if !give {
+            self.record(ev);
+            return None;
+        }
+        self.record(ev.clone());
+        Some(ev)
+    }
+
+    /// A new event that happened in `origin` (this world, or a peer's event shown here),
+    /// with a local `seq`: the origin is kept so it never federates again from here.
+    #[allow(clippy::too_many_arguments)]
+    fn new_event(
+        &mut self,
+        origin: String,
         kind: EventKind,
         event: &str,
         user: (&str, &str),
@@ -272,7 +295,7 @@ impl World {
                 self.seq
             }
         };
-        let ev = Event {
+        Event {
             kind,
             event: event.to_string(),
             user_id: user.0.to_string(),
@@ -281,27 +304,47 @@ impl World {
             message: message.map(str::to_string),
             timestamp: rfc3339(now_ms),
             seq,
-            origin: origin.to_string(),
+            origin,
             ts_ms: now_ms,
-        };
+        }
+    }
+
+    /// Keep a new event in its room and the outbox.
+    fn record(&mut self, ev: Event) {
         if let Some(l) = &mut self.logged {
             // Into the rooms (and out to the transports) once the log has numbered it.
-            l.unsequenced.push(ev.clone());
-            return ev;
+            l.unsequenced.push(ev);
+            return;
         }
-        if let Some(r) = self.rooms.get_mut(room) {
+        if let Some(r) = self.rooms.get_mut(&ev.room) {
             r.push_event(ev.clone(), self.limits.events_max);
         }
         if self.track {
             self.changes.events.push(ev.clone());
         }
-        self.outbox.push(ev.clone());
-        ev
+        self.outbox.push(ev);
     }
 
     /// Put a user in `room` (a canonical name): `leave` from the old room then `enter`.
     /// Already there: no events, only the name and activity are refreshed.
     pub fn place(&mut self, user_id: &str, username: &str, room: &str, now_ms: u64) -> Vec<Event> {
+        self.seat(user_id, username, room, now_ms, true)
+    }
+
+    /// [`World::place`] for a caller that does not need the events back.
+    pub fn enter(&mut self, user_id: &str, username: &str, room: &str, now_ms: u64) {
+        self.seat(user_id, username, room, now_ms, false);
+    }
+
+    /// [`World::place`]; the events are returned only when `give` says so.
+    fn seat(
+        &mut self,
+        user_id: &str,
+        username: &str,
+        room: &str,
+        now_ms: u64,
+        give: bool,
+    ) -> Vec<Event> {
         let mut events = Vec::new();
         let previous = self.occupants.get(user_id).map(|o| o.room.clone());
         if previous.as_deref() == Some(room) {
@@ -317,30 +360,28 @@ impl World {
             // expiry); the stored row is refreshed with the next change of name or room.
             if renamed {
                 self.mark_presence(user_id);
+                self.rename_in_room(user_id, username, room);
             }
             return events;
         }
         self.mark_presence(user_id);
         if let Some(prev) = previous {
             if let Some(r) = self.rooms.get_mut(&prev) {
-                r.occupants.retain(|u| u != user_id);
+                r.occupants.retain(|h| h.user_id != user_id);
             }
-            events.push(self.emit(
-                EventKind::Presence,
-                "leave",
-                (user_id, username),
-                &prev,
-                None,
-                now_ms,
-            ));
+            let who = (user_id, username);
+            events.extend(self.presence("leave", who, &prev, now_ms, give));
         } else if self.occupants.len() >= self.limits.occupants_max {
             let lru = self
                 .occupants
                 .values()
                 .min_by_key(|o| (o.last_active_ms, o.entered_ms))
                 .map(|o| o.user_id.clone());
-            if let Some(gone) = lru.and_then(|u| self.remove(&u, now_ms)) {
-                events.push(gone);
+            if let Some(u) = lru {
+                match give {
+                    true => events.extend(self.remove(&u, now_ms)),
+                    false => _ = self.leave(&u, now_ms),
+                }
             }
         }
         self.occupants.insert(
@@ -362,34 +403,42 @@ impl World {
         }
         if let Some(r) = self.rooms.get_mut(room) {
             r.note_visitor(username);
-            r.occupants.push(user_id.to_string());
+            r.occupants.push(Here {
+                user_id: user_id.to_string(),
+                username: username.to_string(),
+            });
         }
-        events.push(self.emit(
-            EventKind::Presence,
-            "enter",
-            (user_id, username),
-            room,
-            None,
-            now_ms,
-        ));
+        let who = (user_id, username);
+        events.extend(self.presence("enter", who, room, now_ms, give));
         events
     }
 
     /// A user leaves the world (a game reports a disconnect, or presence expires).
     pub fn remove(&mut self, user_id: &str, now_ms: u64) -> Option<Event> {
+        let o = self.unseat(user_id)?;
+        let who = (o.user_id.as_str(), o.username.as_str());
+        self.presence("leave", who, &o.room, now_ms, true)
+    }
+
+    /// [`World::remove`] for a caller that does not need the event back: whether the
+    /// user was there.
+    pub fn leave(&mut self, user_id: &str, now_ms: u64) -> bool {
+        let Some(o) = self.unseat(user_id) else {
+            return false;
+        };
+        let who = (o.user_id.as_str(), o.username.as_str());
+        self.presence("leave", who, &o.room, now_ms, false);
+        true
+    }
+
+    /// Take a user out of the world and their room: their [`Occupant`], if there.
+    fn unseat(&mut self, user_id: &str) -> Option<Occupant> {
         let o = self.occupants.remove(user_id)?;
         self.mark_presence(user_id);
         if let Some(r) = self.rooms.get_mut(&o.room) {
-            r.occupants.retain(|u| u != user_id);
+            r.occupants.retain(|h| h.user_id != user_id);
         }
-        Some(self.emit(
-            EventKind::Presence,
-            "leave",
-            (&o.user_id, &o.username),
-            &o.room,
-            None,
-            now_ms,
-        ))
+        Some(o)
     }
 
     /// `POST /bridge/move`: to a known room only, and not to the room the user is in.
@@ -452,10 +501,20 @@ impl World {
         &'a self,
         room: &str,
         speaker: &'a str,
-    ) -> impl Iterator<Item = &'a Occupant> {
-        self.players(room)
-            .into_iter()
-            .filter(move |o| o.user_id != speaker)
+    ) -> impl Iterator<Item = &'a Here> {
+        (self.rooms.get(room).into_iter())
+            .flat_map(|r| r.occupants.iter())
+            .filter(move |h| h.user_id != speaker)
+    }
+
+    /// A present user's new name, in the room's list too (`room`: where they are).
+    fn rename_in_room(&mut self, user_id: &str, username: &str, room: &str) {
+        let here = (self.rooms.get_mut(room).into_iter())
+            .flat_map(|r| r.occupants.iter_mut())
+            .find(|h| h.user_id == user_id);
+        if let Some(h) = here {
+            h.username = username.to_string();
+        }
     }
 
     /// The agent speaks aloud in a room (its replies seen by others, barks).
@@ -491,15 +550,17 @@ impl World {
     /// `origin` is the remote world. `None` when the room is gone.
     pub fn show_remote(&mut self, shown: &Relayed, now_ms: u64) -> Option<Event> {
         let room = self.resolve(&shown.room)?.to_string();
-        Some(self.emit_from(
-            &shown.origin,
+        let ev = self.new_event(
+            shown.origin.clone(),
             shown.kind,
             &shown.event,
             (&shown.user_id, &shown.username),
             &room,
             shown.message.as_deref(),
             now_ms,
-        ))
+        );
+        self.record(ev.clone());
+        Some(ev)
     }
 
     /// Everyone present in this world (in no particular order): the characters its
@@ -539,8 +600,7 @@ impl World {
                 r.occupants
                     .iter()
                     .take(PRESENT_MAX)
-                    .filter_map(|u| self.occupants.get(u))
-                    .map(|o| o.username.clone())
+                    .map(|h| h.username.clone())
                     .collect()
             })
             .unwrap_or_default();
@@ -603,16 +663,22 @@ impl World {
 
 /// An event as one short line for the agent's context.
 pub fn describe_event(e: &Event) -> String {
+    // Every event of a room is described as it happens: joined by hand, not `format!`.
+    let join = |a: &str, b: &str, c: &str| {
+        let mut line = String::with_capacity(a.len() + b.len() + c.len());
+        line.push_str(a);
+        line.push_str(b);
+        line.push_str(c);
+        line
+    };
     match (e.kind, e.event.as_str()) {
-        (EventKind::Presence, "enter") => format!("{} entered", e.username),
-        (EventKind::Presence, "leave") => format!("{} left", e.username),
-        (EventKind::Say, _) | (EventKind::Bark, _) => format!(
-            "{} said: {}",
-            e.username,
-            e.message.as_deref().unwrap_or("")
-        ),
+        (EventKind::Presence, "enter") => join(&e.username, " entered", ""),
+        (EventKind::Presence, "leave") => join(&e.username, " left", ""),
+        (EventKind::Say, _) | (EventKind::Bark, _) => {
+            join(&e.username, " said: ", e.message.as_deref().unwrap_or(""))
+        }
         _ => match &e.message {
-            Some(m) => format!("{}: {m}", e.event),
+            Some(m) => join(&e.event, ": ", m),
             None => e.event.clone(),
         },
     }

@@ -25,15 +25,20 @@ impl RateLimit {
 
     /// Count one request. `Err(seconds)` = over the limit; retry after that many seconds.
     pub fn check(&mut self, user: &str, now_ms: u64) -> Result<(), u64> {
-        let tat = self.tat.get(user).copied().unwrap_or(now_ms).max(now_ms);
-        let next = tat + self.interval_ms;
-        if next - now_ms > self.window_ms {
-            let wait_ms = next - now_ms - self.window_ms;
-            return Err(wait_ms.div_ceil(1000).max(1));
-        }
+        // One look-up for a known user, two for a new one (every request of a stream of
+        // strangers is a new one).
+        let (interval_ms, window_ms) = (self.interval_ms, self.window_ms);
+        let next_after = |tat: u64| {
+            let next = tat.max(now_ms) + interval_ms;
+            match next - now_ms > window_ms {
+                true => Err((next - now_ms - window_ms).div_ceil(1000).max(1)),
+                false => Ok(next),
+            }
+        };
         match self.tat.get_mut(user) {
-            Some(t) => *t = next,
+            Some(t) => *t = next_after(*t)?,
             None => {
+                let next = next_after(now_ms)?;
                 self.tat.insert(user.to_string(), next);
             }
         }

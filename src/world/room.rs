@@ -115,6 +115,15 @@ impl WorldFile {
     }
 }
 
+/// Someone present in a room: their user id, and their display name kept beside it (the
+/// same as their [`crate::world::Occupant`]'s), so the people of a room are listed
+/// without a look-up each: every say lists them, every chat's context names them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Here {
+    pub user_id: String,
+    pub username: String,
+}
+
 /// How many distinct visitor names a room remembers.
 pub const VISITOR_HISTORY_MAX: usize = 100;
 
@@ -125,8 +134,8 @@ pub struct Room {
     /// Display names of everyone who has entered, oldest first, without repeats.
     pub visitor_history: VecDeque<String>,
     pub events: VecDeque<Event>,
-    /// User ids of the people here now, in the order they entered.
-    pub occupants: Vec<String>,
+    /// The people here now, in the order they entered.
+    pub occupants: Vec<Here>,
     /// `events` as one short line each ("Alice said: hi"), kept alongside so the agent's
     /// context does not format them on every call.
     pub event_lines: VecDeque<String>,

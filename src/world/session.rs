@@ -124,17 +124,17 @@ impl Sessions {
         if !self.map.contains_key(user_id) && self.map.len() >= self.limits.max.max(1) {
             // Sessions without a conversation (people who only said or moved) go first,
             // so a crowd of passers-by does not cost a chatter their history.
-            let victim = self
-                .map
-                .values()
-                .filter(|s| !keep(&s.user_id))
-                .min_by_key(|s| (s.messages > 0, s.last_active_ms, s.activity))
-                .or_else(|| {
-                    self.map
-                        .values()
-                        .min_by_key(|s| (s.messages > 0, s.last_active_ms, s.activity))
-                })
-                .map(|s| s.user_id.clone());
+            let order = |s: &&Session| (s.messages > 0, s.last_active_ms, s.activity);
+            // The first in that order, unless it is kept (asking `keep` of every session
+            // costs a look-up each, on every new user once the sessions are full).
+            let first = self.map.values().min_by_key(order);
+            let victim = match first {
+                Some(s) if keep(&s.user_id) => (self.map.values().filter(|s| !keep(&s.user_id)))
+                    .min_by_key(order)
+                    .or(first),
+                other => other,
+            }
+            .map(|s| s.user_id.clone());
             if let Some(v) = victim {
                 self.map.remove(&v);
                 self.mark(&v);
@@ -155,8 +155,12 @@ impl Sessions {
                 activity: 0,
                 crisis: false,
             });
-        s.username = username.to_string();
-        s.room = room.to_string();
+        if s.username != username {
+            s.username = username.to_string();
+        }
+        if s.room != room {
+            s.room = room.to_string();
+        }
         s.last_active_ms = now_ms;
         self.clock += 1;
         s.activity = self.clock;

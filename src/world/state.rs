@@ -142,15 +142,20 @@ impl World {
         }
         for o in snap.presence {
             if let Some(r) = self.rooms.get_mut(&o.room) {
-                r.occupants.push(o.user_id.clone());
+                r.occupants.push(super::room::Here {
+                    user_id: o.user_id.clone(),
+                    username: o.username.clone(),
+                });
                 self.occupants.insert(o.user_id.clone(), o);
             }
         }
         // Occupants in the order they entered, as `players` lists them.
         for r in self.rooms.values_mut() {
             let occ = &self.occupants;
-            r.occupants
-                .sort_by_key(|u| occ.get(u).map(|o| (o.entered_ms, o.user_id.clone())));
+            r.occupants.sort_by_key(|h| {
+                occ.get(&h.user_id)
+                    .map(|o| (o.entered_ms, o.user_id.clone()))
+            });
         }
         for s in snap.sessions {
             self.sessions.restore(s);

@@ -47,6 +47,33 @@ fn say_reaches_others_never_the_speaker_and_places_the_speaker() {
 }
 
 #[test]
+fn a_new_name_is_what_the_room_lists_to_a_say_and_to_the_agent() {
+    let mut w = world();
+    w.place("bob", "Bob", "The Threshold", 1);
+    w.place("alice", "Alice", "The Threshold", 1);
+    // Bob renames himself where he is, then Alice renames herself by moving.
+    w.say("bob", "Robert", "The Threshold", "call me Robert", 2)
+        .unwrap();
+    w.move_user("alice", Some("Ally"), "The Garden", 3).unwrap();
+    w.move_user("alice", None, "The Threshold", 4).unwrap();
+    let heard: Vec<(&str, &str)> = w
+        .recipients("The Threshold", "alice")
+        .map(|h| (h.user_id.as_str(), h.username.as_str()))
+        .collect();
+    assert_eq!(heard, [("bob", "Robert")]);
+    let names: Vec<&str> = w
+        .players("The Threshold")
+        .iter()
+        .map(|o| o.username.as_str())
+        .collect();
+    assert_eq!(names, ["Robert", "Ally"]);
+    assert_eq!(
+        w.context("alice", "The Threshold", 5).present,
+        ["Robert", "Ally"]
+    );
+}
+
+#[test]
 fn move_emits_leave_then_enter_and_refuses_same_and_unknown_rooms() {
     let mut w = world();
     w.place("alice", "Alice", "The Threshold", 1);

@@ -43,13 +43,31 @@ pub fn rfc3339(ms: u64) -> String {
     let secs = (ms / 1000) as i64;
     let (y, mo, d) = civil_from_days(secs.div_euclid(86_400));
     let sod = secs.rem_euclid(86_400);
-    format!(
-        "{y:04}-{mo:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
-        sod / 3600,
-        sod / 60 % 60,
-        sod % 60,
-        ms % 1000
-    )
+    let (h, mi, s) = (sod / 3600, sod / 60 % 60, sod % 60);
+    if !(0..=9999).contains(&y) {
+        return format!(
+            "{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}.{:03}Z",
+            ms % 1000
+        );
+    }
+    // Every event is stamped: digits by hand, without `fmt`'s machinery.
+    let mut out = String::with_capacity(24);
+    let fields = [
+        (y as u64, 4, '-'),
+        (u64::from(mo), 2, '-'),
+        (u64::from(d), 2, 'T'),
+        (h as u64, 2, ':'),
+        (mi as u64, 2, ':'),
+        (s as u64, 2, '.'),
+        (ms % 1000, 3, 'Z'),
+    ];
+    for (n, width, after) in fields {
+        for p in (0..width).rev() {
+            out.push(char::from(b'0' + (n / 10u64.pow(p) % 10) as u8));
+        }
+        out.push(after);
+    }
+    out
 }
 
 /// Parse an RFC 3339 timestamp into epoch milliseconds. Accepts the seed's offset-less
@@ -125,6 +143,30 @@ mod tests {
         // 2026-04-12T20:15:00Z, the seed's example.
         assert_eq!(rfc3339(1_776_024_900_000), "2026-04-12T20:15:00.000Z");
         assert_eq!(rfc3339(951_782_400_123), "2000-02-29T00:00:00.123Z");
+        // Past year 9999 the year has more digits, as `fmt` writes it.
+        assert_eq!(rfc3339(253_402_300_800_001), "10000-01-01T00:00:00.001Z");
+        assert_eq!(rfc3339(253_402_300_799_999), "9999-12-31T23:59:59.999Z");
+    }
+
+    #[test]
+    fn hand_written_digits_match_fmt() {
+        let by_fmt = |ms: u64| {
+            let secs = (ms / 1000) as i64;
+            let (y, mo, d) = civil_from_days(secs.div_euclid(86_400));
+            let sod = secs.rem_euclid(86_400);
+            format!(
+                "{y:04}-{mo:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
+                sod / 3600,
+                sod / 60 % 60,
+                sod % 60,
+                ms % 1000
+            )
+        };
+        let mut ms = 7u64;
+        while ms < 300_000_000_000_000 {
+            assert_eq!(rfc3339(ms), by_fmt(ms));
+            ms = ms * 3 + 12_345;
+        }
     }
 
     #[test]

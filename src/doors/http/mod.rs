@@ -11,12 +11,12 @@ use crate::app::outcome::{ChatReply, Outcome, Refusal, Reply};
 use crate::app::reports;
 use crate::app::stream::Part;
 use crate::app::{Answer, App, CallInput};
-use crate::codec::http::{percent_decode, Method, Request, Response};
+use crate::codec::http::{percent_decode, push_json_str, Method, Request, Response};
 use crate::codec::ws_handshake;
 use crate::conn::http::Handled;
 use crate::conn::ConnId;
 use crate::conn::Feed;
-use crate::doors::fields::{self, constant_time_eq, Fields};
+use crate::doors::fields::{self, checked_name, constant_time_eq, owned, Fields, Talk};
 use crate::federation::wire::{Cursor, Delta, TravelMsg};
 use crate::world::protocol::GameCommand;
 use crate::world::room::Event;
@@ -553,8 +553,13 @@ fn world_error(e: WorldError) -> Refusal {
 
 /// The `message` field: not blank, within `rooms.message_max_bytes`.
 pub fn message(app: &App, f: &Fields) -> Result<String, Refusal> {
+    checked_message(app, f.opt("message")?)
+}
+
+/// [`message`]'s checks on the field's value (`None`: absent or null).
+fn checked_message(app: &App, v: Option<String>) -> Result<String, Refusal> {
     let max = app.cfg.rooms.message_max_bytes;
-    f.text("message", max, "rooms.message_max_bytes")
+    fields::checked_text("message", v, max, "rooms.message_max_bytes")
 }
 
 /// Count one request of `user` against the rate limit.
@@ -669,12 +674,25 @@ fn trust(app: &mut App, req: &Request, now: u64) -> Result<Response, Response> {
 }
 
 fn say(app: &mut App, req: &Request, peer: IpAddr, now: u64) -> Result<Response, Response> {
-    let obj = fields::object(&req.body)?;
-    let f = Fields(&obj);
-    let user_id = f.name("user_id")?;
-    let message = message(app, &f)?;
-    let room = f.name("room")?;
-    let username = f.opt("username")?.unwrap_or_else(|| user_id.clone());
+    let (user_id, message, room, username) = match Talk::read(&req.body) {
+        Some(t) => (
+            checked_name("user_id", owned(t.user_id))?,
+            checked_message(app, owned(t.message))?,
+            checked_name("room", owned(t.room))?,
+            owned(t.username),
+        ),
+        None => {
+            let obj = fields::object(&req.body)?;
+            let f = Fields(&obj);
+            (
+                f.name("user_id")?,
+                message(app, &f)?,
+                f.name("room")?,
+                f.opt("username")?,
+            )
+        }
+    };
+    let username = username.unwrap_or_else(|| user_id.clone());
     rate_limit(app, &user_id, now)?;
     app.limit_room_creation(peer, &room, now)?;
     let said = app
@@ -683,34 +701,49 @@ fn say(app: &mut App, req: &Request, peer: IpAddr, now: u64) -> Result<Response,
         .map_err(world_error)?;
     // Present through HTTP: the session bounds it (sessions.max), and its end is a leave.
     app.touch_session(&user_id, &username, &said.event.room, now);
-    // Borrowed all the way: a crowded room's recipient list is the bulk of this answer.
-    #[derive(Serialize)]
-    struct Recipient<'a> {
-        user_id: &'a str,
-        username: &'a str,
+    // Written by hand, straight from the room: a crowded room's recipient list is the
+    // bulk of this answer, and every say writes one. The bytes are serde_json's.
+    let room = &said.event.room;
+    // Its size, closely: a buffer much larger than the answer costs a slower allocation.
+    let ev = &said.event;
+    let event_len = [
+        &ev.event,
+        &ev.user_id,
+        &ev.username,
+        &ev.room,
+        &ev.timestamp,
+    ]
+    .iter()
+    .map(|s| s.len())
+    .sum::<usize>()
+        + ev.message.as_ref().map_or(0, |m| m.len() + 12)
+        + ev.origin.len();
+    let recipients_len: usize = (app.world.recipients(room, &user_id))
+        .map(|h| 29 + h.user_id.len() + h.username.len())
+        .sum();
+    let mut body = Vec::with_capacity(160 + event_len + recipients_len);
+    body.extend_from_slice(b"{\"ok\":true,\"event\":");
+    if let Err(e) = serde_json::to_writer(&mut body, &said.event) {
+        log::error!("a say's event failed to serialize: {e}");
+        return Err(Response::error(
+            500,
+            "internal_error",
+            "the response could not be encoded",
+        ));
     }
-    #[derive(Serialize)]
-    struct SayAnswer<'a> {
-        ok: bool,
-        event: &'a Event,
-        recipients: Vec<Recipient<'a>>,
+    body.extend_from_slice(b",\"recipients\":[");
+    for (i, o) in app.world.recipients(room, &user_id).enumerate() {
+        if i > 0 {
+            body.push(b',');
+        }
+        body.extend_from_slice(b"{\"user_id\":");
+        push_json_str(&mut body, &o.user_id);
+        body.extend_from_slice(b",\"username\":");
+        push_json_str(&mut body, &o.username);
+        body.push(b'}');
     }
-    let recipients = app
-        .world
-        .recipients(&said.event.room, &user_id)
-        .map(|o| Recipient {
-            user_id: &o.user_id,
-            username: &o.username,
-        })
-        .collect();
-    Ok(Response::json(
-        200,
-        &SayAnswer {
-            ok: true,
-            event: &said.event,
-            recipients,
-        },
-    ))
+    body.extend_from_slice(b"]}");
+    Ok(Response::new(200, "application/json", body))
 }
 
 fn move_user(app: &mut App, req: &Request, now: u64) -> Result<Response, Response> {
@@ -790,14 +823,26 @@ fn call(
     route: &str,
     now: u64,
 ) -> Result<(Answer, bool), Response> {
+    // An explicit `stream` in the body wins over `Accept: text/event-stream`.
+    let streamed = |asked: Option<bool>| match asked {
+        Some(b) => b,
+        None => (req.header("accept")).is_some_and(|a| a.contains("text/event-stream")),
+    };
+    // A chat's body, read straight into its fields when it can be (see `Talk`).
+    let talk = (route == "/bridge/chat").then(|| Talk::read(&req.body));
+    if let Some(t) = talk.flatten() {
+        let stream = streamed(t.stream);
+        let user_id = checked_name("user_id", owned(t.user_id))?;
+        let message = checked_message(app, owned(t.message))?;
+        let found = (user_id, owned(t.username), owned(t.room));
+        let input = chat_input(app, peer, found, message, now)?;
+        let input = CallInput { stream, ..input };
+        let answer = app.begin_call(input, ReplyTo::Http(id), now, Instant::now());
+        return Ok((answer, stream));
+    }
     let obj = fields::object(&req.body)?;
     let f = Fields(&obj);
-    // An explicit `stream` in the body wins over `Accept: text/event-stream`.
-    let stream = route == "/bridge/chat"
-        && match f.opt_bool("stream")? {
-            Some(b) => b,
-            None => (req.header("accept")).is_some_and(|a| a.contains("text/event-stream")),
-        };
+    let stream = route == "/bridge/chat" && streamed(f.opt_bool("stream")?);
     let input = if route == "/api/v1/generate" {
         let prompt = f.text("prompt", usize::MAX, "")?;
         let room = app
@@ -921,7 +966,10 @@ pub fn render(reply: Reply) -> Response {
         Err(r) => return r.into(),
     };
     match outcome {
-        Outcome::Chat(c) => Response::json(200, &chat_json(&c)),
+        Outcome::Chat(c) => {
+            let size = 128 + c.text.len() + c.user.len() + c.room.len();
+            Response::json_sized(200, &chat_json(&c), size)
+        }
         Outcome::Generate { text } => Response::json(200, &json!({"results": [{"text": text}]})),
         Outcome::Acted {
             world,
@@ -969,14 +1017,25 @@ pub fn render(reply: Reply) -> Response {
 }
 
 /// The seed's chat answer.
-fn chat_json(c: &ChatReply) -> Value {
-    json!({
-        "response": c.text,
-        "user": c.user,
-        "room": c.room,
-        "session_messages": c.session_messages,
-        "crisis": c.crisis,
-    })
+/// A chat's answer `{response, user, room, session_messages, crisis}`, written straight
+/// from the reply (no JSON tree on the way: every chat passes here).
+#[derive(Serialize)]
+struct ChatAnswer<'a> {
+    response: &'a str,
+    user: &'a str,
+    room: &'a str,
+    session_messages: u64,
+    crisis: bool,
+}
+
+fn chat_json(c: &ChatReply) -> ChatAnswer<'_> {
+    ChatAnswer {
+        response: &c.text,
+        user: &c.user,
+        room: &c.room,
+        session_messages: c.session_messages,
+        crisis: c.crisis,
+    }
 }
 
 /// The head of an event stream (`200`, `text/event-stream`, never cached).
@@ -1027,7 +1086,10 @@ pub fn render_end(shape: &Shape, reply: Reply) -> Vec<u8> {
     match shape {
         Shape::OpenAi(c, _) => openai::render_end(c, reply),
         Shape::Events => match reply {
-            Ok(Outcome::Chat(c)) => sse("done", chat_json(&c).to_string().as_bytes()),
+            Ok(Outcome::Chat(c)) => sse(
+                "done",
+                &serde_json::to_vec(&chat_json(&c)).unwrap_or_default(),
+            ),
             other => {
                 let resp = render(other);
                 let event = if resp.status < 400 { "done" } else { "error" };

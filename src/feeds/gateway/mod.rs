@@ -174,11 +174,156 @@ impl Client {
 struct Entry {
     seq: u64,
     ts_ms: u64,
-    /// The agent that sent it (the bridge's own id for its publications).
-    from: String,
-    /// `target_id`, for directed messages.
-    target: Option<String>,
-    frame: Frame,
+    kept: Kept,
+}
+
+/// What a history entry holds: the frame, or the world event it is written from.
+#[derive(Debug)]
+enum Kept {
+    Frame {
+        /// The agent that sent it (the bridge's own id for its publications).
+        from: String,
+        /// `target_id`, for directed messages.
+        target: Option<String>,
+        frame: Frame,
+    },
+    /// A world event published while no client was registered (and outside cluster
+    /// mode, with no store keeping the history): nobody reads its frame unless a client
+    /// resumes, so it is written then ([`event_frame`]), byte for byte the frame it
+    /// would have had. Every say, move and chat makes such events.
+    Event(PackedEvent),
+}
+
+/// A world event's text in one allocation: the history holds a thousand of them, and
+/// freeing one long-lived block is much cheaper than freeing seven.
+#[derive(Debug)]
+struct PackedEvent {
+    kind: EventKind,
+    seq: u64,
+    /// `event`, `user_id`, `username`, `room`, `message`, `timestamp`, `origin`, one
+    /// after the other; `ends[i]` is where the i-th ends.
+    text: Box<str>,
+    ends: [usize; 7],
+    has_message: bool,
+}
+
+impl PackedEvent {
+    fn pack(ev: &Event) -> PackedEvent {
+        let parts = [
+            ev.event.as_str(),
+            &ev.user_id,
+            &ev.username,
+            &ev.room,
+            ev.message.as_deref().unwrap_or_default(),
+            &ev.timestamp,
+            &ev.origin,
+        ];
+        let mut text = String::with_capacity(parts.iter().map(|p| p.len()).sum());
+        let mut ends = [0; 7];
+        for (end, part) in ends.iter_mut().zip(parts) {
+            text.push_str(part);
+            *end = text.len();
+        }
+        PackedEvent {
+            kind: ev.kind,
+            seq: ev.seq,
+            text: text.into_boxed_str(),
+            ends,
+            has_message: ev.message.is_some(),
+        }
+    }
+
+    fn part(&self, i: usize) -> String {
+        let start = if i == 0 { 0 } else { self.ends[i - 1] };
+        self.text[start..self.ends[i]].to_string()
+    }
+
+    fn unpack(&self) -> Event {
+        Event {
+            kind: self.kind,
+            event: self.part(0),
+            user_id: self.part(1),
+            username: self.part(2),
+            room: self.part(3),
+            message: self.has_message.then(|| self.part(4)),
+            timestamp: self.part(5),
+            seq: self.seq,
+            origin: self.part(6),
+            // Not part of a frame.
+            ts_ms: 0,
+        }
+    }
+}
+
+/// The gateway frame of a world event: its fields under their own `type`, the world's
+/// sequence number as `event_seq`, the hub's as `gateway_seq`.
+fn event_frame(ev: &Event, gateway_seq: u64, epoch: Option<&str>, from: &str) -> Option<Frame> {
+    // Written straight from the event (no JSON tree on the way): every world event
+    // passes here, so this is on the path of every say, move and chat.
+    #[derive(serde::Serialize)]
+    struct Published<'a> {
+        #[serde(rename = "type")]
+        kind: EventKind,
+        event: &'a str,
+        user_id: &'a str,
+        username: &'a str,
+        room: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        message: Option<&'a str>,
+        timestamp: &'a str,
+        origin: &'a str,
+        event_seq: u64,
+        gateway_seq: u64,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        epoch: Option<&'a str>,
+        from: &'a str,
+    }
+    let mut text = Vec::with_capacity(256);
+    serde_json::to_writer(
+        &mut text,
+        &Published {
+            kind: ev.kind,
+            event: &ev.event,
+            user_id: &ev.user_id,
+            username: &ev.username,
+            room: &ev.room,
+            message: ev.message.as_deref(),
+            timestamp: &ev.timestamp,
+            origin: &ev.origin,
+            event_seq: ev.seq,
+            gateway_seq,
+            epoch,
+            from,
+        },
+    )
+    .ok()?;
+    // serde_json writes UTF-8 only.
+    String::from_utf8(text).ok().map(Frame::from)
+}
+
+impl Entry {
+    /// Who sent it (`me`: the bridge's own agent id).
+    fn from<'a>(&'a self, me: &'a str) -> &'a str {
+        match &self.kept {
+            Kept::Frame { from, .. } => from,
+            Kept::Event(_) => me,
+        }
+    }
+
+    fn target(&self) -> Option<&str> {
+        match &self.kept {
+            Kept::Frame { target, .. } => target.as_deref(),
+            Kept::Event(_) => None,
+        }
+    }
+
+    /// Its frame (an event's is written now).
+    fn frame(&self, me: &str) -> Option<Frame> {
+        match &self.kept {
+            Kept::Frame { frame, .. } => Some(frame.clone()),
+            Kept::Event(ev) => event_frame(&ev.unpack(), self.seq, None, me),
+        }
+    }
 }
 
 /// A history frame as the store keeps it (so a client can resume across a restart).
@@ -322,9 +467,11 @@ impl Gateway {
             self.history.push_back(Entry {
                 seq: f.seq,
                 ts_ms: f.ts_ms,
-                from: f.from,
-                target: f.target,
-                frame: Frame::from(f.frame),
+                kept: Kept::Frame {
+                    from: f.from,
+                    target: f.target,
+                    frame: Frame::from(f.frame),
+                },
             });
         }
         self.trim_history(now_ms);
@@ -638,51 +785,26 @@ impl Gateway {
             m.insert("timestamp".into(), rfc3339(now_ms).into());
             return self.publish(m, None, now_ms, out);
         }
-        // Written straight from the event (no JSON tree on the way): every world event
-        // passes here, so this is on the path of every say, move and chat.
-        #[derive(serde::Serialize)]
-        struct Published<'a> {
-            #[serde(rename = "type")]
-            kind: EventKind,
-            event: &'a str,
-            user_id: &'a str,
-            username: &'a str,
-            room: &'a str,
-            #[serde(skip_serializing_if = "Option::is_none")]
-            message: Option<&'a str>,
-            timestamp: &'a str,
-            origin: &'a str,
-            event_seq: u64,
-            gateway_seq: u64,
-            #[serde(skip_serializing_if = "Option::is_none")]
-            epoch: Option<&'a str>,
-            from: &'a str,
-        }
         // Cluster mode: the event's number in the log is its frame's number too.
         match &self.logged {
             Some(_) => self.seq = self.seq.max(ev.seq),
             None => self.seq += 1,
         }
+        if self.agents.is_empty() && self.logged.is_none() && !self.track {
+            // Nobody to send it to and no store to write it: keep the event, and write
+            // its frame only if a client resumes from before it. The broadcast still
+            // takes its place in the loop's log (an empty frame nobody reads: with no
+            // registered client there is no member to read it, and a client that joins
+            // starts after it), so positions and the `broadcast_log` gauge are as before.
+            self.keep(Kept::Event(PackedEvent::pack(ev)), now_ms);
+            return self.broadcast(None, Frame::default(), out);
+        }
         let epoch = self.logged.as_ref().and_then(|l| l.epoch.as_deref());
-        let frame = serde_json::to_string(&Published {
-            kind: ev.kind,
-            event: &ev.event,
-            user_id: &ev.user_id,
-            username: &ev.username,
-            room: &ev.room,
-            message: ev.message.as_deref(),
-            timestamp: &ev.timestamp,
-            origin: &ev.origin,
-            event_seq: ev.seq,
-            gateway_seq: self.seq,
-            epoch,
-            from: &self.limits.agent_id,
-        });
-        let Ok(frame) = frame else {
+        let Some(frame) = event_frame(ev, self.seq, epoch, &self.limits.agent_id) else {
             return;
         };
         let me = self.limits.agent_id.clone();
-        self.send_published(&me, None, Frame::from(frame), now_ms, out);
+        self.send_published(&me, None, frame, now_ms, out);
     }
 
     /// Publish a message from the bridge itself: to `to` only, or to every registered
@@ -988,9 +1110,9 @@ impl Gateway {
         let missed: Vec<Frame> = self
             .history
             .iter()
-            .filter(|e| e.seq > since && e.from != agent)
-            .filter(|e| e.target.as_deref().is_none_or(|t| t == agent))
-            .map(|e| e.frame.clone())
+            .filter(|e| e.seq > since && e.from(&self.limits.agent_id) != agent)
+            .filter(|e| e.target().is_none_or(|t| t == agent))
+            .filter_map(|e| e.frame(&self.limits.agent_id))
             .collect();
         for f in missed {
             self.deliver(conn, f, out);
@@ -1033,9 +1155,6 @@ impl Gateway {
         if self.limits.history_max == 0 {
             return;
         }
-        while self.history.len() >= self.limits.history_max {
-            self.history.pop_front();
-        }
         if self.track {
             self.unsaved.push(StoredFrame {
                 seq: self.seq,
@@ -1045,12 +1164,29 @@ impl Gateway {
                 frame: frame.as_str().to_string(),
             });
         }
+        let from = from.to_string();
+        self.keep(
+            Kept::Frame {
+                from,
+                target,
+                frame,
+            },
+            now_ms,
+        );
+    }
+
+    /// Keep an entry numbered `self.seq` in the bounded history.
+    fn keep(&mut self, kept: Kept, now_ms: u64) {
+        if self.limits.history_max == 0 {
+            return;
+        }
+        while self.history.len() >= self.limits.history_max {
+            self.history.pop_front();
+        }
         self.history.push_back(Entry {
             seq: self.seq,
             ts_ms: now_ms,
-            from: from.to_string(),
-            target,
-            frame,
+            kept,
         });
         self.trim_history(now_ms);
     }
@@ -1824,6 +1960,75 @@ mod tests {
         let msg = json!({"type": "agent_register", "agentId": "y", "since": small.seq()});
         small.on_text(id(6), &text(&msg.to_string()), 43, &mut out);
         assert_eq!(to(&g, &out, id(6)).len(), 1, "only the ack");
+    }
+
+    #[test]
+    fn events_published_to_nobody_are_replayed_as_the_frames_a_client_would_have_had() {
+        // `live` has a client registered; `empty` has none, so it keeps the events and
+        // writes their frames only when a client resumes.
+        let (mut live, mut empty) = (hub(), hub());
+        register(&mut live, id(0), "watcher", "agent");
+        let mut broadcast = Vec::new();
+        for (i, message) in [Some("hi \"there\"\n"), None, Some("Ü")].iter().enumerate() {
+            let ev = Event {
+                kind: match message {
+                    Some(_) => EventKind::Say,
+                    None => EventKind::Presence,
+                },
+                event: message.map_or("leave", |_| "message").into(),
+                user_id: format!("u{i}"),
+                username: "Una".into(),
+                room: "The Garden".into(),
+                message: message.map(str::to_string),
+                timestamp: rfc3339(20 + i as u64),
+                seq: 7 + i as u64,
+                origin: "local".into(),
+                ts_ms: 20,
+            };
+            let mut out = Vec::new();
+            live.publish_event(&ev, 20, &mut out);
+            match out.as_slice() {
+                [Output::Broadcast { frame, .. }] => broadcast.push(frame.as_str().to_string()),
+                other => panic!("{other:?}"),
+            }
+            let mut out = Vec::new();
+            empty.publish_event(&ev, 20, &mut out);
+            match out.as_slice() {
+                [Output::Broadcast {
+                    except: None,
+                    frame,
+                }] => assert!(frame.is_empty()),
+                other => panic!("nobody to send it to, nothing written: {other:?}"),
+            }
+        }
+        empty.connect(id(1), Some(0), 30);
+        let mut out = Vec::new();
+        let reg = r#"{"type":"agent_register","agentId":"watcher"}"#;
+        empty.on_text(id(1), &text(reg), 30, &mut out);
+        let replayed: Vec<String> = (out.iter())
+            .filter_map(|o| match o {
+                Output::Send(c, f) if *c == id(1) => Some(f.as_str().to_string()),
+                _ => None,
+            })
+            .skip(1)
+            .collect();
+        // Byte for byte the live frames, but for their numbers: the live hub's first
+        // number went to its client's agent_joined.
+        let want: Vec<String> = (broadcast.iter().enumerate())
+            .map(|(i, f)| {
+                let (live_seq, seq) = (i + 2, i + 1);
+                f.replace(
+                    &format!("\"gateway_seq\":{live_seq},"),
+                    &format!("\"gateway_seq\":{seq},"),
+                )
+            })
+            .collect();
+        assert_eq!(replayed, want);
+        assert!(
+            want[0].contains(r#""message":"hi \"there\"\n""#),
+            "{}",
+            want[0]
+        );
     }
 
     #[test]
