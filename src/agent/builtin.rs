@@ -59,10 +59,58 @@ enum Intent {
 
 const LED: &str = "The green LED pulses.";
 
+/// What the persona makes of a message before it answers: its words, what it asks, and
+/// whether the answer opens with a greeting.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    words: String,
+    intent: Intent,
+    greeted: bool,
+}
+
+/// Read `message` (`first`: the user has no earlier exchange).
+pub fn plan(message: &str, first: bool) -> Plan {
+    let words = normalize(message);
+    let intent = classify(&words);
+    let greeted = first || is_greeting(&words);
+    Plan {
+        words,
+        intent,
+        greeted,
+    }
+}
+
+/// How much of the world around the user an answer reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reads {
+    /// The room's name only (a greeting with nothing asked: a newcomer's first words).
+    Room,
+    /// The room, its description and exits (what the user sees), not who is there or
+    /// what happened.
+    Look,
+    /// Everything the context holds.
+    All,
+}
+
+impl Plan {
+    /// What the answer reads of the world, so the hub builds no more context than that.
+    pub fn reads(&self) -> Reads {
+        match self.intent {
+            Intent::Other if self.greeted => Reads::Room,
+            Intent::Look => Reads::Look,
+            _ => Reads::All,
+        }
+    }
+}
+
 /// The whole reply to one request.
 pub fn reply(req: &AgentRequest) -> String {
-    let words = normalize(&req.message);
-    let intent = classify(&words);
+    reply_planned(req, &plan(&req.message, req.history.is_empty()))
+}
+
+/// [`reply`], with the message already read.
+pub fn reply_planned(req: &AgentRequest, plan: &Plan) -> String {
+    let (words, intent, greeted) = (&plan.words, plan.intent, plan.greeted);
     let user = if req.username.trim().is_empty() {
         "friend"
     } else {
@@ -74,7 +122,6 @@ pub fn reply(req: &AgentRequest) -> String {
              We can take this one breath at a time, together.\""
         );
     }
-    let greeted = req.history.is_empty() || is_greeting(&words);
     let body = match intent {
         Intent::Other if greeted => return greeting(req, user),
         Intent::Help => help(req),
@@ -82,7 +129,7 @@ pub fn reply(req: &AgentRequest) -> String {
         Intent::WhoIsHere => who_is_here(req),
         Intent::Look => look(req),
         Intent::News => news(req),
-        _ => other(req, user, &words),
+        _ => other(req, user, words),
     };
     if greeted {
         // Every body is one quoted line: open the same quote with the greeting.
@@ -430,6 +477,43 @@ mod tests {
             r.contains("\"Hello, Alice. Bob and Carol are here with us.\""),
             "{r}"
         );
+    }
+
+    #[test]
+    fn a_plan_says_how_much_of_the_world_the_answer_reads() {
+        for (message, first, reads) in [
+            ("hello there", true, Reads::Room),
+            ("hi!", false, Reads::Room),
+            ("I made it", true, Reads::Room),
+            ("I made it", false, Reads::All),
+            ("hello, what do you see?", true, Reads::Look),
+            ("look around", false, Reads::Look),
+            ("hi, who is here?", true, Reads::All),
+            ("what happened here?", false, Reads::All),
+            ("where am I?", true, Reads::Look),
+            ("where are you?", false, Reads::All),
+        ] {
+            assert_eq!(
+                plan(message, first).reads(),
+                reads,
+                "{message:?} first={first}"
+            );
+        }
+        // What each answer reads is all it gets: the same words from a context cut so.
+        for (message, reads) in [
+            ("hello there", Reads::Room),
+            ("what do you see?", Reads::Look),
+        ] {
+            let mut req = request(message);
+            req.history.clear();
+            let full = ask(&req);
+            let ctx = &mut req.context;
+            if reads == Reads::Room {
+                (ctx.room_desc, ctx.exits) = (String::new(), Vec::new());
+            }
+            (ctx.present, ctx.recent_events, ctx.game) = (Vec::new(), Vec::new(), None);
+            assert_eq!(ask(&req), full, "{message:?}");
+        }
     }
 
     #[test]

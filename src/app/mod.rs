@@ -25,7 +25,7 @@ pub mod room_expiry;
 pub mod stream;
 pub mod travel;
 
-use crate::agent::builtin;
+use crate::agent::builtin::{self, Reads};
 use crate::agent::crisis::{self, CrisisDetector, Outcome as Assessment};
 use crate::agent::pool::AgentPool;
 use crate::agent::{AgentError, AgentReply, AgentRequest};
@@ -814,25 +814,37 @@ impl App {
             None => self.cfg.agent.context_events.min(builtin::NEWS_MAX),
             Some(_) => self.cfg.agent.context_events,
         };
-        let (history, context) = match &call.user_id {
-            Some(u) => (
-                self.world
-                    .sessions
-                    .get(u)
-                    .map(|s| {
-                        let skip = s.history.len().saturating_sub(keep);
-                        s.history.iter().skip(skip).cloned().collect()
-                    })
-                    .unwrap_or_default(),
-                self.world.context(u, &call.room, recent),
-            ),
-            None => (Vec::new(), self.world.context("", &call.room, recent)),
+        let history: Vec<_> = (call.user_id.as_deref())
+            .and_then(|u| self.world.sessions.get(u))
+            .map(|s| {
+                let skip = s.history.len().saturating_sub(keep);
+                s.history.iter().skip(skip).cloned().collect()
+            })
+            .unwrap_or_default();
+        // The builtin persona reads the message first: a greeting with nothing asked (a
+        // newcomer's first words) and the crisis reply need no more of the world than the
+        // room's name.
+        let is_builtin = self.cfg.agent.backend == "builtin";
+        let plan = is_builtin.then(|| builtin::plan(&call.message, history.is_empty()));
+        let reads = match &plan {
+            Some(_) if call.crisis => Reads::Room,
+            Some(p) => p.reads(),
+            None => Reads::All,
         };
-        let mut context = context;
-        context.game = self
-            .links
-            .perception_near(&call.room)
-            .map(|(world, seen)| crate::world::protocol::summary(world, &seen.perception));
+        let user = call.user_id.as_deref().unwrap_or_default();
+        let context = match reads {
+            Reads::Room => crate::agent::WorldContext {
+                room: call.room.clone(),
+                ..Default::default()
+            },
+            Reads::Look => self.world.context_seen(&call.room),
+            Reads::All => {
+                let mut context = self.world.context(user, &call.room, recent);
+                context.game = (self.links.perception_near(&call.room))
+                    .map(|(world, seen)| crate::world::protocol::summary(world, &seen.perception));
+                context
+            }
+        };
         let req = AgentRequest {
             job_id: call.job_id,
             user_id: call.user_id.clone().unwrap_or_default(),
@@ -847,10 +859,10 @@ impl App {
             stream: call.stream.is_some(),
         };
         call.deadline = now + self.agent_timeout();
-        if self.cfg.agent.backend == "builtin" {
+        if let Some(plan) = &plan {
             // The builtin persona answers from memory in microseconds and cannot block,
             // so it runs here: a worker hop would cost more than the answer.
-            let text = builtin::reply(&req);
+            let text = builtin::reply_planned(&req, plan);
             self.metrics.agent_latency.observe(now.elapsed());
             let resp = self.complete(&mut call, Ok(text));
             return Some((call.reply_to, resp));

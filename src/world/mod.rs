@@ -587,6 +587,20 @@ impl World {
     }
 
     /// What the agent knows when it answers `user_id` in `room` (canonical name).
+    /// What a user sees of `room`: its name, description and exits (the rest of the
+    /// context left empty: who is there, what happened, the game).
+    pub fn context_seen(&self, room: &str) -> WorldContext {
+        let r = self.rooms.get(room);
+        WorldContext {
+            world: self.id.clone(),
+            agent_name: self.agent_name.clone(),
+            room: room.to_string(),
+            room_desc: r.map(|r| r.spec.desc.clone()).unwrap_or_default(),
+            exits: r.map(|r| exit_lines(&r.spec.exits)).unwrap_or_default(),
+            ..Default::default()
+        }
+    }
+
     pub fn context(&self, user_id: &str, room: &str, recent: usize) -> WorldContext {
         let r = self.rooms.get(room);
         let recent_events = r
@@ -614,15 +628,7 @@ impl World {
             agent_name: self.agent_name.clone(),
             room: room.to_string(),
             room_desc: r.map(|r| r.spec.desc.clone()).unwrap_or_default(),
-            exits: r
-                .map(|r| {
-                    r.spec
-                        .exits
-                        .iter()
-                        .map(|(k, v)| format!("{k}: {v}"))
-                        .collect()
-                })
-                .unwrap_or_default(),
+            exits: r.map(|r| exit_lines(&r.spec.exits)).unwrap_or_default(),
             present,
             recent_events,
             game: None,
@@ -682,6 +688,11 @@ pub fn describe_event(e: &Event) -> String {
             None => e.event.clone(),
         },
     }
+}
+
+/// A room's exits as the agent's context lists them (`north: The Hall`).
+fn exit_lines(exits: &std::collections::BTreeMap<String, String>) -> Vec<String> {
+    exits.iter().map(|(k, v)| format!("{k}: {v}")).collect()
 }
 
 #[cfg(test)]
