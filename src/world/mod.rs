@@ -586,7 +586,6 @@ impl World {
             .collect())
     }
 
-    /// What the agent knows when it answers `user_id` in `room` (canonical name).
     /// What a user sees of `room`: its name, description and exits (the rest of the
     /// context left empty: who is there, what happened, the game).
     pub fn context_seen(&self, room: &str) -> WorldContext {
@@ -601,6 +600,7 @@ impl World {
         }
     }
 
+    /// What the agent knows when it answers `user_id` in `room` (canonical name).
     pub fn context(&self, user_id: &str, room: &str, recent: usize) -> WorldContext {
         let r = self.rooms.get(room);
         let recent_events = r
@@ -624,14 +624,9 @@ impl World {
             }
         }
         WorldContext {
-            world: self.id.clone(),
-            agent_name: self.agent_name.clone(),
-            room: room.to_string(),
-            room_desc: r.map(|r| r.spec.desc.clone()).unwrap_or_default(),
-            exits: r.map(|r| exit_lines(&r.spec.exits)).unwrap_or_default(),
             present,
             recent_events,
-            game: None,
+            ..self.context_seen(room)
         }
     }
 
