@@ -50,6 +50,8 @@ pub struct LinkMap {
     asks: HashMap<u64, RemoteGame>,
     /// The other nodes alive at the last look (a newcomer makes every node re-announce).
     seen: BTreeSet<String>,
+    /// The links' generation `announced` was taken at (`None`: announce again).
+    announced_at: Option<u64>,
 }
 
 impl LinkMap {
@@ -66,24 +68,25 @@ impl App {
         let Some(c) = &mut self.cluster else {
             return Vec::new();
         };
-        let here: BTreeSet<String> = self.links.worlds().into_iter().collect();
         let m = &mut c.links;
-        if here != m.announced {
-            for w in here.difference(&m.announced) {
-                m.pending.push(LinkNews {
+        let generation = self.links.generation();
+        if m.announced_at != Some(generation) {
+            m.announced_at = Some(generation);
+            let here: BTreeSet<String> = self.links.worlds().into_iter().collect();
+            let came = here.difference(&m.announced).map(|w| (w, true));
+            let went = m.announced.difference(&here).map(|w| (w, false));
+            let news: Vec<LinkNews> = (came.chain(went))
+                .map(|(w, up)| LinkNews {
                     world: w.clone(),
                     node: c.node.clone(),
-                    up: true,
-                });
-            }
-            for w in m.announced.difference(&here) {
-                m.pending.push(LinkNews {
-                    world: w.clone(),
-                    node: c.node.clone(),
-                    up: false,
-                });
-            }
+                    up,
+                })
+                .collect();
+            m.pending.extend(news);
             m.announced = here;
+        }
+        if m.pending.is_empty() {
+            return Vec::new();
         }
         let now = crate::world::time::now_ms();
         (m.pending.drain(..))
@@ -127,6 +130,7 @@ impl App {
         let m = &mut c.links;
         if others.difference(&m.seen).next().is_some() {
             m.announced.clear();
+            m.announced_at = None;
         }
         m.seen = others;
         let lost: Vec<u64> = (m.asks.iter())

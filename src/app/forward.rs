@@ -8,24 +8,25 @@
 //! sends the chat to A's inbox as an [`Msg::Ask`]. A queues it behind the user's call
 //! in flight there, as if it had come to A (one call in flight per user, 429
 //! `too_many_waiting` past the queue), and sends back the reply's parts and its end
-//! ([`Msg::Done`] or [`Msg::Refused`]) once the session it wrote is stored; B hands
+//! ([`Msg::Answer`] or [`Msg::Refused`]) once the session it wrote is stored; B hands
 //! them to the request that waits, whatever door it came through. If A dies first
 //! (its liveness key is gone), B asks for the lease again, now waiting for it, and runs
 //! the call itself with the history A stored.
 //!
 //! The same channel carries the bridge's own requests to games (`act`, `observe`,
 //! `speak`) for a world whose link is connected to another node ([`Msg::Game`], see
-//! `app::cluster_links`), answered with [`Msg::Acted`], [`Msg::Observed`],
-//! [`Msg::Answered`] or [`Msg::Refused`].
+//! `app::cluster_links`), and a user's travel for the node running federation
+//! ([`Msg::Travel`]), answered the same way: [`Msg::Answer`] carries the hub's own
+//! [`Outcome`], [`Msg::Refused`] the refusal.
 //!
 //! Socket-free: messages go through the cluster store (`store::cluster`, a Redis stream
 //! per node), as JSON.
 
 use crate::app::calls::{Call, CallKind, ReplyTo};
-use crate::app::outcome::{ChatReply, Outcome, Refusal, Reply};
+use crate::app::outcome::{Outcome, Refusal, Reply};
 use crate::app::stream::Part;
 use crate::app::{Answer, App};
-use crate::world::protocol::{ActionResult, GameCommand, Perception};
+use crate::world::protocol::GameCommand;
 use serde::{Deserialize, Serialize};
 use std::time::{Duration, Instant};
 
@@ -57,36 +58,15 @@ pub enum Msg {
         text: String,
         crisis: bool,
     },
-    /// The reply, once the session that holds it is stored.
-    Done {
-        id: u64,
-        text: String,
-        user: String,
-        room: String,
-        session_messages: u64,
-        crisis: bool,
-    },
+    /// What the other node's request came to: a chat's reply (once the session holding
+    /// it is stored), a game's answer, a travel; the hub's own [`Outcome`].
+    Answer { id: u64, outcome: Outcome },
     /// A request for the game `world`, whose link is connected to the receiving node.
     Game {
         id: u64,
         from: String,
         world: String,
         ask: GameAsk,
-    },
-    /// A game's answer to an `act` (`Outcome::Acted`).
-    Acted {
-        id: u64,
-        world: String,
-        action: String,
-        result: ActionResult,
-    },
-    /// A game's perception (`Outcome::Observed`).
-    Observed {
-        id: u64,
-        world: String,
-        age_ms: u64,
-        fresh: bool,
-        perception: Box<Perception>,
     },
     /// A user's travel to another world, for the node that runs federation.
     Travel {
@@ -95,17 +75,6 @@ pub enum Msg {
         user_id: String,
         to_world: String,
     },
-    /// The travel is done (`Outcome::Travelled`).
-    Travelled {
-        id: u64,
-        user_id: String,
-        world: String,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        room: Option<String>,
-        message: String,
-    },
-    /// Any other answer, as its JSON document (`Outcome::Ok`: a `speak`).
-    Answered { id: u64, value: serde_json::Value },
     /// The owner refused the chat (or the link's node the request) or could not answer.
     Refused {
         id: u64,
@@ -296,23 +265,7 @@ impl App {
                     self.out.parts.push((to, part));
                 }
             }
-            Msg::Done {
-                id,
-                text,
-                user,
-                room,
-                session_messages,
-                crisis,
-            } => {
-                let reply = Ok(Outcome::Chat(ChatReply {
-                    text,
-                    user,
-                    room,
-                    session_messages,
-                    crisis,
-                }));
-                self.forward_ended(id, reply, now);
-            }
+            Msg::Answer { id, outcome } => self.remote_answered(id, Ok(outcome), now),
             Msg::Refused {
                 id,
                 code,
@@ -328,35 +281,6 @@ impl App {
                 world,
                 ask,
             } => self.serve_game(id, from, &world, ask),
-            Msg::Acted {
-                id,
-                world,
-                action,
-                result,
-            } => {
-                let outcome = Outcome::Acted {
-                    world,
-                    action,
-                    result,
-                };
-                self.remote_answered(id, Ok(outcome), now);
-            }
-            Msg::Observed {
-                id,
-                world,
-                age_ms,
-                fresh,
-                perception,
-            } => {
-                let outcome = Outcome::Observed {
-                    world,
-                    age_ms,
-                    fresh,
-                    perception,
-                };
-                self.remote_answered(id, Ok(outcome), now);
-            }
-            Msg::Answered { id, value } => self.remote_answered(id, Ok(Outcome::Ok(value)), now),
             Msg::Travel {
                 id,
                 from,
@@ -368,21 +292,6 @@ impl App {
                 if let Err(r) = self.travel_request(&user_id, &to_world, to.clone(), now_ms) {
                     self.answer(to, Err(r));
                 }
-            }
-            Msg::Travelled {
-                id,
-                user_id,
-                world,
-                room,
-                message,
-            } => {
-                let outcome = Outcome::Travelled {
-                    user_id,
-                    world,
-                    room,
-                    message,
-                };
-                self.remote_answered(id, Ok(outcome), now);
             }
         }
     }
@@ -512,55 +421,7 @@ impl App {
     /// The answer for a call or game request another node forwarded here: to that node.
     pub(crate) fn reply_to_node(&mut self, node: &str, id: u64, reply: Reply) {
         let msg = match reply {
-            Ok(Outcome::Chat(r)) => Msg::Done {
-                id,
-                text: r.text,
-                user: r.user,
-                room: r.room,
-                session_messages: r.session_messages,
-                crisis: r.crisis,
-            },
-            Ok(Outcome::Acted {
-                world,
-                action,
-                result,
-            }) => Msg::Acted {
-                id,
-                world,
-                action,
-                result,
-            },
-            Ok(Outcome::Observed {
-                world,
-                age_ms,
-                fresh,
-                perception,
-            }) => Msg::Observed {
-                id,
-                world,
-                age_ms,
-                fresh,
-                perception,
-            },
-            Ok(Outcome::Ok(value)) => Msg::Answered { id, value },
-            Ok(Outcome::Travelled {
-                user_id,
-                world,
-                room,
-                message,
-            }) => Msg::Travelled {
-                id,
-                user_id,
-                world,
-                room,
-                message,
-            },
-            Ok(Outcome::Generate { .. }) => Msg::Refused {
-                id,
-                code: "agent_error".into(),
-                message: "the other node answered something this request cannot carry".into(),
-                retry_after: None,
-            },
+            Ok(outcome) => Msg::Answer { id, outcome },
             Err(r) => Msg::Refused {
                 id,
                 code: r.code.to_string(),
@@ -606,13 +467,15 @@ mod tests {
                 text: " Hi.".into(),
                 crisis: false,
             },
-            Msg::Done {
+            Msg::Answer {
                 id: 7,
-                text: "Hi.".into(),
-                user: "Una".into(),
-                room: "The Threshold".into(),
-                session_messages: 4,
-                crisis: true,
+                outcome: Outcome::Chat(crate::app::outcome::ChatReply {
+                    text: "Hi.".into(),
+                    user: "Una".into(),
+                    room: "The Threshold".into(),
+                    session_messages: 4,
+                    crisis: true,
+                }),
             },
             Msg::Refused {
                 id: 7,
@@ -640,27 +503,35 @@ mod tests {
                     text: "hello".into(),
                 },
             },
-            Msg::Acted {
+            Msg::Answer {
                 id: 8,
-                world: "mud".into(),
-                action: "message".into(),
-                result: ActionResult {
-                    ok: false,
-                    data: None,
-                    code: Some("no_player".into()),
-                    error: Some("nobody".into()),
+                outcome: Outcome::Acted {
+                    world: "mud".into(),
+                    action: "message".into(),
+                    result: crate::world::protocol::ActionResult {
+                        ok: false,
+                        data: None,
+                        code: Some("no_player".into()),
+                        error: Some("nobody".into()),
+                    },
                 },
             },
-            Msg::Observed {
+            Msg::Answer {
                 id: 10,
-                world: "mud".into(),
-                age_ms: 5,
-                fresh: true,
-                perception: Box::default(),
+                outcome: Outcome::Observed {
+                    world: "mud".into(),
+                    age_ms: 5,
+                    fresh: true,
+                    perception: Box::default(),
+                },
             },
-            Msg::Answered {
+            Msg::Answer {
                 id: 9,
-                value: serde_json::json!({"ok": true}),
+                outcome: Outcome::Ok(serde_json::json!({"ok": true})),
+            },
+            Msg::Answer {
+                id: 9,
+                outcome: Outcome::Ok(serde_json::json!("not an object")),
             },
             Msg::Travel {
                 id: 11,
@@ -668,12 +539,14 @@ mod tests {
                 user_id: "cal".into(),
                 to_world: "p".into(),
             },
-            Msg::Travelled {
+            Msg::Answer {
                 id: 11,
-                user_id: "cal".into(),
-                world: "p".into(),
-                room: Some("The Bridge".into()),
-                message: "Cal left for p".into(),
+                outcome: Outcome::Travelled {
+                    user_id: "cal".into(),
+                    world: "p".into(),
+                    room: Some("The Bridge".into()),
+                    message: "Cal left for p".into(),
+                },
             },
         ];
         for m in all {

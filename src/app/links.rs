@@ -123,6 +123,8 @@ pub struct Links {
     pub dials: Vec<Dial>,
     perceptions: HashMap<String, Seen>,
     jitter_state: u64,
+    /// Bumped when a link is greeted or closed: [`Links::worlds`] may have changed.
+    generation: u64,
 }
 
 impl Links {
@@ -194,6 +196,7 @@ impl Links {
             return;
         };
         link.greeted = true;
+        self.generation += 1;
         if link.dial.is_none() {
             link.world = world.map(str::to_string);
             link.kind = kind.to_string();
@@ -222,6 +225,7 @@ impl Links {
         let Some(link) = self.links.remove(&id) else {
             return Vec::new();
         };
+        self.generation += 1;
         self.room_host.retain(|_, host| *host != id);
         self.player_link.retain(|_, l| *l != id);
         self.player_room.retain(|_, (l, _)| *l != id);
@@ -398,6 +402,12 @@ impl Links {
             .filter(|(_, l)| l.greeted && l.world.as_deref() == Some(world))
             .max_by_key(|(_, l)| l.since_ms)
             .map(|(id, _)| *id)
+    }
+
+    /// A number that changes whenever [`Links::worlds`] may have (a link greeted or
+    /// closed), so a caller can skip listing them when nothing happened.
+    pub fn generation(&self) -> u64 {
+        self.generation
     }
 
     /// Every greeted link of a given world id or none.

@@ -5,13 +5,16 @@
 //! `WorldInterface` handles turn them back into Rust values. Nothing here is HTTP.
 
 use crate::world::protocol::{ActionResult, Perception};
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 /// The hub's answer to one request.
 pub type Reply = Result<Outcome, Refusal>;
 
-/// A request the hub carried out.
-#[derive(Debug, Clone)]
+/// A request the hub carried out. It is serialisable so a cluster node can hand it to the
+/// node a request came from (`app::forward`); no door renders it from this form.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", content = "body", rename_all = "snake_case")]
 pub enum Outcome {
     /// The agent answered a user (`POST /bridge/chat`, a line `chat`, a feed message).
     Chat(ChatReply),
@@ -43,7 +46,7 @@ pub enum Outcome {
 }
 
 /// A chat's reply and the session it belongs to.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ChatReply {
     pub text: String,
     pub user: String,
