@@ -25,7 +25,7 @@
 use crate::app::calls::{Call, CallKind, ReplyTo};
 use crate::app::outcome::{Outcome, Refusal, Reply};
 use crate::app::stream::Part;
-use crate::app::{Answer, App};
+use crate::app::{Answer, App, CallInput};
 use crate::world::protocol::GameCommand;
 use serde::{Deserialize, Serialize};
 use std::time::{Duration, Instant};
@@ -220,33 +220,24 @@ impl App {
                 stream,
                 system,
             } => {
-                let now_ms = crate::world::time::now_ms();
-                self.touch_session(&user_id, &username, &room, now_ms);
-                if crisis {
-                    if let Some(s) = self.world.sessions.get_mut(&user_id) {
-                        s.crisis = true;
-                    }
-                }
                 let reply_to = ReplyTo::Remote { node: from, id };
-                let call = Call {
-                    job_id: self.calls.next_job_id(),
+                if let Some(c) = &mut self.cluster {
+                    c.forwarded_in += 1;
+                }
+                let input = CallInput {
                     kind: CallKind::Chat,
-                    reply_to: reply_to.clone(),
                     user_id: Some(user_id),
                     username,
                     room,
                     message,
-                    crisis,
-                    resources,
-                    created: now,
-                    deadline: now + self.agent_timeout(),
-                    stream: None,
+                    stream,
                     system,
                 };
-                if let Some(c) = &mut self.cluster {
-                    c.forwarded_in += 1;
-                }
-                if let Answer::Now(reply) = self.dispatch(call, stream, now) {
+                let now_ms = crate::world::time::now_ms();
+                let read = (crisis, resources);
+                if let Answer::Now(reply) =
+                    self.start_call(input, reply_to.clone(), read, now_ms, now)
+                {
                     self.answer(reply_to, reply);
                 }
             }

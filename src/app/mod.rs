@@ -610,6 +610,22 @@ impl App {
         };
         if let Some(user) = &input.user_id {
             self.world.enter(user, &input.username, &input.room, now_ms);
+        }
+        self.start_call(input, reply_to, (crisis, resources), now_ms, now)
+    }
+
+    /// A call whose message was read (`crisis`, `resources`): the user's session is
+    /// touched (and flagged), and the call dispatched. Also a chat another node forwarded
+    /// here, which that node has read.
+    pub(crate) fn start_call(
+        &mut self,
+        input: CallInput,
+        reply_to: ReplyTo,
+        (crisis, resources): (bool, bool),
+        now_ms: u64,
+        now: Instant,
+    ) -> Answer {
+        if let Some(user) = &input.user_id {
             self.touch_session(user, &input.username, &input.room, now_ms);
             if crisis {
                 if let Some(s) = self.world.sessions.get_mut(user) {
