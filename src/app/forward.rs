@@ -547,6 +547,54 @@ mod tests {
     }
 
     #[test]
+    fn the_owner_answers_an_ask_and_nothing_else_is_believed() {
+        let mut app = App::new(crate::config::Config::default()).expect("app");
+        let ask = serde_json::to_string(&Msg::Ask {
+            id: 7,
+            from: "b".into(),
+            user_id: "una".into(),
+            username: "Una".into(),
+            room: "The Threshold".into(),
+            message: "hello".into(),
+            crisis: true,
+            resources: false,
+            stream: false,
+            system: None,
+        })
+        .unwrap();
+        // Not JSON, an unknown type, and an answer or a part for a request this node
+        // never sent (a replay, or another node's): skipped, nothing answered.
+        let stray = [
+            "not json".to_string(),
+            r#"{"type":"launch","id":1}"#.to_string(),
+            serde_json::to_string(&Msg::Answer {
+                id: 99,
+                outcome: Outcome::Ok(serde_json::json!({"ok": true})),
+            })
+            .unwrap(),
+            serde_json::to_string(&Msg::Part {
+                id: 99,
+                index: 0,
+                text: "forged".into(),
+                crisis: false,
+            })
+            .unwrap(),
+        ];
+        app.on_inbox(stray.to_vec());
+        assert!(app.out.answers.is_empty() && app.out.parts.is_empty());
+        // The ask is run here and answered to the node it came from, with the crisis
+        // reading that node made.
+        app.on_inbox(vec![ask]);
+        match app.out.answers.as_slice() {
+            [(ReplyTo::Remote { node, id: 7 }, Ok(Outcome::Chat(r)))] => {
+                assert_eq!(node, "b");
+                assert!(r.crisis && r.text.contains("988"), "{}", r.text);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
     fn a_refusal_keeps_a_known_code_and_reads_others_as_agent_error() {
         let r = Msg::refusal("too_many_waiting", "wait".into(), Some(1));
         assert_eq!((r.code, r.retry_after), ("too_many_waiting", Some(1)));
