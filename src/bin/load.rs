@@ -33,7 +33,8 @@ const USAGE: &str = "worldbridge-load [--scenario health|chat|idle|say|line|fano
   cluster  cluster mode against the single process, in one run (needs redis-server on PATH):
            a say on node A seen by a WebSocket client on node B (p50/p99), the gateway fan-out
            with N clients (default 2000) split over two nodes, and POST /bridge/say on node A
-           with Redis at appendfsync always and everysec
+           with Redis at appendfsync always and everysec (the say -> frame hop is measured with
+           both policies: with `always` it includes the disk's fsync)
   all      all of them but fanout, newusers and crowd (the docs/benchmarks.md figures)
   --interval-ms  pace each connection: send at most one request per MS (default 0: back to back)
   --addr   drive an already running bridge instead of starting one (no RSS figures then)
