@@ -1182,18 +1182,8 @@ fn a_game_linked_to_one_node_is_acted_on_observed_and_spoken_to_from_another() {
         (200, json!("Limbo"))
     );
     // Speak on B: the game on A hears it.
-    let r = post(
-        b.http,
-        "/bridge/speak",
-        &json!({"world": "mud", "user_id": "una", "text": "hello from b"}),
-    );
-    assert_eq!(
-        (r.status, r.json()["world"].clone()),
-        (200, json!("mud")),
-        "{}",
-        r.text()
-    );
-    let (spoken, _) = g.recv_type("speak");
+    let body = json!({"world": "mud", "user_id": "una", "text": "hello from b"});
+    let spoken = spoken_in_mud(b.http, &body, &mut g);
     assert_eq!(
         (spoken["text"].clone(), spoken["user_id"].clone()),
         (json!("hello from b"), json!("una"))
@@ -1217,6 +1207,19 @@ fn a_game_linked_to_one_node_is_acted_on_observed_and_spoken_to_from_another() {
         r.status == 503 && r.json()["code"] == "link_down"
     });
     drop(a);
+}
+
+/// `POST /bridge/speak` with `body` at `http` is answered 200 for world `mud`, and the
+/// game link `g` hears the `speak` (returned).
+fn spoken_in_mud(http: SocketAddr, body: &Value, g: &mut LineClient) -> Value {
+    let r = post(http, "/bridge/speak", body);
+    assert_eq!(
+        (r.status, r.json()["world"].clone()),
+        (200, json!("mud")),
+        "{}",
+        r.text()
+    );
+    g.recv_type("speak").0
 }
 
 #[test]
@@ -1246,6 +1249,31 @@ fn a_room_a_game_describes_on_one_node_is_described_on_every_node() {
     assert_eq!(on_b["data"]["desc_base"], "A grey void.");
     assert_eq!(on_b["data"]["exits"], json!({"north": "Hall"}));
     assert_eq!(on_a["data"], on_b["data"]);
+    // A speak on B naming only the room reaches the game on A that hosts it.
+    let body = json!({"room": "Limbo", "text": "hello limbo"});
+    let spoken = spoken_in_mud(b.http, &body, &mut g);
+    assert_eq!(
+        (spoken["text"].clone(), spoken["room"].clone()),
+        (json!("hello limbo"), json!("Limbo"))
+    );
+    // A room no game hosts on any node: refused on B, nothing sent.
+    let speak = |text: &str, room: &str| {
+        let body = json!({"room": room, "text": text});
+        post(b.http, "/bridge/speak", &body)
+    };
+    let r = speak("anyone?", "The Garden");
+    assert_eq!(
+        (r.status, r.json()["code"].clone()),
+        (503, json!("link_down")),
+        "{}",
+        r.text()
+    );
+    // The link goes: B no longer sends Limbo's words anywhere.
+    drop(g);
+    eventually(Duration::from_secs(5), "B hears mud's link is gone", || {
+        let r = speak("still there?", "Limbo");
+        r.status == 503 && r.json()["code"] == "link_down"
+    });
 }
 
 #[test]

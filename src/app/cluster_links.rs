@@ -1,9 +1,10 @@
 //! Cluster mode: a game link is connected to one node, and every node knows which.
 //!
-//! A node tells the log when it holds a world's link and when it no longer does
-//! (entries of kind `link`: `{"world", "node", "up"}`); every node keeps the last word per
-//! world. `act`, `observe` and `speak` for a world whose link is on another live node go
-//! to that node's inbox ([`Msg::Game`]), are carried out there as if they came there,
+//! A node tells the log when it holds a world's link, which rooms that link hosts, and
+//! when it no longer holds it (entries of kind `link`: `{"world", "node", "up", "rooms"}`);
+//! every node keeps the last word per world. `act`, `observe` and `speak` for a world
+//! whose link is on another live node (or a `speak` naming only a room such a link hosts)
+//! go to that node's inbox ([`Msg::Game`]), are carried out there as if they came there,
 //! and their answers come back the same way (`app::forward`). When a node joins, every
 //! node says again which links it holds (the newcomer's log may begin after the first
 //! word); when a node dies, the node cleaning up after it says its links are gone.
@@ -17,7 +18,7 @@ use crate::app::outcome::{Refusal, Reply};
 use crate::app::{Answer, App};
 use crate::store::cluster::{Record, KIND_LINK};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Instant;
 
 /// One `link` entry of the log.
@@ -26,6 +27,9 @@ struct LinkNews {
     world: String,
     node: String,
     up: bool,
+    /// The rooms (canonical names) the world's link hosts there.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    rooms: Vec<String>,
 }
 
 /// A request this node sent to the node holding a game's link.
@@ -40,10 +44,12 @@ struct RemoteGame {
 /// What a node knows of the world's game links across nodes.
 #[derive(Debug, Default)]
 pub struct LinkMap {
-    /// The worlds whose link this node last told the log it holds.
-    announced: BTreeSet<String>,
+    /// The worlds whose link this node last told the log it holds, with their rooms.
+    announced: BTreeMap<String, Vec<String>>,
     /// Which node holds each world's link, as the log says last.
     holders: HashMap<String, String>,
+    /// The rooms each world's link hosts, as the log says last.
+    rooms: HashMap<String, Vec<String>>,
     /// Entries for the next proposal.
     pending: Vec<LinkNews>,
     /// Requests sent to a link on another node, by id.
@@ -59,6 +65,13 @@ impl LinkMap {
     pub fn holder(&self, world: &str) -> Option<&str> {
         self.holders.get(world).map(String::as_str)
     }
+
+    /// The world whose link hosts `room` (a canonical name), if the log names one.
+    pub fn world_hosting(&self, room: &str) -> Option<&str> {
+        (self.rooms.iter())
+            .find(|(w, rooms)| self.holders.contains_key(*w) && rooms.iter().any(|r| r == room))
+            .map(|(w, _)| w.as_str())
+    }
 }
 
 impl App {
@@ -72,14 +85,19 @@ impl App {
         let generation = self.links.generation();
         if m.announced_at != Some(generation) {
             m.announced_at = Some(generation);
-            let here: BTreeSet<String> = self.links.worlds().into_iter().collect();
-            let came = here.difference(&m.announced).map(|w| (w, true));
-            let went = m.announced.difference(&here).map(|w| (w, false));
+            let here = self.links.hosted();
+            let came = (here.iter())
+                .filter(|(w, rooms)| m.announced.get(*w) != Some(rooms))
+                .map(|(w, rooms)| (w, true, rooms.clone()));
+            let went = (m.announced.keys())
+                .filter(|w| !here.contains_key(*w))
+                .map(|w| (w, false, Vec::new()));
             let news: Vec<LinkNews> = (came.chain(went))
-                .map(|(w, up)| LinkNews {
+                .map(|(w, up, rooms)| LinkNews {
                     world: w.clone(),
                     node: c.node.clone(),
                     up,
+                    rooms,
                 })
                 .collect();
             m.pending.extend(news);
@@ -111,10 +129,12 @@ impl App {
         let m = &mut c.links;
         match news.up {
             true => {
+                m.rooms.insert(news.world.clone(), news.rooms);
                 m.holders.insert(news.world, news.node);
             }
             false if m.holder(&news.world) == Some(news.node.as_str()) => {
                 m.holders.remove(&news.world);
+                m.rooms.remove(&news.world);
             }
             false => {}
         }
@@ -165,6 +185,7 @@ impl App {
                 world,
                 node: node.to_string(),
                 up: false,
+                rooms: Vec::new(),
             });
         }
     }

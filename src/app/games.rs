@@ -147,8 +147,8 @@ impl App {
         Answer::Later
     }
 
-    /// [`App::speak`], or, for a `world` whose link is on another node (cluster mode),
-    /// through that node.
+    /// [`App::speak`], or, for a `world` whose link is on another node (cluster mode), or a
+    /// `room` only a link on another node hosts, through that node.
     pub fn speak_anywhere(
         &mut self,
         world: Option<&str>,
@@ -157,17 +157,33 @@ impl App {
         text: &str,
         reply_to: ReplyTo,
     ) -> Answer {
-        if let Some(w) = world.filter(|w| self.link_for(w).is_err()) {
+        if let Some(w) = self.speak_elsewhere(world, room) {
             let ask = GameAsk::Speak {
                 room: room.map(str::to_string),
                 user_id: user_id.map(str::to_string),
                 text: text.to_string(),
             };
-            if let Some(answer) = self.game_elsewhere(w, ask, &reply_to) {
+            if let Some(answer) = self.game_elsewhere(&w, ask, &reply_to) {
                 return answer;
             }
         }
         Answer::Now(self.speak(world, room, user_id, text).map(Outcome::Ok))
+    }
+
+    /// The world a `speak` must go to on another node, if it must: the `world` named when
+    /// no link here speaks for it, else the world whose link hosts `room` when no link
+    /// here does (cluster mode).
+    fn speak_elsewhere(&self, world: Option<&str>, room: Option<&str>) -> Option<String> {
+        if let Some(w) = world {
+            return self.link_for(w).is_err().then(|| w.to_string());
+        }
+        let room = room?;
+        let room = self.world.resolve(room).unwrap_or(room);
+        if self.links.host_of(room).is_some() {
+            return None;
+        }
+        let cluster = self.cluster.as_ref()?;
+        cluster.links.world_hosting(room).map(str::to_string)
     }
 
     /// The agent speaks in a game: to one player (`user_id`), a room, or everyone. The

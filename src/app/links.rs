@@ -11,7 +11,7 @@ use crate::app::calls::ReplyTo;
 use crate::config::DialConfig;
 use crate::conn::ConnId;
 use crate::world::protocol::Perception;
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -285,6 +285,7 @@ impl Links {
         if let Some(link) = self.links.get_mut(&id) {
             if link.rooms.insert(room.to_string()) || self.room_host.get(room) != Some(&id) {
                 self.room_host.insert(room.to_string(), id);
+                self.generation += 1;
             }
         }
     }
@@ -404,10 +405,34 @@ impl Links {
             .map(|(id, _)| *id)
     }
 
-    /// A number that changes whenever [`Links::worlds`] may have (a link greeted or
-    /// closed), so a caller can skip listing them when nothing happened.
+    /// A number that changes whenever [`Links::worlds`] or [`Links::hosted`] may have (a
+    /// link greeted or closed, a room with a new host), so a caller can skip listing them
+    /// when nothing happened.
     pub fn generation(&self) -> u64 {
         self.generation
+    }
+
+    /// The world id of every greeted link, with the rooms (canonical names, sorted) its
+    /// links host.
+    pub fn hosted(&self) -> BTreeMap<String, Vec<String>> {
+        let world = |id: &ConnId| {
+            (self.links.get(id))
+                .filter(|l| l.greeted)
+                .and_then(|l| l.world.clone())
+        };
+        let mut out: BTreeMap<String, Vec<String>> = self
+            .links
+            .keys()
+            .filter_map(world)
+            .map(|w| (w, Vec::new()))
+            .collect();
+        for (room, id) in &self.room_host {
+            if let Some(rooms) = world(id).and_then(|w| out.get_mut(&w)) {
+                rooms.push(room.clone());
+            }
+        }
+        out.values_mut().for_each(|rooms| rooms.sort());
+        out
     }
 
     /// Every greeted link of a given world id or none.
