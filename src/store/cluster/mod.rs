@@ -39,7 +39,7 @@
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use redis::streams::{StreamId, StreamRangeReply, StreamReadReply};
-use redis::{Client, Connection, Script, Value};
+use redis::{Client, Connection, IntoConnectionInfo, Script, Value};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -432,11 +432,10 @@ impl ClusterStore {
         settings: ClusterSettings,
         wake: Arc<dyn Fn() + Send + Sync>,
     ) -> Result<ClusterStore, ClusterError> {
-        let client =
-            Client::open(settings.redis_url.as_str()).map_err(|source| ClusterError::Url {
-                url: settings.redis_url.clone(),
-                source,
-            })?;
+        let client = client(&settings.redis_url).map_err(|source| ClusterError::Url {
+            url: settings.redis_url.clone(),
+            source,
+        })?;
         let (tx, rx) = crossbeam_channel::unbounded();
         let (news_tx, news) = crossbeam_channel::unbounded();
         let stop = Arc::new(AtomicBool::new(false));
@@ -1388,9 +1387,18 @@ pub struct Dump {
     pub fed: FedState,
 }
 
+/// A client for `url` whose connections send at once (`TCP_NODELAY`: the redis crate
+/// leaves Nagle's algorithm on, and every entry of the log is a small write someone is
+/// waiting for).
+fn client(url: &str) -> redis::RedisResult<Client> {
+    let info = url.into_connection_info()?;
+    let tcp = info.tcp_settings().clone().set_nodelay(true);
+    Client::open(info.set_tcp_settings(tcp))
+}
+
 /// One connection for the export and import commands (no threads: they run alone).
 fn connect(url: &str, timeout: Duration) -> Result<Connection, String> {
-    let client = Client::open(url).map_err(|e| format!("cluster.redis_url {url:?}: {e}"))?;
+    let client = client(url).map_err(|e| format!("cluster.redis_url {url:?}: {e}"))?;
     let con = (client.get_connection_with_timeout(timeout))
         .map_err(|e| format!("{} at {url}", describe(&e)))?;
     con.set_read_timeout(Some(timeout * 10))
