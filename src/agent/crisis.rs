@@ -1528,6 +1528,13 @@ const SPELLED: &[(&str, &[&str])] = &[
     ("ive", &["i", "have"]),
     ("youre", &["you", "are"]),
     ("theyre", &["they", "are"]),
+    ("hes", &["he", "is"]),
+    ("shes", &["she", "is"]),
+    ("theyll", &["they", "will"]),
+    ("theyve", &["they", "have"]),
+    ("theyd", &["they", "would"]),
+    ("youll", &["you", "will"]),
+    ("youve", &["you", "have"]),
     ("thats", &["that", "is"]),
     ("whats", &["what", "is"]),
     ("theres", &["there", "is"]),
@@ -1710,6 +1717,11 @@ mod tests {
             ["kill", "myself", ".", "my", "cat"]
         );
         assert_eq!(words("I'd wanna go"), ["i", "would", "want", "to", "go"]);
+        // Pronoun contractions typed without the apostrophe ("hes going to end it").
+        assert_eq!(
+            words("hes shes theyll theyve"),
+            ["he", "is", "she", "is", "they", "will", "they", "have"]
+        );
         assert!(words("  😂 ").is_empty());
     }
 
