@@ -1,6 +1,6 @@
 //! The crisis detector against the labelled corpus in `fixtures/crisis/eval/`: the training
-//! splits (`train.tsv`, the rules are tuned on it; `train2.tsv` to `train10.tsv`, the
-//! classifier is trained on all ten; the rules were not tuned on them until the round that
+//! splits (`train.tsv`, the rules are tuned on it; `train2.tsv` to `train11.tsv`, the
+//! classifier is trained on all eleven; the rules were not tuned on them until the round that
 //! added `train5.tsv`, which read the rules' errors on all five; `train6.tsv` is short
 //! messages, for the classifier; `train7.tsv` is preparations, plans and means, past
 //! attempts with the danger now, passive ideation, hopelessness and burden said without a
@@ -20,7 +20,11 @@
 //! great"): the writer's age now or the years since, together with a sign of being well
 //! now, distance a past attempt; either alone does not; `train10.tsv` is someone else at
 //! risk now, dark joking that means it, preparations with real possessions, with game
-//! farewells, game-mechanic deaths and suicide as a topic as hard negatives, data only)
+//! farewells, game-mechanic deaths and suicide as a topic as hard negatives, data only;
+//! `train11.tsv` is past attempts told without "tried", someone else at risk now,
+//! preparations, joking, plans, burden and passive ideation, with game give-aways and
+//! farewells, suicide and overdose as a topic and everyday hospital visits as hard
+//! negatives, and came with rules for them and game-quitting, moving and topic guards)
 //! and the held-out splits (`test.tsv` and `test2.tsv`, each written separately by an
 //! author who never saw the detector, and never tuned on; `test2.tsv` was added after the
 //! classifier was trained, and nobody working on the detector has read it).
@@ -82,6 +86,27 @@ fn eval_file(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("fixtures/crisis/eval")
         .join(name)
+}
+
+/// None of `texts` gets the protocol from `detector` (the score and features say why).
+fn no_protocol(detector: &CrisisDetector, texts: &[&str]) {
+    each_gets(detector, texts, false);
+}
+
+/// Each of `texts` gets the protocol from `detector`.
+fn protocol(detector: &CrisisDetector, texts: &[&str]) {
+    each_gets(detector, texts, true);
+}
+
+fn each_gets(detector: &CrisisDetector, texts: &[&str], crisis: bool) {
+    for text in texts {
+        let (score, features) = detector.explain(text);
+        let got = detector.detect(text).is_some();
+        assert!(
+            got == crisis,
+            "{text:?}: protocol {got}, expected {crisis}: {score:.2} {features:?}"
+        );
+    }
 }
 
 fn meets_the_targets(name: &str) {
@@ -268,28 +293,68 @@ fn the_tenth_training_split_keeps_its_recall_and_the_rules_false_positives() {
     keeps_its_recall_and_the_rules_false_positives("train10.tsv", 500, TRAIN10_RECALL_FLOOR);
 }
 
+/// `train11.tsv` (hand-written: past attempts told without "tried", someone else at risk
+/// now, preparations, joking, plans and means, burden, passive ideation; hard negatives:
+/// game give-aways and farewells, overdoses as a game mechanic, suicide and overdose as a
+/// topic, a third party's attempt long over, everyday hospital visits, wills and
+/// give-aways) with the shipped model, trained on it: recall at least 94 % (95.1 %,
+/// 312/328, in sample when it was added; its false positives 1.3 %, 4/316). The detector before it, never trained on it, caught
+/// 81.4 % (267/328) with 9.8 % (31/316) false positives. A regression guard, not the goal.
+const TRAIN11_RECALL_FLOOR: f64 = 0.94;
+
+#[test]
+fn the_eleventh_training_split_keeps_its_recall_and_the_rules_false_positives() {
+    keeps_its_recall_and_the_rules_false_positives("train11.tsv", 600, TRAIN11_RECALL_FLOOR);
+}
+
+/// Game farewells and give-aways, a will made for a house, "my attempt at a loaf" and a
+/// move are ordinary; a past attempt told without "tried" (a stomach pumped, found in
+/// time, resuscitated), a friend's farewell with the phone off and a give-away that denies
+/// the move are not. None of these lines is in a training file.
+#[test]
+fn game_farewells_are_distanced_and_attempts_without_tried_fire() {
+    let detector = CrisisDetector::builtin();
+    no_protocol(
+        &detector,
+        &[
+            "dropping all my mats in the guild bank, the new patch ruined my class",
+            "goodbye tamriel, deleting my save tonight",
+            "we made a will because we just bought a house, our financial advisor said to",
+            "i survived my attempt at a sourdough loaf",
+            "giving away my old clothes, moving to a new flat on saturday",
+        ],
+    );
+    protocol(
+        &detector,
+        &[
+            "they pumped my stomach in june and nobody knows",
+            "my sister found me in time last spring. shes away this week",
+            "i was resuscitated after the pills in april and i wish they hadnt",
+            "my friend sent a voice note saying thanks for everything and now her phone is off",
+            "giving away my games and my cat, im not moving anywhere",
+        ],
+    );
+}
+
 /// Short greetings are not a crisis: the classifier alone once gave the protocol to
 /// "hi from b" (0.85), "b" (0.90) and "hey it's b" (0.96), its weights for a lone letter
 /// and for a three-to-four-word message deciding (train6.tsv fixed it).
 #[test]
 fn short_greetings_and_names_get_no_protocol() {
     let detector = CrisisDetector::builtin();
-    for text in [
-        "hi from b",
-        "b",
-        "hey it's b",
-        "good morning from node b",
-        "b here, whats up",
-        "plan b",
-        "fr fr",
-        "i'm b",
-    ] {
-        let (score, features) = detector.explain(text);
-        assert!(
-            detector.detect(text).is_none(),
-            "{text:?} got the protocol: {score:.2} {features:?}"
-        );
-    }
+    no_protocol(
+        &detector,
+        &[
+            "hi from b",
+            "b",
+            "hey it's b",
+            "good morning from node b",
+            "b here, whats up",
+            "plan b",
+            "fr fr",
+            "i'm b",
+        ],
+    );
     assert!(detector.detect("kms").is_some() && detector.detect("i want to die").is_some());
 }
 
@@ -308,6 +373,7 @@ fn the_shipped_model_is_what_training_produces() {
         eval_file("train8.tsv"),
         eval_file("train9.tsv"),
         eval_file("train10.tsv"),
+        eval_file("train11.tsv"),
     ];
     let (cases, sources) = load_training(&files).unwrap_or_else(|e| panic!("{e}"));
     let trained = train(&CrisisDetector::rules_only(), &cases, &sources);
@@ -315,7 +381,7 @@ fn the_shipped_model_is_what_training_produces() {
     let shipped = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{e}"));
     assert!(
         trained.text == shipped,
-        "{} is not what training produces from train.tsv to train10.tsv: run \
+        "{} is not what training produces from train.tsv to train11.tsv: run \
          `worldbridge crisis-train` from the source tree (it rewrites the file)",
         path.display()
     );
@@ -431,18 +497,15 @@ fn the_ninth_held_out_split_keeps_its_measured_recall_and_false_positives() {
 #[test]
 fn recovery_words_do_not_hide_a_wish_now() {
     let detector = CrisisDetector::builtin();
-    for text in [
-        "im doing so much better but i still want to kill myself",
-        "i am stable on meds but tonight i am going to end it",
-        "i was in a good place for a while but i want to die now",
-        "people think im doing well but i want to kill myself",
-    ] {
-        let (score, features) = detector.explain(text);
-        assert!(
-            detector.detect(text).is_some(),
-            "{text:?} got no protocol: {score:.2} {features:?}"
-        );
-    }
+    protocol(
+        &detector,
+        &[
+            "im doing so much better but i still want to kill myself",
+            "i am stable on meds but tonight i am going to end it",
+            "i was in a good place for a while but i want to die now",
+            "people think im doing well but i want to kill myself",
+        ],
+    );
     let history = "i tried to kill myself when i was 16, im 34 now and so glad i stayed";
     assert!(detector.detect(history).is_none(), "{history:?}");
 }
@@ -454,30 +517,24 @@ fn recovery_words_do_not_hide_a_wish_now() {
 #[test]
 fn recovered_history_is_distanced_but_an_attempt_with_the_danger_now_fires() {
     let detector = CrisisDetector::builtin();
-    for text in [
-        "i tried to kill myself when i was 16. im 34 now and doing great, happy to talk about it",
-        "i self harmed as a teen. now im 29 and doing great",
-    ] {
-        let (score, features) = detector.explain(text);
-        assert!(
-            detector.detect(text).is_none(),
-            "{text:?} got the protocol: {score:.2} {features:?}"
-        );
-    }
-    for text in [
-        "i tried when i was 16 and im thinking about it again",
-        "i tried to kill myself when i was 16. im 34 now and the thoughts are back",
-        "i tried to kill myself years ago and now i want to again",
-        "i tried to kill myself years ago and i am doing great but i want to die",
-        "i was going to jump on saturday but the cops showed up",
-        "i told the nurse i fell but i did it myself",
-    ] {
-        let (score, features) = detector.explain(text);
-        assert!(
-            detector.detect(text).is_some(),
-            "{text:?} got no protocol: {score:.2} {features:?}"
-        );
-    }
+    no_protocol(
+        &detector,
+        &[
+            "i tried to kill myself when i was 16. im 34 now and doing great, happy to talk about it",
+            "i self harmed as a teen. now im 29 and doing great",
+        ],
+    );
+    protocol(
+        &detector,
+        &[
+            "i tried when i was 16 and im thinking about it again",
+            "i tried to kill myself when i was 16. im 34 now and the thoughts are back",
+            "i tried to kill myself years ago and now i want to again",
+            "i tried to kill myself years ago and i am doing great but i want to die",
+            "i was going to jump on saturday but the cops showed up",
+            "i told the nurse i fell but i did it myself",
+        ],
+    );
 }
 
 #[test]

@@ -263,6 +263,10 @@ struct Pattern {
     /// One entry per element every match must use: what can fill it. A message without
     /// the words for one of them cannot match (checked before matching).
     needs: Vec<Need>,
+    /// The shortest list of literal words one of which every match must use (no class
+    /// can stand in), if the pattern has one: a message without any of them is not
+    /// looked at for this pattern at all (see [`CrisisDetector::hits`]).
+    gate: Option<Vec<u32>>,
 }
 
 /// What a mandatory pattern element needs in a message (see [`Present::allows`]).
@@ -281,6 +285,7 @@ enum Need {
 impl Pattern {
     fn new(kind: Kind, name: String, elems: Vec<Elem>) -> Pattern {
         let mut needs = Vec::new();
+        let mut gates: Vec<Vec<u32>> = Vec::new();
         for e in &elems {
             match e {
                 Elem::Alt {
@@ -288,7 +293,12 @@ impl Pattern {
                     classes,
                     optional: false,
                     or_end: false,
-                } => needs.push(Need::Any(blocks(words), *classes)),
+                } => {
+                    if *classes == 0 && !words.is_empty() {
+                        gates.push(words.clone());
+                    }
+                    needs.push(Need::Any(blocks(words), *classes))
+                }
                 Elem::Phrases {
                     options,
                     optional: false,
@@ -307,6 +317,9 @@ impl Pattern {
                             None => key_classes |= o.iter().fold(0, |acc, (_, cs)| acc | cs),
                         }
                     }
+                    if key_classes == 0 && !keys.is_empty() {
+                        gates.push(keys.clone());
+                    }
                     if options.len() > 1 {
                         needs.push(Need::Any(blocks(&keys), key_classes));
                     }
@@ -318,11 +331,13 @@ impl Pattern {
         // Most messages lack a pattern's rarest word: check the cheapest, most selective
         // needs first (a class is in most messages; a few literal words are in few).
         needs.sort_by_key(Need::cost);
+        let gate = gates.into_iter().min_by_key(Vec::len);
         Pattern {
             kind,
             name,
             elems,
             needs,
+            gate,
         }
     }
 }
@@ -427,6 +442,11 @@ pub struct CrisisDetector {
     /// Word id → patterns (idioms only / everything else) whose first element accepts it.
     idiom_index: Vec<Vec<u32>>,
     main_index: Vec<Vec<u32>>,
+    /// Per word id, the patterns (not idioms) that word opens (its `gate`); and per
+    /// pattern, 2 ("impossible") when it has a gate, 0 ("not checked yet") when not: the
+    /// state [`CrisisDetector::hits`] starts from.
+    gate_index: Vec<Vec<u32>>,
+    gated: Vec<u8>,
     /// Word id → the word.
     words: Vec<String>,
     /// The second stage; `None` for the rules alone.
@@ -708,7 +728,16 @@ impl CrisisDetector {
     fn hits(&self, toks: &[Tok]) -> (Vec<Hit>, bool) {
         let present = Present::new(toks, self.classes_of.len());
         // Per pattern: 0 = not checked yet, 1 = possible, 2 = impossible or already hit.
-        let mut state = vec![0u8; self.patterns.len()];
+        // A pattern with a gate is impossible until one of its gate words is seen: most
+        // patterns that open on a common word ("i", "the", "not") never get checked.
+        let mut state = self.gated.clone();
+        for t in toks.iter().filter(|t| t.is_word() && t.id != UNKNOWN) {
+            if let Some(opened) = self.gate_index.get(t.id as usize) {
+                for &p in opened {
+                    state[p as usize] = 0;
+                }
+            }
+        }
         let mut hits: Vec<Hit> = Vec::new();
         let mut negated = false;
         for at in 0..toks.len() {
@@ -1345,7 +1374,17 @@ impl Builder {
         let n = self.words.len();
         let mut idiom_index = vec![Vec::new(); n];
         let mut main_index = vec![Vec::new(); n];
+        let mut gate_index = vec![Vec::new(); n];
+        let mut gated = vec![0u8; patterns.len()];
         for (p, pat) in patterns.iter().enumerate() {
+            if let (Some(gate), false) = (&pat.gate, pat.kind == Kind::Idiom) {
+                gated[p] = 2;
+                for &w in gate {
+                    if let Some(opened) = gate_index.get_mut(w as usize) {
+                        opened.push(p as u32);
+                    }
+                }
+            }
             let index = if pat.kind == Kind::Idiom {
                 &mut idiom_index
             } else {
@@ -1391,6 +1430,8 @@ impl Builder {
             patterns,
             idiom_index,
             main_index,
+            gate_index,
+            gated,
             vocab: self.vocab,
             words: self.words,
             model: None,
@@ -1528,6 +1569,13 @@ const SPELLED: &[(&str, &[&str])] = &[
     ("ive", &["i", "have"]),
     ("youre", &["you", "are"]),
     ("theyre", &["they", "are"]),
+    ("hes", &["he", "is"]),
+    ("shes", &["she", "is"]),
+    ("theyll", &["they", "will"]),
+    ("theyve", &["they", "have"]),
+    ("theyd", &["they", "would"]),
+    ("youll", &["you", "will"]),
+    ("youve", &["you", "have"]),
     ("thats", &["that", "is"]),
     ("whats", &["what", "is"]),
     ("theres", &["there", "is"]),
@@ -1710,6 +1758,11 @@ mod tests {
             ["kill", "myself", ".", "my", "cat"]
         );
         assert_eq!(words("I'd wanna go"), ["i", "would", "want", "to", "go"]);
+        // Pronoun contractions typed without the apostrophe ("hes going to end it").
+        assert_eq!(
+            words("hes shes theyll theyve"),
+            ["he", "is", "she", "is", "they", "will", "they", "have"]
+        );
         assert!(words("  😂 ").is_empty());
     }
 
