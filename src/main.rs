@@ -8,6 +8,12 @@ use worldbridge::config::Config;
 use worldbridge::event_loop::Bridge;
 use worldbridge::store;
 
+/// mimalloc, not the system allocator: a chat allocates and frees a few dozen small
+/// strings and vectors, and glibc's malloc and free were 13 % of the server's time on
+/// that path (docs/benchmarks.md, "A new user on every request").
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let args: Vec<String> = std::env::args().skip(1).collect();

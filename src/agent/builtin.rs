@@ -71,8 +71,10 @@ pub struct Plan {
 /// Read `message` (`first`: the user has no earlier exchange).
 pub fn plan(message: &str, first: bool) -> Plan {
     let words = normalize(message);
-    let intent = classify(&words);
-    let greeted = first || is_greeting(&words);
+    let (intent, greeted) = {
+        let read = Words::new(&words);
+        (classify(&read), first || is_greeting(&read))
+    };
     Plan {
         words,
         intent,
@@ -131,13 +133,19 @@ pub fn reply_planned(req: &AgentRequest, plan: &Plan) -> String {
         Intent::News => news(req),
         _ => other(req, user, words),
     };
+    let mut out = String::with_capacity(LED.len() + user.len() + body.len() + 12);
+    out.push_str(LED);
     if greeted {
         // Every body is one quoted line: open the same quote with the greeting.
-        let rest = body.strip_prefix('"').unwrap_or(&body);
-        format!("{LED} \"Hello, {user}. {rest}")
+        out.push_str(" \"Hello, ");
+        out.push_str(user);
+        out.push_str(". ");
+        out.push_str(body.strip_prefix('"').unwrap_or(&body));
     } else {
-        format!("{LED} {body}")
+        out.push(' ');
+        out.push_str(&body);
     }
+    out
 }
 
 /// Lower-case words separated by single spaces, apostrophes dropped ("Who's" → "whos"),
@@ -148,100 +156,106 @@ fn normalize(message: &str) -> String {
         if c == '\'' || c == '’' {
             continue;
         }
-        if c.is_alphanumeric() {
+        // ASCII (nearly every message) skips the Unicode tables; same result.
+        if c.is_ascii_alphanumeric() {
+            out.push(c.to_ascii_lowercase());
+        } else if !c.is_ascii() && c.is_alphanumeric() {
             out.extend(c.to_lowercase());
         } else if !out.ends_with(' ') && !out.is_empty() {
             out.push(' ');
         }
     }
-    out.trim_end().to_string()
-}
-
-/// Whether `phrase` (normalized, whole words) occurs in `words`. No allocation: this runs
-/// dozens of times per message.
-fn has(words: &str, phrase: &str) -> bool {
-    // Messages are short: a plain scan from each word start beats building a substring
-    // searcher for every phrase.
-    let (b, p) = (words.as_bytes(), phrase.as_bytes());
-    if p.is_empty() || p.len() > b.len() {
-        return false;
+    // Only a trailing separator can be left: lower-cased letters are never white space.
+    if out.ends_with(' ') {
+        out.pop();
     }
-    (0..=b.len() - p.len()).any(|i| {
-        let end = i + p.len();
-        (i == 0 || b[i - 1] == b' ')
-            && b[i] == p[0]
-            && &b[i..end] == p
-            && (end == b.len() || b[end] == b' ')
-    })
+    out
 }
 
-fn has_any(words: &str, phrases: &[&str]) -> bool {
-    phrases.iter().any(|p| has(words, p))
+/// A normalized message and where each of its words starts, so a phrase is tried at word
+/// starts only. No allocation per phrase: dozens of phrases are tried per message.
+struct Words<'a> {
+    text: &'a [u8],
+    starts: Vec<usize>,
 }
 
-fn classify(words: &str) -> Intent {
-    let count = words.split(' ').filter(|w| !w.is_empty()).count();
-    if has_any(
-        words,
-        &["what can you do", "commands", "how does this work"],
-    ) || (has(words, "help") && count <= 3)
+impl<'a> Words<'a> {
+    fn new(words: &'a str) -> Words<'a> {
+        let text = words.as_bytes();
+        let starts = (0..text.len())
+            .filter(|&i| (i == 0 || text[i - 1] == b' ') && text[i] != b' ')
+            .collect();
+        Words { text, starts }
+    }
+
+    /// Whether `phrase` (normalized, whole words) occurs.
+    fn has(&self, phrase: &str) -> bool {
+        let (b, p) = (self.text, phrase.as_bytes());
+        !p.is_empty()
+            && self.starts.iter().any(|&i| {
+                let end = i + p.len();
+                // The first letter rules out most words without a call to compare.
+                b[i] == p[0] && b.get(i..end) == Some(p) && (end == b.len() || b[end] == b' ')
+            })
+    }
+
+    fn has_any(&self, phrases: &[&str]) -> bool {
+        phrases.iter().any(|p| self.has(p))
+    }
+}
+
+fn classify(words: &Words) -> Intent {
+    let count = words.starts.len();
+    if words.has_any(&["what can you do", "commands", "how does this work"])
+        || (words.has("help") && count <= 3)
     {
         Intent::Help
-    } else if has_any(words, &["where are you", "where r you", "where r u"]) {
+    } else if words.has_any(&["where are you", "where r you", "where r u"]) {
         Intent::WhereAreYou
-    } else if has_any(
-        words,
-        &[
-            "who is here",
-            "whos here",
-            "who is there",
-            "whos there",
-            "who else",
-            "who is around",
-            "whos around",
-            "who is in",
-            "anyone here",
-            "anybody here",
-            "anyone else",
-            "anybody else",
-        ],
-    ) {
+    } else if words.has_any(&[
+        "who is here",
+        "whos here",
+        "who is there",
+        "whos there",
+        "who else",
+        "who is around",
+        "whos around",
+        "who is in",
+        "anyone here",
+        "anybody here",
+        "anyone else",
+        "anybody else",
+    ]) {
         Intent::WhoIsHere
-    } else if has_any(
-        words,
-        &[
-            "where am i",
-            "where are we",
-            "what do you see",
-            "what can you see",
-            "look",
-            "look around",
-            "describe",
-            "what is this place",
-            "whats this place",
-            "where is this",
-            "what room",
-            "surroundings",
-        ],
-    ) {
+    } else if words.has_any(&[
+        "where am i",
+        "where are we",
+        "what do you see",
+        "what can you see",
+        "look",
+        "look around",
+        "describe",
+        "what is this place",
+        "whats this place",
+        "where is this",
+        "what room",
+        "surroundings",
+    ]) {
         Intent::Look
-    } else if has_any(
-        words,
-        &[
-            "what happened",
-            "whats happened",
-            "what has happened",
-            "news",
-            "recent",
-            "what did i miss",
-            "whats new",
-            "what is new",
-            "whats going on",
-            "what is going on",
-            "whats happening",
-            "what is happening",
-        ],
-    ) {
+    } else if words.has_any(&[
+        "what happened",
+        "whats happened",
+        "what has happened",
+        "news",
+        "recent",
+        "what did i miss",
+        "whats new",
+        "what is new",
+        "whats going on",
+        "what is going on",
+        "whats happening",
+        "what is happening",
+    ]) {
         Intent::News
     } else {
         Intent::Other
@@ -249,12 +263,10 @@ fn classify(words: &str) -> Intent {
 }
 
 /// A message that opens with a greeting ("Hello, Timmy", "hi, where am I?").
-fn is_greeting(words: &str) -> bool {
-    words
-        .split(' ')
-        .next()
-        .is_some_and(|w| GREETINGS.contains(&w))
-        || has_any(words, &["good morning", "good afternoon", "good evening"])
+fn is_greeting(words: &Words) -> bool {
+    let first = words.text.split(|&b| b == b' ').next().unwrap_or_default();
+    GREETINGS.iter().any(|g| g.as_bytes() == first)
+        || words.has_any(&["good morning", "good afternoon", "good evening"])
 }
 
 const GREETINGS: &[&str] = &[
@@ -332,8 +344,12 @@ fn look(req: &AgentRequest) -> String {
     if ctx.room.is_empty() {
         return "\"I can't tell where you are just now.\"".to_string();
     }
-    let mut out = format!("\"You're in {}.", ctx.room);
     let desc = ctx.room_desc.trim();
+    let exits: usize = ctx.exits.iter().map(|e| e.len() + 2).sum();
+    let mut out = String::with_capacity(ctx.room.len() + desc.len() + exits + 48);
+    out.push_str("\"You're in ");
+    out.push_str(&ctx.room);
+    out.push('.');
     if !desc.is_empty() {
         out.push(' ');
         out.push_str(desc);
@@ -344,7 +360,14 @@ fn look(req: &AgentRequest) -> String {
     if ctx.exits.is_empty() {
         out.push_str(" I see no way out from here.\"");
     } else {
-        out.push_str(&format!(" Exits: {}.\"", ctx.exits.join(", ")));
+        out.push_str(" Exits: ");
+        for (i, exit) in ctx.exits.iter().enumerate() {
+            if i > 0 {
+                out.push_str(", ");
+            }
+            out.push_str(exit);
+        }
+        out.push_str(".\"");
     }
     out
 }

@@ -1482,7 +1482,12 @@ pub(crate) fn for_each_word(text: &str, mut emit: impl FnMut(&str)) {
             }
             c => c,
         };
-        if c == '\'' || c.is_alphanumeric() {
+        // ASCII (nearly every message) skips the Unicode tables; same result.
+        if c == '\'' || c.is_ascii_alphanumeric() {
+            token.push(c.to_ascii_lowercase());
+            continue;
+        }
+        if !c.is_ascii() && c.is_alphanumeric() {
             token.extend(c.to_lowercase());
             continue;
         }

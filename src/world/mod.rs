@@ -94,6 +94,9 @@ pub struct World {
     occupants: HashMap<String, Occupant>,
     pub sessions: Sessions,
     seq: u64,
+    /// The last event time stamped and its text: the events of one request (a newcomer's
+    /// enter, an evicted session's leave, a say) share their millisecond.
+    stamp: (u64, String),
     limits: WorldLimits,
     outbox: Vec<Event>,
     /// What changed since [`World::take_changes`], kept only while a store persists the
@@ -136,6 +139,7 @@ impl World {
             occupants: HashMap::new(),
             sessions: Sessions::new(limits.sessions),
             seq: 0,
+            stamp: (0, rfc3339(0)),
             limits,
             outbox: Vec::new(),
             changes: state::Changes::default(),
@@ -302,11 +306,19 @@ impl World {
             username: user.1.to_string(),
             room: room.to_string(),
             message: message.map(str::to_string),
-            timestamp: rfc3339(now_ms),
+            timestamp: self.stamp(now_ms),
             seq,
             origin,
             ts_ms: now_ms,
         }
+    }
+
+    /// `now_ms` as RFC 3339, written once per millisecond.
+    fn stamp(&mut self, now_ms: u64) -> String {
+        if self.stamp.0 != now_ms {
+            self.stamp = (now_ms, rfc3339(now_ms));
+        }
+        self.stamp.1.clone()
     }
 
     /// Keep a new event in its room and the outbox.
