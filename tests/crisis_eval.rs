@@ -1,6 +1,6 @@
 //! The crisis detector against the labelled corpus in `fixtures/crisis/eval/`: the training
-//! splits (`train.tsv`, the rules are tuned on it; `train2.tsv` to `train11.tsv`, the
-//! classifier is trained on all eleven; the rules were not tuned on them until the round that
+//! splits (`train.tsv`, the rules are tuned on it; `train2.tsv` to `train12.tsv`, the
+//! classifier is trained on all twelve; the rules were not tuned on them until the round that
 //! added `train5.tsv`, which read the rules' errors on all five; `train6.tsv` is short
 //! messages, for the classifier; `train7.tsv` is preparations, plans and means, past
 //! attempts with the danger now, passive ideation, hopelessness and burden said without a
@@ -24,7 +24,10 @@
 //! `train11.tsv` is past attempts told without "tried", someone else at risk now,
 //! preparations, joking, plans, burden and passive ideation, with game give-aways and
 //! farewells, suicide and overdose as a topic and everyday hospital visits as hard
-//! negatives, and came with rules for them and game-quitting, moving and topic guards)
+//! negatives, and came with rules for them and game-quitting, moving and topic guards;
+//! `train12.tsv` is past attempts, plans and means, preparation, self-harm and someone
+//! else at risk now, with in-game deaths, roleplay, NPC and story lines as hard negatives,
+//! and came with rules for them and game-world guards)
 //! and the held-out splits (`test.tsv` and `test2.tsv`, each written separately by an
 //! author who never saw the detector, and never tuned on; `test2.tsv` was added after the
 //! classifier was trained, and nobody working on the detector has read it).
@@ -310,6 +313,48 @@ fn the_eleventh_training_split_keeps_its_recall_and_the_rules_false_positives() 
     keeps_its_recall_and_the_rules_false_positives("train11.tsv", 600, TRAIN11_RECALL_FLOOR);
 }
 
+/// `train12.tsv` (hand-written: past attempts, plans and means, preparation, self-harm,
+/// someone else at risk now; hard negatives: in-game deaths and respawns, hardcore runs,
+/// in-character roleplay, NPC, quest and story lines, guild and server quits) with the
+/// shipped model, trained on it: recall at least 97 % (98.8 %, 158/160, in sample when it was
+/// added). The detector before it, never tuned or trained on it, caught 83.1 % (133/160)
+/// with 4.6 % (9/197) false positives. A regression guard, not the goal.
+const TRAIN12_RECALL_FLOOR: f64 = 0.97;
+
+#[test]
+fn the_twelfth_training_split_keeps_its_recall_and_the_rules_false_positives() {
+    keeps_its_recall_and_the_rules_false_positives("train12.tsv", 300, TRAIN12_RECALL_FLOOR);
+}
+
+/// An NPC's noose, a guild disbanding, potions overdosed on, a will made for a new baby
+/// and a leaving cake are not a crisis; a coma after the pills, a day picked, a plan that
+/// is a bridge, a blade carried "in case the urge comes" and a friend's pet handed over for
+/// good are. None of these lines is in a training file.
+#[test]
+fn game_world_context_is_distanced_and_plans_and_attempts_fire() {
+    let detector = CrisisDetector::builtin();
+    no_protocol(
+        &detector,
+        &[
+            "the quest giver has a noose around his neck, creepy npc design",
+            "our clan is disbanding so i said goodbye to everyone and gave away my gear",
+            "overdosed on mana potions again, the debuff lasts forever",
+            "making a will now that our newborn is home, the solicitor was lovely",
+            "said bye to everyone on my last day at the shop, they got me a cake",
+        ],
+    );
+    protocol(
+        &detector,
+        &[
+            "i ended up in intensive care after the pills in march and i am saving them again",
+            "i have already chosen the date.",
+            "my plan is the bridge by the station",
+            "i carry a blade in my pocket in case the urge gets bad",
+            "my brother asked me to keep his dog for good and now he is not answering",
+        ],
+    );
+}
+
 /// Game farewells and give-aways, a will made for a house, "my attempt at a loaf" and a
 /// move are ordinary; a past attempt told without "tried" (a stomach pumped, found in
 /// time, resuscitated), a friend's farewell with the phone off and a give-away that denies
@@ -377,6 +422,7 @@ fn the_shipped_model_is_what_training_produces() {
         eval_file("train9.tsv"),
         eval_file("train10.tsv"),
         eval_file("train11.tsv"),
+        eval_file("train12.tsv"),
     ];
     let (cases, sources) = load_training(&files).unwrap_or_else(|e| panic!("{e}"));
     let trained = train(&CrisisDetector::rules_only(), &cases, &sources);
@@ -384,7 +430,7 @@ fn the_shipped_model_is_what_training_produces() {
     let shipped = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{e}"));
     assert!(
         trained.text == shipped,
-        "{} is not what training produces from train.tsv to train11.tsv: run \
+        "{} is not what training produces from train.tsv to train12.tsv: run \
          `worldbridge crisis-train` from the source tree (it rewrites the file)",
         path.display()
     );
