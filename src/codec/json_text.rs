@@ -38,32 +38,52 @@ fn escape(c: u8, out: &mut Vec<u8>) {
     out.extend_from_slice(&[b'\\', short]);
 }
 
+/// Whether `c` is written escaped: a control character, `"` or `\`.
+fn special(c: u8) -> bool {
+    c < 0x20 || c == b'"' || c == b'\\'
+}
+
+/// How many bytes from the start of `b` go as they are: the place of the first control
+/// character, `"` or `\` (`b.len()` when there is none).
+#[inline]
+pub fn plain_len(b: &[u8]) -> usize {
+    let mut i = 0;
+    while let Some(chunk) = b.get(i..i + 8) {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(chunk);
+        if needs_escape(u64::from_le_bytes(w)) {
+            break;
+        }
+        i += 8;
+    }
+    i + b[i..]
+        .iter()
+        .position(|&c| special(c))
+        .unwrap_or(b.len() - i)
+}
+
 /// Appends `s` as a JSON string literal (with its quotes).
+#[inline]
 pub fn push_str(out: &mut Vec<u8>, s: &str) {
     let b = s.as_bytes();
+    let plain = plain_len(b);
     out.reserve(b.len() + 2);
     out.push(b'"');
-    // `b[run..i]` is waiting to be copied as it is.
-    let (mut run, mut i) = (0, 0);
-    while i < b.len() {
-        if let Some(chunk) = b.get(i..i + 8) {
-            let mut w = [0u8; 8];
-            w.copy_from_slice(chunk);
-            if !needs_escape(u64::from_le_bytes(w)) {
-                i += 8;
-                continue;
-            }
-        }
-        let c = b[i];
-        if c < 0x20 || c == b'"' || c == b'\\' {
-            out.extend_from_slice(&b[run..i]);
-            escape(c, out);
-            run = i + 1;
-        }
-        i += 1;
+    out.extend_from_slice(&b[..plain]);
+    if plain < b.len() {
+        push_escaped(out, b, plain);
     }
-    out.extend_from_slice(&b[run..]);
     out.push(b'"');
+}
+
+/// The rest of [`push_str`]'s string from `b[run]`, a byte to escape.
+fn push_escaped(out: &mut Vec<u8>, b: &[u8], mut run: usize) {
+    while let Some(&c) = b.get(run) {
+        escape(c, out);
+        let at = run + 1 + plain_len(&b[run + 1..]);
+        out.extend_from_slice(&b[run + 1..at]);
+        run = at;
+    }
 }
 
 /// Appends `n` in decimal (as `serde_json` writes an integer), without going through `fmt`.

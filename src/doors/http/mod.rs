@@ -12,7 +12,7 @@ use crate::app::reports;
 use crate::app::stream::Part;
 use crate::app::{Answer, App, CallInput};
 use crate::codec::http::{percent_decode, push_decimal, push_json_str, Method, Request, Response};
-use crate::codec::ws_handshake;
+use crate::codec::{json_text, ws_handshake};
 use crate::conn::http::Handled;
 use crate::conn::ConnId;
 use crate::conn::Feed;
@@ -1030,7 +1030,7 @@ struct ChatAnswer<'a> {
 fn chat_body(c: &ChatReply) -> Vec<u8> {
     let mut b = Vec::with_capacity(96 + c.text.len() + c.user.len() + c.room.len());
     b.extend_from_slice(b"{\"response\":");
-    push_json_str(&mut b, &c.text);
+    json_text::push_str(&mut b, &c.text);
     b.extend_from_slice(b",\"user\":");
     push_json_str(&mut b, &c.user);
     b.extend_from_slice(b",\"room\":");
