@@ -1073,6 +1073,12 @@ fn match_end(rest: &[Elem], toks: &[Tok], at: usize) -> Option<usize> {
 /// Appends `w` with runs of three or more of one character squeezed to one ("sooo" →
 /// "so", "good" stays): the word as typed, for the model's letter pieces.
 fn squeeze_runs(w: &str, out: &mut String) {
+    // Nearly every word is ASCII without a run of three: copied whole, the same result.
+    let b = w.as_bytes();
+    if w.is_ascii() && !b.windows(3).any(|t| t[0] == t[1] && t[1] == t[2]) {
+        out.push_str(w);
+        return;
+    }
     let mut chars = w.chars().peekable();
     while let Some(c) = chars.next() {
         let mut run = 1;
@@ -1551,6 +1557,31 @@ const S_IS: &[&str] = &[
     "somebody",
 ];
 
+/// Up to 8 bytes of text as one integer (first byte lowest). Words here hold no NUL, so
+/// two words of at most 8 bytes have the same key only when they are the same word.
+const fn pack(s: &str) -> u64 {
+    let b = s.as_bytes();
+    let mut key = 0u64;
+    let mut i = 0;
+    while i < b.len() {
+        key |= (b[i] as u64) << (8 * i);
+        i += 1;
+    }
+    key
+}
+
+/// `SPELLED`'s words packed (each is at most 8 bytes: checked when this is built).
+const SPELLED_KEYS: [u64; SPELLED.len()] = {
+    let mut keys = [0u64; SPELLED.len()];
+    let mut i = 0;
+    while i < SPELLED.len() {
+        assert!(SPELLED[i].0.len() <= 8);
+        keys[i] = pack(SPELLED[i].0);
+        i += 1;
+    }
+    keys
+};
+
 /// Contractions typed without the apostrophe, and a few spellings, to their expansion.
 const SPELLED: &[(&str, &[&str])] = &[
     ("dont", &["do", "not"]),
@@ -1594,11 +1625,17 @@ const SPELLED: &[(&str, &[&str])] = &[
 
 /// Expands one lowercase token (letters, digits, apostrophes) into normalised words.
 fn expand(token: &str, out: &mut impl FnMut(&str)) {
-    let token = token.trim_matches('\'');
+    // Nearly every word has no apostrophe, and then nothing to trim or split.
+    let quoted = token.as_bytes().contains(&b'\'');
+    let token = if quoted {
+        token.trim_matches('\'')
+    } else {
+        token
+    };
     if token.is_empty() {
         return;
     }
-    if let Some((base, suffix)) = token.rsplit_once('\'') {
+    if let Some((base, suffix)) = quoted.then(|| token.rsplit_once('\'')).flatten() {
         if !base.is_empty() && !base.contains('\'') {
             let expanded: Option<[&str; 2]> = match suffix {
                 "t" => base
@@ -1635,8 +1672,12 @@ fn expand(token: &str, out: &mut impl FnMut(&str)) {
         out(&token.replace('\'', ""));
         return;
     }
-    match SPELLED.iter().find(|(spelled, _)| *spelled == token) {
-        Some((_, words)) => words.iter().for_each(|w| out(w)),
+    // Compared as integers (`SPELLED_KEYS`), not as text: one test per entry, no call.
+    let found = (token.len() <= 8)
+        .then(|| pack(token))
+        .and_then(|key| SPELLED_KEYS.iter().position(|&k| k == key));
+    match found {
+        Some(i) => SPELLED[i].1.iter().for_each(|w| out(w)),
         None => out(token),
     }
 }

@@ -276,7 +276,9 @@ impl Model {
         }
         let bias = bias.ok_or_else(|| format!("{name}: no `bias` line"))?;
         let threshold = threshold.ok_or_else(|| format!("{name}: no `threshold` line"))?;
-        let cap = (weights.len() * 4 / 3 + 1).next_power_of_two().max(16);
+        // At most half full: a feature the model lacks (most letter pieces) is known
+        // absent after one or two probes, not five.
+        let cap = (weights.len() * 2 + 1).next_power_of_two().max(16);
         let mut model = Model {
             slots: vec![(0, 0.0); cap],
             mask: cap - 1,

@@ -416,7 +416,7 @@ pub fn encode(resp: &Response, head_only: bool, keep_alive: bool, out: &mut Vec<
 
     out.reserve(64 + resp.headers.len() * 32 + if no_body { 0 } else { resp.body.len() });
     out.extend_from_slice(b"HTTP/1.1 ");
-    push_decimal(out, usize::from(status));
+    push_decimal(out, u64::from(status));
     out.push(b' ');
     out.extend_from_slice(reason(status).as_bytes());
     out.extend_from_slice(b"\r\n");
@@ -436,7 +436,7 @@ pub fn encode(resp: &Response, head_only: bool, keep_alive: bool, out: &mut Vec<
     }
     if !no_length {
         out.extend_from_slice(b"Content-Length: ");
-        push_decimal(out, resp.body.len());
+        push_decimal(out, resp.body.len() as u64);
         out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(if status == 101 {
@@ -480,33 +480,21 @@ pub fn push_chunk(data: &[u8], out: &mut Vec<u8>) {
 /// The end of a chunked body.
 pub const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
 
+pub use super::json_text::push_decimal;
+
 /// Appends `s` as a JSON string, byte for byte what `serde_json` writes (for answers
 /// written by hand on a hot path): a string with nothing to escape is copied as is.
+/// (For the short names of a say's recipients this beats [`super::json_text::push_str`],
+/// which is for long text.)
 pub fn push_json_str(out: &mut Vec<u8>, s: &str) {
     if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
         out.reserve(s.len() + 2);
         out.push(b'"');
         out.extend_from_slice(s.as_bytes());
         out.push(b'"');
-    } else if serde_json::to_writer(&mut *out, s).is_err() {
-        // Writing a string into a Vec cannot fail; the fallback only keeps this total.
-        out.extend_from_slice(b"\"\"");
+    } else {
+        super::json_text::push_str(out, s);
     }
-}
-
-/// Appends `n` in decimal without going through `fmt`.
-fn push_decimal(out: &mut Vec<u8>, mut n: usize) {
-    let mut digits = [0u8; 20]; // usize::MAX has 20 digits
-    let mut start = digits.len();
-    loop {
-        start -= 1;
-        digits[start] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&digits[start..]);
 }
 
 /// The reason phrase for a status code; `""` for codes we never send (an empty
@@ -1243,15 +1231,6 @@ mod tests {
             push_json_str(&mut out, s);
             let want = format!("x{}", serde_json::to_string(s).unwrap());
             assert_eq!(String::from_utf8(out).unwrap(), want, "{s:?}");
-        }
-    }
-
-    #[test]
-    fn push_decimal_writes_every_width() {
-        for n in [0usize, 7, 10, 99, 100, 65_535, 1_048_576, usize::MAX] {
-            let mut out = Vec::new();
-            push_decimal(&mut out, n);
-            assert_eq!(out, n.to_string().into_bytes());
         }
     }
 }

@@ -11,8 +11,8 @@ use crate::app::outcome::{ChatReply, Outcome, Refusal, Reply};
 use crate::app::reports;
 use crate::app::stream::Part;
 use crate::app::{Answer, App, CallInput};
-use crate::codec::http::{percent_decode, push_json_str, Method, Request, Response};
-use crate::codec::ws_handshake;
+use crate::codec::http::{percent_decode, push_decimal, push_json_str, Method, Request, Response};
+use crate::codec::{json_text, ws_handshake};
 use crate::conn::http::Handled;
 use crate::conn::ConnId;
 use crate::conn::Feed;
@@ -966,10 +966,7 @@ pub fn render(reply: Reply) -> Response {
         Err(r) => return r.into(),
     };
     match outcome {
-        Outcome::Chat(c) => {
-            let size = 128 + c.text.len() + c.user.len() + c.room.len();
-            Response::json_sized(200, &chat_json(&c), size)
-        }
+        Outcome::Chat(c) => Response::new(200, "application/json", chat_body(&c)),
         Outcome::Generate { text } => Response::json(200, &json!({"results": [{"text": text}]})),
         Outcome::Acted {
             world,
@@ -1026,6 +1023,25 @@ struct ChatAnswer<'a> {
     room: &'a str,
     session_messages: u64,
     crisis: bool,
+}
+
+/// [`ChatAnswer`]'s JSON, the same bytes as `serde_json` writes, without its machinery:
+/// every chat's answer is written here.
+fn chat_body(c: &ChatReply) -> Vec<u8> {
+    let mut b = Vec::with_capacity(96 + c.text.len() + c.user.len() + c.room.len());
+    b.extend_from_slice(b"{\"response\":");
+    json_text::push_str(&mut b, &c.text);
+    b.extend_from_slice(b",\"user\":");
+    push_json_str(&mut b, &c.user);
+    b.extend_from_slice(b",\"room\":");
+    push_json_str(&mut b, &c.room);
+    b.extend_from_slice(b",\"session_messages\":");
+    push_decimal(&mut b, c.session_messages);
+    b.extend_from_slice(match c.crisis {
+        true => b",\"crisis\":true}",
+        false => b",\"crisis\":false}",
+    });
+    b
 }
 
 fn chat_json(c: &ChatReply) -> ChatAnswer<'_> {
