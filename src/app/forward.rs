@@ -437,21 +437,26 @@ impl App {
 mod tests {
     use super::*;
 
+    /// Node b's ask 7 for una's "hello", the crisis protocol already given.
+    fn ask(stream: bool, system: Option<&str>) -> Msg {
+        Msg::Ask {
+            id: 7,
+            from: "b".into(),
+            user_id: "una".into(),
+            username: "Una".into(),
+            room: "The Threshold".into(),
+            message: "hello".into(),
+            crisis: true,
+            resources: false,
+            stream,
+            system: system.map(str::to_string),
+        }
+    }
+
     #[test]
     fn messages_read_back_as_written() {
         let all = [
-            Msg::Ask {
-                id: 7,
-                from: "b".into(),
-                user_id: "una".into(),
-                username: "Una".into(),
-                room: "The Threshold".into(),
-                message: "hello".into(),
-                crisis: true,
-                resources: false,
-                stream: true,
-                system: Some("be brief".into()),
-            },
+            ask(true, Some("be brief")),
             Msg::Part {
                 id: 7,
                 index: 1,
@@ -549,19 +554,7 @@ mod tests {
     #[test]
     fn the_owner_answers_an_ask_and_nothing_else_is_believed() {
         let mut app = App::new(crate::config::Config::default()).expect("app");
-        let ask = serde_json::to_string(&Msg::Ask {
-            id: 7,
-            from: "b".into(),
-            user_id: "una".into(),
-            username: "Una".into(),
-            room: "The Threshold".into(),
-            message: "hello".into(),
-            crisis: true,
-            resources: false,
-            stream: false,
-            system: None,
-        })
-        .unwrap();
+        let text = serde_json::to_string(&ask(false, None)).unwrap();
         // Not JSON, an unknown type, and an answer or a part for a request this node
         // never sent (a replay, or another node's): skipped, nothing answered.
         let stray = [
@@ -584,7 +577,7 @@ mod tests {
         assert!(app.out.answers.is_empty() && app.out.parts.is_empty());
         // The ask is run here and answered to the node it came from, with the crisis
         // reading that node made.
-        app.on_inbox(vec![ask]);
+        app.on_inbox(vec![text]);
         match app.out.answers.as_slice() {
             [(ReplyTo::Remote { node, id: 7 }, Ok(Outcome::Chat(r)))] => {
                 assert_eq!(node, "b");

@@ -271,12 +271,9 @@ impl World {
     ) -> Option<Event> {
         let origin = self.id.clone();
         let ev = self.new_event(origin, EventKind::Presence, event, who, room, None, now_ms);
-        if !give {
-            self.record(ev);
-            return None;
-        }
-        self.record(ev.clone());
-        Some(ev)
+        let given = give.then(|| ev.clone());
+        self.record(ev);
+        given
     }
 
     /// A new event that happened in `origin` (this world, or a peer's event shown here),
