@@ -327,6 +327,20 @@ fn the_twelfth_training_split_keeps_its_recall_and_the_rules_false_positives() {
     keeps_its_recall_and_the_rules_false_positives("train12.tsv", 300, TRAIN12_RECALL_FLOOR);
 }
 
+/// `train13.tsv` (hand-written by an author who saw nothing of the project: past attempts,
+/// preparations told as errands, plans and means, self-harm, someone else at risk now, long
+/// roleplay and chat lines with the signal in the middle; hard negatives: game and fiction
+/// talk, everyday errands, topic, idioms) with the shipped model, trained on it: recall at
+/// least 91 % (92.6 %, 365/394, in sample when it was added; its false positives 2.2 %,
+/// 7/322). The detector before it, never tuned or trained on it, caught 82.4 % (346/420)
+/// with 2.6 % (9/340) false positives. A regression guard, not the goal.
+const TRAIN13_RECALL_FLOOR: f64 = 0.91;
+
+#[test]
+fn the_thirteenth_training_split_keeps_its_recall_and_the_rules_false_positives() {
+    keeps_its_recall_and_the_rules_false_positives("train13.tsv", 700, TRAIN13_RECALL_FLOOR);
+}
+
 /// An NPC's noose, a guild disbanding, potions overdosed on, a will made for a new baby
 /// and a leaving cake are not a crisis; a coma after the pills, a day picked, a plan that
 /// is a bridge, a blade carried "in case the urge comes" and a friend's pet handed over for
