@@ -475,7 +475,7 @@ fn check_config(agent: SocketAddr, check_ms: u64) -> worldbridge::config::Config
 }
 
 /// A message the local detector does not flag (checked here, so the test stays honest).
-const QUIET: &str = "the grey is all there is now and it is closing in";
+const QUIET: &str = "the colours went out of things a while ago";
 
 #[test]
 fn a_classifier_that_says_yes_adds_the_protocol_the_detector_missed() {

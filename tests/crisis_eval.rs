@@ -69,7 +69,7 @@
 //! `test5.tsv`, by a fifth blind author, measured once with the same model: 91.3 %
 //! (401/439), 3.6 % (13/360; 11 the rules' alone).
 //!
-//! `test6.tsv` to `test14.tsv`, by nine more blind authors, each measured with the model
+//! `test6.tsv` to `test15.tsv`, by ten more blind authors, each measured with the model
 //! of its day (their headers say how); `test11.tsv`: 92.5 % / 2.6 % after the eleventh
 //! round, 93.2 % / 2.6 % after the twelfth; `test12.tsv`: 92.3 % / 1.0 % with the twelfth
 //! round's detector; `test10.tsv`: 94.3 % / 1.0 % when
@@ -407,6 +407,39 @@ fn the_nineteenth_training_split_keeps_its_recall_and_the_rules_false_positives(
     keeps_its_recall_and_the_rules_false_positives("train19.tsv", 700, TRAIN19_RECALL_FLOOR);
 }
 
+/// `train20.tsv` (hand-written by an author who saw nothing of the project: acute distress late at night, fragmented and misspelt, self-harm and past attempts in the writer's own words; hard negatives: late-night rants and drunk texts about trivial things)
+/// with the shipped model, trained on it: recall at least 96 % (97.6 %, 369/378, in sample when
+/// it was added; its false positives 4.7 %, 15/319). The fifteenth round's detector, never trained
+/// on it, caught 92.0 % (368/400) with 5.3 % (19/360) false positives. A regression guard, not the goal.
+const TRAIN20_RECALL_FLOOR: f64 = 0.96;
+
+#[test]
+fn the_twentieth_training_split_keeps_its_recall_and_the_rules_false_positives() {
+    keeps_its_recall_and_the_rules_false_positives("train20.tsv", 650, TRAIN20_RECALL_FLOOR);
+}
+
+/// `train21.tsv` (hand-written by an author who saw nothing of the project: writers and storytellers: poems, roleplay posts and story drafts with crisis themes, and writers who say the piece is about them; hard negatives: creative work, critiques, literature classes)
+/// with the shipped model, trained on it: recall at least 91 % (92.9 %, 325/350, in sample when
+/// it was added; its false positives 4.6 %, 17/372). The fifteenth round's detector, never trained
+/// on it, caught 82.1 % (312/380) with 5.0 % (19/380) false positives. A regression guard, not the goal.
+const TRAIN21_RECALL_FLOOR: f64 = 0.91;
+
+#[test]
+fn the_twenty_first_training_split_keeps_its_recall_and_the_rules_false_positives() {
+    keeps_its_recall_and_the_rules_false_positives("train21.tsv", 700, TRAIN21_RECALL_FLOOR);
+}
+
+/// `train22.tsv` (hand-written by an author who saw nothing of the project: English as written around the world and by second-language writers, with local slang and idioms)
+/// with the shipped model, trained on it: recall at least 95 % (96.8 %, 361/373, in sample when
+/// it was added; its false positives 5.1 %, 18/352). The fifteenth round's detector, never trained
+/// on it, caught 84.2 % (337/400) with 6.1 % (22/360) false positives. A regression guard, not the goal.
+const TRAIN22_RECALL_FLOOR: f64 = 0.95;
+
+#[test]
+fn the_twenty_second_training_split_keeps_its_recall_and_the_rules_false_positives() {
+    keeps_its_recall_and_the_rules_false_positives("train22.tsv", 700, TRAIN22_RECALL_FLOOR);
+}
+
 /// An NPC's noose, a guild disbanding, potions overdosed on, a will made for a new baby
 /// and a leaving cake are not a crisis; a coma after the pills, a day picked, a plan that
 /// is a bridge, a blade carried "in case the urge comes" and a friend's pet handed over for
@@ -493,7 +526,7 @@ fn short_greetings_and_names_get_no_protocol() {
 fn the_shipped_model_is_what_training_produces() {
     // `crisis-train`'s own choice of files (the test runs in the source tree).
     let files = default_train_files().unwrap_or_else(|e| panic!("{e}"));
-    assert!(files.len() >= 19, "{} training files", files.len());
+    assert!(files.len() >= 22, "{} training files", files.len());
     let (cases, sources) = load_training(&files).unwrap_or_else(|e| panic!("{e}"));
     let trained = train(&CrisisDetector::rules_only(), &cases, &sources);
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/crisis/model.tsv");
@@ -516,8 +549,8 @@ fn the_held_out_split_keeps_its_measured_recall_and_false_positives() {
     held_out_keeps_at("test.tsv", HELD_OUT_RECALL_FLOOR, 150);
 }
 
-/// Every held-out split together: 95.2 % recall (5,627/5,908) and 1.8 % false positives
-/// (92/5,154) with the fifteenth round's detector, when `test14.tsv` was the newest. The
+/// Every held-out split together: 95.9 % recall (6,085/6,348) and 1.7 % false positives
+/// (94/5,544) with the sixteenth round's detector, when `test15.tsv` was the newest. The
 /// false-positive goal (at most 2 %) is asserted here; recall, short of its 98 % goal, is
 /// held to what was measured, rounded down.
 const HELD_OUT_ALL_RECALL_FLOOR: f64 = 0.94;
@@ -535,7 +568,7 @@ fn the_held_out_splits_together_keep_the_false_positive_goal() {
         })
         .collect();
     files.sort();
-    assert!(files.len() >= 14, "{} held-out splits", files.len());
+    assert!(files.len() >= 15, "{} held-out splits", files.len());
     let cases = load(&files).unwrap_or_else(|e| panic!("{e}"));
     let report = evaluate(&CrisisDetector::builtin(), &cases, 1);
     eprintln!("{}", report.render_figures());
@@ -707,6 +740,17 @@ const HELD_OUT14_RECALL_FLOOR: f64 = 0.93;
 #[test]
 fn the_fourteenth_held_out_split_keeps_its_measured_recall_and_false_positives() {
     held_out_keeps("test14.tsv", HELD_OUT14_RECALL_FLOOR);
+}
+
+/// The fifteenth held-out split's recall (written blind after the fifteenth round; 391/440
+/// = 88.9 % with the twelfth round's detector, 412 with the fifteenth's, 422/440 = 95.9 %
+/// with the sixteenth's), rounded down with lines to spare. Its false positives: 1.5 %,
+/// 1.5 %, 1.0 % (4/390).
+const HELD_OUT15_RECALL_FLOOR: f64 = 0.94;
+
+#[test]
+fn the_fifteenth_held_out_split_keeps_its_measured_recall_and_false_positives() {
+    held_out_keeps("test15.tsv", HELD_OUT15_RECALL_FLOOR);
 }
 
 /// Words of recovery do not hide a wish said now: the writer's own recovered history is
