@@ -69,7 +69,7 @@
 //! `test5.tsv`, by a fifth blind author, measured once with the same model: 91.3 %
 //! (401/439), 3.6 % (13/360; 11 the rules' alone).
 //!
-//! `test6.tsv` to `test15.tsv`, by ten more blind authors, each measured with the model
+//! `test6.tsv` to `test16.tsv`, by eleven more blind authors, each measured with the model
 //! of its day (their headers say how); `test11.tsv`: 92.5 % / 2.6 % after the eleventh
 //! round, 93.2 % / 2.6 % after the twelfth; `test12.tsv`: 92.3 % / 1.0 % with the twelfth
 //! round's detector; `test10.tsv`: 94.3 % / 1.0 % when
@@ -440,6 +440,39 @@ fn the_twenty_second_training_split_keeps_its_recall_and_the_rules_false_positiv
     keeps_its_recall_and_the_rules_false_positives("train22.tsv", 700, TRAIN22_RECALL_FLOOR);
 }
 
+/// `train23.tsv` (hand-written by an author who saw nothing of the project: messages to the game's AI character: answering its questions with the truth, asking it to help with a goodbye or to keep a house for good; hard negatives: quests, poison recipes and cliffs asked of the same character)
+/// with the shipped model, trained on it: recall at least 94 % (95.6 %, 366/383, in sample when
+/// it was added; its false positives 2.3 %, 8/344). The sixteenth round's detector, never trained
+/// on it, caught 87.8 % (351/400) with 3.1 % (11/360) false positives. A regression guard, not the goal.
+const TRAIN23_RECALL_FLOOR: f64 = 0.94;
+
+#[test]
+fn the_twenty_third_training_split_keeps_its_recall_and_the_rules_false_positives() {
+    keeps_its_recall_and_the_rules_false_positives("train23.tsv", 700, TRAIN23_RECALL_FLOOR);
+}
+
+/// `train24.tsv` (hand-written by an author who saw nothing of the project: statuses, bios, away messages, guild MOTDs and one-line posts; hard negatives: leaving a game, a job or social media, server notices)
+/// with the shipped model, trained on it: recall at least 96 % (97.8 %, 359/367, in sample when
+/// it was added; its false positives 2.4 %, 8/329). The sixteenth round's detector, never trained
+/// on it, caught 91.0 % (364/400) with 2.8 % (10/360) false positives. A regression guard, not the goal.
+const TRAIN24_RECALL_FLOOR: f64 = 0.96;
+
+#[test]
+fn the_twenty_fourth_training_split_keeps_its_recall_and_the_rules_false_positives() {
+    keeps_its_recall_and_the_rules_false_positives("train24.tsv", 650, TRAIN24_RECALL_FLOOR);
+}
+
+/// `train25.tsv` (hand-written by an author who saw nothing of the project: mostly hard negatives, as close to crisis talk as honest reading allows, with crisis near-pairs)
+/// with the shipped model, trained on it: recall at least 93 % (94.9 %, 169/178, in sample when
+/// it was added; its false positives 7.1 %, 38/536). The sixteenth round's detector, never trained
+/// on it, caught 94.5 % (189/200) with 8.6 % (48/560) false positives. A regression guard, not the goal.
+const TRAIN25_RECALL_FLOOR: f64 = 0.93;
+
+#[test]
+fn the_twenty_fifth_training_split_keeps_its_recall_and_the_rules_false_positives() {
+    keeps_its_recall_and_the_rules_false_positives("train25.tsv", 700, TRAIN25_RECALL_FLOOR);
+}
+
 /// An NPC's noose, a guild disbanding, potions overdosed on, a will made for a new baby
 /// and a leaving cake are not a crisis; a coma after the pills, a day picked, a plan that
 /// is a bridge, a blade carried "in case the urge comes" and a friend's pet handed over for
@@ -526,7 +559,7 @@ fn short_greetings_and_names_get_no_protocol() {
 fn the_shipped_model_is_what_training_produces() {
     // `crisis-train`'s own choice of files (the test runs in the source tree).
     let files = default_train_files().unwrap_or_else(|e| panic!("{e}"));
-    assert!(files.len() >= 22, "{} training files", files.len());
+    assert!(files.len() >= 25, "{} training files", files.len());
     let (cases, sources) = load_training(&files).unwrap_or_else(|e| panic!("{e}"));
     let trained = train(&CrisisDetector::rules_only(), &cases, &sources);
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/crisis/model.tsv");
@@ -549,8 +582,8 @@ fn the_held_out_split_keeps_its_measured_recall_and_false_positives() {
     held_out_keeps_at("test.tsv", HELD_OUT_RECALL_FLOOR, 150);
 }
 
-/// Every held-out split together: 95.9 % recall (6,085/6,348) and 1.7 % false positives
-/// (94/5,544) with the sixteenth round's detector, when `test15.tsv` was the newest. The
+/// Every held-out split together: 95.7 % recall (6,493/6,788) and 1.7 % false positives
+/// (99/5,934) with the seventeenth round's detector, when `test16.tsv` was the newest. The
 /// false-positive goal (at most 2 %) is asserted here; recall, short of its 98 % goal, is
 /// held to what was measured, rounded down.
 const HELD_OUT_ALL_RECALL_FLOOR: f64 = 0.94;
@@ -568,7 +601,7 @@ fn the_held_out_splits_together_keep_the_false_positive_goal() {
         })
         .collect();
     files.sort();
-    assert!(files.len() >= 15, "{} held-out splits", files.len());
+    assert!(files.len() >= 16, "{} held-out splits", files.len());
     let cases = load(&files).unwrap_or_else(|e| panic!("{e}"));
     let report = evaluate(&CrisisDetector::builtin(), &cases, 1);
     eprintln!("{}", report.render_figures());
@@ -751,6 +784,17 @@ const HELD_OUT15_RECALL_FLOOR: f64 = 0.94;
 #[test]
 fn the_fifteenth_held_out_split_keeps_its_measured_recall_and_false_positives() {
     held_out_keeps("test15.tsv", HELD_OUT15_RECALL_FLOOR);
+}
+
+/// The sixteenth held-out split's recall (written blind during the seventeenth round,
+/// half of it addressed to the game's AI character; 378/440 = 85.9 % with the twelfth
+/// round's detector, 405 with the sixteenth's, 405/440 = 92.0 % with the seventeenth's),
+/// rounded down with lines to spare. Its false positives: 3.3 %, 2.8 %, 2.6 % (10/390).
+const HELD_OUT16_RECALL_FLOOR: f64 = 0.90;
+
+#[test]
+fn the_sixteenth_held_out_split_keeps_its_measured_recall_and_false_positives() {
+    held_out_keeps("test16.tsv", HELD_OUT16_RECALL_FLOOR);
 }
 
 /// Words of recovery do not hide a wish said now: the writer's own recovered history is
