@@ -69,7 +69,7 @@
 //! `test5.tsv`, by a fifth blind author, measured once with the same model: 91.3 %
 //! (401/439), 3.6 % (13/360; 11 the rules' alone).
 //!
-//! `test6.tsv` to `test16.tsv`, by eleven more blind authors, each measured with the model
+//! `test6.tsv` to `test17.tsv`, by twelve more blind authors, each measured with the model
 //! of its day (their headers say how); `test11.tsv`: 92.5 % / 2.6 % after the eleventh
 //! round, 93.2 % / 2.6 % after the twelfth; `test12.tsv`: 92.3 % / 1.0 % with the twelfth
 //! round's detector; `test10.tsv`: 94.3 % / 1.0 % when
@@ -363,6 +363,15 @@ const DATA_ROUNDS: &[(&str, usize, f64)] = &[
     ("train24.tsv", 650, 0.96),
     // Mostly hard negatives: 94.9 % (169/178); before, 94.5 % / 8.6 %.
     ("train25.tsv", 700, 0.93),
+    // Survival and crafting game chat: preparations and joking that means it: 92.5 %
+    // (358/387); before, 82.2 % / 5.0 %.
+    ("train26.tsv", 700, 0.91),
+    // Messages to moderators and staff, reports about someone at risk: 95.5 % (358/375);
+    // before, 81.8 % / 3.9 %.
+    ("train27.tsv", 700, 0.94),
+    // Everyday first-person near pairs (mostly negatives): 97.0 % (288/297); before,
+    // 89.3 % / 9.3 %.
+    ("train28.tsv", 700, 0.95),
 ];
 
 #[test]
@@ -458,7 +467,7 @@ fn short_greetings_and_names_get_no_protocol() {
 fn the_shipped_model_is_what_training_produces() {
     // `crisis-train`'s own choice of files (the test runs in the source tree).
     let files = default_train_files().unwrap_or_else(|e| panic!("{e}"));
-    assert!(files.len() >= 25, "{} training files", files.len());
+    assert!(files.len() >= 28, "{} training files", files.len());
     let (cases, sources) = load_training(&files).unwrap_or_else(|e| panic!("{e}"));
     let trained = train(&CrisisDetector::rules_only(), &cases, &sources);
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/crisis/model.tsv");
@@ -481,8 +490,8 @@ fn the_held_out_split_keeps_its_measured_recall_and_false_positives() {
     held_out_keeps_at("test.tsv", HELD_OUT_RECALL_FLOOR, 150);
 }
 
-/// Every held-out split together: 95.7 % recall (6,493/6,788) and 1.7 % false positives
-/// (99/5,934) with the seventeenth round's detector, when `test16.tsv` was the newest. The
+/// Every held-out split together: 95.5 % recall (6,900/7,228) and 1.8 % false positives
+/// (112/6,324) with the eighteenth round's detector, when `test17.tsv` was the newest. The
 /// false-positive goal (at most 2 %) is asserted here; recall, short of its 98 % goal, is
 /// held to what was measured, rounded down.
 const HELD_OUT_ALL_RECALL_FLOOR: f64 = 0.94;
@@ -500,7 +509,7 @@ fn the_held_out_splits_together_keep_the_false_positive_goal() {
         })
         .collect();
     files.sort();
-    assert!(files.len() >= 16, "{} held-out splits", files.len());
+    assert!(files.len() >= 17, "{} held-out splits", files.len());
     let cases = load(&files).unwrap_or_else(|e| panic!("{e}"));
     let report = evaluate(&CrisisDetector::builtin(), &cases, 1);
     eprintln!("{}", report.render_figures());
@@ -694,6 +703,17 @@ const HELD_OUT16_RECALL_FLOOR: f64 = 0.90;
 #[test]
 fn the_sixteenth_held_out_split_keeps_its_measured_recall_and_false_positives() {
     held_out_keeps("test16.tsv", HELD_OUT16_RECALL_FLOOR);
+}
+
+/// The seventeenth held-out split's recall (written blind after the seventeenth round;
+/// 391/440 = 88.9 % with the twelfth round's detector, 409/440 = 93.0 % with the
+/// seventeenth's and the eighteenth's), rounded down with lines to spare. Its false
+/// positives: 3.3 %, 3.8 %, 3.3 % (13/390).
+const HELD_OUT17_RECALL_FLOOR: f64 = 0.91;
+
+#[test]
+fn the_seventeenth_held_out_split_keeps_its_measured_recall_and_false_positives() {
+    held_out_keeps("test17.tsv", HELD_OUT17_RECALL_FLOOR);
 }
 
 /// Words of recovery do not hide a wish said now: the writer's own recovered history is
