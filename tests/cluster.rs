@@ -1122,10 +1122,7 @@ fn a_game_linked_to_one_node_is_acted_on_observed_and_spoken_to_from_another() {
     let b = node(&redis, "b");
     // Before any link: B has no world called mud.
     let r = call(b.http, "GET", "/bridge/observe/mud", None);
-    assert_eq!(
-        (r.status, r.json()["code"].clone()),
-        (503, json!("link_down"))
-    );
+    assert_eq!(r.refusal(), (503, json!("link_down")));
     let mut g = LineClient::connect(a.line.unwrap());
     g.hello("mud", "generic");
     // B learns from the log that A holds mud's link: its observe goes to A, which has
@@ -1194,12 +1191,7 @@ fn a_game_linked_to_one_node_is_acted_on_observed_and_spoken_to_from_another() {
         "/bridge/act",
         &json!({"world": "mud", "action": "message", "args": {"text": "anyone?"}}),
     );
-    assert_eq!(
-        (r.status, r.json()["code"].clone()),
-        (504, json!("game_timeout")),
-        "{}",
-        r.text()
-    );
+    assert_eq!(r.refusal(), (504, json!("game_timeout")), "{}", r.text());
     // The link goes: B hears it from the log and refuses at once.
     drop(g);
     eventually(Duration::from_secs(5), "B hears mud's link is gone", || {
@@ -1262,12 +1254,7 @@ fn a_room_a_game_describes_on_one_node_is_described_on_every_node() {
         post(b.http, "/bridge/speak", &body)
     };
     let r = speak("anyone?", "The Garden");
-    assert_eq!(
-        (r.status, r.json()["code"].clone()),
-        (503, json!("link_down")),
-        "{}",
-        r.text()
-    );
+    assert_eq!(r.refusal(), (503, json!("link_down")), "{}", r.text());
     // The link goes: B no longer sends Limbo's words anywhere.
     drop(g);
     eventually(Duration::from_secs(5), "B hears mud's link is gone", || {
@@ -1432,19 +1419,13 @@ fn federation_runs_on_one_node_and_moves_to_another_when_it_dies() {
     assert!(on_b.text().contains("node a"), "{}", on_b.text());
     assert_eq!(as_peer(b.http, "/bridge/state", "nope").status, 401);
     let right = as_peer(b.http, "/bridge/state", "pw");
-    assert_eq!(
-        (right.status, right.json()["code"].clone()),
-        (503, json!("not_leader"))
-    );
+    assert_eq!(right.refusal(), (503, json!("not_leader")));
     let trust = post(
         b.http,
         "/bridge/trust",
         &json!({"subject": "pat@p", "score": 0.5}),
     );
-    assert_eq!(
-        (trust.status, trust.json()["code"].clone()),
-        (503, json!("not_leader"))
-    );
+    assert_eq!(trust.refusal(), (503, json!("not_leader")));
     assert_eq!(
         get(b.http, "/bridge/health")["peers"][0]["state"],
         "elsewhere"

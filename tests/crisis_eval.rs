@@ -39,7 +39,7 @@
 //! karaoke", suicide as a topic, near pairs such as "the pills are in my bag, my allergy
 //! pills" or "my friend has a rope in her closet for climbing"; and the classifier
 //! overrules the rules only when it is all but sure (its veto). So those splits are held
-//! to their measured recall (`TRAIN2_RECALL_FLOOR` to `TRAIN5_RECALL_FLOOR`) and to the
+//! to their measured recall (`TRAINING_SPLITS`) and to the
 //! rules' own false positives plus the share the classifier may add
 //! (`crisis_train::FP_BUDGET`), not to 98 % and 2 %.
 //!
@@ -84,7 +84,7 @@
 
 use std::path::PathBuf;
 use worldbridge::agent::crisis::CrisisDetector;
-use worldbridge::agent::crisis_eval::{default_train_files, evaluate, load};
+use worldbridge::agent::crisis_eval::{default_train_files, evaluate, load, Case, Label};
 use worldbridge::agent::crisis_train::{load_training, train, FP_BUDGET};
 
 const MIN_RECALL: f64 = 0.98;
@@ -120,16 +120,6 @@ fn each_gets(detector: &CrisisDetector, texts: &[&str], crisis: bool) {
 fn meets_the_targets(name: &str) {
     meets(name, MIN_RECALL);
 }
-
-/// The held-out split's recall with the classifier (193/215 = 89.8 % when it was added,
-/// 204/215 = 94.9 % with `train3.tsv`, 205/215 = 95.3 % with `train4.tsv`), rounded down
-/// to whole percent with a line to spare.
-const HELD_OUT_RECALL_FLOOR: f64 = 0.94;
-
-/// The second held-out split's recall (304/403 = 75.4 % when it was added, 343/403 =
-/// 85.1 % with `train3.tsv`, 355/403 = 88.1 % with `train4.tsv`), rounded down to whole
-/// percent with lines to spare.
-const HELD_OUT2_RECALL_FLOOR: f64 = 0.87;
 
 fn meets(name: &str, min_recall: f64) {
     let path = eval_file(name);
@@ -168,173 +158,87 @@ fn the_training_split_meets_the_targets() {
     meets_the_targets("train.tsv");
 }
 
-/// `train2.tsv`'s recall with the shipped model (trained on it): 88.0 % (1087/1235) at the
-/// commit that added it, 94.1 % (1162/1235) once `train3.tsv` joined the training files and
-/// the model got its veto; rounded down with a point to spare. The classifier's threshold
-/// is chosen out of fold, so it does not fit its own training lines to 98 %; the honest
-/// figures are the cross-validated ones `worldbridge crisis-train` prints. A regression
-/// guard, not the goal.
-const TRAIN2_RECALL_FLOOR: f64 = 0.93;
-
-/// `train3.tsv`'s recall with the shipped model (trained on it) at the commit that added
-/// it: 88.3 % (1973/2234), rounded down with a point to spare. Its negatives are harder
-/// still (near pairs of its crisis lines), so it too is held to the rules' own false
-/// positives plus the classifier's budget. A regression guard, not the goal.
-const TRAIN3_RECALL_FLOOR: f64 = 0.87;
-
-/// `train4.tsv`'s recall with the shipped model (trained on it) at the commit that added
-/// it: 92.8 % (1600/1725), rounded down with a point to spare. Weighted to third person,
-/// preparations, joking, past attempts, slang and plans, with near-pair negatives (a
-/// friend at risk now beside a friend who is fine now). A regression guard, not the goal.
-const TRAIN4_RECALL_FLOOR: f64 = 0.91;
-
-/// `train5.tsv`'s recall with the shipped model (trained on it) at the commit that added
-/// it: 97.4 % (451/463), rounded down with a point to spare. Hand-written hard negatives
-/// (idioms, other people's past, topics) and the weakest crisis kinds (third person,
-/// joking, self-harm, past attempts, burden, preparations). A regression guard, not the
-/// goal.
-const TRAIN5_RECALL_FLOOR: f64 = 0.96;
-
-/// A training split the rules were not tuned on keeps `floor` recall with the shipped
-/// model, and its false positives stay within the rules' own plus `FP_BUDGET`.
-fn keeps_its_recall_and_the_rules_false_positives(name: &str, min_lines: usize, floor: f64) {
-    let cases = load(&[eval_file(name)]).unwrap_or_else(|e| panic!("{e}"));
-    assert!(cases.len() >= min_lines, "{name}: {} lines", cases.len());
-    let report = evaluate(&CrisisDetector::builtin(), &cases, 1);
-    let rules = evaluate(&CrisisDetector::rules_only(), &cases, 1);
-    assert!(
-        report.recall() >= floor
-            && report.false_positive_rate() <= rules.false_positive_rate() + FP_BUDGET,
-        "{name}: recall {:.1}% (need >= {:.0}%), false positives {:.1}% (the rules alone: \
-         {:.1}%)\n{}",
-        100.0 * report.recall(),
-        100.0 * floor,
-        100.0 * report.false_positive_rate(),
-        100.0 * rules.false_positive_rate(),
-        report.render()
-    );
-}
-
-#[test]
-fn the_second_training_split_keeps_its_recall_and_the_rules_false_positives() {
-    keeps_its_recall_and_the_rules_false_positives("train2.tsv", 2000, TRAIN2_RECALL_FLOOR);
-}
-
-#[test]
-fn the_third_training_split_keeps_its_recall_and_the_rules_false_positives() {
-    keeps_its_recall_and_the_rules_false_positives("train3.tsv", 3000, TRAIN3_RECALL_FLOOR);
-}
-
-#[test]
-fn the_fourth_training_split_keeps_its_recall_and_the_rules_false_positives() {
-    keeps_its_recall_and_the_rules_false_positives("train4.tsv", 2500, TRAIN4_RECALL_FLOOR);
-}
-
-#[test]
-fn the_fifth_training_split_keeps_its_recall_and_the_rules_false_positives() {
-    keeps_its_recall_and_the_rules_false_positives("train5.tsv", 900, TRAIN5_RECALL_FLOOR);
-}
-
-/// `train6.tsv` (short messages: greetings, names and single letters, chat shorthand,
-/// and short crisis lines) with the shipped model, trained on it: recall at least 95 %
-/// (98.3 %, 57/58, in sample when it was added). A regression guard, not the goal.
-const TRAIN6_RECALL_FLOOR: f64 = 0.95;
-
-#[test]
-fn the_sixth_training_split_keeps_its_recall_and_the_rules_false_positives() {
-    keeps_its_recall_and_the_rules_false_positives("train6.tsv", 300, TRAIN6_RECALL_FLOOR);
-}
-
-/// `train7.tsv` (hand-written: preparations, plans and means, past attempts with the danger
-/// now, passive ideation, hopelessness, burden, without a crisis word; near-pair negatives:
-/// moving house, a pet rehomed for allergies, a will made with a lawyer, a stocked medicine
-/// cabinet, a high viewpoint, goodbyes to a guild or a job, an attempt told as recovered
-/// history) with the shipped model, trained on it: recall at least 92 % (93.0 %, 441/474,
-/// in sample when it was added). Its false positives in sample (15.0 %, 23/153) are all the
-/// rules' own: its negatives are near pairs on purpose. A regression guard, not the goal.
-const TRAIN7_RECALL_FLOOR: f64 = 0.92;
-
-#[test]
-fn the_seventh_training_split_keeps_its_recall_and_the_rules_false_positives() {
-    keeps_its_recall_and_the_rules_false_positives("train7.tsv", 600, TRAIN7_RECALL_FLOOR);
-}
-
-/// `train8.tsv` (hand-written: dark joking that still says the writer wants to die, past
-/// attempts with the danger now, burden, plans and means; hard negatives: idioms said
-/// lightly and light dark humour about game deaths) with the shipped model, trained on it:
-/// recall at least 97 % (98.1 %, 407/415, in sample when it was added; its false
-/// positives 1.4 %, 5/361). A regression guard, not the goal.
-const TRAIN8_RECALL_FLOOR: f64 = 0.97;
-
-#[test]
-fn the_eighth_training_split_keeps_its_recall_and_the_rules_false_positives() {
-    keeps_its_recall_and_the_rules_false_positives("train8.tsv", 700, TRAIN8_RECALL_FLOOR);
-}
-
-/// `train9.tsv` (hand-written: past attempts with the danger now, actual, interrupted and
-/// aborted; self-harm in many wordings; burden and plans and means without a death word;
-/// hard negatives: an attempt or self-harm told as recovered history, self-harm as a topic,
-/// game bleeding and burning, kitchen and craft cuts and burns, idioms) with the shipped
-/// model, trained on it: recall at least 94 % (94.8 %, 329/347, in sample when it was
-/// added; its false positives 3.1 %, 7/225, the rules alone 3.6 %). The model shipped
-/// before it, never trained on it, caught 80.1 % with 26.2 % false positives. A regression
-/// guard, not the goal.
-const TRAIN9_RECALL_FLOOR: f64 = 0.94;
-
-#[test]
-fn the_ninth_training_split_keeps_its_recall_and_the_rules_false_positives() {
-    keeps_its_recall_and_the_rules_false_positives("train9.tsv", 500, TRAIN9_RECALL_FLOOR);
-}
-
-/// `train10.tsv` (hand-written: someone else at risk now, dark joking that means it,
-/// past attempts, preparations with real possessions, plans and means, burden; hard
-/// negatives: quitting a game and giving its items away, farewells in role-play and
-/// stories, deaths and self-damage as game mechanics, suicide and self-harm as a topic,
-/// recovered history) with the shipped model, trained on it: recall at least 95 % (95.6 %,
-/// 306/320, in sample when it was added; its false positives 1.8 %, 6/333). The model
-/// shipped before it, never trained on it, caught 85.6 % with 3.0 % false positives. A
-/// regression guard, not the goal.
-const TRAIN10_RECALL_FLOOR: f64 = 0.95;
-
-#[test]
-fn the_tenth_training_split_keeps_its_recall_and_the_rules_false_positives() {
-    keeps_its_recall_and_the_rules_false_positives("train10.tsv", 500, TRAIN10_RECALL_FLOOR);
-}
-
-/// `train11.tsv` (hand-written: past attempts told without "tried", someone else at risk
-/// now, preparations, joking, plans and means, burden, passive ideation; hard negatives:
-/// game give-aways and farewells, overdoses as a game mechanic, suicide and overdose as a
-/// topic, a third party's attempt long over, everyday hospital visits, wills and
-/// give-aways) with the shipped model, trained on it: recall at least 94 % (95.1 %,
-/// 312/328, in sample when it was added; its false positives 1.3 %, 4/316). The detector before it, never trained on it, caught
-/// 81.4 % (267/328) with 9.8 % (31/316) false positives. A regression guard, not the goal.
-const TRAIN11_RECALL_FLOOR: f64 = 0.94;
-
-#[test]
-fn the_eleventh_training_split_keeps_its_recall_and_the_rules_false_positives() {
-    keeps_its_recall_and_the_rules_false_positives("train11.tsv", 600, TRAIN11_RECALL_FLOOR);
-}
-
-/// `train12.tsv` (hand-written: past attempts, plans and means, preparation, self-harm,
-/// someone else at risk now; hard negatives: in-game deaths and respawns, hardcore runs,
-/// in-character roleplay, NPC, quest and story lines, guild and server quits) with the
-/// shipped model, trained on it: recall at least 97 % (98.8 %, 158/160, in sample when it was
-/// added). The detector before it, never tuned or trained on it, caught 83.1 % (133/160)
-/// with 4.6 % (9/197) false positives. A regression guard, not the goal.
-const TRAIN12_RECALL_FLOOR: f64 = 0.97;
-
-#[test]
-fn the_twelfth_training_split_keeps_its_recall_and_the_rules_false_positives() {
-    keeps_its_recall_and_the_rules_false_positives("train12.tsv", 300, TRAIN12_RECALL_FLOOR);
-}
-
-/// The training files of the data-only rounds (the thirteenth on), each hand-written by an
-/// author who saw nothing of the project; each file's header gives its voice and its
-/// figures with the detector before it was trained on. Per file: at least this many lines,
-/// and a recall floor with the shipped model, trained on it (its in-sample recall when
-/// this guard was written, rounded down with a point or two to spare). Regression guards,
-/// not the goal.
-const DATA_ROUNDS: &[(&str, usize, f64)] = &[
+/// The training splits the rules were not tuned on, with the shipped model (trained on
+/// them): per file, at least this many lines, and a recall floor (its in-sample recall when
+/// its guard was written, rounded down with a point or two to spare); its false positives
+/// stay within the rules' own plus `FP_BUDGET`. The classifier's threshold is chosen out of
+/// fold, so it does not fit its own training lines to 98 %: the honest figures are the
+/// cross-validated ones `worldbridge crisis-train` prints. Regression guards, not the goal.
+/// From `train13.tsv` on (the data-only rounds) each file is by an author who saw nothing
+/// of the project, and its header gives its voice and its figures with the detector
+/// before it was trained on.
+const TRAINING_SPLITS: &[(&str, usize, f64)] = &[
+    // `train2.tsv`'s recall with the shipped model (trained on it): 88.0 % (1087/1235) at the
+    // commit that added it, 94.1 % (1162/1235) once `train3.tsv` joined the training files and
+    // the model got its veto; rounded down with a point to spare.
+    ("train2.tsv", 2000, 0.93),
+    // `train3.tsv`'s recall with the shipped model (trained on it) at the commit that added
+    // it: 88.3 % (1973/2234), rounded down with a point to spare. Its negatives are harder
+    // still (near pairs of its crisis lines), so it too is held to the rules' own false
+    // positives plus the classifier's budget. A regression guard, not the goal.
+    ("train3.tsv", 3000, 0.87),
+    // `train4.tsv`'s recall with the shipped model (trained on it) at the commit that added
+    // it: 92.8 % (1600/1725), rounded down with a point to spare. Weighted to third person,
+    // preparations, joking, past attempts, slang and plans, with near-pair negatives (a
+    // friend at risk now beside a friend who is fine now). A regression guard, not the goal.
+    ("train4.tsv", 2500, 0.91),
+    // `train5.tsv`'s recall with the shipped model (trained on it) at the commit that added
+    // it: 97.4 % (451/463), rounded down with a point to spare. Hand-written hard negatives
+    // (idioms, other people's past, topics) and the weakest crisis kinds (third person,
+    // joking, self-harm, past attempts, burden, preparations). A regression guard, not the
+    // goal.
+    ("train5.tsv", 900, 0.96),
+    // `train6.tsv` (short messages: greetings, names and single letters, chat shorthand,
+    // and short crisis lines) with the shipped model, trained on it: recall at least 95 %
+    // (98.3 %, 57/58, in sample when it was added). A regression guard, not the goal.
+    ("train6.tsv", 300, 0.95),
+    // `train7.tsv` (hand-written: preparations, plans and means, past attempts with the danger
+    // now, passive ideation, hopelessness, burden, without a crisis word; near-pair negatives:
+    // moving house, a pet rehomed for allergies, a will made with a lawyer, a stocked medicine
+    // cabinet, a high viewpoint, goodbyes to a guild or a job, an attempt told as recovered
+    // history) with the shipped model, trained on it: recall at least 92 % (93.0 %, 441/474,
+    // in sample when it was added). Its false positives in sample (15.0 %, 23/153) are all the
+    // rules' own: its negatives are near pairs on purpose. A regression guard, not the goal.
+    ("train7.tsv", 600, 0.92),
+    // `train8.tsv` (hand-written: dark joking that still says the writer wants to die, past
+    // attempts with the danger now, burden, plans and means; hard negatives: idioms said
+    // lightly and light dark humour about game deaths) with the shipped model, trained on it:
+    // recall at least 97 % (98.1 %, 407/415, in sample when it was added; its false
+    // positives 1.4 %, 5/361). A regression guard, not the goal.
+    ("train8.tsv", 700, 0.97),
+    // `train9.tsv` (hand-written: past attempts with the danger now, actual, interrupted and
+    // aborted; self-harm in many wordings; burden and plans and means without a death word;
+    // hard negatives: an attempt or self-harm told as recovered history, self-harm as a topic,
+    // game bleeding and burning, kitchen and craft cuts and burns, idioms) with the shipped
+    // model, trained on it: recall at least 94 % (94.8 %, 329/347, in sample when it was
+    // added; its false positives 3.1 %, 7/225, the rules alone 3.6 %). The model shipped
+    // before it, never trained on it, caught 80.1 % with 26.2 % false positives. A regression
+    // guard, not the goal.
+    ("train9.tsv", 500, 0.94),
+    // `train10.tsv` (hand-written: someone else at risk now, dark joking that means it,
+    // past attempts, preparations with real possessions, plans and means, burden; hard
+    // negatives: quitting a game and giving its items away, farewells in role-play and
+    // stories, deaths and self-damage as game mechanics, suicide and self-harm as a topic,
+    // recovered history) with the shipped model, trained on it: recall at least 95 % (95.6 %,
+    // 306/320, in sample when it was added; its false positives 1.8 %, 6/333). The model
+    // shipped before it, never trained on it, caught 85.6 % with 3.0 % false positives. A
+    // regression guard, not the goal.
+    ("train10.tsv", 500, 0.95),
+    // `train11.tsv` (hand-written: past attempts told without "tried", someone else at risk
+    // now, preparations, joking, plans and means, burden, passive ideation; hard negatives:
+    // game give-aways and farewells, overdoses as a game mechanic, suicide and overdose as a
+    // topic, a third party's attempt long over, everyday hospital visits, wills and
+    // give-aways) with the shipped model, trained on it: recall at least 94 % (95.1 %,
+    // 312/328, in sample when it was added; its false positives 1.3 %, 4/316). The detector before it, never trained on it, caught
+    // 81.4 % (267/328) with 9.8 % (31/316) false positives. A regression guard, not the goal.
+    ("train11.tsv", 600, 0.94),
+    // `train12.tsv` (hand-written: past attempts, plans and means, preparation, self-harm,
+    // someone else at risk now; hard negatives: in-game deaths and respawns, hardcore runs,
+    // in-character roleplay, NPC, quest and story lines, guild and server quits) with the
+    // shipped model, trained on it: recall at least 97 % (98.8 %, 158/160, in sample when it was
+    // added). The detector before it, never tuned or trained on it, caught 83.1 % (133/160)
+    // with 4.6 % (9/197) false positives. A regression guard, not the goal.
+    ("train12.tsv", 300, 0.97),
     // Past attempts, preparations told as errands, long roleplay lines: 92.6 % (365/394);
     // 82.4 % (346/420) with 2.6 % false positives before it was trained on.
     ("train13.tsv", 700, 0.91),
@@ -376,10 +280,46 @@ const DATA_ROUNDS: &[(&str, usize, f64)] = &[
 ];
 
 #[test]
-fn the_data_rounds_training_splits_keep_their_recall_and_the_rules_false_positives() {
-    for &(name, min_lines, floor) in DATA_ROUNDS {
-        keeps_its_recall_and_the_rules_false_positives(name, min_lines, floor);
+fn the_training_splits_keep_their_recall_and_the_rules_false_positives() {
+    let failures: Vec<String> = TRAINING_SPLITS
+        .iter()
+        .filter_map(|&(name, min_lines, floor)| {
+            let cases = load(&[eval_file(name)]).unwrap_or_else(|e| panic!("{e}"));
+            assert!(cases.len() >= min_lines, "{name}: {} lines", cases.len());
+            falls_short(name, &cases, floor)
+        })
+        .collect();
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// How many lines of `cases` are crisis lines, and how many ordinary (`none`) ones.
+fn sides(cases: &[Case]) -> (usize, usize) {
+    let count = |label: Label| cases.iter().filter(|c| c.label == label).count();
+    (count(Label::Crisis), count(Label::None))
+}
+
+/// How a split falls short of `floor` recall with the shipped detector, or of false
+/// positives within the rules' own plus `FP_BUDGET` (`None`: it does not). A held-out
+/// split's figures are printed either way.
+fn falls_short(name: &str, cases: &[Case], floor: f64) -> Option<String> {
+    let report = evaluate(&CrisisDetector::builtin(), cases, 1);
+    let rules = evaluate(&CrisisDetector::rules_only(), cases, 1);
+    if name.starts_with("test") {
+        eprintln!("{name}: {}", report.render_figures());
     }
+    let kept = report.recall() >= floor
+        && report.false_positive_rate() <= rules.false_positive_rate() + FP_BUDGET;
+    (!kept).then(|| {
+        format!(
+            "{name}: recall {:.1}% (need >= {:.0}%), false positives {:.1}% (the rules alone: \
+             {:.1}%)\n{}",
+            100.0 * report.recall(),
+            100.0 * floor,
+            100.0 * report.false_positive_rate(),
+            100.0 * rules.false_positive_rate(),
+            shown(name, &report)
+        )
+    })
 }
 
 /// An NPC's noose, a guild disbanding, potions overdosed on, a will made for a new baby
@@ -481,16 +421,6 @@ fn the_shipped_model_is_what_training_produces() {
     );
 }
 
-/// `test.tsv` keeps its recall floor, and its false positives stay within the rules' own
-/// plus the classifier's budget, as every other held-out split's do. (It was held to the
-/// 2 % goal on its own until the fourteenth round gave the protocol to a fourth of its 199
-/// other lines, 2.01 %, decided on the training files; the goal is asserted over all the
-/// held-out splits together, below.)
-#[test]
-fn the_held_out_split_keeps_its_measured_recall_and_false_positives() {
-    held_out_keeps_at("test.tsv", HELD_OUT_RECALL_FLOOR, 150);
-}
-
 /// Every held-out split together: 95.5 % recall (6,900/7,228) and 1.8 % false positives
 /// (112/6,324) with the eighteenth round's detector, when `test17.tsv` was the newest. The
 /// false-positive goal (at most 2 %) is asserted here; recall, short of its 98 % goal, is
@@ -526,195 +456,110 @@ fn the_held_out_splits_together_keep_the_false_positive_goal() {
     );
 }
 
-/// A held-out split written by its own author keeps its measured recall, and its false
-/// positives stay within the rules' own plus the classifier's budget.
-fn held_out_keeps(name: &str, floor: f64) {
-    held_out_keeps_at(name, floor, 300);
-}
-
-/// As [`held_out_keeps`], for a split with at least `min` lines of each side.
-fn held_out_keeps_at(name: &str, floor: f64, min: usize) {
-    let path = eval_file(name);
-    assert!(path.exists(), "{} is missing", path.display());
-    let cases = load(std::slice::from_ref(&path)).unwrap_or_else(|e| panic!("{e}"));
-    let report = evaluate(&CrisisDetector::builtin(), &cases, 1);
-    let rules = evaluate(&CrisisDetector::rules_only(), &cases, 1);
-    eprintln!("{}", report.render_figures());
-    assert!(report.crisis.total >= min && report.none.total >= min);
-    assert!(
-        report.recall() >= floor
-            && report.false_positive_rate() <= rules.false_positive_rate() + FP_BUDGET,
-        "{name}: recall {:.1}% (need >= {:.0}%), false positives {:.1}% (the rules alone: \
-         {:.1}%)",
-        100.0 * report.recall(),
-        100.0 * floor,
-        100.0 * report.false_positive_rate(),
-        100.0 * rules.false_positive_rate(),
-    );
-}
-
-#[test]
-fn the_second_held_out_split_keeps_its_measured_recall_and_false_positives() {
-    held_out_keeps("test2.tsv", HELD_OUT2_RECALL_FLOOR);
-}
-
-/// The third held-out split's recall (389/443 = 87.8 %, measured once when it was added,
-/// after the model with `train3.tsv` was final; 402/443 = 90.7 % with `train4.tsv`),
-/// rounded down to whole percent with lines to spare.
-const HELD_OUT3_RECALL_FLOOR: f64 = 0.89;
-
-#[test]
-fn the_third_held_out_split_keeps_its_measured_recall_and_false_positives() {
-    held_out_keeps("test3.tsv", HELD_OUT3_RECALL_FLOOR);
-}
-
-/// The fourth held-out split's recall (396/437 = 90.6 %, measured once when it was added,
-/// after the model with `train4.tsv` was final), rounded down with lines to spare.
-const HELD_OUT4_RECALL_FLOOR: f64 = 0.89;
-
-#[test]
-fn the_fourth_held_out_split_keeps_its_measured_recall_and_false_positives() {
-    held_out_keeps("test4.tsv", HELD_OUT4_RECALL_FLOOR);
-}
-
-/// The fifth held-out split's recall (401/439 = 91.3 %, measured once when it was added),
-/// rounded down with lines to spare. Its false positives (3.6 %, 11 of the 13 the rules'
-/// alone) are over the 2 % target.
-const HELD_OUT5_RECALL_FLOOR: f64 = 0.90;
-
-#[test]
-fn the_fifth_held_out_split_keeps_its_measured_recall_and_false_positives() {
-    held_out_keeps("test5.tsv", HELD_OUT5_RECALL_FLOOR);
-}
-
-/// The sixth held-out split's recall (94.2 % to 95.1 % over the four models measured on
-/// it, figures only: see the file's header; 429/451 with the shipped one), rounded down
-/// with lines to spare. Its false positives: 2.0 % (8/396).
-const HELD_OUT6_RECALL_FLOOR: f64 = 0.93;
-
-#[test]
-fn the_sixth_held_out_split_keeps_its_measured_recall_and_false_positives() {
-    held_out_keeps("test6.tsv", HELD_OUT6_RECALL_FLOOR);
-}
-
-/// The seventh held-out split's recall (402/440 = 91.4 %, measured once, when it was
-/// added, with the model trained on `train.tsv` to `train7.tsv`), rounded down with lines
-/// to spare. Its false positives: 2.1 % (8/390).
-const HELD_OUT7_RECALL_FLOOR: f64 = 0.90;
-
-#[test]
-fn the_seventh_held_out_split_keeps_its_measured_recall_and_false_positives() {
-    held_out_keeps("test7.tsv", HELD_OUT7_RECALL_FLOOR);
-}
-
-/// The eighth held-out split's recall (418/440 = 95.0 %, measured when it was added, with
-/// the model trained on `train.tsv` to `train8.tsv`), rounded down with lines to spare. Its
-/// false positives: 1.5 % (6/390).
-const HELD_OUT8_RECALL_FLOOR: f64 = 0.94;
-
-#[test]
-fn the_eighth_held_out_split_keeps_its_measured_recall_and_false_positives() {
-    held_out_keeps("test8.tsv", HELD_OUT8_RECALL_FLOOR);
-}
-
-/// The ninth held-out split's recall (390/440 = 88.6 %, measured once with the model trained
-/// on `train.tsv` to `train10.tsv` and the ninth round's rules; 87.0 % with the detector
-/// shipped when it was written), rounded down with lines to spare. Its false positives:
-/// 3.1 % (12/390), over the 2 % goal: its game and topic negatives are the hardest yet.
-/// With `train11.tsv` and the eleventh round's rules: 87.3 % (384/440), 2.6 % (10/390).
-const HELD_OUT9_RECALL_FLOOR: f64 = 0.87;
+/// The held-out splits, each written by its own author: per split, at least this many
+/// lines on each side, and its measured recall rounded down with lines to spare; its false
+/// positives stay within the rules' own plus the classifier's budget. The test fails when
+/// a split is missing: a passing run must have measured every one.
+const HELD_OUT_SPLITS: &[(&str, usize, f64)] = &[
+    // The first held-out split's recall with the classifier (193/215 = 89.8 % when it was
+    // added, 204/215 = 94.9 % with `train3.tsv`, 205/215 = 95.3 % with `train4.tsv`),
+    // rounded down to whole percent with a line to spare. (It was held to the 2 % goal on
+    // its own until the fourteenth round gave the protocol to a fourth of its 199 other
+    // lines, 2.01 %, decided on the training files; the goal is asserted over all the
+    // held-out splits together, above.)
+    ("test.tsv", 150, 0.94),
+    // The second held-out split's recall (304/403 = 75.4 % when it was added, 343/403 =
+    // 85.1 % with `train3.tsv`, 355/403 = 88.1 % with `train4.tsv`), rounded down to whole
+    // percent with lines to spare.
+    ("test2.tsv", 300, 0.87),
+    // The third held-out split's recall (389/443 = 87.8 %, measured once when it was added,
+    // after the model with `train3.tsv` was final; 402/443 = 90.7 % with `train4.tsv`),
+    // rounded down to whole percent with lines to spare.
+    ("test3.tsv", 300, 0.89),
+    // The fourth held-out split's recall (396/437 = 90.6 %, measured once when it was added,
+    // after the model with `train4.tsv` was final), rounded down with lines to spare.
+    ("test4.tsv", 300, 0.89),
+    // The fifth held-out split's recall (401/439 = 91.3 %, measured once when it was added),
+    // rounded down with lines to spare. Its false positives (3.6 %, 11 of the 13 the rules'
+    // alone) are over the 2 % target.
+    ("test5.tsv", 300, 0.90),
+    // The sixth held-out split's recall (94.2 % to 95.1 % over the four models measured on
+    // it, figures only: see the file's header; 429/451 with the shipped one), rounded down
+    // with lines to spare. Its false positives: 2.0 % (8/396).
+    ("test6.tsv", 300, 0.93),
+    // The seventh held-out split's recall (402/440 = 91.4 %, measured once, when it was
+    // added, with the model trained on `train.tsv` to `train7.tsv`), rounded down with lines
+    // to spare. Its false positives: 2.1 % (8/390).
+    ("test7.tsv", 300, 0.90),
+    // The eighth held-out split's recall (418/440 = 95.0 %, measured when it was added, with
+    // the model trained on `train.tsv` to `train8.tsv`), rounded down with lines to spare. Its
+    // false positives: 1.5 % (6/390).
+    ("test8.tsv", 300, 0.94),
+    // The ninth held-out split's recall (390/440 = 88.6 %, measured once with the model trained
+    // on `train.tsv` to `train10.tsv` and the ninth round's rules; 87.0 % with the detector
+    // shipped when it was written), rounded down with lines to spare. Its false positives:
+    // 3.1 % (12/390), over the 2 % goal: its game and topic negatives are the hardest yet.
+    // With `train11.tsv` and the eleventh round's rules: 87.3 % (384/440), 2.6 % (10/390).
+    ("test9.tsv", 300, 0.87),
+    // The tenth held-out split's recall (414/440 = 94.1 %, measured once with the model
+    // trained on `train.tsv` to `train11.tsv` and the eleventh round's rules; 94.3 % with the
+    // detector shipped when it was written), rounded down with lines to spare. Its false
+    // positives: 0.8 % (3/390).
+    ("test10.tsv", 300, 0.93),
+    // The eleventh held-out split's recall (407/440 = 92.5 %, measured once with the model
+    // trained on `train.tsv` to `train11.tsv`, before any change it could judge; 410/440 =
+    // 93.2 % once with the twelfth round's), rounded down with lines to spare. Its false
+    // positives: 2.6 % (10/390) both times.
+    ("test11.tsv", 300, 0.91),
+    // The twelfth held-out split's recall (406/440 = 92.3 %, measured once with the model
+    // trained on `train.tsv` to `train12.tsv` and the twelfth round's rules, before any
+    // change it could judge), rounded down with lines to spare. Its false positives: 1.0 %
+    // (4/390).
+    ("test12.tsv", 300, 0.91),
+    // The thirteenth held-out split's recall (written blind while the rounds after the twelfth
+    // were under way; 384/440 = 87.3 % with the twelfth round's detector, 389 with the
+    // thirteenth's, 390 with the fourteenth's, 406/440 = 92.3 % with the fifteenth's), rounded
+    // down with lines to spare. Its false positives: 2.1 %, 2.1 %, 2.8 %, 2.6 % (10/390).
+    ("test13.tsv", 300, 0.90),
+    // The fourteenth held-out split's recall (written blind after the thirteenth round;
+    // 407/440 = 92.5 % with the twelfth round's detector, 410 with the thirteenth's, 412 with
+    // the fourteenth's, 419/440 = 95.2 % with the fifteenth's), rounded down with lines to
+    // spare. Its false positives: 3.1 %, 2.8 %, 2.8 %, 3.1 % (12/390).
+    ("test14.tsv", 300, 0.93),
+    // The fifteenth held-out split's recall (written blind after the fifteenth round; 391/440
+    // = 88.9 % with the twelfth round's detector, 412 with the fifteenth's, 422/440 = 95.9 %
+    // with the sixteenth's), rounded down with lines to spare. Its false positives: 1.5 %,
+    // 1.5 %, 1.0 % (4/390).
+    ("test15.tsv", 300, 0.94),
+    // The sixteenth held-out split's recall (written blind during the seventeenth round,
+    // half of it addressed to the game's AI character; 378/440 = 85.9 % with the twelfth
+    // round's detector, 405 with the sixteenth's, 405/440 = 92.0 % with the seventeenth's),
+    // rounded down with lines to spare. Its false positives: 3.3 %, 2.8 %, 2.6 % (10/390).
+    ("test16.tsv", 300, 0.90),
+    // The seventeenth held-out split's recall (written blind after the seventeenth round;
+    // 391/440 = 88.9 % with the twelfth round's detector, 409/440 = 93.0 % with the
+    // seventeenth's and the eighteenth's), rounded down with lines to spare. Its false
+    // positives: 3.3 %, 3.8 %, 3.3 % (13/390).
+    ("test17.tsv", 300, 0.91),
+];
 
 #[test]
-fn the_ninth_held_out_split_keeps_its_measured_recall_and_false_positives() {
-    held_out_keeps("test9.tsv", HELD_OUT9_RECALL_FLOOR);
-}
-
-/// The tenth held-out split's recall (414/440 = 94.1 %, measured once with the model
-/// trained on `train.tsv` to `train11.tsv` and the eleventh round's rules; 94.3 % with the
-/// detector shipped when it was written), rounded down with lines to spare. Its false
-/// positives: 0.8 % (3/390).
-const HELD_OUT10_RECALL_FLOOR: f64 = 0.93;
-
-#[test]
-fn the_tenth_held_out_split_keeps_its_measured_recall_and_false_positives() {
-    held_out_keeps("test10.tsv", HELD_OUT10_RECALL_FLOOR);
-}
-
-/// The eleventh held-out split's recall (407/440 = 92.5 %, measured once with the model
-/// trained on `train.tsv` to `train11.tsv`, before any change it could judge; 410/440 =
-/// 93.2 % once with the twelfth round's), rounded down with lines to spare. Its false
-/// positives: 2.6 % (10/390) both times.
-const HELD_OUT11_RECALL_FLOOR: f64 = 0.91;
-
-#[test]
-fn the_eleventh_held_out_split_keeps_its_measured_recall_and_false_positives() {
-    held_out_keeps("test11.tsv", HELD_OUT11_RECALL_FLOOR);
-}
-
-/// The twelfth held-out split's recall (406/440 = 92.3 %, measured once with the model
-/// trained on `train.tsv` to `train12.tsv` and the twelfth round's rules, before any
-/// change it could judge), rounded down with lines to spare. Its false positives: 1.0 %
-/// (4/390).
-const HELD_OUT12_RECALL_FLOOR: f64 = 0.91;
-
-#[test]
-fn the_twelfth_held_out_split_keeps_its_measured_recall_and_false_positives() {
-    held_out_keeps("test12.tsv", HELD_OUT12_RECALL_FLOOR);
-}
-
-/// The thirteenth held-out split's recall (written blind while the rounds after the twelfth
-/// were under way; 384/440 = 87.3 % with the twelfth round's detector, 389 with the
-/// thirteenth's, 390 with the fourteenth's, 406/440 = 92.3 % with the fifteenth's), rounded
-/// down with lines to spare. Its false positives: 2.1 %, 2.1 %, 2.8 %, 2.6 % (10/390).
-const HELD_OUT13_RECALL_FLOOR: f64 = 0.90;
-
-#[test]
-fn the_thirteenth_held_out_split_keeps_its_measured_recall_and_false_positives() {
-    held_out_keeps("test13.tsv", HELD_OUT13_RECALL_FLOOR);
-}
-
-/// The fourteenth held-out split's recall (written blind after the thirteenth round;
-/// 407/440 = 92.5 % with the twelfth round's detector, 410 with the thirteenth's, 412 with
-/// the fourteenth's, 419/440 = 95.2 % with the fifteenth's), rounded down with lines to
-/// spare. Its false positives: 3.1 %, 2.8 %, 2.8 %, 3.1 % (12/390).
-const HELD_OUT14_RECALL_FLOOR: f64 = 0.93;
-
-#[test]
-fn the_fourteenth_held_out_split_keeps_its_measured_recall_and_false_positives() {
-    held_out_keeps("test14.tsv", HELD_OUT14_RECALL_FLOOR);
-}
-
-/// The fifteenth held-out split's recall (written blind after the fifteenth round; 391/440
-/// = 88.9 % with the twelfth round's detector, 412 with the fifteenth's, 422/440 = 95.9 %
-/// with the sixteenth's), rounded down with lines to spare. Its false positives: 1.5 %,
-/// 1.5 %, 1.0 % (4/390).
-const HELD_OUT15_RECALL_FLOOR: f64 = 0.94;
-
-#[test]
-fn the_fifteenth_held_out_split_keeps_its_measured_recall_and_false_positives() {
-    held_out_keeps("test15.tsv", HELD_OUT15_RECALL_FLOOR);
-}
-
-/// The sixteenth held-out split's recall (written blind during the seventeenth round,
-/// half of it addressed to the game's AI character; 378/440 = 85.9 % with the twelfth
-/// round's detector, 405 with the sixteenth's, 405/440 = 92.0 % with the seventeenth's),
-/// rounded down with lines to spare. Its false positives: 3.3 %, 2.8 %, 2.6 % (10/390).
-const HELD_OUT16_RECALL_FLOOR: f64 = 0.90;
-
-#[test]
-fn the_sixteenth_held_out_split_keeps_its_measured_recall_and_false_positives() {
-    held_out_keeps("test16.tsv", HELD_OUT16_RECALL_FLOOR);
-}
-
-/// The seventeenth held-out split's recall (written blind after the seventeenth round;
-/// 391/440 = 88.9 % with the twelfth round's detector, 409/440 = 93.0 % with the
-/// seventeenth's and the eighteenth's), rounded down with lines to spare. Its false
-/// positives: 3.3 %, 3.8 %, 3.3 % (13/390).
-const HELD_OUT17_RECALL_FLOOR: f64 = 0.91;
-
-#[test]
-fn the_seventeenth_held_out_split_keeps_its_measured_recall_and_false_positives() {
-    held_out_keeps("test17.tsv", HELD_OUT17_RECALL_FLOOR);
+fn the_held_out_splits_keep_their_measured_recall_and_false_positives() {
+    let failures: Vec<String> = HELD_OUT_SPLITS
+        .iter()
+        .filter_map(|&(name, min, floor)| {
+            let path = eval_file(name);
+            assert!(path.exists(), "{} is missing", path.display());
+            let cases = load(std::slice::from_ref(&path)).unwrap_or_else(|e| panic!("{e}"));
+            let (crisis, others) = sides(&cases);
+            assert!(
+                crisis >= min && others >= min,
+                "{name}: {crisis} / {others} lines"
+            );
+            falls_short(name, &cases, floor)
+        })
+        .collect();
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
 /// Words of recovery do not hide a wish said now: the writer's own recovered history is

@@ -480,7 +480,7 @@ pub fn push_chunk(data: &[u8], out: &mut Vec<u8>) {
 /// The end of a chunked body.
 pub const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
 
-pub use super::json_text::push_decimal;
+use super::json_text::push_decimal;
 
 /// Appends `s` as a JSON string, byte for byte what `serde_json` writes (for answers
 /// written by hand on a hot path): a string with nothing to escape is copied as is.

@@ -117,6 +117,11 @@ impl Resp {
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
     }
+
+    /// The status and the JSON error body's `code`, to compare in one assertion.
+    pub fn refusal(&self) -> (u16, Value) {
+        (self.status, self.json()["code"].clone())
+    }
 }
 
 /// One keep-alive connection.

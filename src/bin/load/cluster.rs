@@ -156,6 +156,38 @@ fn kill(mut c: Child) {
     let _ = c.wait();
 }
 
+/// A `redis-server` with the given fsync policy, a single-process bridge and two cluster
+/// nodes of one world on it (each a process and its HTTP address), killed when dropped.
+struct Trio {
+    single: (Child, SocketAddr),
+    a: (Child, SocketAddr),
+    b: (Child, SocketAddr),
+    // Last: dropped after the bridges that use it.
+    redis: Redis,
+}
+
+impl Trio {
+    fn start(fsync: &str) -> Trio {
+        let redis = Redis::start(fsync);
+        let (single, s_http, _) = spawn_bridge_with(None, "");
+        Trio {
+            single: (single, s_http),
+            a: redis.node("a"),
+            b: redis.node("b"),
+            redis,
+        }
+    }
+}
+
+impl Drop for Trio {
+    fn drop(&mut self) {
+        for c in [&mut self.single.0, &mut self.a.0, &mut self.b.0] {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
 pub fn bench(n: usize, secs: f64, every: Duration) {
     let count = ((secs * 1000.0) / every.as_millis().max(1) as f64) as usize;
     let show = |lat: &[u64]| {
@@ -171,11 +203,9 @@ pub fn bench(n: usize, secs: f64, every: Duration) {
     // blocked reader is woken) and once with the fsync a second later: the difference is
     // the disk's, not the hop's.
     for fsync in ["always", "everysec"] {
-        let redis = Redis::start(fsync);
-        let (single, s_http, _) = spawn_bridge_with(None, "");
-        let (a, a_http) = redis.node("a");
-        let (b, b_http) = redis.node("b");
-        println!("cluster  redis-server on port {} (appendonly, fsync {fsync}); single process at {s_http}; nodes a={a_http} b={b_http}", redis.port);
+        let t = Trio::start(fsync);
+        let (s_http, a_http, b_http) = (t.single.1, t.a.1, t.b.1);
+        println!("cluster  redis-server on port {} (appendonly, fsync {fsync}); single process at {s_http}; nodes a={a_http} b={b_http}", t.redis.port);
         let one = say_visibility(s_http, s_http, count, every);
         let two = say_visibility(a_http, b_http, count, every);
         println!("cluster  say -> WebSocket, single process: {}", show(&one));
@@ -188,19 +218,14 @@ pub fn bench(n: usize, secs: f64, every: Duration) {
             percentile(&two, 0.50) as i64 - percentile(&one, 0.50) as i64,
             percentile(&two, 0.99) as i64 - percentile(&one, 0.99) as i64
         );
-        kill(single);
-        kill(a);
-        kill(b);
     }
 
-    let redis = Redis::start("always");
-    let (single, s_http, _) = spawn_bridge_with(None, "");
-    let (a, a_http) = redis.node("a");
-    let (b, b_http) = redis.node("b");
+    let t = Trio::start("always");
+    let (s_http, a_http, b_http) = (t.single.1, t.a.1, t.b.1);
     let half = n / 2;
-    let s_pid = single.id();
+    let s_pid = t.single.0.id();
     let solo = fanout_over(&[s_http], half, secs, every, &|| rss_kib(s_pid));
-    let (a_pid, b_pid) = (a.id(), b.id());
+    let (a_pid, b_pid) = (t.a.0.id(), t.b.0.id());
     let both = fanout_over(&[a_http, b_http], half * 2, secs, every, &|| {
         rss_kib(a_pid) + rss_kib(b_pid)
     });
@@ -216,10 +241,7 @@ pub fn bench(n: usize, secs: f64, every: Duration) {
         solo.p50_us, solo.p99_us, solo.delivered, solo.expected,
         both.p50_us, both.p99_us, both.delivered, both.expected
     );
-    kill(single);
-    kill(a);
-    kill(b);
-    drop(redis);
+    drop(t);
 
     // Acknowledged means durable in Redis: say throughput by Redis's fsync policy.
     for fsync in ["always", "everysec"] {

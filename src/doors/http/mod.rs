@@ -11,8 +11,9 @@ use crate::app::outcome::{ChatReply, Outcome, Refusal, Reply};
 use crate::app::reports;
 use crate::app::stream::Part;
 use crate::app::{Answer, App, CallInput};
-use crate::codec::http::{percent_decode, push_decimal, push_json_str, Method, Request, Response};
-use crate::codec::{json_text, ws_handshake};
+use crate::codec::http::{percent_decode, push_json_str, Method, Request, Response};
+use crate::codec::json_text::{self, push_decimal};
+use crate::codec::ws_handshake;
 use crate::conn::http::Handled;
 use crate::conn::ConnId;
 use crate::conn::Feed;
@@ -22,7 +23,6 @@ use crate::world::protocol::GameCommand;
 use crate::world::room::Event;
 use crate::world::time::{now_ms, parse_rfc3339};
 use crate::world::{check_name, WorldError};
-use serde::Serialize;
 use serde_json::{json, Map, Value};
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -1013,20 +1013,9 @@ pub fn render(reply: Reply) -> Response {
     }
 }
 
-/// The seed's chat answer.
-/// A chat's answer `{response, user, room, session_messages, crisis}`, written straight
-/// from the reply (no JSON tree on the way: every chat passes here).
-#[derive(Serialize)]
-struct ChatAnswer<'a> {
-    response: &'a str,
-    user: &'a str,
-    room: &'a str,
-    session_messages: u64,
-    crisis: bool,
-}
-
-/// [`ChatAnswer`]'s JSON, the same bytes as `serde_json` writes, without its machinery:
-/// every chat's answer is written here.
+/// The seed's chat answer, `{response, user, room, session_messages, crisis}`, the same
+/// bytes as `serde_json` writes, written straight from the reply without its machinery
+/// (every chat's answer, plain or the `done` event of a stream, is written here).
 fn chat_body(c: &ChatReply) -> Vec<u8> {
     let mut b = Vec::with_capacity(96 + c.text.len() + c.user.len() + c.room.len());
     b.extend_from_slice(b"{\"response\":");
@@ -1042,16 +1031,6 @@ fn chat_body(c: &ChatReply) -> Vec<u8> {
         false => b",\"crisis\":false}",
     });
     b
-}
-
-fn chat_json(c: &ChatReply) -> ChatAnswer<'_> {
-    ChatAnswer {
-        response: &c.text,
-        user: &c.user,
-        room: &c.room,
-        session_messages: c.session_messages,
-        crisis: c.crisis,
-    }
 }
 
 /// The head of an event stream (`200`, `text/event-stream`, never cached).
@@ -1102,10 +1081,7 @@ pub fn render_end(shape: &Shape, reply: Reply) -> Vec<u8> {
     match shape {
         Shape::OpenAi(c, _) => openai::render_end(c, reply),
         Shape::Events => match reply {
-            Ok(Outcome::Chat(c)) => sse(
-                "done",
-                &serde_json::to_vec(&chat_json(&c)).unwrap_or_default(),
-            ),
+            Ok(Outcome::Chat(c)) => sse("done", &chat_body(&c)),
             other => {
                 let resp = render(other);
                 let event = if resp.status < 400 { "done" } else { "error" };
@@ -1196,6 +1172,30 @@ fn bridge_travel(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_chat_answer_is_what_serde_json_writes() {
+        for (text, user, crisis) in [
+            ("Hello, Tester.", "Tester", false),
+            (
+                "Are you safe right now?\n\n\"988\" \\ \u{1}é",
+                "Ünï \"q\"",
+                true,
+            ),
+            ("", "", false),
+        ] {
+            let c = ChatReply {
+                text: text.into(),
+                user: user.into(),
+                room: "The Threshold".into(),
+                session_messages: 18_446_744_073_709_551_615,
+                crisis,
+            };
+            let want = json!({"response": text, "user": user, "room": "The Threshold",
+                              "session_messages": c.session_messages, "crisis": crisis});
+            assert_eq!(chat_body(&c), serde_json::to_vec(&want).unwrap());
+        }
+    }
 
     #[test]
     fn browser_origins_are_checked_against_the_list_and_the_own_page() {
