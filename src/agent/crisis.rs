@@ -30,9 +30,9 @@
 //! ([`GUARDED_MIN`]) when the rules saw a safe context (game, fiction, technical talk,
 //! news, a past third party) or a question about the hotlines. The classifier overrules
 //! the rules only when it is all but sure a message is not a crisis (its probability
-//! under the model's `veto`, at most 5 %, chosen so that out of fold no crisis line of
-//! the training files is lost): "i nearly killed myself laughing", "enable kms for the
-//! intel graphics".
+//! under the model's `veto`, at most 5 %, chosen with the threshold by the crisis lines
+//! caught out of fold): "i nearly killed myself laughing", "enable kms for the intel
+//! graphics".
 //!
 //! The rules live in `fixtures/crisis/*.txt` (format at the top of `lexicon.txt`), are
 //! compiled into the binary, and `agent.crisis_file` can extend them at start-up. A message
