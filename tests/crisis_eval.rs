@@ -1,6 +1,6 @@
 //! The crisis detector against the labelled corpus in `fixtures/crisis/eval/`: the training
-//! splits (`train.tsv`, the rules are tuned on it; `train2.tsv` to `train28.tsv`, the
-//! classifier is trained on all twenty-eight (from `train13.tsv` on, data only, each by an
+//! splits (`train.tsv`, the rules are tuned on it; `train2.tsv` to `train31.tsv`, the
+//! classifier is trained on all thirty-one (from `train13.tsv` on, data only, each by an
 //! author who saw nothing of the project); the rules were not tuned on them until the round that
 //! added `train5.tsv`, which read the rules' errors on all five; `train6.tsv` is short
 //! messages, for the classifier; `train7.tsv` is preparations, plans and means, past
@@ -277,6 +277,15 @@ const TRAINING_SPLITS: &[(&str, usize, f64)] = &[
     // Everyday first-person near pairs (mostly negatives): 97.0 % (288/297); before,
     // 89.3 % / 9.3 %.
     ("train28.tsv", 700, 0.95),
+    // Dark humour that means it and that does not (young game and stream chat): 99.6 %
+    // (272/273); before, 91.9 % / 3.1 %.
+    ("train29.tsv", 650, 0.97),
+    // Plans and preparations told as errands and arrangements: 99.7 % (316/317); before,
+    // 73.5 % / 6.3 %.
+    ("train30.tsv", 650, 0.97),
+    // Said to the AI character and in roleplay, in and out of character: 100 % (290/290);
+    // before, 93.8 % / 1.8 %.
+    ("train31.tsv", 650, 0.97),
 ];
 
 #[test]
@@ -416,7 +425,7 @@ fn short_greetings_and_names_get_no_protocol() {
 fn the_shipped_model_is_what_training_produces() {
     // `crisis-train`'s own choice of files (the test runs in the source tree).
     let files = default_train_files().unwrap_or_else(|e| panic!("{e}"));
-    assert!(files.len() >= 28, "{} training files", files.len());
+    assert!(files.len() >= 31, "{} training files", files.len());
     let (cases, sources) = load_training(&files).unwrap_or_else(|e| panic!("{e}"));
     let trained = train(&CrisisDetector::rules_only(), &cases, &sources);
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/crisis/model.tsv");
@@ -432,9 +441,10 @@ fn the_shipped_model_is_what_training_produces() {
 /// Every held-out split together: 95.5 % recall (6,900/7,228) and 1.8 % false positives
 /// (112/6,324) with the eighteenth round's detector, when `test17.tsv` was the newest;
 /// 97.6 % (7,058/7,228) and 1.8 % (113/6,324) with the nineteenth's (longer word pairs,
-/// more passes, the veto chosen by recall). The false-positive goal (at most 2 %) is
-/// asserted here; recall, short of its 98 % goal, is held to what was measured, rounded
-/// down.
+/// more passes, the veto chosen by recall); with `test18.tsv`, 97.7 % (7,451/7,625) and
+/// 1.7 % (113/6,681) with the twentieth's (`train29.tsv` to `train31.tsv`). The
+/// false-positive goal (at most 2 %) is asserted here; recall, short of its 98 % goal, is
+/// held to what was measured, rounded down.
 const HELD_OUT_ALL_RECALL_FLOOR: f64 = 0.97;
 
 #[test]
@@ -450,7 +460,7 @@ fn the_held_out_splits_together_keep_the_false_positive_goal() {
         })
         .collect();
     files.sort();
-    assert!(files.len() >= 17, "{} held-out splits", files.len());
+    assert!(files.len() >= 18, "{} held-out splits", files.len());
     let cases = load(&files).unwrap_or_else(|e| panic!("{e}"));
     let report = evaluate(&CrisisDetector::builtin(), &cases, 1);
     eprintln!("{}", report.render_figures());
@@ -551,6 +561,12 @@ const HELD_OUT_SPLITS: &[(&str, usize, f64)] = &[
     // seventeenth's and the eighteenth's), rounded down with lines to spare. Its false
     // positives: 3.3 %, 3.8 %, 3.3 % (13/390).
     ("test17.tsv", 300, 0.91),
+    // The eighteenth held-out split's recall (written blind after the nineteenth round; 76
+    // lines that repeated a training line taken out unread; 355/397 = 89.4 % with the
+    // eighteenth round's detector, 371 with the nineteenth's, 377/397 = 95.0 % with the
+    // twentieth's), rounded down with lines to spare. Its false positives: 1.4 %, 1.4 %,
+    // 1.7 % (6/357).
+    ("test18.tsv", 300, 0.93),
 ];
 
 #[test]
