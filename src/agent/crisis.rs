@@ -43,7 +43,7 @@ use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 
-use super::crisis_model::{vetoable, Evidence, Model, GUARDED_MIN};
+use super::crisis_model::{vetoable, Evidence, Model, GUARDED_MIN, SHORT_GUARDED_WORDS};
 
 /// FNV-1a: short words hash several times faster than with the default SipHash, and the
 /// keys are our own rule words, so flooding resistance buys nothing here.
@@ -619,11 +619,13 @@ impl CrisisDetector {
         }
     }
 
-    /// Whether the rules saw a context that is usually safe (a negative adjustment), a
-    /// figure of speech (an idiom: "i cut myself shaving"), a negated signal, or a
-    /// question about the hotlines: the model then needs [`GUARDED_MIN`].
+    /// Whether the message is short ([`SHORT_GUARDED_WORDS`]) or the rules saw a context
+    /// that is usually safe (a negative adjustment), a figure of speech (an idiom: "i cut
+    /// myself shaving"), a negated signal, or a question about the hotlines: the model then
+    /// needs [`GUARDED_MIN`].
     fn guarded(&self, a: &Analysis, rules: &Outcome) -> bool {
-        a.negated
+        a.toks.iter().filter(|t| t.id != BREAK).count() <= SHORT_GUARDED_WORDS
+            || a.negated
             || !a.idioms.is_empty()
             || matches!(rules, Outcome::Resources(_))
             || a.hits.iter().any(
