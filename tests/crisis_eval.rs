@@ -461,9 +461,9 @@ fn short_greetings_and_names_get_no_protocol() {
     assert!(detector.detect("kms").is_some() && detector.detect("i want to die").is_some());
 }
 
-/// Everyday short chat is not a crisis. The nineteenth to twenty-second rounds' models gave
-/// the protocol to 12 to 19 of a hand-written list of 100 such lines ("bye", "please",
-/// "please fail", "take care", "love you guys"; the session's first detector to 2), which
+/// Everyday short chat is not a crisis. The nineteenth and the twenty-second rounds' models
+/// gave the protocol to 9 and 19 of a hand-written list of 100 such lines ("bye", "please",
+/// "please fail", "take care", "love you guys"; the eighteenth round's detector to 2), which
 /// the held-out splits, with few one- and two-word ordinary lines, did not show; the
 /// guard on messages of one or two words (`SHORT_GUARDED_WORDS`) and a training file of
 /// short chat (`train46.tsv`, written without this list) brought it to 1 ("enough"). Of

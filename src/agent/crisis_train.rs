@@ -719,5 +719,30 @@ mod tests {
         let d = rules.with_model(m);
         let p = |t: &str| d.with_evidence(t, |ev, _| d.model_probability(ev));
         assert!(p("pills ready") > p("bread today"), "{}", a.text);
+        // Every veto was tried, and the one chosen catches the most crisis lines.
+        assert_eq!(a.cuts.len(), VETO_STEPS.len() + 1);
+        let most = a.cuts.iter().map(|c| c.caught).max().unwrap();
+        assert!(a.cuts.iter().any(|c| c.veto == a.veto && c.caught == most));
+    }
+
+    /// The veto is chosen by the crisis lines caught, even when it overrules one the rules
+    /// caught; on a tie the smaller veto stays.
+    #[test]
+    fn the_cut_that_catches_the_most_wins_and_a_tie_keeps_the_smaller_veto() {
+        let cut = |veto: f32, caught: usize, overruled: usize| Cut {
+            veto,
+            threshold: 0.5,
+            caught,
+            overruled,
+        };
+        let cuts = [
+            cut(0.0, 90, 0),
+            cut(0.01, 95, 0),
+            cut(0.02, 97, 1),
+            cut(0.03, 97, 2),
+        ];
+        assert_eq!(best_cut(&cuts), cuts[2]);
+        assert_eq!(best_cut(&cuts[..1]), cuts[0]);
+        assert_eq!(best_cut(&[cut(0.0, 5, 0), cut(0.01, 5, 0)]).veto, 0.0);
     }
 }
