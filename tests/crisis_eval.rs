@@ -536,7 +536,8 @@ fn the_shipped_model_is_what_training_produces() {
 /// (`train36.tsv` to `train40.tsv`; the seventeen older splits 98.3 %, the three newest
 /// 93.7 to 97.2 %); with `test21.tsv`, 97.8 % (8,635/8,832) and 1.6 % (125/7,795) with
 /// the twenty-third's (`train41.tsv` to `train46.tsv`, short messages guarded; the
-/// seventeen older splits 98.2 %, the four newest 95.8 %). The
+/// seventeen older splits 98.2 %, the four newest 95.8 %); with `test22.tsv` (short chat
+/// only: 90.0 % / 2.7 %), 97.6 % (8,797/9,012) and 1.6 % (132/8,056). The
 /// false-positive goal (at most 2 %) is asserted here; recall, short of its 98 % goal, is
 /// held to what was measured, rounded down.
 const HELD_OUT_ALL_RECALL_FLOOR: f64 = 0.97;
@@ -561,7 +562,7 @@ fn the_held_out_splits_together_keep_the_false_positive_goal() {
         })
         .collect();
     files.sort();
-    assert!(files.len() >= 21, "{} held-out splits", files.len());
+    assert!(files.len() >= 22, "{} held-out splits", files.len());
     let cases = load(&files).unwrap_or_else(|e| panic!("{e}"));
     let report = evaluate(&CrisisDetector::builtin(), &cases, 1);
     eprintln!("{}", report.render_figures());
@@ -687,6 +688,12 @@ const HELD_OUT_SPLITS: &[(&str, usize, f64)] = &[
     // twenty-second's and the twenty-third's), rounded down with lines to spare. Its false
     // positives: 1.8 %, 2.6 %, 2.1 % (8/381).
     ("test21.tsv", 300, 0.93),
+    // The twenty-second held-out split: short chat only, one to four words (written blind
+    // after the twenty-third round; 118 lines that repeated a training line and one
+    // mislabelled line taken out; 140/180 = 77.8 % with the eighteenth round's detector,
+    // 153 with the nineteenth's, 162/180 = 90.0 % with the twenty-third's), rounded down
+    // with lines to spare. Its false positives: 1.1 %, 3.4 %, 2.7 % (7/261).
+    ("test22.tsv", 150, 0.88),
 ];
 
 #[test]
