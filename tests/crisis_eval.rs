@@ -1,6 +1,6 @@
 //! The crisis detector against the labelled corpus in `fixtures/crisis/eval/`: the training
-//! splits (`train.tsv`, the rules are tuned on it; `train2.tsv` to `train46.tsv`, the
-//! classifier is trained on all forty-six (from `train13.tsv` on, data only, each by an
+//! splits (`train.tsv`, the rules are tuned on it; `train2.tsv` to `train68.tsv`, the
+//! classifier is trained on all sixty-eight (from `train13.tsv` on, data only, each by an
 //! author who saw nothing of the project); the rules were not tuned on them until the round that
 //! added `train5.tsv`, which read the rules' errors on all five; `train6.tsv` is short
 //! messages, for the classifier; `train7.tsv` is preparations, plans and means, past
@@ -324,6 +324,60 @@ const TRAINING_SPLITS: &[(&str, usize, f64)] = &[
     // taken out): 100 % (130/130); before, 93.8 % / 4.8 % (78.5 % / 2.2 % with the
     // detector of the session's start).
     ("train46.tsv", 550, 0.97),
+    // Money, work and the law (debt, gambling, eviction, court): 99.8 % (414/415); before,
+    // 85.1 % / 1.6 %.
+    ("train47.tsv", 650, 0.97),
+    // Jokes and memes that mean it (weighted to joking, preparation, slang): 99.7 %
+    // (385/386); before, 89.4 % / 4.8 %.
+    ("train48.tsv", 650, 0.97),
+    // Trauma and abuse: 100 % (389/389); before, 90.0 % / 2.4 %.
+    ("train49.tsv", 650, 0.97),
+    // Bodies: eating, exercise and self-punishment (weighted to self-harm): 100 % (393/393);
+    // before, 88.0 % / 1.9 %.
+    ("train50.tsv", 650, 0.97),
+    // Very short chat, half of it crisis (136 lines repeated another file's and were taken
+    // out): 99.6 % (263/264); before, 95.1 % / 3.1 %.
+    ("train51.tsv", 500, 0.97),
+    // Technical metaphors (programmers and sysadmins): 100 % (397/397); before, 91.7 % /
+    // 1.6 %.
+    ("train52.tsv", 650, 0.97),
+    // Parents and carers: 100 % (407/407); before, 87.7 % / 3.3 %.
+    ("train53.tsv", 650, 0.97),
+    // Very short chat, mostly ordinary, second author (215 lines repeated another file's and
+    // were taken out): 100 % (128/128); before, 98.4 % / 4.7 %.
+    ("train54.tsv", 480, 0.97),
+    // Sport and competition: 99.7 % (391/392); before, 82.9 % / 1.2 %.
+    ("train55.tsv", 650, 0.97),
+    // Faith, spirit and culture: 100 % (400/400); before, 94.2 % / 1.2 %.
+    ("train56.tsv", 650, 0.97),
+    // Online shame and harassment: 99.7 % (371/372); before, 90.1 % / 3.8 %.
+    ("train57.tsv", 620, 0.97),
+    // Loneliness and late life: 100 % (379/379); before, 88.7 % / 3.3 %.
+    ("train58.tsv", 650, 0.97),
+    // Love, breakups and betrayal: 99.7 % (383/384); before, 92.2 % / 3.1 %.
+    ("train59.tsv", 650, 0.97),
+    // Questions (about dying and means, against safe questions with the same words): 100 %
+    // (410/410); before, 90.2 % / 3.2 %.
+    ("train60.tsv", 650, 0.97),
+    // University and first jobs: 100 % (386/386); before, 88.9 % / 0.9 %.
+    ("train61.tsv", 650, 0.97),
+    // Therapy and clinical words: 100 % (373/373); before, 93.3 % / 1.2 %.
+    ("train62.tsv", 640, 0.97),
+    // Rural life, guns and the outdoors: 100 % (388/388); before, 91.0 % / 1.5 %.
+    ("train63.tsv", 650, 0.97),
+    // Sleep and night: 99.7 % (381/382); before, 96.6 % / 2.5 %.
+    ("train64.tsv", 650, 0.97),
+    // Anger and impulse: 100 % (393/393); before, 96.9 % / 2.8 %.
+    ("train65.tsv", 650, 0.97),
+    // Displacement, war and loss of home: 99.8 % (405/406); before, 91.1 % / 3.5 %.
+    ("train66.tsv", 650, 0.97),
+    // Long posts (50 to 106 words): 100 % (300/300); before, 92.0 % / 11.4 % (its false
+    // alarms are the rules' own, which the model may not veto on messages of over
+    // `VETO_MAX_WORDS`).
+    ("train67.tsv", 550, 0.97),
+    // Very short chat, half of it crisis, second author (195 lines repeated another file's
+    // and were taken out): 100 % (211/211); before, 97.2 % / 5.3 %.
+    ("train68.tsv", 450, 0.97),
 ];
 
 #[test]
@@ -465,8 +519,11 @@ fn short_greetings_and_names_get_no_protocol() {
 /// "please fail", "take care", "love you guys"; the eighteenth round's detector to 2), which
 /// the held-out splits, with few one- and two-word ordinary lines, did not show; the
 /// guard on messages of one or two words (`SHORT_GUARDED_WORDS`) and a training file of
-/// short chat (`train46.tsv`, written without this list) brought it to 1 ("enough"). Of
-/// the list, these are the lines no training file holds.
+/// short chat (`train46.tsv`, written without this list) brought it to 1 ("enough"). The
+/// twenty-fourth round's model (with `train51.tsv`, short chat half of it crisis) gave it
+/// to "never mind" too; the twenty-fifth's, with `train54.tsv` (short chat, mostly
+/// ordinary, written blind without the list), took it back to 1. Of the list, these are
+/// the lines no training file holds.
 #[test]
 fn short_chat_gets_no_protocol() {
     let detector = CrisisDetector::builtin();
@@ -541,10 +598,14 @@ fn the_shipped_model_is_what_training_produces() {
 /// 93.7 to 97.2 %); with `test21.tsv`, 97.8 % (8,635/8,832) and 1.6 % (125/7,795) with
 /// the twenty-third's (`train41.tsv` to `train46.tsv`, short messages guarded; the
 /// seventeen older splits 98.2 %, the four newest 95.8 %); with `test22.tsv` (short chat
-/// only: 90.0 % / 2.7 %), 97.6 % (8,797/9,012) and 1.6 % (132/8,056). The
-/// false-positive goal (at most 2 %) is asserted here; recall, short of its 98 % goal, is
-/// held to what was measured, rounded down.
-const HELD_OUT_ALL_RECALL_FLOOR: f64 = 0.97;
+/// only: 90.0 % / 2.7 %), 97.6 % (8,797/9,012) and 1.6 % (132/8,056); with `test23.tsv`
+/// and `test24.tsv` (written blind this session: 97.5 % and 98.2 % with the twenty-third
+/// round's detector), 97.6 % (9,573/9,805) and 1.6 % (141/8,798) with the twenty-third's,
+/// 97.9 % (9,602) and 1.6 % (144) with the twenty-fifth's (`train47.tsv` to `train61.tsv`),
+/// **98.2 % (9,625/9,805) and 1.5 % (129/8,798)** with the twenty-sixth's (`train62.tsv` to
+/// `train68.tsv`). Both goals (recall at least 98 %, false positives at most 2 %) are
+/// asserted here, over every held-out split together.
+const HELD_OUT_ALL_RECALL_FLOOR: f64 = 0.98;
 
 /// The most false positives one held-out split may show: the 2 % goal plus one point,
 /// about one and a half standard deviations of a 2 % rate on a split of 390 ordinary
@@ -554,7 +615,7 @@ const HELD_OUT_ALL_RECALL_FLOOR: f64 = 0.97;
 const HELD_OUT_SPLIT_FP_CEILING: f64 = 0.03;
 
 #[test]
-fn the_held_out_splits_together_keep_the_false_positive_goal() {
+fn the_held_out_splits_together_meet_both_goals() {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/crisis/eval");
     let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
         .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
@@ -709,6 +770,20 @@ const HELD_OUT_SPLITS: &[(&str, usize, f64)] = &[
     // 153 with the nineteenth's, 162/180 = 90.0 % with the twenty-third's), rounded down
     // with lines to spare. Its false positives: 1.1 %, 3.4 %, 2.7 % (7/261).
     ("test22.tsv", 150, 0.88),
+    // The twenty-third held-out split's recall (written blind after the twenty-third round,
+    // the Discord-style community of a Morrowind roleplay server and an MMO guild, ages 14
+    // to 65; 63 lines that repeated a training line taken out unread; 393/403 = 97.5 % with
+    // the twenty-third round's detector, 395 with the twenty-fourth's, 396/403 = 98.3 % with
+    // the twenty-fifth's and the twenty-sixth's), rounded down with lines to spare. Its
+    // false positives: 2.2 %, 1.6 %, 1.9 %, 1.6 % (6/364).
+    ("test23.tsv", 300, 0.96),
+    // The twenty-fourth held-out split's recall (written blind after the twenty-fifth
+    // round, a mobile MMO's world chat and messages, many writing English as a second
+    // language; 62 lines that repeated a training line taken out unread; 383/390 = 98.2 %
+    // with the twenty-third round's detector, 385/390 = 98.7 % with the twenty-fifth's and
+    // the twenty-sixth's), rounded down with lines to spare. Its false positives: 0.3 %
+    // (1/378) with each.
+    ("test24.tsv", 300, 0.97),
 ];
 
 #[test]
