@@ -629,7 +629,11 @@ fn the_shipped_model_is_what_training_produces() {
 /// twenty-third's, 97.6 % with the twenty-sixth's), 98.1 % (10,032/10,222) and 1.4 %
 /// (132/9,181) with the twenty-sixth's, **98.5 % (10,065/10,222) and 1.5 % (142/9,181)**
 /// with the twenty-seventh's (`train69.tsv` to `train76.tsv`, the veto on messages of up
-/// to 120 words). Both goals (recall at least 98 %, false positives at most 2 %) are
+/// to 120 words); with `test26.tsv` (written blind after that round: 98.6 % with the
+/// twenty-third's), **98.4 % (10,474/10,639) and 1.6 % (152/9,565)** with the
+/// twenty-seventh's. (A twenty-eighth round, seven more training files, did better out of
+/// fold and over all the held-out splits together, 98.5 % and 1.5 %, but gave `test5.tsv`
+/// 3.6 % false positives, over [`HELD_OUT_SPLIT_FP_CEILING`], and was not shipped.) Both goals (recall at least 98 %, false positives at most 2 %) are
 /// asserted here, over every held-out split together.
 const HELD_OUT_ALL_RECALL_FLOOR: f64 = 0.98;
 
@@ -818,6 +822,13 @@ const HELD_OUT_SPLITS: &[(&str, usize, f64)] = &[
     // 98.3 % with the twenty-seventh's), rounded down with lines to spare. Its false
     // positives: 0.3 %, 0.8 %, 0.8 % (3/383).
     ("test25.tsv", 300, 0.96),
+    // The twenty-sixth held-out split's recall (written blind after the twenty-seventh
+    // round, the live-stream chat of a Morrowind speedrunner and an MMO streamer and private
+    // messages to its moderators; 29 lines that repeated a training line taken out unread;
+    // 411/417 = 98.6 % with the twenty-third round's detector, 409/417 = 98.1 % with the
+    // twenty-seventh's), rounded down with lines to spare. Its false positives: 1.6 %,
+    // 2.6 % (10/384).
+    ("test26.tsv", 300, 0.96),
 ];
 
 #[test]
