@@ -569,8 +569,8 @@ impl CrisisDetector {
         let Some(model) = &self.model else {
             return rules;
         };
-        let guarded = self.guarded(&a, &rules);
         let ev = self.evidence(&a);
+        let guarded = self.guarded(&a, &rules, &ev);
         let p = model.probability(&ev);
         let veto = if vetoable(&ev) { model.veto() } else { 0.0 };
         match CrisisDetector::combine(rules, guarded, p, model.threshold(), veto) {
@@ -623,8 +623,8 @@ impl CrisisDetector {
     /// that is usually safe (a negative adjustment), a figure of speech (an idiom: "i cut
     /// myself shaving"), a negated signal, or a question about the hotlines: the model then
     /// needs [`GUARDED_MIN`].
-    fn guarded(&self, a: &Analysis, rules: &Outcome) -> bool {
-        a.toks.iter().filter(|t| t.id != BREAK).count() <= SHORT_GUARDED_WORDS
+    fn guarded(&self, a: &Analysis, rules: &Outcome, ev: &Evidence<'_>) -> bool {
+        ev.word_count() <= SHORT_GUARDED_WORDS
             || a.negated
             || !a.idioms.is_empty()
             || matches!(rules, Outcome::Resources(_))
@@ -648,8 +648,9 @@ impl CrisisDetector {
     ) -> R {
         let a = self.analyse(text);
         let rules = self.score(&a.hits);
-        let guarded = self.guarded(&a, &rules);
-        f(&self.evidence(&a), (rules, guarded))
+        let ev = self.evidence(&a);
+        let guarded = self.guarded(&a, &rules, &ev);
+        f(&ev, (rules, guarded))
     }
 
     fn evidence<'a>(&'a self, a: &'a Analysis) -> Evidence<'a> {

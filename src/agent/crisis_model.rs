@@ -73,7 +73,7 @@ pub const VETO_MAX_WORDS: usize = 120;
 /// Whether the model's veto may apply to the message behind `ev` (at most
 /// [`VETO_MAX_WORDS`] words).
 pub(crate) fn vetoable(ev: &Evidence<'_>) -> bool {
-    ev.words.iter().flatten().count() <= VETO_MAX_WORDS
+    ev.word_count() <= VETO_MAX_WORDS
 }
 
 /// What the rule engine and the normaliser saw in a message: what feature extraction reads.
@@ -84,6 +84,14 @@ pub(crate) struct Evidence<'a> {
     pub matches: Vec<(&'static str, &'a str)>,
     /// The best rule score, if any rule matched.
     pub best: Option<f32>,
+}
+
+impl Evidence<'_> {
+    /// How many words the message has (what [`SHORT_GUARDED_WORDS`] and
+    /// [`VETO_MAX_WORDS`] count).
+    pub(crate) fn word_count(&self) -> usize {
+        self.words.iter().flatten().count()
+    }
 }
 
 /// Receives features as the pieces of their name (joined, they are the name in the file).
