@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 #[path = "load/cluster.rs"]
 mod cluster;
 
-const USAGE: &str = "worldbridge-load [--scenario health|chat|idle|say|line|fanout|newusers|crowd|all] [--connections N]
+const USAGE: &str = "worldbridge-load [--scenario health|chat|idle|say|line|fanout|newusers|crowd|cluster|all] [--connections N]
                   [--seconds S] [--idle N] [--interval-ms MS] [--depth N] [--addr ADDR] [--line-addr ADDR]
 
   health   GET /bridge/health on N keep-alive connections (default 64)
@@ -34,7 +34,8 @@ const USAGE: &str = "worldbridge-load [--scenario health|chat|idle|say|line|fano
            a say on node A seen by a WebSocket client on node B (p50/p99), the gateway fan-out
            with N clients (default 2000) split over two nodes, and POST /bridge/say on node A
            with Redis at appendfsync always and everysec (the say -> frame hop is measured with
-           both policies: with `always` it includes the disk's fsync)
+           both policies: with `always` it includes the disk's fsync), each beside the same
+           Redis alone (an XADD until a blocked XREAD has it: the floor under the hop)
   all      all of them but fanout, newusers and crowd (the docs/benchmarks.md figures)
   --interval-ms  pace each connection: send at most one request per MS (default 0: back to back)
   --addr   drive an already running bridge instead of starting one (no RSS figures then)

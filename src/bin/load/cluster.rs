@@ -5,7 +5,9 @@
 //! how long a say posted on one bridge takes to reach a WebSocket client (single: the same
 //! bridge; cluster: node A's say at node B's client), the gateway fan-out with the clients
 //! on one bridge against the same clients split over two nodes, and `POST /bridge/say`
-//! throughput on node A with Redis fsyncing every write against once a second.
+//! throughput on node A with Redis fsyncing every write against once a second. Beside the
+//! hop it measures the same Redis without a bridge (an `XADD` until a blocked `XREAD` has
+//! it), the part of the hop no bridge can take out.
 
 use super::{drive, fanout_over, percentile, print, request, rss_kib, spawn_bridge_with};
 use std::io::{Read, Write};
@@ -151,6 +153,68 @@ fn say_visibility(http: SocketAddr, ws_at: SocketAddr, count: usize, every: Dura
     lat
 }
 
+/// The same Redis without a bridge: `count` entries added to a stream of their own, one per
+/// `every`, each timed from the `XADD` until a second connection blocked in `XREAD` has it
+/// (two plain threads, the redis crate as the nodes use it); the latencies in µs. This is
+/// the floor under the hop: Redis, its file and the machine's wake-ups, nothing of ours.
+fn redis_alone(port: u16, count: usize, every: Duration) -> Vec<u64> {
+    let url = format!("redis://127.0.0.1:{port}/");
+    let open = || {
+        let con = redis::Client::open(url.as_str())
+            .and_then(|c| c.get_connection())
+            .expect("a connection to the bench redis-server");
+        con.set_read_timeout(Some(Duration::from_secs(5))).ok();
+        con
+    };
+    let (mut reader, mut writer) = (open(), open());
+    let key = "bench:alone";
+    let start = Instant::now();
+    let follow = std::thread::spawn(move || {
+        let mut seen = Vec::with_capacity(count);
+        let mut last = "0-0".to_string();
+        while seen.len() < count {
+            let reply: redis::RedisResult<Option<redis::streams::StreamReadReply>> =
+                redis::cmd("XREAD")
+                    .arg("BLOCK")
+                    .arg(5000)
+                    .arg("STREAMS")
+                    .arg(key)
+                    .arg(&last)
+                    .query(&mut reader);
+            let Ok(Some(reply)) = reply else { break };
+            let at = start.elapsed();
+            for id in reply.keys.into_iter().flat_map(|k| k.ids) {
+                seen.push(at);
+                last = id.id;
+            }
+        }
+        seen
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    // A body of a say's size.
+    let body = "x".repeat(200);
+    let mut sent = Vec::with_capacity(count);
+    let mut next = Instant::now();
+    for n in 1..=count {
+        sent.push(start.elapsed());
+        let _: String = redis::cmd("XADD")
+            .arg(key)
+            .arg(format!("{n}-0"))
+            .arg("e")
+            .arg(&body)
+            .query(&mut writer)
+            .expect("XADD");
+        next += every;
+        std::thread::sleep(next.saturating_duration_since(Instant::now()));
+    }
+    let seen = follow.join().expect("the XREAD thread");
+    let mut lat: Vec<u64> = (sent.iter().zip(seen))
+        .map(|(s, r)| r.saturating_sub(*s).as_micros() as u64)
+        .collect();
+    lat.sort_unstable();
+    lat
+}
+
 fn kill(mut c: Child) {
     let _ = c.kill();
     let _ = c.wait();
@@ -217,6 +281,11 @@ pub fn bench(n: usize, secs: f64, every: Duration) {
             "cluster  the Redis hop (fsync {fsync}) adds p50 {}us, p99 {}us",
             percentile(&two, 0.50) as i64 - percentile(&one, 0.50) as i64,
             percentile(&two, 0.99) as i64 - percentile(&one, 0.99) as i64
+        );
+        let alone = redis_alone(t.redis.port, count, every);
+        println!(
+            "cluster  the same Redis alone (fsync {fsync}), XADD -> a blocked XREAD on another connection: {}",
+            show(&alone)
         );
     }
 
