@@ -20,7 +20,8 @@ use toml::Spanned;
 pub struct Config {
     /// This world's id: the origin of its events in federation.
     pub world: String,
-    /// Bind non-loopback addresses even where a surface has no token (off: refuse to start).
+    /// Bind non-loopback addresses even where a surface has no token, and reach a
+    /// cluster's Redis on another machine without a password (off: refuse to start).
     pub allow_public_without_token: bool,
     pub http: HttpConfig,
     pub line: LineConfig,
@@ -42,7 +43,9 @@ pub struct Config {
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct ClusterConfig {
-    /// The Redis server every node of this world uses (`redis://host:port[/db]`).
+    /// The Redis server every node of this world uses (`redis://host:port[/db]`, with
+    /// `user:password@` or `:password@` before the host when Redis asks for one). Shown
+    /// anywhere only through [`redis_url_shown`], which hides the password.
     pub redis_url: String,
     /// This node's name in presence entries, metrics and logs; empty: host name + pid.
     pub node_id: String,
@@ -929,17 +932,75 @@ impl Config {
     }
 }
 
+/// A Redis URL as logs and errors may show it: the password of `user:password@`, and a
+/// unix socket URL's `pass=` parameter, become `***`.
+pub fn redis_url_shown(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    let authority = match authority.rsplit_once('@') {
+        Some((user_info, host)) => match user_info.split_once(':') {
+            Some((user, _)) => format!("{user}:***@{host}"),
+            // `redis://secret@host` is read as a user name: shown as if a password.
+            None => format!("***@{host}"),
+        },
+        None => authority.to_string(),
+    };
+    let tail = match tail.split_once('?') {
+        Some((path, query)) => {
+            let params: Vec<String> = (query.split('&'))
+                .map(|kv| match kv.split_once('=') {
+                    Some((key @ ("pass" | "password"), _)) => format!("{key}=***"),
+                    _ => kv.to_string(),
+                })
+                .collect();
+            format!("{path}?{}", params.join("&"))
+        }
+        None => tail.to_string(),
+    };
+    format!("{scheme}://{authority}{tail}")
+}
+
 impl ClusterConfig {
     fn validate(&self, cfg: &Config) -> Result<(), String> {
         let scheme_ok = self.redis_url.starts_with("redis://")
             || self.redis_url.starts_with("unix://")
             || self.redis_url.starts_with("redis+unix://");
-        if !scheme_ok {
+        let parsed = match scheme_ok {
+            true => redis::IntoConnectionInfo::into_connection_info(self.redis_url.as_str()).ok(),
+            false => None,
+        };
+        let Some(info) = parsed else {
             return Err(format!(
                 "config: `cluster.redis_url` {:?} is not a Redis URL; write \
                  redis://host:port (e.g. redis://127.0.0.1:6379)",
-                self.redis_url
+                redis_url_shown(&self.redis_url)
             ));
+        };
+        // Every node trusts what the world's Redis holds (its events, sessions, leases):
+        // one on another machine must be closed to whoever can reach it.
+        if let redis::ConnectionAddr::Tcp(host, port) = info.addr() {
+            let host = host.trim_start_matches('[').trim_end_matches(']');
+            let loopback = host.eq_ignore_ascii_case("localhost")
+                || host
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback());
+            let password = info
+                .redis_settings()
+                .password()
+                .is_some_and(|p| !p.is_empty());
+            if !loopback && !password && !cfg.allow_public_without_token {
+                return Err(format!(
+                    "config: `cluster.redis_url` reaches Redis at {host}:{port} without a \
+                     password: every node trusts what that Redis holds, so whoever can reach \
+                     it could write this world's events. Give Redis a password (`requirepass`, \
+                     or an ACL user) and put it in the URL (redis://:PASSWORD@{host}:{port} or \
+                     redis://USER:PASSWORD@{host}:{port}), use a Redis on this machine, or \
+                     set `allow_public_without_token = true` to opt out"
+                ));
+            }
         }
         for (key, value, min) in [
             ("cluster.node_ttl_s", self.node_ttl_s, 1),
@@ -1882,6 +1943,65 @@ token = ""                               # the pair's shared secret, used both w
             ..args
         };
         assert_contains(&Config::load(&args, &no_env).unwrap_err(), "0.0.0.0:4004");
+    }
+
+    #[test]
+    fn a_redis_on_another_machine_needs_a_password() {
+        let with = |url: &str, opt_out: bool| {
+            let c = Config {
+                allow_public_without_token: opt_out,
+                cluster: Some(ClusterConfig {
+                    redis_url: url.into(),
+                    ..ClusterConfig::default()
+                }),
+                ..Config::default()
+            };
+            c.validate()
+        };
+        for local in [
+            "redis://127.0.0.1:6379",
+            "redis://localhost:6379/2",
+            "redis://[::1]:6379",
+            "unix:///run/redis/redis.sock",
+        ] {
+            with(local, false).unwrap_or_else(|e| panic!("{local}: {e}"));
+        }
+        for open in [
+            "redis://10.0.0.5:6379",
+            "redis://redis.example:6379",
+            "redis://user@10.0.0.5",
+        ] {
+            let err = with(open, false).unwrap_err();
+            assert_contains(&err, "without a password");
+            assert_contains(&err, "allow_public_without_token");
+            with(open, true).unwrap();
+        }
+        with("redis://:s3cret@10.0.0.5:6379", false).unwrap();
+        with("redis://worldbridge:s3cret@redis.example:6379/1", false).unwrap();
+        // A URL the client cannot read is refused, and the error does not show its password.
+        let err = with("redis://:s3cret@10.0.0.5:notaport", false).unwrap_err();
+        assert_contains(&err, "is not a Redis URL");
+        assert!(!err.contains("s3cret"), "{err}");
+    }
+
+    #[test]
+    fn a_redis_urls_password_is_never_shown() {
+        for (url, shown) in [
+            ("redis://127.0.0.1:6379", "redis://127.0.0.1:6379"),
+            (
+                "redis://:s3cret@10.0.0.5:6379/1",
+                "redis://:***@10.0.0.5:6379/1",
+            ),
+            ("redis://wb:s3:cr@et@h:6379", "redis://wb:***@h:6379"),
+            ("redis://s3cret@h", "redis://***@h"),
+            (
+                "redis+unix:///run/r.sock?db=1&pass=s3cret",
+                "redis+unix:///run/r.sock?db=1&pass=***",
+            ),
+            ("not a url", "not a url"),
+        ] {
+            assert_eq!(redis_url_shown(url), shown);
+        }
     }
 
     #[test]

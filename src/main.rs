@@ -214,7 +214,8 @@ fn import_cluster(cfg: &Config, text: &str, force: bool) -> Result<(), String> {
     let appended = load(&s, records, sessions, fed, force)?;
     eprintln!(
         "worldbridge: imported the world {:?} into {} ({appended} log entries, {n} sessions)",
-        cfg.world, s.redis_url
+        cfg.world,
+        s.shown_url()
     );
     Ok(())
 }

@@ -19,17 +19,25 @@ struct Redis {
     port: u16,
     dir: PathBuf,
     child: Option<Child>,
+    /// More of `redis-server`'s options, at every start.
+    more: Vec<String>,
 }
 
 impl Redis {
     /// A new server with an empty data directory (AOF on, fsync at every write).
     fn start() -> Redis {
+        Redis::start_with(&[])
+    }
+
+    /// [`Redis::start`] with more options (`--requirepass`, say).
+    fn start_with(more: &[&str]) -> Redis {
         let dir = scratch_dir("redis");
         std::fs::create_dir_all(&dir).unwrap();
         let mut r = Redis {
             port: free_port(),
             dir,
             child: None,
+            more: more.iter().map(|s| s.to_string()).collect(),
         };
         r.restart();
         r
@@ -48,6 +56,7 @@ impl Redis {
                 "--appendfsync",
                 "always",
             ])
+            .args(&self.more)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -83,7 +92,10 @@ impl Redis {
         };
         let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
         let mut buf = [0u8; 7];
-        s.write_all(b"PING\r\n").is_ok() && s.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n"
+        // A server with a password answers before AUTH too: that it needs one.
+        s.write_all(b"PING\r\n").is_ok()
+            && s.read_exact(&mut buf).is_ok()
+            && (&buf == b"+PONG\r\n" || &buf == b"-NOAUTH")
     }
 }
 
@@ -349,6 +361,108 @@ fn a_node_that_cannot_reach_redis_refuses_changes_and_says_why() {
     assert_eq!(r.header("retry-after"), Some("1"));
     // Reads work.
     assert_eq!(call(b.http, "GET", "/bridge/rooms", None).status, 200);
+}
+
+// ---- who may use the world's Redis ----
+
+/// Stop a node process and return its log, which must not hold `secret`.
+fn logged_without(
+    mut node: Child,
+    log: &std::sync::mpsc::Receiver<String>,
+    secret: &str,
+) -> Vec<String> {
+    node.kill().unwrap();
+    node.wait().unwrap();
+    let logged: Vec<String> = log.try_iter().collect();
+    assert!(logged.iter().all(|l| !l.contains(secret)), "{logged:#?}");
+    logged
+}
+
+#[test]
+#[ignore = "needs redis-server"]
+fn a_redis_with_a_password_serves_only_nodes_that_give_it_and_no_log_shows_it() {
+    let redis = Redis::start_with(&["--requirepass", "s3cret-pw"]);
+    let at = |user_info: &str| format!("redis://{user_info}127.0.0.1:{}", redis.port);
+    // Each node as a process of its own, with its log.
+    let run = |name: &str, url: String| {
+        let config = format!(
+            "world = \"w\"\n[http]\nlisten = [\"127.0.0.1:0\"]\n[line]\nlisten = []\n\
+             [cluster]\nredis_url = \"{url}\"\nnode_id = \"{name}\"\nnode_ttl_s = 2\n\
+             presence_ttl_s = 4\n"
+        );
+        let path = temp_file(&format!("auth-{name}-{}.toml", redis.port), &config);
+        spawn(bin().arg("--config").arg(&path).arg("--memory"))
+    };
+    let garden = |http| get(http, "/bridge/room/The%20Garden/events").to_string();
+    let (a, a_http, a_log) = run("a", at(":s3cret-pw@"));
+    reaches_redis(a_http);
+    assert_eq!(say(a_http, "una", "The Garden", "with it").status, 200);
+    for (name, user_info, why) in [
+        ("b", "", "asks for a password"),
+        ("c", ":guessed-pw@", "refused this node's password"),
+    ] {
+        let (n, http, log) = run(name, at(user_info));
+        eventually(Duration::from_secs(5), "health says degraded", || {
+            get(http, "/bridge/health")["status"] == "degraded"
+        });
+        let health = get(http, "/bridge/health");
+        assert_eq!(health["cluster"]["redis"], "down", "{health}");
+        assert!(health["reason"].as_str().unwrap().contains(why), "{health}");
+        let r = say(http, "vic", "The Garden", "without it");
+        assert_eq!(r.status, 503, "{}", r.text());
+        assert_eq!(r.json()["code"], "store_unavailable");
+        // Nothing of it reached the world, and node a still serves.
+        assert!(!garden(a_http).contains("without it"));
+        let nodes = get(a_http, "/bridge/health")["cluster"]["nodes"].clone();
+        assert_eq!(nodes, json!(["a"]), "{name} never joined");
+        logged_without(n, &log, "guessed-pw");
+    }
+    assert!(garden(a_http).contains("with it"));
+    let logged = logged_without(a, &a_log, "s3cret-pw");
+    assert!(
+        logged.iter().any(|l| l.contains(":***@127.0.0.1")),
+        "the log names the Redis it uses: {logged:#?}"
+    );
+}
+
+#[test]
+#[ignore = "needs redis-server"]
+fn an_acl_user_of_one_world_serves_it_and_is_refused_another() {
+    // The user docs/cluster.md suggests: this world's keys, the commands a node uses.
+    let user = "wb-w on >node-pw ~wb:{w}:* resetchannels -@all +@read +@write +@stream \
+                +@scripting +@connection +ping +time -@dangerous";
+    // (redis-server takes an option's words as separate arguments.)
+    let mut options = vec!["--user", "default", "off", "--user"];
+    options.extend(user.split_whitespace());
+    let redis = Redis::start_with(&options);
+    let with_user = |world: &str, name: &str| {
+        let mut cfg = node_config(&redis, name);
+        cfg.world = world.into();
+        if let Some(c) = &mut cfg.cluster {
+            c.redis_url = format!("redis://wb-w:node-pw@127.0.0.1:{}", redis.port);
+        }
+        start_with(cfg)
+    };
+    let a = with_user("w", "a");
+    reaches_redis(a.http);
+    assert_eq!(say(a.http, "una", "The Garden", "hello").status, 200);
+    // A chat takes the user's session lease and stores the session: all under the ACL.
+    assert_eq!(chat(a.http, "vic", "hello").json()["session_messages"], 2);
+    assert_eq!(chat(a.http, "vic", "again").json()["session_messages"], 4);
+    let other = with_user("v", "x");
+    eventually(Duration::from_secs(5), "health says degraded", || {
+        get(other.http, "/bridge/health")["status"] == "degraded"
+    });
+    let health = get(other.http, "/bridge/health");
+    assert!(
+        health["reason"].as_str().unwrap().contains("ACL"),
+        "{health}"
+    );
+    assert_eq!(
+        say(other.http, "una", "The Garden", "elsewhere").status,
+        503
+    );
+    assert_eq!(get(a.http, "/bridge/health")["status"], "ok");
 }
 
 // ---- the Matrix gateway across nodes ----

@@ -249,7 +249,7 @@ impl Bridge {
                 "cluster: node {} of world {} over {}",
                 settings.node,
                 settings.world,
-                settings.redis_url
+                settings.shown_url()
             );
             // The data directory is this node's alone: its lock (and its world key).
             let lock = match app.cfg.store.memory {

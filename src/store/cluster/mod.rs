@@ -170,9 +170,11 @@ const READ_COUNT: usize = 1000;
 /// Pause before connecting again after Redis failed.
 const RETRY_AFTER: Duration = Duration::from_millis(200);
 
-/// What a node needs to reach the world's Redis (from `[cluster]`).
-#[derive(Debug, Clone)]
+/// What a node needs to reach the world's Redis (from `[cluster]`). Its `Debug` hides the
+/// URL's password, as [`ClusterSettings::shown_url`] does.
+#[derive(Clone)]
 pub struct ClusterSettings {
+    /// The URL as configured, password and all: shown only through `shown_url`.
     pub redis_url: String,
     pub world: String,
     pub node: String,
@@ -181,9 +183,6 @@ pub struct ClusterSettings {
     pub presence_ttl: Duration,
     pub log_max: usize,
     pub timeout: Duration,
-    /// How long a session lease lasts unrenewed (`node_ttl_s`; the holder renews it with
-    /// its liveness key): when the node that holds it dies, another can take it after
-    /// this.
     /// How long a stored session lives unwritten (`sessions.idle_timeout_s`).
     pub session_ttl: Duration,
     /// Whether this world federates (`[[federation.peers]]`): the nodes then elect the
@@ -191,7 +190,28 @@ pub struct ClusterSettings {
     pub federation: bool,
 }
 
+impl std::fmt::Debug for ClusterSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterSettings")
+            .field("redis_url", &self.shown_url())
+            .field("world", &self.world)
+            .field("node", &self.node)
+            .field("node_ttl", &self.node_ttl)
+            .field("presence_ttl", &self.presence_ttl)
+            .field("log_max", &self.log_max)
+            .field("timeout", &self.timeout)
+            .field("session_ttl", &self.session_ttl)
+            .field("federation", &self.federation)
+            .finish()
+    }
+}
+
 impl ClusterSettings {
+    /// The Redis URL as logs and errors show it (no password).
+    pub fn shown_url(&self) -> String {
+        crate::config::redis_url_shown(&self.redis_url)
+    }
+
     /// The settings of `[cluster]` (`None` without it).
     pub fn from_config(cfg: &crate::config::Config) -> Option<ClusterSettings> {
         let c = cfg.cluster.as_ref()?;
@@ -433,7 +453,7 @@ impl ClusterStore {
         wake: Arc<dyn Fn() + Send + Sync>,
     ) -> Result<ClusterStore, ClusterError> {
         let client = client(&settings.redis_url).map_err(|source| ClusterError::Url {
-            url: settings.redis_url.clone(),
+            url: settings.shown_url(),
             source,
         })?;
         let (tx, rx) = crossbeam_channel::unbounded();
@@ -619,7 +639,23 @@ fn run_id() -> u64 {
 
 /// A Redis error as a sentence for health and logs.
 fn describe(e: &redis::RedisError) -> String {
-    if e.is_timeout() {
+    if e.kind() == redis::ErrorKind::AuthenticationFailed {
+        format!(
+            "Redis refused this node's password: check the one in `cluster.redis_url` against \
+             Redis's `requirepass` or ACL user ({e})"
+        )
+    } else if e.code() == Some("NOAUTH") || e.to_string().contains("\"NOAUTH\"") {
+        // (A pipeline's error names its commands' codes only in its text.)
+        format!(
+            "Redis asks for a password and `cluster.redis_url` has none: write \
+             redis://:PASSWORD@host:port ({e})"
+        )
+    } else if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoPerm) {
+        format!(
+            "Redis refused this node's user a key or command: its ACL must allow this world's \
+             keys (~wb:{{<world>}}:*) and the commands in docs/cluster.md ({e})"
+        )
+    } else if e.is_timeout() {
         format!("Redis did not answer in time ({e})")
     } else if e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() {
         format!("Redis is unreachable ({e})")
@@ -1209,7 +1245,7 @@ impl Writer {
             (None, Some(true)) => {}
             (None, _) => {
                 self.up = Some(true);
-                log::info!("cluster: Redis answers ({})", self.settings.redis_url);
+                log::info!("cluster: Redis answers ({})", self.settings.shown_url());
                 self.report.send(News::Up);
             }
             (Some(_), Some(false)) => {}
@@ -1398,9 +1434,10 @@ fn client(url: &str) -> redis::RedisResult<Client> {
 
 /// One connection for the export and import commands (no threads: they run alone).
 fn connect(url: &str, timeout: Duration) -> Result<Connection, String> {
-    let client = client(url).map_err(|e| format!("cluster.redis_url {url:?}: {e}"))?;
+    let shown = crate::config::redis_url_shown(url);
+    let client = client(url).map_err(|e| format!("cluster.redis_url {shown:?}: {e}"))?;
     let con = (client.get_connection_with_timeout(timeout))
-        .map_err(|e| format!("{} at {url}", describe(&e)))?;
+        .map_err(|e| format!("{} at {shown}", describe(&e)))?;
     con.set_read_timeout(Some(timeout * 10))
         .and_then(|()| con.set_write_timeout(Some(timeout * 10)))
         .map_err(|e| describe(&e))?;
@@ -1491,7 +1528,8 @@ pub fn load(
         return Err(format!(
             "the world {:?} in {} already holds {held} log entries; import with --force to \
              replace them (every node of the world should be stopped first)",
-            settings.world, settings.redis_url
+            settings.world,
+            settings.shown_url()
         ));
     }
     if force {
