@@ -21,7 +21,8 @@ pub struct Config {
     /// This world's id: the origin of its events in federation.
     pub world: String,
     /// Bind non-loopback addresses even where a surface has no token, and reach a
-    /// cluster's Redis on another machine without a password (off: refuse to start).
+    /// cluster's Redis on another machine without a password or client certificate, or
+    /// with `#insecure` TLS (off: refuse to start).
     pub allow_public_without_token: bool,
     pub http: HttpConfig,
     pub line: LineConfig,
@@ -59,6 +60,14 @@ pub struct ClusterConfig {
     pub log_max: usize,
     /// Longest one Redis command may take before the node counts Redis as down, in ms.
     pub timeout_ms: u64,
+    /// With `rediss://`: the PEM file of the CA certificate(s) Redis's certificate must
+    /// chain to; empty: the system's trusted roots.
+    pub tls_ca_file: String,
+    /// With `rediss://`: this node's client certificate (PEM), which a Redis with
+    /// `tls-auth-clients` (its default) asks for; with `tls_key_file`, or neither.
+    pub tls_cert_file: String,
+    /// The key of `tls_cert_file` (PEM).
+    pub tls_key_file: String,
 }
 
 impl Default for ClusterConfig {
@@ -70,6 +79,9 @@ impl Default for ClusterConfig {
             presence_ttl_s: 60,
             log_max: 100_000,
             timeout_ms: 1000,
+            tls_ca_file: String::new(),
+            tls_cert_file: String::new(),
+            tls_key_file: String::new(),
         }
     }
 }
@@ -964,8 +976,59 @@ pub fn redis_url_shown(url: &str) -> String {
 }
 
 impl ClusterConfig {
+    /// Every node trusts what the world's Redis holds (its events, sessions, leases): one
+    /// on another machine must know who the node is (a password, or a client certificate
+    /// over TLS), and over TLS the node must know who Redis is (no `#insecure`).
+    fn check_remote_redis(&self, info: &redis::ConnectionInfo) -> Result<(), String> {
+        let (host, port, insecure) = match info.addr() {
+            redis::ConnectionAddr::Tcp(host, port) => (host, port, false),
+            redis::ConnectionAddr::TcpTls {
+                host,
+                port,
+                insecure,
+                ..
+            } => (host, port, *insecure),
+            _ => return Ok(()),
+        };
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let loopback = host.eq_ignore_ascii_case("localhost")
+            || host
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback());
+        if loopback {
+            return Ok(());
+        }
+        if insecure {
+            return Err(format!(
+                "config: `cluster.redis_url` reaches Redis at {host}:{port} with #insecure: \
+                 its certificate would not be checked, so anyone on the way could stand in \
+                 for it. Drop #insecure and give `cluster.tls_ca_file` (the CA that signed \
+                 Redis's certificate), or set `allow_public_without_token = true` to opt out"
+            ));
+        }
+        let password = info
+            .redis_settings()
+            .password()
+            .is_some_and(|p| !p.is_empty());
+        let certificate = !self.tls_cert_file.trim().is_empty();
+        if !password && !certificate {
+            return Err(format!(
+                "config: `cluster.redis_url` reaches Redis at {host}:{port} without a \
+                 password: every node trusts what that Redis holds, so whoever can reach \
+                 it could write this world's events. Give Redis a password (`requirepass`, \
+                 or an ACL user) and put it in the URL (redis://:PASSWORD@{host}:{port} or \
+                 redis://USER:PASSWORD@{host}:{port}), or over TLS a client certificate \
+                 (`cluster.tls_cert_file`), use a Redis on this machine, or set \
+                 `allow_public_without_token = true` to opt out"
+            ));
+        }
+        Ok(())
+    }
+
     fn validate(&self, cfg: &Config) -> Result<(), String> {
-        let scheme_ok = self.redis_url.starts_with("redis://")
+        let tls = self.redis_url.starts_with("rediss://");
+        let scheme_ok = tls
+            || self.redis_url.starts_with("redis://")
             || self.redis_url.starts_with("unix://")
             || self.redis_url.starts_with("redis+unix://");
         let parsed = match scheme_ok {
@@ -975,32 +1038,30 @@ impl ClusterConfig {
         let Some(info) = parsed else {
             return Err(format!(
                 "config: `cluster.redis_url` {:?} is not a Redis URL; write \
-                 redis://host:port (e.g. redis://127.0.0.1:6379)",
+                 redis://host:port (e.g. redis://127.0.0.1:6379), or rediss://host:port for TLS",
                 redis_url_shown(&self.redis_url)
             ));
         };
-        // Every node trusts what the world's Redis holds (its events, sessions, leases):
-        // one on another machine must be closed to whoever can reach it.
-        if let redis::ConnectionAddr::Tcp(host, port) = info.addr() {
-            let host = host.trim_start_matches('[').trim_end_matches(']');
-            let loopback = host.eq_ignore_ascii_case("localhost")
-                || host
-                    .parse::<std::net::IpAddr>()
-                    .is_ok_and(|ip| ip.is_loopback());
-            let password = info
-                .redis_settings()
-                .password()
-                .is_some_and(|p| !p.is_empty());
-            if !loopback && !password && !cfg.allow_public_without_token {
-                return Err(format!(
-                    "config: `cluster.redis_url` reaches Redis at {host}:{port} without a \
-                     password: every node trusts what that Redis holds, so whoever can reach \
-                     it could write this world's events. Give Redis a password (`requirepass`, \
-                     or an ACL user) and put it in the URL (redis://:PASSWORD@{host}:{port} or \
-                     redis://USER:PASSWORD@{host}:{port}), use a Redis on this machine, or \
-                     set `allow_public_without_token = true` to opt out"
-                ));
-            }
+        let files = [
+            ("cluster.tls_ca_file", &self.tls_ca_file),
+            ("cluster.tls_cert_file", &self.tls_cert_file),
+            ("cluster.tls_key_file", &self.tls_key_file),
+        ];
+        if let Some((key, _)) = files.iter().find(|(_, f)| !f.trim().is_empty() && !tls) {
+            return Err(format!(
+                "config: `{key}` is set but `cluster.redis_url` is not rediss://: the TLS files \
+                 are for a Redis reached over TLS"
+            ));
+        }
+        if self.tls_cert_file.trim().is_empty() != self.tls_key_file.trim().is_empty() {
+            return Err(
+                "config: `cluster.tls_cert_file` and `cluster.tls_key_file` go together: the \
+                 node's client certificate and its key"
+                    .into(),
+            );
+        }
+        if !cfg.allow_public_without_token {
+            self.check_remote_redis(&info)?;
         }
         for (key, value, min) in [
             ("cluster.node_ttl_s", self.node_ttl_s, 1),
@@ -1978,6 +2039,48 @@ token = ""                               # the pair's shared secret, used both w
         }
         with("redis://:s3cret@10.0.0.5:6379", false).unwrap();
         with("redis://worldbridge:s3cret@redis.example:6379/1", false).unwrap();
+        // Over TLS a client certificate tells Redis who the node is, as a password does;
+        // and the node must check Redis's certificate.
+        let over_tls = |url: &str, change: fn(&mut ClusterConfig)| {
+            let mut cluster = ClusterConfig {
+                redis_url: url.into(),
+                ..ClusterConfig::default()
+            };
+            change(&mut cluster);
+            Config {
+                cluster: Some(cluster),
+                ..Config::default()
+            }
+            .validate()
+        };
+        let certificate = |c: &mut ClusterConfig| {
+            (c.tls_cert_file, c.tls_key_file) = ("node.crt".into(), "node.key".into());
+        };
+        assert_contains(
+            &over_tls("rediss://10.0.0.5:6380", |_| {}).unwrap_err(),
+            "without a password",
+        );
+        over_tls("rediss://10.0.0.5:6380", certificate).unwrap();
+        over_tls("rediss://:s3cret@10.0.0.5:6380", |_| {}).unwrap();
+        over_tls("rediss://127.0.0.1:6380/#insecure", |_| {}).unwrap();
+        assert_contains(
+            &over_tls("rediss://:s3cret@10.0.0.5:6380/#insecure", |_| {}).unwrap_err(),
+            "#insecure",
+        );
+        assert_contains(
+            &over_tls("redis://127.0.0.1:6379", |c| {
+                c.tls_ca_file = "ca.crt".into()
+            })
+            .unwrap_err(),
+            "`cluster.tls_ca_file` is set but `cluster.redis_url` is not rediss://",
+        );
+        assert_contains(
+            &over_tls("rediss://127.0.0.1:6380", |c| {
+                c.tls_cert_file = "node.crt".into()
+            })
+            .unwrap_err(),
+            "go together",
+        );
         // A URL the client cannot read is refused, and the error does not show its password.
         let err = with("redis://:s3cret@10.0.0.5:notaport", false).unwrap_err();
         assert_contains(&err, "is not a Redis URL");

@@ -187,7 +187,7 @@ fn store_config(config: Option<PathBuf>, data_dir: Option<String>) -> Result<Con
 fn export_cluster(cfg: Config) -> Result<store::Export, String> {
     use worldbridge::store::cluster::{dump, ClusterSettings};
     let s = ClusterSettings::from_config(&cfg).ok_or("no [cluster] in the config")?;
-    let dump = dump(&s.redis_url, &s.world, s.timeout)?;
+    let dump = dump(&s)?;
     let app = worldbridge::app::App::new(cfg).map_err(|e| e.to_string())?;
     Ok(store::Export {
         format: store::EXPORT_FORMAT.into(),

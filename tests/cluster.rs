@@ -465,6 +465,132 @@ fn an_acl_user_of_one_world_serves_it_and_is_refused_another() {
     assert_eq!(get(a.http, "/bridge/health")["status"], "ok");
 }
 
+/// A CA, a certificate of Redis's for 127.0.0.1 and a node's client certificate, made
+/// with the `openssl` command in `dir` (`ca.crt`, `redis.crt`/`.key`, `node.crt`/`.key`).
+fn certificates(dir: &std::path::Path) {
+    let openssl = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("openssl runs (apt-get install openssl)");
+        assert!(out.status.success(), "openssl {args:?}: {out:?}");
+    };
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    let mut ca = vec!["req", "-x509", "-days", "2", "-subj", "/CN=test CA"];
+    ca.extend(ec);
+    ca.extend(["-keyout", "ca.key", "-out", "ca.crt"]);
+    openssl(&ca);
+    for (name, ext) in [
+        (
+            "redis",
+            "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
+        ),
+        ("node", "extendedKeyUsage=clientAuth\n"),
+    ] {
+        std::fs::write(dir.join(format!("{name}.ext")), ext).unwrap();
+        let (key, csr, crt, extfile) = (
+            format!("{name}.key"),
+            format!("{name}.csr"),
+            format!("{name}.crt"),
+            format!("{name}.ext"),
+        );
+        let subject = format!("/CN={name}");
+        let mut req = vec!["req", "-subj", &subject];
+        req.extend(ec);
+        req.extend(["-keyout", &key, "-out", &csr]);
+        openssl(&req);
+        openssl(&[
+            "x509",
+            "-req",
+            "-days",
+            "2",
+            "-in",
+            &csr,
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-extfile",
+            &extfile,
+            "-out",
+            &crt,
+        ]);
+    }
+}
+
+#[test]
+#[ignore = "needs redis-server"]
+fn over_tls_the_node_checks_redis_and_redis_checks_the_node() {
+    let dir = scratch_dir("tls");
+    std::fs::create_dir_all(&dir).unwrap();
+    certificates(&dir);
+    let file = |name: &str| dir.join(name).display().to_string();
+    let tls_port = free_port();
+    let redis = Redis::start_with(&[
+        "--tls-port",
+        &tls_port.to_string(),
+        "--tls-cert-file",
+        &file("redis.crt"),
+        "--tls-key-file",
+        &file("redis.key"),
+        "--tls-ca-cert-file",
+        &file("ca.crt"),
+    ]);
+    let over_tls = |name: &str, ca: bool, certificate: bool| {
+        let mut cfg = node_config(&redis, name);
+        if let Some(c) = &mut cfg.cluster {
+            c.redis_url = format!("rediss://127.0.0.1:{tls_port}");
+            if ca {
+                c.tls_ca_file = file("ca.crt");
+            }
+            if certificate {
+                (c.tls_cert_file, c.tls_key_file) = (file("node.crt"), file("node.key"));
+            }
+        }
+        start_with(cfg)
+    };
+    let a = over_tls("a", true, true);
+    reaches_redis(a.http);
+    assert_eq!(say(a.http, "una", "The Garden", "over tls").status, 200);
+    // A node on the plain port of the same Redis serves the same world.
+    let plain = node(&redis, "p");
+    eventually(Duration::from_secs(5), "the plain node has the say", || {
+        get(plain.http, "/bridge/room/The%20Garden/events")
+            .to_string()
+            .contains("over tls")
+    });
+    // Without the CA the node does not trust Redis's certificate; without its own
+    // certificate Redis does not let the node in. Neither writes anything.
+    for (name, ca, certificate, why) in [
+        ("b", false, true, "does not trust Redis's TLS certificate"),
+        ("c", true, false, "asks for a client certificate"),
+    ] {
+        let n = over_tls(name, ca, certificate);
+        eventually(Duration::from_secs(5), "health says degraded", || {
+            get(n.http, "/bridge/health")["status"] == "degraded"
+        });
+        let health = get(n.http, "/bridge/health");
+        assert_eq!(health["cluster"]["redis"], "down", "{health}");
+        let r = say(n.http, "vic", "The Garden", &format!("from {name}"));
+        assert_eq!(r.status, 503, "{}", r.text());
+        assert!(health["reason"].as_str().unwrap().contains(why), "{health}");
+    }
+    let events = get(a.http, "/bridge/room/The%20Garden/events").to_string();
+    assert!(
+        !events.contains("from b") && !events.contains("from c"),
+        "{events}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 // ---- the Matrix gateway across nodes ----
 
 fn gateway_node(redis: &Redis, name: &str) -> TestBridge {

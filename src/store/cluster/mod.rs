@@ -188,6 +188,10 @@ pub struct ClusterSettings {
     /// Whether this world federates (`[[federation.peers]]`): the nodes then elect the
     /// one that runs federation.
     pub federation: bool,
+    /// With `rediss://`: the CA file Redis's certificate must chain to (`None`: the
+    /// system's roots) and this node's client certificate and key files.
+    pub tls_ca_file: Option<String>,
+    pub tls_client: Option<(String, String)>,
 }
 
 impl std::fmt::Debug for ClusterSettings {
@@ -202,6 +206,8 @@ impl std::fmt::Debug for ClusterSettings {
             .field("timeout", &self.timeout)
             .field("session_ttl", &self.session_ttl)
             .field("federation", &self.federation)
+            .field("tls_ca_file", &self.tls_ca_file)
+            .field("tls_client", &self.tls_client)
             .finish()
     }
 }
@@ -225,6 +231,14 @@ impl ClusterSettings {
             timeout: Duration::from_millis(c.timeout_ms),
             session_ttl: Duration::from_secs(cfg.sessions.idle_timeout_s),
             federation: !cfg.federation.peers.is_empty(),
+            tls_ca_file: (!c.tls_ca_file.trim().is_empty())
+                .then(|| crate::config::expand_home(&c.tls_ca_file)),
+            tls_client: (!c.tls_cert_file.trim().is_empty()).then(|| {
+                (
+                    crate::config::expand_home(&c.tls_cert_file),
+                    crate::config::expand_home(&c.tls_key_file),
+                )
+            }),
         })
     }
 }
@@ -437,11 +451,9 @@ pub struct ClusterStore {
 /// Why the cluster store could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
-    #[error("cluster.redis_url {url:?}: {source}")]
-    Url {
-        url: String,
-        source: redis::RedisError,
-    },
+    /// The URL or a TLS file (the message names the key).
+    #[error("{0}")]
+    Client(String),
     #[error("cannot start the cluster's Redis threads: {0}")]
     Thread(std::io::Error),
 }
@@ -452,10 +464,7 @@ impl ClusterStore {
         settings: ClusterSettings,
         wake: Arc<dyn Fn() + Send + Sync>,
     ) -> Result<ClusterStore, ClusterError> {
-        let client = client(&settings.redis_url).map_err(|source| ClusterError::Url {
-            url: settings.shown_url(),
-            source,
-        })?;
+        let client = client(&settings).map_err(ClusterError::Client)?;
         let (tx, rx) = crossbeam_channel::unbounded();
         let (news_tx, news) = crossbeam_channel::unbounded();
         let stop = Arc::new(AtomicBool::new(false));
@@ -654,6 +663,18 @@ fn describe(e: &redis::RedisError) -> String {
         format!(
             "Redis refused this node's user a key or command: its ACL must allow this world's \
              keys (~wb:{{<world>}}:*) and the commands in docs/cluster.md ({e})"
+        )
+    } else if e.to_string().contains("invalid peer certificate") {
+        // (rustls's words, through the io error.)
+        format!(
+            "this node does not trust Redis's TLS certificate: `cluster.tls_ca_file` must \
+             hold the CA that signed it, and it must name the host of `cluster.redis_url` ({e})"
+        )
+    } else if e.to_string().contains("received fatal alert") {
+        format!(
+            "Redis refused this node's TLS connection: it asks for a client certificate \
+             (`cluster.tls_cert_file`, `cluster.tls_key_file`) signed by the CA of its \
+             `tls-ca-cert-file` ({e})"
         )
     } else if e.is_timeout() {
         format!("Redis did not answer in time ({e})")
@@ -1426,16 +1447,45 @@ pub struct Dump {
 /// A client for `url` whose connections send at once (`TCP_NODELAY`: the redis crate
 /// leaves Nagle's algorithm on, and every entry of the log is a small write someone is
 /// waiting for).
-fn client(url: &str) -> redis::RedisResult<Client> {
-    let info = url.into_connection_info()?;
+/// Over `rediss://` with the certificate files of `settings` (read now: a file that
+/// cannot be read is an error naming its key).
+fn client(settings: &ClusterSettings) -> Result<Client, String> {
+    let shown = settings.shown_url();
+    let bad_url = |e: redis::RedisError| format!("cluster.redis_url {shown:?}: {e}");
+    let info = settings
+        .redis_url
+        .as_str()
+        .into_connection_info()
+        .map_err(bad_url)?;
     let tcp = info.tcp_settings().clone().set_nodelay(true);
-    Client::open(info.set_tcp_settings(tcp))
+    let info = info.set_tcp_settings(tcp);
+    if !matches!(info.addr(), redis::ConnectionAddr::TcpTls { .. }) {
+        return Client::open(info).map_err(bad_url);
+    }
+    let read =
+        |key: &str, path: &str| std::fs::read(path).map_err(|e| format!("`{key}` {path:?}: {e}"));
+    let root_cert = match &settings.tls_ca_file {
+        Some(path) => Some(read("cluster.tls_ca_file", path)?),
+        None => None,
+    };
+    let client_tls = match &settings.tls_client {
+        Some((cert, key)) => Some(redis::ClientTlsConfig {
+            client_cert: read("cluster.tls_cert_file", cert)?,
+            client_key: read("cluster.tls_key_file", key)?,
+        }),
+        None => None,
+    };
+    let certificates = redis::TlsCertificates {
+        client_tls,
+        root_cert,
+    };
+    Client::build_with_tls(info, certificates).map_err(|e| format!("cluster TLS: {e}"))
 }
 
 /// One connection for the export and import commands (no threads: they run alone).
-fn connect(url: &str, timeout: Duration) -> Result<Connection, String> {
-    let shown = crate::config::redis_url_shown(url);
-    let client = client(url).map_err(|e| format!("cluster.redis_url {shown:?}: {e}"))?;
+fn connect(settings: &ClusterSettings) -> Result<Connection, String> {
+    let (shown, timeout) = (settings.shown_url(), settings.timeout);
+    let client = client(settings)?;
     let con = (client.get_connection_with_timeout(timeout))
         .map_err(|e| format!("{} at {shown}", describe(&e)))?;
     con.set_read_timeout(Some(timeout * 10))
@@ -1480,9 +1530,9 @@ fn stored_sessions(con: &mut Connection, keys: &Keys) -> redis::RedisResult<Vec<
 }
 
 /// Read a world's log and sessions.
-pub fn dump(url: &str, world: &str, timeout: Duration) -> Result<Dump, String> {
-    let mut con = connect(url, timeout)?;
-    let keys = Keys::new(world);
+pub fn dump(settings: &ClusterSettings) -> Result<Dump, String> {
+    let mut con = connect(settings)?;
+    let keys = Keys::new(&settings.world);
     let mut dump = Dump::default();
     let mut from = "-".to_string();
     loop {
@@ -1518,7 +1568,7 @@ pub fn load(
     mut fed: Vec<FedOp>,
     force: bool,
 ) -> Result<usize, String> {
-    let mut con = connect(&settings.redis_url, settings.timeout)?;
+    let mut con = connect(settings)?;
     let keys = Keys::new(&settings.world);
     let held: u64 = redis::cmd("XLEN")
         .arg(&keys.log)
