@@ -1444,11 +1444,10 @@ pub struct Dump {
     pub fed: FedState,
 }
 
-/// A client for `url` whose connections send at once (`TCP_NODELAY`: the redis crate
-/// leaves Nagle's algorithm on, and every entry of the log is a small write someone is
-/// waiting for).
-/// Over `rediss://` with the certificate files of `settings` (read now: a file that
-/// cannot be read is an error naming its key).
+/// A client for the world's Redis whose connections send at once (`TCP_NODELAY`: the
+/// redis crate leaves Nagle's algorithm on, and every entry of the log is a small write
+/// someone is waiting for); over `rediss://`, with the certificate files of `settings`
+/// (read now: a file that cannot be read is an error naming its key).
 fn client(settings: &ClusterSettings) -> Result<Client, String> {
     let shown = settings.shown_url();
     let bad_url = |e: redis::RedisError| format!("cluster.redis_url {shown:?}: {e}");
