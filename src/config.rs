@@ -944,6 +944,22 @@ impl Config {
     }
 }
 
+/// Whether the URL's host is this machine (`localhost`, `127.x.y.z`, `[::1]`).
+pub fn is_loopback(url: &str) -> bool {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let host = if let Some(v6) = host_port.strip_prefix('[') {
+        v6.split(']').next().unwrap_or("")
+    } else {
+        host_port.split(':').next().unwrap_or("")
+    };
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 /// A Redis URL as logs and errors may show it: the password of `user:password@`, and a
 /// unix socket URL's `pass=` parameter, become `***`.
 pub fn redis_url_shown(url: &str) -> String {
@@ -990,12 +1006,7 @@ impl ClusterConfig {
             } => (host, port, *insecure),
             _ => return Ok(()),
         };
-        let host = host.trim_start_matches('[').trim_end_matches(']');
-        let loopback = host.eq_ignore_ascii_case("localhost")
-            || host
-                .parse::<std::net::IpAddr>()
-                .is_ok_and(|ip| ip.is_loopback());
-        if loopback {
+        if is_loopback(&self.redis_url) {
             return Ok(());
         }
         if insecure {
@@ -2004,6 +2015,16 @@ token = ""                               # the pair's shared secret, used both w
             ..args
         };
         assert_contains(&Config::load(&args, &no_env).unwrap_err(), "0.0.0.0:4004");
+    }
+
+    #[test]
+    fn loopback_hosts() {
+        assert!(is_loopback("http://127.0.0.1:11434/v1"));
+        assert!(is_loopback("http://localhost/v1"));
+        assert!(is_loopback("http://[::1]:8080"));
+        assert!(is_loopback("http://user:pw@127.0.0.2:1/x"));
+        assert!(!is_loopback("https://api.openai.com/v1"));
+        assert!(!is_loopback("http://10.0.0.1:11434/v1"));
     }
 
     #[test]

@@ -78,7 +78,7 @@ impl OpenAi {
         let mut config = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .user_agent(concat!("worldbridge/", env!("CARGO_PKG_VERSION")));
-        if is_loopback(base) {
+        if crate::config::is_loopback(base) {
             // A local model server is never reached through an HTTP(S)_PROXY from the env.
             config = config.proxy(None);
         }
@@ -339,22 +339,6 @@ fn excerpt(text: &str) -> String {
         None if flat.is_empty() => "(empty body)".into(),
         None => flat,
     }
-}
-
-/// Whether the URL's host is this machine (`localhost`, `127.x.y.z`, `[::1]`).
-pub fn is_loopback(url: &str) -> bool {
-    let rest = url.split_once("://").map_or(url, |(_, r)| r);
-    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
-    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
-    let host = if let Some(v6) = host_port.strip_prefix('[') {
-        v6.split(']').next().unwrap_or("")
-    } else {
-        host_port.split(':').next().unwrap_or("")
-    };
-    host.eq_ignore_ascii_case("localhost")
-        || host
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
 }
 
 #[cfg(test)]
@@ -746,16 +730,6 @@ mod tests {
             ..cfg
         };
         assert!(OpenAi::new(&cfg, "p").err().unwrap().contains("http://"));
-    }
-
-    #[test]
-    fn loopback_hosts() {
-        assert!(is_loopback("http://127.0.0.1:11434/v1"));
-        assert!(is_loopback("http://localhost/v1"));
-        assert!(is_loopback("http://[::1]:8080"));
-        assert!(is_loopback("http://user:pw@127.0.0.2:1/x"));
-        assert!(!is_loopback("https://api.openai.com/v1"));
-        assert!(!is_loopback("http://10.0.0.1:11434/v1"));
     }
 
     #[test]

@@ -213,7 +213,7 @@ impl PeerLink {
             .http_status_as_error(false)
             .timeout_global(Some(limits.timeout))
             .user_agent(concat!("worldbridge/", env!("CARGO_PKG_VERSION")));
-        if crate::agent::openai::is_loopback(&p.url) {
+        if crate::config::is_loopback(&p.url) {
             // A peer on this machine is never reached through an HTTP(S)_PROXY.
             config = config.proxy(None);
         }
